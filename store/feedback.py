@@ -1,0 +1,62 @@
+"""Feedback facts: votes, reasons, corrections, retries. Handlers write facts only;
+`learning.datasets` turns them into training rows."""
+from store.conversations import get_turn
+from store.db import now_iso
+from store.ids import new_id
+
+KINDS = ("up", "down", "correction", "retry")
+MAX_TEXT = 20_000
+
+
+def add_feedback(db, turn_id: str, kind: str, *, reason: str | None = None,
+                 correction: str | None = None, retry_turn_id: str | None = None) -> str:
+    """Record one feedback fact about a logged turn. Raises NotFound for an unknown turn."""
+    if kind not in KINDS:
+        raise ValueError(f"feedback kind must be one of {KINDS}, got {kind!r}")
+    get_turn(db, turn_id)
+    if kind == "correction":
+        if not correction or not correction.strip():
+            raise ValueError("a correction needs the corrected answer text")
+        if len(correction) > MAX_TEXT:
+            raise ValueError(f"a correction is limited to {MAX_TEXT} characters, got {len(correction)}")
+        correction = correction.strip()
+    if kind == "retry" and not retry_turn_id:
+        raise ValueError("a retry needs the id of the new turn")
+    if reason is not None and len(reason) > MAX_TEXT:
+        raise ValueError(f"a reason is limited to {MAX_TEXT} characters")
+    fid = new_id()
+    db["feedback"].insert({
+        "id": fid, "turn_id": turn_id, "kind": kind, "reason": reason, "correction": correction,
+        "retry_turn_id": retry_turn_id, "quarantined": 0, "created_at": now_iso(),
+    })
+    return fid
+
+
+def feedback_for_turn(db, turn_id: str) -> list[dict]:
+    return list(db["feedback"].rows_where("turn_id = ?", [turn_id], order_by="id"))
+
+
+def recent_feedback(db, limit: int = 20) -> list[dict]:
+    return list(db.query(
+        "SELECT f.*, t.user_message, t.reply FROM feedback f JOIN turns t ON t.id = f.turn_id "
+        "ORDER BY f.id DESC LIMIT ?", [limit]))
+
+
+def feedback_since(db, after_id: str | None) -> int:
+    """How many learnable feedback facts arrived after `after_id` (None: ever)."""
+    sql = "SELECT count(*) FROM feedback WHERE quarantined = 0"
+    args = []
+    if after_id:
+        sql += " AND id > ?"
+        args.append(after_id)
+    return db.execute(sql, args).fetchone()[0]
+
+
+def quarantine(db, feedback_ids: list[str]) -> int:
+    """Exclude feedback from every later learning cycle (used by a rollback)."""
+    if not feedback_ids:
+        return 0
+    marks = ",".join("?" * len(feedback_ids))
+    with db.conn:
+        cur = db.execute(f"UPDATE feedback SET quarantined = 1 WHERE id IN ({marks})", feedback_ids)
+    return cur.rowcount

@@ -1,0 +1,56 @@
+import json
+
+import pytest
+
+from assistant.chat import TRUNCATION_NOTICE, ChatService
+from assistant.errors import EmptyMessage
+from store import conversations
+
+
+@pytest.fixture
+def chat(cfg, tiny_served):
+    tiny_served.use(None)
+    return ChatService(cfg, tiny_served)
+
+
+def test_a_turn_is_streamed_and_logged_with_tokens_and_timings(chat):
+    turn = chat.start_turn("What is the name of my dog?")
+    pieces = list(chat.pieces(turn, source="test", max_new_tokens=6))
+    row = conversations.get_turn(chat.db, turn.turn_id)
+    assert row["reply"] == "".join(pieces) == turn.generation.text
+    assert row["completion_tokens"] == turn.generation.completion_tokens > 0
+    assert row["prompt_tokens"] > 5 and row["duration_ms"] > 0 and row["adapter_version"] is None
+    assert json.loads(row["messages_json"])[0]["role"] == "system"
+    assert row["source"] == "test" and row["truncated"] == 0
+
+
+def test_history_is_included_in_the_next_prompt(chat):
+    first = chat.reply("Hello there", source="test", max_new_tokens=3)
+    second = chat.reply("How are you?", source="test", conversation_id=first.conversation_id,
+                        max_new_tokens=3)
+    roles = [m["role"] for m in second.messages]
+    assert roles == ["system", "user", "assistant", "user"]
+    assert second.messages[1]["content"] == "Hello there"
+
+
+def test_empty_message_is_refused(chat):
+    for msg in ("", "   \n", None):
+        with pytest.raises(EmptyMessage):
+            chat.start_turn(msg)
+    assert chat.db["turns"].count == 0
+
+
+def test_overlong_message_is_cut_to_the_context_window_with_a_notice(chat):
+    huge = "dog " * 5000  # far beyond the tiny model's 512-token window
+    turn = chat.reply(huge, source="test", max_new_tokens=4)
+    assert turn.truncated and turn.notice == TRUNCATION_NOTICE
+    assert len(chat.model.encode(turn.messages)[0]) <= 512 - 4
+    assert conversations.get_turn(chat.db, turn.turn_id)["truncated"] == 1
+
+
+def test_old_history_is_dropped_before_the_new_message_is_cut(chat):
+    first = chat.reply("dog " * 350, source="test", max_new_tokens=4)
+    turn = chat.reply("short question", source="test", conversation_id=first.conversation_id,
+                      max_new_tokens=200)
+    assert not turn.truncated
+    assert [m["role"] for m in turn.messages] == ["system", "user"]
