@@ -11,7 +11,7 @@ from typing import Iterator, Protocol
 from assistant.config import DEFAULT_SYSTEM_PROMPT, Config
 from assistant.errors import AdapterLoadError, EmptyMessage
 from assistant.model import Generation, ServedModel
-from store import adapters, conversations, open_db
+from store import adapters, conversations, feedback, open_db
 from store.ids import new_id
 from store.settings import get_setting
 
@@ -173,6 +173,15 @@ class ChatService:
                     params={"max_new_tokens": max_new_tokens, "temperature": temperature},
                     finish_reason=g.finish_reason)
                 turn.logged = True
+                if retry_of:  # the earlier answer stays, linked as a weaker negative
+                    feedback.add_feedback(self.db, retry_of, "retry", retry_turn_id=turn.turn_id)
+
+    def start_retry(self, turn_id: str, **kw) -> Turn:
+        """Regenerate the answer of `turn_id` in its conversation (same message, same history).
+        Stream it with `pieces(turn, retry_of=turn_id, ...)`."""
+        old = conversations.get_turn(self.db, turn_id)
+        return self.start_turn(old["user_message"], conversation_id=old["conversation_id"],
+                               retry_of=turn_id, **kw)
 
     def reply(self, user_message: str, *, source: str = "cli", **kw) -> Turn:
         """Non-streaming convenience: run a whole turn and return it (logged)."""

@@ -1,0 +1,56 @@
+"""Everything a running assistant holds, built once and shared by the UI, the API and the CLI:
+configuration, the served model, recall memory and the chat service."""
+import logging
+from dataclasses import dataclass
+
+from assistant.chat import ChatService
+from assistant.config import Config
+from assistant.model import ServedModel, resolve_model
+from store import feedback, open_db
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    cfg: Config
+    model: ServedModel
+    chat: ChatService
+    memory: object | None = None
+
+    @classmethod
+    def create(cls, cfg: Config, model: ServedModel | None = None, memory=None,
+               with_memory: bool = True) -> "Runtime":
+        cfg.home.mkdir(parents=True, exist_ok=True)
+        if model is None:
+            model = ServedModel(resolve_model(cfg.model, cfg.models_dir))
+        if memory is None and with_memory:
+            memory = _open_memory(cfg)
+        return cls(cfg=cfg, model=model, chat=ChatService(cfg, model, memory), memory=memory)
+
+    @property
+    def db(self):
+        return self.chat.db
+
+    def record_feedback(self, turn_id: str, kind: str, *, reason: str | None = None,
+                        correction: str | None = None) -> str:
+        """Write a feedback fact (raises NotFound / ValueError) and let recall see a correction at once."""
+        fid = feedback.add_feedback(self.db, turn_id, kind, reason=reason, correction=correction)
+        if kind == "correction" and self.memory is not None:
+            self.memory.sync(self.db)
+        return fid
+
+
+def _open_memory(cfg: Config):
+    """Recall memory is optional at run time: if the embedding model is missing, chat still works."""
+    try:
+        from assistant.memory import Memory
+    except ImportError:
+        return None
+    try:
+        memory = Memory(cfg)
+        memory.sync(open_db(cfg.db_path))
+        return memory
+    except Exception as e:  # noqa: BLE001 - recall is a convenience, never a reason not to serve
+        log.warning("recall memory unavailable: %s", e)
+        return None
