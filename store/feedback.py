@@ -32,6 +32,13 @@ def add_feedback(db, turn_id: str, kind: str, *, reason: str | None = None,
     return fid
 
 
+def set_reason(db, feedback_id: str, reason: str) -> None:
+    """Attach the reason a user typed after a one-click vote (so one vote stays one fact)."""
+    if len(reason) > MAX_TEXT:
+        raise ValueError(f"a reason is limited to {MAX_TEXT} characters")
+    db["feedback"].update(feedback_id, {"reason": reason})
+
+
 def feedback_for_turn(db, turn_id: str) -> list[dict]:
     return list(db["feedback"].rows_where("turn_id = ?", [turn_id], order_by="id"))
 
