@@ -1,0 +1,1 @@
+"""Learning: feedback -> datasets -> LoRA training -> evaluation -> gate -> registry."""

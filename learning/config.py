@@ -1,0 +1,164 @@
+"""LearnConfig: every knob of a learning cycle, with CPU-sane defaults.
+
+The LoRA shape (r, alpha, dropout, target modules) is FIXED across versions: each cycle continues
+from the active adapter, so changing it would make the new adapter incompatible with its parent
+(and the served model refuses a shape change). Everything else may change between cycles.
+Invalid combinations fail at construction with the offending values in the message.
+"""
+from dataclasses import asdict, dataclass, field
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class LearnConfig:
+    # ---- LoRA shape: fixed across versions -----------------------------------------------
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator (scale = alpha / r)."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA input; 0 keeps the tiny datasets deterministic."""
+    lora_targets: tuple[str, ...] = LORA_TARGETS
+    """Module names that get a LoRA (all linear layers of a Llama-style block)."""
+
+    # ---- SFT -------------------------------------------------------------------------------
+    sft_epochs: float = 3.0
+    """Passes over the SFT rows (corrections, liked answers, augmentations, replay)."""
+    sft_lr: float = 1e-3
+    """Peak learning rate of SFT (linear decay)."""
+    sft_batch_size: int = 8
+    """Rows per SFT step."""
+    sft_max_length: int = 128
+    """Token cap of one SFT row (prompt + answer); longer rows are cut at the end."""
+
+    # ---- DPO -------------------------------------------------------------------------------
+    dpo_epochs: float = 1.0
+    """Passes over the preference pairs; 0 skips DPO."""
+    dpo_lr: float = 2e-4
+    """Peak learning rate of DPO."""
+    dpo_beta: float = 0.1
+    """DPO temperature: higher keeps the policy closer to the post-SFT reference."""
+    dpo_sft_weight: float = 1.0
+    """Weight of the SFT (NLL on the chosen answer) term added to the sigmoid DPO loss:
+    keeps the chosen answer likely, the guard against DPO collapse."""
+    dpo_batch_size: int = 4
+    """Pairs per DPO step."""
+    dpo_max_length: int = 128
+    """Token cap of prompt + one answer in a pair (long rejected answers are cut)."""
+
+    # ---- data ------------------------------------------------------------------------------
+    replay_fraction: float = 0.3
+    """Size of the replay sample (rows that trained earlier accepted versions) relative to the
+    new SFT rows; 0 disables replay of earlier rows."""
+    self_replay: int = 24
+    """How many of the base model's own greedy answers to generic prompts
+    (learning/replay_prompts.jsonl) are mixed into SFT, against forgetting; 0 disables."""
+    augment: bool = True
+    """Add generic rewrites of each corrected prompt (templates, casing, contractions)."""
+    max_history_messages: int = 2
+    """Earlier messages of the conversation kept in front of the corrected prompt."""
+    max_prompt_chars: int = 2000
+    """Character cap of one user message in training data."""
+    max_answer_chars: int = 1500
+    """Character cap of one answer in training data."""
+    scrub_pii: bool = True
+    """Replace e-mail addresses, phone and card-like numbers with placeholders."""
+    dedup_threshold: float = 0.97
+    """Cosine similarity (prompt + answer embeddings) above which two rows are duplicates;
+    the newer one is kept. 1.0 disables near-duplicate removal."""
+    heldout_fraction: float = 0.2
+    """Share of conversations (by stable hash) whose VOTE-derived rows are held out for the
+    gate. Corrections always train: the user asked for them to be learned."""
+
+    # ---- triggers (AutoTrigger) --------------------------------------------------------------
+    min_new_feedback: int = 10
+    """A cycle starts by itself once this many new learnable feedback items arrived."""
+    interval_s: float = 6 * 3600
+    """...or when this much time passed since the last cycle and there is any new feedback."""
+    min_gap_s: float = 600
+    """Never start two automatic cycles closer together than this."""
+
+    # ---- misc --------------------------------------------------------------------------------
+    seed: int = 0
+    """Seed of data shuffling and LoRA init (each version also mixes in its number)."""
+    logging_steps: int = 1
+    """Loss reported every this many steps (progress bar, job row, loss plot)."""
+    extra: dict = field(default_factory=dict)
+    """Free-form notes stored with the resolved config in meta.json."""
+
+    def __post_init__(self):
+        self.lora_targets = tuple(self.lora_targets)
+        problems = []
+        if self.lora_r <= 0 or self.lora_alpha <= 0:
+            problems.append(f"lora_r and lora_alpha must be positive (got {self.lora_r}, {self.lora_alpha})")
+        if not 0 <= self.lora_dropout < 1:
+            problems.append(f"lora_dropout must be in [0, 1) (got {self.lora_dropout})")
+        if not self.lora_targets:
+            problems.append("lora_targets must name at least one module")
+        if self.sft_epochs <= 0:
+            problems.append(f"sft_epochs must be positive (got {self.sft_epochs})")
+        if self.dpo_epochs < 0:
+            problems.append(f"dpo_epochs must be >= 0 (got {self.dpo_epochs})")
+        for name in ("sft_lr", "dpo_lr", "dpo_beta"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be positive (got {getattr(self, name)})")
+        if self.dpo_sft_weight < 0:
+            problems.append(f"dpo_sft_weight must be >= 0 (got {self.dpo_sft_weight})")
+        for name in ("sft_batch_size", "dpo_batch_size", "logging_steps"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
+        if self.sft_max_length < 16 or self.dpo_max_length < 16:
+            problems.append(f"max lengths must be >= 16 tokens (got sft {self.sft_max_length}, "
+                            f"dpo {self.dpo_max_length})")
+        if not 0 <= self.replay_fraction <= 5:
+            problems.append(f"replay_fraction must be in [0, 5] (got {self.replay_fraction})")
+        if self.self_replay < 0 or self.max_history_messages < 0:
+            problems.append(f"self_replay and max_history_messages must be >= 0 "
+                            f"(got {self.self_replay}, {self.max_history_messages})")
+        if not 0 < self.dedup_threshold <= 1:
+            problems.append(f"dedup_threshold must be in (0, 1] (got {self.dedup_threshold})")
+        if not 0 <= self.heldout_fraction < 1:
+            problems.append(f"heldout_fraction must be in [0, 1) (got {self.heldout_fraction})")
+        if self.min_new_feedback < 1:
+            problems.append(f"min_new_feedback must be >= 1 (got {self.min_new_feedback})")
+        if self.interval_s <= 0 or self.min_gap_s < 0:
+            problems.append(f"interval_s must be > 0 and min_gap_s >= 0 "
+                            f"(got {self.interval_s}, {self.min_gap_s})")
+        elif self.min_gap_s > self.interval_s:
+            problems.append(f"min_gap_s ({self.min_gap_s}) cannot exceed interval_s ({self.interval_s}): "
+                            "the interval trigger could never fire")
+        if self.max_prompt_chars < 16 or self.max_answer_chars < 16:
+            problems.append(f"character caps must be >= 16 (got {self.max_prompt_chars}, "
+                            f"{self.max_answer_chars})")
+        if problems:
+            raise ValueError("invalid LearnConfig: " + "; ".join(problems))
+
+    def lora_shape(self) -> dict:
+        """The part that must match the parent adapter's."""
+        return {"r": self.lora_r, "lora_alpha": self.lora_alpha, "lora_dropout": self.lora_dropout,
+                "target_modules": sorted(self.lora_targets)}
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["lora_targets"] = list(self.lora_targets)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LearnConfig":
+        """Build from stored settings, refusing unknown keys (typos must not pass silently)."""
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown LearnConfig fields {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+
+SETTINGS_KEY = "learn_config"
+
+
+def load_learn_config(db) -> LearnConfig:
+    """The LearnConfig stored in settings (key 'learn_config'), defaults otherwise."""
+    from store.settings import get_setting
+
+    return LearnConfig.from_dict(get_setting(db, SETTINGS_KEY, {}) or {})

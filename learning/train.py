@@ -1,0 +1,232 @@
+"""Train one candidate adapter: TRL SFTTrainer, then DPOTrainer, on ONE LoRA.
+
+Contract: `train_candidate(job)` loads the base model, attaches the parent adapter TRAINABLE
+(or a fresh LoRA of the fixed shape from LearnConfig), runs SFT on the answer tokens only, then
+DPO (sigmoid + an SFT term on the chosen answer, against collapse), and writes the adapter
+ATOMICALLY: a temp dir inside the adapters dir, renamed to `adapters/vN` once complete, with a
+`meta.json` (resolved config, parent version, feedback ids, data hash, package version,
+timings, losses, tokens/s). Base weights are never modified. A crash leaves at most a
+`.tmp-*` dir, removed by `clean_stale_dirs` at the next start.
+
+Devices: CUDA is detected (bf16 there, float32 on CPU). The trainers are plain HF/TRL
+trainers, so the same code runs on several GPUs with `accelerate launch -m learning.learner
+--home DIR` (data parallel; each rank trains on its shard and rank 0 saves).
+"""
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from learning.config import LearnConfig
+from learning.datasets import strip_meta
+
+Progress = Callable[[str, int, int, float | None], None]  # (stage, step, total, loss)
+
+
+class Cancelled(Exception):
+    """The user asked the running cycle to stop."""
+
+
+class IncompatibleParent(ValueError):
+    """The active adapter's LoRA shape differs from LearnConfig's fixed shape."""
+
+
+@dataclass
+class TrainJob:
+    base_path: str
+    adapters_dir: Path
+    version: int
+    sft_rows: list[dict]
+    pairs: list[dict]
+    lcfg: LearnConfig = field(default_factory=LearnConfig)
+    parent_version: int | None = None
+    parent_path: str | None = None
+    feedback_ids: list[str] = field(default_factory=list)
+    data_hash: str = ""
+    progress: Progress | None = None
+    should_cancel: Callable[[], bool] | None = None
+    extra_meta: dict = field(default_factory=dict)
+
+
+def _callback(stage: str, job: TrainJob, losses: list[dict]):
+    from transformers import TrainerCallback
+
+    class Report(TrainerCallback):
+        """Loss to the job's list, progress per step, cancellation checked between steps."""
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                losses.append({"stage": stage, "step": state.global_step, "loss": float(logs["loss"])})
+
+        def on_step_end(self, args, state, control, **kw):
+            if job.progress:
+                last = losses[-1]["loss"] if losses and losses[-1]["stage"] == stage else None
+                job.progress(stage, state.global_step, state.max_steps, last)
+            if job.should_cancel and job.should_cancel():
+                raise Cancelled(f"cancelled during {stage} at step {state.global_step}")
+
+    return Report()
+
+
+def _common_args(lcfg: LearnConfig, out: Path, device: str) -> dict:
+    return dict(output_dir=str(out), save_strategy="no", report_to=[], logging_steps=lcfg.logging_steps,
+                gradient_checkpointing=False,  # measured: slower on CPU, memory is not the limit at 135M
+                bf16=device == "cuda", use_cpu=device == "cpu", seed=lcfg.seed, data_seed=lcfg.seed,
+                lr_scheduler_type="linear", warmup_steps=0, disable_tqdm=True, dataloader_num_workers=0,
+                remove_unused_columns=True)
+
+
+def load_trainable(job: TrainJob):
+    """(peft model, tokenizer, device): base + parent adapter trainable, or a fresh fixed-shape LoRA."""
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from assistant.model import pick_device
+
+    device, dtype = pick_device()
+    tok = AutoTokenizer.from_pretrained(job.base_path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    base = AutoModelForCausalLM.from_pretrained(job.base_path, dtype=dtype).to(device)
+    torch.manual_seed(job.lcfg.seed * 1000 + job.version)  # a different LoRA init per version
+    want = job.lcfg.lora_shape()
+    if job.parent_path:
+        pcfg = json.loads((Path(job.parent_path) / "adapter_config.json").read_text())
+        have = {"r": pcfg.get("r"), "lora_alpha": pcfg.get("lora_alpha"), "lora_dropout": pcfg.get("lora_dropout"),
+                "target_modules": sorted(pcfg.get("target_modules") or [])}
+        if have != want:
+            raise IncompatibleParent(f"parent adapter v{job.parent_version} has LoRA shape {have}, the config "
+                                     f"wants {want}; the shape is fixed across versions")
+        model = PeftModel.from_pretrained(base, job.parent_path, is_trainable=True)
+    else:
+        model = get_peft_model(base, LoraConfig(
+            r=want["r"], lora_alpha=want["lora_alpha"], lora_dropout=want["lora_dropout"],
+            target_modules=want["target_modules"], task_type="CAUSAL_LM"))
+    return model, tok, device
+
+
+def run_sft(model, tok, rows: list[dict], job: TrainJob, device: str, work: Path, losses: list) -> dict:
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    lcfg = job.lcfg
+    ds = Dataset.from_list([{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]}
+                            for r in map(strip_meta, rows)])
+    args = SFTConfig(**_common_args(lcfg, work / "sft", device), num_train_epochs=lcfg.sft_epochs,
+                     learning_rate=lcfg.sft_lr, per_device_train_batch_size=lcfg.sft_batch_size,
+                     max_length=lcfg.sft_max_length, completion_only_loss=True, packing=False)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok,
+                         callbacks=[_callback("SFT", job, losses)])
+    tokens = sum(len(x) for x in trainer.train_dataset["input_ids"]) * lcfg.sft_epochs
+    t0 = time.perf_counter()
+    trainer.train()
+    dt = time.perf_counter() - t0
+    return {"rows": len(rows), "steps": trainer.state.global_step, "tokens": int(tokens), "seconds": dt,
+            "tokens_per_s": tokens / dt if dt else None}
+
+
+def run_dpo(model, tok, pairs: list[dict], job: TrainJob, device: str, work: Path, losses: list) -> dict:
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    lcfg = job.lcfg
+    ds = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in pairs])
+    weights = [1.0, lcfg.dpo_sft_weight] if lcfg.dpo_sft_weight > 0 else [1.0]
+    args = DPOConfig(**_common_args(lcfg, work / "dpo", device), num_train_epochs=lcfg.dpo_epochs,
+                     learning_rate=lcfg.dpo_lr, per_device_train_batch_size=lcfg.dpo_batch_size,
+                     max_length=lcfg.dpo_max_length, beta=lcfg.dpo_beta,
+                     loss_type=["sigmoid", "sft"][:len(weights)], loss_weights=weights)
+    # The model is a PeftModel: TRL adds a frozen "ref" copy of the (post-SFT) adapter as reference.
+    trainer = DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok,
+                         callbacks=[_callback("DPO", job, losses)])
+    d = trainer.train_dataset
+    tokens = sum(2 * len(p) + len(c) + len(r) for p, c, r in
+                 zip(d["prompt_ids"], d["chosen_ids"], d["rejected_ids"], strict=True)) * lcfg.dpo_epochs
+    t0 = time.perf_counter()
+    trainer.train()
+    dt = time.perf_counter() - t0
+    if "ref" in model.peft_config:
+        model.delete_adapter("ref")
+    return {"pairs": len(pairs), "steps": trainer.state.global_step, "tokens": int(tokens), "seconds": dt,
+            "tokens_per_s": tokens / dt if dt else None}
+
+
+def train_candidate(job: TrainJob) -> Path:
+    """Train and write `adapters/v{version}` atomically; returns its path (see module docstring)."""
+    import torch
+
+    if not job.sft_rows and not job.pairs:
+        raise ValueError("nothing to train on: no SFT rows and no preference pairs")
+    job.adapters_dir.mkdir(parents=True, exist_ok=True)
+    final = job.adapters_dir / f"v{job.version}"
+    if final.exists():
+        raise FileExistsError(f"{final} already exists; adapter versions are never overwritten")
+    tmp = job.adapters_dir / f".tmp-v{job.version}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    timings, losses, stats = {}, [], {}
+    try:
+        t0 = time.perf_counter()
+        model, tok, device = load_trainable(job)
+        timings["load_s"] = time.perf_counter() - t0
+        work = tmp / "_work"
+        if job.sft_rows:
+            stats["sft"] = run_sft(model, tok, job.sft_rows, job, device, work, losses)
+            timings["sft_s"] = stats["sft"]["seconds"]
+        if job.pairs and job.lcfg.dpo_epochs > 0:
+            stats["dpo"] = run_dpo(model, tok, job.pairs, job, device, work, losses)
+            timings["dpo_s"] = stats["dpo"]["seconds"]
+        shutil.rmtree(work, ignore_errors=True)
+        model.save_pretrained(str(tmp), selected_adapters=["default"])
+        meta = {
+            "version": job.version, "parent_version": job.parent_version, "base_model": job.base_path,
+            "config": job.lcfg.to_dict(), "feedback_ids": sorted(set(job.feedback_ids)),
+            "data_hash": job.data_hash, "package_version": _package_version(), "device": device,
+            "torch": torch.__version__, "timings": timings, "losses": losses, "stats": stats,
+            "rows": {"sft": len(job.sft_rows), "pairs": len(job.pairs)}, **job.extra_meta,
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        _fsync_dir(tmp)
+        tmp.rename(final)  # the one visible step: the directory appears complete or not at all
+        _fsync_dir(job.adapters_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def clean_stale_dirs(adapters_dir: Path, registered: set[str]) -> list[str]:
+    """Remove leftovers of crashed cycles: `.tmp-*` dirs, and `vN` dirs that never got registered."""
+    removed = []
+    if not Path(adapters_dir).is_dir():
+        return removed
+    for p in Path(adapters_dir).iterdir():
+        stale_tmp = p.name.startswith(".tmp-")
+        unregistered = p.name.startswith("v") and p.is_dir() and str(p) not in registered
+        if stale_tmp or unregistered:
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p.name)
+    return removed
+
+
+def _fsync_dir(path: Path) -> None:
+    for p in [*Path(path).glob("*"), Path(path)]:
+        if p.is_file() or p == Path(path):
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("personal-assistant")
+    except PackageNotFoundError:
+        return "0+unknown"

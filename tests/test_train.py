@@ -1,0 +1,108 @@
+"""Training on the tiny model: adapter weights change, base weights stay byte-identical, the
+adapter dir appears atomically with meta.json, a crash mid-write leaves nothing visible."""
+import json
+
+import pytest
+import torch
+
+from learning.config import LearnConfig
+from learning.train import Cancelled, IncompatibleParent, TrainJob, clean_stale_dirs, train_candidate
+
+SYSTEM = {"role": "system", "content": "You are a helpful personal assistant."}
+
+
+def _rows():
+    sft = [{"messages": [SYSTEM, {"role": "user", "content": q}, {"role": "assistant", "content": a}],
+            "feedback_ids": [f"f{i}"], "source": "correction"}
+           for i, (q, a) in enumerate([("What is the name of my dog?", "Your dog is called Biscuit."),
+                                       ("Where do I work?", "You work at Halvorsen Robotics.")])]
+    pairs = [{"prompt": r["messages"][:2], "chosen": r["messages"][2:],
+              "rejected": [{"role": "assistant", "content": "I do not know."}], "feedback_ids": r["feedback_ids"]}
+             for r in sft]
+    return sft, pairs
+
+
+def _job(path, adapters_dir, version=1, **kw):
+    sft, pairs = _rows()
+    lcfg = LearnConfig(lora_r=4, lora_alpha=8, sft_epochs=2, dpo_epochs=1, sft_batch_size=2, dpo_batch_size=2,
+                       sft_max_length=64, dpo_max_length=64)
+    return TrainJob(base_path=str(path), adapters_dir=adapters_dir, version=version, sft_rows=sft, pairs=pairs,
+                    lcfg=lcfg, feedback_ids=["f0", "f1"], data_hash="abc", **kw)
+
+
+def _weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "adapter_model.safetensors"))
+
+
+def test_training_changes_adapter_and_not_base(tiny_model_path, tmp_path):
+    from safetensors.torch import load_file
+
+    base_before = {k: v.clone() for k, v in load_file(str(tiny_model_path / "model.safetensors")).items()}
+    seen = []
+    out = train_candidate(_job(tiny_model_path, tmp_path / "adapters",
+                               progress=lambda *a: seen.append(a)))
+    assert out == tmp_path / "adapters" / "v1"
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["feedback_ids"] == ["f0", "f1"] and meta["data_hash"] == "abc"
+    assert meta["config"]["lora_r"] == 4 and meta["parent_version"] is None
+    assert {x["stage"] for x in meta["losses"]} == {"SFT", "DPO"}
+    assert meta["stats"]["sft"]["tokens_per_s"] > 0
+    assert {s[0] for s in seen} == {"SFT", "DPO"}
+    w = _weights(out)
+    # lora_B starts at zero: after training it is not.
+    assert any(v.abs().sum() > 0 for k, v in w.items() if "lora_B" in k)
+    assert not any(k for k in w if ".ref." in k)  # the DPO reference copy is not saved
+    base_after = load_file(str(tiny_model_path / "model.safetensors"))
+    assert all(torch.equal(base_before[k], base_after[k]) for k in base_before)
+
+
+def test_continue_from_parent_and_base_in_memory_untouched(tiny_model_path, tmp_path):
+    adapters = tmp_path / "adapters"
+    v1 = train_candidate(_job(tiny_model_path, adapters))
+    v2 = train_candidate(_job(tiny_model_path, adapters, version=2, parent_version=1, parent_path=str(v1)))
+    w1, w2 = _weights(v1), _weights(v2)
+    assert set(w1) == set(w2)
+    assert any(not torch.equal(w1[k], w2[k]) for k in w1)
+    assert json.loads((v2 / "meta.json").read_text())["parent_version"] == 1
+
+
+def test_parent_of_another_shape_is_refused(tiny_model_path, tmp_path):
+    adapters = tmp_path / "adapters"
+    v1 = train_candidate(_job(tiny_model_path, adapters))
+    job = _job(tiny_model_path, adapters, version=2, parent_version=1, parent_path=str(v1))
+    job.lcfg = LearnConfig(lora_r=8, lora_alpha=8)
+    with pytest.raises(IncompatibleParent, match="fixed across versions"):
+        train_candidate(job)
+    assert not (adapters / "v2").exists()
+
+
+def test_crash_mid_write_leaves_nothing_visible(tiny_model_path, tmp_path, monkeypatch):
+    import peft
+
+    adapters = tmp_path / "adapters"
+
+    def boom(self, *a, **kw):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(peft.PeftModel, "save_pretrained", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        train_candidate(_job(tiny_model_path, adapters))
+    assert list(adapters.iterdir()) == []
+
+
+def test_cancel_between_steps(tiny_model_path, tmp_path):
+    adapters = tmp_path / "adapters"
+    with pytest.raises(Cancelled):
+        train_candidate(_job(tiny_model_path, adapters, should_cancel=lambda: True))
+    assert list(adapters.iterdir()) == []
+
+
+def test_clean_stale_dirs(tmp_path):
+    (tmp_path / ".tmp-v3-123").mkdir()
+    (tmp_path / "v3").mkdir()
+    (tmp_path / "v1").mkdir()
+    removed = clean_stale_dirs(tmp_path, registered={str(tmp_path / "v1")})
+    assert sorted(removed) == [".tmp-v3-123", "v3"]
+    assert [p.name for p in tmp_path.iterdir()] == ["v1"]
