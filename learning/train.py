@@ -49,6 +49,25 @@ class TrainJob:
     progress: Progress | None = None
     should_cancel: Callable[[], bool] | None = None
     extra_meta: dict = field(default_factory=dict)
+    system_prompt: str = "You are a helpful personal assistant."
+    cache_dir: Path | None = None  # where the base model's self-replay answers are cached
+
+
+def training_rows(job: TrainJob, model, tok) -> tuple[list[dict], dict]:
+    """The SFT rows actually trained: the job's rows, generic rewrites of corrected prompts
+    and the base model's own answers to generic prompts (see learning/augment.py)."""
+    from learning.augment import augment_sft, self_replay_rows
+
+    rows = list(job.sft_rows)
+    extra = augment_sft(rows) if job.lcfg.augment else []
+    replay = []
+    if job.lcfg.self_replay and job.cache_dir is not None:
+        model.eval()
+        with model.disable_adapter():  # the BASE model's answers, whatever the parent learned
+            replay = self_replay_rows(model, tok, job.system_prompt, job.cache_dir, job.lcfg.self_replay)
+        model.train()
+    counts = {"given": len(rows), "augment": len(extra), "self_replay": len(replay)}
+    return rows + extra + replay, counts
 
 
 def _callback(stage: str, job: TrainJob, losses: list[dict]):
@@ -174,8 +193,11 @@ def train_candidate(job: TrainJob) -> Path:
         model, tok, device = load_trainable(job)
         timings["load_s"] = time.perf_counter() - t0
         work = tmp / "_work"
-        if job.sft_rows:
-            stats["sft"] = run_sft(model, tok, job.sft_rows, job, device, work, losses)
+        t0 = time.perf_counter()
+        sft_rows, stats["sft_rows"] = training_rows(job, model, tok) if job.sft_rows else ([], {})
+        timings["extra_rows_s"] = time.perf_counter() - t0
+        if sft_rows:
+            stats["sft"] = run_sft(model, tok, sft_rows, job, device, work, losses)
             timings["sft_s"] = stats["sft"]["seconds"]
         if job.pairs and job.lcfg.dpo_epochs > 0:
             stats["dpo"] = run_dpo(model, tok, job.pairs, job, device, work, losses)

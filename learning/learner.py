@@ -1,0 +1,289 @@
+"""One learning cycle, read top to bottom:
+
+    lock -> job row -> data -> train (SFT, DPO) -> register candidate -> evaluate -> gate
+         -> record decision -> activate or reject -> finish job
+
+Only one cycle runs at a time: an exclusive `fcntl.flock` on `home/learner.lock` (the OS
+releases it if the process dies). Every stage is written to the job row (stage, progress 0..1,
+eta_s, losses), so the UI can show it from another process. A crash or kill leaves nothing
+half-written visible: the adapter dir appears by an atomic rename, stale temp dirs are removed
+and dead jobs marked failed at the next start. Without the gate modules the candidate stays a
+candidate: nothing is ever promoted without the gate.
+
+Run in its own process by `learning.control.start_cycle` (`python -m learning.learner --home H`),
+or in the foreground by `assistant learn` (`cmd_learn`). Multi-GPU: `accelerate launch -m
+learning.learner --home H` (see learning/train.py).
+"""
+import argparse
+import contextlib
+import fcntl
+import logging
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from learning import datasets
+from learning.config import LearnConfig, load_learn_config
+from learning.train import Cancelled, TrainJob, clean_stale_dirs, train_candidate
+from store import adapters, jobs, open_db
+from store.ids import new_id
+
+log = logging.getLogger(__name__)
+LOCK_NAME = "learner.lock"
+# Share of the whole cycle each stage takes (for the progress bar and the ETA).
+STAGES = {"preparing data": (0.0, 0.05), "SFT": (0.05, 0.55), "DPO": (0.55, 0.75),
+          "evaluating": (0.75, 0.97), "gate": (0.97, 1.0)}
+
+
+class CycleRunning(RuntimeError):
+    """Another learning cycle holds the lock."""
+
+
+@contextlib.contextmanager
+def cycle_lock(home: Path):
+    """Hold the learner lock for the block, or raise CycleRunning at once."""
+    home.mkdir(parents=True, exist_ok=True)
+    fh = open(home / LOCK_NAME, "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "?"
+        fh.close()
+        raise CycleRunning(f"a learning cycle is already running (pid {holder})") from None
+    try:
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        yield
+    finally:
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
+
+
+class Tracker:
+    """Writes stage, overall progress, ETA and losses to the job row (and a caller's callback)."""
+
+    def __init__(self, db, job_id: str, progress: Callable[[dict], None] | None = None):
+        self.db, self.job_id, self.callback = db, job_id, progress
+        self.start, self.losses, self.stage_name = time.monotonic(), [], "preparing data"
+        self._last_write = 0.0
+
+    def stage(self, name: str, fraction: float = 0.0, loss: float | None = None, force: bool = True):
+        self.stage_name = name
+        lo, hi = STAGES[name]
+        overall = lo + (hi - lo) * min(max(fraction, 0.0), 1.0)
+        elapsed = time.monotonic() - self.start
+        eta = elapsed / overall - elapsed if overall > 0.02 else None
+        state = {"stage": name, "progress": round(overall, 4), "eta_s": None if eta is None else round(eta, 1),
+                 "loss": loss}
+        if force or time.monotonic() - self._last_write > 1.0:  # the row is polled, not streamed
+            jobs.update_job(self.db, self.job_id, stage=name, progress=state["progress"], eta_s=state["eta_s"],
+                            losses=self.losses)
+            self._last_write = time.monotonic()
+        if self.callback:
+            self.callback(state)
+
+    def train_step(self, stage: str, step: int, total: int, loss: float | None):
+        if loss is not None and (not self.losses or self.losses[-1] != (stage, step)):
+            self.losses.append({"stage": stage, "step": step, "loss": round(loss, 4)})
+        self.stage(stage, step / max(total, 1), loss, force=step == total)
+
+    def evaluation(self, fraction: float):
+        self.stage("evaluating", fraction, force=fraction >= 1.0)
+
+
+def accepted_feedback(db) -> set[str]:
+    """Feedback learned by the active version and its ancestors (what the live adapter knows)."""
+    ids, version = set(), adapters.active_version(db)
+    while version is not None:
+        ids.update(adapters.lineage_feedback(db, version))
+        version = adapters.get_adapter(db, version)["parent_version"]
+    return ids
+
+
+def split_new(data: datasets.LearnData, learned: set[str], lcfg: LearnConfig, seed: int):
+    """(new SFT rows, new pairs, replay sample of earlier accepted SFT rows)."""
+    def is_new(r):
+        return not set(r["feedback_ids"]) <= learned
+
+    sft_new = [r for r in data.sft if is_new(r)]
+    pairs_new = [r for r in data.pairs if is_new(r)]
+    old = [r for r in data.sft if not is_new(r)]
+    k = min(len(old), round(lcfg.replay_fraction * max(len(sft_new), 1)))
+    return sft_new, pairs_new, random.Random(seed).sample(old, k)
+
+
+def _gate():
+    """The gate modules, or None while they are not installed (then nothing is promoted)."""
+    try:
+        from learning.evaluate import evaluate
+        from learning.gate import GateConfig, decide
+    except ImportError as e:
+        log.warning("gate unavailable (%s): the candidate stays a candidate", e)
+        return None
+    return evaluate, decide, GateConfig
+
+
+def run_cycle(cfg, learn_cfg: LearnConfig | None = None, force: bool = False,
+              progress: Callable[[dict], None] | None = None, job_id: str | None = None,
+              embedder=None) -> dict:
+    """Run one cycle; returns its result (also stored on the job row). Raises CycleRunning if
+    another cycle runs, Cancelled if cancelled, any training error after recording it."""
+    from assistant.config import DEFAULT_SYSTEM_PROMPT
+    from assistant.model import resolve_model
+    from store.settings import get_setting
+
+    db = open_db(cfg.db_path)
+    with cycle_lock(cfg.home):
+        jobs.mark_orphans(db)
+        clean_stale_dirs(cfg.adapters_dir, {a["path"] for a in adapters.list_adapters(db)})
+        job_id = job_id or jobs.start_job(db)
+        jobs.update_job(db, job_id, pid=os.getpid(), status="running")
+        track = Tracker(db, job_id, progress)
+        try:
+            # ---- data -------------------------------------------------------------------
+            track.stage("preparing data")
+            t0 = time.perf_counter()
+            lcfg = learn_cfg or load_learn_config(db)
+            system = get_setting(db, "system_prompt", DEFAULT_SYSTEM_PROMPT)
+            data = datasets.build(db, lcfg, system_prompt=system, embedder=embedder)
+            learned = accepted_feedback(db)
+            sft_new, pairs_new, replay = split_new(data, learned, lcfg, lcfg.seed)
+            if not sft_new and not pairs_new:
+                if not force:
+                    return _finish(db, job_id, "succeeded", {"skipped": True, "message": "nothing new to learn "
+                                   "since the active version", "data": data.counts()})
+                sft_new, pairs_new, replay = data.sft, data.pairs, []
+            new_ids = sorted({f for r in sft_new + pairs_new for f in r["feedback_ids"]})
+            data_s = time.perf_counter() - t0
+
+            # ---- train ------------------------------------------------------------------
+            parent = adapters.active_adapter(db)
+            version = adapters.next_version(db)
+            base = resolve_model(cfg.model, cfg.models_dir)
+            path = train_candidate(TrainJob(
+                base_path=base, adapters_dir=cfg.adapters_dir, version=version, sft_rows=sft_new + replay,
+                pairs=pairs_new, lcfg=lcfg, parent_version=parent and parent["version"],
+                parent_path=parent and parent["path"], feedback_ids=new_ids, data_hash=data.data_hash(),
+                progress=track.train_step, should_cancel=lambda: jobs.cancel_requested(db, job_id),
+                system_prompt=system, cache_dir=cfg.home / "cache",
+                extra_meta={"data": data.counts(), "replayed_rows": len(replay), "data_s": round(data_s, 2),
+                            "superseded": data.superseded, "job_id": job_id}))
+            meta = _read_meta(path)
+            n_corr = sum(r["source"] == "correction" for r in sft_new)
+            adapters.register_candidate(db, version, str(path), parent and parent["version"], meta, new_ids,
+                                        n_corrections=n_corr, n_votes=len(new_ids) - n_corr)
+
+            # ---- evaluate and gate ------------------------------------------------------
+            result = {"version": version, "parent_version": parent and parent["version"],
+                      "feedback_ids": len(new_ids), "timings": {"data_s": round(data_s, 2), **meta["timings"]}}
+            gate = _gate()
+            if gate is None:
+                result.update(status="candidate", message=f"v{version} trained; the gate is not available, "
+                              "so it stays a candidate (promote it by hand)")
+                return _finish(db, job_id, "succeeded", result)
+            evaluate, decide, GateConfig = gate
+            track.stage("evaluating")
+            ev = evaluate(cfg, db, version, parent and parent["version"], new_ids, progress=track.evaluation)
+            track.stage("gate")
+            decision = decide(ev["candidate"], ev["incumbent"], GateConfig())
+            adapters.set_metrics(db, version, ev["candidate"])
+            adapters.record_decision(db, new_id(), version, parent and parent["version"], decision.passed,
+                                     list(decision.reasons), {"candidate": ev["candidate"],
+                                                              "incumbent": ev["incumbent"], "items": ev["items"]})
+            if decision.passed:
+                adapters.activate(db, version)
+            else:
+                adapters.reject(db, version)
+            verdict = "promoted" if decision.passed else "rejected by the gate"
+            result.update(status="active" if decision.passed else "rejected", reasons=list(decision.reasons),
+                          message=f"v{version} {verdict}: " + "; ".join(decision.reasons))
+            return _finish(db, job_id, "succeeded", result)
+        except Cancelled as e:
+            _finish(db, job_id, "cancelled", {"message": str(e)}, error=str(e))
+            raise
+        except BaseException as e:
+            _finish(db, job_id, "failed", {"message": f"{type(e).__name__}: {e}"}, error=f"{type(e).__name__}: {e}")
+            raise
+
+
+def _finish(db, job_id, status, result, error=None) -> dict:
+    jobs.finish_job(db, job_id, status, error=error, result=result)
+    return {"job_id": job_id, "job_status": status, **result}
+
+
+def _read_meta(path: Path) -> dict:
+    import json
+
+    return json.loads((Path(path) / "meta.json").read_text())
+
+
+def cmd_learn(cfg, args) -> int:
+    """`assistant learn [--force]`: one cycle in the foreground with a progress bar."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=100, unit="%", bar_format="{desc:<16}{percentage:3.0f}%|{bar}| {postfix}")
+
+    def show(state):
+        bar.set_description_str(state["stage"])
+        bar.n = int(state["progress"] * 100)
+        eta = f"eta {state['eta_s']:.0f}s" if state.get("eta_s") is not None else ""
+        loss = f"loss {state['loss']:.3f}" if state.get("loss") is not None else ""
+        bar.set_postfix_str(f"{loss} {eta}".strip())
+        bar.refresh()
+
+    try:
+        result = run_cycle(cfg, force=getattr(args, "force", False), progress=show)
+    except CycleRunning as e:
+        bar.close()
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Cancelled as e:
+        bar.close()
+        print(f"cancelled: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # noqa: BLE001 - the CLI's contract: one line and a non-zero exit
+        bar.close()
+        print(f"learning cycle failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    bar.n = 100
+    bar.close()
+    print(result["message"])
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the background learner process spawned by learning.control."""
+    from assistant.config import Config
+
+    p = argparse.ArgumentParser(prog="python -m learning.learner")
+    p.add_argument("--home", required=True)
+    p.add_argument("--model")
+    p.add_argument("--job-id")
+    p.add_argument("--force", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = Config(home=Path(args.home).expanduser())
+    if args.model:
+        cfg.model = args.model
+    try:
+        result = run_cycle(cfg, force=args.force, job_id=args.job_id)
+    except CycleRunning as e:
+        if args.job_id:  # the row start_cycle made for us must not stay 'running'
+            jobs.finish_job(open_db(cfg.db_path), args.job_id, "failed", error=str(e))
+        log.error("%s", e)
+        return 2
+    except Exception:  # noqa: BLE001 - already recorded on the job row
+        log.exception("learning cycle failed")
+        return 1
+    log.info("%s", result.get("message"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

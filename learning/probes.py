@@ -1,0 +1,73 @@
+"""Score the probes of a teaching scenario (GUIDE section 6). For MEASURING only: nothing here
+feeds training, prompts or configuration.
+
+A scenario is a JSONL file of items: `fact` (teach: one correction; probes: the re-ask plus
+paraphrases), `style` (several corrections; probes: new prompts) and `control` (probes the base
+model already answers). A probe passes when the greedy reply (32 new tokens) contains one of
+the item's `expect` strings as a whole word or phrase, case-insensitively.
+
+`score_probes(served, scenario, version, path)` returns per-family counts (reask, paraphrase,
+style, control) and every reply, so bench/learn.py and bench/teach.py report the same numbers.
+"""
+import json
+from pathlib import Path
+
+from assistant.config import DEFAULT_SYSTEM_PROMPT
+from learning.evaluate import contains_phrase
+from learning.scoring import Scorer
+
+FAMILIES = ("reask", "paraphrase", "style", "control")
+
+
+def load_scenario(path: str | Path) -> list[dict]:
+    """Read and check a scenario file; a malformed line fails with its line number."""
+    items = []
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except ValueError as e:
+            raise ValueError(f"{path}:{n}: not JSON: {e}") from e
+        if item.get("kind") not in ("fact", "style", "control") or not item.get("probes") or not item.get("expect"):
+            raise ValueError(f"{path}:{n}: an item needs kind fact|style|control, probes and expect")
+        if item["kind"] != "control" and not item.get("teach"):
+            raise ValueError(f"{path}:{n}: a {item['kind']} item needs teach corrections")
+        items.append(item)
+    return items
+
+
+def corrections(items: list[dict]) -> list[dict]:
+    """The (prompt, correction) pairs a user would type, in scenario order."""
+    return [{"item": it["id"], "kind": it["kind"], **t} for it in items for t in it.get("teach", [])]
+
+
+def probe_list(items: list[dict]) -> list[dict]:
+    """Every probe with its family: a fact's first probe is the re-ask, the rest paraphrases."""
+    out = []
+    for it in items:
+        for i, p in enumerate(it["probes"]):
+            family = {"fact": "reask" if i == 0 else "paraphrase", "style": "style", "control": "control"}[it["kind"]]
+            out.append({"item": it["id"], "family": family, "prompt": p, "expect": it["expect"]})
+    return out
+
+
+def score_probes(served, items: list[dict], version: int | None = None, path=None,
+                 system_prompt: str = DEFAULT_SYSTEM_PROMPT, max_new_tokens: int = 32,
+                 batch_size: int = 16) -> dict:
+    """Greedy replies for every probe under adapter `version` (None: base model alone)."""
+    scorer = Scorer(served, batch_size=batch_size, max_new_tokens=max_new_tokens)
+    scorer.select(version, path)
+    probes = probe_list(items)
+    replies = scorer.generate([[{"role": "system", "content": system_prompt},
+                                {"role": "user", "content": p["prompt"]}] for p in probes])
+    for p, r in zip(probes, replies, strict=True):
+        p["reply"] = r
+        p["passed"] = any(contains_phrase(r, e) for e in p["expect"])
+    summary = {f: {"passed": sum(p["passed"] for p in probes if p["family"] == f),
+                   "total": sum(p["family"] == f for p in probes)} for f in FAMILIES}
+    return {"summary": summary, "probes": probes}
+
+
+def summary_line(summary: dict) -> str:
+    return "  ".join(f"{f} {summary[f]['passed']}/{summary[f]['total']}" for f in FAMILIES)
