@@ -1,0 +1,192 @@
+"""The web UI: `build_ui(runtime) -> gradio.Blocks` with three tabs (Chat, Learning, Versions).
+
+Nothing is launched here: `assistant.server` mounts the Blocks on its FastAPI app. This module
+only lays out components and wires events to plain handler functions (ui_chat,
+ui_conversations, ui_learning, ui_versions), which tests call directly. Per-browser state
+lives in gr.State, so two browsers chatting at once never see each other's conversation.
+"""
+import gradio as gr
+
+from assistant import ui_learning, ui_versions
+from assistant.ui_chat import SELECT_HINT, new_session
+from assistant.ui_conversations import ChatTab
+
+# One-click reasons for 👎 right on the message (free text goes in the feedback panel).
+FEEDBACK_OPTIONS = ("Like", "Dislike", "Wrong facts", "Not what I asked", "Too long")
+CHAT_LIMIT = 4  # concurrent chat streams; the model lock serialises the actual generation
+
+
+def build_ui(runtime) -> gr.Blocks:
+    chat = ChatTab(runtime)
+    with gr.Blocks(title="Personal assistant") as ui:
+        gr.Markdown("## Personal assistant — it learns from your feedback")
+        with gr.Tabs():
+            with gr.Tab("Chat", id="chat"):
+                _chat_tab(ui, chat)
+            with gr.Tab("Learning", id="learning"):
+                _learning_tab(ui, runtime)
+            with gr.Tab("Versions", id="versions") as versions_tab:
+                _versions_tab(runtime, versions_tab)
+    return ui
+
+
+def _chat_tab(ui: gr.Blocks, chat: ChatTab) -> None:
+    session = gr.State(new_session())
+    with gr.Row():
+        with gr.Column(scale=1, min_width=230):
+            new_btn = gr.Button("+ New chat", variant="secondary", elem_id="new-chat")
+            convs = gr.Radio(label="Conversations", choices=[], elem_id="conversations")
+            title = gr.Textbox(label="Title", placeholder="Rename this chat", elem_id="title")
+            with gr.Row():
+                rename_btn = gr.Button("Rename", size="sm", elem_id="rename")
+                delete_btn = gr.Button("Delete", size="sm", variant="stop", elem_id="delete")
+            confirm_delete = gr.Button("Really delete this chat?", size="sm", variant="stop",
+                                       visible=False, elem_id="confirm-delete")
+            no_learn = gr.Checkbox(label="Don't learn from this conversation", elem_id="no-learn")
+        with gr.Column(scale=4):
+            chatbot = gr.Chatbot(label="Chat", height=460, editable="all", elem_id="chatbot",
+                                 feedback_options=FEEDBACK_OPTIONS, group_consecutive_messages=False,
+                                 placeholder="Ask anything. Then rate, correct (✎) or retry (↻) any answer.")
+            with gr.Row():
+                msg = gr.Textbox(show_label=False, placeholder="Type a message and press Enter",
+                                 scale=5, elem_id="message", autofocus=True)
+                send_btn = gr.Button("Send", variant="primary", scale=1, elem_id="send")
+            notice = gr.Markdown("", elem_id="notice")
+            with gr.Accordion("Feedback on an answer", open=True, elem_id="feedback"):
+                target = gr.Markdown(SELECT_HINT, elem_id="feedback-target")
+                with gr.Row():
+                    up_btn = gr.Button("Good answer", size="sm", elem_id="fb-up")
+                    reason = gr.Textbox(show_label=False, placeholder="What was wrong? (optional)",
+                                        scale=3, elem_id="fb-reason")
+                    down_btn = gr.Button("Bad answer", size="sm", elem_id="fb-down")
+                    retry_btn = gr.Button("↻ Retry", size="sm", elem_id="fb-retry")
+                correction = gr.Textbox(label="Correct it: what should the answer have said?", lines=3, max_lines=8,
+                                        elem_id="fb-correction")
+                correct_btn = gr.Button("✎ Save correction", size="sm", variant="primary",
+                                        elem_id="fb-correct")
+            with gr.Accordion("Settings", open=False, elem_id="settings"):
+                system = gr.Textbox(label="System prompt (the assistant's standing instructions)",
+                                    value=chat.default_system_prompt, lines=3, elem_id="system-prompt")
+                with gr.Row():
+                    save_default = gr.Button("Save as default", size="sm")
+                    save_chat = gr.Button("Use for this chat only", size="sm")
+                cfg = chat.rt.cfg
+                max_new = gr.Slider(16, 1024, value=cfg.default_max_new_tokens, step=16,
+                                    label="Max new tokens", elem_id="max-new-tokens")
+                temperature = gr.Slider(0.0, 1.5, value=cfg.default_temperature, step=0.05,
+                                        label="Temperature (0 = always the same answer)")
+                recall = gr.Checkbox(value=cfg.recall, label="Recall past corrections")
+
+    gen = [max_new, temperature, recall]
+    stream_out = [msg, chatbot, session, notice, convs, target, correction]
+    view_out = [chatbot, session, notice, convs, system, no_learn, title, target, correction]
+    for trigger in (msg.submit, send_btn.click):
+        trigger(chat.send, [msg, chatbot, session, *gen], stream_out,
+                concurrency_limit=CHAT_LIMIT, concurrency_id="chat", show_progress="minimal")
+    chatbot.retry(_on_retry(chat), [chatbot, session, *gen], stream_out,
+                  concurrency_limit=CHAT_LIMIT, concurrency_id="chat")
+    retry_btn.click(chat.retry, [chatbot, session, *gen], stream_out,
+                    concurrency_limit=CHAT_LIMIT, concurrency_id="chat")
+    chatbot.like(chat.on_like, [session], [session, notice, target, correction])
+    chatbot.select(chat.on_select, [session], [session, target, correction])
+    chatbot.edit(chat.on_edit, [chatbot, session], [chatbot, session, notice])
+    chatbot.clear(chat.new_chat, [session], view_out)
+    up_btn.click(lambda s: chat.vote(s, "up"), [session], [session, notice])
+    down_btn.click(lambda s, r: chat.vote(s, "down", r), [session, reason], [session, notice]) \
+        .then(lambda: "", None, reason)
+    correct_btn.click(chat.correct, [chatbot, session, correction], [chatbot, session, notice])
+    no_learn.input(chat.set_no_learn, [session, no_learn], [session, notice])
+
+    new_btn.click(chat.new_chat, [session], view_out)
+    convs.input(chat.resume, [convs, session], view_out)
+    rename_btn.click(chat.rename, [session, title], [notice, convs])
+    title.submit(chat.rename, [session, title], [notice, convs])
+    delete_btn.click(lambda: gr.update(visible=True), None, confirm_delete)
+    confirm_delete.click(chat.delete, [session], view_out).then(
+        lambda: gr.update(visible=False), None, confirm_delete)
+    save_default.click(lambda s, t: chat.save_system_prompt(s, t, "default"), [session, system],
+                       [session, notice])
+    save_chat.click(lambda s, t: chat.save_system_prompt(s, t, "chat"), [session, system],
+                    [session, notice])
+    ui.load(lambda: chat.conversation_list(None), None, convs)
+
+
+def _on_retry(chat: ChatTab):
+    """The chatbot's own ↻ button: regenerate the turn of the message it was pressed on."""
+    def on_retry(history, session, max_new_tokens, temperature, recall, evt: gr.RetryData):
+        i = evt.index if isinstance(evt.index, int) else evt.index[0]
+        ids = (session or {}).get("turn_ids") or []
+        turn_id = ids[i] if 0 <= i < len(ids) else None
+        yield from chat.retry(history, session, max_new_tokens, temperature, recall, turn_id=turn_id)
+    return on_retry
+
+
+def _learning_tab(ui: gr.Blocks, runtime) -> None:
+    gr.Markdown("The assistant trains a new adapter from your feedback in the background; "
+                "it goes live only if it passes the gate (see Versions).")
+    with gr.Row():
+        learn_btn = gr.Button("Learn now", variant="primary", elem_id="learn-now")
+        cancel_btn = gr.Button("Cancel", variant="stop", visible=False, elem_id="learn-cancel")
+    message = gr.Markdown("", elem_id="learn-message")
+    stage = gr.Markdown("", elem_id="learn-stage")
+    bar = gr.HTML("", elem_id="learn-progress")
+    losses = gr.LinePlot(ui_learning.EMPTY_LOSSES, x="step", y="loss", color="stage",
+                         title="Training loss", height=260, elem_id="learn-losses")
+    timer = gr.Timer(2.0)
+    status_out = [stage, bar, losses, cancel_btn]
+    refresh = lambda: ui_learning.status_view(runtime)  # noqa: E731
+    learn_btn.click(lambda: ui_learning.learn_now(runtime), None, message).then(refresh, None, status_out)
+    cancel_btn.click(lambda: ui_learning.cancel(runtime), None, message).then(refresh, None, status_out)
+    # Polling, not pushing: the learner is another process and writes its progress to the jobs table.
+    timer.tick(refresh, None, status_out, show_progress="hidden", queue=False)
+    ui.load(refresh, None, status_out)
+
+
+def _versions_tab(runtime, tab) -> None:
+    plot_path = runtime.cfg.home / "ui" / "metrics.png"
+    notice = gr.Markdown("", elem_id="versions-notice")
+    refresh_btn = gr.Button("↻ Refresh", size="sm")
+    table = gr.Dataframe(label="Adapter versions", interactive=False, wrap=True, elem_id="versions-table")
+    plot = gr.Image(label="Metrics across versions", type="filepath", interactive=False, height=320)
+    with gr.Row():
+        with gr.Column():
+            promote_pick = gr.Dropdown(label="Promote a version", choices=[], elem_id="promote-pick")
+            promote_btn = gr.Button("Promote", variant="primary")
+            with gr.Row(visible=False) as confirm_row:
+                force_btn = gr.Button("Yes, promote despite the gate", variant="stop")
+                no_btn = gr.Button("No")
+        with gr.Column():
+            rollback_pick = gr.Dropdown(label="Roll back to", choices=[], elem_id="rollback-pick")
+            quarantine = gr.Checkbox(label="Quarantine the feedback that trained the current version")
+            rollback_btn = gr.Button("↩ Roll back", variant="stop")
+    with gr.Accordion("Compare a version with the active one", open=False):
+        with gr.Row():
+            compare_a = gr.Dropdown(label="Version", choices=[])
+            compare_b = gr.Dropdown(label="Against (empty: the active version)", choices=[])
+        prompts = gr.Textbox(label="Prompts (one per line; recent ones prefilled)", lines=4)
+        compare_btn = gr.Button("Compare")
+        compare_table = gr.Dataframe(interactive=False, wrap=True)
+    corrections = gr.Dataframe(label="My corrections", interactive=False, wrap=True,
+                               elem_id="corrections-table")
+
+    picks = [promote_pick, rollback_pick, compare_a, compare_b]
+    view_out = [table, plot, corrections, *picks, prompts, notice]
+
+    def refresh(with_notice: bool = True):
+        t, p, c, promote_c, rollback_c, compare_c, recent, msg = ui_versions.view(runtime, plot_path)
+        out = (t, p, c, promote_c, rollback_c, compare_c, compare_c)
+        return (*out, recent, msg) if with_notice else out
+
+    data_out = view_out[:-2]  # after an action: keep its message and the user's prompts
+    after = lambda: refresh(with_notice=False)  # noqa: E731
+    for trigger in (refresh_btn.click, tab.select):
+        trigger(refresh, None, view_out)
+    promote_btn.click(lambda v: ui_versions.promote(runtime, v), [promote_pick], [notice, confirm_row]) \
+        .then(after, None, data_out)
+    force_btn.click(lambda v: ui_versions.promote(runtime, v, confirmed=True), [promote_pick],
+                    [notice, confirm_row]).then(after, None, data_out)
+    no_btn.click(lambda: ("Promotion cancelled.", gr.update(visible=False)), None, [notice, confirm_row])
+    rollback_btn.click(lambda v, q: ui_versions.rollback(runtime, v, q), [rollback_pick, quarantine],
+                       notice).then(after, None, data_out)
+    compare_btn.click(lambda a, b, p: ui_versions.compare(runtime, a, b, p), [compare_a, compare_b, prompts],
+                      [compare_table, notice])

@@ -1,0 +1,287 @@
+"""The chat tab's handlers: send, retry and feedback, as plain methods over a Runtime.
+
+Contract
+- Every browser tab has its own `session` dict (a gr.State, see `new_session`), so two browsers
+  never share anything but the runtime; the served model queues their requests under its lock.
+  session = {conversation_id, turn_ids, selected, pending, reasonless_down}:
+  `turn_ids[i]` is the turn that chatbot message i belongs to (its user message, notes and
+  reply all map to the turn), so feedback on ANY message finds its turn; `selected` is the turn
+  the feedback panel acts on; `pending` holds choices made before the conversation exists.
+- The chatbot shows each turn as a block: user message, [cut notice], reply, [recall note],
+  [the user's correction]. Notes are assistant messages with a metadata title.
+- Handlers return (or yield) tuples in the order of the matching *_OUTPUTS names in ui.py.
+  Errors the user can act on become a gr.Warning plus a visible notice; nothing is half-logged.
+"""
+import logging
+
+import gradio as gr
+
+from assistant.errors import AssistantError
+from store import conversations, feedback
+
+log = logging.getLogger(__name__)
+
+CUT_TITLE = "⚠ Message cut"
+RECALL_TITLE = "Recalled past corrections"
+CORRECTION_TITLE = "✎ Your correction"
+SELECT_HINT = "Click an answer (or like/dislike it) to give feedback on it."
+
+
+def new_session() -> dict:
+    return {"conversation_id": None, "turn_ids": [], "selected": None,
+            "pending": {"no_learn": 0, "system_prompt": None}, "reasonless_down": {}}
+
+
+def text_of(content) -> str:
+    """Message content as plain text, whatever shape Gradio hands back (str, part dict, list)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        return str(content.get("text") or content.get("value") or "")
+    if isinstance(content, (list, tuple)):
+        return "".join(text_of(p) for p in content)
+    return str(content)
+
+
+def note(title: str, text: str) -> dict:
+    return {"role": "assistant", "content": text, "metadata": {"title": title}}
+
+
+def is_note(message: dict) -> bool:
+    return bool((message.get("metadata") or {}).get("title"))
+
+
+def recall_text(recalled: list[dict]) -> str:
+    lines = [f"- “{r['prompt']}” → “{r['correction']}”"
+             + (f" (similarity {r['score']:.2f})" if r.get("score") is not None else "")
+             for r in recalled]
+    return "Used to answer:\n" + "\n".join(lines)
+
+
+def turn_block(user_message: str, reply: str, *, notice: str | None = None,
+               recalled: list[dict] = (), correction: str | None = None) -> list[dict]:
+    block = [{"role": "user", "content": user_message}]
+    if notice:
+        block.append(note(CUT_TITLE, notice))
+    block.append({"role": "assistant", "content": reply})
+    if recalled:
+        block.append(note(RECALL_TITLE, recall_text(recalled)))
+    if correction:
+        block.append(note(CORRECTION_TITLE, correction))
+    return block
+
+
+def target_text(reply: str) -> str:
+    short = " ".join(reply.split())
+    short = short if len(short) <= 140 else short[:139] + "…"
+    return f"**Feedback on:** “{short}”"
+
+
+def warn(message: str) -> str:
+    """Show a toast and return the same text for the visible notice line."""
+    gr.Warning(message)
+    return f"⚠ {message}"
+
+
+class ChatHandlers:
+    def __init__(self, runtime):
+        self.rt = runtime
+
+    @property
+    def db(self):
+        return self.rt.db  # one connection per thread: Gradio runs handlers on a thread pool
+
+    # ---- sending ---------------------------------------------------------------------------
+    def send(self, message, history, session, max_new_tokens, temperature, recall):
+        """Stream one turn. Yields (textbox, chatbot, session, notice, conversations, target, correction)."""
+        history, session = list(history or []), _aligned(session, history)
+        if not str(message or "").strip():
+            yield (message, history, session, warn("The message is empty: type something to send."),
+                   gr.skip(), gr.skip(), gr.skip())
+            return
+        if session["conversation_id"] is None:
+            session["conversation_id"] = self._create_conversation(message, session["pending"])
+        try:
+            turn = self.rt.chat.start_turn(message, conversation_id=session["conversation_id"],
+                                           max_new_tokens=int(max_new_tokens), recall=bool(recall))
+        except AssistantError as e:
+            yield message, history, session, warn(str(e)), gr.skip(), gr.skip(), gr.skip()
+            return
+        yield from self._stream(turn, message, history, session, len(history), len(history),
+                                max_new_tokens, temperature, retry_of=None, textbox="")
+
+    def retry(self, history, session, max_new_tokens, temperature, recall, turn_id=None):
+        """Regenerate the answer of `turn_id` (default: the selected one) in place; the earlier
+        answer stays in the database, linked to the new one. Yields like `send`."""
+        history, session = list(history or []), _aligned(session, history)
+        turn_id = turn_id or session["selected"]
+        where = [i for i, t in enumerate(session["turn_ids"]) if t == turn_id]
+        if not turn_id or not where:
+            yield (gr.skip(), history, session, warn("Select an answer of this chat to retry."),
+                   gr.skip(), gr.skip(), gr.skip())
+            return
+        try:
+            turn = self.rt.chat.start_retry(turn_id, max_new_tokens=int(max_new_tokens),
+                                            recall=bool(recall))
+        except (AssistantError, conversations.NotFound) as e:
+            yield gr.skip(), history, session, warn(str(e)), gr.skip(), gr.skip(), gr.skip()
+            return
+        shown = text_of(history[where[0]]["content"])
+        yield from self._stream(turn, shown, history, session, where[0], where[-1] + 1,
+                                max_new_tokens, temperature, retry_of=turn_id, textbox=gr.skip())
+
+    def _stream(self, turn, shown_message, history, session, start, end, max_new_tokens,
+                temperature, *, retry_of, textbox):
+        """Replace history[start:end] with the turn's block and stream the reply into it.
+        Each yield carries a fresh list, so a consumer may keep earlier states."""
+        block = turn_block(shown_message, "", notice=turn.notice)
+        reply_at = start + len(block) - 1
+        history[start:end] = block
+        session["turn_ids"][start:end] = [turn.turn_id] * len(block)
+        convs = self.conversation_list(session["conversation_id"])
+        status = "↻ Regenerating…" if retry_of else "…"
+        yield textbox, list(history), session, status, convs, gr.skip(), gr.skip()
+        try:
+            for _ in self.rt.chat.pieces(turn, source="ui", max_new_tokens=int(max_new_tokens),
+                                         temperature=float(temperature), retry_of=retry_of):
+                history[reply_at] = {"role": "assistant", "content": turn.generation.text}
+                yield textbox, list(history), session, status, gr.skip(), gr.skip(), gr.skip()
+        except Exception as e:  # noqa: BLE001 - the user sees why; the turn is logged if it began
+            log.exception("generation failed")
+            yield textbox, history, session, warn(f"Generation failed: {e}"), gr.skip(), gr.skip(), gr.skip()
+            return
+        reply = turn.generation.text
+        history[reply_at] = {"role": "assistant", "content": reply}
+        if turn.recalled:
+            history.insert(reply_at + 1, note(RECALL_TITLE, recall_text(turn.recalled)))
+            session["turn_ids"].insert(reply_at + 1, turn.turn_id)
+        session["selected"] = turn.turn_id
+        done = "↻ New answer kept; the earlier one is remembered as worse." if retry_of else ""
+        yield textbox, history, session, done, gr.skip(), target_text(reply), reply
+
+    def _create_conversation(self, message: str, pending: dict) -> str:
+        title = " ".join(str(message).split())
+        title = title if len(title) <= 48 else title[:47] + "…"
+        cid = conversations.create_conversation(self.db, title=title,
+                                                system_prompt=pending.get("system_prompt"))
+        if pending.get("no_learn"):
+            conversations.update_conversation(self.db, cid, no_learn=1)
+        return cid
+
+    # ---- feedback --------------------------------------------------------------------------
+    def select(self, session, index):
+        """Point the feedback panel at the turn of message `index`. -> (session, target, correction)"""
+        session = _aligned(session, None)
+        tid = _turn_at(session, index)
+        if tid is None:
+            return session, gr.skip(), gr.skip()
+        session["selected"] = tid
+        reply = conversations.get_turn(self.db, tid)["reply"]
+        return session, target_text(reply), reply
+
+    def on_select(self, session, evt: gr.SelectData):
+        return self.select(session, evt.index)
+
+    def vote(self, session, kind: str, reason: str = ""):
+        """Thumbs up/down on the selected answer. -> (session, notice)"""
+        tid = session.get("selected")
+        if not tid:
+            return session, warn(SELECT_HINT)
+        reason = (reason or "").strip() or None
+        try:
+            if kind == "down" and reason and tid in session["reasonless_down"]:
+                # A reason typed after a one-click 👎 belongs to that vote, not a second one.
+                feedback.set_reason(self.db, session["reasonless_down"].pop(tid), reason)
+                return session, "Reason added to your dislike."
+            fid = self.rt.record_feedback(tid, kind, reason=reason)
+        except (ValueError, conversations.NotFound) as e:
+            return session, warn(str(e))
+        if kind == "down" and not reason:
+            session["reasonless_down"][tid] = fid
+        return session, ("Noted: a good answer." if kind == "up" else
+                         "Noted: a bad answer." + ("" if reason else " Add a reason below if you like."))
+
+    def on_like(self, session, evt: gr.LikeData):
+        """The chatbot's own 👍/👎 (and reason options). -> (session, notice, target, correction)"""
+        session, target, correction = self.select(session, evt.index)
+        if session["selected"] is None or _turn_at(session, evt.index) is None:
+            return session, warn("That message is not an answer."), target, correction
+        if evt.liked == "":  # un-clicked in the page; facts are append-only
+            return session, "Vote cleared in the page (the earlier vote stays recorded).", target, correction
+        kind = "up" if evt.liked is True else "down"
+        reason = evt.liked if isinstance(evt.liked, str) else ""
+        session, notice = self.vote(session, kind, reason)
+        return session, notice, target, correction
+
+    def correct(self, history, session, text):
+        """Record what the selected answer should have said. -> (chatbot, session, notice)"""
+        history, session = list(history or []), _aligned(session, history)
+        tid = session.get("selected")
+        if not tid:
+            return history, session, warn(SELECT_HINT)
+        try:
+            self.rt.record_feedback(tid, "correction", correction=text)
+        except (ValueError, conversations.NotFound) as e:
+            return history, session, warn(str(e))
+        _show_correction(history, session, tid, text.strip())
+        return history, session, "✎ Correction saved: the assistant will learn from it."
+
+    def on_edit(self, history, session, evt: gr.EditData):
+        """Editing an answer in the chatbot is a correction; the original stays visible above it.
+        -> (chatbot, session, notice)"""
+        history, session = list(history or []), _aligned(session, history)
+        i = evt.index if isinstance(evt.index, int) else evt.index[0]
+        tid = _turn_at(session, i)
+        if tid is None or history[i]["role"] != "assistant" or is_note(history[i]):
+            history[i] = {**history[i], "content": text_of(evt.previous_value)}
+            return history, session, warn("Only an answer can be corrected: edit the assistant's reply.")
+        history[i] = {"role": "assistant", "content": conversations.get_turn(self.db, tid)["reply"]}
+        session["selected"] = tid
+        return self.correct(history, session, text_of(evt.value))
+
+    def set_no_learn(self, session, flag):
+        """Mark the conversation "don't learn from this" (or not). -> (session, notice)"""
+        session = _aligned(session, None)
+        cid = session["conversation_id"]
+        if cid is None:
+            session["pending"]["no_learn"] = int(bool(flag))
+        else:
+            conversations.update_conversation(self.db, cid, no_learn=int(bool(flag)))
+        return session, ("The assistant will not learn from this conversation." if flag
+                         else "The assistant may learn from this conversation.")
+
+    # ---- shared with the conversation handlers ---------------------------------------------
+    def conversation_list(self, selected=None):
+        rows = conversations.list_conversations(self.db)
+        choices = [((r["title"] or "Untitled") + (" (not learned)" if r["no_learn"] else ""), r["id"]) for r in rows]
+        return gr.update(choices=choices, value=selected)
+
+
+def _aligned(session, history) -> dict:
+    """The session with turn_ids as long as the chatbot (a cleared chatbot clears them)."""
+    session = session if isinstance(session, dict) and "turn_ids" in session else new_session()
+    if history is not None:
+        n = len(history)
+        ids = session["turn_ids"][:n]
+        session["turn_ids"] = ids + [None] * (n - len(ids))
+    return session
+
+
+def _turn_at(session: dict, index) -> str | None:
+    i = index[0] if isinstance(index, (list, tuple)) else index
+    ids = session["turn_ids"]
+    return ids[i] if isinstance(i, int) and 0 <= i < len(ids) else None
+
+
+def _show_correction(history: list, session: dict, tid: str, text: str) -> None:
+    """Show the latest correction under the turn's answer (replacing an earlier one)."""
+    where = [i for i, t in enumerate(session["turn_ids"]) if t == tid]
+    for i in where:
+        if (history[i].get("metadata") or {}).get("title") == CORRECTION_TITLE:
+            history[i] = note(CORRECTION_TITLE, text)
+            return
+    at = where[-1] + 1
+    history.insert(at, note(CORRECTION_TITLE, text))
+    session["turn_ids"].insert(at, tid)

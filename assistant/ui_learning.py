@@ -1,0 +1,114 @@
+"""The learning tab's handlers: "Learn now", the status of the latest cycle, cancel.
+
+Contract: plain functions of a Runtime (tests call them directly). `learning.control` is
+imported inside each handler, never at module import: the chat must start without the
+training stack, and if the learner is missing the tab says so instead of failing.
+`status_view` returns (stage markdown, progress-bar HTML, losses DataFrame, cancel visible).
+"""
+import html
+
+import gradio as gr
+import pandas as pd
+
+UNAVAILABLE = "⚠ The learner is not available in this installation (learning.control could not be imported)."
+STAGES = ("preparing data", "SFT", "DPO", "evaluating")
+EMPTY_LOSSES = pd.DataFrame({"step": pd.Series(dtype=int), "loss": pd.Series(dtype=float),
+                             "stage": pd.Series(dtype=str)})
+
+
+def _control():
+    try:
+        from learning import control
+    except ImportError:
+        return None
+    return control
+
+
+def learn_now(runtime) -> str:
+    control = _control()
+    if control is None:
+        return UNAVAILABLE
+    try:
+        job_id = control.start_cycle(runtime.cfg)
+    except control.AlreadyRunning:
+        return "A learning cycle is already running: watch it below, or cancel it first."
+    except Exception as e:  # noqa: BLE001 - e.g. nothing to learn yet: say it, don't crash the page
+        return f"⚠ Could not start a learning cycle: {e}"
+    return f"Learning cycle started (job {job_id})."
+
+
+def cancel(runtime) -> str:
+    control = _control()
+    if control is None:
+        return UNAVAILABLE
+    try:
+        cancelled = control.cancel(runtime.db)
+    except Exception as e:  # noqa: BLE001
+        return f"⚠ Could not cancel: {e}"
+    return "Cancel requested: the cycle stops at its next checkpoint." if cancelled \
+        else "No learning cycle is running."
+
+
+def status_view(runtime):
+    control = _control()
+    if control is None:
+        return UNAVAILABLE, "", EMPTY_LOSSES, gr.update(visible=False)
+    try:
+        st = control.status(runtime.db)
+    except Exception as e:  # noqa: BLE001 - a status glitch must not stop the timer
+        return f"⚠ Could not read the learner status: {e}", "", EMPTY_LOSSES, gr.update(visible=False)
+    if not st:
+        return ("No learning cycle has run yet. Give feedback in the chat, then press **Learn now** "
+                "(cycles also start by themselves when enough feedback has accumulated).",
+                "", EMPTY_LOSSES, gr.update(visible=False))
+    running = st.get("status") == "running"
+    return status_markdown(st), progress_html(st), losses_frame(st.get("losses") or []), \
+        gr.update(visible=running)
+
+
+def status_markdown(st: dict) -> str:
+    status = st.get("status") or "unknown"
+    icon = {"running": "…", "succeeded": "✓", "failed": "✗", "cancelled": "■"}.get(status, "•")
+    stage = st.get("stage") or "starting"
+    lines = [f"{icon} **{status.capitalize()}** — stage: **{stage}**"]
+    steps = " → ".join(f"**{s}**" if s == stage else s for s in STAGES)
+    lines.append(f"Stages: {steps}")
+    if st.get("started_at"):
+        lines.append(f"Started {st['started_at']}" + (f", ended {st['ended_at']}" if st.get("ended_at") else ""))
+    if st.get("error"):
+        lines.append(f"**Error:** {st['error']}")
+    result = st.get("result") or {}
+    if result.get("summary"):
+        lines.append(str(result["summary"]))
+    return "\n\n".join(lines)
+
+
+def progress_html(st: dict) -> str:
+    p = st.get("progress")
+    p = 1.0 if p is None and st.get("status") == "succeeded" else float(p or 0.0)
+    p = min(max(p, 0.0), 1.0)
+    eta = st.get("eta_s")
+    tail = f" · about {format_eta(eta)} left" if st.get("status") == "running" and eta else ""
+    color = {"failed": "#d9534f", "cancelled": "#999"}.get(st.get("status"), "#3b82f6")
+    return (f'<div class="learn-progress" role="progressbar" aria-valuenow="{p * 100:.0f}" '
+            f'aria-valuemin="0" aria-valuemax="100" style="width:100%;background:#e5e7eb;border-radius:6px;'
+            f'height:18px;overflow:hidden"><div style="width:{p * 100:.1f}%;background:{color};height:100%">'
+            f'</div></div><div style="font-size:0.9em;margin-top:4px">{p * 100:.0f}%'
+            f'{html.escape(tail)}</div>')
+
+
+def format_eta(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    m, s = divmod(seconds, 60)
+    return f"{m} min {s:02d} s" if m < 60 else f"{m // 60} h {m % 60:02d} min"
+
+
+def losses_frame(losses: list[dict]) -> pd.DataFrame:
+    if not losses:
+        return EMPTY_LOSSES
+    df = pd.DataFrame([{"step": int(r.get("step", i)), "loss": float(r["loss"]),
+                        "stage": str(r.get("stage") or "train")}
+                       for i, r in enumerate(losses) if r.get("loss") is not None])
+    return df if len(df) else EMPTY_LOSSES

@@ -1,0 +1,160 @@
+"""The versions tab's handlers: the adapter table and plot, promote (with a confirmation when
+the gate failed), rollback (optionally quarantining what trained the bad version), a side-by-side
+compare, and the state of each of the user's corrections.
+
+Contract: plain functions of a Runtime. `learning.versions` is imported inside the handlers;
+without it the tab says so and the chat keeps working. Version choices use "base" for the base
+model alone (an adapter version is a positive int).
+"""
+import gradio as gr
+import pandas as pd
+
+from store import adapters, conversations
+
+UNAVAILABLE = ("⚠ Version management is not available in this installation "
+               "(learning.versions could not be imported).")
+BASE = "base"
+
+
+def _versions():
+    try:
+        from learning import versions
+    except ImportError:
+        return None
+    return versions
+
+
+def _cell(value):
+    if isinstance(value, float):
+        return round(value, 3)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {_cell(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return "; ".join(str(_cell(v)) for v in value)
+    return "" if value is None else value
+
+
+def frame(rows: list[dict]) -> pd.DataFrame:
+    """Rows of dicts as a table whose cells read as words (nested values flattened)."""
+    return pd.DataFrame([{k: _cell(v) for k, v in r.items()} for r in rows]) if rows else pd.DataFrame()
+
+
+def version_of(choice) -> int | None:
+    if choice in (None, "", BASE):
+        return None
+    return int(choice)
+
+
+def _label(v: int, status: str) -> str:
+    return f"v{v} ({status})"
+
+
+def view(runtime, plot_path=None):
+    """-> (versions table, metrics plot path|None, corrections table, promote choices,
+    rollback choices, compare choices, recent prompts, notice)"""
+    db = runtime.db
+    rows = adapters.list_adapters(db)
+    promote_choices = [(_label(r["version"], r["status"]), str(r["version"])) for r in rows
+                       if r["status"] != "active"]
+    rollback_choices = [("base model (no adapter)", BASE)] + [
+        (_label(r["version"], r["status"]), str(r["version"])) for r in rows]
+    prompts = "\n".join(recent_prompts(db))
+    versions = _versions()
+    if versions is None:
+        return (pd.DataFrame(), None, pd.DataFrame(), gr.update(choices=promote_choices),
+                gr.update(choices=rollback_choices), gr.update(choices=rollback_choices), prompts, UNAVAILABLE)
+    notice = ""
+    try:
+        table = frame(versions.versions_table(db))
+        corrections = frame(versions.correction_states(db))
+    except Exception as e:  # noqa: BLE001 - show why, keep the rest of the tab usable
+        table, corrections, notice = pd.DataFrame(), pd.DataFrame(), f"⚠ Could not read versions: {e}"
+    plot = None
+    if rows and plot_path is not None:
+        try:
+            plot = str(versions.metrics_plot(db, plot_path))
+        except Exception as e:  # noqa: BLE001
+            notice = notice or f"⚠ Could not draw the metrics plot: {e}"
+    if not rows:
+        notice = notice or "No adapter versions yet: the base model alone is answering."
+    return (table, plot, corrections, gr.update(choices=promote_choices),
+            gr.update(choices=rollback_choices), gr.update(choices=rollback_choices), prompts, notice)
+
+
+def recent_prompts(db, n: int = 5) -> list[str]:
+    seen, out = set(), []
+    for t in conversations.recent_turns(db, limit=50):
+        msg = " ".join((t["user_message"] or "").split())
+        if msg and msg not in seen and len(msg) <= 500:
+            seen.add(msg)
+            out.append(msg)
+        if len(out) == n:
+            break
+    return out
+
+
+def gate_verdict(db, version: int) -> tuple[bool, list[str]]:
+    """(passed?, reasons) of the latest gate decision about `version` (never judged: not passed)."""
+    decisions = adapters.decisions_for(db, version)
+    if not decisions:
+        return False, ["the gate has not judged this version"]
+    last = decisions[-1]
+    return bool(last["passed"]), list(last["reasons"])
+
+
+def promote(runtime, choice, confirmed: bool = False):
+    """-> (notice, confirmation row visibility). A version the gate failed needs `confirmed`."""
+    versions = _versions()
+    if versions is None:
+        return UNAVAILABLE, gr.update(visible=False)
+    if choice in (None, "", BASE):
+        return "⚠ Choose a version to promote.", gr.update(visible=False)
+    version = int(choice)
+    try:
+        passed, reasons = gate_verdict(runtime.db, version)
+        if not passed and not confirmed:
+            return (f"⚠ The gate did not pass v{version}: " + "; ".join(reasons)
+                    + ". Promote it anyway?"), gr.update(visible=True)
+        versions.promote(runtime.db, version, force=not passed)
+    except Exception as e:  # noqa: BLE001 - unknown version, refused adapter: say why
+        return f"⚠ Could not promote v{version}: {e}", gr.update(visible=False)
+    forced = " (gate overridden)" if not passed else ""
+    return f"✓ v{version} is now active{forced}; the chat uses it from the next message.", \
+        gr.update(visible=False)
+
+
+def rollback(runtime, choice, quarantine: bool):
+    versions = _versions()
+    if versions is None:
+        return UNAVAILABLE
+    version = version_of(choice)
+    previous = adapters.active_version(runtime.db)
+    try:
+        versions.rollback(runtime.db, version, quarantine=bool(quarantine))
+    except Exception as e:  # noqa: BLE001
+        return f"⚠ Could not roll back: {e}"
+    now = "the base model alone" if version is None else f"v{version}"
+    extra = ""
+    if quarantine and previous is not None:
+        extra = f" The feedback that trained v{previous} is quarantined: no later cycle learns it."
+    return f"↩ Rolled back: {now} answers from the next message.{extra}"
+
+
+def compare(runtime, candidate, other, prompts_text):
+    """Side by side on the given prompts (one per line). -> (table, notice)"""
+    versions = _versions()
+    if versions is None:
+        return pd.DataFrame(), UNAVAILABLE
+    prompts = [p.strip() for p in str(prompts_text or "").splitlines() if p.strip()]
+    if not prompts:
+        return pd.DataFrame(), "⚠ Give at least one prompt (one per line)."
+    if candidate in (None, ""):
+        return pd.DataFrame(), "⚠ Choose a version to compare."
+    a = version_of(candidate)
+    b = adapters.active_version(runtime.db) if other in (None, "") else version_of(other)
+    try:
+        rows = versions.compare(runtime, a, b, prompts[:10])
+    except Exception as e:  # noqa: BLE001
+        return pd.DataFrame(), f"⚠ Could not compare: {e}"
+    name = lambda v: "base" if v is None else f"v{v}"  # noqa: E731
+    return frame(rows), f"{name(a)} vs {name(b)} on {len(prompts[:10])} prompt(s)."

@@ -1,0 +1,278 @@
+"""The web UI's handlers, driven directly on the tiny model (the browser test drives the page)."""
+import sys
+import threading
+
+import gradio as gr
+import numpy as np
+import pytest
+
+from assistant import ui_learning, ui_versions
+from assistant.runtime import Runtime
+from assistant.ui import build_ui
+from assistant.ui_chat import CORRECTION_TITLE, RECALL_TITLE, new_session, text_of
+from assistant.ui_conversations import ChatTab
+from store import adapters, conversations, feedback, jobs
+
+GEN = (6, 0.0, False)  # max new tokens, temperature, recall
+
+
+@pytest.fixture
+def rt(cfg, tiny_served):
+    tiny_served.use(None)
+    return Runtime.create(cfg, model=tiny_served, with_memory=False)
+
+
+@pytest.fixture
+def tab(rt):
+    return ChatTab(rt)
+
+
+def last(gen):
+    *_, final = gen
+    return final
+
+
+def send(tab, message, session=None, history=None, gen=GEN):
+    """Run the send handler to the end; returns (all yields, history, session, notice)."""
+    outs = list(tab.send(message, history or [], session or new_session(), *gen))
+    _, history, session, notice, *_ = outs[-1]
+    return outs, history, session, notice
+
+
+def kinds(db, turn_id):
+    return [f["kind"] for f in feedback.feedback_for_turn(db, turn_id)]
+
+
+def test_build_ui_makes_blocks_without_launching(rt):
+    ui = build_ui(rt)
+    assert isinstance(ui, gr.Blocks) and not ui.is_running
+
+
+def test_a_message_streams_and_is_logged_from_the_ui(tab, rt):
+    outs, history, session, _ = send(tab, "What is the name of my dog?", gen=(6, 1.0, False))
+    replies = [text_of(o[1][-1]["content"]) for o in outs]
+    assert replies[0] == "" and len(set(replies)) >= 3  # empty, then it grows piece by piece
+    assert all(b.startswith(a) for a, b in zip(replies, replies[1:], strict=False))
+    tid = session["turn_ids"][-1]
+    row = conversations.get_turn(rt.db, tid)
+    assert row["source"] == "ui" and row["reply"] == text_of(history[-1]["content"])
+    assert row["conversation_id"] == session["conversation_id"] and session["selected"] == tid
+    assert len(session["turn_ids"]) == len(history) == 2
+    assert outs[-1][0] == ""  # the textbox is cleared
+
+
+def test_empty_message_is_refused_and_nothing_is_logged(tab, rt):
+    outs, history, session, notice = send(tab, "   ")
+    assert "empty" in notice and history == [] and session["conversation_id"] is None
+    assert rt.db["turns"].count == 0 and rt.db["conversations"].count == 0
+
+
+def test_votes_reason_and_one_click_reasons_write_feedback(tab, rt):
+    _, history, session, _ = send(tab, "Hello there")
+    tid = session["turn_ids"][-1]
+    session, notice = tab.vote(session, "up")
+    assert kinds(rt.db, tid) == ["up"]
+    # the chatbot's own 👎, then a reason typed in the panel: still one vote, now with its reason
+    session, notice, *_ = tab.on_like(session, gr.LikeData(None, {"index": 1, "value": "", "liked": False}))
+    session, notice = tab.vote(session, "down", "too vague")
+    downs = [f for f in feedback.feedback_for_turn(rt.db, tid) if f["kind"] == "down"]
+    assert [d["reason"] for d in downs] == ["too vague"]
+    # a one-click reason option on the message is a 👎 with that reason
+    tab.on_like(session, gr.LikeData(None, {"index": 1, "value": "", "liked": "Too long"}))
+    assert feedback.feedback_for_turn(rt.db, tid)[-1]["reason"] == "Too long"
+    # clicking on the user's message is not an answer
+    session, notice, *_ = tab.on_like(session, gr.LikeData(None, {"index": 5, "value": "", "liked": True}))
+    assert "not an answer" in notice and len(kinds(rt.db, tid)) == 3
+
+
+def test_feedback_without_a_selected_answer_is_refused(tab, rt):
+    session, notice = tab.vote(new_session(), "up")
+    assert "Click an answer" in notice and rt.db["feedback"].count == 0
+
+
+def test_correcting_any_answer_records_a_correction_and_shows_it(tab, rt):
+    _, history, session, _ = send(tab, "What is the name of my dog?")
+    _, history, session, _ = send(tab, "Where do I work?", session, history)
+    first = session["turn_ids"][0]
+    session, target, prefill = tab.select(session, 1)  # click the FIRST answer
+    assert session["selected"] == first and prefill == conversations.get_turn(rt.db, first)["reply"]
+    history, session, notice = tab.correct(history, session, "Your dog is called Biscuit.")
+    fix = feedback.feedback_for_turn(rt.db, first)
+    assert [(f["kind"], f["correction"]) for f in fix] == [("correction", "Your dog is called Biscuit.")]
+    assert history[2]["metadata"]["title"] == CORRECTION_TITLE and session["turn_ids"][2] == first
+    assert len(history) == len(session["turn_ids"]) == 5
+    history, session, notice = tab.correct(history, session, "  ")
+    assert "needs the corrected answer" in notice and len(feedback.feedback_for_turn(rt.db, first)) == 1
+
+
+def test_editing_an_answer_in_the_chatbot_is_a_correction(tab, rt):
+    _, history, session, _ = send(tab, "Hello there")
+    tid = session["turn_ids"][1]
+    original = text_of(history[1]["content"])
+    edited = [dict(m) for m in history]
+    edited[1]["content"] = "I am fine, thank you."
+    history, session, _ = tab.on_edit(edited, session, gr.EditData(
+        None, {"index": 1, "value": "I am fine, thank you.", "previous_value": original}))
+    assert feedback.feedback_for_turn(rt.db, tid)[-1]["correction"] == "I am fine, thank you."
+    assert text_of(history[1]["content"]) == original  # what the model said stays visible
+    assert text_of(history[2]["content"]) == "I am fine, thank you."
+    # editing the user's own message is not a correction
+    edited = [dict(m) for m in history]
+    edited[0]["content"] = "changed"
+    history, session, notice = tab.on_edit(edited, session, gr.EditData(
+        None, {"index": 0, "value": "changed", "previous_value": "Hello there"}))
+    assert "Only an answer" in notice and text_of(history[0]["content"]) == "Hello there"
+    assert kinds(rt.db, tid) == ["correction"]
+
+
+def test_retry_regenerates_in_place_and_links_the_earlier_answer(tab, rt):
+    _, history, session, _ = send(tab, "What is the name of my dog?")
+    _, history, session, _ = send(tab, "Where do I work?", session, history)
+    old = session["turn_ids"][0]
+    final = last(tab.retry(history, session, 6, 1.0, False, turn_id=old))
+    _, history, session, notice, *_ = final
+    new = session["turn_ids"][0]
+    assert new != old and len(history) == 4 and session["turn_ids"][2] != new
+    row = conversations.get_turn(rt.db, new)
+    assert row["retry_of"] == old and row["source"] == "ui"
+    assert conversations.get_turn(rt.db, old)["reply"] is not None  # the earlier answer is kept
+    assert [(f["kind"], f["retry_turn_id"]) for f in feedback.feedback_for_turn(rt.db, old)] == [("retry", new)]
+    shown = [t["id"] for t in conversations.visible_history(rt.db, session["conversation_id"])]
+    assert old not in shown and new in shown
+
+
+def test_dont_learn_applies_before_and_after_the_conversation_exists(tab, rt):
+    session, _ = tab.set_no_learn(new_session(), True)
+    _, history, session, _ = send(tab, "Hello there", session)
+    cid = session["conversation_id"]
+    assert conversations.get_conversation(rt.db, cid)["no_learn"] == 1
+    session, notice = tab.set_no_learn(session, False)
+    assert conversations.get_conversation(rt.db, cid)["no_learn"] == 0
+
+
+def test_conversations_resume_rename_delete(tab, rt):
+    _, history, session, _ = send(tab, "What is the name of my dog?")
+    tab.correct(history, session, "Biscuit.")
+    _, _, other, _ = send(tab, "Where do I work?")
+    cid = session["conversation_id"]
+    listed = tab.conversation_list(None)["choices"]
+    assert {c[1] for c in listed} == {cid, other["conversation_id"]}
+
+    history, resumed, notice, convs, system, no_learn, title, *_ = tab.resume(cid)
+    assert resumed["conversation_id"] == cid and convs["value"] == cid
+    assert [m["role"] for m in history] == ["user", "assistant", "assistant"]
+    assert text_of(history[2]["content"]) == "Biscuit." and title == "What is the name of my dog?"
+    _, history, resumed, _ = send(tab, "And his age?", resumed, history)  # continues the same chat
+    assert len(conversations.conversation_turns(rt.db, cid)) == 2
+
+    notice, convs = tab.rename(resumed, "  Dog  facts ")
+    assert conversations.get_conversation(rt.db, cid)["title"] == "Dog facts"
+    notice, convs = tab.rename(resumed, "")
+    assert "empty" in notice and conversations.get_conversation(rt.db, cid)["title"] == "Dog facts"
+
+    history, fresh, notice, convs, *_ = tab.delete(resumed)
+    assert history == [] and fresh["conversation_id"] is None and "Deleted" in notice
+    assert rt.db["turns"].count_where("conversation_id = ?", [cid]) == 0
+    assert rt.db["feedback"].count == 0 and [c[1] for c in convs["choices"]] == [other["conversation_id"]]
+
+
+def test_system_prompt_default_and_per_chat(tab, rt):
+    session, _ = tab.save_system_prompt(new_session(), "Answer like a pirate.", "default")
+    _, history, session, _ = send(tab, "Hello there", session)
+    turn = conversations.get_turn(rt.db, session["turn_ids"][-1])
+    assert '"Answer like a pirate."' in turn["messages_json"]
+    session, _ = tab.save_system_prompt(session, "Answer in French.", "chat")
+    _, history, session, _ = send(tab, "Hello again", session, history)
+    assert "Answer in French." in conversations.get_turn(rt.db, session["turn_ids"][-1])["messages_json"]
+    assert tab.new_chat()[4] == "Answer like a pirate."
+    session, notice = tab.save_system_prompt(session, " ", "default")
+    assert "cannot be empty" in notice
+
+
+def test_two_sessions_at_once_both_get_answers(tab, rt):
+    results = {}
+
+    def chat(name, message):
+        results[name] = send(tab, message)
+
+    threads = [threading.Thread(target=chat, args=(n, m)) for n, m in
+               (("a", "What is the name of my dog?"), ("b", "Where do I work?"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    a, b = results["a"][2], results["b"][2]
+    assert a["conversation_id"] != b["conversation_id"]
+    for s, msg in ((a, "What is the name of my dog?"), (b, "Where do I work?")):
+        row = conversations.get_turn(rt.db, s["turn_ids"][-1])
+        assert row["user_message"] == msg and row["completion_tokens"] > 0
+
+
+class WordEmbedder:
+    """A deterministic bag-of-words embedder: recall without loading a sentence model."""
+
+    def encode(self, texts, **kw):
+        out = np.zeros((len(texts), 64), dtype=np.float32)
+        for i, t in enumerate(texts):
+            for w in t.lower().split():
+                out[i, hash(w.strip("?.,!")) % 64] += 1
+        return out
+
+
+def test_recalled_corrections_are_noted_under_the_reply(cfg, tiny_served):
+    from assistant.memory import Memory
+
+    tiny_served.use(None)
+    rt = Runtime.create(cfg, model=tiny_served, memory=Memory(cfg, embedder=WordEmbedder()))
+    tab = ChatTab(rt)
+    _, history, session, _ = send(tab, "What is the name of my dog?")
+    tab.correct(history, session, "Your dog is called Biscuit.")
+    _, history, session, _ = send(tab, "What is the name of my dog?", gen=(6, 0.0, True))
+    assert history[-1]["metadata"]["title"] == RECALL_TITLE
+    assert "Biscuit" in history[-1]["content"] and len(history) == len(session["turn_ids"])
+
+
+def test_learning_tab_shows_a_running_cycle_and_cancels_it(rt):
+    pytest.importorskip("learning.control")
+    stage, bar, losses, cancel = ui_learning.status_view(rt)
+    assert "No learning cycle" in stage and cancel["visible"] is False
+    assert "No learning cycle is running" in ui_learning.cancel(rt)
+    jid = jobs.start_job(rt.db)  # as the learner process writes it (this pid: alive)
+    jobs.update_job(rt.db, jid, stage="SFT", progress=0.4, eta_s=95,
+                    losses=[{"step": 1, "loss": 2.5, "stage": "SFT"}, {"step": 2, "loss": 2.1, "stage": "SFT"}])
+    stage, bar, losses, cancel = ui_learning.status_view(rt)
+    assert "**SFT**" in stage and "Running" in stage and cancel["visible"] is True
+    assert 'aria-valuenow="40"' in bar and "1 min 35 s left" in bar
+    assert list(losses["loss"]) == [2.5, 2.1]
+    assert "already running" in ui_learning.learn_now(rt)  # one cycle at a time
+    assert "Cancel requested" in ui_learning.cancel(rt) and jobs.cancel_requested(rt.db, jid)
+    jobs.finish_job(rt.db, jid, "failed", error="out of memory")
+    stage, bar, *_ = ui_learning.status_view(rt)
+    assert "Failed" in stage and "out of memory" in stage
+
+
+def test_learning_tab_says_when_the_learner_is_missing(rt, monkeypatch):
+    import learning
+
+    monkeypatch.setitem(sys.modules, "learning.control", None)  # import fails
+    monkeypatch.delattr(learning, "control", raising=False)
+    assert ui_learning.learn_now(rt) == ui_learning.UNAVAILABLE
+    assert ui_learning.status_view(rt)[0] == ui_learning.UNAVAILABLE
+
+
+def test_versions_tab_lists_versions_and_asks_before_overriding_the_gate(rt, tmp_path):
+    pytest.importorskip("learning.versions")
+    for v in (1, 2):
+        d = tmp_path / f"v{v}"
+        d.mkdir()
+        adapters.register_candidate(rt.db, v, str(d), None, {}, [], 0, 0)
+    adapters.record_decision(rt.db, "d1", 1, None, True, ["learned 1/1"], {})
+    adapters.record_decision(rt.db, "d2", 2, None, False, ["controls 5/7"], {})
+    table, plot, corrections, promote_c, rollback_c, *_ = ui_versions.view(rt)
+    assert len(table) == 2 and ("base model (no adapter)", "base") in rollback_c["choices"]
+    notice, confirm = ui_versions.promote(rt, "2")
+    assert "controls 5/7" in notice and confirm["visible"] is True and adapters.active_version(rt.db) is None
+    notice, confirm = ui_versions.promote(rt, "2", confirmed=True)
+    assert adapters.active_version(rt.db) == 2, notice
+    ui_versions.rollback(rt, "base", quarantine=False)
+    assert adapters.active_version(rt.db) is None
