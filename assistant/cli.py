@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=7860)
     s = sub.add_parser("chat", help=COMMANDS["chat"][2])
     s.add_argument("--no-recall", action="store_true", help="answer from the weights alone")
+    s.add_argument("--max-new-tokens", type=int, help="longest reply in tokens (default: the config's)")
     s = sub.add_parser("logs", help=COMMANDS["logs"][2])
     s.add_argument("-n", type=int, default=20, help="how many turns and feedback items")
     s = sub.add_parser("export", help=COMMANDS["export"][2])

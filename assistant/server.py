@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import uvicorn
 from fastapi import FastAPI
 
-from assistant.api import build_router, install_error_handlers
 from assistant.config import Config
 
 log = logging.getLogger(__name__)
@@ -28,6 +27,8 @@ STARTUP_TIMEOUT_S = 60
 def build_app(runtime, ui: bool = True) -> FastAPI:
     """API routes first, then the UI mounted at "/" (a mount at "/" would shadow later routes).
     Without `assistant.ui` (or with ui=False) the API still serves."""
+    from assistant.api import build_router, install_error_handlers  # imports torch: not for --help
+
     app = FastAPI(title="Personal assistant", docs_url="/v1/docs", openapi_url="/v1/openapi.json")
     install_error_handlers(app)
     app.include_router(build_router(runtime))

@@ -26,8 +26,10 @@ def cmd_chat(cfg: Config, args) -> int:
     interactive = sys.stdin.isatty()
     if interactive:
         print(f"Loading {cfg.model}...", file=sys.stderr, flush=True)
-    runtime = Runtime.create(cfg)
     recall = not getattr(args, "no_recall", False)
+    if getattr(args, "max_new_tokens", None):
+        cfg.default_max_new_tokens = max(1, args.max_new_tokens)
+    runtime = Runtime.create(cfg, with_memory=recall)
     if interactive:
         print("Type a message and press Enter. /new starts a new conversation, /quit ends.",
               file=sys.stderr, flush=True)
