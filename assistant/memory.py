@@ -132,16 +132,24 @@ class Memory:
             if fp == self._fingerprint:
                 return
             old, self._fingerprint = self._fingerprint, fp
-            appended = old is not None and fp[2:] == old[2:]
-            new = [dict(r) for r in db.query(_CORRECTIONS, [self._last_id if appended else ""])]
-            if appended and len(self._rows) + len(new) == fp[1]:
-                self._rows += new
-            else:  # first sync, or rows changed in place / went away: re-read every flag
-                self._rows = new
-                live = {r["id"] for r in new}
+            new = None
+            if old is not None and fp[2:] == old[2:]:  # maybe only appended: fetch the new rows
+                new = self._fetch(db, self._last_id)
+                if len(self._rows) + len(new) == fp[1]:
+                    self._rows += new
+                else:
+                    new = None
+            if new is None:  # first sync, or rows changed in place / went away: re-read every flag
+                self._rows = self._fetch(db, "")
+                live = {r["id"] for r in self._rows}
                 self._vectors = {k: v for k, v in self._vectors.items() if k in live}
             self._last_id = self._rows[-1]["id"] if self._rows else ""
             self._select(db)
+
+    @staticmethod
+    def _fetch(db, after_id: str) -> list[dict]:
+        return [{**r, "norm": normalise_prompt(r["user_message"])}
+                for r in db.query(_CORRECTIONS, [after_id])]
 
     def _select(self, db) -> None:
         """Decide which corrections may be recalled; their vectors are computed on first recall."""
@@ -153,9 +161,8 @@ class Memory:
             learned = {r[0] for r in db.execute(_LEARNED).fetchall()}
         newest = {}  # normalised prompt -> its newest correction (rows are in id order)
         for r in self._rows:
-            newest[normalise_prompt(r["user_message"])] = r["id"]
-        self._eligible = [r for r in self._rows
-                          if newest[normalise_prompt(r["user_message"])] == r["id"]
+            newest[r["norm"]] = r["id"]
+        self._eligible = [r for r in self._rows if newest[r["norm"]] == r["id"]
                           and not r["quarantined"] and not r["no_learn"] and r["id"] not in learned]
         self._matrix = None  # rebuilt lazily
 

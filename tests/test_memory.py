@@ -113,6 +113,18 @@ def test_dont_learn_conversations_and_deleted_ones_are_not_recalled(memory, db):
     assert memory.recall("what is my cat called") == [] and len(memory) == 0
 
 
+def test_a_deletion_and_a_new_correction_between_two_turns_are_both_seen(memory, db):
+    gone = conversations.create_conversation(db)
+    correct(db, "What is my cat called?", "Felix.", conversation_id=gone)
+    correct(db, "Which bike do I ride?", "A Brompton.")
+    assert len(memory.recall("what is my cat called")) == 1
+    conversations.delete_conversation(db, gone)  # same count as before once the next one lands
+    correct(db, "Who is my dentist?", "Dr. Okafor.")
+    assert memory.recall("what is my cat called") == []
+    assert memory.recall("who is my dentist")[0]["correction"] == "Dr. Okafor."
+    assert len(memory) == 2
+
+
 def _learned_by_active_adapter(db, tmp_path, feedback_ids):
     adapters.register_candidate(db, 1, str(tmp_path / "v1"), None, {}, feedback_ids, len(feedback_ids), 0)
     adapters.register_candidate(db, 2, str(tmp_path / "v2"), 1, {}, [], 0, 0)  # child of v1

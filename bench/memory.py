@@ -1,0 +1,376 @@
+"""Benchmark of recall memory (issue 5): corrections given, no training, probes answered with recall.
+
+    python bench/memory.py                 # the scenario: writes bench/results/memory.{json,md}
+    python bench/memory.py --dev           # choose threshold and prompt form on OUR dev set
+                                           # (bench/recall_dev.jsonl): bench/results/memory.dev.{json,md}
+    options: --model DIR (a converted embedded model, skips the ~17 s conversion), --n-timing 10000
+
+Scenario run: a fresh home; every correction of ../shared/scenarios/teach.jsonl is given the way a
+user gives it (ChatService answers the prompt on the real embedded model, then
+Runtime.record_feedback stores the correction); then every probe goes through
+ChatService.start_turn (the product's prompt, recall on and off) and is answered greedily with 32
+new tokens, batched. A probe passes when one `expect` occurs as a whole word or phrase,
+case-insensitively (`passes`). Nothing here feeds back into configuration: the threshold and the
+form are chosen by `--dev` on our own facts, never on the scenario's probes.
+
+Retrieval timing: 10,000 distinct correction rows are written into a second fresh database and
+`Memory.recall` is timed per turn (fingerprint query + query embedding + matrix product).
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from assistant import memory as memory_mod  # noqa: E402
+from assistant.config import DEFAULT_SYSTEM_PROMPT, Config  # noqa: E402
+from assistant.runtime import Runtime  # noqa: E402
+from learning.evaluate import contains_phrase  # noqa: E402
+from learning.probes import corrections, load_scenario, probe_list  # noqa: E402
+from learning.scoring import Scorer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SCENARIO = ROOT.parent / "shared" / "scenarios" / "teach.jsonl"
+DEV = ROOT / "bench" / "recall_dev.jsonl"
+RESULTS = ROOT / "bench" / "results"
+MAX_NEW_TOKENS = 32
+
+
+# ---- scoring and batched generation: LEARNER's, so every bench scores probes the same way ----------
+def passes(reply: str, expect: list[str]) -> bool:
+    """True when one of `expect` occurs in `reply` as a whole word or phrase, case-insensitively."""
+    return any(contains_phrase(reply, e) for e in expect)
+
+
+def generate_batch(model, prompts: list[list[dict]]) -> list[str]:
+    """Greedy replies (32 new tokens) for many chat prompts at once, on the base model."""
+    scorer = Scorer(model, batch_size=16, max_new_tokens=MAX_NEW_TOKENS)
+    scorer.select(None)
+    return [r.strip() for r in scorer.generate(prompts)]
+
+
+def teach(runtime: Runtime, pairs: list[tuple[str, str]]) -> list[str]:
+    """Give corrections as a user does: ask, get the model's answer, correct it. Returns feedback ids.
+    (The wrong answer is cut to 8 tokens: only the correction matters to recall, and the CPU is slow.)"""
+    ids = []
+    for prompt, correction in pairs:
+        turn = runtime.chat.reply(prompt, source="bench", recall=False, max_new_tokens=8)
+        ids.append(runtime.record_feedback(turn.turn_id, "correction", correction=correction))
+    return ids
+
+
+def open_runtime(model_spec: str | None, threshold: float | None = None) -> Runtime:
+    home = Path(tempfile.mkdtemp(prefix="bench-memory-"))
+    cfg = Config(home=home, model=model_spec or "embedded", default_max_new_tokens=MAX_NEW_TOKENS)
+    mem = memory_mod.Memory(cfg, threshold=memory_mod.DEFAULT_THRESHOLD if threshold is None else threshold)
+    return Runtime.create(cfg, memory=mem)
+
+
+def load_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# ---- the scenario ---------------------------------------------------------------------------------
+def run_scenario(model_spec: str | None) -> dict:
+    items = load_scenario(SCENARIO)
+    rt = open_runtime(model_spec)
+    t0 = time.perf_counter()
+    fact_of = {}  # feedback id -> item id
+    for c in corrections(items):
+        fid, = teach(rt, [(c["prompt"], c["correction"])])
+        fact_of[fid] = c["item"]
+    teach_s = time.perf_counter() - t0
+
+    probes = probe_list(items)  # item, family (reask | paraphrase | style | control), prompt, expect
+    on = [rt.chat.start_turn(p["prompt"], recall=True) for p in probes]
+    off = [rt.chat.start_turn(p["prompt"], recall=False) for p in probes]
+    t0 = time.perf_counter()
+    replies = generate_batch(rt.model, [t.messages for t in on + off])
+    gen_s = time.perf_counter() - t0
+
+    rows = []
+    for p, t_on, r_on, r_off in zip(probes, on, replies[:len(on)], replies[len(on):], strict=True):
+        rows.append({
+            **p, "recalled": [{"item": fact_of.get(r["feedback_id"]), "score": r["score"]} for r in t_on.recalled],
+            "right_recalled": p["item"] in [fact_of.get(r["feedback_id"]) for r in t_on.recalled],
+            "reply_on": r_on, "reply_off": r_off,
+            "pass_on": passes(r_on, p["expect"]), "pass_off": passes(r_off, p["expect"]),
+        })
+    return {"teach_s": round(teach_s, 1), "generate_s": round(gen_s, 1), "rows": rows,
+            "summary": summarise(rows), "consistency": batch_consistency(rt, on[:3], replies[:3])}
+
+
+def summarise(rows: list[dict]) -> dict:
+    def frac(sel, key):
+        sel = list(sel)
+        return {"passed": sum(r[key] for r in sel), "total": len(sel)}
+
+    by = {k: [r for r in rows if r["family"] == k] for k in ("reask", "paraphrase", "style", "control")}
+    facts = by["reask"] + by["paraphrase"]
+    return {
+        "facts_on": frac(facts, "pass_on"), "facts_off": frac(facts, "pass_off"),
+        "reask_on": frac(by["reask"], "pass_on"), "paraphrase_on": frac(by["paraphrase"], "pass_on"),
+        "fact_recall_hit": frac(facts, "right_recalled"),
+        "style_on": frac(by["style"], "pass_on"), "style_off": frac(by["style"], "pass_off"),
+        "style_recall_fired": sum(bool(r["recalled"]) for r in by["style"]),
+        "controls_on": frac(by["control"], "pass_on"), "controls_off": frac(by["control"], "pass_off"),
+        "controls_reply_changed": sum(r["reply_on"] != r["reply_off"] for r in by["control"]),
+        "false_recalls": sum(bool(r["recalled"]) for r in by["control"]),
+    }
+
+
+def batch_consistency(rt: Runtime, turns, batched: list[str]) -> dict:
+    """Batched left-padded greedy should equal the product's one-at-a-time stream; check a few."""
+    same = sum(rt.model.generate(t.messages, max_new_tokens=MAX_NEW_TOKENS).text.strip() == b
+               for t, b in zip(turns, batched, strict=True))
+    return {"checked": len(turns), "identical": same}
+
+
+# ---- retrieval time with many stored corrections -------------------------------------------------
+def synthesise_corrections(db, n: int) -> None:
+    """n distinct corrections (distinct prompts), written in bulk like years of use would leave them."""
+    from store.db import now_iso
+    from store.ids import new_id
+
+    things = ["dog", "cat", "car", "bike", "boat", "house", "garden", "phone", "laptop", "team",
+              "project", "band", "club", "school", "doctor", "city", "street", "printer", "router", "plant"]
+    attrs = ["name", "colour", "model", "address", "code", "owner", "size", "age", "brand", "nickname"]
+    now = now_iso()
+    cid = new_id()
+    db["conversations"].insert({"id": cid, "title": "synthetic", "no_learn": 0, "created_at": now,
+                                "updated_at": now})
+    turns, fb = [], []
+    for i in range(n):
+        tid = new_id()
+        thing, attr = things[i % len(things)], attrs[(i // len(things)) % len(attrs)]
+        prompt = f"What is the {attr} of my {thing} number {i}?"
+        turns.append({"id": tid, "conversation_id": cid, "user_message": prompt, "reply": "I don't know.",
+                      "messages_json": "[]", "recalled_json": "[]", "created_at": now})
+        fb.append({"id": new_id(), "turn_id": tid, "kind": "correction", "quarantined": 0,
+                   "correction": f"The {attr} of your {thing} number {i} is item-{i}.", "created_at": now})
+    with db.conn:
+        db["turns"].insert_all(turns, batch_size=1000)
+        db["feedback"].insert_all(fb, batch_size=1000)
+
+
+def retrieval_timing(n: int, queries: list[str]) -> dict:
+    from store import open_db
+
+    home = Path(tempfile.mkdtemp(prefix="bench-memory-timing-"))
+    cfg = Config(home=home)
+    db = open_db(cfg.db_path)
+    synthesise_corrections(db, n)
+    mem = memory_mod.Memory(cfg)
+    t0 = time.perf_counter()
+    mem.sync(db)
+    mem.embedder.load()
+    load_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    mem.recall("warm up")  # embeds every stored prompt once (then cached by feedback id)
+    index_s = time.perf_counter() - t0
+    per_turn, sync_ms, embed_ms = [], [], []
+    for q in queries * 3:
+        t0 = time.perf_counter()
+        mem.recall(q)
+        per_turn.append((time.perf_counter() - t0) * 1000)
+        t0 = time.perf_counter()
+        mem.sync(db)
+        sync_ms.append((time.perf_counter() - t0) * 1000)
+        t0 = time.perf_counter()
+        mem.embedder.encode([q])
+        embed_ms.append((time.perf_counter() - t0) * 1000)
+    # a new correction arriving: the incremental path (one row embedded, not 10,000)
+    synthesise_corrections(db, 1)
+    t0 = time.perf_counter()
+    mem.recall(queries[0])
+    incremental_ms = (time.perf_counter() - t0) * 1000
+    q = np.asarray(per_turn)
+    return {"corrections": len(mem), "model_load_s": round(load_s, 2), "index_build_s": round(index_s, 1),
+            "recall_ms_median": round(float(np.median(q)), 1), "recall_ms_p95": round(float(np.percentile(q, 95)), 1),
+            "sync_ms_median": round(statistics.median(sync_ms), 2),
+            "query_embed_ms_median": round(statistics.median(embed_ms), 1),
+            "first_recall_after_new_correction_ms": round(incremental_ms, 1), "turns_timed": len(per_turn),
+            "torch_threads": torch.get_num_threads()}
+
+
+# ---- choosing threshold and form on our own dev set ------------------------------------------------
+def exchange_messages(system: str, recalled: list[dict], question: str) -> list[dict]:
+    """The 'prior exchange' form: recalled corrections as earlier turns, best match last."""
+    past = []
+    for r in reversed(recalled):
+        past += [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["correction"]}]
+    return [{"role": "system", "content": system}, *past, {"role": "user", "content": question}]
+
+
+def form_messages(form: str, recalled: list[dict], question: str) -> list[dict]:
+    if form == "exchange":
+        return exchange_messages(DEFAULT_SYSTEM_PROMPT, recalled, question)
+    system = DEFAULT_SYSTEM_PROMPT
+    if form != "none" and recalled:
+        system += "\n\n" + memory_mod.render(recalled, form)
+    return [{"role": "system", "content": system}, {"role": "user", "content": question}]
+
+
+def sweep(questions: list[dict], grid: list[float]) -> list[dict]:
+    """Per threshold: how often the right fact is recalled, and how many controls recall anything."""
+    out = []
+    for t in grid:
+        hits = [q for q in questions if q["kind"] == "fact"
+                and any(r["item"] == q["item"] and r["score"] >= t for r in q["candidates"])]
+        false = [q for q in questions if q["kind"] == "control" and any(r["score"] >= t for r in q["candidates"])]
+        wrong_only = [q for q in questions if q["kind"] == "fact" and q not in hits
+                      and any(r["score"] >= t for r in q["candidates"])]
+        out.append({"threshold": t, "fact_recall": len(hits), "facts": sum(q["kind"] == "fact" for q in questions),
+                    "false_recalls_on_controls": len(false), "facts_with_only_wrong_recall": len(wrong_only)})
+    return out
+
+
+def run_dev(model_spec: str | None, threshold: float) -> dict:
+    items = load_jsonl(DEV)
+    rt = open_runtime(model_spec, threshold=-1.0)  # keep every candidate; thresholds applied below
+    fact_of = {}
+    for item in items:
+        if item["kind"] == "fact":
+            fid, = teach(rt, [(item["teach"]["prompt"], item["teach"]["correction"])])
+            fact_of[fid] = item["id"]
+    questions = []
+    for item in items:
+        qs = [item["teach"]["prompt"], *item["paraphrases"]] if item["kind"] == "fact" else item["probes"]
+        for i, q in enumerate(qs):
+            cands = rt.memory.recall(q)
+            for c in cands:
+                c["item"] = fact_of[c["feedback_id"]]
+            questions.append({"item": item["id"], "kind": item["kind"], "question": q, "expect": item["expect"],
+                              "type": item["kind"] if item["kind"] == "control" else ("re-ask" if i == 0 else "paraphrase"),
+                              "candidates": cands})
+    grid = [round(x, 2) for x in np.arange(0.30, 0.71, 0.05)]
+    table = sweep(questions, grid)
+
+    forms = ["none", *memory_mod.FORMS, "exchange"]
+    prompts, index = [], {}
+    for q in questions:
+        q["recalled"] = [c for c in q["candidates"] if c["score"] >= threshold]
+        for form in forms:
+            msgs = form_messages(form, q["recalled"], q["question"])
+            key = json.dumps(msgs)
+            if key not in index:
+                index[key] = len(prompts)
+                prompts.append(msgs)
+            q.setdefault("keys", {})[form] = index[key]
+    t0 = time.perf_counter()
+    replies = generate_batch(rt.model, prompts)
+    gen_s = time.perf_counter() - t0
+    results = {}
+    for form in forms:
+        facts = [q for q in questions if q["kind"] == "fact"]
+        ctrls = [q for q in questions if q["kind"] == "control"]
+        scored = [q for q in ctrls if q["expect"]]
+        results[form] = {
+            "facts_passed": sum(passes(replies[q["keys"][form]], q["expect"]) for q in facts),
+            "paraphrases_passed": sum(passes(replies[q["keys"][form]], q["expect"]) for q in facts
+                                      if q["type"] == "paraphrase"),
+            "facts": len(facts),
+            "controls_passed": sum(passes(replies[q["keys"][form]], q["expect"]) for q in scored),
+            "controls_scored": len(scored),
+            "controls_changed_vs_none": sum(replies[q["keys"][form]] != replies[q["keys"]["none"]] for q in ctrls),
+            "examples": [{"q": q["question"], "reply": replies[q["keys"][form]]} for q in facts[1:4]],
+        }
+    return {"threshold": threshold, "sweep": table, "forms": results, "generate_s": round(gen_s, 1),
+            "prompts_generated": len(prompts),
+            "questions": [{k: q[k] for k in ("item", "type", "question", "candidates")} for q in questions]}
+
+
+# ---- reports ---------------------------------------------------------------------------------------
+def pct(d: dict) -> str:
+    return f"{d['passed']}/{d['total']} ({100 * d['passed'] / max(d['total'], 1):.0f}%)"
+
+
+def scenario_markdown(res: dict, cmd: str) -> str:
+    s, t = res["summary"], res["timing"]
+    lines = [
+        "# Recall memory on the teaching scenario (corrections given, no training)", "",
+        f"Command: `{cmd}`  ", f"Form: `{res['form']}`, threshold {res['threshold']}, top-k {res['top_k']}; "
+        f"greedy, {MAX_NEW_TOKENS} new tokens, embedded SmolLM2-135M-Instruct.", "",
+        "| probes | recall on | recall off |", "|---|---|---|",
+        f"| facts (re-asks + paraphrases) | {pct(s['facts_on'])} | {pct(s['facts_off'])} |",
+        f"| re-asks | {pct(s['reask_on'])} | |",
+        f"| paraphrases | {pct(s['paraphrase_on'])} | |",
+        f"| style | {pct(s['style_on'])} | {pct(s['style_off'])} |",
+        f"| controls | {pct(s['controls_on'])} | {pct(s['controls_off'])} |", "",
+        f"- right correction recalled for {pct(s['fact_recall_hit'])} fact probes",
+        f"- false recalls on controls: **{s['false_recalls']}**; control replies changed by recall: "
+        f"{s['controls_reply_changed']}",
+        f"- recall fired on {s['style_recall_fired']}/{s['style_on']['total']} style probes",
+        f"- batched greedy vs one-at-a-time stream: {res['consistency']['identical']}/"
+        f"{res['consistency']['checked']} identical",
+        "", "## Retrieval time per turn", "",
+        f"With {t['corrections']} stored corrections: recall adds **{t['recall_ms_median']} ms** median "
+        f"({t['recall_ms_p95']} ms p95) per turn: sync {t['sync_ms_median']} ms, query embedding "
+        f"{t['query_embed_ms_median']} ms, the rest is the matrix product and bookkeeping. "
+        f"One-off costs: embedding model load {t['model_load_s']} s, embedding all {t['corrections']} prompts "
+        f"{t['index_build_s']} s (at the first recall, cached after); first recall after one new correction "
+        f"{t['first_recall_after_new_correction_ms']} ms. torch threads: {t['torch_threads']}.",
+        "", "## Failures (recall on)", "",
+    ]
+    for r in res["rows"]:
+        if not r["pass_on"] and r["family"] != "style":
+            lines.append(f"- {r['item']} / {r['prompt']!r}: recalled {r['recalled']} -> {r['reply_on']!r}")
+    return "\n".join(lines) + "\n"
+
+
+def dev_markdown(res: dict, cmd: str) -> str:
+    lines = ["# Choosing the recall threshold and prompt form (our dev set, not the scenario)", "",
+             f"Command: `{cmd}`  ", "Dev set: bench/recall_dev.jsonl (own facts, own paraphrases, unrelated "
+             "questions). all-MiniLM-L6-v2 cosine on the corrected prompt.", "",
+             "| threshold | right fact recalled | false recalls on controls | facts with only wrong recall |",
+             "|---|---|---|---|"]
+    for r in res["sweep"]:
+        lines.append(f"| {r['threshold']} | {r['fact_recall']}/{r['facts']} | {r['false_recalls_on_controls']} "
+                     f"| {r['facts_with_only_wrong_recall']} |")
+    lines += ["", f"Forms at threshold {res['threshold']} (SmolLM2-135M-Instruct, greedy, {MAX_NEW_TOKENS} tokens; "
+              f"{res['prompts_generated']} distinct prompts in {res['generate_s']} s):", "",
+              "| form | facts passed | of which paraphrases | controls passed | control replies changed |",
+              "|---|---|---|---|---|"]
+    for form, r in res["forms"].items():
+        lines.append(f"| {form} | {r['facts_passed']}/{r['facts']} | {r['paraphrases_passed']} | "
+                     f"{r['controls_passed']}/{r['controls_scored']} | {r['controls_changed_vs_none']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dev", action="store_true", help="threshold and form selection on bench/recall_dev.jsonl")
+    p.add_argument("--model", help="converted embedded model directory (default: convert into the fresh home)")
+    p.add_argument("--threshold", type=float, default=memory_mod.DEFAULT_THRESHOLD)
+    p.add_argument("--n-timing", type=int, default=10_000)
+    args = p.parse_args(argv)
+    cmd = "python bench/memory.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    if args.dev:
+        res = run_dev(args.model, args.threshold)
+        stem, md = "memory.dev", dev_markdown(res, cmd)
+    else:
+        res = run_scenario(args.model)
+        res.update(form=memory_mod.FORM, threshold=memory_mod.DEFAULT_THRESHOLD, top_k=memory_mod.DEFAULT_TOP_K)
+        dev_questions = [q for it in load_jsonl(DEV) for q in it.get("paraphrases", it.get("probes", []))]
+        res["timing"] = retrieval_timing(args.n_timing, dev_questions[:20])
+        stem, md = "memory", scenario_markdown(res, cmd)
+    (RESULTS / f"{stem}.json").write_text(json.dumps(res, indent=1, ensure_ascii=False) + "\n")
+    (RESULTS / f"{stem}.md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
