@@ -1,0 +1,250 @@
+"""The teaching benchmark: does the assistant learn, and does it keep what it learned?
+
+Drives the whole product through its public interfaces only: a real server on 127.0.0.1
+with a fresh home (`assistant serve`), corrections given through the OpenAI-compatible API
+(`/v1/chat/completions` then `/v1/feedback`), learning cycles run with `assistant learn`
+(gate included), and every probe of the scenario scored through the API with recall off
+(weights alone) and on. The probes are only ever sent as questions to score: nothing derived
+from them reaches training, prompts or configuration, so the benchmark works unchanged on a
+scenario file it has never seen (`--scenario`).
+
+Schedule: the facts are split into three batches (a third per batch), the style items go
+with the last batch; a learning cycle follows each batch. Results: bench/results/teach-<stamp>.json
+and .md, and teach-latest.{json,md,png}.
+
+    python bench/teach.py [--scenario PATH] [--model embedded] [--cycles 3]
+"""
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from learning.evaluate import contains_phrase  # noqa: E402
+from learning.probes import load_scenario, probe_list  # noqa: E402
+
+DEFAULT_SCENARIO = ROOT.parent / "shared" / "scenarios" / "teach.jsonl"
+RESULTS = ROOT / "bench" / "results"
+COLUMNS = ("reask", "paraphrase", "facts", "earlier", "style", "control")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cli(env: dict, *args: str, timeout: float | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "assistant.cli", *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+class Server:
+    """`assistant serve` as a subprocess on a free loopback port."""
+
+    def __init__(self, env: dict, model: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(Path(env["ASSISTANT_HOME"]) / "server.log", "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "assistant.cli", "--model", model, "serve", "--port", str(self.port)],
+            env=env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
+        self.http = httpx.Client(base_url=self.url, timeout=600)
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: see {self.log.name}")
+            try:
+                if self.http.get("/v1/models").status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        raise RuntimeError("server did not start in 300 s")
+
+    def ask(self, prompt: str, recall: bool, max_tokens: int = 32) -> dict:
+        r = self.http.post("/v1/chat/completions", json={
+            "model": "assistant", "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": max_tokens, "temperature": 0, "recall": recall})
+        r.raise_for_status()
+        return r.json()
+
+    def correct(self, turn_id: str, correction: str) -> None:
+        r = self.http.post("/v1/feedback", json={"turn_id": turn_id, "rating": "down",
+                                                 "correction": correction})
+        r.raise_for_status()
+
+    def adapters(self) -> dict:
+        return self.http.get("/v1/adapters").json()
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def schedule(items: list[dict], cycles: int) -> list[list[dict]]:
+    """Facts split into `cycles` batches in file order; style items join the last batch."""
+    facts = [it for it in items if it["kind"] == "fact"]
+    style = [it for it in items if it["kind"] == "style"]
+    size = math.ceil(len(facts) / cycles)
+    batches = [facts[i * size:(i + 1) * size] for i in range(cycles)]
+    batches[-1] = batches[-1] + style
+    return batches
+
+
+def score(server: Server, items: list[dict], recall: bool, taught_before: set[str],
+          first_batch: set[str]) -> dict:
+    """Every probe through the API; accuracy per column. `earlier`: facts taught in earlier
+    cycles (retention); `first`: facts of cycle 1."""
+    probes = probe_list(items)
+    for p in probes:
+        reply = server.ask(p["prompt"], recall=recall)
+        p["reply"] = reply["choices"][0]["message"]["content"]
+        p["adapter_version"] = reply.get("adapter_version")
+        p["passed"] = any(contains_phrase(p["reply"], e) for e in p["expect"])
+    kind = {it["id"]: it["kind"] for it in items}
+
+    def acc(pred):
+        sel = [p for p in probes if pred(p)]
+        return {"passed": sum(p["passed"] for p in sel), "total": len(sel)}
+
+    is_fact = lambda p: kind[p["item"]] == "fact"  # noqa: E731
+    return {
+        "reask": acc(lambda p: p["family"] == "reask"),
+        "paraphrase": acc(lambda p: p["family"] == "paraphrase"),
+        "facts": acc(is_fact),
+        "earlier": acc(lambda p: is_fact(p) and p["item"] in taught_before),
+        "first": acc(lambda p: is_fact(p) and p["item"] in first_batch),
+        "style": acc(lambda p: p["family"] == "style"),
+        "control": acc(lambda p: p["family"] == "control"),
+        "probes": probes,
+    }
+
+
+def frac(c: dict) -> str:
+    return "-" if not c["total"] else f"{c['passed']}/{c['total']} ({c['passed'] / c['total']:.0%})"
+
+
+def markdown(run: dict) -> str:
+    lines = [f"# Teaching benchmark — {run['stamp']}", "",
+             f"Scenario `{run['scenario']}`, model `{run['model']}`, {run['cycles']} cycles. "
+             "`earlier`: facts taught in earlier cycles (retention); `first`: facts of cycle 1.", ""]
+    head = "| cycle | mode | active | " + " | ".join(COLUMNS + ("first",)) + " | cycle wall s |"
+    lines += [head, "|" + "---|" * (head.count("|") - 1)]
+    for row in run["rows"]:
+        for mode in ("weights", "recall"):
+            s = row[mode]
+            cells = [frac(s[c]) for c in COLUMNS + ("first",)]
+            lines.append(f"| {row['cycle']} | {mode} | {row['active']} | " + " | ".join(cells)
+                         + f" | {row.get('cycle_s') or '-'} |")
+    lines += ["", "Learner output per cycle:", ""]
+    lines += [f"- cycle {r['cycle']}: {r.get('learn_summary', '-')}" for r in run["rows"] if r["cycle"]]
+    return "\n".join(lines) + "\n"
+
+
+def plot(run: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, mode in zip(axes, ("weights", "recall"), strict=True):
+        xs = [r["cycle"] for r in run["rows"]]
+        for col in ("reask", "paraphrase", "style", "earlier", "control"):
+            ys = [(r[mode][col]["passed"] / r[mode][col]["total"]) if r[mode][col]["total"] else None
+                  for r in run["rows"]]
+            ax.plot(xs, ys, marker="o", label=col)
+        ax.set_title(f"{'weights alone' if mode == 'weights' else 'with recall'}")
+        ax.set_xlabel("learning cycle (0 = base model)")
+        ax.set_xticks(xs)
+        ax.set_ylim(-0.05, 1.05)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("probes right")
+    axes[1].legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--scenario", default=str(DEFAULT_SCENARIO))
+    ap.add_argument("--model", default="embedded")
+    ap.add_argument("--cycles", type=int, default=3)
+    ap.add_argument("--home", help="assistant home to use (default: a fresh temp dir)")
+    args = ap.parse_args(argv)
+
+    items = load_scenario(args.scenario)
+    home = Path(args.home or tempfile.mkdtemp(prefix="teach-bench-"))
+    env = {**os.environ, "ASSISTANT_HOME": str(home), "HF_HUB_OFFLINE": "1", "ASSISTANT_MODEL": args.model}
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run = {"stamp": stamp, "scenario": str(args.scenario), "model": args.model, "cycles": args.cycles,
+           "home": str(home), "rows": []}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+
+    def save():
+        (RESULTS / f"teach-{stamp}.json").write_text(json.dumps(run, indent=1))
+        (RESULTS / "teach-latest.json").write_text(json.dumps(run, indent=1))
+        md = markdown(run)
+        (RESULTS / f"teach-{stamp}.md").write_text(md)
+        (RESULTS / "teach-latest.md").write_text(md)
+        plot(run, RESULTS / "teach-latest.png")
+
+    server = Server(env, args.model)
+    try:
+        taught: set[str] = set()
+        batches = schedule(items, args.cycles)
+        first = {it["id"] for it in batches[0] if it["kind"] == "fact"}
+        print("cycle 0: scoring the base model", flush=True)
+        run["rows"].append({"cycle": 0, "active": None,
+                            "weights": score(server, items, False, set(), first),
+                            "recall": score(server, items, True, set(), first)})
+        save()
+        for n, batch in enumerate(batches, 1):
+            before = set(taught)
+            for it in batch:
+                for t in it["teach"]:
+                    turn = server.ask(t["prompt"], recall=False, max_tokens=48)
+                    server.correct(turn["id"], t["correction"])
+                taught.add(it["id"])
+            print(f"cycle {n}: taught {len(batch)} items; learning...", flush=True)
+            t0 = time.perf_counter()
+            learn = cli(env, "--model", args.model, "learn", "--force")
+            learn_s = time.perf_counter() - t0
+            # The server notices the new active version itself: the first reply after the
+            # cycle comes from it, so the cycle's wall time includes the swap.
+            first_reply = server.ask(batch[0]["teach"][0]["prompt"], recall=False)
+            cycle_s = time.perf_counter() - t0
+            active = server.adapters().get("active")
+            row = {"cycle": n, "active": active, "learn_rc": learn.returncode,
+                   "learn_s": round(learn_s, 1), "cycle_s": round(cycle_s, 1),
+                   "served_by": first_reply.get("adapter_version"),
+                   "learn_summary": (learn.stdout.strip().splitlines() or [learn.stderr.strip()[-300:]])[-1]}
+            row["weights"] = score(server, items, False, before, first)
+            row["recall"] = score(server, items, True, before, first)
+            print(f"cycle {n}: {row['learn_summary']}", flush=True)
+            run["rows"].append(row)
+            save()
+    finally:
+        server.stop()
+    print(markdown(run))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
