@@ -136,6 +136,7 @@ class ServedModel:
         self.model = self.base  # becomes a PeftModel once the first adapter is loaded
         self.loaded: dict[int, str] = {}  # version -> peft adapter name
         self.current: int | None = None  # the adapter generation uses now (None: base)
+        self.previous: int | None = None  # the one before it, kept loaded for an instant rollback
         self.adapter_config: dict | None = None  # the first adapter's LoRA shape; later ones must match
 
     # ---- adapters -------------------------------------------------------------------------
@@ -178,10 +179,13 @@ class ServedModel:
                         raise AdapterLoadError(f"adapter v{version} is not loaded and no path was given")
                     self.load_adapter(version, path)
                 self.model.set_adapter(self.loaded[version])
-            previous, self.current = self.current, version
-            for v in list(self.loaded):
-                if v not in (version, previous):
-                    self._forget(self.loaded.pop(v))
+            # Evict only on a real switch: re-selecting the current version must keep the
+            # previous one (instant rollback) and an adapter preloaded for the next switch.
+            if version != self.current:
+                self.previous, self.current = self.current, version
+                for v in list(self.loaded):
+                    if v not in (version, self.previous):
+                        self._forget(self.loaded.pop(v))
 
     # ---- generation -----------------------------------------------------------------------
     def encode(self, messages: list[dict]) -> torch.Tensor:

@@ -1,0 +1,104 @@
+"""Batched greedy generation and log-likelihood scoring on a ServedModel, for evaluation.
+
+Contract: `Scorer(served)` scores under the adapter chosen with `select(version, path)`
+(None: base alone). Adapters are switched in place with peft; the base weights are never
+reloaded. `generate(conversations)` returns each conversation's greedy reply (left padding,
+prompts sorted by length so a batch wastes little padding); `logprobs(prompts, completions)`
+returns (sum of log-probs, token count) of each completion after its prompt.
+
+The served model's lock is taken per batch and the adapter re-selected inside it, so a
+server sharing the model keeps answering between batches and never sees a half-switched
+adapter, and evaluation is never run on the wrong adapter.
+"""
+from typing import Callable, Iterable
+
+import torch
+
+
+def _chunks(seq: list, size: int) -> Iterable[list]:
+    for i in range(0, len(seq), size):
+        yield seq[i:i + size]
+
+
+class Scorer:
+    def __init__(self, served, batch_size: int = 16, max_new_tokens: int = 32,
+                 max_completion_tokens: int = 160):
+        self.served = served
+        self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens
+        self.max_completion_tokens = max_completion_tokens
+        self.version: int | None = None
+        self.path = None
+
+    def select(self, version: int | None, path=None) -> None:
+        """Score under adapter `version` from now on (loaded now, so a bad one fails early)."""
+        with self.served.lock:
+            self.served.use(version, path)
+        self.version, self.path = version, path
+
+    def batches(self, n: int) -> int:
+        return -(-n // self.batch_size)
+
+    def _run(self, fn, ids: torch.Tensor, mask: torch.Tensor):
+        """fn(model, ids, mask) under the selected adapter, holding the model's lock."""
+        with self.served.lock, torch.inference_mode():
+            self.served.use(self.version, self.path)
+            with self.served._adapter_context():
+                return fn(self.served.model, ids.to(self.served.device), mask.to(self.served.device))
+
+    # ---- greedy generation ----------------------------------------------------------------
+    def generate(self, conversations: list[list[dict]],
+                 on_batch: Callable[[], None] | None = None) -> list[str]:
+        tok = self.served.tokenizer
+        encoded = [self.served.encode(m)[0].tolist() for m in conversations]
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        replies: list[str] = [""] * len(encoded)
+        kwargs = self.served._generate_kwargs(self.max_new_tokens, 0.0)
+        for batch in _chunks(order, self.batch_size):
+            width = max(len(encoded[i]) for i in batch)
+            ids = torch.tensor([[tok.pad_token_id] * (width - len(encoded[i])) + encoded[i] for i in batch])
+            mask = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in batch])
+            out = self._run(lambda m, a, b: m.generate(input_ids=a, attention_mask=b, **kwargs), ids, mask)
+            for i, row in zip(batch, out[:, width:].cpu(), strict=True):
+                replies[i] = tok.decode(row, skip_special_tokens=True)
+            if on_batch:
+                on_batch()
+        return replies
+
+    # ---- log-likelihood -------------------------------------------------------------------
+    def _completion_ids(self, messages: list[dict], completion: str) -> tuple[list[int], list[int]]:
+        """Token ids of the prompt and of the completion as the chat template writes it
+        (answer plus end-of-turn token), cut to `max_completion_tokens`."""
+        tok = self.served.tokenizer
+        prompt = self.served.encode(messages)[0].tolist()
+        full = tok.apply_chat_template(messages + [{"role": "assistant", "content": completion}],
+                                       return_dict=True)["input_ids"]
+        if full[:len(prompt)] == prompt:
+            comp = full[len(prompt):]
+            if tok.eos_token_id in comp:  # drop the template's trailing newline after the end token
+                comp = comp[:comp.index(tok.eos_token_id) + 1]
+        else:  # a template that rewrites earlier turns: score the bare answer
+            comp = tok(completion, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        return prompt, comp[: self.max_completion_tokens]
+
+    def logprobs(self, prompts: list[list[dict]], completions: list[str],
+                 on_batch: Callable[[], None] | None = None) -> list[tuple[float, int]]:
+        pad = self.served.tokenizer.pad_token_id
+        rows = [self._completion_ids(m, c) for m, c in zip(prompts, completions, strict=True)]
+        scores: list[tuple[float, int]] = [(0.0, 1)] * len(rows)
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]) + len(rows[i][1]))
+        for batch in _chunks(order, self.batch_size):
+            seqs = [rows[i][0] + rows[i][1] for i in batch]
+            width = max(map(len, seqs))
+            ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs])  # right padding
+            mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
+            logits = self._run(lambda m, a, b: m(input_ids=a, attention_mask=b).logits, ids, mask)
+            for j, i in enumerate(batch):
+                start, end = len(rows[i][0]), len(seqs[j])
+                # position t predicts token t+1
+                lp = torch.log_softmax(logits[j, start - 1:end - 1].float(), dim=-1)
+                target = ids[j, start:end].to(lp.device)
+                scores[i] = (float(lp.gather(1, target[:, None]).sum()), end - start)
+            if on_batch:
+                on_batch()
+        return scores
