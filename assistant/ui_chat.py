@@ -159,7 +159,9 @@ class ChatHandlers:
             session["turn_ids"].insert(reply_at + 1, turn.turn_id)
         session["selected"] = turn.turn_id
         done = "↻ New answer kept; the earlier one is remembered as worse." if retry_of else ""
-        yield textbox, history, session, done, gr.skip(), target_text(reply), reply
+        # The list again at the end: a page-load refresh racing the first update cannot hide this chat.
+        yield textbox, history, session, done, self.conversation_list(session["conversation_id"]), \
+            target_text(reply), reply
 
     def _create_conversation(self, message: str, pending: dict) -> str:
         title = " ".join(str(message).split())

@@ -1,0 +1,130 @@
+"""The web page in headless Chromium (Debian's /usr/bin/chromium driven by Playwright):
+send a message, watch the reply stream in, like it, correct it, and find both in the database.
+Two browsers chatting at once both get answers."""
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from assistant.config import Config
+from assistant.runtime import Runtime
+from assistant.server import start_server
+from store import feedback
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SCREENSHOT = Path("/tmp/assistant-ui-browser.png")
+
+# Records every text the newest answer shows, so the test can see it grow while streaming.
+WATCH_JS = """() => {
+  window.__states = [];
+  const root = document.querySelector('#chatbot');
+  new MutationObserver(() => {
+    const bots = root.querySelectorAll('.message.bot');
+    if (!bots.length) return;
+    const text = bots[bots.length - 1].innerText.trim();
+    if (window.__states[window.__states.length - 1] !== text) window.__states.push(text);
+  }).observe(root, {subtree: true, childList: true, characterData: true});
+}"""
+
+
+@pytest.fixture
+def server(home, tiny_model_path, tiny_served):
+    # Sampling (temperature 1) makes the tiny random model print visible text; greedy gives newlines.
+    cfg = Config(home=home, model=str(tiny_model_path), default_max_new_tokens=48, default_temperature=1.0)
+    tiny_served.use(None)
+    runtime = Runtime.create(cfg, model=tiny_served, with_memory=False)
+    srv = start_server(runtime, port=0)
+    yield srv, runtime
+    srv.stop()
+
+
+@pytest.fixture
+def browser():
+    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
+        pytest.skip("Debian chromium is not installed (make browser)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+def wait_for(predicate, timeout=20.0, what="condition"):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def send(page, text):
+    page.locator("#message textarea").fill(text)
+    page.locator("#send").click()
+
+
+def ui_turns(db):
+    return list(db["turns"].rows_where("source = 'ui'", order_by="id"))
+
+
+def test_chat_stream_like_and_correct_in_the_browser(server, browser):
+    srv, runtime = server
+    db = runtime.db
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.goto(srv.url)
+    page.locator("#chatbot").wait_for()
+    page.evaluate(WATCH_JS)
+
+    send(page, "What is the name of my dog?")
+    turn = wait_for(lambda: ui_turns(db), what="the turn to be logged")[0]
+    wait_for(lambda: page.locator("#feedback-target").inner_text().startswith("Feedback on"),
+             what="the reply to finish")
+    states = page.evaluate("window.__states")
+    assert turn["user_message"] == "What is the name of my dog?" and turn["completion_tokens"] > 0
+    assert len([s for s in states if s]) >= 2, f"the reply did not stream: {states}"
+    assert page.locator(".message.bot").count() == 1
+
+    page.locator("#chatbot button[aria-label='Like']").last.click()  # on the (only) answer
+    up = wait_for(lambda: [f for f in feedback.feedback_for_turn(db, turn["id"]) if f["kind"] == "up"],
+                  what="the thumbs-up in the database")
+    assert len(up) == 1
+
+    page.locator("#fb-correction textarea").fill("Your dog is called Biscuit.")
+    page.locator("#fb-correct").click()
+    fixes = wait_for(lambda: [f for f in feedback.feedback_for_turn(db, turn["id"])
+                              if f["kind"] == "correction"], what="the correction in the database")
+    assert fixes[0]["correction"] == "Your dog is called Biscuit."
+    page.locator("#chatbot").get_by_text("Your dog is called Biscuit.").wait_for()
+    assert "Correction saved" in page.locator("#notice").inner_text()
+    wait_for(lambda: "What is the name of my dog?" in page.locator("#conversations").inner_text(),
+             what="the conversation in the list")
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+
+def test_two_browsers_chat_at_once(server, browser):
+    srv, runtime = server
+    pages = []
+    for _ in range(2):
+        page = browser.new_context().new_page()
+        page.goto(srv.url)
+        page.locator("#chatbot").wait_for()
+        pages.append(page)
+    send(pages[0], "Hello there")
+    send(pages[1], "Where do I work?")
+    for page in pages:
+        wait_for(lambda p=page: p.locator("#feedback-target").inner_text().startswith("Feedback on"),
+                 what="both browsers to get an answer")
+        assert page.locator(".message.bot").count() == 1 and page.locator(".message.user").count() == 1
+    turns = ui_turns(runtime.db)
+    assert sorted(t["user_message"] for t in turns) == ["Hello there", "Where do I work?"]
+    assert len({t["conversation_id"] for t in turns}) == 2
+    # each browser shows only its own conversation
+    assert "Where do I work?" not in pages[0].locator("#chatbot").inner_text()
+    assert "Hello there" not in pages[1].locator("#chatbot").inner_text()
