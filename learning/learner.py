@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import fcntl
 import logging
+import math
 import os
 import random
 import sys
@@ -114,7 +115,7 @@ def split_new(data: datasets.LearnData, learned: set[str], lcfg: LearnConfig, se
     sft_new = [r for r in data.sft if is_new(r)]
     pairs_new = [r for r in data.pairs if is_new(r)]
     old = [r for r in data.sft if not is_new(r)]
-    k = min(len(old), round(lcfg.replay_fraction * max(len(sft_new), 1)))
+    k = min(len(old), math.ceil(lcfg.replay_fraction * max(len(sft_new), 1)))
     return sft_new, pairs_new, random.Random(seed).sample(old, k)
 
 

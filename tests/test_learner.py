@@ -1,0 +1,175 @@
+"""A learning cycle on the tiny model: registry, job row, gate wiring, lock, crash recovery,
+the background process, cancellation and the auto-trigger rule."""
+import os
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from learning import control, learner
+from learning.config import SETTINGS_KEY, LearnConfig
+from store import adapters, conversations, feedback, jobs
+from store.settings import set_setting
+from tests.test_datasets import stand_in_embedder, turn
+
+TINY = dict(lora_r=4, lora_alpha=8, sft_epochs=1, dpo_epochs=1, sft_batch_size=4, dpo_batch_size=2,
+            sft_max_length=64, dpo_max_length=64, self_replay=2, dedup_threshold=1.0, heldout_fraction=0.0)
+
+
+def teach(db, n=2, start=0):
+    ids = []
+    for i in range(start, start + n):
+        _, t = turn(db, f"What is fact {i}?", "I do not know.")
+        ids.append(feedback.add_feedback(db, t, "correction", correction=f"Fact {i} is Biscuit {i}."))
+    return ids
+
+
+def cycle(cfg, **kw):
+    return learner.run_cycle(cfg, LearnConfig(**TINY), embedder=stand_in_embedder, **kw)
+
+
+@pytest.fixture
+def no_gate(monkeypatch):
+    monkeypatch.setattr(learner, "_gate", lambda: None)
+
+
+def fake_gate(passed):
+    def evaluate(cfg, db, cand, inc, taught, progress=None):
+        progress(1.0)
+        return {"candidate": {"taught": len(taught)}, "incumbent": {"taught": 0}, "items": []}
+
+    def decide(c, i, config):
+        return SimpleNamespace(passed=passed, reasons=[f"learned {c['taught']} corrections"])
+
+    return lambda: (evaluate, decide, dict)
+
+
+def test_cycle_without_gate_leaves_a_candidate(cfg, db, no_gate):
+    fids = teach(db)
+    states = []
+    result = cycle(cfg, progress=states.append)
+    assert result["status"] == "candidate" and "gate is not available" in result["message"]
+    row = adapters.get_adapter(db, result["version"])
+    assert row["status"] == "candidate" and adapters.active_version(db) is None
+    assert adapters.lineage_feedback(db, row["version"]) == sorted(fids)
+    assert row["meta"]["feedback_ids"] == sorted(fids) and (cfg.adapters_dir / "v1" / "meta.json").exists()
+    job = jobs.get_job(db, result["job_id"])
+    assert job["status"] == "succeeded" and job["losses"] and job["ended_at"]
+    assert {s["stage"] for s in states} >= {"preparing data", "SFT", "DPO"}
+    assert [s["progress"] for s in states] == sorted(s["progress"] for s in states)
+
+
+def test_gate_pass_promotes_and_next_cycle_continues(cfg, db, monkeypatch):
+    monkeypatch.setattr(learner, "_gate", fake_gate(True))
+    teach(db)
+    r1 = cycle(cfg)
+    assert r1["status"] == "active" and adapters.active_version(db) == 1
+    assert adapters.decisions_for(db, 1)[0]["passed"] == 1
+    assert cycle(cfg)["skipped"]  # nothing new since v1
+    teach(db, n=1, start=5)
+    r2 = cycle(cfg)
+    v2 = adapters.get_adapter(db, 2)
+    assert r2["parent_version"] == 1 and v2["meta"]["parent_version"] == 1
+    assert v2["meta"]["replayed_rows"] >= 1 and len(adapters.lineage_feedback(db, 2)) == 1
+    assert adapters.get_adapter(db, 1)["status"] == "retired"
+
+
+def test_gate_fail_rejects(cfg, db, monkeypatch):
+    monkeypatch.setattr(learner, "_gate", fake_gate(False))
+    teach(db)
+    result = cycle(cfg)
+    assert result["status"] == "rejected" and adapters.active_version(db) is None
+    assert adapters.get_adapter(db, 1)["status"] == "rejected"
+    assert "rejected by the gate" in result["message"]
+
+
+def test_second_cycle_is_refused_while_one_runs(cfg, db, no_gate):
+    teach(db)
+    with learner.cycle_lock(cfg.home):
+        with pytest.raises(learner.CycleRunning, match="already running"):
+            cycle(cfg)
+        assert control.lock_held(cfg.home)
+        with pytest.raises(control.AlreadyRunning):
+            control.start_cycle(cfg)
+    assert not control.lock_held(cfg.home)
+
+
+def test_killed_cycle_leaves_nothing_visible_and_next_starts_cleanly(cfg, db, no_gate):
+    teach(db)
+    # What a learner killed mid-write leaves: a running job with a dead pid, a temp dir, and a
+    # complete-looking version dir that never got registered.
+    dead = jobs.start_job(db)
+    jobs.update_job(db, dead, pid=2 ** 22 + 7)
+    (cfg.adapters_dir / ".tmp-v1-999").mkdir(parents=True)
+    (cfg.adapters_dir / "v1").mkdir()
+    (cfg.adapters_dir / "v1" / "adapter_config.json").write_text("{half")
+    assert control.status(db)["status"] == "failed"  # status() marks the orphan honestly
+    result = cycle(cfg)
+    assert result["version"] == 1 and jobs.get_job(db, dead)["error"].startswith("the learner process died")
+    assert sorted(p.name for p in cfg.adapters_dir.iterdir()) == ["v1"]
+    assert (cfg.adapters_dir / "v1" / "adapter_model.safetensors").exists()
+
+
+def test_failure_is_recorded_on_the_job(cfg, db, no_gate, monkeypatch):
+    teach(db)
+
+    def broken(job):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(learner, "train_candidate", broken)
+    with pytest.raises(RuntimeError):
+        cycle(cfg)
+    job = jobs.latest_job(db)
+    assert job["status"] == "failed" and "out of memory" in job["error"]
+    assert adapters.list_adapters(db) == []
+
+
+def test_cancel_stops_between_steps(cfg, db, no_gate, monkeypatch):
+    teach(db, n=4)
+    job_id = jobs.start_job(db)
+    jobs.request_cancel(db, job_id)
+    with pytest.raises(learner.Cancelled):
+        cycle(cfg, job_id=job_id)
+    assert jobs.get_job(db, job_id)["status"] == "cancelled"
+    assert not any(cfg.adapters_dir.iterdir())
+
+
+def test_start_cycle_runs_in_its_own_process(cfg, db):
+    set_setting(db, SETTINGS_KEY, TINY)
+    teach(db)
+    job_id = control.start_cycle(cfg)
+    assert jobs.get_job(db, job_id)["pid"] != os.getpid()
+    deadline = time.time() + 120
+    while time.time() < deadline and control.status(db)["status"] == "running":
+        time.sleep(0.5)
+    st = control.status(db)
+    assert st["id"] == job_id and st["status"] == "succeeded", st
+    assert adapters.get_adapter(db, 1)["meta"]["job_id"] == job_id
+    assert not control.cancel(db)  # nothing running any more
+
+
+def test_trigger_rule(db):
+    lcfg = LearnConfig(min_new_feedback=3, interval_s=3600, min_gap_s=60)
+    assert control.should_start(db, lcfg) == (False, "0 new feedback items, waiting for 3")
+    c = conversations.create_conversation(db)
+    _, t = turn(db, "q", "a", conv=c)
+    for _ in range(3):
+        feedback.add_feedback(db, t, "up")
+    go, why = control.should_start(db, lcfg)
+    assert go and "3 new feedback items" in why
+    job = jobs.start_job(db)
+    jobs.finish_job(db, job, "succeeded")
+    go, why = control.should_start(db, lcfg)
+    assert not go and "less than 60 s" in why
+    assert control.should_start(db, LearnConfig(min_new_feedback=3, interval_s=3600, min_gap_s=0))[0] is False
+    feedback.add_feedback(db, t, "down")
+    assert not control.should_start(db, LearnConfig(min_new_feedback=3, interval_s=3600, min_gap_s=0))[0]
+
+
+def test_config_checks_name_the_offending_values():
+    with pytest.raises(ValueError, match=r"min_gap_s \(100\) cannot exceed interval_s \(10\)"):
+        LearnConfig(min_gap_s=100, interval_s=10)
+    with pytest.raises(ValueError, match=r"heldout_fraction must be in \[0, 1\) \(got 1.5\)"):
+        LearnConfig(heldout_fraction=1.5)
+    with pytest.raises(ValueError, match="unknown LearnConfig fields"):
+        LearnConfig.from_dict({"lora_rank": 8})
