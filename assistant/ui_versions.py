@@ -56,13 +56,16 @@ def view(runtime, plot_path=None):
     rows = adapters.list_adapters(db)
     promote_choices = [(_label(r["version"], r["status"]), str(r["version"])) for r in rows
                        if r["status"] != "active"]
-    rollback_choices = [("base model (no adapter)", BASE)] + [
+    everything = [("base model (no adapter)", BASE)] + [
         (_label(r["version"], r["status"]), str(r["version"])) for r in rows]
+    # Only a version that served before can be rolled back to (candidates are promoted instead).
+    rollback_choices = [("base model (no adapter)", BASE)] + [
+        (_label(r["version"], r["status"]), str(r["version"])) for r in rows if r["status"] == "retired"]
     prompts = "\n".join(recent_prompts(db))
     versions = _versions()
     if versions is None:
         return (pd.DataFrame(), None, pd.DataFrame(), gr.update(choices=promote_choices),
-                gr.update(choices=rollback_choices), gr.update(choices=rollback_choices), prompts, UNAVAILABLE)
+                gr.update(choices=rollback_choices), gr.update(choices=everything), prompts, UNAVAILABLE)
     notice = ""
     try:
         table = frame(versions.versions_table(db))
@@ -78,7 +81,7 @@ def view(runtime, plot_path=None):
     if not rows:
         notice = notice or "No adapter versions yet: the base model alone is answering."
     return (table, plot, corrections, gr.update(choices=promote_choices),
-            gr.update(choices=rollback_choices), gr.update(choices=rollback_choices), prompts, notice)
+            gr.update(choices=rollback_choices), gr.update(choices=everything), prompts, notice)
 
 
 def recent_prompts(db, n: int = 5) -> list[str]:
@@ -127,16 +130,19 @@ def rollback(runtime, choice, quarantine: bool):
     versions = _versions()
     if versions is None:
         return UNAVAILABLE
-    version = version_of(choice)
-    previous = adapters.active_version(runtime.db)
+    if choice in (None, ""):
+        return "⚠ Choose the version to roll back to."
+    target = version_of(choice)
     try:
-        versions.rollback(runtime.db, version, quarantine=bool(quarantine))
-    except Exception as e:  # noqa: BLE001
+        # learning.versions reads 0 as the base model (None would mean "the active one's parent").
+        done = versions.rollback(runtime.db, 0 if target is None else target, quarantine=bool(quarantine))
+    except Exception as e:  # noqa: BLE001 - refused (never served, broken directory): say why
         return f"⚠ Could not roll back: {e}"
-    now = "the base model alone" if version is None else f"v{version}"
+    now = "the base model alone" if target is None else f"v{target}"
     extra = ""
-    if quarantine and previous is not None:
-        extra = f" The feedback that trained v{previous} is quarantined: no later cycle learns it."
+    if done.get("quarantined"):
+        extra = (f" {done['quarantined']} feedback item(s) that trained v{done['from']} are quarantined: "
+                 "no later cycle learns them.")
     return f"↩ Rolled back: {now} answers from the next message.{extra}"
 
 

@@ -12,6 +12,7 @@ from assistant.ui import build_ui
 from assistant.ui_chat import CORRECTION_TITLE, RECALL_TITLE, new_session, text_of
 from assistant.ui_conversations import ChatTab
 from store import adapters, conversations, feedback, jobs
+from tests.lora import make_adapter, register
 
 GEN = (6, 0.0, False)  # max new tokens, temperature, recall
 
@@ -260,19 +261,32 @@ def test_learning_tab_says_when_the_learner_is_missing(rt, monkeypatch):
     assert ui_learning.status_view(rt)[0] == ui_learning.UNAVAILABLE
 
 
-def test_versions_tab_lists_versions_and_asks_before_overriding_the_gate(rt, tmp_path):
+def test_versions_tab_promotes_after_confirming_and_rolls_back(rt, tiny_model_path, tmp_path):
     pytest.importorskip("learning.versions")
+    _, history, session, _ = send(ChatTab(rt), "What is the name of my dog?")
+    fid = rt.record_feedback(session["turn_ids"][-1], "correction", correction="Biscuit.")
     for v in (1, 2):
-        d = tmp_path / f"v{v}"
-        d.mkdir()
-        adapters.register_candidate(rt.db, v, str(d), None, {}, [], 0, 0)
+        register(rt.db, v, make_adapter(tiny_model_path, tmp_path / f"v{v}", seed=v), parent=v - 1 or None,
+                 feedback_ids=[fid] if v == 2 else [])
     adapters.record_decision(rt.db, "d1", 1, None, True, ["learned 1/1"], {})
-    adapters.record_decision(rt.db, "d2", 2, None, False, ["controls 5/7"], {})
-    table, plot, corrections, promote_c, rollback_c, *_ = ui_versions.view(rt)
-    assert len(table) == 2 and ("base model (no adapter)", "base") in rollback_c["choices"]
-    notice, confirm = ui_versions.promote(rt, "2")
-    assert "controls 5/7" in notice and confirm["visible"] is True and adapters.active_version(rt.db) is None
+    adapters.record_decision(rt.db, "d2", 2, 1, False, ["controls 5/7"], {})
+    table, plot, corrections, promote_c, rollback_c, compare_c, prompts, notice = ui_versions.view(rt)
+    assert list(table["version"]) == [1, 2] and "controls 5/7" in " ".join(table["reasons"])
+    assert prompts == "What is the name of my dog?" and len(corrections) == 1
+
+    notice, confirm = ui_versions.promote(rt, "1")
+    assert adapters.active_version(rt.db) == 1 and confirm["visible"] is False
+    notice, confirm = ui_versions.promote(rt, "2")  # the gate failed it: ask first
+    assert "controls 5/7" in notice and confirm["visible"] is True and adapters.active_version(rt.db) == 1
     notice, confirm = ui_versions.promote(rt, "2", confirmed=True)
     assert adapters.active_version(rt.db) == 2, notice
-    ui_versions.rollback(rt, "base", quarantine=False)
-    assert adapters.active_version(rt.db) is None
+    assert ("v1 (retired)", "1") in ui_versions.view(rt)[4]["choices"]
+    side_by_side, notice = ui_versions.compare(rt, "1", "", "Hello there\n\nWhere do I work?")
+    assert notice.startswith("v1 vs v2") and list(side_by_side["prompt"]) == ["Hello there", "Where do I work?"]
+    assert list(side_by_side.columns[1:3]) == ["v1", "v2"]
+
+    notice = ui_versions.rollback(rt, "1", quarantine=True)
+    assert adapters.active_version(rt.db) == 1 and "1 feedback item" in notice
+    assert feedback.feedback_for_turn(rt.db, session["turn_ids"][-1])[0]["quarantined"] == 1
+    notice = ui_versions.rollback(rt, "base", quarantine=False)
+    assert adapters.active_version(rt.db) is None, notice
