@@ -24,29 +24,27 @@ def _control():
     return control
 
 
-def learn_now(runtime) -> str:
+def _act(action, doing: str) -> str:
+    """Run `action(control)` and turn the outcome, or why it failed, into a sentence."""
     control = _control()
     if control is None:
         return UNAVAILABLE
     try:
-        job_id = control.start_cycle(runtime.cfg)
+        return action(control)
     except control.AlreadyRunning:
         return "A learning cycle is already running: watch it below, or cancel it first."
-    except Exception as e:  # noqa: BLE001 - e.g. nothing to learn yet: say it, don't crash the page
-        return f"⚠ Could not start a learning cycle: {e}"
-    return f"Learning cycle started (job {job_id})."
+    except Exception as e:  # noqa: BLE001 - e.g. nothing to learn yet: say it, don't break the page
+        return f"⚠ Could not {doing}: {e}"
+
+
+def learn_now(runtime) -> str:
+    return _act(lambda c: f"Learning cycle started (job {c.start_cycle(runtime.cfg)}).",
+                "start a learning cycle")
 
 
 def cancel(runtime) -> str:
-    control = _control()
-    if control is None:
-        return UNAVAILABLE
-    try:
-        cancelled = control.cancel(runtime.db)
-    except Exception as e:  # noqa: BLE001
-        return f"⚠ Could not cancel: {e}"
-    return "Cancel requested: the cycle stops at its next checkpoint." if cancelled \
-        else "No learning cycle is running."
+    return _act(lambda c: "Cancel requested: the cycle stops at its next checkpoint."
+                if c.cancel(runtime.db) else "No learning cycle is running.", "cancel")
 
 
 def status_view(runtime):
