@@ -127,19 +127,23 @@ def build(db, cfg: LearnConfig | None = None, *, system_prompt: str | None = Non
             if key in newest:
                 data.superseded.append(newest[key]["fid"])
             newest[key] = f
+    corrected: dict[str, list[str]] = {}  # turn id -> the feedback ids its correction rows carry
     for f in sorted(newest.values(), key=lambda f: f["fid"]):
-        meta = {"feedback_ids": [f["fid"]], "conversation_id": f["conversation_id"], "source": "correction"}
+        ids = corrected[f["turn_id"]] = [f["fid"]]
+        meta = {"conversation_id": f["conversation_id"], "source": "correction"}
         prompt = make.prompt(f)
-        data.sft.append({"messages": prompt + make.answer(f["correction"]), **meta})
+        data.sft.append({"messages": prompt + make.answer(f["correction"]), "feedback_ids": ids, **meta})
         if f["reply"] and f["reply"].strip() != f["correction"].strip():
             data.pairs.append({"prompt": prompt, "chosen": make.answer(f["correction"]),
-                               "rejected": make.answer(f["reply"]), **meta})
+                               "rejected": make.answer(f["reply"]), "feedback_ids": ids, **meta})
 
     # Votes: liked / disliked answers grouped by prompt. A retry marks the replaced answer as disliked.
     liked: dict[str, list[dict]] = {}
     disliked: dict[str, list[dict]] = {}
     for f in facts:
-        if f["kind"] in ("up", "down", "retry"):
+        if f["kind"] in ("down", "retry") and f["turn_id"] in corrected:
+            corrected[f["turn_id"]].append(f["fid"])  # the vote that came with a correction: same lesson
+        elif f["kind"] in ("up", "down", "retry"):
             bucket = liked if f["kind"] == "up" else disliked
             bucket.setdefault(normalize_prompt(f["user_message"]), []).append(f)
     vote_sft, vote_pairs = [], []

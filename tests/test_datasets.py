@@ -177,3 +177,12 @@ def test_export_writes_trl_files(db, home, tmp_path, monkeypatch):
     assert read["sft.jsonl"][0]["messages"][-1]["content"] == "Biscuit."
     assert read["preference.jsonl"][0]["rejected"][0]["content"] == "No idea."
     assert read["unpaired.jsonl"][0]["label"] is False
+
+
+def test_down_vote_sent_with_a_correction_joins_its_rows(db):
+    _, t = turn(db, "Who is my manager?", "Bob.")
+    down = feedback.add_feedback(db, t, "down")
+    fix = feedback.add_feedback(db, t, "correction", correction="Your manager is Priya Raman.")
+    data = build(db)
+    assert data.sft[0]["feedback_ids"] == [fix, down] and data.pairs[0]["feedback_ids"] == [fix, down]
+    assert data.unpaired == [] and data.feedback_ids == sorted([fix, down])
