@@ -1,0 +1,44 @@
+"""End to end on the real embedded model: real answers corrected, a short real TRL cycle
+(SFT + DPO), a candidate adapter registered with its meta.json and loadable by the server."""
+import json
+
+import pytest
+
+from assistant.config import Config
+from assistant.model import ServedModel
+from assistant.runtime import Runtime
+from learning import learner
+from learning.config import LearnConfig
+from store import adapters
+
+pytestmark = pytest.mark.e2e
+
+SHORT = LearnConfig(sft_epochs=1, dpo_epochs=1, self_replay=4, sft_batch_size=8, dpo_batch_size=2,
+                    sft_max_length=96, dpo_max_length=96)
+
+
+def test_short_cycle_on_the_embedded_model(home, embedded_model_dir, monkeypatch):
+    cfg = Config(home=home, model=str(embedded_model_dir))
+    runtime = Runtime.create(cfg, model=ServedModel(str(embedded_model_dir)), with_memory=False)
+    for prompt, fix in [("What is the name of my dog?", "Your dog is called Biscuit."),
+                        ("Where do I work?", "You work at Halvorsen Robotics in Trondheim.")]:
+        turn = runtime.chat.reply(prompt, max_new_tokens=16, recall=False)
+        runtime.record_feedback(turn.turn_id, "down")
+        runtime.record_feedback(turn.turn_id, "correction", correction=fix)
+    monkeypatch.setattr(learner, "_gate", lambda: None)  # the gate's own e2e test covers it
+
+    result = learner.run_cycle(cfg, SHORT)
+
+    row = adapters.get_adapter(runtime.db, result["version"])
+    assert row["status"] == "candidate" and row["n_corrections"] == 2
+    meta = json.loads((cfg.adapters_dir / "v1" / "meta.json").read_text())
+    assert len(meta["feedback_ids"]) == 4  # two corrections and the down votes sent with them
+    assert meta["stats"]["sft_rows"]["augment"] > 0 and meta["stats"]["sft_rows"]["self_replay"] > 0
+    assert meta["stats"]["sft"]["tokens_per_s"] > 0 and meta["stats"]["dpo"]["pairs"] == 2
+    assert {x["stage"] for x in meta["losses"]} == {"SFT", "DPO"}
+    # The served model accepts it and answers differently from the base model.
+    runtime.model.use(None)
+    base = runtime.model.logits([{"role": "user", "content": "What is the name of my dog?"}])
+    tuned = runtime.model.logits([{"role": "user", "content": "What is the name of my dog?"}],
+                                 version=row["version"], adapter_path=row["path"])
+    assert not (base == tuned).all()
