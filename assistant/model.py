@@ -10,6 +10,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import threading
 import time
@@ -102,6 +103,49 @@ def validate_adapter_dir(path: Path) -> dict:
     return cfg
 
 
+_LORA_KEY = re.compile(r"^base_model\.model\.(.+)\.lora_([AB])(?:\.[^.]+)?\.weight$")
+
+
+def check_adapter_weights(path: Path, base) -> None:
+    """Read an adapter's tensors and check them against `base`: readable, finite, and each
+    LoRA matrix fits the module it targets. Raises AdapterLoadError with the reason."""
+    file = path / "adapter_model.safetensors"
+    try:
+        if file.exists():
+            from safetensors.torch import load_file
+
+            tensors = load_file(str(file))
+        else:
+            file = path / "adapter_model.bin"
+            tensors = torch.load(str(file), map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated or garbage file
+        raise AdapterLoadError(f"adapter weights {file} are unreadable (corrupt or half-written?): {e}") from e
+    modules = dict(base.named_modules())
+    for key, t in tensors.items():
+        if not torch.isfinite(t).all():
+            raise AdapterLoadError(f"adapter weights {file} contain NaN or infinite values ({key})")
+        m = _LORA_KEY.match(key)
+        if not m:
+            continue  # other tensors (e.g. modules_to_save): peft checks them
+        module = modules.get(m.group(1))
+        if module is None:
+            raise AdapterLoadError(f"adapter {path} targets {m.group(1)}, which the base model does not have")
+        layer = getattr(module, "base_layer", module)  # already wrapped by an earlier adapter
+        want = (layer.in_features,) if m.group(2) == "A" else (layer.out_features,)
+        got = tuple(t.shape[1:]) if m.group(2) == "A" else tuple(t.shape[:1])
+        if t.dim() != 2 or got != want:
+            raise AdapterLoadError(f"adapter {path} does not fit the base model: {key} has shape "
+                                   f"{tuple(t.shape)} (the module's size is {want[0]})")
+
+
+def _unwrap_lora_layers(model) -> None:
+    """Undo a half-done first injection: put each module's original layer back."""
+    for name, module in list(model.named_modules()):
+        if hasattr(module, "base_layer") and hasattr(module, "lora_A") and "." in name:
+            parent, child = name.rsplit(".", 1)
+            setattr(model.get_submodule(parent), child, module.get_base_layer())
+
+
 @dataclass
 class Generation:
     """What one generation produced; filled in as the stream runs."""
@@ -147,6 +191,9 @@ class ServedModel:
             if version in self.loaded:
                 return
             cfg = validate_adapter_dir(Path(path))
+            # Check the tensors before peft touches the model: the first load injects LoRA
+            # layers into the base in place, so a failure half-way would alter the base itself.
+            check_adapter_weights(Path(path), self.base)
             name = f"v{version}"
             try:
                 if self.model is self.base:
@@ -158,6 +205,8 @@ class ServedModel:
                     self.model.load_adapter(str(path), adapter_name=name)
             except Exception as e:  # corrupt tensors, wrong shapes, wrong target modules
                 self._forget(name)
+                if self.model is self.base:
+                    _unwrap_lora_layers(self.base)
                 raise AdapterLoadError(f"adapter v{version} in {path} cannot be loaded: {e}") from e
             self.loaded[version] = name
             self.adapter_config = self.adapter_config or cfg

@@ -152,8 +152,15 @@ def _score_side(scorer: Scorer, version, path, system: str, items: list[dict],
                 pairs: list[dict], tick: Callable[[], None]) -> dict:
     """Replies (and pass/fail) for the generation items, log-probs for the pairs, one version."""
     scorer.select(version, path)
-    replies = scorer.generate([_messages(it.get("system") or system, it["prompt"]) for it in items],
+    # One generate call per family: the canaries then always share batches (and padding)
+    # with each other only, so their greedy replies do not depend on what was taught.
+    replies = [""] * len(items)
+    for kind in dict.fromkeys(it["kind"] for it in items):
+        idx = [i for i, it in enumerate(items) if it["kind"] == kind]
+        out = scorer.generate([_messages(items[i].get("system") or system, items[i]["prompt"]) for i in idx],
                               on_batch=tick)
+        for i, r in zip(idx, out, strict=True):
+            replies[i] = r
     out = {"replies": replies, "passed": [
         carries(r, it["anchors"]) if "anchors" in it else any(contains_phrase(r, e) for e in it["expect"])
         for r, it in zip(replies, items, strict=True)]}
@@ -216,7 +223,8 @@ def evaluate(cfg, db, candidate_version: int, incumbent_version: int | None,
     pairs = preference_pairs(db)
 
     need_base = bool(pairs) and None not in (candidate_version, incumbent_version)
-    per_side = scorer.batches(len(items)) + 2 * scorer.batches(len(pairs))
+    per_side = sum(scorer.batches(sum(it["kind"] == k for it in items)) for k in ("taught", "retention", "canary"))
+    per_side += 2 * scorer.batches(len(pairs))
     total, done = max(1, per_side * (3 if need_base else 2)), [0]
 
     def tick():
