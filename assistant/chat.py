@@ -122,6 +122,26 @@ class ChatService:
             return self.model.current, None
         return version, row["path"]
 
+    def watch_adapters(self, interval_s: float = 0.1):
+        """Preload each newly activated adapter in the background, so the first request after
+        a promotion does not pay the disk read (the switch itself still happens per request,
+        between requests). Returns a function that stops the watcher."""
+        stop = threading.Event()
+
+        def run():
+            seen = object()
+            while not stop.wait(interval_s):
+                try:
+                    version = adapters.active_version(self.db)
+                    if version != seen:
+                        self.serving_adapter()  # loads (once) without switching
+                        seen = version
+                except Exception:  # noqa: BLE001 - a watcher must outlive a bad poll
+                    log.exception("adapter watcher")
+
+        threading.Thread(target=run, daemon=True, name="adapter-watch").start()
+        return stop.set
+
     # ---- a turn ---------------------------------------------------------------------------
     def start_turn(self, user_message: str, *, conversation_id: str | None = None,
                    history: list[dict] | None = None, system_prompt: str | None = None,

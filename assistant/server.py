@@ -60,6 +60,7 @@ class RunningServer:
     thread: threading.Thread
     host: str
     port: int
+    stop_watch: object = None  # stops the adapter watcher (preloads promoted versions)
 
     @property
     def url(self) -> str:
@@ -69,6 +70,8 @@ class RunningServer:
     def stop(self, timeout: float = 10) -> None:
         self.server.should_exit = True
         self.thread.join(timeout)
+        if self.stop_watch is not None:
+            self.stop_watch()
 
 
 def start_server(runtime, host: str = "127.0.0.1", port: int = 0, ui: bool = True) -> RunningServer:
@@ -88,7 +91,8 @@ def start_server(runtime, host: str = "127.0.0.1", port: int = 0, ui: bool = Tru
             raise RuntimeError(f"the server did not start within {STARTUP_TIMEOUT_S} s")
         time.sleep(0.02)
     bound = server.servers[0].sockets[0].getsockname()[1]
-    return RunningServer(server=server, thread=thread, host=host, port=bound)
+    return RunningServer(server=server, thread=thread, host=host, port=bound,
+                         stop_watch=runtime.chat.watch_adapters())
 
 
 def check_exposure(cfg: Config) -> str | None:
