@@ -27,12 +27,12 @@ def make_adapter(base_path, out: Path, seed: int, targets=TARGETS, r: int = 4) -
 def register(db, version: int, path: Path, parent: int | None = None, feedback_ids=()) -> int:
     from store import adapters
 
-    return adapters.register_candidate(db, version, str(path), parent, {"seed": version},
+    return adapters.register_candidate(db, version, str(path), parent, {"timings": {"sft_s": 1.0}},
                                        list(feedback_ids), len(feedback_ids), 0)
 
 
 def corrupt_adapter(good: Path, out: Path, how: str, base_path=None) -> Path:
-    """A copy of `good` broken in one way: garbage | no-config | wrong-targets | wrong-shape."""
+    """A copy of `good` broken in one way: garbage | truncated | no-config | wrong-targets | wrong-shape."""
     out = Path(out)
     if how == "wrong-shape":
         # A LoRA for another (wider) model: same module names, tensors of the wrong shape.
@@ -48,6 +48,9 @@ def corrupt_adapter(good: Path, out: Path, how: str, base_path=None) -> Path:
     shutil.copytree(good, out, dirs_exist_ok=True)
     if how == "garbage":
         (out / "adapter_model.safetensors").write_bytes(b"\x00not a safetensors file" * 64)
+    elif how == "truncated":  # a half-written file
+        data = (out / "adapter_model.safetensors").read_bytes()
+        (out / "adapter_model.safetensors").write_bytes(data[: len(data) // 2])
     elif how == "no-config":
         (out / "adapter_config.json").unlink()
     elif how == "wrong-targets":
