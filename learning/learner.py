@@ -90,7 +90,7 @@ class Tracker:
             self.callback(state)
 
     def train_step(self, stage: str, step: int, total: int, loss: float | None):
-        if loss is not None and (not self.losses or self.losses[-1] != (stage, step)):
+        if loss is not None:  # reported once per logged step (logging_steps)
             self.losses.append({"stage": stage, "step": step, "loss": round(loss, 4)})
         self.stage(stage, step / max(total, 1), loss, force=step == total)
 
@@ -229,12 +229,15 @@ def cmd_learn(cfg, args) -> int:
     from tqdm import tqdm
 
     bar = tqdm(total=100, unit="%", bar_format="{desc:<16}{percentage:3.0f}%|{bar}| {postfix}")
+    last_loss = {}
 
     def show(state):
         bar.set_description_str(state["stage"])
         bar.n = int(state["progress"] * 100)
+        if state.get("loss") is not None:
+            last_loss[state["stage"]] = state["loss"]
         eta = f"eta {state['eta_s']:.0f}s" if state.get("eta_s") is not None else ""
-        loss = f"loss {state['loss']:.3f}" if state.get("loss") is not None else ""
+        loss = f"loss {last_loss[state['stage']]:.3f}" if state["stage"] in last_loss else ""
         bar.set_postfix_str(f"{loss} {eta}".strip())
         bar.refresh()
 

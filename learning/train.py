@@ -78,12 +78,14 @@ def _callback(stage: str, job: TrainJob, losses: list[dict]):
 
         def on_log(self, args, state, control, logs=None, **kw):
             if logs and "loss" in logs:
-                losses.append({"stage": stage, "step": state.global_step, "loss": float(logs["loss"])})
+                loss = float(logs["loss"])
+                losses.append({"stage": stage, "step": state.global_step, "loss": loss})
+                if job.progress:
+                    job.progress(stage, state.global_step, state.max_steps, loss)
 
         def on_step_end(self, args, state, control, **kw):
             if job.progress:
-                last = losses[-1]["loss"] if losses and losses[-1]["stage"] == stage else None
-                job.progress(stage, state.global_step, state.max_steps, last)
+                job.progress(stage, state.global_step, state.max_steps, None)
             if job.should_cancel and job.should_cancel():
                 raise Cancelled(f"cancelled during {stage} at step {state.global_step}")
 
