@@ -14,6 +14,9 @@ from assistant.ui_conversations import ChatTab
 # One-click reasons for 👎 right on the message (free text goes in the feedback panel).
 FEEDBACK_OPTIONS = ("Like", "Dislike", "Wrong facts", "Not what I asked", "Too long")
 CHAT_LIMIT = 4  # concurrent chat streams; the model lock serialises the actual generation
+# assistant.server passes these to gradio.mount_gradio_app (Gradio 6 takes css there, not in Blocks).
+# Table headers break between words only: narrow number columns otherwise wrap letter by letter.
+MOUNT_OPTIONS = {"css": ".table-wrap th, .table-wrap th * {word-break: keep-all; overflow-wrap: normal;}"}
 
 
 def build_ui(runtime) -> gr.Blocks:
@@ -130,8 +133,9 @@ def _learning_tab(ui: gr.Blocks, runtime) -> None:
     message = gr.Markdown("", elem_id="learn-message")
     stage = gr.Markdown("", elem_id="learn-stage")
     bar = gr.HTML("", elem_id="learn-progress")
-    losses = gr.LinePlot(ui_learning.EMPTY_LOSSES, x="step", y="loss", color="stage",
-                         title="Training loss", height=260, elem_id="learn-losses")
+    # matplotlib, not gr.LinePlot: LinePlot keeps the colour legend of its first data, so DPO
+    # steps arriving after SFT ones would not be drawn.
+    losses = gr.Plot(label="Training loss", format="png", elem_id="learn-losses")
     timer = gr.Timer(2.0)
     status_out = [stage, bar, losses, cancel_btn]
     refresh = lambda: ui_learning.status_view(runtime)  # noqa: E731
@@ -144,8 +148,9 @@ def _learning_tab(ui: gr.Blocks, runtime) -> None:
 
 def _versions_tab(runtime, tab) -> None:
     plot_path = runtime.cfg.home / "ui" / "metrics.png"
-    notice = gr.Markdown("", elem_id="versions-notice")
-    refresh_btn = gr.Button("↻ Refresh", size="sm")
+    with gr.Row():
+        notice = gr.Markdown("", elem_id="versions-notice")
+        refresh_btn = gr.Button("↻ Refresh", size="sm", scale=0, min_width=120)
     table = gr.Dataframe(label="Adapter versions", interactive=False, wrap=True, elem_id="versions-table")
     plot = gr.Image(label="Metrics across versions", type="filepath", interactive=False, height=320)
     with gr.Row():

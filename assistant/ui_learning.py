@@ -3,17 +3,15 @@
 Contract: plain functions of a Runtime (tests call them directly). `learning.control` is
 imported inside each handler, never at module import: the chat must start without the
 training stack, and if the learner is missing the tab says so instead of failing.
-`status_view` returns (stage markdown, progress-bar HTML, losses DataFrame, cancel visible).
+`status_view` returns (stage markdown, progress-bar HTML, loss figure|None, cancel visible).
 """
+import functools
 import html
 
 import gradio as gr
-import pandas as pd
 
 UNAVAILABLE = "⚠ The learner is not available in this installation (learning.control could not be imported)."
 STAGES = ("preparing data", "SFT", "DPO", "evaluating")
-EMPTY_LOSSES = pd.DataFrame({"step": pd.Series(dtype=int), "loss": pd.Series(dtype=float),
-                             "stage": pd.Series(dtype=str)})
 
 
 def _control():
@@ -50,17 +48,17 @@ def cancel(runtime) -> str:
 def status_view(runtime):
     control = _control()
     if control is None:
-        return UNAVAILABLE, "", EMPTY_LOSSES, gr.update(visible=False)
+        return UNAVAILABLE, "", None, gr.update(visible=False)
     try:
         st = control.status(runtime.db)
     except Exception as e:  # noqa: BLE001 - a status glitch must not stop the timer
-        return f"⚠ Could not read the learner status: {e}", "", EMPTY_LOSSES, gr.update(visible=False)
+        return f"⚠ Could not read the learner status: {e}", "", None, gr.update(visible=False)
     if not st:
         return ("No learning cycle has run yet. Give feedback in the chat, then press **Learn now** "
                 "(cycles also start by themselves when enough feedback has accumulated).",
-                "", EMPTY_LOSSES, gr.update(visible=False))
+                "", None, gr.update(visible=False))
     running = st.get("status") == "running"
-    return status_markdown(st), progress_html(st), losses_frame(st.get("losses") or []), \
+    return status_markdown(st), progress_html(st), losses_figure(st.get("losses") or []), \
         gr.update(visible=running)
 
 
@@ -103,10 +101,25 @@ def format_eta(seconds: float) -> str:
     return f"{m} min {s:02d} s" if m < 60 else f"{m // 60} h {m % 60:02d} min"
 
 
-def losses_frame(losses: list[dict]) -> pd.DataFrame:
-    if not losses:
-        return EMPTY_LOSSES
-    df = pd.DataFrame([{"step": int(r.get("step", i)), "loss": float(r["loss"]),
-                        "stage": str(r.get("stage") or "train")}
-                       for i, r in enumerate(losses) if r.get("loss") is not None])
-    return df if len(df) else EMPTY_LOSSES
+def losses_figure(losses: list[dict]):
+    """The loss curve, one line per stage, or None before the first logged step."""
+    points = tuple((int(r.get("step", i)), float(r["loss"]), str(r.get("stage") or "train"))
+                   for i, r in enumerate(losses) if r.get("loss") is not None)
+    return _figure(points) if points else None
+
+
+@functools.lru_cache(maxsize=8)  # the timer asks every 2 s; redraw only when a step was added
+def _figure(points: tuple):
+    from matplotlib.figure import Figure  # no pyplot: safe on Gradio's worker threads
+
+    fig = Figure(figsize=(8, 3), dpi=100, layout="tight")
+    ax = fig.add_subplot()
+    for stage in dict.fromkeys(p[2] for p in points):  # stages in the order they ran
+        xs, ys = zip(*[(p[0], p[1]) for p in points if p[2] == stage], strict=True)
+        ax.plot(xs, ys, marker="." if len(xs) < 30 else None, label=stage)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title("Training loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return fig

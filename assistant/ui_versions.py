@@ -6,6 +6,8 @@ Contract: plain functions of a Runtime. `learning.versions` is imported inside t
 without it the tab says so and the chat keeps working. Version choices use "base" for the base
 model alone (an adapter version is a positive int).
 """
+import re
+
 import gradio as gr
 import pandas as pd
 
@@ -24,6 +26,12 @@ def _versions():
     return versions
 
 
+ISO_TIME = re.compile(r"^(\d{4}-\d\d-\d\d)T(\d\d:\d\d)")
+VERSION_HEADERS = {"created_at": "trained at", "train_s": "training (s)", "n_corrections": "corrections",
+                   "n_votes": "votes", "incumbent_metrics": "incumbent's metrics"}
+CORRECTION_HEADERS = {"created_at": "corrected at", "feedback_id": "id"}
+
+
 def _cell(value):
     if isinstance(value, float):
         return round(value, 3)
@@ -31,12 +39,17 @@ def _cell(value):
         return ", ".join(f"{k}: {_cell(v)}" for k, v in value.items())
     if isinstance(value, (list, tuple)):
         return "; ".join(str(_cell(v)) for v in value)
+    if isinstance(value, str) and ISO_TIME.match(value):
+        return ISO_TIME.sub(r"\1 \2", value)[:16]
     return "" if value is None else value
 
 
-def frame(rows: list[dict]) -> pd.DataFrame:
-    """Rows of dicts as a table whose cells read as words (nested values flattened)."""
-    return pd.DataFrame([{k: _cell(v) for k, v in r.items()} for r in rows]) if rows else pd.DataFrame()
+def frame(rows: list[dict], headers: dict | None = None) -> pd.DataFrame:
+    """Rows of dicts as a table whose cells read as words (nested values flattened, times
+    to the minute, headers in words)."""
+    headers = headers or {}
+    return pd.DataFrame([{headers.get(k, k.replace("_", " ")): _cell(v) for k, v in r.items()}
+                         for r in rows]) if rows else pd.DataFrame()
 
 
 def version_of(choice) -> int | None:
@@ -68,8 +81,8 @@ def view(runtime, plot_path=None):
                 gr.update(choices=rollback_choices), gr.update(choices=everything), prompts, UNAVAILABLE)
     notice = ""
     try:
-        table = frame(versions.versions_table(db))
-        corrections = frame(versions.correction_states(db))
+        table = frame(versions.versions_table(db), VERSION_HEADERS)
+        corrections = frame(versions.correction_states(db), CORRECTION_HEADERS)
     except Exception as e:  # noqa: BLE001 - show why, keep the rest of the tab usable
         table, corrections, notice = pd.DataFrame(), pd.DataFrame(), f"⚠ Could not read versions: {e}"
     plot = None

@@ -244,7 +244,7 @@ def test_learning_tab_shows_a_running_cycle_and_cancels_it(rt):
     stage, bar, losses, cancel = ui_learning.status_view(rt)
     assert "**SFT**" in stage and "Running" in stage and cancel["visible"] is True
     assert 'aria-valuenow="40"' in bar and "1 min 35 s left" in bar
-    assert list(losses["loss"]) == [2.5, 2.1]
+    assert [list(line.get_ydata()) for line in losses.axes[0].lines] == [[2.5, 2.1]]
     assert "already running" in ui_learning.learn_now(rt)  # one cycle at a time
     assert "Cancel requested" in ui_learning.cancel(rt) and jobs.cancel_requested(rt.db, jid)
     jobs.finish_job(rt.db, jid, "failed", error="out of memory")
