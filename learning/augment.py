@@ -41,8 +41,9 @@ def rewrites(question: str, limit: int = 6) -> list[str]:
     bare = q.rstrip("?.! ")
     lower_q = bare[:1].lower() + bare[1:] + ("?" if q.endswith("?") else "")
     words = [w for w in re.findall(r"[\w']+", bare.lower()) if w not in _STOP]
+    swapped = _swap_contractions(q)
     out = [
-        _swap_contractions(q),
+        swapped[:1].upper() + swapped[1:] if q[:1].isupper() else swapped,
         bare.lower(),
         _TEMPLATES[0].format(q=lower_q),
         _TEMPLATES[1].format(q=q),

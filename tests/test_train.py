@@ -106,3 +106,30 @@ def test_clean_stale_dirs(tmp_path):
     removed = clean_stale_dirs(tmp_path, registered={str(tmp_path / "v1")})
     assert sorted(removed) == [".tmp-v3-123", "v3"]
     assert [p.name for p in tmp_path.iterdir()] == ["v1"]
+
+
+def test_rewrites_and_augmented_rows_keep_answer_and_ids():
+    from learning.augment import augment_sft, rewrites
+
+    rs = rewrites("What is the name of my dog?")
+    assert "What's the name of my dog?" in rs and "What is the name of my dog?" not in rs
+    assert len(rs) == len({r.lower() for r in rs})
+    sft, _ = _rows()
+    extra = augment_sft(sft, n_rewrites=3)
+    assert len(extra) == 6 and all(r["source"] == "augment" for r in extra)
+    assert {r["messages"][-1]["content"] for r in extra} == {r["messages"][-1]["content"] for r in sft}
+    assert all(r["feedback_ids"] in (["f0"], ["f1"]) for r in extra)
+    assert any(r["messages"][0]["content"] != SYSTEM["content"] for r in extra)  # the system prompt varies
+
+
+def test_self_replay_is_generated_once_and_cached(tiny_model_path, tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from learning import augment
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    rows = augment.self_replay_rows(model, tok, SYSTEM["content"], tmp_path, n=3, max_new_tokens=4)
+    assert [r["messages"][1]["content"] for r in rows] == augment.replay_prompts(3)[:len(rows)]
+    monkeypatch.setattr(augment, "greedy_answers", lambda *a, **k: pytest.fail("not cached"))
+    assert augment.self_replay_rows(model, tok, SYSTEM["content"], tmp_path, n=3, max_new_tokens=4) == rows
