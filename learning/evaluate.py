@@ -85,8 +85,9 @@ def carries(reply: str, anchor_words: list[str]) -> bool:
 
 
 # ---- the items --------------------------------------------------------------------------
-def load_canaries(path: Path = CANARIES_PATH) -> list[dict]:
+def load_canaries(path: Path | None = None) -> list[dict]:
     """The shipped canary set: one {"id", "prompt", "expect": [...]} per line."""
+    path = path or CANARIES_PATH
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
     for r in rows:
         if not r.get("prompt") or not r.get("expect"):
@@ -225,7 +226,7 @@ def evaluate(cfg, db, candidate_version: int, incumbent_version: int | None,
     need_base = bool(pairs) and None not in (candidate_version, incumbent_version)
     per_side = sum(scorer.batches(sum(it["kind"] == k for it in items)) for k in ("taught", "retention", "canary"))
     per_side += 2 * scorer.batches(len(pairs))
-    total, done = max(1, per_side * (3 if need_base else 2)), [0]
+    total, done = max(1, 2 * per_side + (2 * scorer.batches(len(pairs)) if need_base else 0)), [0]
 
     def tick():
         done[0] += 1
