@@ -20,6 +20,7 @@ from typing import Iterator
 
 import torch
 
+from assistant import adapter_slots
 from assistant.errors import AdapterLoadError, ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -106,9 +107,9 @@ def validate_adapter_dir(path: Path) -> dict:
 _LORA_KEY = re.compile(r"^base_model\.model\.(.+)\.lora_([AB])(?:\.[^.]+)?\.weight$")
 
 
-def check_adapter_weights(path: Path, base) -> None:
+def check_adapter_weights(path: Path, base) -> dict[str, torch.Tensor]:
     """Read an adapter's tensors and check them against `base`: readable, finite, and each
-    LoRA matrix fits the module it targets. Raises AdapterLoadError with the reason."""
+    LoRA matrix fits the module it targets. Returns the tensors; raises AdapterLoadError."""
     file = path / "adapter_model.safetensors"
     try:
         if file.exists():
@@ -136,6 +137,7 @@ def check_adapter_weights(path: Path, base) -> None:
         if t.dim() != 2 or got != want:
             raise AdapterLoadError(f"adapter {path} does not fit the base model: {key} has shape "
                                    f"{tuple(t.shape)} (the module's size is {want[0]})")
+    return tensors
 
 
 def _unwrap_lora_layers(model) -> None:
@@ -193,7 +195,11 @@ class ServedModel:
             cfg = validate_adapter_dir(Path(path))
             # Check the tensors before peft touches the model: the first load injects LoRA
             # layers into the base in place, so a failure half-way would alter the base itself.
-            check_adapter_weights(Path(path), self.base)
+            tensors = check_adapter_weights(Path(path), self.base)
+            spare = self._spare(cfg)
+            if spare is not None and adapter_slots.overwrite(self.model, self.loaded[spare], tensors):
+                self.loaded[version] = self.loaded.pop(spare)  # the spare's layers now hold `version`
+                return
             name = f"v{version}"
             try:
                 if self.model is self.base:
@@ -211,6 +217,15 @@ class ServedModel:
             self.loaded[version] = name
             self.adapter_config = self.adapter_config or cfg
 
+    def _spare(self, cfg: dict) -> int | None:
+        """A loaded version that is neither current nor previous and has `cfg`'s LoRA shape:
+        its layers can take a new version's weights (see assistant.adapter_slots)."""
+        for v, name in self.loaded.items():
+            if v not in (self.current, self.previous) and adapter_slots.same_shape(
+                    self.model.peft_config[name].to_dict(), cfg):
+                return v
+        return None
+
     def _forget(self, name: str) -> None:
         if self.model is not self.base and name in getattr(self.model, "peft_config", {}):
             try:
@@ -220,7 +235,8 @@ class ServedModel:
 
     def use(self, version: int | None, path: str | Path | None = None) -> None:
         """Switch generation to `version` (None: base alone), loading it first if needed.
-        Only the new and the previous adapter stay loaded, so memory stays bounded."""
+        At most three adapters stay loaded: the current one, the previous one (instant
+        rollback) and one spare whose layers the next new version reuses."""
         with self.lock:
             if version is not None:
                 if version not in self.loaded:
@@ -232,9 +248,9 @@ class ServedModel:
             # previous one (instant rollback) and an adapter preloaded for the next switch.
             if version != self.current:
                 self.previous, self.current = self.current, version
-                for v in list(self.loaded):
-                    if v not in (version, self.previous):
-                        self._forget(self.loaded.pop(v))
+                spares = [v for v in self.loaded if v not in (version, self.previous)]
+                for v in spares[:-1]:  # keep the most recently loaded spare
+                    self._forget(self.loaded.pop(v))
 
     # ---- generation -----------------------------------------------------------------------
     def encode(self, messages: list[dict]) -> torch.Tensor:

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def lora_dirs(tiny_model_path, tmp_path_factory):
     base = tmp_path_factory.mktemp("loras")
-    return {v: make_adapter(tiny_model_path, base / f"v{v}", seed=v) for v in (1, 2, 3)}
+    return {v: make_adapter(tiny_model_path, base / f"v{v}", seed=v) for v in (1, 2, 3, 4, 5)}
 
 
 @pytest.fixture
@@ -76,6 +76,18 @@ def test_rollback_is_served_from_memory(chat, db, lora_dirs, tmp_path):
     shutil.rmtree(v1_dir)  # a rollback must not need the disk: the previous adapter stays loaded
     adapters.activate(db, 1)
     assert torch.equal(live_logits(chat), v1)
+
+
+def test_new_versions_reuse_a_spare_adapter_exactly(served, tiny_model_path, lora_dirs):
+    from assistant.model import ServedModel
+
+    fresh = {v: ServedModel(str(tiny_model_path)).logits(MSG, v, lora_dirs[v]) for v in lora_dirs}
+    for v in (1, 2, 3, 4, 5, 3, 1, 2):
+        assert torch.equal(served.logits(MSG, v, lora_dirs[v]), fresh[v])
+        assert len(served.loaded) <= 3 and len(served.model.peft_config) <= 3
+    # v4 and later took over the layers of evicted versions instead of building new ones
+    assert set(served.model.peft_config) == {"v1", "v2", "v3"}
+    assert torch.equal(served.logits(MSG, None), ServedModel(str(tiny_model_path)).logits(MSG))
 
 
 @pytest.mark.parametrize("how", ["garbage", "truncated", "no-config", "wrong-targets", "wrong-shape"])
