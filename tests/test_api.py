@@ -241,3 +241,23 @@ def test_adapters_listed_activated_and_corrupt_ones_refused(cfg, served, tiny_mo
         assert conversations.get_turn(db, ask(c).id)["adapter_version"] is None
     finally:
         running.stop()
+
+
+def test_the_web_ui_is_served_at_the_root(server):
+    page = httpx.get(server.url + "/", timeout=30)
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "gradio" in page.text.lower()
+
+
+def test_the_web_ui_asks_for_the_password_when_one_is_set(cfg, tiny_served):
+    cfg.ui_password = "open sesame"
+    running = start_server(Runtime.create(cfg, model=tiny_served, with_memory=False))
+    try:
+        login = running.url + "/login"
+        assert httpx.get(running.url + "/config", timeout=30).status_code == 401
+        assert httpx.post(login, data={"username": "me", "password": "wrong"}).status_code == 400
+        ok = httpx.post(login, data={"username": "me", "password": "open sesame"})
+        assert ok.status_code == 200 and ok.json() == {"success": True}
+        assert httpx.get(running.url + "/v1/models").status_code == 200  # the API has its own key
+    finally:
+        running.stop()
