@@ -103,7 +103,9 @@ class FeedbackRequest(BaseModel):
 
 
 class ActivateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     force: bool = False  # promote a version the gate rejected
+    quarantine: bool = False  # on rollback: keep what the abandoned version learned out of learning
 
 
 # ---- errors ------------------------------------------------------------------------------------
@@ -218,9 +220,9 @@ def build_router(runtime) -> APIRouter:
 
     @router.post("/adapters/{version}/activate")
     async def activate(version: str, body: ActivateRequest | None = None):
-        target = _parse_version(version)
-        force = bool(body and body.force)
-        return await run_in_threadpool(_activate, runtime, target, force)
+        body = body or ActivateRequest()
+        return await run_in_threadpool(_activate, runtime, _parse_version(version), body.force,
+                                       body.quarantine)
 
     return router
 
@@ -316,7 +318,7 @@ async def _sse(turn, pieces, include_usage: bool):
             await run_in_threadpool(pieces.close)
 
 
-def _activate(runtime, version: int | None, force: bool) -> dict:
+def _activate(runtime, version: int | None, force: bool, quarantine: bool) -> dict:
     """Promote or roll back to `version` after checking its directory loads (409 if not)."""
     db = runtime.chat.db
     if version is not None:
@@ -330,26 +332,25 @@ def _activate(runtime, version: int | None, force: bool) -> dict:
         except AdapterLoadError as e:
             raise ApiError(409, str(e), "adapter_corrupt", "conflict_error") from e
     try:
-        _move_pointer(db, version, force)
+        outcome = _move_pointer(db, version, force, quarantine)
     except NotFound as e:
         raise _not_found(e, "adapter_not_found") from e
-    except (ValueError, RuntimeError) as e:  # e.g. a version the gate rejected, without force
+    except AdapterLoadError as e:
+        raise ApiError(409, str(e), "adapter_corrupt", "conflict_error") from e
+    except ValueError as e:  # e.g. a version the gate failed (without force), base already serving
         raise ApiError(409, str(e), "activation_refused", "conflict_error") from e
-    return {"object": "adapter.activation", "active": adapters.active_version(db)}
+    return {"object": "adapter.activation", "active": adapters.active_version(db), **(outcome or {})}
 
 
-def _move_pointer(db, version: int | None, force: bool) -> None:
-    """learning.versions (helper GATE) knows promotion vs rollback rules; without it, the
-    registry's single-transaction activate does both."""
+def _move_pointer(db, version: int | None, force: bool, quarantine: bool) -> dict:
+    """learning.versions (helper GATE) knows the rules: promotion refuses a version the gate
+    failed unless forced, rollback only goes to a version that served before and can quarantine
+    what the abandoned version learned. Without it, the registry's one-transaction activate."""
     try:
         from learning import versions
     except ImportError:
-        versions = None
-    if versions is None or not hasattr(versions, "promote") or version is None:
-        adapters.activate(db, version)  # None: the base model alone
-        return
-    current = adapters.active_version(db)
-    if adapters.get_adapter(db, version)["status"] == "retired":
-        versions.rollback(db, version)
-    elif version != current:
-        versions.promote(db, version, force=force)
+        adapters.activate(db, version)
+        return {}
+    if version is None or adapters.get_adapter(db, version)["status"] == "retired":
+        return versions.rollback(db, "base" if version is None else version, quarantine=quarantine)
+    return versions.promote(db, version, force=force)

@@ -239,6 +239,15 @@ def test_adapters_listed_activated_and_corrupt_ones_refused(cfg, served, tiny_mo
         assert conversations.get_turn(db, ask(c).id)["adapter_version"] == 1  # hot swap, no restart
         assert httpx.post(url + "/base/activate").json()["active"] is None
         assert conversations.get_turn(db, ask(c).id)["adapter_version"] is None
+        # a version the gate failed needs force; a version that served before is a rollback
+        adapters.register_candidate(db, 3, str(_make_adapter(tiny_model_path, cfg.adapters_dir / "v3", 3)),
+                                    1, {}, [], 0, 0)
+        adapters.record_decision(db, "D3", 3, 1, False, ["forgot the canaries"], {})
+        r = httpx.post(url + "/3/activate")
+        assert r.status_code == 409 and "forgot the canaries" in r.json()["error"]["message"]
+        assert httpx.post(url + "/3/activate", json={"force": True}).json()["active"] == 3
+        assert httpx.post(url + "/1/activate").json()["active"] == 1
+        assert httpx.post(url + "/x/activate").status_code == 400
     finally:
         running.stop()
 
