@@ -74,7 +74,7 @@ def _chat_tab(ui: gr.Blocks, chat: ChatTab) -> None:
                     save_default = gr.Button("Save as default", size="sm")
                     save_chat = gr.Button("Use for this chat only", size="sm")
                 cfg = chat.rt.cfg
-                max_new = gr.Slider(16, 1024, value=cfg.default_max_new_tokens, step=16,
+                max_new = gr.Slider(1, max(1024, cfg.default_max_new_tokens), value=cfg.default_max_new_tokens, step=1,
                                     label="Max new tokens", elem_id="max-new-tokens")
                 temperature = gr.Slider(0.0, 1.5, value=cfg.default_temperature, step=0.05,
                                         label="Temperature (0 = always the same answer)")

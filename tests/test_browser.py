@@ -128,3 +128,36 @@ def test_two_browsers_chat_at_once(server, browser):
     # each browser shows only its own conversation
     assert "Where do I work?" not in pages[0].locator("#chatbot").inner_text()
     assert "Hello there" not in pages[1].locator("#chatbot").inner_text()
+
+
+def test_the_chatbots_own_retry_edit_and_dislike_buttons(server, browser):
+    srv, runtime = server
+    db = runtime.db
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.goto(srv.url)
+    send(page, "Hello there")
+    first = wait_for(lambda: ui_turns(db), what="the turn to be logged")[0]
+    wait_for(lambda: page.locator("#feedback-target").inner_text().startswith("Feedback on"),
+             what="the reply to finish")
+
+    page.locator("#chatbot button[aria-label='Retry']").last.click()
+    retried = wait_for(lambda: [t for t in ui_turns(db) if t["retry_of"] == first["id"]], what="the retry")[0]
+    wait_for(lambda: "New answer kept" in page.locator("#notice").inner_text(), what="the retry to finish")
+    assert [f["kind"] for f in feedback.feedback_for_turn(db, first["id"])] == ["retry"]
+    assert page.locator(".message.bot").count() == 1  # replaced in place
+
+    page.locator("#chatbot .message.bot").last.hover()
+    page.locator("#chatbot button[aria-label='Edit']").last.click()
+    page.locator("#chatbot textarea").last.fill("Hi! I am fine, thank you.")
+    page.locator("#chatbot button[aria-label='Submit']").first.click()
+    fix = wait_for(lambda: [f for f in feedback.feedback_for_turn(db, retried["id"]) if f["kind"] == "correction"],
+                   what="the edit to be saved as a correction")
+    assert fix[0]["correction"] == "Hi! I am fine, thank you."
+
+    page.locator("#chatbot button[aria-label='Dislike']").first.click()
+    wait_for(lambda: [f for f in feedback.feedback_for_turn(db, retried["id"]) if f["kind"] == "down"],
+             what="the thumbs-down")
+    page.locator("#fb-reason textarea").fill("too terse")
+    page.locator("#fb-down").click()
+    wait_for(lambda: [f["reason"] for f in feedback.feedback_for_turn(db, retried["id"])
+                      if f["kind"] == "down"] == ["too terse"], what="the reason on the same vote")
