@@ -106,6 +106,11 @@ class ChatHandlers:
         try:
             turn = self.rt.chat.start_turn(message, conversation_id=session["conversation_id"],
                                            max_new_tokens=int(max_new_tokens), recall=bool(recall))
+        except conversations.NotFound:  # deleted from another browser tab: keep the typed message
+            yield (message, history, session, warn("This conversation was deleted. Press “New chat” "
+                                                   "to start another one; your message is still here."),
+                   self.conversation_list(None), gr.skip(), gr.skip())
+            return
         except AssistantError as e:
             yield message, history, session, warn(str(e)), gr.skip(), gr.skip(), gr.skip()
             return

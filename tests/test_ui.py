@@ -177,6 +177,14 @@ def test_conversations_resume_rename_delete(tab, rt):
     assert rt.db["feedback"].count == 0 and [c[1] for c in convs["choices"]] == [other["conversation_id"]]
 
 
+def test_sending_to_a_chat_deleted_in_another_tab_keeps_the_message(tab, rt):
+    _, history, session, _ = send(tab, "Hello there")
+    tab.delete(dict(session))  # the other tab
+    outs = list(tab.send("Are you there?", history, session, *GEN))
+    textbox, _, _, notice, *_ = outs[-1]
+    assert textbox == "Are you there?" and "was deleted" in notice and rt.db["turns"].count == 0
+
+
 def test_system_prompt_default_and_per_chat(tab, rt):
     session, _ = tab.save_system_prompt(new_session(), "Answer like a pirate.", "default")
     _, history, session, _ = send(tab, "Hello there", session)
