@@ -141,9 +141,8 @@ def main(argv=None) -> int:
         learner._gate = lambda: None  # measure the learner alone; teach.py runs the gate
     lcfg = LearnConfig()
     t0 = time.perf_counter()
-    result = learner.run_cycle(cfg, lcfg, progress=lambda s: print(
-        f"\r{s['stage']:<15} {s['progress'] * 100:5.1f}%  loss {s['loss'] or 0:.3f}  eta {s['eta_s'] or 0:.0f}s",
-        end="", flush=True))
+    result = learner.run_cycle(cfg, lcfg, progress=lambda s: s["loss"] is not None and print(
+        f"{s['stage']:<15} {s['progress'] * 100:5.1f}%  loss {s['loss']:.3f}  eta {s['eta_s'] or 0:.0f}s", flush=True))
     cycle_s = time.perf_counter() - t0
     print(f"\n{result['message']} in {cycle_s:.0f} s", flush=True)
     row = adapters.get_adapter(runtime.db, result["version"])

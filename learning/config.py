@@ -23,7 +23,7 @@ class LearnConfig:
     """Module names that get a LoRA (all linear layers of a Llama-style block)."""
 
     # ---- SFT -------------------------------------------------------------------------------
-    sft_epochs: float = 3.0
+    sft_epochs: float = 2.0
     """Passes over the SFT rows (corrections, liked answers, augmentations, replay)."""
     sft_lr: float = 1e-3
     """Peak learning rate of SFT (linear decay)."""
