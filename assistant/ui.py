@@ -5,10 +5,13 @@ only lays out components and wires events to plain handler functions (ui_chat,
 ui_conversations, ui_learning, ui_versions), which tests call directly. Per-browser state
 lives in gr.State, so two browsers chatting at once never see each other's conversation.
 """
+import functools
+import inspect
+
 import gradio as gr
 
 from assistant import ui_learning, ui_versions
-from assistant.ui_chat import SELECT_HINT, new_session
+from assistant.ui_chat import SELECT_HINT, feedback_values, new_session
 from assistant.ui_conversations import ChatTab
 
 # One-click reasons for 👎 right on the message (free text goes in the feedback panel).
@@ -84,34 +87,61 @@ def _chat_tab(ui: gr.Blocks, chat: ChatTab) -> None:
     stream_out = [msg, chatbot, session, notice, convs, target, correction]
     view_out = [chatbot, session, notice, convs, system, no_learn, title, target, correction]
     for trigger in (msg.submit, send_btn.click):
-        trigger(chat.send, [msg, chatbot, session, *gen], stream_out,
+        trigger(_with_votes(chat.send, 1), [msg, chatbot, session, *gen], stream_out,
                 concurrency_limit=CHAT_LIMIT, concurrency_id="chat", show_progress="minimal")
-    chatbot.retry(_on_retry(chat), [chatbot, session, *gen], stream_out,
+    chatbot.retry(_with_votes(_on_retry(chat), 1), [chatbot, session, *gen], stream_out,
                   concurrency_limit=CHAT_LIMIT, concurrency_id="chat")
-    retry_btn.click(chat.retry, [chatbot, session, *gen], stream_out,
+    retry_btn.click(_with_votes(chat.retry, 1), [chatbot, session, *gen], stream_out,
                     concurrency_limit=CHAT_LIMIT, concurrency_id="chat")
     chatbot.like(chat.on_like, [session], [session, notice, target, correction])
     chatbot.select(chat.on_select, [session], [session, target, correction])
-    chatbot.edit(chat.on_edit, [chatbot, session], [chatbot, session, notice])
-    chatbot.clear(chat.new_chat, [session], view_out)
-    up_btn.click(lambda s: chat.vote(s, "up"), [session], [session, notice])
-    down_btn.click(lambda s, r: chat.vote(s, "down", r), [session, reason], [session, notice]) \
-        .then(lambda: "", None, reason)
-    correct_btn.click(chat.correct, [chatbot, session, correction], [chatbot, session, notice])
+    chatbot.edit(_with_votes(chat.on_edit, 0), [chatbot, session], [chatbot, session, notice])
+    chatbot.clear(_with_votes(chat.new_chat, 0), [session], view_out)
+
+    def panel_vote(history, session, kind, why=""):  # the panel's buttons also light the thumbs
+        session, said = chat.vote(session, kind, why)
+        return gr.update(value=history, feedback_value=feedback_values(history, session)), session, said
+
+    up_btn.click(lambda h, s: panel_vote(h, s, "up"), [chatbot, session], [chatbot, session, notice])
+    down_btn.click(lambda h, s, r: panel_vote(h, s, "down", r), [chatbot, session, reason],
+                   [chatbot, session, notice]).then(lambda: "", None, reason)
+    correct_btn.click(_with_votes(chat.correct, 0), [chatbot, session, correction], [chatbot, session, notice])
     no_learn.input(chat.set_no_learn, [session, no_learn], [session, notice])
 
-    new_btn.click(chat.new_chat, [session], view_out)
-    convs.input(chat.resume, [convs, session], view_out)
+    new_btn.click(_with_votes(chat.new_chat, 0), [session], view_out)
+    convs.input(_with_votes(chat.resume, 0), [convs, session], view_out)
     rename_btn.click(chat.rename, [session, title], [notice, convs])
     title.submit(chat.rename, [session, title], [notice, convs])
     delete_btn.click(lambda: gr.update(visible=True), None, confirm_delete)
-    confirm_delete.click(chat.delete, [session], view_out).then(
+    confirm_delete.click(_with_votes(chat.delete, 0), [session], view_out).then(
         lambda: gr.update(visible=False), None, confirm_delete)
     save_default.click(lambda s, t: chat.save_system_prompt(s, t, "default"), [session, system],
                        [session, notice])
     save_chat.click(lambda s, t: chat.save_system_prompt(s, t, "chat"), [session, system],
                     [session, notice])
     ui.load(lambda: chat.conversation_list(None), None, convs)
+
+
+def _with_votes(handler, at: int):
+    """`handler` with its chatbot output (position `at`, the session right after it) sent with
+    the thumbs given so far: Gradio clears them whenever the messages change."""
+    def shown(out):
+        out = list(out)
+        if isinstance(out[at], list):
+            out[at] = gr.update(value=out[at], feedback_value=feedback_values(out[at], out[at + 1]))
+        return tuple(out)
+
+    if inspect.isgeneratorfunction(handler):
+        @functools.wraps(handler)  # keeps the signature: Gradio injects event data by type hint
+        def streaming(*args):
+            for out in handler(*args):
+                yield shown(out)
+        return streaming
+
+    @functools.wraps(handler)
+    def plain(*args):
+        return shown(handler(*args))
+    return plain
 
 
 def _on_retry(chat: ChatTab):

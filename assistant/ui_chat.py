@@ -29,7 +29,15 @@ SELECT_HINT = "Click an answer (or like/dislike it) to give feedback on it."
 
 def new_session() -> dict:
     return {"conversation_id": None, "turn_ids": [], "selected": None,
-            "pending": {"no_learn": 0, "system_prompt": None}, "reasonless_down": {}}
+            "pending": {"no_learn": 0, "system_prompt": None}, "reasonless_down": {}, "votes": {}}
+
+
+def feedback_values(history: list, session: dict) -> list:
+    """The thumbs to show, one per assistant message (Gradio's `feedback_value`): the page
+    forgets them whenever the messages change, so every chatbot update carries them."""
+    votes, ids = session.get("votes") or {}, session.get("turn_ids") or []
+    return [None if is_note(m) else votes.get(ids[i] if i < len(ids) else None)
+            for i, m in enumerate(history) if m.get("role") == "assistant"]
 
 
 def text_of(content) -> str:
@@ -207,6 +215,7 @@ class ChatHandlers:
             return session, warn(str(e))
         if kind == "down" and not reason:
             session["reasonless_down"][tid] = fid
+        session.setdefault("votes", {})[tid] = "Like" if kind == "up" else "Dislike"
         return session, ("Noted: a good answer." if kind == "up" else
                          "Noted: a bad answer." + ("" if reason else " Add a reason below if you like."))
 
@@ -220,6 +229,8 @@ class ChatHandlers:
         kind = "up" if evt.liked is True else "down"
         reason = evt.liked if isinstance(evt.liked, str) else ""
         session, notice = self.vote(session, kind, reason)
+        if reason:
+            session["votes"][session["selected"]] = reason  # the option the page highlights
         return session, notice, target, correction
 
     def correct(self, history, session, text):

@@ -43,14 +43,24 @@ class ChatTab(ChatHandlers):
                                recalled=self._recalled(t), correction=self._latest_correction(t["id"]))
             history += block
             session["turn_ids"] += [t["id"]] * len(block)
+            vote = self._latest_vote(t["id"])
+            if vote:
+                session["votes"][t["id"]] = vote
         return (history, session, "", self.conversation_list(conversation_id),
                 conv["system_prompt"] or self.default_system_prompt(), bool(conv["no_learn"]),
                 conv["title"] or "", SELECT_HINT, "")
 
+    def _latest(self, turn_id: str, kinds: tuple) -> dict | None:
+        facts = [f for f in feedback.feedback_for_turn(self.db, turn_id) if f["kind"] in kinds]
+        return facts[-1] if facts else None
+
     def _latest_correction(self, turn_id: str) -> str | None:
-        fixes = [f["correction"] for f in feedback.feedback_for_turn(self.db, turn_id)
-                 if f["kind"] == "correction"]
-        return fixes[-1] if fixes else None
+        fact = self._latest(turn_id, ("correction",))
+        return fact and fact["correction"]
+
+    def _latest_vote(self, turn_id: str) -> str | None:
+        fact = self._latest(turn_id, ("up", "down"))
+        return fact and ("Like" if fact["kind"] == "up" else "Dislike")
 
     def _recalled(self, turn: dict) -> list[dict]:
         """The corrections that were recalled into this turn's prompt (ids are logged with it)."""

@@ -102,6 +102,8 @@ def test_chat_stream_like_and_correct_in_the_browser(server, browser):
                               if f["kind"] == "correction"], what="the correction in the database")
     assert fixes[0]["correction"] == "Your dog is called Biscuit."
     page.locator("#chatbot").get_by_text("Your dog is called Biscuit.").wait_for()
+    # the thumbs-up is still lit after the messages changed (Gradio alone would forget it)
+    page.locator("#chatbot button[aria-label='Liked']").wait_for()
     assert "Correction saved" in page.locator("#notice").inner_text()
     wait_for(lambda: "What is the name of my dog?" in page.locator("#conversations").inner_text(),
              what="the conversation in the list")

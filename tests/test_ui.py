@@ -9,7 +9,7 @@ import pytest
 from assistant import ui_learning, ui_versions
 from assistant.runtime import Runtime
 from assistant.ui import build_ui
-from assistant.ui_chat import CORRECTION_TITLE, RECALL_TITLE, new_session, text_of
+from assistant.ui_chat import CORRECTION_TITLE, RECALL_TITLE, feedback_values, new_session, text_of
 from assistant.ui_conversations import ChatTab
 from store import adapters, conversations, feedback, jobs
 from tests.lora import make_adapter, register
@@ -72,7 +72,7 @@ def test_votes_reason_and_one_click_reasons_write_feedback(tab, rt):
     _, history, session, _ = send(tab, "Hello there")
     tid = session["turn_ids"][-1]
     session, notice = tab.vote(session, "up")
-    assert kinds(rt.db, tid) == ["up"]
+    assert kinds(rt.db, tid) == ["up"] and feedback_values(history, session) == ["Like"]
     # the chatbot's own 👎, then a reason typed in the panel: still one vote, now with its reason
     session, notice, *_ = tab.on_like(session, gr.LikeData(None, {"index": 1, "value": "", "liked": False}))
     session, notice = tab.vote(session, "down", "too vague")
@@ -81,6 +81,8 @@ def test_votes_reason_and_one_click_reasons_write_feedback(tab, rt):
     # a one-click reason option on the message is a 👎 with that reason
     tab.on_like(session, gr.LikeData(None, {"index": 1, "value": "", "liked": "Too long"}))
     assert feedback.feedback_for_turn(rt.db, tid)[-1]["reason"] == "Too long"
+    assert feedback_values(history, session) == ["Too long"]
+    assert tab.resume(session["conversation_id"])[1]["votes"] == {tid: "Dislike"}  # shown again on resume
     # clicking on the user's message is not an answer
     session, notice, *_ = tab.on_like(session, gr.LikeData(None, {"index": 5, "value": "", "liked": True}))
     assert "not an answer" in notice and len(kinds(rt.db, tid)) == 3
