@@ -196,6 +196,10 @@ def test_system_prompt_default_and_per_chat(tab, rt):
     _, history, session, _ = send(tab, "Hello again", session, history)
     assert "Answer in French." in conversations.get_turn(rt.db, session["turn_ids"][-1])["messages_json"]
     assert tab.new_chat()[4] == "Answer like a pirate."
+    fresh, _ = tab.save_system_prompt(new_session(), "Answer briefly.", "chat")  # before the first message
+    _, _, fresh, _ = send(tab, "Hello there", fresh)
+    assert conversations.get_conversation(rt.db, fresh["conversation_id"])["system_prompt"] == "Answer briefly."
+    assert tab.resume(fresh["conversation_id"])[4] == "Answer briefly."
     session, notice = tab.save_system_prompt(session, " ", "default")
     assert "cannot be empty" in notice
 
