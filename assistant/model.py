@@ -329,10 +329,12 @@ class ServedModel:
         finally:
             stop.set()  # a consumer that went away stops generation at the next token
             thread.join()
+            # counted here too when the consumer left early: an abandoned turn is logged with
+            # the tokens and time it really took
+            result.completion_tokens = outcome.get("new_tokens", 0)
+            result.duration_ms = (time.perf_counter() - start) * 1000
         if "error" in outcome:
             raise outcome["error"]
-        result.completion_tokens = outcome.get("new_tokens", 0)
-        result.duration_ms = (time.perf_counter() - start) * 1000
         result.finish_reason = "length" if result.completion_tokens >= max_new_tokens else "stop"
 
     def generate(self, messages: list[dict], **kw) -> Generation:

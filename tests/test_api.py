@@ -1,6 +1,7 @@
 """The OpenAI-compatible API, driven by the `openai` client against a real server on 127.0.0.1."""
 import json
 import threading
+import time
 
 import httpx
 import openai
@@ -62,6 +63,23 @@ def test_streamed_completion_is_the_logged_turn(client, runtime):
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("stop", "length")
     assert chunks[-1].usage.completion_tokens == row["completion_tokens"]
     assert chunks[-1].usage.prompt_tokens == row["prompt_tokens"]
+
+
+def test_a_client_that_leaves_mid_stream_stops_generation_and_the_turn_is_kept(client, runtime):
+    stream = client.chat.completions.create(
+        model="assistant", messages=[{"role": "user", "content": "Tell me a long story"}],
+        max_tokens=256, stream=True)
+    first = next(iter(stream))
+    stream.close()  # hang up after the first chunk
+    deadline, rows = time.monotonic() + 30, []
+    while not rows and time.monotonic() < deadline:
+        time.sleep(0.1)
+        rows = list(runtime.db["turns"].rows_where("id = ?", [first.id]))
+    row = rows[0]  # what was said before the client left is logged
+    if row["finish_reason"] == "abandoned":  # the usual case: generation stopped early
+        assert 0 < row["completion_tokens"] < 256 and row["duration_ms"] > 0
+    else:  # a very fast machine can finish all 256 tokens before noticing
+        assert row["completion_tokens"] == 256
 
 
 def test_models_list(client):
