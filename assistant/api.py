@@ -140,6 +140,12 @@ def install_error_handlers(app: FastAPI) -> None:
         return ApiError(exc.status_code, str(exc.detail), f"http_{exc.status_code}", type_).response()
 
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.error("unhandled error on %s", request.url.path, exc_info=exc)
+        return ApiError(500, f"internal error: {exc}", "internal_error", "server_error").response()
+
+
 def _not_found(e: NotFound, code: str) -> ApiError:
     return ApiError(404, str(e), code, "not_found_error")
 
@@ -193,16 +199,13 @@ def build_router(runtime) -> APIRouter:
         if body.correction is not None and body.rating != "down":
             raise ApiError(400, "A correction says the answer was wrong: send it with rating 'down'.",
                            "correction_needs_down", param="rating")
-        facts = [("down" if body.rating == "down" else "up", None)]
+        facts = [(body.rating, body.reason, None)]  # the reason belongs to the vote
         if body.correction is not None:
-            facts.append(("correction", body.correction))
+            facts.append(("correction", None, body.correction))
 
         def record():
-            ids = []
-            for kind, correction in facts:
-                ids.append(runtime.record_feedback(body.turn_id, kind, reason=body.reason,
-                                                   correction=correction))
-            return ids
+            return [runtime.record_feedback(body.turn_id, kind, reason=reason, correction=correction)
+                    for kind, reason, correction in facts]
 
         try:
             ids = await run_in_threadpool(record)
@@ -211,7 +214,7 @@ def build_router(runtime) -> APIRouter:
         except ValueError as e:
             raise ApiError(400, str(e), "invalid_feedback") from e
         return {"object": "feedback", "turn_id": body.turn_id, "feedback_ids": ids,
-                "kinds": [k for k, _ in facts]}
+                "kinds": [kind for kind, _, _ in facts]}
 
     @router.get("/adapters")
     def get_adapters():
