@@ -13,6 +13,7 @@ import gradio as gr
 from assistant import ui_learning, ui_versions
 from assistant.ui_chat import SELECT_HINT, feedback_values, new_session
 from assistant.ui_conversations import ChatTab
+from store import open_db
 
 # One-click reasons for 👎 right on the message (free text goes in the feedback panel).
 FEEDBACK_OPTIONS = ("Like", "Dislike", "Wrong facts", "Not what I asked", "Too long")
@@ -23,6 +24,9 @@ MOUNT_OPTIONS = {"css": ".table-wrap th, .table-wrap th * {word-break: keep-all;
 
 
 def build_ui(runtime) -> gr.Blocks:
+    # Open (and migrate) the database here, once: handlers run on worker threads, each with its
+    # own connection, and two of them must not be the first to migrate a fresh database.
+    open_db(runtime.cfg.db_path).conn.close()
     chat = ChatTab(runtime)
     with gr.Blocks(title="Personal assistant") as ui:
         gr.Markdown("## Personal assistant — it learns from your feedback")

@@ -192,8 +192,11 @@ class ChatHandlers:
         tid = _turn_at(session, index)
         if tid is None:
             return session, gr.skip(), gr.skip()
+        try:
+            reply = conversations.get_turn(self.db, tid)["reply"]
+        except conversations.NotFound:  # still streaming (logged when it ends) or deleted elsewhere
+            return session, gr.skip(), gr.skip()
         session["selected"] = tid
-        reply = conversations.get_turn(self.db, tid)["reply"]
         return session, target_text(reply), reply
 
     def on_select(self, session, evt: gr.SelectData):
@@ -222,9 +225,13 @@ class ChatHandlers:
     def on_like(self, session, evt: gr.LikeData):
         """The chatbot's own 👍/👎 (and reason options). -> (session, notice, target, correction)"""
         session, target, correction = self.select(session, evt.index)
-        if session["selected"] is None or _turn_at(session, evt.index) is None:
+        tid = _turn_at(session, evt.index)
+        if tid is None:
             return session, warn("That message is not an answer."), target, correction
+        if session["selected"] != tid:
+            return session, warn("Wait for the answer to finish, then rate it."), target, correction
         if evt.liked == "":  # un-clicked in the page; facts are append-only
+            session.setdefault("votes", {}).pop(tid, None)
             return session, "Vote cleared in the page (the earlier vote stays recorded).", target, correction
         kind = "up" if evt.liked is True else "down"
         reason = evt.liked if isinstance(evt.liked, str) else ""
