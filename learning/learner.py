@@ -123,11 +123,11 @@ def _gate():
     """The gate modules, or None while they are not installed (then nothing is promoted)."""
     try:
         from learning.evaluate import evaluate
-        from learning.gate import GateConfig, decide
+        from learning.gate import decide, load_gate_config
     except ImportError as e:
         log.warning("gate unavailable (%s): the candidate stays a candidate", e)
         return None
-    return evaluate, decide, GateConfig
+    return evaluate, decide, load_gate_config
 
 
 def run_cycle(cfg, learn_cfg: LearnConfig | None = None, force: bool = False,
@@ -188,11 +188,11 @@ def run_cycle(cfg, learn_cfg: LearnConfig | None = None, force: bool = False,
                 result.update(status="candidate", message=f"v{version} trained; the gate is not available, "
                               "so it stays a candidate (promote it by hand)")
                 return _finish(db, job_id, "succeeded", result)
-            evaluate, decide, GateConfig = gate
+            evaluate, decide, gate_config = gate
             track.stage("evaluating")
             ev = evaluate(cfg, db, version, parent and parent["version"], new_ids, progress=track.evaluation)
             track.stage("gate")
-            decision = decide(ev["candidate"], ev["incumbent"], GateConfig())
+            decision = decide(ev["candidate"], ev["incumbent"], gate_config(db))
             adapters.set_metrics(db, version, ev["candidate"])
             adapters.record_decision(db, new_id(), version, parent and parent["version"], decision.passed,
                                      list(decision.reasons), {"candidate": ev["candidate"],

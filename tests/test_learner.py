@@ -41,7 +41,7 @@ def fake_gate(passed):
     def decide(c, i, config):
         return SimpleNamespace(passed=passed, reasons=[f"learned {c['taught']} corrections"])
 
-    return lambda: (evaluate, decide, dict)
+    return lambda: (evaluate, decide, lambda db: None)
 
 
 def test_cycle_without_gate_leaves_a_candidate(cfg, db, no_gate):
