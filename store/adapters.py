@@ -7,7 +7,7 @@ unique index makes two active versions impossible even if two processes race.
 import json
 
 from store.conversations import NotFound
-from store.db import now_iso
+from store.db import now_iso, write_transaction
 
 STATUSES = ("candidate", "active", "rejected", "retired")
 
@@ -28,7 +28,7 @@ def next_version(db) -> int:
 def register_candidate(db, version: int, path: str, parent_version: int | None, meta: dict,
                        feedback_ids: list[str], n_corrections: int, n_votes: int) -> int:
     """Record a freshly trained adapter (already written atomically to `path`) as a candidate."""
-    with db.conn:
+    with db.atomic():
         db["adapters"].insert({
             "version": version, "status": "candidate", "parent_version": parent_version,
             "path": str(path), "created_at": now_iso(), "status_changed_at": now_iso(),
@@ -68,7 +68,7 @@ def set_metrics(db, version: int, metrics: dict) -> None:
 
 
 def reject(db, version: int) -> None:
-    with db.conn:
+    with db.atomic():
         db.execute(
             "UPDATE adapters SET status = 'rejected', status_changed_at = ? WHERE version = ? "
             "AND status = 'candidate'", [now_iso(), version])
@@ -83,17 +83,12 @@ def activate(db, version: int | None) -> None:
     if version is not None:
         get_adapter(db, version)
     now = now_iso()
-    db.execute("BEGIN IMMEDIATE")  # take the write lock before reading: no lost update
-    try:
+    with write_transaction(db):
         db.execute("UPDATE adapters SET status = 'retired', status_changed_at = ? "
                    "WHERE status = 'active'", [now])
         if version is not None:
             db.execute("UPDATE adapters SET status = 'active', status_changed_at = ? "
                        "WHERE version = ?", [now, version])
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
 
 
 def lineage_feedback(db, version: int) -> list[str]:

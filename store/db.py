@@ -1,4 +1,5 @@
 """Open the database: WAL mode, foreign keys, migrations applied on open."""
+import contextlib
 import datetime as dt
 import sqlite3
 from pathlib import Path
@@ -10,6 +11,21 @@ from store.migrations import apply_migrations
 
 def now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+@contextlib.contextmanager
+def write_transaction(db: sqlite_utils.Database):
+    """BEGIN IMMEDIATE: take the write lock before reading, so a read-check-write sequence
+    cannot interleave with another process (no lost update, no double migration).
+    sqlite-utils calls inside nest as savepoints."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        if db.conn.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 def open_db(path: str | Path) -> sqlite_utils.Database:

@@ -64,6 +64,6 @@ def quarantine(db, feedback_ids: list[str]) -> int:
     if not feedback_ids:
         return 0
     marks = ",".join("?" * len(feedback_ids))
-    with db.conn:
+    with db.atomic():
         cur = db.execute(f"UPDATE feedback SET quarantined = 1 WHERE id IN ({marks})", feedback_ids)
     return cur.rowcount

@@ -144,7 +144,13 @@ def apply_migrations(db: sqlite_utils.Database) -> list[str]:
     for name, fn in MIGRATIONS:
         if name in done:
             continue
-        with db.conn:  # one transaction: a migration lands whole or not at all
+        from store.db import write_transaction  # store.db imports this module
+
+        # One transaction per migration: it lands whole or not at all. Re-checked under the
+        # write lock, because two processes may open a fresh database at the same moment.
+        with write_transaction(db):
+            if db.execute("SELECT 1 FROM _migrations WHERE name = ?", [name]).fetchone():
+                continue
             fn(db)
             db.execute(
                 "INSERT INTO _migrations (name, applied_at) VALUES (?, datetime('now'))",

@@ -3,10 +3,18 @@ import sqlite3
 
 import pytest
 
-from store import open_db
 from store import adapters as reg
-from store.conversations import (NotFound, conversation_turns, create_conversation, delete_conversation,
-                                 get_turn, log_turn, update_conversation, visible_history)
+from store import open_db
+from store.conversations import (
+    NotFound,
+    conversation_turns,
+    create_conversation,
+    delete_conversation,
+    get_turn,
+    log_turn,
+    update_conversation,
+    visible_history,
+)
 from store.feedback import add_feedback, feedback_for_turn, quarantine
 from store.ids import new_id
 from store.migrations import MIGRATIONS, apply_migrations
@@ -93,3 +101,35 @@ def test_registry_never_has_two_active_versions(db, tmp_path):
     with pytest.raises(NotFound):
         reg.activate(db, 99)
     assert reg.lineage_feedback(db, 2) == ["f2"]
+
+
+def test_concurrent_first_opens_migrate_once(home):
+    """Two processes (here: threads with their own connections) opening a fresh database at the
+    same moment must not both apply a migration."""
+    import threading
+
+    errors, barrier = [], threading.Barrier(6)
+
+    def opener():
+        barrier.wait()
+        try:
+            open_db(home / "race.db")
+        except Exception as e:  # noqa: BLE001 - collected and asserted below
+            errors.append(e)
+
+    threads = [threading.Thread(target=opener) for _ in range(6)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert errors == []
+    db = open_db(home / "race.db")
+    assert db.execute("SELECT count(*) FROM _migrations").fetchone()[0] == len(MIGRATIONS)
+
+
+def test_a_failed_write_transaction_leaves_nothing(db):
+    from store.db import write_transaction
+
+    with pytest.raises(RuntimeError):
+        with write_transaction(db):
+            create_conversation(db, "doomed")
+            raise RuntimeError("crash mid-transaction")
+    assert db["conversations"].count == 0
