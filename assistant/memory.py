@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 # Chosen on bench/recall_dev.jsonl (our own facts, paraphrases and unrelated questions, never the
 # scenario's probes): see `python bench/memory.py --dev` and bench/results/memory.dev.md.
-DEFAULT_THRESHOLD = 0.55
+DEFAULT_THRESHOLD = 0.5
 DEFAULT_TOP_K = 3
 SETTING_DROP_LEARNED = "recall_drop_learned"
 

@@ -94,32 +94,47 @@ def run_scenario(model_spec: str | None) -> dict:
 
     probes = probe_list(items)  # item, family (reask | paraphrase | style | control), prompt, expect
     on = [rt.chat.start_turn(p["prompt"], recall=True) for p in probes]
-    off = [rt.chat.start_turn(p["prompt"], recall=False) for p in probes]
+    # Recall off only where it tells something: controls (must not change) and style. Facts with
+    # recall off are the base model's 0/48 (GUIDE section 7); skipping them saves a third of the run.
+    off = {i: rt.chat.start_turn(p["prompt"], recall=False) for i, p in enumerate(probes)
+           if p["family"] in ("control", "style")}
+    prompts = [t.messages for t in on] + [t.messages for t in off.values()]
     t0 = time.perf_counter()
-    replies = generate_batch(rt.model, [t.messages for t in on + off])
+    replies = dict(zip(map(json.dumps, prompts), generate_distinct(rt.model, prompts), strict=True))
     gen_s = time.perf_counter() - t0
 
     rows = []
-    for p, t_on, r_on, r_off in zip(probes, on, replies[:len(on)], replies[len(on):], strict=True):
+    for i, (p, t_on) in enumerate(zip(probes, on, strict=True)):
+        r_on = replies[json.dumps(t_on.messages)]
+        r_off = replies[json.dumps(off[i].messages)] if i in off else None
         rows.append({
             **p, "recalled": [{"item": fact_of.get(r["feedback_id"]), "score": r["score"]} for r in t_on.recalled],
             "right_recalled": p["item"] in [fact_of.get(r["feedback_id"]) for r in t_on.recalled],
-            "reply_on": r_on, "reply_off": r_off,
-            "pass_on": passes(r_on, p["expect"]), "pass_off": passes(r_off, p["expect"]),
+            "reply_on": r_on, "reply_off": r_off, "pass_on": passes(r_on, p["expect"]),
+            "pass_off": None if r_off is None else passes(r_off, p["expect"]),
         })
-    return {"teach_s": round(teach_s, 1), "generate_s": round(gen_s, 1), "rows": rows,
-            "summary": summarise(rows), "consistency": batch_consistency(rt, on[:3], replies[:3])}
+    check = [t for t in on if t.recalled][:2]
+    return {"teach_s": round(teach_s, 1), "generate_s": round(gen_s, 1), "prompts_generated": len(set(replies)),
+            "rows": rows, "summary": summarise(rows),
+            "consistency": batch_consistency(rt, check, [replies[json.dumps(t.messages)] for t in check])}
+
+
+def generate_distinct(model, prompts: list[list[dict]]) -> list[str]:
+    """generate_batch, each distinct prompt once (recall that fires on nothing leaves prompts equal)."""
+    keys = list(dict.fromkeys(map(json.dumps, prompts)))
+    got = dict(zip(keys, generate_batch(model, [json.loads(k) for k in keys]), strict=True))
+    return [got[json.dumps(m)] for m in prompts]
 
 
 def summarise(rows: list[dict]) -> dict:
     def frac(sel, key):
-        sel = list(sel)
+        sel = [r for r in sel if r[key] is not None]
         return {"passed": sum(r[key] for r in sel), "total": len(sel)}
 
     by = {k: [r for r in rows if r["family"] == k] for k in ("reask", "paraphrase", "style", "control")}
     facts = by["reask"] + by["paraphrase"]
     return {
-        "facts_on": frac(facts, "pass_on"), "facts_off": frac(facts, "pass_off"),
+        "facts_on": frac(facts, "pass_on"),
         "reask_on": frac(by["reask"], "pass_on"), "paraphrase_on": frac(by["paraphrase"], "pass_on"),
         "fact_recall_hit": frac(facts, "right_recalled"),
         "style_on": frac(by["style"], "pass_on"), "style_off": frac(by["style"], "pass_off"),
@@ -201,7 +216,8 @@ def retrieval_timing(n: int, queries: list[str]) -> dict:
             "sync_ms_median": round(statistics.median(sync_ms), 2),
             "query_embed_ms_median": round(statistics.median(embed_ms), 1),
             "first_recall_after_new_correction_ms": round(incremental_ms, 1), "turns_timed": len(per_turn),
-            "torch_threads": torch.get_num_threads()}
+            "torch_threads": torch.get_num_threads(), "load_average_1min": round(os.getloadavg()[0], 1),
+            "cpus": os.cpu_count()}
 
 
 # ---- choosing threshold and form on our own dev set ------------------------------------------------
@@ -296,36 +312,39 @@ def pct(d: dict) -> str:
     return f"{d['passed']}/{d['total']} ({100 * d['passed'] / max(d['total'], 1):.0f}%)"
 
 
-def scenario_markdown(res: dict, cmd: str) -> str:
-    s, t = res["summary"], res["timing"]
-    lines = [
-        "# Recall memory on the teaching scenario (corrections given, no training)", "",
-        f"Command: `{cmd}`  ", f"Form: `{res['form']}`, threshold {res['threshold']}, top-k {res['top_k']}; "
-        f"greedy, {MAX_NEW_TOKENS} new tokens, embedded SmolLM2-135M-Instruct.", "",
-        "| probes | recall on | recall off |", "|---|---|---|",
-        f"| facts (re-asks + paraphrases) | {pct(s['facts_on'])} | {pct(s['facts_off'])} |",
-        f"| re-asks | {pct(s['reask_on'])} | |",
-        f"| paraphrases | {pct(s['paraphrase_on'])} | |",
-        f"| style | {pct(s['style_on'])} | {pct(s['style_off'])} |",
-        f"| controls | {pct(s['controls_on'])} | {pct(s['controls_off'])} |", "",
-        f"- right correction recalled for {pct(s['fact_recall_hit'])} fact probes",
-        f"- false recalls on controls: **{s['false_recalls']}**; control replies changed by recall: "
-        f"{s['controls_reply_changed']}",
-        f"- recall fired on {s['style_recall_fired']}/{s['style_on']['total']} style probes",
-        f"- batched greedy vs one-at-a-time stream: {res['consistency']['identical']}/"
-        f"{res['consistency']['checked']} identical",
-        "", "## Retrieval time per turn", "",
-        f"With {t['corrections']} stored corrections: recall adds **{t['recall_ms_median']} ms** median "
-        f"({t['recall_ms_p95']} ms p95) per turn: sync {t['sync_ms_median']} ms, query embedding "
-        f"{t['query_embed_ms_median']} ms, the rest is the matrix product and bookkeeping. "
-        f"One-off costs: embedding model load {t['model_load_s']} s, embedding all {t['corrections']} prompts "
-        f"{t['index_build_s']} s (at the first recall, cached after); first recall after one new correction "
-        f"{t['first_recall_after_new_correction_ms']} ms. torch threads: {t['torch_threads']}.",
-        "", "## Failures (recall on)", "",
-    ]
-    for r in res["rows"]:
-        if not r["pass_on"] and r["family"] != "style":
-            lines.append(f"- {r['item']} / {r['prompt']!r}: recalled {r['recalled']} -> {r['reply_on']!r}")
+def scenario_markdown(res: dict) -> str:
+    lines = ["# Recall memory on the teaching scenario (corrections given, no training)", ""]
+    if "rows" in res:
+        s = res["summary"]
+        lines += [
+            f"Command: `{res['command']}`  ", f"Form: `{res['form']}`, threshold {res['threshold']}, top-k "
+            f"{res['top_k']}; greedy, {MAX_NEW_TOKENS} new tokens, embedded SmolLM2-135M-Instruct, batched "
+            f"({res['prompts_generated']} distinct prompts in {res['generate_s']} s).", "",
+            "| probes | recall on | recall off |", "|---|---|---|",
+            f"| facts (re-asks + paraphrases) | {pct(s['facts_on'])} | (base model: 0/48, GUIDE section 7) |",
+            f"| re-asks | {pct(s['reask_on'])} | |",
+            f"| paraphrases | {pct(s['paraphrase_on'])} | |",
+            f"| style | {pct(s['style_on'])} | {pct(s['style_off'])} |",
+            f"| controls | {pct(s['controls_on'])} | {pct(s['controls_off'])} |", "",
+            f"- right correction recalled for {pct(s['fact_recall_hit'])} fact probes",
+            f"- false recalls on controls: **{s['false_recalls']}**; control replies changed by recall: "
+            f"{s['controls_reply_changed']}",
+            f"- recall fired on {s['style_recall_fired']}/{s['style_on']['total']} style probes",
+            f"- batched greedy vs one-at-a-time stream: {res['consistency']['identical']}/"
+            f"{res['consistency']['checked']} identical", "", "## Failures (recall on)", ""]
+        lines += [f"- {r['item']} / {r['prompt']!r}: recalled {r['recalled']} -> {r['reply_on']!r}"
+                  for r in res["rows"] if not r["pass_on"] and r["family"] != "style"]
+    if "timing" in res:
+        t = res["timing"]
+        lines += [
+            "", "## Retrieval time per turn", "", f"Command: `{t['command']}`", "",
+            f"With {t['corrections']} stored corrections: recall adds **{t['recall_ms_median']} ms** median "
+            f"({t['recall_ms_p95']} ms p95) per turn: sync {t['sync_ms_median']} ms, query embedding "
+            f"{t['query_embed_ms_median']} ms, the rest is the matrix product and bookkeeping. "
+            f"One-off costs: embedding model load {t['model_load_s']} s, embedding all {t['corrections']} prompts "
+            f"{t['index_build_s']} s (at the first recall, cached after); first recall after one new correction "
+            f"{t['first_recall_after_new_correction_ms']} ms. torch threads: {t['torch_threads']}; load average "
+            f"{t.get('load_average_1min', '?')} on {t.get('cpus', '?')} CPUs when measured."]
     return "\n".join(lines) + "\n"
 
 
@@ -354,18 +373,27 @@ def main(argv=None) -> int:
     p.add_argument("--model", help="converted embedded model directory (default: convert into the fresh home)")
     p.add_argument("--threshold", type=float, default=memory_mod.DEFAULT_THRESHOLD)
     p.add_argument("--n-timing", type=int, default=10_000)
+    p.add_argument("--part", choices=("all", "scenario", "timing"), default="all",
+                   help="run one part only, keeping the other's figures in memory.json")
     args = p.parse_args(argv)
     cmd = "python bench/memory.py " + " ".join(argv if argv is not None else sys.argv[1:])
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.dev:
         res = run_dev(args.model, args.threshold)
         stem, md = "memory.dev", dev_markdown(res, cmd)
-    else:
-        res = run_scenario(args.model)
-        res.update(form=memory_mod.FORM, threshold=memory_mod.DEFAULT_THRESHOLD, top_k=memory_mod.DEFAULT_TOP_K)
-        dev_questions = [q for it in load_jsonl(DEV) for q in it.get("paraphrases", it.get("probes", []))]
-        res["timing"] = retrieval_timing(args.n_timing, dev_questions[:20])
-        stem, md = "memory", scenario_markdown(res, cmd)
+    else:  # the scenario and the timing can run separately; each updates its part of memory.json
+        stem, res = "memory", {}
+        if args.part in ("all", "scenario"):
+            res.update(run_scenario(args.model), command=cmd, form=memory_mod.FORM,
+                       threshold=memory_mod.DEFAULT_THRESHOLD, top_k=memory_mod.DEFAULT_TOP_K)
+        if args.part in ("all", "timing"):
+            dev_questions = [q for it in load_jsonl(DEV) for q in it.get("paraphrases", it.get("probes", []))]
+            res["timing"] = retrieval_timing(args.n_timing, dev_questions[:20])
+            res["timing"]["command"] = cmd
+        old = RESULTS / "memory.json"
+        if args.part != "all" and old.exists():  # read at the end: the other part may run meanwhile
+            res = {**json.loads(old.read_text()), **res}
+        md = scenario_markdown(res)
     (RESULTS / f"{stem}.json").write_text(json.dumps(res, indent=1, ensure_ascii=False) + "\n")
     (RESULTS / f"{stem}.md").write_text(md)
     print(md)
