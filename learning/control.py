@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 
 from learning.config import LearnConfig, load_learn_config
-from store import feedback, jobs, open_db
+from store import jobs, open_db
 
 log = logging.getLogger(__name__)
 LOCK_NAME = "learner.lock"  # the same file learning.learner holds for a whole cycle
@@ -88,6 +88,19 @@ def cancel(db) -> bool:
     return True
 
 
+def new_feedback_items(db, after_id: str | None) -> int:
+    """Answers with learnable feedback newer than `after_id`. One answer is one item: a correction
+    arrives with a down vote (the API records both), and that is one lesson, not two.
+    Job and feedback ids are both time-ordered ULIDs, so "since the last cycle" is id > job id."""
+    sql = "SELECT count(DISTINCT turn_id) FROM feedback WHERE quarantined = 0"
+    return db.execute(sql + (" AND id > ?" if after_id else ""), [after_id] if after_id else []).fetchone()[0]
+
+
+def _oldest_new_feedback_at(db, after_id: str | None) -> str | None:
+    sql = "SELECT min(created_at) FROM feedback WHERE quarantined = 0"
+    return db.execute(sql + (" AND id > ?" if after_id else ""), [after_id] if after_id else []).fetchone()[0]
+
+
 def _age_s(iso: str | None) -> float:
     if not iso:
         return float("inf")
@@ -95,21 +108,19 @@ def _age_s(iso: str | None) -> float:
 
 
 def should_start(db, lcfg: LearnConfig) -> tuple[bool, str]:
-    """The trigger rule: enough new feedback, or the interval passed with any new feedback;
+    """The trigger rule: enough new feedback, or some new feedback has waited `interval_s`;
     never closer than min_gap_s to the previous cycle. Returns (start?, why)."""
     last_ok = jobs.last_successful_job(db)
     latest = jobs.latest_job(db)
-    # Job and feedback ids are both time-ordered ULIDs: "feedback since the last cycle" is id > job id.
-    new = feedback.feedback_since(db, last_ok["id"] if last_ok else None)
+    new = new_feedback_items(db, last_ok["id"] if last_ok else None)
     if latest and latest["status"] == "running":
         return False, "a cycle is running"
     if latest and _age_s(latest["started_at"]) < lcfg.min_gap_s:
         return False, f"the last cycle started less than {lcfg.min_gap_s:.0f} s ago"
     if new >= lcfg.min_new_feedback:
         return True, f"{new} new feedback items (threshold {lcfg.min_new_feedback})"
-    since = _age_s(last_ok["ended_at"]) if last_ok else float("inf")
-    if new and since >= lcfg.interval_s:
-        return True, f"{new} new feedback items and {lcfg.interval_s:.0f} s since the last cycle"
+    if new and _age_s(_oldest_new_feedback_at(db, last_ok["id"] if last_ok else None)) >= lcfg.interval_s:
+        return True, f"{new} new feedback items, the oldest waiting {lcfg.interval_s:.0f} s or more"
     return False, f"{new} new feedback items, waiting for {lcfg.min_new_feedback}"
 
 

@@ -242,11 +242,7 @@ def cmd_learn(cfg, args) -> int:
         bar.refresh()
 
     try:
-        result = run_cycle(cfg, force=getattr(args, "force", False), progress=show)
-    except CycleRunning as e:
-        bar.close()
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        result = _run_after_running_cycle(cfg, getattr(args, "force", False), show, bar)
     except Cancelled as e:
         bar.close()
         print(f"cancelled: {e}", file=sys.stderr)
@@ -259,6 +255,19 @@ def cmd_learn(cfg, args) -> int:
     bar.close()
     print(result["message"])
     return 0
+
+
+def _run_after_running_cycle(cfg, force: bool, show, bar) -> dict:
+    """A cycle already running (started by the auto-trigger or the UI) is waited for, then ours runs:
+    `assistant learn` always returns after a cycle that includes everything taught so far."""
+    while True:
+        try:
+            return run_cycle(cfg, force=force, progress=show)
+        except CycleRunning as e:
+            bar.set_description_str("waiting")
+            bar.set_postfix_str(str(e))
+            bar.refresh()
+            time.sleep(2.0)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@ import pytest
 
 from learning import control, learner
 from learning.config import SETTINGS_KEY, LearnConfig
-from store import adapters, conversations, feedback, jobs
+from store import adapters, feedback, jobs
 from store.settings import set_setting
 from tests.test_datasets import stand_in_embedder, turn
 
@@ -151,9 +151,11 @@ def test_start_cycle_runs_in_its_own_process(cfg, db):
 def test_trigger_rule(db):
     lcfg = LearnConfig(min_new_feedback=3, interval_s=3600, min_gap_s=60)
     assert control.should_start(db, lcfg) == (False, "0 new feedback items, waiting for 3")
-    c = conversations.create_conversation(db)
-    _, t = turn(db, "q", "a", conv=c)
-    for _ in range(3):
+    turns = [turn(db, f"q{i}", "a")[1] for i in range(3)]
+    feedback.add_feedback(db, turns[0], "down")
+    feedback.add_feedback(db, turns[0], "correction", correction="b")  # one answer, one item
+    assert control.should_start(db, lcfg) == (False, "1 new feedback items, waiting for 3")
+    for t in turns[1:]:
         feedback.add_feedback(db, t, "up")
     go, why = control.should_start(db, lcfg)
     assert go and "3 new feedback items" in why
@@ -161,9 +163,11 @@ def test_trigger_rule(db):
     jobs.finish_job(db, job, "succeeded")
     go, why = control.should_start(db, lcfg)
     assert not go and "less than 60 s" in why
-    assert control.should_start(db, LearnConfig(min_new_feedback=3, interval_s=3600, min_gap_s=0))[0] is False
-    feedback.add_feedback(db, t, "down")
-    assert not control.should_start(db, LearnConfig(min_new_feedback=3, interval_s=3600, min_gap_s=0))[0]
+    no_gap = LearnConfig(min_new_feedback=3, interval_s=3600, min_gap_s=0)
+    assert control.should_start(db, no_gap) == (False, "0 new feedback items, waiting for 3")
+    feedback.add_feedback(db, turns[1], "down")
+    assert not control.should_start(db, no_gap)[0]  # 1 item, and the interval has not passed
+    assert control.should_start(db, LearnConfig(min_new_feedback=3, interval_s=1e-9, min_gap_s=0))[0]
 
 
 def test_config_checks_name_the_offending_values():
