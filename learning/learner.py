@@ -107,14 +107,21 @@ def accepted_feedback(db) -> set[str]:
     return ids
 
 
-def split_new(data: datasets.LearnData, learned: set[str], lcfg: LearnConfig, seed: int):
+def pending_feedback(db) -> set[str]:
+    """Feedback in candidates still waiting for a decision (the gate was unavailable): not new."""
+    return {f for a in adapters.list_adapters(db) if a["status"] == "candidate"
+            for f in adapters.lineage_feedback(db, a["version"])}
+
+
+def split_new(data: datasets.LearnData, learned: set[str], lcfg: LearnConfig, seed: int,
+              pending: frozenset = frozenset()):
     """(new SFT rows, new pairs, replay sample of earlier accepted SFT rows)."""
     def is_new(r):
-        return not set(r["feedback_ids"]) <= learned
+        return not set(r["feedback_ids"]) <= learned | pending
 
     sft_new = [r for r in data.sft if is_new(r)]
     pairs_new = [r for r in data.pairs if is_new(r)]
-    old = [r for r in data.sft if not is_new(r)]
+    old = [r for r in data.sft if set(r["feedback_ids"]) <= learned]
     k = min(len(old), math.ceil(lcfg.replay_fraction * max(len(sft_new), 1)))
     return sft_new, pairs_new, random.Random(seed).sample(old, k)
 
@@ -154,11 +161,11 @@ def run_cycle(cfg, learn_cfg: LearnConfig | None = None, force: bool = False,
             system = get_setting(db, "system_prompt", DEFAULT_SYSTEM_PROMPT)
             data = datasets.build(db, lcfg, system_prompt=system, embedder=embedder)
             learned = accepted_feedback(db)
-            sft_new, pairs_new, replay = split_new(data, learned, lcfg, lcfg.seed)
+            sft_new, pairs_new, replay = split_new(data, learned, lcfg, lcfg.seed, pending_feedback(db))
             if not sft_new and not pairs_new:
                 if not force:
                     return _finish(db, job_id, "succeeded", {"skipped": True, "message": "nothing new to learn "
-                                   "since the active version", "data": data.counts()})
+                                   "since the active version and pending candidates", "data": data.counts()})
                 sft_new, pairs_new, replay = data.sft, data.pairs, []
             new_ids = sorted({f for r in sft_new + pairs_new for f in r["feedback_ids"]})
             data_s = time.perf_counter() - t0

@@ -177,3 +177,20 @@ def test_config_checks_name_the_offending_values():
         LearnConfig(heldout_fraction=1.5)
     with pytest.raises(ValueError, match="unknown LearnConfig fields"):
         LearnConfig.from_dict({"lora_rank": 8})
+
+
+def test_assistant_learn_cli(cfg, db, capsys, monkeypatch):
+    from assistant.cli import main
+
+    monkeypatch.setattr(learner, "_gate", lambda: None)
+    set_setting(db, SETTINGS_KEY, TINY)
+    teach(db, n=1)
+    argv = ["--home", str(cfg.home), "--model", cfg.model, "learn"]
+    assert main(argv) == 0
+    assert "v1 trained" in capsys.readouterr().out
+    assert main(argv) == 0
+    assert "nothing new to learn" in capsys.readouterr().out
+    teach(db, n=1, start=3)
+    assert main(["--home", str(cfg.home), "--model", str(cfg.home / "no-such-model"), "learn"]) == 1
+    assert "learning cycle failed" in capsys.readouterr().err
+    assert jobs.latest_job(db)["status"] == "failed"
