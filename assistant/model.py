@@ -181,6 +181,7 @@ class ServedModel:
         self.lock = threading.RLock()
         self.model = self.base  # becomes a PeftModel once the first adapter is loaded
         self.loaded: dict[int, str] = {}  # version -> peft adapter name
+        self._names = 0  # peft adapter names are never reused
         self.current: int | None = None  # the adapter generation uses now (None: base)
         self.previous: int | None = None  # the one before it, kept loaded for an instant rollback
         self.adapter_config: dict | None = None  # the first adapter's LoRA shape; later ones must match
@@ -200,7 +201,9 @@ class ServedModel:
             if spare is not None and adapter_slots.overwrite(self.model, self.loaded[spare], tensors):
                 self.loaded[version] = self.loaded.pop(spare)  # the spare's layers now hold `version`
                 return
-            name = f"v{version}"
+            # Unique names: a reused slot keeps its old name, so "v{version}" could collide.
+            self._names += 1
+            name = f"slot{self._names}"
             try:
                 if self.model is self.base:
                     from peft import PeftModel

@@ -113,11 +113,11 @@ def ask(client: httpx.Client, db, prompt: str, stream: bool) -> tuple[int | None
     return logged_version(db, r.json()["id"]), r.json()["choices"][0]["message"]["content"]
 
 
-def swap_latency(db, client, trials: int, wait_s: float) -> list[float]:
-    """Cycle through v1 .. v5: the server keeps at most three adapters loaded, so every
-    promotion is of a version that is not in memory (a fresh promotion, not a rollback)."""
+def swap_latency(db, client, trials: int, wait_s: float, start: int) -> list[float]:
+    """Cycle through v1 .. v5 from `start`: the server keeps at most three adapters loaded, so
+    every promotion is of a version that is not in memory (a fresh promotion, not a rollback)."""
     out = []
-    for i in range(trials):
+    for i in range(start, start + trials):
         target = i % 5 + 1
         adapters.activate(db, target)
         t0 = time.perf_counter()
@@ -204,23 +204,29 @@ def main() -> int:
     new_client = lambda: httpx.Client(base_url=server.url + "/v1", timeout=300)  # noqa: E731
     client = new_client()
     try:
-        first_token(client, db, PROMPTS[0])  # warm-up
-        ttft_same = []
+        for v in (None, 1, 2, 3):  # warm-up: the first adapter ever loaded wraps the base once
+            adapters.activate(db, v)
+            first_token(client, db, PROMPTS[0])
+        ttft_same = []  # v3 stays active: no swap
         for _ in range(3):
             t0 = time.perf_counter()
             ttft_same.append(first_token(client, db, PROMPTS[0])[0] - t0)
-        immediate = swap_latency(db, client, args.trials, 0.0)
-        preloaded = swap_latency(db, client, args.trials, 1.0)
+        immediate = swap_latency(db, client, args.trials, 0.0, start=3)
+        log("swap latency, request right after the promotion", _summary(immediate))
+        preloaded = swap_latency(db, client, args.trials, 1.0, start=3 + args.trials)
+        log("swap latency, request 1 s after the promotion", _summary(preloaded))
         expected = {}
         for v in (None, 1, 2, 3):
             adapters.activate(db, v)
             expected[v] = {p: ask(client, db, p, stream=False)[1] for p in PROMPTS}
         chaos_result = chaos(db, cfg.db_path, new_client, expected, args.swaps)
+        log("chaos", {k: v for k, v in chaos_result.items() if k != "examples"})
     finally:
         client.close()
         server.stop()
     adapters.activate(db, None)
     gate = gate_time(cfg, runtime, served, args.scenario, dirs[1])
+    log("gate evaluation", gate)
     result = {
         "model": "SmolLM2-135M-Instruct (embedded)", "cpu_threads": os.cpu_count(),
         "ttft_no_swap_s": _summary(ttft_same),
@@ -234,6 +240,10 @@ def main() -> int:
     (RESULTS / "swap.md").write_text(report(result))
     print(report(result))
     return 0
+
+
+def log(what: str, value) -> None:
+    print(f"{what}: {json.dumps(value)}", file=sys.stderr, flush=True)
 
 
 def _summary(xs: list[float]) -> dict:

@@ -85,8 +85,10 @@ def test_new_versions_reuse_a_spare_adapter_exactly(served, tiny_model_path, lor
     for v in (1, 2, 3, 4, 5, 3, 1, 2):
         assert torch.equal(served.logits(MSG, v, lora_dirs[v]), fresh[v])
         assert len(served.loaded) <= 3 and len(served.model.peft_config) <= 3
+        names = list(served.loaded.values())
+        assert len(set(names)) == len(names) and set(names) <= set(served.model.peft_config)
     # v4 and later took over the layers of evicted versions instead of building new ones
-    assert set(served.model.peft_config) == {"v1", "v2", "v3"}
+    assert set(served.model.peft_config) == {"slot1", "slot2", "slot3"}
     assert torch.equal(served.logits(MSG, None), ServedModel(str(tiny_model_path)).logits(MSG))
 
 
