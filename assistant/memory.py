@@ -229,8 +229,10 @@ class Memory:
 
     # ---- the prompt ------------------------------------------------------------------------
     def system_addendum(self, recalled: list[dict]) -> str:
-        """The recalled corrections in the form the small model follows best (measured in
-        bench/memory.py --dev)."""
+        """The recalled corrections in the form the small model follows best. Measured on the dev
+        set (bench/results/memory.dev.md, SmolLM2-135M-Instruct, greedy, 32 tokens): facts passed
+        with "notes" 43/64, "exchange" (a prior user/assistant turn) 30/64, "facts" 29/64,
+        "qa" 20/64, nothing 0/64; no form changed a control reply."""
         return render(recalled, FORM)
 
 
@@ -256,4 +258,4 @@ def _notes(recalled):
 
 
 FORMS = {"facts": _facts, "qa": _qa, "notes": _notes}
-FORM = "facts"
+FORM = "notes"
