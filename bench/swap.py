@@ -184,12 +184,18 @@ def gate_time(cfg, runtime, served, scenario: Path, adapter_dir: Path) -> dict:
             "base_canaries_passed": ev["incumbent"]["canary"]["passed"]}
 
 
+def rewrite_report() -> None:
+    """Re-render swap.md from swap.json (after annotating a run by hand)."""
+    (RESULTS / "swap.md").write_text(report(json.loads((RESULTS / "swap.json").read_text())))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scenario", type=Path, default=DEFAULT_SCENARIO)
     ap.add_argument("--trials", type=int, default=9)
     ap.add_argument("--swaps", type=int, default=20)
     args = ap.parse_args()
+    load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="bench-swap-"))
     models = Path(os.environ.get("BENCH_MODELS", work / "models"))
     base_dir = str(convert_embedded(models))
@@ -229,6 +235,9 @@ def main() -> int:
     log("gate evaluation", gate)
     result = {
         "model": "SmolLM2-135M-Instruct (embedded)", "cpu_threads": os.cpu_count(),
+        "torch_threads": __import__("torch").get_num_threads(),
+        "command": "bench/swap.py " + " ".join(sys.argv[1:]),
+        "load_average_1min": [round(load_before, 1), round(os.getloadavg()[0], 1)],
         "ttft_no_swap_s": _summary(ttft_same),
         "swap_latency_immediate_s": _summary(immediate),
         "swap_latency_after_preload_s": _summary(preloaded),
@@ -255,7 +264,10 @@ def report(r: dict) -> str:
     c, g = r["chaos"], r["gate_evaluation"]
     return "\n".join([
         "# Hot swap and gate evaluation (bench/swap.py)", "",
-        f"Model: {r['model']}; CPU threads: {r['cpu_threads']}. Command: `.venv/bin/python bench/swap.py`", "",
+        f"Model: {r['model']}; CPU threads: {r['cpu_threads']}, torch threads: {r.get('torch_threads')}; "
+        f"load average before/after: {r.get('load_average_1min')}. "
+        f"Command: `.venv/bin/python {r.get('command', 'bench/swap.py').strip()}`", "",
+        *([f"Note: {r['note']}", ""] if r.get("note") else []),
         "| measure | median | max | target |", "|---|---|---|---|",
         f"| first token, no swap (TTFT) | {r['ttft_no_swap_s']['median']} s | {r['ttft_no_swap_s']['max']} s | |",
         f"| promotion -> first token of the new adapter, request right away | "
