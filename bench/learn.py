@@ -123,6 +123,8 @@ def main(argv=None) -> int:
     p.add_argument("--with-gate", action="store_true", help="also run evaluation and the gate")
     p.add_argument("--answer-tokens", type=int, default=64, help="max_tokens of the answers being corrected")
     p.add_argument("--out", default=str(RESULTS / "learn"))
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a LearnConfig field (JSON value), e.g. --set sft_lr=5e-4")
     args = p.parse_args(argv)
 
     from assistant.config import Config
@@ -139,7 +141,7 @@ def main(argv=None) -> int:
 
     if not args.with_gate:
         learner._gate = lambda: None  # measure the learner alone; teach.py runs the gate
-    lcfg = LearnConfig()
+    lcfg = LearnConfig(**{k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)})
     t0 = time.perf_counter()
     result = learner.run_cycle(cfg, lcfg, progress=lambda s: s["loss"] is not None and print(
         f"{s['stage']:<15} {s['progress'] * 100:5.1f}%  loss {s['loss']:.3f}  eta {s['eta_s'] or 0:.0f}s", flush=True))
