@@ -205,6 +205,13 @@ def main(argv=None) -> int:
         (RESULTS / "teach-latest.md").write_text(md)
         plot(run, RESULTS / "teach-latest.png")
 
+    # The benchmark decides when cycles run: the server's auto-trigger must not start one of its
+    # own in between (it would race with `assistant learn`). A user setting, in the fresh home.
+    from store import open_db
+    from store.settings import set_setting
+
+    set_setting(open_db(home / "assistant.db"), "learn_config", {"min_new_feedback": 1_000_000,
+                                                                 "interval_s": 10**9})
     server = Server(env, args.model)
     try:
         taught: set[str] = set()
