@@ -19,19 +19,16 @@ tokens over total time); the target is >= 0.95. Chat turns go to a throwaway hom
 """
 import argparse
 import json
-import os
 import platform
 import statistics
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchkit import RESULTS  # noqa: E402,F401 - sets the environment up first
+
+# isort: split
 
 import openai  # noqa: E402
 import torch  # noqa: E402
@@ -43,7 +40,6 @@ from assistant.runtime import Runtime  # noqa: E402
 from assistant.server import start_server  # noqa: E402
 from store import conversations  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 # Generic requests of our own (nothing from the teaching scenario).
 PROMPTS = [
     "Give me three tips for staying focused while studying.",

@@ -23,16 +23,13 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from benchkit import DEFAULT_SCENARIO, RESULTS, ROOT  # noqa: E402,F401 - sets the environment up first
+
+# isort: split
 
 from learning import learner, probes  # noqa: E402
 from learning.config import LearnConfig  # noqa: E402
-
-DEFAULT_SCENARIO = ROOT.parent / "shared" / "scenarios" / "teach.jsonl"
-RESULTS = ROOT / "bench" / "results"
 
 
 def feed_corrections(runtime, corrections: list[dict], max_tokens: int) -> float:

@@ -25,10 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchkit import DEFAULT_SCENARIO, RESULTS, ROOT  # noqa: E402,F401 - sets the environment up first
+
+# isort: split
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -40,10 +39,8 @@ from learning.evaluate import contains_phrase  # noqa: E402
 from learning.probes import corrections, load_scenario, probe_list  # noqa: E402
 from learning.scoring import Scorer  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-SCENARIO = ROOT.parent / "shared" / "scenarios" / "teach.jsonl"
+SCENARIO = DEFAULT_SCENARIO
 DEV = ROOT / "bench" / "recall_dev.jsonl"
-RESULTS = ROOT / "bench" / "results"
 MAX_NEW_TOKENS = 32
 
 

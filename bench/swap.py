@@ -29,10 +29,11 @@ import threading
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from benchkit import DEFAULT_SCENARIO, RESULTS, ROOT  # noqa: E402,F401 - sets the environment up first
+
+# isort: split
+
 
 import httpx  # noqa: E402
 
@@ -46,8 +47,6 @@ from learning.config import LearnConfig  # noqa: E402
 from learning.evaluate import evaluate  # noqa: E402
 from store import adapters, open_db  # noqa: E402
 
-DEFAULT_SCENARIO = ROOT.parent / "shared" / "scenarios" / "teach.jsonl"
-RESULTS = ROOT / "bench" / "results"
 PROMPTS = ["Hello there, how are you today?", "What is the capital of Japan?",
            "Give me one tip for a rainy day.", "Name a famous painter."]
 MAX_TOKENS = 16

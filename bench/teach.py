@@ -26,16 +26,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
+from benchkit import DEFAULT_SCENARIO, RESULTS, ROOT  # noqa: E402,F401 - sets the environment up first
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# isort: split
+
+import httpx
 
 from learning.evaluate import contains_phrase  # noqa: E402
 from learning.probes import load_scenario, probe_list  # noqa: E402
 
-DEFAULT_SCENARIO = ROOT.parent / "shared" / "scenarios" / "teach.jsonl"
-RESULTS = ROOT / "bench" / "results"
 COLUMNS = ("reask", "paraphrase", "facts", "earlier", "style", "control")
 
 
