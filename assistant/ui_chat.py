@@ -196,6 +196,9 @@ class ChatHandlers:
             reply = conversations.get_turn(self.db, tid)["reply"]
         except conversations.NotFound:  # still streaming (logged when it ends) or deleted elsewhere
             return session, gr.skip(), gr.skip()
+        if session.get("selected") == tid:
+            # Already selected (e.g. a 👍 on it): keep whatever the user is typing as a correction.
+            return session, target_text(reply), gr.skip()
         session["selected"] = tid
         return session, target_text(reply), reply
 

@@ -108,6 +108,9 @@ def test_correcting_any_answer_records_a_correction_and_shows_it(tab, rt):
     assert [(f["kind"], f["correction"]) for f in fix] == [("correction", "Your dog is called Biscuit.")]
     assert history[2]["metadata"]["title"] == CORRECTION_TITLE and session["turn_ids"][2] == first
     assert len(history) == len(session["turn_ids"]) == 5
+    # selecting it again (a 👍 arriving while the user types a correction) keeps their text
+    session, _, prefill = tab.select(session, 1)
+    assert prefill is not None and not isinstance(prefill, str)  # gr.skip(): the box is left alone
     history, session, notice = tab.correct(history, session, "  ")
     assert "needs the corrected answer" in notice and len(feedback.feedback_for_turn(rt.db, first)) == 1
 
