@@ -10,8 +10,9 @@ Contract:
   a deleted conversation, a don't-learn flag, another active adapter) re-reads the rows' flags;
   embeddings are cached by feedback id, so nothing is embedded twice.
 - `.recall(text)` syncs, then returns the top-k (default 3) eligible corrections whose cosine
-  similarity to `text` is at least the threshold, best first: dicts with feedback_id, prompt,
-  correction, score. One matrix-vector product over a normalised matrix: 10,000 corrections
+  similarity to `text` is at least the threshold and within `margin` (default 0.1) of the best
+  one's, best first: dicts with feedback_id, prompt, correction, score. What it returns is what
+  the prompt gets and what the UI lists under the reply. One matrix-vector product over a normalised matrix: 10,000 corrections
   cost well under a millisecond beyond embedding the query.
 - `.system_addendum(recalled)` is the text ChatService appends to the system prompt.
 
@@ -44,6 +45,9 @@ log = logging.getLogger(__name__)
 # scenario's probes): see `python bench/memory.py --dev` and bench/results/memory.dev.md.
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_TOP_K = 3
+# A weaker match leaves the prompt unless its score is within this margin of the best one: a second,
+# clearly worse note distracts the small model into answering with the wrong fact.
+DEFAULT_MARGIN = 0.1
 SETTING_DROP_LEARNED = "recall_drop_learned"
 
 # One query tells whether anything changed since the last sync (cheap enough to run per turn).
@@ -109,11 +113,13 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 class Memory:
     def __init__(self, cfg, embedder: Embedder | None = None, *, threshold: float = DEFAULT_THRESHOLD,
-                 top_k: int = DEFAULT_TOP_K, drop_learned: bool | None = None):
+                 top_k: int = DEFAULT_TOP_K, margin: float | None = DEFAULT_MARGIN,
+                 drop_learned: bool | None = None):
         self.cfg = cfg
         self.embedder = embedder if embedder is not None else MiniLMEmbedder()
         self.threshold = threshold
         self.top_k = top_k
+        self.margin = margin
         self.drop_learned = drop_learned
         self._lock = threading.RLock()
         self._local = threading.local()
@@ -203,7 +209,8 @@ class Memory:
 
     # ---- recall ----------------------------------------------------------------------------
     def recall(self, text: str, k: int | None = None) -> list[dict]:
-        """The most similar eligible corrections to `text`, at or above the threshold, best first."""
+        """The most similar eligible corrections to `text`, at or above the threshold and within
+        `margin` of the best one's score, best first."""
         if not text or not text.strip():
             return []
         k = self.top_k if k is None else k
@@ -217,11 +224,12 @@ class Memory:
             top = np.argsort(-scores)[:k] if len(scores) <= k else \
                 np.argpartition(-scores, k - 1)[:k]
             top = sorted(top, key=lambda i: -scores[i])
-            return [{"feedback_id": self._eligible[i]["id"],
-                     "prompt": self._eligible[i]["user_message"],
-                     "correction": self._eligible[i]["correction"],
-                     "score": round(float(scores[i]), 4)}
-                    for i in top if scores[i] >= self.threshold]
+            found = [{"feedback_id": self._eligible[i]["id"],
+                      "prompt": self._eligible[i]["user_message"],
+                      "correction": self._eligible[i]["correction"],
+                      "score": round(float(scores[i]), 4)}
+                     for i in top if scores[i] >= self.threshold]
+            return select(found, self.margin)
 
     def __len__(self) -> int:
         """How many corrections may currently be recalled."""
@@ -231,13 +239,23 @@ class Memory:
     def system_addendum(self, recalled: list[dict]) -> str:
         """The recalled corrections in the form the small model follows best. Measured on the dev
         set (bench/results/memory.dev.md, SmolLM2-135M-Instruct, greedy, 32 tokens): facts passed
-        with "notes" 43/64, "exchange" (a prior user/assistant turn) 30/64, "facts" 29/64,
-        "qa" 20/64, nothing 0/64; no form changed a control reply."""
+        with "notes_last" 58/64 (with the margin selection too), "notes" 43/64, "exchange" (a
+        prior user/assistant turn) 30/64, "facts" 29/64, "qa" 20/64, nothing 0/64; no form
+        changed a control reply."""
         return render(recalled, FORM)
 
 
+def select(recalled: list[dict], margin: float | None) -> list[dict]:
+    """The best match, and each other one whose score is within `margin` of it (None: all)."""
+    if margin is None or not recalled:
+        return list(recalled)
+    best = recalled[0]["score"]
+    return [r for r in recalled if r["score"] >= best - margin]
+
+
 def render(recalled: list[dict], form: str) -> str:
-    """One of the candidate forms measured on the dev set; `FORM` is the one in use."""
+    """One of the forms measured on the dev set; `FORM` is the one in use (bench/memory.py
+    measures more candidates)."""
     if not recalled:
         return ""
     return FORMS[form](recalled)
@@ -257,5 +275,13 @@ def _notes(recalled):
             "same thing:\n" + lines)
 
 
-FORMS = {"facts": _facts, "qa": _qa, "notes": _notes}
-FORM = "notes"
+def _notes_last(recalled):
+    """Q/A notes first (an echo of the block's start still carries the answer), a short remark
+    on what they are (no instruction worth echoing), and the best answer again as the last line
+    before the question (the model then follows it rather than ignoring the notes)."""
+    lines = "\n".join(f"Q: {r['prompt']}\nA: {r['correction']}" for r in recalled)
+    return lines + "\n(Earlier corrections from the user.)\n" + recalled[0]["correction"]
+
+
+FORMS = {"facts": _facts, "qa": _qa, "notes": _notes, "notes_last": _notes_last}
+FORM = "notes_last"

@@ -144,7 +144,7 @@ def test_learned_corrections_leave_recall_only_when_configured(memory, db, tmp_p
 def test_threshold_and_top_k_are_respected(cfg, db):
     for thing in ("cat", "dog", "bike", "car"):
         correct(db, f"What is the name of my {thing}?", f"Your {thing} is called Max.")
-    mem = Memory(cfg, embedder=HashEmbedder(), threshold=0.5, top_k=3)
+    mem = Memory(cfg, embedder=HashEmbedder(), threshold=0.5, top_k=3, margin=None)
     got = mem.recall("What is the name of my cat?")
     assert len(got) == 3 and got[0]["correction"] == "Your cat is called Max."
     assert [r["score"] for r in got] == sorted((r["score"] for r in got), reverse=True)
@@ -153,6 +153,19 @@ def test_threshold_and_top_k_are_respected(cfg, db):
     strict = Memory(cfg, embedder=HashEmbedder(), threshold=0.99)
     assert [r["correction"] for r in strict.recall("What is the name of my cat?")] == ["Your cat is called Max."]
     assert strict.recall("What's the name of my cat, again?") == []
+
+
+def test_a_clearly_weaker_match_is_left_out(cfg, db):
+    """Only the best match, unless another one scores within the margin of it (the small model
+    answers with the wrong fact when a weaker note sits beside the right one)."""
+    for thing in ("cat", "dog", "bike", "car"):
+        correct(db, f"What is the name of my {thing}?", f"Your {thing} is called Max.")
+    exact = Memory(cfg, embedder=HashEmbedder(), threshold=0.5, top_k=3).recall("What is the name of my cat?")
+    assert [r["correction"] for r in exact] == ["Your cat is called Max."]  # 1.0 against 0.86
+    close = Memory(cfg, embedder=HashEmbedder(), threshold=0.5, top_k=3, margin=0.2).recall(
+        "What is the name of my cat?")
+    assert len(close) == 3 and close[0]["correction"] == "Your cat is called Max."
+    assert all(close[0]["score"] - r["score"] <= 0.2 for r in close)
 
 
 def test_start_turn_adds_the_recalled_correction_and_logs_it(runtime):
