@@ -4,6 +4,7 @@
     python bench/memory.py --dev           # choose threshold and prompt form on OUR dev set
                                            # (bench/recall_dev.jsonl): bench/results/memory.dev.{json,md}
     options: --model DIR (a converted embedded model, skips the ~17 s conversion), --n-timing 10000
+             --dev --forms notes,lines@top1 (only these forms) --cache FILE (reuse replies generated before)
 
 Scenario run: a fresh home; every correction of ../shared/scenarios/teach.jsonl is given the way a
 user gives it (ChatService answers the prompt on the real embedded model, then
@@ -67,10 +68,10 @@ def teach(runtime: Runtime, pairs: list[tuple[str, str]]) -> list[str]:
     return ids
 
 
-def open_runtime(model_spec: str | None, threshold: float | None = None) -> Runtime:
+def open_runtime(model_spec: str | None, threshold: float | None = None, **kw) -> Runtime:
     home = Path(tempfile.mkdtemp(prefix="bench-memory-"))
     cfg = Config(home=home, model=model_spec or "embedded", default_max_new_tokens=MAX_NEW_TOKENS)
-    mem = memory_mod.Memory(cfg, threshold=memory_mod.DEFAULT_THRESHOLD if threshold is None else threshold)
+    mem = memory_mod.Memory(cfg, threshold=memory_mod.DEFAULT_THRESHOLD if threshold is None else threshold, **kw)
     return Runtime.create(cfg, memory=mem)
 
 
@@ -226,12 +227,52 @@ def exchange_messages(system: str, recalled: list[dict], question: str) -> list[
     return [{"role": "system", "content": system}, *past, {"role": "user", "content": question}]
 
 
+def _lines(rs, a="A", q="Q"):
+    return "\n".join(f"{q}: {r['prompt']}\n{a}: {r['correction']}" for r in rs)
+
+
+AFTER = "\n(Earlier corrections from the user.)"
+# Candidate forms measured on the dev set beside memory.FORMS (the product's form is there).
+CANDIDATES = {
+    "lines": lambda rs: _lines(rs),  # Q/A lines, no instruction
+    "notes_after": lambda rs: _lines(rs) + AFTER,  # lines, then what they are
+    "notes_after_reversed": lambda rs: _lines(rs[::-1]) + AFTER,  # best match nearest the question
+    "lines_use": lambda rs: _lines(rs) + "\nUse these answers.",
+    "lines_corrected": lambda rs: _lines(rs) + "\nThe user corrected you with these answers; use them.",
+    "corrections_first": lambda rs: "Corrections:\n" + _lines(rs),
+    "transcript": lambda rs: "Earlier conversation:\n" + _lines(rs, "Assistant", "User"),
+    "transcript_after": lambda rs: _lines(rs, "You", "User") + AFTER,
+    "words_after": lambda rs: _lines(rs, "Answer", "Question") + AFTER,
+    "answers": lambda rs: "Known:\n" + "\n".join(r["correction"] for r in rs),
+    "note": lambda rs: "\n".join(f"Note: {r['correction']}" for r in rs),
+    "remember": lambda rs: "Remember: " + " ".join(r["correction"] for r in rs),
+    # the best answer again as the last line ("notes_last" in memory.FORMS is notes_after + this)
+    "lines_repeat": lambda rs: _lines(rs) + "\n" + rs[0]["correction"],
+    "notes_repeat": lambda rs: memory_mod.render(rs, "notes") + "\n" + rs[0]["correction"],
+    "notes_after_answer": lambda rs: _lines(rs) + AFTER + "\nAnswer: " + rs[0]["correction"],
+    "words_after_repeat": lambda rs: _lines(rs, "Answer", "Question") + AFTER + "\n" + rs[0]["correction"],
+    "transcript_after_repeat": lambda rs: _lines(rs, "You", "User") + AFTER + "\n" + rs[0]["correction"],
+}
+
+
 def form_messages(form: str, recalled: list[dict], question: str) -> list[dict]:
-    if form == "exchange":
-        return exchange_messages(DEFAULT_SYSTEM_PROMPT, recalled, question)
+    """A candidate prompt. `form` is a name of memory.FORMS, "none", "exchange" or "NAME+exchange"
+    (the form in the system prompt and the best match as a prior exchange), or a name of
+    CANDIDATES, optionally with a selection suffix: "@top1" (best match only) or "@m0.1" (best,
+    and others within 0.1 of it: what Memory.recall does with its default margin)."""
+    form, _, sel = form.partition("@")
+    if sel == "top1":
+        recalled = recalled[:1]
+    elif sel.startswith("m"):
+        recalled = memory_mod.select(recalled, float(sel[1:]))
     system = DEFAULT_SYSTEM_PROMPT
-    if form != "none" and recalled:
-        system += "\n\n" + memory_mod.render(recalled, form)
+    base, _, extra = form.partition("+")
+    if base == "exchange":
+        return exchange_messages(system, recalled, question)
+    if base != "none" and recalled:
+        system += "\n\n" + (CANDIDATES[base](recalled) if base in CANDIDATES else memory_mod.render(recalled, base))
+    if extra == "exchange":
+        return exchange_messages(system, recalled[:1], question)
     return [{"role": "system", "content": system}, {"role": "user", "content": question}]
 
 
@@ -249,9 +290,24 @@ def sweep(questions: list[dict], grid: list[float]) -> list[dict]:
     return out
 
 
-def run_dev(model_spec: str | None, threshold: float) -> dict:
+def cached_generate(model, prompts: list[list[dict]], cache: Path | None) -> tuple[list[str], int]:
+    """generate_batch, reusing replies stored in `cache` (a JSON file, prompt -> greedy reply) from
+    earlier dev runs; returns the replies and how many were generated now."""
+    store = json.loads(cache.read_text()) if cache and cache.exists() else {}
+    keys = [json.dumps(m, ensure_ascii=False) for m in prompts]
+    todo = [k for k in dict.fromkeys(keys) if k not in store]
+    if todo:
+        store.update(zip(todo, generate_batch(model, [json.loads(k) for k in todo]), strict=True))
+        if cache:
+            cache.write_text(json.dumps(store, ensure_ascii=False))
+    return [store[k] for k in keys], len(todo)
+
+
+def run_dev(model_spec: str | None, threshold: float, forms: list[str] | None = None,
+            cache: Path | None = None) -> dict:
     items = load_jsonl(DEV)
-    rt = open_runtime(model_spec, threshold=-1.0)  # keep every candidate; thresholds applied below
+    # keep every candidate (top-k); the threshold and the margin are applied below
+    rt = open_runtime(model_spec, threshold=-1.0, margin=None)
     fact_of = {}
     for item in items:
         if item["kind"] == "fact":
@@ -270,11 +326,14 @@ def run_dev(model_spec: str | None, threshold: float) -> dict:
     grid = [round(x, 2) for x in np.arange(0.30, 0.71, 0.05)]
     table = sweep(questions, grid)
 
-    forms = ["none", *memory_mod.FORMS, "exchange"]
+    none_facts = not forms or "none" in forms  # facts with no recall: 0/64 whenever measured
+    forms = list(dict.fromkeys(["none", *(forms or [*memory_mod.FORMS, "exchange"])]))
     prompts, index = [], {}
     for q in questions:
         q["recalled"] = [c for c in q["candidates"] if c["score"] >= threshold]
         for form in forms:
+            if form == "none" and q["kind"] == "fact" and not none_facts:
+                continue  # controls always get "none": recall must not change their replies
             msgs = form_messages(form, q["recalled"], q["question"])
             key = json.dumps(msgs)
             if key not in index:
@@ -282,10 +341,12 @@ def run_dev(model_spec: str | None, threshold: float) -> dict:
                 prompts.append(msgs)
             q.setdefault("keys", {})[form] = index[key]
     t0 = time.perf_counter()
-    replies = generate_batch(rt.model, prompts)
+    replies, generated = cached_generate(rt.model, prompts, cache)
     gen_s = time.perf_counter() - t0
     results = {}
     for form in forms:
+        if form == "none" and not none_facts:
+            continue
         facts = [q for q in questions if q["kind"] == "fact"]
         ctrls = [q for q in questions if q["kind"] == "control"]
         scored = [q for q in ctrls if q["expect"]]
@@ -300,7 +361,7 @@ def run_dev(model_spec: str | None, threshold: float) -> dict:
             "examples": [{"q": q["question"], "reply": replies[q["keys"][form]]} for q in facts[1:4]],
         }
     return {"threshold": threshold, "sweep": table, "forms": results, "generate_s": round(gen_s, 1),
-            "prompts_generated": len(prompts),
+            "prompts_generated": generated, "prompts_distinct": len(prompts),
             "questions": [{k: q[k] for k in ("item", "type", "question", "candidates")} for q in questions]}
 
 
@@ -355,7 +416,13 @@ def dev_markdown(res: dict, cmd: str) -> str:
         lines.append(f"| {r['threshold']} | {r['fact_recall']}/{r['facts']} | {r['false_recalls_on_controls']} "
                      f"| {r['facts_with_only_wrong_recall']} |")
     lines += ["", f"Forms at threshold {res['threshold']} (SmolLM2-135M-Instruct, greedy, {MAX_NEW_TOKENS} tokens; "
-              f"{res['prompts_generated']} distinct prompts in {res['generate_s']} s):", "",
+              f"{res['prompts_distinct']} distinct prompts, {res['prompts_generated']} generated in "
+              f"{res['generate_s']} s, the rest from the --cache of earlier runs):", "",
+              f"In use: `{memory_mod.FORM}@m{memory_mod.DEFAULT_MARGIN}` (Memory.recall keeps the best match and "
+              f"those within {memory_mod.DEFAULT_MARGIN} of its score). A plain name shows every recalled "
+              "correction (top-3 at the threshold); `@top1` only the best, `@mX` the best and those within X "
+              "of it; `A+exchange` is form A in the system prompt plus the best match as a prior user/assistant "
+              "exchange. Forms are in assistant/memory.py (FORMS) and bench/memory.py (CANDIDATES).", "",
               "| form | facts passed | of which paraphrases | controls passed | control replies changed |",
               "|---|---|---|---|---|"]
     for form, r in res["forms"].items():
@@ -369,6 +436,10 @@ def main(argv=None) -> int:
     p.add_argument("--dev", action="store_true", help="threshold and form selection on bench/recall_dev.jsonl")
     p.add_argument("--model", help="converted embedded model directory (default: convert into the fresh home)")
     p.add_argument("--threshold", type=float, default=memory_mod.DEFAULT_THRESHOLD)
+    p.add_argument("--forms", help="--dev: comma-separated forms to measure, e.g. notes,lines@top1 "
+                   "(see form_messages; default: every form; facts get 'none' only when listed)")
+    p.add_argument("--cache", type=Path, help="--dev: JSON file of replies already generated (prompt -> "
+                   "reply), read and extended, so a sweep only generates prompts it has not seen")
     p.add_argument("--n-timing", type=int, default=10_000)
     p.add_argument("--part", choices=("all", "scenario", "timing"), default="all",
                    help="run one part only, keeping the other's figures in memory.json")
@@ -376,7 +447,7 @@ def main(argv=None) -> int:
     cmd = "python bench/memory.py " + " ".join(argv if argv is not None else sys.argv[1:])
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.dev:
-        res = run_dev(args.model, args.threshold)
+        res = run_dev(args.model, args.threshold, args.forms.split(",") if args.forms else None, args.cache)
         stem, md = "memory.dev", dev_markdown(res, cmd)
     else:  # the scenario and the timing can run separately; each updates its part of memory.json
         stem, res = "memory", {}
