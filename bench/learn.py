@@ -119,6 +119,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="embedded")
     p.add_argument("--with-gate", action="store_true", help="also run evaluation and the gate")
     p.add_argument("--answer-tokens", type=int, default=64, help="max_tokens of the answers being corrected")
+    p.add_argument("--no-speed", action="store_true", help="skip the bare-loop speed comparison")
     p.add_argument("--out", default=str(RESULTS / "learn"))
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a LearnConfig field (JSON value), e.g. --set sft_lr=5e-4")
@@ -146,7 +147,7 @@ def main(argv=None) -> int:
     print(f"\n{result['message']} in {cycle_s:.0f} s", flush=True)
     row = adapters.get_adapter(runtime.db, result["version"])
     meta = row["meta"]
-    bare = bare_lora_loop(cfg, lcfg)
+    bare = {"tokens_per_s": float("nan")} if args.no_speed else bare_lora_loop(cfg, lcfg)
     trl_tps = meta["stats"]["sft"]["tokens_per_s"]
     scores = {"base": probes.score_probes(runtime.model, items),
               "candidate": probes.score_probes(runtime.model, items, version=row["version"], path=row["path"])}

@@ -57,6 +57,12 @@ class LearnConfig:
     self_replay: int = 24
     """How many of the base model's own greedy answers to generic prompts
     (learning/replay_prompts.jsonl) are mixed into SFT, against forgetting; 0 disables."""
+    anchor_weight: float = 0.0
+    """Weight of the distillation anchor (learning/anchor.py): with > 0 the self-replay answers
+    are not SFT rows but a KL anchor to the base model's next-token distribution, added to every
+    SFT step. 0 trains them as plain SFT rows."""
+    anchor_batch_size: int = 4
+    """Self-replay answers in the anchor term of one SFT step."""
     augment: bool = True
     """Add generic rewrites of each corrected prompt (templates, casing, contractions)."""
     max_history_messages: int = 2
@@ -106,6 +112,9 @@ class LearnConfig:
         for name in ("sft_lr", "dpo_lr", "dpo_beta"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive (got {getattr(self, name)})")
+        if self.anchor_weight < 0 or self.anchor_batch_size < 1:
+            problems.append(f"anchor_weight must be >= 0 and anchor_batch_size >= 1 "
+                            f"(got {self.anchor_weight}, {self.anchor_batch_size})")
         if self.dpo_sft_weight < 0:
             problems.append(f"dpo_sft_weight must be >= 0 (got {self.dpo_sft_weight})")
         for name in ("sft_batch_size", "dpo_batch_size", "logging_steps"):

@@ -55,7 +55,8 @@ class TrainJob:
 
 def training_rows(job: TrainJob, model, tok) -> tuple[list[dict], dict]:
     """The SFT rows actually trained: the job's rows, generic rewrites of corrected prompts
-    and the base model's own answers to generic prompts (see learning/augment.py)."""
+    and the base model's own answers to generic prompts (see learning/augment.py; with
+    `anchor_weight` > 0 those answers feed the distillation anchor instead, `anchor_rows`)."""
     from learning.augment import augment_sft, self_replay_rows
 
     rows = list(job.sft_rows)
@@ -67,7 +68,23 @@ def training_rows(job: TrainJob, model, tok) -> tuple[list[dict], dict]:
             replay = self_replay_rows(model, tok, job.system_prompt, job.cache_dir, job.lcfg.self_replay)
         model.train()
     counts = {"given": len(rows), "augment": len(extra), "self_replay": len(replay)}
+    if job.lcfg.anchor_weight > 0:
+        counts["anchor"] = counts.pop("self_replay")
+        return rows + extra, counts
     return rows + extra + replay, counts
+
+
+def anchor_rows(job: TrainJob, model, tok) -> list[dict]:
+    """The base model's self-replay answers, for the distillation anchor (cached, so cheap)."""
+    from learning.augment import self_replay_rows
+
+    if not (job.lcfg.anchor_weight > 0 and job.lcfg.self_replay and job.cache_dir is not None):
+        return []
+    model.eval()
+    with model.disable_adapter():
+        rows = self_replay_rows(model, tok, job.system_prompt, job.cache_dir, job.lcfg.self_replay)
+    model.train()
+    return rows
 
 
 def _callback(stage: str, job: TrainJob, losses: list[dict]):
@@ -140,14 +157,41 @@ def run_sft(model, tok, rows: list[dict], job: TrainJob, device: str, work: Path
     args = SFTConfig(**_common_args(lcfg, work / "sft", device), num_train_epochs=lcfg.sft_epochs,
                      learning_rate=lcfg.sft_lr, per_device_train_batch_size=lcfg.sft_batch_size,
                      max_length=lcfg.sft_max_length, completion_only_loss=True, packing=False)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok,
-                         callbacks=[_callback("SFT", job, losses)])
+    anchor = None
+    replay = anchor_rows(job, model, tok)
+    if replay:
+        from learning.anchor import DistillationAnchor
+
+        anchor = DistillationAnchor(model, tok, replay, batch_size=lcfg.anchor_batch_size,
+                                    max_length=lcfg.sft_max_length, seed=lcfg.seed)
+    trainer = _anchored_sft_trainer(SFTTrainer)(
+        model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[_callback("SFT", job, losses)])
+    trainer.anchor, trainer.anchor_weight = anchor, lcfg.anchor_weight
     tokens = sum(len(x) for x in trainer.train_dataset["input_ids"]) * lcfg.sft_epochs
     t0 = time.perf_counter()
     trainer.train()
     dt = time.perf_counter() - t0
-    return {"rows": len(rows), "steps": trainer.state.global_step, "tokens": int(tokens), "seconds": dt,
-            "tokens_per_s": tokens / dt if dt else None}
+    tokens += anchor.tokens_seen if anchor else 0
+    return {"rows": len(rows), "anchor_rows": len(anchor) if anchor else 0, "steps": trainer.state.global_step,
+            "tokens": int(tokens), "seconds": dt, "tokens_per_s": tokens / dt if dt else None}
+
+
+def _anchored_sft_trainer(base):
+    """SFTTrainer whose training loss adds `anchor_weight * anchor.loss(model)` when an anchor is set."""
+
+    class AnchoredSFTTrainer(base):
+        anchor = None
+        anchor_weight = 0.0
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            out = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                       num_items_in_batch=num_items_in_batch)
+            if self.anchor is None or not model.training:
+                return out
+            extra = self.anchor_weight * self.anchor.loss(model)
+            return (out[0] + extra, *out[1:]) if return_outputs else out + extra
+
+    return AnchoredSFTTrainer
 
 
 def run_dpo(model, tok, pairs: list[dict], job: TrainJob, device: str, work: Path, losses: list) -> dict:
