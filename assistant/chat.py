@@ -37,6 +37,9 @@ class Turn:
     user_message: str
     truncated: bool
     recalled: list[dict]
+    avoid_first: int | None = None
+    """A token the reply may not start with: the message's first word when corrections were
+    recalled (the small model then tends to echo the question; see model.avoid_first_tokens)."""
     generation: Generation = field(default_factory=Generation)
     logged: bool = False
 
@@ -165,7 +168,8 @@ class ChatService:
             system = system + "\n\n" + self.memory.system_addendum(recalled)
         messages, sent, truncated = self.fit_to_context(system, history, user_message, max_new_tokens)
         return Turn(turn_id=new_id(), conversation_id=conversation_id, messages=messages,
-                    user_message=sent, truncated=truncated, recalled=recalled)
+                    user_message=sent, truncated=truncated, recalled=recalled,
+                    avoid_first=self.model.first_token(sent) if recalled else None)
 
     def pieces(self, turn: Turn, *, source: str, max_new_tokens: int | None = None,
                temperature: float | None = None, retry_of: str | None = None) -> Iterator[str]:
@@ -176,7 +180,8 @@ class ChatService:
         try:
             yield from self.model.stream(turn.messages, max_new_tokens=max_new_tokens,
                                          temperature=temperature, version=version,
-                                         adapter_path=path, result=turn.generation)
+                                         adapter_path=path, result=turn.generation,
+                                         avoid_first=turn.avoid_first)
         except GeneratorExit:
             turn.generation.finish_reason = "abandoned"
             raise

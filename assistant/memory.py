@@ -241,7 +241,9 @@ class Memory:
         set (bench/results/memory.dev.md, SmolLM2-135M-Instruct, greedy, 32 tokens): facts passed
         with "notes_last" 58/64 (with the margin selection too), "notes" 43/64, "exchange" (a
         prior user/assistant turn) 30/64, "facts" 29/64, "qa" 20/64, nothing 0/64; no form
-        changed a control reply."""
+        changed a control reply. A chat turn with recall also forbids the reply to open with the
+        question's first word (Turn.avoid_first, against echoes): 60/64 instead of 58/64
+        (bench/results/memory.dev-avoid.md)."""
         return render(recalled, FORM)
 
 

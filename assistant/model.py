@@ -148,6 +148,24 @@ def _unwrap_lora_layers(model) -> None:
             setattr(model.get_submodule(parent), child, module.get_base_layer())
 
 
+def avoid_first_tokens(start: int, banned: list[int | None]):
+    """A logits processor that forbids, at the first generated position only, one token per
+    batch row (None: nothing). Used against echoes: with recalled notes in its prompt the small
+    model sometimes parrots the question back ("Remind me of my ..." -> "Remind me of your ..."),
+    and a reply never needs to open with the question's own first word."""
+    from transformers import LogitsProcessor
+
+    class _AvoidFirst(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            if input_ids.shape[1] == start:
+                for row, token in enumerate(banned):
+                    if token is not None:
+                        scores[row, token] = -float("inf")
+            return scores
+
+    return _AvoidFirst()
+
+
 @dataclass
 class Generation:
     """What one generation produced; filled in as the stream runs."""
@@ -261,6 +279,11 @@ class ServedModel:
             messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
         return enc["input_ids"]
 
+    def first_token(self, text: str) -> int | None:
+        """The token a reply would start with if it began with `text` (None for blank text)."""
+        ids = self.tokenizer(text.strip(), add_special_tokens=False)["input_ids"]
+        return ids[0] if ids else None
+
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -282,14 +305,15 @@ class ServedModel:
 
     def stream(self, messages: list[dict], max_new_tokens: int = 256, temperature: float = 0.0,
                version: int | None = None, adapter_path: str | Path | None = None,
-               result: Generation | None = None) -> Iterator[str]:
-        """Yield the reply piece by piece; `result` (if given) receives text, counts and timings.
+               result: Generation | None = None, avoid_first: int | None = None) -> Iterator[str]:
+        """Yield the reply piece by piece; `result` (if given) receives text, counts and timings;
+        `avoid_first`: a token id the reply may not start with (see `avoid_first_tokens`).
 
         The worker thread takes the lock, chooses the adapter and generates; the lock is
         released only when generation ends, so concurrent requests queue and a swap never
         happens mid-reply. (The lock is not held across `yield`: servers resume generators
         on arbitrary threads.) Closing the generator early stops generation."""
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+        from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
         result = result if result is not None else Generation()
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
@@ -307,10 +331,13 @@ class ServedModel:
                     result.adapter_version = self.current
                     input_ids = self.encode(messages).to(self.device)
                     result.prompt_tokens = int(input_ids.shape[1])
+                    guard = LogitsProcessorList([avoid_first_tokens(input_ids.shape[1], [avoid_first])]
+                                                if avoid_first is not None else [])
                     with torch.inference_mode(), self._adapter_context():
                         out = self.model.generate(
                             input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                             streamer=streamer, stopping_criteria=StoppingCriteriaList([_StopWhenAsked()]),
+                            logits_processor=guard,
                             **self._generate_kwargs(max_new_tokens, temperature))
                     outcome["new_tokens"] = int(out.shape[1] - input_ids.shape[1])
             except BaseException as e:  # surfaced to the consumer below

@@ -51,11 +51,12 @@ def passes(reply: str, expect: list[str]) -> bool:
     return any(contains_phrase(reply, e) for e in expect)
 
 
-def generate_batch(model, prompts: list[list[dict]]) -> list[str]:
-    """Greedy replies (32 new tokens) for many chat prompts at once, on the base model."""
+def generate_batch(model, prompts: list[list[dict]], avoid_first: list[int | None] | None = None) -> list[str]:
+    """Greedy replies (32 new tokens) for many chat prompts at once, on the base model;
+    `avoid_first` as in a chat turn (Turn.avoid_first)."""
     scorer = Scorer(model, batch_size=16, max_new_tokens=MAX_NEW_TOKENS)
     scorer.select(None)
-    return [r.strip() for r in scorer.generate(prompts)]
+    return [r.strip() for r in scorer.generate(prompts, avoid_first=avoid_first)]
 
 
 def teach(runtime: Runtime, pairs: list[tuple[str, str]]) -> list[str]:
@@ -96,15 +97,15 @@ def run_scenario(model_spec: str | None) -> dict:
     # recall off are the base model's 0/48 (GUIDE section 7); skipping them saves a third of the run.
     off = {i: rt.chat.start_turn(p["prompt"], recall=False) for i, p in enumerate(probes)
            if p["family"] in ("control", "style")}
-    prompts = [t.messages for t in on] + [t.messages for t in off.values()]
+    turns = on + list(off.values())
     t0 = time.perf_counter()
-    replies = dict(zip(map(json.dumps, prompts), generate_distinct(rt.model, prompts), strict=True))
+    replies = dict(zip(map(prompt_key, turns), generate_distinct(rt.model, turns), strict=True))
     gen_s = time.perf_counter() - t0
 
     rows = []
     for i, (p, t_on) in enumerate(zip(probes, on, strict=True)):
-        r_on = replies[json.dumps(t_on.messages)]
-        r_off = replies[json.dumps(off[i].messages)] if i in off else None
+        r_on = replies[prompt_key(t_on)]
+        r_off = replies[prompt_key(off[i])] if i in off else None
         rows.append({
             **p, "recalled": [{"item": fact_of.get(r["feedback_id"]), "score": r["score"]} for r in t_on.recalled],
             "right_recalled": p["item"] in [fact_of.get(r["feedback_id"]) for r in t_on.recalled],
@@ -114,14 +115,21 @@ def run_scenario(model_spec: str | None) -> dict:
     check = [t for t in on if t.recalled][:2]
     return {"teach_s": round(teach_s, 1), "generate_s": round(gen_s, 1), "prompts_generated": len(set(replies)),
             "rows": rows, "summary": summarise(rows),
-            "consistency": batch_consistency(rt, check, [replies[json.dumps(t.messages)] for t in check])}
+            "consistency": batch_consistency(rt, check, [replies[prompt_key(t)] for t in check])}
 
 
-def generate_distinct(model, prompts: list[list[dict]]) -> list[str]:
-    """generate_batch, each distinct prompt once (recall that fires on nothing leaves prompts equal)."""
-    keys = list(dict.fromkeys(map(json.dumps, prompts)))
-    got = dict(zip(keys, generate_batch(model, [json.loads(k) for k in keys]), strict=True))
-    return [got[json.dumps(m)] for m in prompts]
+def prompt_key(turn) -> str:
+    """What decides a greedy reply: the messages and the token the reply may not start with."""
+    return json.dumps([turn.messages, turn.avoid_first])
+
+
+def generate_distinct(model, turns: list) -> list[str]:
+    """generate_batch for chat turns, each distinct prompt once (recall that fires on nothing
+    leaves prompts equal)."""
+    distinct = list({prompt_key(t): t for t in turns}.values())
+    got = dict(zip(map(prompt_key, distinct), generate_batch(model, [t.messages for t in distinct],
+                                                              [t.avoid_first for t in distinct]), strict=True))
+    return [got[prompt_key(t)] for t in turns]
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -145,7 +153,8 @@ def summarise(rows: list[dict]) -> dict:
 
 def batch_consistency(rt: Runtime, turns, batched: list[str]) -> dict:
     """Batched left-padded greedy should equal the product's one-at-a-time stream; check a few."""
-    same = sum(rt.model.generate(t.messages, max_new_tokens=MAX_NEW_TOKENS).text.strip() == b
+    same = sum(rt.model.generate(t.messages, max_new_tokens=MAX_NEW_TOKENS,
+                                     avoid_first=t.avoid_first).text.strip() == b
                for t, b in zip(turns, batched, strict=True))
     return {"checked": len(turns), "identical": same}
 
@@ -290,14 +299,17 @@ def sweep(questions: list[dict], grid: list[float]) -> list[dict]:
     return out
 
 
-def cached_generate(model, prompts: list[list[dict]], cache: Path | None) -> tuple[list[str], int]:
-    """generate_batch, reusing replies stored in `cache` (a JSON file, prompt -> greedy reply) from
-    earlier dev runs; returns the replies and how many were generated now."""
+def cached_generate(model, prompts: list[tuple[list[dict], int | None]], cache: Path | None) -> tuple[list[str], int]:
+    """generate_batch for (messages, avoid_first) prompts, reusing replies stored in `cache` (a
+    JSON file, prompt -> greedy reply) from earlier dev runs; returns the replies and how many
+    were generated now."""
     store = json.loads(cache.read_text()) if cache and cache.exists() else {}
-    keys = [json.dumps(m, ensure_ascii=False) for m in prompts]
+    keys = [json.dumps(m if a is None else [m, a], ensure_ascii=False) for m, a in prompts]
     todo = [k for k in dict.fromkeys(keys) if k not in store]
     if todo:
-        store.update(zip(todo, generate_batch(model, [json.loads(k) for k in todo]), strict=True))
+        what = dict(zip(keys, prompts))
+        store.update(zip(todo, generate_batch(model, [what[k][0] for k in todo], [what[k][1] for k in todo]),
+                         strict=True))
         if cache:
             cache.write_text(json.dumps(store, ensure_ascii=False))
     return [store[k] for k in keys], len(todo)
@@ -334,11 +346,14 @@ def run_dev(model_spec: str | None, threshold: float, forms: list[str] | None = 
         for form in forms:
             if form == "none" and q["kind"] == "fact" and not none_facts:
                 continue  # controls always get "none": recall must not change their replies
-            msgs = form_messages(form, q["recalled"], q["question"])
-            key = json.dumps(msgs)
+            # "FORM!avoid": the reply may not start with the question's first word (Turn.avoid_first)
+            name, avoid = form.removesuffix("!avoid"), form.endswith("!avoid") and bool(q["recalled"])
+            msgs = form_messages(name, q["recalled"], q["question"])
+            prompt = (msgs, rt.model.first_token(q["question"]) if avoid else None)
+            key = json.dumps(prompt)
             if key not in index:
                 index[key] = len(prompts)
-                prompts.append(msgs)
+                prompts.append(prompt)
             q.setdefault("keys", {})[form] = index[key]
     t0 = time.perf_counter()
     replies, generated = cached_generate(rt.model, prompts, cache)
@@ -422,7 +437,9 @@ def dev_markdown(res: dict, cmd: str) -> str:
               f"those within {memory_mod.DEFAULT_MARGIN} of its score). A plain name shows every recalled "
               "correction (top-3 at the threshold); `@top1` only the best, `@mX` the best and those within X "
               "of it; `A+exchange` is form A in the system prompt plus the best match as a prior user/assistant "
-              "exchange. Forms are in assistant/memory.py (FORMS) and bench/memory.py (CANDIDATES).", "",
+              "exchange; `!avoid`: the reply may not start with the question's first word (what a chat "
+              "turn with recall does: Turn.avoid_first). Forms are in assistant/memory.py (FORMS) and "
+              "bench/memory.py (CANDIDATES).", "",
               "| form | facts passed | of which paraphrases | controls passed | control replies changed |",
               "|---|---|---|---|---|"]
     for form, r in res["forms"].items():
@@ -440,6 +457,7 @@ def main(argv=None) -> int:
                    "(see form_messages; default: every form; facts get 'none' only when listed)")
     p.add_argument("--cache", type=Path, help="--dev: JSON file of replies already generated (prompt -> "
                    "reply), read and extended, so a sweep only generates prompts it has not seen")
+    p.add_argument("--out", help="file stem under bench/results (default: memory.dev with --dev, else memory)")
     p.add_argument("--n-timing", type=int, default=10_000)
     p.add_argument("--part", choices=("all", "scenario", "timing"), default="all",
                    help="run one part only, keeping the other's figures in memory.json")
@@ -448,9 +466,9 @@ def main(argv=None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.dev:
         res = run_dev(args.model, args.threshold, args.forms.split(",") if args.forms else None, args.cache)
-        stem, md = "memory.dev", dev_markdown(res, cmd)
+        stem, md = args.out or "memory.dev", dev_markdown(res, cmd)
     else:  # the scenario and the timing can run separately; each updates its part of memory.json
-        stem, res = "memory", {}
+        stem, res = args.out or "memory", {}
         if args.part in ("all", "scenario"):
             res.update(run_scenario(args.model), command=cmd, form=memory_mod.FORM,
                        threshold=memory_mod.DEFAULT_THRESHOLD, top_k=memory_mod.DEFAULT_TOP_K)
@@ -458,7 +476,7 @@ def main(argv=None) -> int:
             dev_questions = [q for it in load_jsonl(DEV) for q in it.get("paraphrases", it.get("probes", []))]
             res["timing"] = retrieval_timing(args.n_timing, dev_questions[:20])
             res["timing"]["command"] = cmd
-        old = RESULTS / "memory.json"
+        old = RESULTS / f"{stem}.json"
         if args.part != "all" and old.exists():  # read at the end: the other part may run meanwhile
             res = {**json.loads(old.read_text()), **res}
         md = scenario_markdown(res)

@@ -47,8 +47,14 @@ class Scorer:
                 return fn(self.served.model, ids.to(self.served.device), mask.to(self.served.device))
 
     # ---- greedy generation ----------------------------------------------------------------
-    def generate(self, conversations: list[list[dict]],
-                 on_batch: Callable[[], None] | None = None) -> list[str]:
+    def generate(self, conversations: list[list[dict]], on_batch: Callable[[], None] | None = None,
+                 avoid_first: list[int | None] | None = None) -> list[str]:
+        """Greedy replies; `avoid_first[i]`: a token reply i may not start with (what a chat turn
+        with recall does, `Turn.avoid_first`)."""
+        from transformers import LogitsProcessorList
+
+        from assistant.model import avoid_first_tokens
+
         tok = self.served.tokenizer
         encoded = [self.served.encode(m)[0].tolist() for m in conversations]
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
@@ -58,7 +64,10 @@ class Scorer:
             width = max(len(encoded[i]) for i in batch)
             ids = torch.tensor([[tok.pad_token_id] * (width - len(encoded[i])) + encoded[i] for i in batch])
             mask = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in batch])
-            out = self._run(lambda m, a, b: m.generate(input_ids=a, attention_mask=b, **kwargs), ids, mask)
+            guard = LogitsProcessorList([avoid_first_tokens(width, [avoid_first[i] for i in batch])]
+                                        if avoid_first and any(avoid_first[i] is not None for i in batch) else [])
+            out = self._run(lambda m, a, b: m.generate(input_ids=a, attention_mask=b, logits_processor=guard,
+                                                       **kwargs), ids, mask)
             for i, row in zip(batch, out[:, width:].cpu(), strict=True):
                 replies[i] = tok.decode(row, skip_special_tokens=True)
             if on_batch:

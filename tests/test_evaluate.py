@@ -132,3 +132,17 @@ def test_preference_log_likelihood_is_exact_and_the_base_has_zero_margin(cfg, db
     margin = 0.1 * ((pair["candidate"]["chosen_logprob"] - pair["incumbent"]["chosen_logprob"])
                     - (pair["candidate"]["rejected_logprob"] - pair["incumbent"]["rejected_logprob"]))
     assert ev["candidate"]["preference"]["reward_margin"] == pytest.approx(margin, abs=1e-2)
+
+
+def test_a_forbidden_first_token_is_avoided_the_same_way_streamed_and_batched(served):
+    msgs = [[{"role": "system", "content": "You are a helpful personal assistant."},
+             {"role": "user", "content": q}] for q in ("Remind me of my dog's name.", "What is two plus two?")]
+    free = [served.generate(m, max_new_tokens=4) for m in msgs]
+    first = [served.tokenizer(g.text, add_special_tokens=False)["input_ids"][0] for g in free]
+    # forbid the first prompt's greedy first token, leave the second free
+    guarded = served.generate(msgs[0], max_new_tokens=4, avoid_first=first[0])
+    assert served.tokenizer(guarded.text, add_special_tokens=False)["input_ids"][0] != first[0]
+    scorer = Scorer(served, max_new_tokens=4)
+    scorer.select(None)
+    assert scorer.generate(msgs, avoid_first=[first[0], None]) == [guarded.text, free[1].text]
+    assert scorer.generate(msgs) == [g.text for g in free]

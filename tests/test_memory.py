@@ -175,12 +175,15 @@ def test_start_turn_adds_the_recalled_correction_and_logs_it(runtime):
     assert [r["feedback_id"] for r in turn.recalled] == [fid]
     assert "Your dog is called Biscuit." in turn.messages[0]["content"]
     assert turn.messages[0]["content"].startswith(runtime.chat.system_prompt())
+    # with notes in the prompt the reply may not open by echoing the question's first word
+    assert turn.avoid_first == runtime.model.first_token("What") is not None
     list(runtime.chat.pieces(turn, source="test", max_new_tokens=2))
     assert json.loads(conversations.get_turn(runtime.db, turn.turn_id)["recalled_json"]) == [fid]
     off = runtime.chat.start_turn("What is the name of my dog, again?", recall=False)
-    assert off.recalled == [] and "Biscuit" not in off.messages[0]["content"]
+    assert off.recalled == [] and "Biscuit" not in off.messages[0]["content"] and off.avoid_first is None
     unrelated = runtime.chat.start_turn("How many days are in a week?")
     assert unrelated.recalled == [] and unrelated.messages[0]["content"] == runtime.chat.system_prompt()
+    assert unrelated.avoid_first is None
 
 
 def test_real_embedding_model_recalls_a_paraphrase_and_nothing_unrelated(cfg, db):
