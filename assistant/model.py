@@ -313,7 +313,12 @@ class ServedModel:
         released only when generation ends, so concurrent requests queue and a swap never
         happens mid-reply. (The lock is not held across `yield`: servers resume generators
         on arbitrary threads.) Closing the generator early stops generation."""
-        from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+        from transformers import (
+            LogitsProcessorList,
+            StoppingCriteria,
+            StoppingCriteriaList,
+            TextIteratorStreamer,
+        )
 
         result = result if result is not None else Generation()
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)

@@ -307,7 +307,7 @@ def cached_generate(model, prompts: list[tuple[list[dict], int | None]], cache: 
     keys = [json.dumps(m if a is None else [m, a], ensure_ascii=False) for m, a in prompts]
     todo = [k for k in dict.fromkeys(keys) if k not in store]
     if todo:
-        what = dict(zip(keys, prompts))
+        what = dict(zip(keys, prompts, strict=True))
         store.update(zip(todo, generate_batch(model, [what[k][0] for k in todo], [what[k][1] for k in todo]),
                          strict=True))
         if cache:
