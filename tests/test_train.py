@@ -178,3 +178,27 @@ def test_training_with_the_anchor_writes_a_candidate(tiny_model_path, tmp_path, 
     meta = json.loads((train_candidate(job) / "meta.json").read_text())
     assert meta["stats"]["sft_rows"]["anchor"] > 0 and "self_replay" not in meta["stats"]["sft_rows"]
     assert meta["stats"]["sft"]["anchor_rows"] == meta["stats"]["sft_rows"]["anchor"]
+
+
+def test_sft_loss_is_trls_loss_on_the_answer_only(tiny_model_path, tmp_path):
+    """The trainer's plain causal-LM loss (faster on CPU) equals TRL's own loss on the same batch,
+    and the prompt tokens carry no loss."""
+    from trl import SFTTrainer
+
+    from learning.train import build_sft_trainer, load_trainable
+
+    job = _job(tiny_model_path, tmp_path / "adapters")
+    model, tok, device = load_trainable(job)
+    trainer = build_sft_trainer(model, tok, job.sft_rows, job, device, tmp_path / "work", [])
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    labels = batch["labels"]
+    assert (labels == -100).any(dim=1).all() and (labels != -100).any(dim=1).all()
+    first_answer = (labels != -100).int().argmax(dim=1)
+    prompt_len = [len(tok.apply_chat_template(r["messages"][:-1], add_generation_prompt=True,
+                                              return_dict=True)["input_ids"]) for r in job.sft_rows]
+    assert sorted(first_answer.tolist()) == sorted(prompt_len)
+    model.train()
+    with torch.no_grad():
+        ours = trainer.compute_loss(model, dict(batch))
+        trls = SFTTrainer.compute_loss(trainer, model, dict(batch))
+    assert torch.allclose(ours, trls, atol=1e-5), (ours, trls)
