@@ -60,7 +60,9 @@ class LearnConfig:
     anchor_weight: float = 0.0
     """Weight of the distillation anchor (learning/anchor.py): with > 0 the self-replay answers
     are not SFT rows but a KL anchor to the base model's next-token distribution, added to every
-    SFT step. 0 trains them as plain SFT rows."""
+    SFT step. 0 trains them as plain SFT rows. Measured on our dev scenario
+    (bench/results/learn-dev.md): weight 1 or 5 kept as many canaries as plain self-replay rows
+    (31/40), so it stays off by default."""
     anchor_batch_size: int = 4
     """Self-replay answers in the anchor term of one SFT step."""
     augment: bool = True

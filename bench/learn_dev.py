@@ -1,0 +1,98 @@
+"""Tuning the learner on OUR dev scenario (bench/teach_dev.jsonl), never on the judged one.
+
+One cycle per call, gate included, from the same prepared home (the dev corrections fed through
+the API once, `--prepare`), with LearnConfig overrides; the gate's canary verdict and the dev
+probes (weights alone) are appended to bench/results/learn-dev.jsonl and the table
+bench/results/learn-dev.md is rewritten from all rows.
+
+    python bench/learn_dev.py --prepare                      # once: fresh home, corrections fed
+    python bench/learn_dev.py NAME [FIELD=VALUE ...]         # e.g. anchor1 anchor_weight=1.0
+"""
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchkit import RESULTS, ROOT  # noqa: F401 - sets the environment up first
+
+# isort: split
+
+from learning import learner, probes  # noqa: E402
+from learning.config import LearnConfig  # noqa: E402
+
+DEV = ROOT / "bench" / "teach_dev.jsonl"
+PREPARED = Path(tempfile.gettempdir()) / "learn-dev-home"
+OUT = RESULTS / "learn-dev"
+
+
+def prepare() -> None:
+    from learn import feed_corrections
+
+    from assistant.config import Config
+    from assistant.runtime import Runtime
+
+    shutil.rmtree(PREPARED, ignore_errors=True)
+    runtime = Runtime.create(Config(home=PREPARED, model="embedded"), with_memory=False)
+    seconds = feed_corrections(runtime, probes.corrections(probes.load_scenario(DEV)), max_tokens=64)
+    print(f"prepared {PREPARED} in {seconds:.0f} s")
+
+
+def run(name: str, overrides: dict) -> dict:
+    from assistant.config import Config
+    from assistant.runtime import Runtime
+    from store import adapters
+
+    home = Path(tempfile.mkdtemp(prefix=f"learn-dev-{name}-"))
+    shutil.copytree(PREPARED, home, dirs_exist_ok=True)
+    cfg = Config(home=home, model="embedded")
+    runtime = Runtime.create(cfg, with_memory=False)
+    t0 = time.perf_counter()
+    result = learner.run_cycle(cfg, LearnConfig(**overrides))
+    row = adapters.get_adapter(runtime.db, result["version"])
+    scored = probes.score_probes(runtime.model, probes.load_scenario(DEV), version=row["version"], path=row["path"])
+    shutil.rmtree(home, ignore_errors=True)
+    return {"name": name, "set": overrides, "date": time.strftime("%Y-%m-%d %H:%M"),
+            "cycle_s": round(time.perf_counter() - t0), "reasons": result.get("reasons"),
+            "summary": scored["summary"]}
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["# Tuning the learner on our dev scenario (bench/teach_dev.jsonl)", "",
+             "`python bench/learn_dev.py NAME FIELD=VALUE...`: one cycle (gate included) from the same fed "
+             "home; the gate's verdicts, then the dev probes with the candidate alone (recall off). Base model: "
+             "re-asks 0/16, paraphrases 0/48, style 0/4, controls 15/20; canaries 40/40.", "",
+             "| run | overrides | gate | dev probes (weights alone) | cycle s |", "|---|---|---|---|---|"]
+    for r in rows:
+        s = r["summary"]
+        lines.append(f"| {r['name']} | `{json.dumps(r['set'])}` | {'; '.join(r['reasons'] or [])} | "
+                     + " ".join(f"{f} {s[f]['passed']}/{s[f]['total']}" for f in probes.FAMILIES)
+                     + f" | {r['cycle_s']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--prepare", action="store_true")
+    p.add_argument("name", nargs="?")
+    p.add_argument("overrides", nargs="*", metavar="FIELD=VALUE")
+    args = p.parse_args(argv)
+    if args.prepare:
+        prepare()
+        return 0
+    if not args.name or not PREPARED.exists():
+        p.error("give a run NAME, after --prepare")
+    row = run(args.name, {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.overrides)})
+    log = OUT.with_suffix(".jsonl")
+    with log.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    OUT.with_suffix(".md").write_text(markdown(rows))
+    print(markdown(rows[-1:]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
