@@ -49,10 +49,11 @@ class Turn:
 
 
 class ChatService:
-    def __init__(self, cfg: Config, model: ServedModel, memory: Recaller | None = None):
+    def __init__(self, cfg: Config, model: ServedModel, memory: Recaller | None = None, scope=None):
         self.cfg = cfg
         self.model = model
         self.memory = memory
+        self.scope = scope  # assistant.scope.AdapterScope: which prompts the adapter answers
         self._local = threading.local()
         self._bad_versions: dict[int, str] = {}  # adapter versions that failed to load, with why
 
@@ -125,6 +126,19 @@ class ChatService:
             return self.model.current, None
         return version, row["path"]
 
+    def route(self, version: int | None, path: str | None, user_message: str) -> tuple[int | None, str | None]:
+        """The adapter answers only prompts within its scope; the base weights answer the rest
+        (assistant/scope.py). Without a scope, or when it cannot be computed, the adapter answers."""
+        if version is None or self.scope is None:
+            return version, path
+        path = path or (adapters.get_adapter(self.db, version) or {}).get("path")
+        try:
+            inside = path is None or self.scope.covers(path, user_message)
+        except Exception as e:  # noqa: BLE001 - a missing embedding model must not stop the chat
+            log.warning("adapter scope unavailable (%s): v%s answers every prompt", e, version)
+            return version, path
+        return (version, path) if inside else (None, None)
+
     def watch_adapters(self, interval_s: float = 0.1):
         """Preload each newly activated adapter in the background, so the first request after
         a promotion does not pay the disk read (the switch itself still happens per request,
@@ -176,7 +190,7 @@ class ChatService:
         """Stream the reply and log the turn when the stream ends (also if the client leaves)."""
         max_new_tokens = max_new_tokens or self.cfg.default_max_new_tokens
         temperature = self.cfg.default_temperature if temperature is None else temperature
-        version, path = self.serving_adapter()
+        version, path = self.route(*self.serving_adapter(), turn.user_message)
         try:
             yield from self.model.stream(turn.messages, max_new_tokens=max_new_tokens,
                                          temperature=temperature, version=version,

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from assistant.chat import ChatService
 from assistant.config import Config
 from assistant.model import ServedModel, resolve_model
+from assistant.scope import AdapterScope
 from store import feedback, open_db
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,9 @@ class Runtime:
             model = ServedModel(resolve_model(cfg.model, cfg.models_dir))
         if memory is None and with_memory:
             memory = _open_memory(cfg)
-        return cls(cfg=cfg, model=model, chat=ChatService(cfg, model, memory), memory=memory)
+        # the embedding model is loaded on the first prompt that meets a scoped adapter
+        scope = AdapterScope(memory.embedder if memory is not None else _embedder())
+        return cls(cfg=cfg, model=model, chat=ChatService(cfg, model, memory, scope), memory=memory)
 
     @property
     def db(self):
@@ -39,6 +42,12 @@ class Runtime:
         if kind == "correction" and self.memory is not None:
             self.memory.sync(self.db)
         return fid
+
+
+def _embedder():
+    from assistant.memory import MiniLMEmbedder
+
+    return MiniLMEmbedder()
 
 
 def _open_memory(cfg: Config):

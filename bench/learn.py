@@ -150,7 +150,8 @@ def main(argv=None) -> int:
     bare = {"tokens_per_s": float("nan")} if args.no_speed else bare_lora_loop(cfg, lcfg)
     trl_tps = meta["stats"]["sft"]["tokens_per_s"]
     scores = {"base": probes.score_probes(runtime.model, items),
-              "candidate": probes.score_probes(runtime.model, items, version=row["version"], path=row["path"])}
+              "candidate": probes.score_probes(runtime.model, items, version=row["version"], path=row["path"],
+                                               scope=runtime.chat.scope)}
     run = {
         "command": "python bench/learn.py" + (" --with-gate" if args.with_gate else ""),
         "date": time.strftime("%Y-%m-%d %H:%M"), "model": args.model, "scenario": args.scenario,

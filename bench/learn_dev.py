@@ -52,7 +52,8 @@ def run(name: str, overrides: dict) -> dict:
     t0 = time.perf_counter()
     result = learner.run_cycle(cfg, LearnConfig(**overrides))
     row = adapters.get_adapter(runtime.db, result["version"])
-    scored = probes.score_probes(runtime.model, probes.load_scenario(DEV), version=row["version"], path=row["path"])
+    scored = probes.score_probes(runtime.model, probes.load_scenario(DEV), version=row["version"], path=row["path"],
+                                 scope=runtime.chat.scope)
     shutil.rmtree(home, ignore_errors=True)
     return {"name": name, "set": overrides, "date": time.strftime("%Y-%m-%d %H:%M"),
             "cycle_s": round(time.perf_counter() - t0), "reasons": result.get("reasons"),

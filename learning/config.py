@@ -65,6 +65,12 @@ class LearnConfig:
     (31/40), so it stays off by default."""
     anchor_batch_size: int = 4
     """Self-replay answers in the anchor term of one SFT step."""
+    scope_threshold: float | None = 0.5
+    """Scoped adapters (assistant/scope.py): the adapter answers only prompts whose embedding
+    similarity to a prompt it was trained on (its own or an ancestor's) reaches this value; every
+    other prompt is answered by the base weights, untouched by training. None: the adapter
+    answers everything. 0.5 is recall's threshold, chosen on bench/recall_dev.jsonl for the same
+    question (is this prompt about a corrected one?)."""
     augment: bool = True
     """Add generic rewrites of each corrected prompt (templates, casing, contractions)."""
     max_history_messages: int = 2
@@ -114,6 +120,9 @@ class LearnConfig:
         for name in ("sft_lr", "dpo_lr", "dpo_beta"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive (got {getattr(self, name)})")
+        if self.scope_threshold is not None and not -1 <= self.scope_threshold <= 1:
+            problems.append(f"scope_threshold must be a cosine similarity in [-1, 1] or None "
+                            f"(got {self.scope_threshold})")
         if self.anchor_weight < 0 or self.anchor_batch_size < 1:
             problems.append(f"anchor_weight must be >= 0 and anchor_batch_size >= 1 "
                             f"(got {self.anchor_weight}, {self.anchor_batch_size})")

@@ -207,17 +207,24 @@ def _preference(side: dict, pairs: list[dict], base: dict | None) -> dict:
 
 def evaluate(cfg, db, candidate_version: int, incumbent_version: int | None,
              taught_feedback_ids: list[str], progress: Callable[[float], None] | None = None,
-             model=None, *, max_new_tokens: int = MAX_NEW_TOKENS) -> dict:
+             model=None, *, max_new_tokens: int = MAX_NEW_TOKENS, scope=None) -> dict:
     """Score candidate and incumbent (None: base) on the same items; see the module docstring.
 
     `progress(fraction)` is called after every batch with the share of work done (0..1).
-    `model` is a ServedModel to reuse (its adapters are switched); by default one is loaded."""
+    `model` is a ServedModel to reuse (its adapters are switched); by default one is loaded.
+    `scope` (assistant.scope.AdapterScope) routes each prompt as the chat would: a scoped
+    adapter is judged on what it would really answer; by default one with MiniLM."""
     start = time.perf_counter()
     if model is None:
         from assistant.model import ServedModel, resolve_model
 
         model = ServedModel(resolve_model(cfg.model, cfg.models_dir))
-    scorer = Scorer(model, max_new_tokens=max_new_tokens)
+    if scope is None:
+        from assistant.memory import MiniLMEmbedder
+        from assistant.scope import AdapterScope
+
+        scope = AdapterScope(MiniLMEmbedder())  # loaded only if an adapter has a scope
+    scorer = Scorer(model, max_new_tokens=max_new_tokens, scope=scope)
     system = get_setting(db, "system_prompt", DEFAULT_SYSTEM_PROMPT)
     items = taught_items(db, taught_feedback_ids) + retention_items(db, taught_feedback_ids)
     items += [{"kind": "canary", **c} for c in load_canaries()]

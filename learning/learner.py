@@ -137,6 +137,17 @@ def _gate():
     return evaluate, decide, load_gate_config
 
 
+def _scope(embedder):
+    """How the chat routes prompts to a scoped adapter (assistant/scope.py), for evaluation."""
+    from assistant.scope import AdapterScope
+
+    if embedder is None:
+        from assistant.memory import MiniLMEmbedder
+
+        embedder = MiniLMEmbedder()
+    return AdapterScope(embedder)
+
+
 def run_cycle(cfg, learn_cfg: LearnConfig | None = None, force: bool = False,
               progress: Callable[[dict], None] | None = None, job_id: str | None = None,
               embedder=None) -> dict:
@@ -197,7 +208,8 @@ def run_cycle(cfg, learn_cfg: LearnConfig | None = None, force: bool = False,
                 return _finish(db, job_id, "succeeded", result)
             evaluate, decide, gate_config = gate
             track.stage("evaluating")
-            ev = evaluate(cfg, db, version, parent and parent["version"], new_ids, progress=track.evaluation)
+            ev = evaluate(cfg, db, version, parent and parent["version"], new_ids, progress=track.evaluation,
+                          scope=_scope(embedder))
             track.stage("gate")
             decision = decide(ev["candidate"], ev["incumbent"], gate_config(db))
             adapters.set_metrics(db, version, ev["candidate"])

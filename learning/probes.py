@@ -54,9 +54,10 @@ def probe_list(items: list[dict]) -> list[dict]:
 
 def score_probes(served, items: list[dict], version: int | None = None, path=None,
                  system_prompt: str = DEFAULT_SYSTEM_PROMPT, max_new_tokens: int = 32,
-                 batch_size: int = 16) -> dict:
-    """Greedy replies for every probe under adapter `version` (None: base model alone)."""
-    scorer = Scorer(served, batch_size=batch_size, max_new_tokens=max_new_tokens)
+                 batch_size: int = 16, scope=None) -> dict:
+    """Greedy replies for every probe under adapter `version` (None: base model alone), each
+    routed through `scope` (assistant/scope.py) as the chat would route it."""
+    scorer = Scorer(served, batch_size=batch_size, max_new_tokens=max_new_tokens, scope=scope)
     scorer.select(version, path)
     probes = probe_list(items)
     replies = scorer.generate([[{"role": "system", "content": system_prompt},

@@ -4,7 +4,9 @@ Contract: `Scorer(served)` scores under the adapter chosen with `select(version,
 (None: base alone). Adapters are switched in place with peft; the base weights are never
 reloaded. `generate(conversations)` returns each conversation's greedy reply (left padding,
 prompts sorted by length so a batch wastes little padding); `logprobs(prompts, completions)`
-returns (sum of log-probs, token count) of each completion after its prompt.
+returns (sum of log-probs, token count) of each completion after its prompt. With a `scope`
+(assistant/scope.py), `generate` answers prompts outside the selected adapter's scope with the
+base weights, exactly as the chat does; log-likelihoods are always the selected adapter's.
 
 The served model's lock is taken per batch and the adapter re-selected inside it, so a
 server sharing the model keeps answering between batches and never sees a half-switched
@@ -22,8 +24,9 @@ def _chunks(seq: list, size: int) -> Iterable[list]:
 
 class Scorer:
     def __init__(self, served, batch_size: int = 16, max_new_tokens: int = 32,
-                 max_completion_tokens: int = 160):
+                 max_completion_tokens: int = 160, scope=None):
         self.served = served
+        self.scope = scope  # assistant.scope.AdapterScope: route prompts as the chat does
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.max_completion_tokens = max_completion_tokens
@@ -51,6 +54,32 @@ class Scorer:
                  avoid_first: list[int | None] | None = None) -> list[str]:
         """Greedy replies; `avoid_first[i]`: a token reply i may not start with (what a chat turn
         with recall does, `Turn.avoid_first`)."""
+        if self.scope is not None and self.version is not None and self.path is not None:
+            inside = [self.scope.covers(self.path, next(m["content"] for m in reversed(c) if m["role"] == "user"))
+                      for c in conversations]
+            if not all(inside):
+                return self._routed(conversations, inside, on_batch, avoid_first)
+        return self._generate(conversations, on_batch, avoid_first)
+
+    def _routed(self, conversations, inside: list[bool], on_batch, avoid_first) -> list[str]:
+        """Prompts inside the adapter's scope under the adapter, the rest under the base weights."""
+        replies: list[str] = [""] * len(conversations)
+        selected = self.version, self.path
+        for want in (True, False):
+            idx = [i for i, x in enumerate(inside) if x == want]
+            if not idx:
+                continue
+            self.version, self.path = selected if want else (None, None)
+            try:
+                out = self._generate([conversations[i] for i in idx], on_batch,
+                                     [avoid_first[i] for i in idx] if avoid_first else None)
+            finally:
+                self.version, self.path = selected
+            for i, r in zip(idx, out, strict=True):
+                replies[i] = r
+        return replies
+
+    def _generate(self, conversations, on_batch, avoid_first) -> list[str]:
         from transformers import LogitsProcessorList
 
         from assistant.model import avoid_first_tokens

@@ -271,7 +271,8 @@ def train_candidate(job: TrainJob) -> Path:
             "config": job.lcfg.to_dict(), "feedback_ids": sorted(set(job.feedback_ids)),
             "data_hash": job.data_hash, "package_version": _package_version(), "device": device,
             "torch": torch.__version__, "timings": timings, "losses": losses, "stats": stats,
-            "rows": {"sft": len(job.sft_rows), "pairs": len(job.pairs)}, **job.extra_meta,
+            "rows": {"sft": len(job.sft_rows), "pairs": len(job.pairs)}, "scope": adapter_scope(job, sft_rows),
+            **job.extra_meta,
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         _fsync_dir(tmp)
@@ -281,6 +282,20 @@ def train_candidate(job: TrainJob) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def adapter_scope(job: TrainJob, sft_rows: list[dict]) -> dict | None:
+    """The prompts this version answers (assistant/scope.py): its parent's scope and the user
+    prompts of everything it was trained on, except the self-replay rows (generic prompts kept
+    on the base weights). None when `scope_threshold` is None: the adapter answers everything."""
+    from assistant.scope import read_scope, scope_prompts
+
+    if job.lcfg.scope_threshold is None:
+        return None
+    parent = read_scope(job.parent_path) if job.parent_path else None
+    own = scope_prompts([r for r in sft_rows if r.get("source") != "self-replay"] + list(job.pairs))
+    prompts = list(dict.fromkeys([*(parent["prompts"] if parent else []), *own]))
+    return {"threshold": job.lcfg.scope_threshold, "prompts": prompts}
 
 
 def clean_stale_dirs(adapters_dir: Path, registered: set[str]) -> list[str]:

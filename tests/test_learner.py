@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from learning import control, learner
+from learning.augment import replay_prompts
 from learning.config import SETTINGS_KEY, LearnConfig
 from store import adapters, feedback, jobs
 from store.settings import set_setting
@@ -34,7 +35,8 @@ def no_gate(monkeypatch):
 
 
 def fake_gate(passed):
-    def evaluate(cfg, db, cand, inc, taught, progress=None):
+    def evaluate(cfg, db, cand, inc, taught, progress=None, scope=None):
+        assert scope is not None  # the gate judges what the chat would really answer
         progress(1.0)
         return {"candidate": {"taught": len(taught)}, "incumbent": {"taught": 0}, "items": []}
 
@@ -71,6 +73,12 @@ def test_gate_pass_promotes_and_next_cycle_continues(cfg, db, monkeypatch):
     v2 = adapters.get_adapter(db, 2)
     assert r2["parent_version"] == 1 and v2["meta"]["parent_version"] == 1
     assert v2["meta"]["replayed_rows"] >= 1 and len(adapters.lineage_feedback(db, 2)) == 1
+    # each version's scope: what it was trained on and everything its parent answered
+    v1_scope = adapters.get_adapter(db, 1)["meta"]["scope"]["prompts"]
+    assert "What is fact 0?" in v1_scope and "What is fact 5?" not in v1_scope
+    assert not set(replay_prompts(TINY["self_replay"])) & set(v1_scope)  # generic prompts stay on the base
+    assert set(v1_scope) | {"What is fact 5?"} <= set(v2["meta"]["scope"]["prompts"])
+    assert v2["meta"]["scope"]["threshold"] == LearnConfig().scope_threshold
     assert adapters.get_adapter(db, 1)["status"] == "retired"
 
 

@@ -1,0 +1,78 @@
+"""Scoped adapters: an adapter answers only the prompts it was trained for.
+
+Why: fine-tuning the shared weights of the 135M model to learn a user's corrections also tips
+over general knowledge it holds by a thin margin (bench/results/learn-dev.md: every setting
+that learned lost 8-13 of 40 canaries; even 9 steps that taught nothing lost 5). So, as in
+retrieval-routed model editing (GRACE, WISE), each adapter version records its scope, the user
+prompts it was trained on (its ancestors' included, `meta.json` "scope"), and a prompt is
+answered with the adapter only when its MiniLM embedding is within the scope's threshold of one
+of them; every other prompt is answered by the base weights, exactly as before any training.
+The answer itself still comes from the adapter's weights: nothing is put into the prompt.
+The price: a habit taught by style corrections reaches only prompts near the corrected ones.
+
+Contract: `AdapterScope(embedder).covers(path, text)` -> bool; an adapter directory without
+a scope (older versions, hand-made adapters, `scope_threshold` None) covers every prompt.
+Scopes are read once per directory (versions never change after they are written).
+"""
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+
+
+def scope_prompts(rows: list[dict]) -> list[str]:
+    """The last user message of each training row (SFT rows and preference pairs)."""
+    out = []
+    for r in rows:
+        messages = r.get("messages") or r.get("prompt") or []
+        users = [m["content"] for m in messages if m.get("role") == "user"]
+        if users:
+            out.append(users[-1])
+    return out
+
+
+def read_scope(path) -> dict | None:
+    """`{"threshold", "prompts"}` from an adapter directory's meta.json, or None (no scope)."""
+    try:
+        meta = json.loads((Path(path) / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    scope = meta.get("scope") if isinstance(meta, dict) else None
+    if not scope or scope.get("threshold") is None or not scope.get("prompts"):
+        return None
+    return scope
+
+
+class AdapterScope:
+    def __init__(self, embedder):
+        self.embedder = embedder
+        self._lock = threading.Lock()
+        self._cache: dict[str, tuple[float, np.ndarray] | None] = {}
+
+    def _scope(self, path) -> tuple[float, np.ndarray] | None:
+        key = str(path)
+        with self._lock:
+            if key not in self._cache:
+                scope = read_scope(path)
+                self._cache[key] = None if scope is None else (
+                    float(scope["threshold"]), _unit(self.embedder.encode(scope["prompts"])))
+            return self._cache[key]
+
+    def similarity(self, path, text: str) -> float | None:
+        """Best cosine similarity of `text` to the scope of the adapter at `path` (None: no scope)."""
+        scope = self._scope(path)
+        if scope is None:
+            return None
+        return float((scope[1] @ _unit(self.embedder.encode([text]))[0]).max())
+
+    def covers(self, path, text: str) -> bool:
+        scope = self._scope(path)
+        if scope is None:
+            return True
+        return self.similarity(path, text) >= scope[0]
+
+
+def _unit(x) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)

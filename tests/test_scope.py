@@ -1,0 +1,77 @@
+"""Scoped adapters: the adapter answers the prompts it was trained for, the base weights the rest,
+in the chat and in evaluation alike (assistant/scope.py)."""
+import json
+
+import pytest
+
+from assistant.chat import ChatService
+from assistant.scope import AdapterScope, read_scope
+from learning.scoring import Scorer
+from store import adapters, conversations
+from tests.lora import make_adapter, register
+from tests.test_memory import HashEmbedder as Embedder
+
+TAUGHT = "What is the name of my dog?"
+
+
+def scoped(path, prompts, threshold=0.5):
+    meta = path / "meta.json"
+    data = json.loads(meta.read_text()) if meta.exists() else {}
+    meta.write_text(json.dumps({**data, "scope": {"threshold": threshold, "prompts": prompts}}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def lora(tiny_model_path, tmp_path_factory):
+    return make_adapter(tiny_model_path, tmp_path_factory.mktemp("scoped") / "v1", seed=1)
+
+
+def test_a_scope_covers_its_prompts_and_their_neighbours_only(tmp_path):
+    scope = AdapterScope(Embedder())
+    path = scoped(tmp_path, [TAUGHT, "Where do I work?"])
+    assert scope.covers(path, TAUGHT) and scope.covers(path, "what is the name of my dog, again?")
+    assert not scope.covers(path, "How many legs does a spider have?")
+    assert scope.similarity(path, TAUGHT) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("meta", [None, "{not json", json.dumps({"scope": None}),
+                                  json.dumps({"scope": {"threshold": None, "prompts": [TAUGHT]}})])
+def test_an_adapter_without_a_readable_scope_answers_everything(tmp_path, meta):
+    if meta is not None:
+        (tmp_path / "meta.json").write_text(meta)
+    assert read_scope(tmp_path) is None
+    assert AdapterScope(Embedder()).covers(tmp_path, "How many legs does a spider have?")
+
+
+def test_the_chat_answers_outside_the_scope_with_the_base_weights(cfg, db, served, lora):
+    scoped(lora, [TAUGHT])
+    register(db, 1, lora)
+    adapters.activate(db, 1)
+    chat = ChatService(cfg, served, scope=AdapterScope(Embedder()))
+    unscoped = ChatService(cfg, served)
+    logged = {}
+    for text in (TAUGHT, "How many legs does a spider have?"):
+        turn = chat.start_turn(text, recall=False)
+        reply = "".join(chat.pieces(turn, source="test", max_new_tokens=6))
+        logged[text] = conversations.get_turn(db, turn.turn_id)["adapter_version"], reply
+    assert logged[TAUGHT][0] == 1 and logged["How many legs does a spider have?"][0] is None
+    # inside: the adapter's reply; outside: exactly the base model's
+    base = served.generate(chat.start_turn("How many legs does a spider have?", recall=False).messages,
+                           max_new_tokens=6, version=None)
+    assert logged["How many legs does a spider have?"][1] == base.text
+    with_adapter = unscoped.start_turn(TAUGHT, recall=False)
+    assert logged[TAUGHT][1] == "".join(unscoped.pieces(with_adapter, source="test", max_new_tokens=6))
+
+
+def test_evaluation_routes_prompts_like_the_chat(served, lora):
+    scoped(lora, [TAUGHT])
+    system = {"role": "system", "content": "You are a helpful personal assistant."}
+    convs = [[system, {"role": "user", "content": q}] for q in (TAUGHT, "How many legs does a spider have?")]
+    routed = Scorer(served, max_new_tokens=6, scope=AdapterScope(Embedder()))
+    routed.select(1, lora)
+    plain = Scorer(served, max_new_tokens=6)
+    plain.select(1, lora)
+    base = Scorer(served, max_new_tokens=6)
+    base.select(None)
+    assert routed.generate(convs) == [plain.generate(convs[:1])[0], base.generate(convs[1:])[0]]
+    assert routed.version == 1  # the selection is restored after routing
