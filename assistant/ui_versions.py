@@ -28,7 +28,7 @@ def _versions():
 
 ISO_TIME = re.compile(r"^(\d{4}-\d\d-\d\d)T(\d\d:\d\d)")
 VERSION_HEADERS = {"created_at": "trained at", "train_s": "training (s)", "n_corrections": "corrections",
-                   "n_votes": "votes", "incumbent_metrics": "incumbent's metrics"}
+                   "n_votes": "votes", "scope": "answers", "incumbent_metrics": "incumbent's metrics"}
 CORRECTION_HEADERS = {"created_at": "corrected at", "feedback_id": "id"}
 
 

@@ -49,6 +49,12 @@ def metrics_line(m: dict | None) -> str:
 
 
 # ---- the table ----------------------------------------------------------------------------
+def _scope_text(scope: dict | None) -> str:
+    if not scope or scope.get("threshold") is None:
+        return "every prompt"
+    return f"{len(scope.get('prompts') or [])} trained prompts (similarity >= {scope['threshold']})"
+
+
 def versions_table(db) -> list[dict]:
     """One row per version, oldest first: status, lineage, what trained it, its numbers beside
     the incumbent's at gate time, and the gate's verdict and reasons in words."""
@@ -62,6 +68,7 @@ def versions_table(db) -> list[dict]:
             "created_at": a["created_at"],
             "train_s": round(sum(v for k, v in timings.items() if k.endswith("_s")), 1) if timings else None,
             "n_corrections": a["n_corrections"], "n_votes": a["n_votes"],
+            "scope": _scope_text((a["meta"] or {}).get("scope")),
             "metrics": metrics_line(evidence.get("candidate") or a["metrics"]),
             "incumbent": None if not last else _name(last["incumbent_version"]),
             "incumbent_metrics": metrics_line(evidence.get("incumbent")),
@@ -188,7 +195,7 @@ def compare(runtime, version_a: int | None, version_b: int | None, prompts: list
     db = runtime.db
     system = runtime.chat.system_prompt()
     conversations = [[{"role": "system", "content": system}, {"role": "user", "content": p}] for p in prompts]
-    scorer = Scorer(runtime.model, max_new_tokens=max_new_tokens)
+    scorer = Scorer(runtime.model, max_new_tokens=max_new_tokens, scope=runtime.chat.scope)  # as the chat routes
     replies = {}
     for v in (version_a, version_b):
         scorer.select(v, None if v is None else adapters.get_adapter(db, v)["path"])

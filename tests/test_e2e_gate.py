@@ -1,6 +1,7 @@
 """End to end on the real embedded model, through a real server on 127.0.0.1: teach two facts
 through the API, run a real learning cycle (TRL), the gate passes it, the server answers with
-the new adapter; roll back and the old answer returns. A poisoned batch (corrections that
+the new adapter (and an unrelated question with the base weights, outside the adapter's scope);
+roll back and the old answer returns. A poisoned batch (corrections that
 contradict general knowledge the canaries check) is trained for real and rejected by the gate.
 
 To stay within a few minutes the cycle is short and the gate uses 10 of the shipped canaries
@@ -68,25 +69,24 @@ def test_teach_learn_gate_serve_rollback(live):
     assert before["adapter_version"] is None and "biscuit" not in before["choices"][0]["message"]["content"].lower()
     teach(client, FACTS)
 
+    unrelated = ask(client, "How many legs does a spider have?")
     result = learner.run_cycle(cfg, SHORT)
-    if result["status"] != "active":
-        # Known shortfall (see README): this short cycle learns the facts but also forgets some
-        # canaries, and the gate rightly refuses it. The user's override path (promote after a
-        # confirmation) still lets us check the live swap and the rollback on the real model.
-        versions.promote(runtime.db, result["version"], force=True)
-
+    # The adapter is scoped to what it was taught (assistant/scope.py): the canaries stay on the
+    # base weights, so the gate judges the facts learned and nothing forgotten.
+    assert result["status"] == "active", result.get("reasons")
     assert adapters.active_version(runtime.db) == result["version"]
     after = ask(client, FACTS[0][0])  # the running server swapped to the new adapter by itself
     assert after["adapter_version"] == result["version"]
     assert "biscuit" in after["choices"][0]["message"]["content"].lower()
     assert versions.correction_states(runtime.db)[0]["state"] == "learned"
+    outside = ask(client, "How many legs does a spider have?")  # outside the scope: the base answers
+    assert outside["adapter_version"] is None
+    assert outside["choices"][0]["message"]["content"] == unrelated["choices"][0]["message"]["content"]
 
     versions.rollback(runtime.db)
     again = ask(client, FACTS[0][0])
     assert again["adapter_version"] is None
     assert again["choices"][0]["message"]["content"] == before["choices"][0]["message"]["content"]
-    if result["status"] != "active":
-        pytest.xfail(f"the gate rejected the short cycle: {result.get('reasons')}")
 
 
 def test_a_poisoned_batch_is_rejected(live):
