@@ -142,7 +142,10 @@ def frac(c: dict) -> str:
 def markdown(run: dict) -> str:
     lines = [f"# Teaching benchmark — {run['stamp']}", "",
              f"Scenario `{run['scenario']}`, model `{run['model']}`, {run['cycles']} cycles. "
-             "`earlier`: facts taught in earlier cycles (retention); `first`: facts of cycle 1.", ""]
+             "`earlier`: facts taught in earlier cycles (retention); `first`: facts of cycle 1. `weights`: "
+             "recall off, so nothing is added to the prompt; the active adapter answers the prompts inside "
+             "its scope (near a prompt it was trained on, assistant/scope.py) and the base weights the rest. "
+             "`recall`: the same with recalled corrections in the prompt.", ""]
     head = "| cycle | mode | active | " + " | ".join(COLUMNS + ("first",)) + " | cycle wall s |"
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
     for row in run["rows"]:
