@@ -51,9 +51,11 @@ class LearnConfig:
     """Token cap of prompt + one answer in a pair (long rejected answers are cut)."""
 
     # ---- data ------------------------------------------------------------------------------
-    replay_fraction: float = 0.3
+    replay_fraction: float = 1.0
     """Size of the replay sample (rows that trained earlier accepted versions) relative to the
-    new SFT rows; 0 disables replay of earlier rows."""
+    new SFT rows; 0 disables replay of earlier rows. 1.0: as many earlier rows as new ones, so
+    every earlier correction while the history is small. With 0.3 a cycle of 9 new corrections
+    replayed 3 of 8 earlier ones, lost 2 of them, and the gate's retention check rejected it."""
     self_replay: int = 24
     """How many of the base model's own greedy answers to generic prompts
     (learning/replay_prompts.jsonl) are mixed into SFT, against forgetting; 0 disables."""
