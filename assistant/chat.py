@@ -140,9 +140,9 @@ class ChatService:
         return (version, path) if inside else (None, None)
 
     def watch_adapters(self, interval_s: float = 0.1):
-        """Preload each newly activated adapter in the background, so the first request after
-        a promotion does not pay the disk read (the switch itself still happens per request,
-        between requests). Returns a function that stops the watcher."""
+        """Preload each newly activated adapter (and embed its scope) in the background, so the
+        first request after a promotion does not pay the disk read (the switch itself still
+        happens per request, between requests). Returns a function that stops the watcher."""
         stop = threading.Event()
 
         def run():
@@ -151,7 +151,9 @@ class ChatService:
                 try:
                     version = adapters.active_version(self.db)
                     if version != seen:
-                        self.serving_adapter()  # loads (once) without switching
+                        _, path = self.serving_adapter()  # loads (once) without switching
+                        if self.scope is not None and path:
+                            self.scope.warm(path)
                         seen = version
                 except Exception:  # noqa: BLE001 - a watcher must outlive a bad poll
                     log.exception("adapter watcher")

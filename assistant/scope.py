@@ -59,6 +59,11 @@ class AdapterScope:
                     float(scope["threshold"]), _unit(self.embedder.encode(scope["prompts"])))
             return self._cache[key]
 
+    def warm(self, path) -> None:
+        """Read and embed the scope of the adapter at `path` now (the server's adapter watcher
+        does this on promotion, so the first request after a swap does not pay for it)."""
+        self._scope(path)
+
     def similarity(self, path, text: str) -> float | None:
         """Best cosine similarity of `text` to the scope of the adapter at `path` (None: no scope)."""
         scope = self._scope(path)

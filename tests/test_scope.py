@@ -75,3 +75,22 @@ def test_evaluation_routes_prompts_like_the_chat(served, lora):
     base.select(None)
     assert routed.generate(convs) == [plain.generate(convs[:1])[0], base.generate(convs[1:])[0]]
     assert routed.version == 1  # the selection is restored after routing
+
+
+def test_the_adapter_watcher_embeds_a_promoted_scope_before_the_first_request(cfg, db, served, lora):
+    import time
+
+    scoped(lora, [TAUGHT, "Where do I work?"])
+    register(db, 1, lora)
+    embedder = Embedder()
+    chat = ChatService(cfg, served, scope=AdapterScope(embedder))
+    stop = chat.watch_adapters(interval_s=0.02)
+    try:
+        adapters.activate(db, 1)
+        deadline = time.monotonic() + 20
+        while embedder.texts < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        stop()
+    assert embedder.texts == 2  # the scope's two prompts, and no request yet
+    assert chat.scope.covers(lora, TAUGHT) and embedder.texts == 3  # a request embeds only its own text
