@@ -105,7 +105,7 @@ def normalise_prompt(text: str) -> str:
     return re.sub(r"\s+", " ", (text or "").strip().lower()).rstrip(" ?!.")
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
+def unit_rows(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     norms = np.linalg.norm(x, axis=-1, keepdims=True)
     return x / np.maximum(norms, 1e-12)
@@ -176,7 +176,7 @@ class Memory:
         if self._matrix is None:
             missing = [r for r in self._eligible if r["id"] not in self._vectors]
             if missing:
-                vecs = _unit(self.embedder.encode([r["user_message"] for r in missing]))
+                vecs = unit_rows(self.embedder.encode([r["user_message"] for r in missing]))
                 self._vectors.update({r["id"]: v for r, v in zip(missing, vecs, strict=True)})
             rows = [self._vectors[r["id"]] for r in self._eligible]
             self._matrix = np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
@@ -219,7 +219,7 @@ class Memory:
             matrix = self._ensure_matrix()
             if not len(matrix) or k <= 0:
                 return []
-            query = _unit(self.embedder.encode([text]))[0]
+            query = unit_rows(self.embedder.encode([text]))[0]
             scores = matrix @ query
             top = np.argsort(-scores)[:k] if len(scores) <= k else \
                 np.argpartition(-scores, k - 1)[:k]

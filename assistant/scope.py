@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from assistant.memory import unit_rows
+
 
 def scope_prompts(rows: list[dict]) -> list[str]:
     """The last user message of each training row (SFT rows and preference pairs)."""
@@ -56,7 +58,7 @@ class AdapterScope:
             if key not in self._cache:
                 scope = read_scope(path)
                 self._cache[key] = None if scope is None else (
-                    float(scope["threshold"]), _unit(self.embedder.encode(scope["prompts"])))
+                    float(scope["threshold"]), unit_rows(self.embedder.encode(scope["prompts"])))
             return self._cache[key]
 
     def warm(self, path) -> None:
@@ -67,17 +69,12 @@ class AdapterScope:
     def similarity(self, path, text: str) -> float | None:
         """Best cosine similarity of `text` to the scope of the adapter at `path` (None: no scope)."""
         scope = self._scope(path)
-        if scope is None:
-            return None
-        return float((scope[1] @ _unit(self.embedder.encode([text]))[0]).max())
+        return None if scope is None else self._best(scope[1], text)
 
     def covers(self, path, text: str) -> bool:
         scope = self._scope(path)
-        if scope is None:
-            return True
-        return self.similarity(path, text) >= scope[0]
+        return scope is None or self._best(scope[1], text) >= scope[0]
 
+    def _best(self, matrix: np.ndarray, text: str) -> float:
+        return float((matrix @ unit_rows(self.embedder.encode([text]))[0]).max())
 
-def _unit(x) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
