@@ -28,7 +28,7 @@ class Runtime:
         if memory is None and with_memory:
             memory = _open_memory(cfg)
         # the embedding model is loaded on the first prompt that meets a scoped adapter
-        scope = AdapterScope(memory.embedder if memory is not None else _embedder())
+        scope = AdapterScope(memory.embedder if memory is not None else None)
         return cls(cfg=cfg, model=model, chat=ChatService(cfg, model, memory, scope), memory=memory)
 
     @property
@@ -42,12 +42,6 @@ class Runtime:
         if kind == "correction" and self.memory is not None:
             self.memory.sync(self.db)
         return fid
-
-
-def _embedder():
-    from assistant.memory import MiniLMEmbedder
-
-    return MiniLMEmbedder()
 
 
 def _open_memory(cfg: Config):

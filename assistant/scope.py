@@ -47,7 +47,13 @@ def read_scope(path) -> dict | None:
 
 
 class AdapterScope:
-    def __init__(self, embedder):
+    def __init__(self, embedder=None):
+        """`embedder`: anything with `encode(texts)`; None: all-MiniLM-L6-v2, loaded only when
+        an adapter with a scope is first met."""
+        if embedder is None:
+            from assistant.memory import MiniLMEmbedder
+
+            embedder = MiniLMEmbedder()
         self.embedder = embedder
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[float, np.ndarray] | None] = {}

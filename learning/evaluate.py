@@ -220,10 +220,9 @@ def evaluate(cfg, db, candidate_version: int, incumbent_version: int | None,
 
         model = ServedModel(resolve_model(cfg.model, cfg.models_dir))
     if scope is None:
-        from assistant.memory import MiniLMEmbedder
         from assistant.scope import AdapterScope
 
-        scope = AdapterScope(MiniLMEmbedder())  # loaded only if an adapter has a scope
+        scope = AdapterScope()
     scorer = Scorer(model, max_new_tokens=max_new_tokens, scope=scope)
     system = get_setting(db, "system_prompt", DEFAULT_SYSTEM_PROMPT)
     items = taught_items(db, taught_feedback_ids) + retention_items(db, taught_feedback_ids)

@@ -137,17 +137,6 @@ def _gate():
     return evaluate, decide, load_gate_config
 
 
-def _scope(embedder):
-    """How the chat routes prompts to a scoped adapter (assistant/scope.py), for evaluation."""
-    from assistant.scope import AdapterScope
-
-    if embedder is None:
-        from assistant.memory import MiniLMEmbedder
-
-        embedder = MiniLMEmbedder()
-    return AdapterScope(embedder)
-
-
 def run_cycle(cfg, learn_cfg: LearnConfig | None = None, force: bool = False,
               progress: Callable[[dict], None] | None = None, job_id: str | None = None,
               embedder=None) -> dict:
@@ -155,6 +144,7 @@ def run_cycle(cfg, learn_cfg: LearnConfig | None = None, force: bool = False,
     another cycle runs, Cancelled if cancelled, any training error after recording it."""
     from assistant.config import DEFAULT_SYSTEM_PROMPT
     from assistant.model import resolve_model
+    from assistant.scope import AdapterScope
     from store.settings import get_setting
 
     db = open_db(cfg.db_path)
@@ -209,7 +199,7 @@ def run_cycle(cfg, learn_cfg: LearnConfig | None = None, force: bool = False,
             evaluate, decide, gate_config = gate
             track.stage("evaluating")
             ev = evaluate(cfg, db, version, parent and parent["version"], new_ids, progress=track.evaluation,
-                          scope=_scope(embedder))
+                          scope=AdapterScope(embedder))
             track.stage("gate")
             decision = decide(ev["candidate"], ev["incumbent"], gate_config(db))
             adapters.set_metrics(db, version, ev["candidate"])
