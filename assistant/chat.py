@@ -10,7 +10,7 @@ from typing import Iterator, Protocol
 
 from assistant.config import DEFAULT_SYSTEM_PROMPT, Config
 from assistant.errors import AdapterLoadError, EmptyMessage
-from assistant.model import Generation, ServedModel
+from assistant.model import Generation, ServedModel, key_version
 from store import adapters, conversations, feedback, open_db
 from store.ids import new_id
 from store.settings import get_setting
@@ -116,28 +116,28 @@ class ChatService:
             return None, None
         version = row["version"]
         if version in self._bad_versions:
-            return self.model.current, None
+            return key_version(self.model.current), None
         try:
             self.model.load_adapter(version, row["path"])
         except AdapterLoadError as e:
             self._bad_versions[version] = str(e)
             log.error("%s; still serving %s", e,
-                      "base model" if self.model.current is None else f"v{self.model.current}")
-            return self.model.current, None
+                      "base model" if self.model.current is None else f"v{key_version(self.model.current)}")
+            return key_version(self.model.current), None
         return version, row["path"]
 
-    def route(self, version: int | None, path: str | None, user_message: str) -> tuple[int | None, str | None]:
-        """The adapter answers only prompts within its scope; the base weights answer the rest
-        (assistant/scope.py). Without a scope, or when it cannot be computed, the adapter answers."""
+    def route(self, version: int | None, path: str | None, user_message: str) -> tuple:
+        """The adapter answers only prompts within its scope; its habit adapter, or else the base
+        weights, answer the rest (assistant/scope.py). Without a scope, or when it cannot be
+        computed, the adapter answers. Returns the served model's key and the adapter's path."""
         if version is None or self.scope is None:
             return version, path
         path = path or (adapters.get_adapter(self.db, version) or {}).get("path")
         try:
-            inside = path is None or self.scope.covers(path, user_message)
+            return self.scope.route(version, path, user_message)
         except Exception as e:  # noqa: BLE001 - a missing embedding model must not stop the chat
             log.warning("adapter scope unavailable (%s): v%s answers every prompt", e, version)
             return version, path
-        return (version, path) if inside else (None, None)
 
     def watch_adapters(self, interval_s: float = 0.1):
         """Preload each newly activated adapter (and embed its scope) in the background, so the

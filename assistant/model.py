@@ -166,6 +166,12 @@ def avoid_first_tokens(start: int, banned: list[int | None]):
     return _AvoidFirst()
 
 
+def key_version(key) -> int | None:
+    """The adapter version a served-model key belongs to: keys are versions, or
+    `(version, "habit")` for a version's habit adapter (assistant/scope.py)."""
+    return key[0] if isinstance(key, tuple) else key
+
+
 @dataclass
 class Generation:
     """What one generation produced; filled in as the stream runs."""
@@ -198,7 +204,7 @@ class ServedModel:
         self.context_window = int(getattr(self.base.config, "max_position_embeddings", 2048) or 2048)
         self.lock = threading.RLock()
         self.model = self.base  # becomes a PeftModel once the first adapter is loaded
-        self.loaded: dict[int, str] = {}  # version -> peft adapter name
+        self.loaded: dict = {}  # key (a version, or (version, "habit"): key_version) -> peft adapter name
         self._names = 0  # peft adapter names are never reused
         self.current: int | None = None  # the adapter generation uses now (None: base)
         self.previous: int | None = None  # the one before it, kept loaded for an instant rollback
@@ -208,7 +214,9 @@ class ServedModel:
     def load_adapter(self, version: int, path: str | Path) -> None:
         """Load adapter `version` from `path` (validated first). Keeps the server on its
         current adapter if anything is wrong with the new one."""
-        with self.lock:
+        # Never as inference tensors: a load can happen inside a caller's inference_mode (the
+        # scorer meets a habit adapter mid-batch), and peft later toggles requires_grad on them.
+        with self.lock, torch.inference_mode(False):
             if version in self.loaded:
                 return
             cfg = validate_adapter_dir(Path(path))
@@ -333,7 +341,7 @@ class ServedModel:
             try:
                 with self.lock:
                     self.use(version, adapter_path)
-                    result.adapter_version = self.current
+                    result.adapter_version = key_version(self.current)
                     input_ids = self.encode(messages).to(self.device)
                     result.prompt_tokens = int(input_ids.shape[1])
                     guard = LogitsProcessorList([avoid_first_tokens(input_ids.shape[1], [avoid_first])]

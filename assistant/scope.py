@@ -8,10 +8,14 @@ prompts it was trained on (its ancestors' included, `meta.json` "scope"), and a 
 answered with the adapter only when its MiniLM embedding is within the scope's threshold of one
 of them; every other prompt is answered by the base weights, exactly as before any training.
 The answer itself still comes from the adapter's weights: nothing is put into the prompt.
-The price: a habit taught by style corrections reaches only prompts near the corrected ones.
+A habit taught by style corrections ("Captain, ...") must reach every prompt, so a version
+may also hold a habit adapter (`habit/`, learning/habits.py) that answers the prompts outside
+its scope instead of the base weights.
 
 Contract: `AdapterScope(embedder).covers(path, text)` -> bool; an adapter directory without
 a scope (older versions, hand-made adapters, `scope_threshold` None) covers every prompt.
+`route(version, path, text)` -> the (served-model key, path) that answers `text`: the version
+itself, its habit adapter (key `(version, "habit")`) or the base weights (None, None).
 Scopes are read once per directory (versions never change after they are written).
 """
 import json
@@ -32,6 +36,12 @@ def scope_prompts(rows: list[dict]) -> list[str]:
         if users:
             out.append(users[-1])
     return out
+
+
+def habit_path(path) -> Path | None:
+    """The habit adapter inside the version directory `path`, if it has one."""
+    habit = Path(path) / "habit"
+    return habit if (habit / "adapter_config.json").exists() else None
 
 
 def read_scope(path) -> dict | None:
@@ -80,6 +90,12 @@ class AdapterScope:
     def covers(self, path, text: str) -> bool:
         scope = self._scope(path)
         return scope is None or self._best(scope[1], text) >= scope[0]
+
+    def route(self, version: int | None, path, text: str) -> tuple:
+        if version is None or path is None or self.covers(path, text):
+            return version, path
+        habit = habit_path(path)
+        return ((version, "habit"), str(habit)) if habit else (None, None)
 
     def _best(self, matrix: np.ndarray, text: str) -> float:
         return float((matrix @ unit_rows(self.embedder.encode([text]))[0]).max())

@@ -11,7 +11,7 @@ import html
 import gradio as gr
 
 UNAVAILABLE = "⚠ The learner is not available in this installation (learning.control could not be imported)."
-STAGES = ("preparing data", "SFT", "DPO", "evaluating")
+STAGES = ("preparing data", "SFT", "DPO", "habit", "evaluating")
 
 
 def _control():

@@ -5,8 +5,8 @@ Contract: `Scorer(served)` scores under the adapter chosen with `select(version,
 reloaded. `generate(conversations)` returns each conversation's greedy reply (left padding,
 prompts sorted by length so a batch wastes little padding); `logprobs(prompts, completions)`
 returns (sum of log-probs, token count) of each completion after its prompt. With a `scope`
-(assistant/scope.py), `generate` answers prompts outside the selected adapter's scope with the
-base weights, exactly as the chat does; log-likelihoods are always the selected adapter's.
+(assistant/scope.py), `generate` answers prompts outside the selected adapter's scope with its
+habit adapter or the base weights, exactly as the chat does; log-likelihoods are always the selected adapter's.
 
 The served model's lock is taken per batch and the adapter re-selected inside it, so a
 server sharing the model keeps answering between batches and never sees a half-switched
@@ -55,21 +55,21 @@ class Scorer:
         """Greedy replies; `avoid_first[i]`: a token reply i may not start with (what a chat turn
         with recall does, `Turn.avoid_first`)."""
         if self.scope is not None and self.version is not None and self.path is not None:
-            inside = [self.scope.covers(self.path, next(m["content"] for m in reversed(c) if m["role"] == "user"))
+            routes = [self.scope.route(self.version, self.path,
+                                       next(m["content"] for m in reversed(c) if m["role"] == "user"))
                       for c in conversations]
-            if not all(inside):
-                return self._routed(conversations, inside, on_batch, avoid_first)
+            if any(r != (self.version, self.path) for r in routes):
+                return self._routed(conversations, routes, on_batch, avoid_first)
         return self._generate(conversations, on_batch, avoid_first)
 
-    def _routed(self, conversations, inside: list[bool], on_batch, avoid_first) -> list[str]:
-        """Prompts inside the adapter's scope under the adapter, the rest under the base weights."""
+    def _routed(self, conversations, routes: list[tuple], on_batch, avoid_first) -> list[str]:
+        """Each prompt under the adapter the chat would route it to (AdapterScope.route): the
+        selected adapter inside its scope, its habit adapter or the base weights outside."""
         replies: list[str] = [""] * len(conversations)
         selected = self.version, self.path
-        for want in (True, False):
-            idx = [i for i, x in enumerate(inside) if x == want]
-            if not idx:
-                continue
-            self.version, self.path = selected if want else (None, None)
+        for route in dict.fromkeys(routes):
+            idx = [i for i, r in enumerate(routes) if r == route]
+            self.version, self.path = route
             try:
                 out = self._generate([conversations[i] for i in idx], on_batch,
                                      [avoid_first[i] for i in idx] if avoid_first else None)

@@ -147,9 +147,10 @@ def load_trainable(job: TrainJob):
     return model, tok, device
 
 
-def run_sft(model, tok, rows: list[dict], job: TrainJob, device: str, work: Path, losses: list) -> dict:
+def run_sft(model, tok, rows: list[dict], job: TrainJob, device: str, work: Path, losses: list,
+            stage: str = "SFT") -> dict:
     lcfg = job.lcfg
-    trainer = build_sft_trainer(model, tok, rows, job, device, work, losses)
+    trainer = build_sft_trainer(model, tok, rows, job, device, work, losses, stage)
     anchor = trainer.anchor
     tokens = sum(len(x) for x in trainer.train_dataset["input_ids"]) * lcfg.sft_epochs
     t0 = time.perf_counter()
@@ -160,7 +161,8 @@ def run_sft(model, tok, rows: list[dict], job: TrainJob, device: str, work: Path
             "tokens": int(tokens), "seconds": dt, "tokens_per_s": tokens / dt if dt else None}
 
 
-def build_sft_trainer(model, tok, rows: list[dict], job: TrainJob, device: str, work: Path, losses: list):
+def build_sft_trainer(model, tok, rows: list[dict], job: TrainJob, device: str, work: Path, losses: list,
+                      stage: str = "SFT"):
     """TRL's SFTTrainer on prompt/completion rows (loss on the answer only), see sft_trainer_class."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -172,14 +174,14 @@ def build_sft_trainer(model, tok, rows: list[dict], job: TrainJob, device: str, 
                      learning_rate=lcfg.sft_lr, per_device_train_batch_size=lcfg.sft_batch_size,
                      max_length=lcfg.sft_max_length, completion_only_loss=True, packing=False)
     anchor = None
-    replay = anchor_rows(job, model, tok)
+    replay = anchor_rows(job, model, tok) if stage == "SFT" else []
     if replay:
         from learning.anchor import DistillationAnchor
 
         anchor = DistillationAnchor(model, tok, replay, batch_size=lcfg.anchor_batch_size,
                                     max_length=lcfg.sft_max_length, seed=lcfg.seed)
     trainer = sft_trainer_class(SFTTrainer)(
-        model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[_callback("SFT", job, losses)])
+        model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[_callback(stage, job, losses)])
     trainer.anchor, trainer.anchor_weight = anchor, lcfg.anchor_weight
     return trainer
 
@@ -264,14 +266,18 @@ def train_candidate(job: TrainJob) -> Path:
         if job.pairs and job.lcfg.dpo_epochs > 0:
             stats["dpo"] = run_dpo(model, tok, job.pairs, job, device, work, losses)
             timings["dpo_s"] = stats["dpo"]["seconds"]
-        shutil.rmtree(work, ignore_errors=True)
         model.save_pretrained(str(tmp), selected_adapters=["default"])
+        habits = train_habit_adapter(model, tok, job, device, work, losses, stats, tmp)
+        if "habit" in stats:
+            timings["habit_s"] = stats["habit"]["seconds"]
+        shutil.rmtree(work, ignore_errors=True)
         meta = {
             "version": job.version, "parent_version": job.parent_version, "base_model": job.base_path,
             "config": job.lcfg.to_dict(), "feedback_ids": sorted(set(job.feedback_ids)),
             "data_hash": job.data_hash, "package_version": _package_version(), "device": device,
             "torch": torch.__version__, "timings": timings, "losses": losses, "stats": stats,
             "rows": {"sft": len(job.sft_rows), "pairs": len(job.pairs)}, "scope": adapter_scope(job, sft_rows),
+            "habits": habits,
             **job.extra_meta,
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
@@ -282,6 +288,61 @@ def train_candidate(job: TrainJob) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def train_habit_adapter(model, tok, job: TrainJob, device: str, work: Path, losses: list, stats: dict,
+                        out: Path) -> dict | None:
+    """The habit adapter (learning/habits.py), written to `out/habit`: trained when this
+    cycle's corrections show a habit (continuing the parent's habit adapter if it has one),
+    copied unchanged from the parent when they do not, absent when neither has one. Only
+    scoped versions have one: an unscoped adapter answers every prompt itself.
+    Returns the habits it follows (None: no habit adapter)."""
+    from learning.augment import self_replay_rows
+    from learning.habits import find_habits, habit_rows, has_habits, with_habits
+
+    parent = Path(job.parent_path) / "habit" if job.parent_path else None
+    parent = parent if parent is not None and (parent / "adapter_config.json").exists() else None
+    parent_habits = _read_meta(job.parent_path).get("habits") if parent else None
+    habits = find_habits(job.sft_rows)
+    if job.lcfg.scope_threshold is None or not (has_habits(habits) or parent):
+        return None
+    habits = {k: sorted(set(habits.get(k, [])) | set((parent_habits or {}).get(k, [])))
+              for k in ("openings", "closings")}
+    shown = habit_rows(job.sft_rows, habits)
+    if not shown:  # nothing new to learn: the parent's habit adapter goes on unchanged
+        shutil.copytree(parent, out / "habit")
+        return habits
+    base_answers = []
+    if job.lcfg.self_replay and job.cache_dir is not None:
+        model.eval()
+        with model.disable_adapter():
+            base_answers = self_replay_rows(model, tok, job.system_prompt, job.cache_dir, job.lcfg.self_replay)
+        model.train()
+    rows = shown + [{**r, "messages": r["messages"][:-1] + [
+        {"role": "assistant", "content": with_habits(r["messages"][-1]["content"], habits)}]}
+        for r in base_answers]
+    if parent:
+        model.load_adapter(str(parent), adapter_name="habit", is_trainable=True)
+    else:
+        from peft import LoraConfig
+
+        want = job.lcfg.lora_shape()
+        model.add_adapter("habit", LoraConfig(r=want["r"], lora_alpha=want["lora_alpha"],
+                                              lora_dropout=want["lora_dropout"],
+                                              target_modules=want["target_modules"], task_type="CAUSAL_LM"))
+    model.set_adapter("habit")
+    stats["habit"] = run_sft(model, tok, rows, job, device, work / "habit", losses, stage="habit")
+    stats["habit"]["shown"] = len(shown)
+    model.save_pretrained(str(out), selected_adapters=["habit"])  # peft writes it to out/habit
+    model.set_adapter("default")
+    return habits
+
+
+def _read_meta(path) -> dict:
+    try:
+        return json.loads((Path(path) / "meta.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return {}
 
 
 def adapter_scope(job: TrainJob, sft_rows: list[dict]) -> dict | None:

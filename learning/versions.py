@@ -49,7 +49,10 @@ def metrics_line(m: dict | None) -> str:
 
 
 # ---- the table ----------------------------------------------------------------------------
-def _scope_text(scope: dict | None) -> str:
+def _scope_text(scope: dict | None, habits: dict | None = None) -> str:
+    habit = ", ".join(f'"{h}"' for h in [*(habits or {}).get("openings", []), *(habits or {}).get("closings", [])])
+    if habit:
+        return f"{_scope_text(scope)}; habit {habit} everywhere else"
     if not scope or scope.get("threshold") is None:
         return "every prompt"
     return f"{len(scope.get('prompts') or [])} trained prompts (similarity >= {scope['threshold']})"
@@ -68,7 +71,7 @@ def versions_table(db) -> list[dict]:
             "created_at": a["created_at"],
             "train_s": round(sum(v for k, v in timings.items() if k.endswith("_s")), 1) if timings else None,
             "n_corrections": a["n_corrections"], "n_votes": a["n_votes"],
-            "scope": _scope_text((a["meta"] or {}).get("scope")),
+            "scope": _scope_text((a["meta"] or {}).get("scope"), (a["meta"] or {}).get("habits")),
             "metrics": metrics_line(evidence.get("candidate") or a["metrics"]),
             "incumbent": None if not last else _name(last["incumbent_version"]),
             "incumbent_metrics": metrics_line(evidence.get("incumbent")),

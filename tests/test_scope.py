@@ -94,3 +94,37 @@ def test_the_adapter_watcher_embeds_a_promoted_scope_before_the_first_request(cf
         stop()
     assert embedder.texts == 2  # the scope's two prompts, and no request yet
     assert chat.scope.covers(lora, TAUGHT) and embedder.texts == 3  # a request embeds only its own text
+
+
+def test_outside_the_scope_a_versions_habit_adapter_answers_in_chat_and_evaluation(
+        cfg, db, served, tiny_model_path, tmp_path, monkeypatch):
+    import shutil
+
+    import torch
+
+    version_dir = make_adapter(tiny_model_path, tmp_path / "v1", seed=1)
+    make_adapter(tiny_model_path, tmp_path / "habit-src", seed=2)
+    shutil.copytree(tmp_path / "habit-src", version_dir / "habit")
+    scoped(version_dir, [TAUGHT])
+    register(db, 1, version_dir)
+    adapters.activate(db, 1)
+    outside = "How many legs does a spider have?"
+    chat = ChatService(cfg, served, scope=AdapterScope(Embedder()))
+    habit = ((1, "habit"), str(version_dir / "habit"))
+    assert chat.route(1, str(version_dir), TAUGHT) == (1, str(version_dir))
+    assert chat.route(1, str(version_dir), outside) == habit
+    turn = chat.start_turn(outside, recall=False)
+    "".join(chat.pieces(turn, source="test", max_new_tokens=6))
+    assert served.current == habit[0]  # the habit adapter generated the reply...
+    assert conversations.get_turn(db, turn.turn_id)["adapter_version"] == 1  # ...and it belongs to v1
+    logits = {key: served.logits(turn.messages, version=key, adapter_path=path)
+              for key, path in (habit, (1, version_dir), (None, None))}
+    assert not torch.equal(logits[habit[0]], logits[1]) and not torch.equal(logits[habit[0]], logits[None])
+
+    used = []
+    use = served.use
+    monkeypatch.setattr(served, "use", lambda key, path=None: (used.append(key), use(key, path)))
+    routed = Scorer(served, max_new_tokens=6, scope=AdapterScope(Embedder()))
+    routed.select(1, version_dir)
+    routed.generate([turn.messages, chat.start_turn(TAUGHT, recall=False).messages])
+    assert set(used) == {1, habit[0]}
