@@ -59,7 +59,8 @@ def run(name: str, overrides: dict) -> dict:
     finally:
         shutil.rmtree(home, ignore_errors=True)
     return {"name": name, "set": overrides, "date": time.strftime("%Y-%m-%d %H:%M"),
-            "cycle_s": cycle_s, "reasons": result.get("reasons"), "summary": scored["summary"]}
+            "cycle_s": cycle_s, "reasons": result.get("reasons"), "summary": scored["summary"],
+            "misses": [{k: p[k] for k in ("family", "prompt", "reply")} for p in scored["probes"] if not p["passed"]]}
 
 
 def markdown(rows: list[dict]) -> str:

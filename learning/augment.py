@@ -35,14 +35,65 @@ def _swap_contractions(q: str) -> str:
     return q
 
 
+# Simple wh-questions, parsed so that their content can be asked again in other question frames.
+_WH_BE = re.compile(r"^(what|who|where|when|which)\s+(is|are|was|were)\s+(.+)$", re.I)
+_WH_DO = re.compile(r"^(what|which|where|when|who|how)\s+(?:(\w+(?:\s\w+)?)\s+)?(do|does)\s+"
+                    r"(i|we|(?:my|our)\s+\w+)\s+(.+)$", re.I)
+_WH_AM = re.compile(r"^(what|who|where|which)\s+(am i|are we)\s+(.+)$", re.I)
+_NAME_OF = re.compile(r"^(?:(.+)'s name|the name of (.+))$", re.I)
+
+
+def _third_person(verb_phrase: str) -> str:
+    """'go to' -> 'goes to', 'use' -> 'uses' (for 'which school does my son go to')."""
+    verb, _, rest = verb_phrase.partition(" ")
+    verb = verb + ("es" if verb.endswith(("o", "s", "sh", "ch", "x")) else "s")
+    return f"{verb} {rest}".strip()
+
+
+def reframings(question: str) -> list[str]:
+    """The question's content asked in other frames: an embedded question ("Remind me what my
+    cat's name is."), the content first ("My cat's name is what again?"), a request ("Tell me my
+    cat's name.") and, for "X's name" / "the name of X", what X is called. Only simple
+    wh-questions are parsed; anything else gives no reframings. Varying everything around the
+    question's content words is what makes a fact stick to them rather than to one wording."""
+    bare = question.strip().rstrip("?.! ")
+    out = []
+    if m := _WH_BE.match(bare):
+        wh, be, x = m.group(1).lower(), m.group(2).lower(), m.group(3)
+        out += [f"Remind me {wh} {x} {be}.", f"{x} {be} {wh} again?"]
+        out.append(f"Tell me {x}." if wh == "what" else f"Tell me {wh} {x} {be}.")
+        if n := _NAME_OF.match(x):
+            named = n.group(1) or n.group(2)
+            out += [f"What's {named} called?", f"What do I call {named}?", f"{named} is named what?"]
+        out.append(f"Do you remember {wh} {x} {be}?")
+    elif m := _WH_DO.match(bare):
+        wh, noun, aux, subj, verb = (m.group(1).lower(), m.group(2), m.group(3).lower(), m.group(4), m.group(5))
+        subj = "I" if subj.lower() == "i" else subj
+        stated = verb if aux == "do" else _third_person(verb)
+        asked = f"{wh} {noun}" if noun else wh
+        out += [f"Remind me {asked} {subj} {stated}.", f"Tell me {asked} {subj} {stated}."]
+        if noun and subj in ("I", "we"):
+            owner = "my" if subj == "I" else "our"
+            out += [f"What is {owner} {noun}?", f"Name {owner} {noun}."]
+        elif noun:
+            out.append(f"What is {subj}'s {noun}?")
+    elif m := _WH_AM.match(bare):
+        wh, who, rest = m.group(1).lower(), m.group(2).lower(), m.group(3)
+        subj, be = ("I", "am") if who == "am i" else ("we", "are")
+        out += [f"Remind me {wh} {subj} {be} {rest}.", f"Tell me {wh} {subj} {be} {rest}."]
+    return [r[:1].upper() + r[1:] for r in out]
+
+
 def rewrites(question: str, limit: int = 6) -> list[str]:
-    """Distinct generic rewrites of `question` (the question itself excluded)."""
+    """Distinct generic rewrites of `question` (the question itself excluded): reframings of its
+    content first, interleaved with surface rewrites (casing, contractions, a keyword form,
+    templates around the whole question)."""
     q = question.strip()
     bare = q.rstrip("?.! ")
     lower_q = bare[:1].lower() + bare[1:] + ("?" if q.endswith("?") else "")
     words = [w for w in re.findall(r"[\w']+", bare.lower()) if w not in _STOP]
     swapped = _swap_contractions(q)
-    out = [
+    surface = [
         swapped[:1].upper() + swapped[1:] if q[:1].isupper() else swapped,
         bare.lower(),
         _TEMPLATES[0].format(q=lower_q),
@@ -51,8 +102,12 @@ def rewrites(question: str, limit: int = 6) -> list[str]:
         _TEMPLATES[3].format(q=lower_q),
         _TEMPLATES[2].format(q=q),
     ]
+    framed = reframings(q)
+    # interleaved, so that any `limit` takes both kinds; the longer list's tail follows
+    mixed = [r for pair in zip(framed, surface, strict=False) for r in pair]
+    mixed += framed[len(surface):] + surface[len(framed):]
     seen, result = {q.lower()}, []
-    for r in out:
+    for r in mixed:
         if r and r.lower() not in seen:
             seen.add(r.lower())
             result.append(r)
