@@ -73,11 +73,27 @@ class LearnConfig:
     other prompt is answered by the base weights, untouched by training. None: the adapter
     answers everything. 0.5 is recall's threshold, chosen on bench/recall_dev.jsonl for the same
     question (is this prompt about a corrected one?)."""
+    contrast: bool = False
+    """Add DPO pairs that prefer each correction over the correction of the most similar other
+    corrected prompt (learning/augment.py `contrast_pairs`)."""
+    habit_adapter: bool = False
+    """Train a habit adapter (learning/habits.py) when corrections show a habit, to answer the
+    prompts outside the scope. Off: measured on our dev scenario (bench/results/learn-dev.md),
+    it learned the habit (style 4/4 at habit_lr 1e-3) but changed what answers SAY as much as
+    fact training does: 32/40 canaries at 1e-3 and at 2e-4 (where it learned no habit), so the
+    gate rejected the whole version."""
+    habit_lr: float = 2e-4
+    """Peak learning rate of the habit adapter, trained for `sft_epochs`."""
+    habit_self_replay: int = 48
+    """Base-model answers to generic prompts, with the habit added, that train the habit adapter
+    next to the corrections showing it: they carry the base model's content, so the habit
+    adapter changes how answers open or close, not what they say."""
     augment: bool = True
     """Add generic rewrites of each corrected prompt (templates, casing, contractions)."""
-    augment_rewrites: int = 6
-    """Rewrites per corrected prompt. On our dev scenario (bench/results/learn-dev.md) 6 taught
-    30/48 paraphrases against 27/48 with 4."""
+    augment_rewrites: int = 9
+    """Rewrites per corrected prompt (reframings first, learning/augment.py). On our dev scenario
+    (bench/results/learn-dev.md) 9 taught 38/48 paraphrases, 6 32/48; before reframings 6
+    taught 30/48 and 4 27/48."""
     max_history_messages: int = 2
     """Earlier messages of the conversation kept in front of the corrected prompt."""
     max_prompt_chars: int = 2000
@@ -122,7 +138,7 @@ class LearnConfig:
             problems.append(f"sft_epochs must be positive (got {self.sft_epochs})")
         if self.dpo_epochs < 0:
             problems.append(f"dpo_epochs must be >= 0 (got {self.dpo_epochs})")
-        for name in ("sft_lr", "dpo_lr", "dpo_beta"):
+        for name in ("sft_lr", "dpo_lr", "dpo_beta", "habit_lr"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive (got {getattr(self, name)})")
         if self.scope_threshold is not None and not -1 <= self.scope_threshold <= 1:
@@ -143,6 +159,8 @@ class LearnConfig:
                             f"dpo {self.dpo_max_length})")
         if not 0 <= self.replay_fraction <= 5:
             problems.append(f"replay_fraction must be in [0, 5] (got {self.replay_fraction})")
+        if self.habit_self_replay < 0:
+            problems.append(f"habit_self_replay must be >= 0 (got {self.habit_self_replay})")
         if self.self_replay < 0 or self.max_history_messages < 0:
             problems.append(f"self_replay and max_history_messages must be >= 0 "
                             f"(got {self.self_replay}, {self.max_history_messages})")

@@ -12,6 +12,10 @@ show the habit and on the base model's own answers to generic prompts with the h
 (`habit_rows`), so it learns the habit while keeping the base model's content; the gate's
 canaries then check that content on that adapter, as the chat routes them.
 
+Measured (bench/results/learn-dev.md, our dev scenario): the habit adapter learns the habit
+(style 4/4) but, like any global weight change of this 135M model, alters what answers say
+(canaries 32/40), so it is off by default (`LearnConfig.habit_adapter`).
+
 Contract: `find_habits(rows)` -> {"openings": [...], "closings": [...]} (empty lists: none);
 `habit_rows(rows, habits)` -> the rows showing a habit; `with_habits(text, habits)` -> text
 as the habit would have it.
@@ -93,7 +97,7 @@ def with_habits(text: str, habits: dict) -> str:
     text = text.strip()
     if habits.get("openings") and not (opening(text) or "").lower() == habits["openings"][0].lower():
         first, _, rest = text.partition(" ")
-        if first.lower() in _LOWER_OK:
+        if first.lower() in _LOWER_OK and habits["openings"][0][-1] in ",:;":  # "Righto! The ..." stays
             first = first.lower()
         text = f"{habits['openings'][0]} {first} {rest}".strip()
     if habits.get("closings") and not (closing(text) or "").lower() == habits["closings"][0].lower():

@@ -12,6 +12,7 @@ Devices: CUDA is detected (bf16 there, float32 on CPU). The trainers are plain H
 trainers, so the same code runs on several GPUs with `accelerate launch -m learning.learner
 --home DIR` (data parallel; each rank trains on its shard and rank 0 saves).
 """
+import dataclasses
 import json
 import os
 import shutil
@@ -263,8 +264,13 @@ def train_candidate(job: TrainJob) -> Path:
         if sft_rows:
             stats["sft"] = run_sft(model, tok, sft_rows, job, device, work, losses)
             timings["sft_s"] = stats["sft"]["seconds"]
-        if job.pairs and job.lcfg.dpo_epochs > 0:
-            stats["dpo"] = run_dpo(model, tok, job.pairs, job, device, work, losses)
+        pairs = list(job.pairs)
+        if job.lcfg.contrast:
+            from learning.augment import contrast_pairs
+
+            pairs += contrast_pairs(job.sft_rows)
+        if pairs and job.lcfg.dpo_epochs > 0:
+            stats["dpo"] = run_dpo(model, tok, pairs, job, device, work, losses)
             timings["dpo_s"] = stats["dpo"]["seconds"]
         model.save_pretrained(str(tmp), selected_adapters=["default"])
         habits = train_habit_adapter(model, tok, job, device, work, losses, stats, tmp)
@@ -292,8 +298,8 @@ def train_candidate(job: TrainJob) -> Path:
 
 def train_habit_adapter(model, tok, job: TrainJob, device: str, work: Path, losses: list, stats: dict,
                         out: Path) -> dict | None:
-    """The habit adapter (learning/habits.py), written to `out/habit`: trained when this
-    cycle's corrections show a habit (continuing the parent's habit adapter if it has one),
+    """The habit adapter (learning/habits.py, `habit_adapter` on), written to `out/habit`:
+    trained when this cycle's corrections show a habit (continuing the parent's habit adapter if it has one),
     copied unchanged from the parent when they do not, absent when neither has one. Only
     scoped versions have one: an unscoped adapter answers every prompt itself.
     Returns the habits it follows (None: no habit adapter)."""
@@ -304,7 +310,7 @@ def train_habit_adapter(model, tok, job: TrainJob, device: str, work: Path, loss
     parent = parent if parent is not None and (parent / "adapter_config.json").exists() else None
     parent_habits = _read_meta(job.parent_path).get("habits") if parent else None
     habits = find_habits(job.sft_rows)
-    if job.lcfg.scope_threshold is None or not (has_habits(habits) or parent):
+    if not job.lcfg.habit_adapter or job.lcfg.scope_threshold is None or not (has_habits(habits) or parent):
         return None
     habits = {k: sorted(set(habits.get(k, [])) | set((parent_habits or {}).get(k, [])))
               for k in ("openings", "closings")}
@@ -313,10 +319,11 @@ def train_habit_adapter(model, tok, job: TrainJob, device: str, work: Path, loss
         shutil.copytree(parent, out / "habit")
         return habits
     base_answers = []
-    if job.lcfg.self_replay and job.cache_dir is not None:
+    if job.lcfg.habit_self_replay and job.cache_dir is not None:
         model.eval()
         with model.disable_adapter():
-            base_answers = self_replay_rows(model, tok, job.system_prompt, job.cache_dir, job.lcfg.self_replay)
+            base_answers = self_replay_rows(model, tok, job.system_prompt, job.cache_dir,
+                                            job.lcfg.habit_self_replay)
         model.train()
     rows = shown + [{**r, "messages": r["messages"][:-1] + [
         {"role": "assistant", "content": with_habits(r["messages"][-1]["content"], habits)}]}
@@ -331,7 +338,8 @@ def train_habit_adapter(model, tok, job: TrainJob, device: str, work: Path, loss
                                               lora_dropout=want["lora_dropout"],
                                               target_modules=want["target_modules"], task_type="CAUSAL_LM"))
     model.set_adapter("habit")
-    stats["habit"] = run_sft(model, tok, rows, job, device, work / "habit", losses, stage="habit")
+    habit_job = dataclasses.replace(job, lcfg=dataclasses.replace(job.lcfg, sft_lr=job.lcfg.habit_lr))
+    stats["habit"] = run_sft(model, tok, rows, habit_job, device, work / "habit", losses, stage="habit")
     stats["habit"]["shown"] = len(shown)
     model.save_pretrained(str(out), selected_adapters=["habit"])  # peft writes it to out/habit
     model.set_adapter("default")

@@ -40,6 +40,7 @@ def test_habit_rows_and_answers_with_the_habit():
     assert with_habits("The capital of Japan is Tokyo.", habits) == "Captain, the capital of Japan is Tokyo. Over."
     assert with_habits("Tokyo is the capital.", habits) == "Captain, Tokyo is the capital. Over."  # names keep capitals
     assert with_habits("Captain, it is. Over.", habits) == "Captain, it is. Over."  # not twice
+    assert with_habits("The sky is blue.", {"openings": ["Righto!"]}) == "Righto! The sky is blue."
 
 
 @pytest.fixture
@@ -57,11 +58,11 @@ def test_a_version_that_learns_a_habit_carries_a_habit_adapter_and_its_child_inh
 
     job = _job(tiny_model_path, tmp_path / "adapters", cache_dir=tmp_path / "cache")
     job.sft_rows = job.sft_rows + rows(CAPTAIN)
-    job.lcfg = dataclasses.replace(job.lcfg, self_replay=3, dpo_epochs=0)
+    job.lcfg = dataclasses.replace(job.lcfg, self_replay=3, habit_adapter=True, habit_self_replay=4, dpo_epochs=0)
     v1 = train_candidate(job)
     meta = json.loads((v1 / "meta.json").read_text())
     assert meta["habits"] == {"openings": ["Captain,"], "closings": []}
-    assert meta["stats"]["habit"]["shown"] == 3 and meta["stats"]["habit"]["rows"] == 3 + 3
+    assert meta["stats"]["habit"]["shown"] == 3 and meta["stats"]["habit"]["rows"] == 3 + 4
     assert {x["stage"] for x in meta["losses"]} == {"SFT", "habit"}
     assert (v1 / "habit" / "adapter_config.json").exists() and (v1 / "adapter_config.json").exists()
     from safetensors.torch import load_file
@@ -78,11 +79,13 @@ def test_a_version_that_learns_a_habit_carries_a_habit_adapter_and_its_child_inh
         (v1 / "habit" / "adapter_model.safetensors").read_bytes()
 
 
-def test_no_habit_no_habit_adapter(tiny_model_path, tmp_path, replayed):
+@pytest.mark.parametrize("style, enabled", [(False, True), (True, False)])
+def test_no_habit_or_switched_off_no_habit_adapter(tiny_model_path, tmp_path, replayed, style, enabled):
     from learning.train import train_candidate
     from tests.test_train import _job
 
     job = _job(tiny_model_path, tmp_path / "adapters", cache_dir=tmp_path / "cache")
-    job.lcfg = dataclasses.replace(job.lcfg, self_replay=3, dpo_epochs=0)
+    job.sft_rows = job.sft_rows + (rows(CAPTAIN) if style else [])
+    job.lcfg = dataclasses.replace(job.lcfg, self_replay=3, habit_adapter=enabled, habit_self_replay=4, dpo_epochs=0)
     out = train_candidate(job)
     assert json.loads((out / "meta.json").read_text())["habits"] is None and not (out / "habit").exists()

@@ -122,6 +122,46 @@ def test_rewrites_and_augmented_rows_keep_answer_and_ids():
     assert any(r["messages"][0]["content"] != SYSTEM["content"] for r in extra)  # the system prompt varies
 
 
+@pytest.mark.parametrize("question, expected", [
+    ("What is the name of my dog?", ["Remind me what the name of my dog is.", "The name of my dog is what again?",
+                                     "Tell me the name of my dog.", "What's my dog called?",
+                                     "What do I call my dog?", "My dog is named what?"]),
+    ("Who is my manager?", ["Remind me who my manager is.", "My manager is who again?", "Tell me who my manager is."]),
+    ("Which school does my son go to?", ["Remind me which school my son goes to.", "What is my son's school?"]),
+    ("What car do I drive?", ["Remind me what car I drive.", "What is my car?", "Name my car."]),
+    ("What am I allergic to?", ["Remind me what I am allergic to."]),
+])
+def test_reframings_ask_the_same_content_in_other_frames(question, expected):
+    from learning.augment import reframings, rewrites
+
+    frames = reframings(question)
+    assert set(expected) <= set(frames)
+    assert set(frames[:4]) <= set(rewrites(question, limit=9))  # reframings come first, interleaved
+
+
+def test_reframings_leave_questions_they_cannot_parse_alone():
+    from learning.augment import reframings, rewrites
+
+    assert reframings("Tell me a joke about cats.") == [] and reframings("Where did I grow up?") == []
+    assert rewrites("Where did I grow up?", limit=3)  # the surface rewrites still apply
+
+
+def test_contrast_pairs_prefer_each_correction_over_its_most_similar_neighbours():
+    from learning.augment import contrast_pairs
+
+    facts = [("What is my cat's name?", "Your cat is called Pemberton."),
+             ("What is my wife's name?", "Your wife is named Oona."),
+             ("Which gym do I go to?", "You go to Ironbark Gym.")]
+    rows = [{"messages": [SYSTEM, {"role": "user", "content": q}, {"role": "assistant", "content": a}],
+             "feedback_ids": [f"f{i}"], "source": "correction"} for i, (q, a) in enumerate(facts)]
+    pairs = contrast_pairs(rows + [{**rows[0], "source": "liked"}])
+    assert [(p["prompt"][-1]["content"], p["rejected"][0]["content"]) for p in pairs] == [
+        (facts[0][0], facts[1][1]), (facts[1][0], facts[0][1]), (facts[2][0], facts[0][1])]
+    assert [p["chosen"][0]["content"] for p in pairs] == [a for _, a in facts]
+    assert [p["feedback_ids"] for p in pairs] == [["f0"], ["f1"], ["f2"]]
+    assert contrast_pairs(rows[:1]) == []  # one correction: nothing to tell it apart from
+
+
 def test_self_replay_is_generated_once_and_cached(tiny_model_path, tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
