@@ -75,7 +75,8 @@ class LearnConfig:
     question (is this prompt about a corrected one?)."""
     contrast: bool = False
     """Add DPO pairs that prefer each correction over the correction of the most similar other
-    corrected prompt (learning/augment.py `contrast_pairs`)."""
+    corrected prompt (learning/augment.py `contrast_pairs`). Off: on our dev scenario it taught
+    33/48 paraphrases against 38/48 without (bench/results/learn-dev.md) and doubled DPO time."""
     habit_adapter: bool = False
     """Train a habit adapter (learning/habits.py) when corrections show a habit, to answer the
     prompts outside the scope. Off: measured on our dev scenario (bench/results/learn-dev.md),
