@@ -166,6 +166,18 @@ def avoid_first_tokens(start: int, banned: list[int | None]):
     return _AvoidFirst()
 
 
+LEAD_FILE = "habit.json"  # in a habit adapter: {"openings", "lead_tokens"} (learning/train.py)
+
+
+def lead_tokens(adapter_path) -> int:
+    """How many tokens the adapter at `adapter_path` writes before the base weights take over
+    (0: the whole answer; only habit adapters lead, learning/habits.py)."""
+    try:
+        return max(int(json.loads((Path(adapter_path) / LEAD_FILE).read_text())["lead_tokens"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
 def key_version(key) -> int | None:
     """The adapter version a served-model key belongs to: keys are versions, or
     `(version, "habit")` for a version's habit adapter (assistant/scope.py)."""
@@ -205,6 +217,7 @@ class ServedModel:
         self.lock = threading.RLock()
         self.model = self.base  # becomes a PeftModel once the first adapter is loaded
         self.loaded: dict = {}  # key (a version, or (version, "habit"): key_version) -> peft adapter name
+        self.leads: dict = {}  # key -> tokens it writes before the base weights take over (lead_tokens)
         self._names = 0  # peft adapter names are never reused
         self.current: int | None = None  # the adapter generation uses now (None: base)
         self.previous: int | None = None  # the one before it, kept loaded for an instant rollback
@@ -224,8 +237,11 @@ class ServedModel:
             # layers into the base in place, so a failure half-way would alter the base itself.
             tensors = check_adapter_weights(Path(path), self.base)
             spare = self._spare(cfg)
+            lead = lead_tokens(path)
             if spare is not None and adapter_slots.overwrite(self.model, self.loaded[spare], tensors):
                 self.loaded[version] = self.loaded.pop(spare)  # the spare's layers now hold `version`
+                self.leads.pop(spare, None)
+                self.leads[version] = lead
                 return
             # Unique names: a reused slot keeps its old name, so "v{version}" could collide.
             self._names += 1
@@ -244,6 +260,7 @@ class ServedModel:
                     _unwrap_lora_layers(self.base)
                 raise AdapterLoadError(f"adapter v{version} in {path} cannot be loaded: {e}") from e
             self.loaded[version] = name
+            self.leads[version] = lead
             self.adapter_config = self.adapter_config or cfg
 
     def _spare(self, cfg: dict) -> int | None:
@@ -280,6 +297,7 @@ class ServedModel:
                 spares = [v for v in self.loaded if v not in (version, self.previous)]
                 for v in spares[:-1]:  # keep the most recently loaded spare
                     self._forget(self.loaded.pop(v))
+                    self.leads.pop(v, None)
 
     # ---- generation -----------------------------------------------------------------------
     def encode(self, messages: list[dict]) -> torch.Tensor:
@@ -302,6 +320,35 @@ class ServedModel:
         else:
             kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         return kw
+
+    def generate_led(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
+                     streamer=None, **kw) -> torch.Tensor:
+        """`self.model.generate` under the current adapter, except that an adapter with a lead
+        (a habit adapter, `self.leads`) writes only the first `lead` tokens and the base weights
+        write the rest, continuing from them. Returns prompt + reply ids, as generate does.
+        Rows that ended inside the lead go on being generated; `reply_text` cuts them."""
+        lead = self.leads.get(self.current, 0)
+        if not lead or max_new_tokens <= lead:
+            return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, streamer=streamer,
+                                       max_new_tokens=max_new_tokens, **kw)
+        first = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=lead, **kw)
+        new = first[:, input_ids.shape[1]:]
+        if streamer is not None:  # the rest streams from the base weights' call below
+            streamer.on_finalized_text(self.tokenizer.decode(new[0], skip_special_tokens=True))
+        if bool((new == self.tokenizer.eos_token_id).any(dim=1).all()):
+            if streamer is not None:
+                streamer.end()
+            return first
+        mask = torch.cat([attention_mask, torch.ones_like(new)], dim=1)
+        with self.model.disable_adapter():
+            return self.model.generate(input_ids=first, attention_mask=mask, streamer=streamer,
+                                       max_new_tokens=max_new_tokens - new.shape[1], **kw)
+
+    def reply_text(self, new_ids: torch.Tensor) -> str:
+        """A reply's text from its generated ids, up to the first end-of-turn token."""
+        ids = new_ids.tolist()
+        eos = self.tokenizer.eos_token_id
+        return self.tokenizer.decode(ids[:ids.index(eos)] if eos in ids else ids, skip_special_tokens=True)
 
     def _adapter_context(self):
         """Generation with the base model alone must bypass any loaded adapter."""
@@ -347,10 +394,9 @@ class ServedModel:
                     guard = LogitsProcessorList([avoid_first_tokens(input_ids.shape[1], [avoid_first])]
                                                 if avoid_first is not None else [])
                     with torch.inference_mode(), self._adapter_context():
-                        out = self.model.generate(
-                            input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                            streamer=streamer, stopping_criteria=StoppingCriteriaList([_StopWhenAsked()]),
-                            logits_processor=guard,
+                        out = self.generate_led(
+                            input_ids, torch.ones_like(input_ids), streamer=streamer,
+                            stopping_criteria=StoppingCriteriaList([_StopWhenAsked()]), logits_processor=guard,
                             **self._generate_kwargs(max_new_tokens, temperature))
                     outcome["new_tokens"] = int(out.shape[1] - input_ids.shape[1])
             except BaseException as e:  # surfaced to the consumer below

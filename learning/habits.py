@@ -3,34 +3,31 @@
 Why: a scoped adapter (assistant/scope.py) answers only prompts near the ones it was trained
 on, which keeps general knowledge safe from fact corrections but also keeps a taught habit
 ("Captain, ..." in front of every answer) away from new questions. So the learner tells the
-two apart. A habit is an opening (or a closing) that at least `MIN_SUPPORT` corrections to
-different prompts share, such as "Captain," or "Righto!": a few words ending in punctuation,
-never the start of an ordinary sentence ("Your dog is called ..." has no such opening). Facts
-stay in the scoped adapter; a habit gets its own small LoRA (`habit/` inside the version's
-directory) that answers the prompts OUTSIDE the scope. It is trained on the corrections that
-show the habit and on the base model's own answers to generic prompts with the habit added
-(`habit_rows`), so it learns the habit while keeping the base model's content; the gate's
-canaries then check that content on that adapter, as the chat routes them.
+two apart. A habit is an opening that at least `MIN_SUPPORT` corrections to different prompts
+share, such as "Captain," or "Righto!": a few words ending in punctuation, never the start of
+an ordinary sentence ("Your dog is called ..." has no such opening). Facts stay in the scoped
+adapter; a habit gets its own LoRA (`habit/` inside the version's directory) for the prompts
+OUTSIDE the scope, trained on the corrections that show the habit and on the base model's own
+answers to generic prompts with the habit added (`with_habits`).
 
-Measured (bench/results/learn-dev.md, our dev scenario): the habit adapter learns the habit
-(style 4/4) but, like any global weight change of this 135M model, alters what answers say
-(canaries 32/40), so it is off by default (`LearnConfig.habit_adapter`).
+That adapter only LEADS: it writes the first `lead_tokens` tokens of an answer (as many as the
+opening has), the base weights write the rest (assistant/model.py). Measured on our dev
+scenario (bench/results/learn-dev.md): a habit adapter that wrote whole answers learned the
+habit (style 4/4) but changed what answers say as much as fact training does (canaries 32/40).
 
-Contract: `find_habits(rows)` -> {"openings": [...], "closings": [...]} (empty lists: none);
-`habit_rows(rows, habits)` -> the rows showing a habit; `with_habits(text, habits)` -> text
-as the habit would have it.
+Contract: `find_habits(rows)` -> {"openings": [...]} (empty list: none); `habit_rows(rows,
+habits)` -> the corrections showing a habit; `with_habits(text, habits)` -> text opened the
+way the habit would.
 """
 import re
 from collections import defaultdict
 
 MIN_SUPPORT = 3
-"""Corrections to distinct prompts that must share an opening/closing before it is a habit:
+"""Corrections to distinct prompts that must share an opening before it is a habit:
 two could be a coincidence, three in one history are a pattern the user keeps asking for."""
 
 # A short opening: 1-3 words ending in , ! : ; or a dash, then more text ("Captain, keep ...").
 _OPENING = re.compile(r"^\s*((?:[^\s,!:;.?]+\s+){0,2}[^\s,!:;.?]+[,!:;]|(?:[^\s,!:;.?]+\s+){0,2}[^\s,!:;.?]+\s+[-\u2014])\s+\S")
-# A short closing sentence after the answer's last sentence end ("... Cheers!", "... Over and out.").
-_CLOSING = re.compile(r"[.!?]\s+((?:\S+\s+){0,3}\S+[.!?])\s*$")
 # Words that may lose their capital after an opening ("Captain, the ..."); names keep theirs.
 _LOWER_OK = set("a an the it it's its this that these those there here to you you're your yes no "
                 "in on at for when if first try keep use make start".split())
@@ -45,61 +42,39 @@ def opening(text: str) -> str | None:
     return m.group(1).strip() if m else None
 
 
-def closing(text: str) -> str | None:
-    m = _CLOSING.search(text.strip())
-    return m.group(1).strip() if m else None
-
-
 def find_habits(rows: list[dict], min_support: int = MIN_SUPPORT) -> dict:
-    """Openings and closings shared by `min_support` corrections to distinct prompts.
-    Only corrections count: a liked answer shows what the model already does."""
-    seen: dict[str, dict[str, set]] = {"openings": defaultdict(set), "closings": defaultdict(set)}
-    for row in rows:
+    """Openings shared by `min_support` corrections to distinct prompts, in the spelling of the
+    newest row that has each. Only corrections count: a liked answer shows what the model
+    already does."""
+    prompts: dict[str, set] = defaultdict(set)
+    spelled: dict[str, str] = {}
+    for row in rows:  # oldest first
         if row.get("source") != "correction":
             continue
-        answer, prompt = row["messages"][-1]["content"], _user_prompt(row).strip().lower()
-        for kind, part in (("openings", opening(answer)), ("closings", closing(answer))):
-            if part:
-                seen[kind][part.lower()].add(prompt)
-    habits = {}
-    for kind, parts in seen.items():
-        # The spelling of the newest row that has it (rows are oldest first).
-        spelled = {}
-        for row in rows:
-            answer = row["messages"][-1]["content"]
-            part = opening(answer) if kind == "openings" else closing(answer)
-            if part:
-                spelled[part.lower()] = part
-        habits[kind] = sorted(spelled[p] for p, prompts in parts.items() if len(prompts) >= min_support)
-    return habits
+        part = opening(row["messages"][-1]["content"])
+        if part:
+            prompts[part.lower()].add(_user_prompt(row).strip().lower())
+            spelled[part.lower()] = part
+    return {"openings": sorted(spelled[p] for p, asked in prompts.items() if len(asked) >= min_support)}
 
 
 def has_habits(habits: dict | None) -> bool:
-    return bool(habits and (habits.get("openings") or habits.get("closings")))
+    return bool(habits and habits.get("openings"))
 
 
 def habit_rows(rows: list[dict], habits: dict) -> list[dict]:
     """The corrections that show one of the habits."""
     opens = {o.lower() for o in habits.get("openings", [])}
-    closes = {c.lower() for c in habits.get("closings", [])}
-    out = []
-    for row in rows:
-        if row.get("source") != "correction":
-            continue
-        answer = row["messages"][-1]["content"]
-        if (opening(answer) or "").lower() in opens or (closing(answer) or "").lower() in closes:
-            out.append(row)
-    return out
+    return [r for r in rows if r.get("source") == "correction"
+            and (opening(r["messages"][-1]["content"]) or "").lower() in opens]
 
 
 def with_habits(text: str, habits: dict) -> str:
-    """`text` with the (first) habit opening and closing added, unless it already has them."""
+    """`text` opened with the (first) habit opening, unless it already has it."""
     text = text.strip()
-    if habits.get("openings") and not (opening(text) or "").lower() == habits["openings"][0].lower():
+    if habits.get("openings") and (opening(text) or "").lower() != habits["openings"][0].lower():
         first, _, rest = text.partition(" ")
         if first.lower() in _LOWER_OK and habits["openings"][0][-1] in ",:;":  # "Righto! The ..." stays
             first = first.lower()
         text = f"{habits['openings'][0]} {first} {rest}".strip()
-    if habits.get("closings") and not (closing(text) or "").lower() == habits["closings"][0].lower():
-        text = f"{text} {habits['closings'][0]}"
     return text

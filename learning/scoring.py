@@ -95,10 +95,10 @@ class Scorer:
             mask = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in batch])
             guard = LogitsProcessorList([avoid_first_tokens(width, [avoid_first[i] for i in batch])]
                                         if avoid_first and any(avoid_first[i] is not None for i in batch) else [])
-            out = self._run(lambda m, a, b, guard=guard: m.generate(input_ids=a, attention_mask=b,
-                                                                    logits_processor=guard, **kwargs), ids, mask)
+            out = self._run(lambda m, a, b, guard=guard: self.served.generate_led(a, b, logits_processor=guard,
+                                                                                  **kwargs), ids, mask)
             for i, row in zip(batch, out[:, width:].cpu(), strict=True):
-                replies[i] = tok.decode(row, skip_special_tokens=True)
+                replies[i] = self.served.reply_text(row)
             if on_batch:
                 on_batch()
         return replies

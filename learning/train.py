@@ -298,11 +298,12 @@ def train_candidate(job: TrainJob) -> Path:
 
 def train_habit_adapter(model, tok, job: TrainJob, device: str, work: Path, losses: list, stats: dict,
                         out: Path) -> dict | None:
-    """The habit adapter (learning/habits.py, `habit_adapter` on), written to `out/habit`:
-    trained when this cycle's corrections show a habit (continuing the parent's habit adapter if it has one),
+    """The habit adapter (learning/habits.py, `habit_adapter` on), written to `out/habit` with
+    its lead (habit.json): trained when this cycle's corrections show a habit (continuing the parent's habit adapter if it has one),
     copied unchanged from the parent when they do not, absent when neither has one. Only
     scoped versions have one: an unscoped adapter answers every prompt itself.
     Returns the habits it follows (None: no habit adapter)."""
+    from assistant.model import LEAD_FILE
     from learning.augment import self_replay_rows
     from learning.habits import find_habits, habit_rows, has_habits, with_habits
 
@@ -312,8 +313,7 @@ def train_habit_adapter(model, tok, job: TrainJob, device: str, work: Path, loss
     habits = find_habits(job.sft_rows)
     if not job.lcfg.habit_adapter or job.lcfg.scope_threshold is None or not (has_habits(habits) or parent):
         return None
-    habits = {k: sorted(set(habits.get(k, [])) | set((parent_habits or {}).get(k, [])))
-              for k in ("openings", "closings")}
+    habits = {"openings": sorted(set(habits["openings"]) | set((parent_habits or {}).get("openings", [])))}
     shown = habit_rows(job.sft_rows, habits)
     if not shown:  # nothing new to learn: the parent's habit adapter goes on unchanged
         shutil.copytree(parent, out / "habit")
@@ -343,6 +343,10 @@ def train_habit_adapter(model, tok, job: TrainJob, device: str, work: Path, loss
     stats["habit"]["shown"] = len(shown)
     model.save_pretrained(str(out), selected_adapters=["habit"])  # peft writes it to out/habit
     model.set_adapter("default")
+    # The served model lets this adapter write only as many tokens as the longest opening has
+    # (assistant/model.py, "lead"); the base weights write the rest of the answer.
+    lead = max(len(tok(o, add_special_tokens=False)["input_ids"]) for o in habits["openings"])
+    (out / "habit" / LEAD_FILE).write_text(json.dumps({"openings": habits["openings"], "lead_tokens": lead}))
     return habits
 
 

@@ -50,9 +50,9 @@ def metrics_line(m: dict | None) -> str:
 
 # ---- the table ----------------------------------------------------------------------------
 def _scope_text(scope: dict | None, habits: dict | None = None) -> str:
-    habit = ", ".join(f'"{h}"' for h in [*(habits or {}).get("openings", []), *(habits or {}).get("closings", [])])
+    habit = ", ".join(f'"{h}"' for h in (habits or {}).get("openings", []))
     if habit:
-        return f"{_scope_text(scope)}; habit {habit} everywhere else"
+        return f"{_scope_text(scope)}; elsewhere answers open like {habit}"
     if not scope or scope.get("threshold") is None:
         return "every prompt"
     return f"{len(scope.get('prompts') or [])} trained prompts (similarity >= {scope['threshold']})"

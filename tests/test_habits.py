@@ -23,23 +23,23 @@ def rows(pairs, source="correction"):
 
 
 def test_an_opening_shared_by_three_corrections_is_a_habit_and_a_facts_start_is_not():
-    assert find_habits(rows(CAPTAIN + FACTS)) == {"openings": ["Captain,"], "closings": []}
-    assert find_habits(rows(FACTS)) == {"openings": [], "closings": []}
+    assert find_habits(rows(CAPTAIN + FACTS)) == {"openings": ["Captain,"]}
+    assert find_habits(rows(FACTS)) == {"openings": []}
     assert find_habits(rows(CAPTAIN[:2] + FACTS))["openings"] == []  # two could be chance
     same_prompt = [(CAPTAIN[0][0], a) for _, a in CAPTAIN]
     assert find_habits(rows(same_prompt))["openings"] == []  # one question corrected thrice
     assert find_habits(rows(CAPTAIN, source="liked"))["openings"] == []  # only corrections teach
-    signed = [(q, f"{a} Cheers, mate!") for q, a in FACTS]
-    assert find_habits(rows(signed))["closings"] == ["Cheers, mate!"]
+    righto = [(q, f"Righto! {a}") for q, a in FACTS]
+    assert find_habits(rows(CAPTAIN + righto))["openings"] == ["Captain,", "Righto!"]
 
 
 def test_habit_rows_and_answers_with_the_habit():
     assert [r["messages"][1]["content"] for r in habit_rows(rows(FACTS + CAPTAIN), find_habits(rows(CAPTAIN)))] \
         == [q for q, _ in CAPTAIN]
-    habits = {"openings": ["Captain,"], "closings": ["Over."]}
-    assert with_habits("The capital of Japan is Tokyo.", habits) == "Captain, the capital of Japan is Tokyo. Over."
-    assert with_habits("Tokyo is the capital.", habits) == "Captain, Tokyo is the capital. Over."  # names keep capitals
-    assert with_habits("Captain, it is. Over.", habits) == "Captain, it is. Over."  # not twice
+    habits = {"openings": ["Captain,"]}
+    assert with_habits("The capital of Japan is Tokyo.", habits) == "Captain, the capital of Japan is Tokyo."
+    assert with_habits("Tokyo is the capital.", habits) == "Captain, Tokyo is the capital."  # names keep capitals
+    assert with_habits("Captain, it is.", habits) == "Captain, it is."  # not twice
     assert with_habits("The sky is blue.", {"openings": ["Righto!"]}) == "Righto! The sky is blue."
 
 
@@ -61,7 +61,9 @@ def test_a_version_that_learns_a_habit_carries_a_habit_adapter_and_its_child_inh
     job.lcfg = dataclasses.replace(job.lcfg, self_replay=3, habit_adapter=True, habit_self_replay=4, dpo_epochs=0)
     v1 = train_candidate(job)
     meta = json.loads((v1 / "meta.json").read_text())
-    assert meta["habits"] == {"openings": ["Captain,"], "closings": []}
+    assert meta["habits"] == {"openings": ["Captain,"]}
+    lead = json.loads((v1 / "habit" / "habit.json").read_text())
+    assert lead["openings"] == ["Captain,"] and lead["lead_tokens"] >= 1
     assert meta["stats"]["habit"]["shown"] == 3 and meta["stats"]["habit"]["rows"] == 3 + 4
     assert {x["stage"] for x in meta["losses"]} == {"SFT", "habit"}
     assert (v1 / "habit" / "adapter_config.json").exists() and (v1 / "adapter_config.json").exists()
@@ -89,3 +91,39 @@ def test_no_habit_or_switched_off_no_habit_adapter(tiny_model_path, tmp_path, re
     job.lcfg = dataclasses.replace(job.lcfg, self_replay=3, habit_adapter=enabled, habit_self_replay=4, dpo_epochs=0)
     out = train_candidate(job)
     assert json.loads((out / "meta.json").read_text())["habits"] is None and not (out / "habit").exists()
+
+
+def test_a_habit_adapter_writes_only_its_lead_and_the_base_weights_the_rest(tiny_model_path, tmp_path):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from assistant.model import ServedModel
+    from tests.lora import make_adapter
+
+    habit = make_adapter(tiny_model_path, tmp_path / "habit", seed=3)
+    weights = load_file(str(habit / "adapter_model.safetensors"))  # strong enough to change greedy tokens
+    save_file({k: v * 8 for k, v in weights.items()}, str(habit / "adapter_model.safetensors"))
+    version_dir = make_adapter(tiny_model_path, tmp_path / "v1", seed=1)
+    shutil.copytree(habit, version_dir / "habit")
+    (version_dir / "habit" / "habit.json").write_text(json.dumps({"openings": ["Captain,"], "lead_tokens": 2}))
+
+    served = ServedModel(str(tiny_model_path))
+    messages = [SYSTEM, {"role": "user", "content": "How do I make coffee?"}]
+    ids = served.encode(messages)
+    n, ones = ids.shape[1], torch.ones_like(ids)
+    key = (1, "habit")
+    kw = served._generate_kwargs(8, 0.0)
+    with served.lock, torch.inference_mode():
+        served.use(key, version_dir / "habit")
+        led = served.generate_led(ids, ones, **kw)
+        habit_only = served.model.generate(input_ids=ids, attention_mask=ones, **kw)
+        with served.model.disable_adapter():
+            base_after_lead = served.model.generate(input_ids=led[:, :n + 2], attention_mask=torch.ones_like(led[:, :n + 2]),
+                                                    **{**kw, "max_new_tokens": 6})
+    assert not torch.equal(led, habit_only)  # precondition: the two weights write differently
+    assert torch.equal(led[:, :n + 2], habit_only[:, :n + 2])  # the habit adapter's lead...
+    assert torch.equal(led, base_after_lead)  # ...then the base weights, continuing from it
+    streamed = "".join(served.stream(messages, max_new_tokens=8, version=key, adapter_path=version_dir / "habit"))
+    assert streamed == served.reply_text(led[0, n:])

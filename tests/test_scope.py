@@ -106,9 +106,12 @@ def test_outside_the_scope_a_versions_habit_adapter_answers_in_chat_and_evaluati
     make_adapter(tiny_model_path, tmp_path / "habit-src", seed=2)
     shutil.copytree(tmp_path / "habit-src", version_dir / "habit")
     scoped(version_dir, [TAUGHT])
+    outside = "How many legs does a spider have?"
+    chat = ChatService(cfg, served, scope=AdapterScope(Embedder()))
+    assert chat.route(1, str(version_dir), outside) == (None, None)  # no lead: not a usable habit adapter
+    (version_dir / "habit" / "habit.json").write_text(json.dumps({"openings": ["Captain,"], "lead_tokens": 2}))
     register(db, 1, version_dir)
     adapters.activate(db, 1)
-    outside = "How many legs does a spider have?"
     chat = ChatService(cfg, served, scope=AdapterScope(Embedder()))
     habit = ((1, "habit"), str(version_dir / "habit"))
     assert chat.route(1, str(version_dir), TAUGHT) == (1, str(version_dir))
