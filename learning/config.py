@@ -78,13 +78,13 @@ class LearnConfig:
     corrected prompt (learning/augment.py `contrast_pairs`). Off: on our dev scenario it taught
     33/48 paraphrases against 38/48 without (bench/results/learn-dev.md) and doubled DPO time."""
     habit_adapter: bool = False
-    """Train a habit adapter (learning/habits.py) when corrections show a habit, to answer the
-    prompts outside the scope. Off: measured on our dev scenario (bench/results/learn-dev.md),
-    it learned the habit (style 4/4 at habit_lr 1e-3) but changed what answers SAY as much as
-    fact training does: 32/40 canaries at 1e-3 and at 2e-4 (where it learned no habit), so the
-    gate rejected the whole version."""
-    habit_lr: float = 2e-4
-    """Peak learning rate of the habit adapter, trained for `sft_epochs`."""
+    """Train a habit adapter (learning/habits.py) when corrections show a habit; it leads the
+    answers to prompts outside the scope (writes their opening, the base weights the rest).
+    Off by default for the embedded 135M model: on our dev scenario (bench/results/learn-dev.md)
+    it learned the habit (style 4/4) and lost 8 of the gate's 40 canaries, also when it only
+    led, so the gate rejected every version with one. For a larger model, try it."""
+    habit_lr: float = 1e-3
+    """Peak learning rate of the habit adapter, trained for `sft_epochs` (2e-4 taught no habit)."""
     habit_self_replay: int = 48
     """Base-model answers to generic prompts, with the habit added, that train the habit adapter
     next to the corrections showing it: they carry the base model's content, so the habit

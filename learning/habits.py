@@ -13,7 +13,9 @@ answers to generic prompts with the habit added (`with_habits`).
 That adapter only LEADS: it writes the first `lead_tokens` tokens of an answer (as many as the
 opening has), the base weights write the rest (assistant/model.py). Measured on our dev
 scenario (bench/results/learn-dev.md): a habit adapter that wrote whole answers learned the
-habit (style 4/4) but changed what answers say as much as fact training does (canaries 32/40).
+habit (style 4/4) but changed what answers say as much as fact training does (canaries 32/40);
+leading only, still 32/40: after "Righto!" the 135M base model itself answers differently
+("5 plus 5 is a classic math problem"). So it is off by default (`LearnConfig.habit_adapter`).
 
 Contract: `find_habits(rows)` -> {"openings": [...]} (empty list: none); `habit_rows(rows,
 habits)` -> the corrections showing a habit; `with_habits(text, habits)` -> text opened the
