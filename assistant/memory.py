@@ -32,6 +32,7 @@ Which corrections are eligible:
 import logging
 import re
 import threading
+from collections import OrderedDict
 from typing import Protocol
 
 import numpy as np
@@ -79,11 +80,18 @@ class Embedder(Protocol):
 
 
 class MiniLMEmbedder:
-    """all-MiniLM-L6-v2 from the hash-pinned offline wheel, on CPU, loaded on first use."""
+    """all-MiniLM-L6-v2 from the hash-pinned offline wheel, on CPU, loaded on first use.
+
+    One text at a time (a user's message) is remembered for the next few calls: a chat turn
+    asks for the same message's vector twice, for recall and for the adapter's scope
+    (assistant/scope.py), and one embedding costs about 15 ms on this CPU."""
+
+    RECENT = 32  # single texts remembered
 
     def __init__(self):
         self._model = None
         self._lock = threading.Lock()
+        self._recent: OrderedDict[str, np.ndarray] = OrderedDict()
 
     def load(self):
         with self._lock:
@@ -96,8 +104,21 @@ class MiniLMEmbedder:
         return self._model
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        return self.load().encode(list(texts), batch_size=64, convert_to_numpy=True,
-                                  normalize_embeddings=True, show_progress_bar=False)
+        texts = list(texts)
+        if len(texts) == 1:
+            with self._lock:
+                hit = self._recent.get(texts[0])
+                if hit is not None:
+                    self._recent.move_to_end(texts[0])
+                    return hit[None, :].copy()
+        vectors = self.load().encode(texts, batch_size=64, convert_to_numpy=True,
+                                     normalize_embeddings=True, show_progress_bar=False)
+        if len(texts) == 1:
+            with self._lock:
+                self._recent[texts[0]] = vectors[0]
+                while len(self._recent) > self.RECENT:
+                    self._recent.popitem(last=False)
+        return vectors
 
 
 def normalise_prompt(text: str) -> str:

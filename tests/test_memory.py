@@ -196,6 +196,35 @@ def test_real_embedding_model_recalls_a_paraphrase_and_nothing_unrelated(cfg, db
     assert mem.recall("How do I sort a list in Python?") == []
 
 
+def test_a_message_is_embedded_once_per_turn_for_recall_and_scope():
+    """The embedder remembers recent single texts: recall and the adapter's scope embed a turn's
+    message once. Batches (stored corrections) are not remembered."""
+    import numpy as np
+
+    class CountingModel:
+        calls = 0
+
+        def encode(self, texts, **kw):
+            CountingModel.calls += 1
+            return np.stack([np.full(4, float(len(t))) for t in texts])
+
+    embedder = MiniLMEmbedder()
+    embedder._model = CountingModel()
+    first = embedder.encode(["What is my cat's name?"])
+    again = embedder.encode(["What is my cat's name?"])
+    assert CountingModel.calls == 1 and np.array_equal(first, again)
+    again[0, 0] = -1  # callers may scale or normalise what they get: the cache keeps its copy
+    assert embedder.encode(["What is my cat's name?"])[0, 0] == first[0, 0]
+    embedder.encode(["a", "b"])
+    embedder.encode(["a", "b"])
+    assert CountingModel.calls == 3
+    for i in range(MiniLMEmbedder.RECENT + 1):
+        embedder.encode([f"message {i}"])
+    calls = CountingModel.calls
+    embedder.encode(["What is my cat's name?"])  # the oldest one was forgotten
+    assert CountingModel.calls == calls + 1
+
+
 @pytest.mark.e2e
 def test_the_real_model_uses_a_correction_at_once(tmp_path, embedded_model_dir):
     from assistant.config import Config
