@@ -67,7 +67,9 @@ def status_markdown(st: dict) -> str:
     icon = {"running": "…", "succeeded": "✓", "failed": "✗", "cancelled": "■"}.get(status, "•")
     stage = st.get("stage") or "starting"
     lines = [f"{icon} **{status.capitalize()}** — stage: **{stage}**"]
-    steps = " → ".join(f"**{s}**" if s == stage else s for s in STAGES)
+    # the habit stage is optional (LearnConfig.habit_adapter): listed only in cycles that reach it
+    habit_ran = stage == "habit" or any(x.get("stage") == "habit" for x in st.get("losses") or [])
+    steps = " → ".join(f"**{s}**" if s == stage else s for s in STAGES if s != "habit" or habit_ran)
     lines.append(f"Stages: {steps}")
     if st.get("started_at"):
         lines.append(f"Started {st['started_at']}" + (f", ended {st['ended_at']}" if st.get("ended_at") else ""))

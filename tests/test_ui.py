@@ -275,10 +275,13 @@ def test_learning_tab_shows_a_running_cycle_and_cancels_it(rt):
                     losses=[{"step": 1, "loss": 2.5, "stage": "SFT"}, {"step": 2, "loss": 2.1, "stage": "SFT"}])
     stage, bar, losses, cancel = ui_learning.status_view(rt)
     assert "**SFT**" in stage and "Running" in stage and cancel["visible"] is True
+    assert "habit" not in stage  # an optional stage this cycle does not reach is not listed
     assert 'aria-valuenow="40"' in bar and "1 min 35 s left" in bar
     assert [list(line.get_ydata()) for line in losses.axes[0].lines] == [[2.5, 2.1]]
     assert "already running" in ui_learning.learn_now(rt)  # one cycle at a time
     assert "Cancel requested" in ui_learning.cancel(rt) and jobs.cancel_requested(rt.db, jid)
+    jobs.update_job(rt.db, jid, stage="habit", progress=0.7, eta_s=30)
+    assert "DPO → **habit** → evaluating" in ui_learning.status_view(rt)[0]
     jobs.finish_job(rt.db, jid, "failed", error="out of memory")
     stage, bar, *_ = ui_learning.status_view(rt)
     assert "Failed" in stage and "out of memory" in stage
