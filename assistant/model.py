@@ -219,8 +219,8 @@ class ServedModel:
         self.loaded: dict = {}  # key (a version, or (version, "habit"): key_version) -> peft adapter name
         self.leads: dict = {}  # key -> tokens it writes before the base weights take over (lead_tokens)
         self._names = 0  # peft adapter names are never reused
-        self.current: int | None = None  # the adapter generation uses now (None: base)
-        self.previous: int | None = None  # the one before it, kept loaded for an instant rollback
+        self.current = None  # the key of the adapter generation uses now (None: base)
+        self.previous = None  # the one before it, kept loaded for an instant rollback
         self.adapter_config: dict | None = None  # the first adapter's LoRA shape; later ones must match
 
     # ---- adapters -------------------------------------------------------------------------

@@ -70,6 +70,7 @@ class AdapterScope:
         self.embedder = embedder
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[float, np.ndarray] | None] = {}
+        self._habits: dict[str, str | None] = {}  # version dir -> its habit adapter's dir
 
     def _scope(self, path) -> tuple[float, np.ndarray] | None:
         key = str(path)
@@ -97,8 +98,13 @@ class AdapterScope:
     def route(self, version: int | None, path, text: str) -> tuple:
         if version is None or path is None or self.covers(path, text):
             return version, path
-        habit = habit_path(path)
-        return ((version, "habit"), str(habit)) if habit else (None, None)
+        key = str(path)
+        with self._lock:  # looked up once per directory, like the scope: not on every turn
+            if key not in self._habits:
+                habit = habit_path(path)
+                self._habits[key] = None if habit is None else str(habit)
+            habit = self._habits[key]
+        return ((version, "habit"), habit) if habit else (None, None)
 
     def _best(self, matrix: np.ndarray, text: str) -> float:
         return float((matrix @ unit_rows(self.embedder.encode([text]))[0]).max())
