@@ -299,19 +299,21 @@ def train_candidate(job: TrainJob) -> Path:
 def train_habit_adapter(model, tok, job: TrainJob, device: str, work: Path, losses: list, stats: dict,
                         out: Path) -> dict | None:
     """The habit adapter (learning/habits.py, `habit_adapter` on), written to `out/habit` with
-    its lead (habit.json): trained when this cycle's corrections show a habit (continuing the parent's habit adapter if it has one),
-    copied unchanged from the parent when they do not, absent when neither has one. Only
-    scoped versions have one: an unscoped adapter answers every prompt itself.
-    Returns the habits it follows (None: no habit adapter)."""
+    its lead (habit.json): trained when this cycle's corrections show a habit (continuing the
+    parent's habit adapter if it has one), copied unchanged from the parent when they do not,
+    absent when neither has one. Only scoped versions have one: an unscoped adapter answers
+    every prompt itself. Returns the habits it follows (None: no habit adapter)."""
     from assistant.model import LEAD_FILE
     from learning.augment import self_replay_rows
     from learning.habits import find_habits, habit_rows, has_habits, with_habits
 
+    if not job.lcfg.habit_adapter or job.lcfg.scope_threshold is None:
+        return None
     parent = Path(job.parent_path) / "habit" if job.parent_path else None
     parent = parent if parent is not None and (parent / "adapter_config.json").exists() else None
     parent_habits = _read_meta(job.parent_path).get("habits") if parent else None
     habits = find_habits(job.sft_rows)
-    if not job.lcfg.habit_adapter or job.lcfg.scope_threshold is None or not (has_habits(habits) or parent):
+    if not (has_habits(habits) or parent):
         return None
     habits = {"openings": sorted(set(habits["openings"]) | set((parent_habits or {}).get("openings", [])))}
     shown = habit_rows(job.sft_rows, habits)
