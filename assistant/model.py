@@ -169,13 +169,16 @@ def avoid_first_tokens(start: int, banned: list[int | None]):
 LEAD_FILE = "habit.json"  # in a habit adapter: {"openings", "lead_tokens"} (learning/train.py)
 
 
-def lead_tokens(adapter_path) -> int:
-    """How many tokens the adapter at `adapter_path` writes before the base weights take over
-    (0: the whole answer; only habit adapters lead, learning/habits.py)."""
+def read_lead(adapter_path) -> tuple[int, tuple[str, ...]] | None:
+    """(tokens, openings) of an adapter that leads (a habit adapter, learning/habits.py): it
+    writes at most `tokens` tokens, kept only when they are one of `openings`. None: the
+    adapter writes whole answers (every other adapter), or its habit.json is unreadable."""
     try:
-        return max(int(json.loads((Path(adapter_path) / LEAD_FILE).read_text())["lead_tokens"]), 0)
+        lead = json.loads((Path(adapter_path) / LEAD_FILE).read_text())
+        tokens, openings = int(lead["lead_tokens"]), tuple(str(o) for o in lead["openings"])
     except (OSError, ValueError, KeyError, TypeError):
-        return 0
+        return None
+    return (tokens, openings) if tokens > 0 and openings else None
 
 
 def key_version(key) -> int | None:
@@ -217,7 +220,7 @@ class ServedModel:
         self.lock = threading.RLock()
         self.model = self.base  # becomes a PeftModel once the first adapter is loaded
         self.loaded: dict = {}  # key (a version, or (version, "habit"): key_version) -> peft adapter name
-        self.leads: dict = {}  # key -> tokens it writes before the base weights take over (lead_tokens)
+        self.leads: dict = {}  # key -> (tokens, openings) of an adapter that only leads (read_lead)
         self._names = 0  # peft adapter names are never reused
         self.current = None  # the key of the adapter generation uses now (None: base)
         self.previous = None  # the one before it, kept loaded for an instant rollback
@@ -237,7 +240,7 @@ class ServedModel:
             # layers into the base in place, so a failure half-way would alter the base itself.
             tensors = check_adapter_weights(Path(path), self.base)
             spare = self._spare(cfg)
-            lead = lead_tokens(path)
+            lead = read_lead(path)
             if spare is not None and adapter_slots.overwrite(self.model, self.loaded[spare], tensors):
                 self.loaded[version] = self.loaded.pop(spare)  # the spare's layers now hold `version`
                 self.leads.pop(spare, None)
@@ -323,26 +326,35 @@ class ServedModel:
 
     def generate_led(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
                      streamer=None, **kw) -> torch.Tensor:
-        """`self.model.generate` under the current adapter, except that an adapter with a lead
-        (a habit adapter, `self.leads`) writes only the first `lead` tokens and the base weights
-        write the rest, continuing from them. Returns prompt + reply ids, as generate does.
-        Rows that ended inside the lead go on being generated; `reply_text` cuts them."""
-        lead = self.leads.get(self.current, 0)
-        if not lead or max_new_tokens <= lead:
+        """`self.model.generate` under the current adapter, except for an adapter that only
+        leads (a habit adapter, `self.leads`): it writes the first few tokens, kept only when
+        they are one of its openings ("Captain,"), and the base weights answer the prompt as
+        they would without it; the reply is the opening, a space, then the base answer. So a
+        habit changes how answers open and never what they say (learning/habits.py). Returns
+        prompt + reply ids (right-padded with the end token, which `reply_text` cuts at)."""
+        lead = self.leads.get(self.current)
+        if lead is None:
             return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, streamer=streamer,
                                        max_new_tokens=max_new_tokens, **kw)
-        first = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=lead, **kw)
-        new = first[:, input_ids.shape[1]:]
-        if streamer is not None:  # the rest streams from the base weights' call below
-            streamer.on_finalized_text(self.tokenizer.decode(new[0], skip_special_tokens=True))
-        if bool((new == self.tokenizer.eos_token_id).any(dim=1).all()):
-            if streamer is not None:
-                streamer.end()
-            return first
-        mask = torch.cat([attention_mask, torch.ones_like(new)], dim=1)
+        tokens, openings = lead
+        width, eos = input_ids.shape[1], self.tokenizer.eos_token_id
+        first = self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
+                                    max_new_tokens=min(tokens, max_new_tokens), **kw)[:, width:]
+        opened = []  # per row: the opening's ids and a space, or nothing
+        for row in first:
+            text = self.reply_text(row).strip()
+            match = next((o for o in openings if text.lower().startswith(o.lower())), None)
+            opened.append(self.tokenizer(text[:len(match)] + " ", add_special_tokens=False)["input_ids"]
+                          if match else [])
+        if streamer is not None and opened[0]:
+            streamer.on_finalized_text(self.tokenizer.decode(opened[0]))
         with self.model.disable_adapter():
-            return self.model.generate(input_ids=first, attention_mask=mask, streamer=streamer,
-                                       max_new_tokens=max_new_tokens - new.shape[1], **kw)
+            rest = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, streamer=streamer,
+                                       max_new_tokens=max_new_tokens, **kw)[:, width:].tolist()
+        replies = [o + r for o, r in zip(opened, rest, strict=True)]
+        longest = max(map(len, replies))
+        return torch.cat([input_ids, torch.tensor([r + [eos] * (longest - len(r)) for r in replies],
+                                                  dtype=input_ids.dtype, device=input_ids.device)], dim=1)
 
     def reply_text(self, new_ids: torch.Tensor) -> str:
         """A reply's text from its generated ids, up to the first end-of-turn token."""

@@ -40,11 +40,11 @@ def scope_prompts(rows: list[dict]) -> list[str]:
 
 def habit_path(path) -> Path | None:
     """The habit adapter inside the version directory `path`, if it has one."""
-    from assistant.model import lead_tokens
+    from assistant.model import read_lead
 
     habit = Path(path) / "habit"
     # without a readable lead it would write whole answers, which it must not (learning/habits.py)
-    return habit if (habit / "adapter_config.json").exists() and lead_tokens(habit) > 0 else None
+    return habit if (habit / "adapter_config.json").exists() and read_lead(habit) else None
 
 
 def read_scope(path) -> dict | None:

@@ -10,12 +10,14 @@ adapter; a habit gets its own LoRA (`habit/` inside the version's directory) for
 OUTSIDE the scope, trained on the corrections that show the habit and on the base model's own
 answers to generic prompts with the habit added (`with_habits`).
 
-That adapter only LEADS: it writes the first `lead_tokens` tokens of an answer (as many as the
-opening has), the base weights write the rest (assistant/model.py). Measured on our dev
-scenario (bench/results/learn-dev.md): a habit adapter that wrote whole answers learned the
-habit (style 4/4) but changed what answers say as much as fact training does (canaries 32/40);
-leading only, still 32/40: after "Righto!" the 135M base model itself answers differently
-("5 plus 5 is a classic math problem"). So it is off by default (`LearnConfig.habit_adapter`).
+That adapter only LEADS (assistant/model.py `generate_led`): it writes the first few tokens of
+an answer, kept only when they are one of the habit's openings, and the base weights answer
+the prompt exactly as they would without it; the reply is the opening, then the base answer.
+Why not more: on our dev scenario (bench/results/learn-dev.md) a habit adapter that wrote
+whole answers learned the habit (style 4/4) but changed what answers say as much as fact
+training does (canaries 32/40), and so did letting the base weights continue AFTER the
+opening: after "Righto!" the 135M model answers differently ("Righto! 5 plus 5 is a classic
+math problem"), 32/40 again.
 
 Contract: `find_habits(rows)` -> {"openings": [...]} (empty list: none); `habit_rows(rows,
 habits)` -> the corrections showing a habit; `with_habits(text, habits)` -> text opened the

@@ -345,9 +345,10 @@ def train_habit_adapter(model, tok, job: TrainJob, device: str, work: Path, loss
     stats["habit"]["shown"] = len(shown)
     model.save_pretrained(str(out), selected_adapters=["habit"])  # peft writes it to out/habit
     model.set_adapter("default")
-    # The served model lets this adapter write only as many tokens as the longest opening has
-    # (assistant/model.py, "lead"); the base weights write the rest of the answer.
-    lead = max(len(tok(o, add_special_tokens=False)["input_ids"]) for o in habits["openings"])
+    # The served model lets this adapter write only the opening (its tokens, and two to spare:
+    # tokenisation at the start of a reply may differ) and keeps it only if it is one of the
+    # habit's openings; the base weights write the answer (assistant/model.py generate_led).
+    lead = max(len(tok(o, add_special_tokens=False)["input_ids"]) for o in habits["openings"]) + 2
     (out / "habit" / LEAD_FILE).write_text(json.dumps({"openings": habits["openings"], "lead_tokens": lead}))
     return habits
 

@@ -93,7 +93,7 @@ def test_no_habit_or_switched_off_no_habit_adapter(tiny_model_path, tmp_path, re
     assert json.loads((out / "meta.json").read_text())["habits"] is None and not (out / "habit").exists()
 
 
-def test_a_habit_adapter_writes_only_its_lead_and_the_base_weights_the_rest(tiny_model_path, tmp_path):
+def test_a_habit_adapter_chooses_only_the_opening_and_the_base_weights_answer(tiny_model_path, tmp_path):
     import shutil
 
     import torch
@@ -107,23 +107,30 @@ def test_a_habit_adapter_writes_only_its_lead_and_the_base_weights_the_rest(tiny
     save_file({k: v * 8 for k, v in weights.items()}, str(habit / "adapter_model.safetensors"))
     version_dir = make_adapter(tiny_model_path, tmp_path / "v1", seed=1)
     shutil.copytree(habit, version_dir / "habit")
-    (version_dir / "habit" / "habit.json").write_text(json.dumps({"openings": ["Captain,"], "lead_tokens": 2}))
+    lead_file = version_dir / "habit" / "habit.json"
 
     served = ServedModel(str(tiny_model_path))
     messages = [SYSTEM, {"role": "user", "content": "How do I make coffee?"}]
     ids = served.encode(messages)
     n, ones = ids.shape[1], torch.ones_like(ids)
-    key = (1, "habit")
     kw = served._generate_kwargs(8, 0.0)
-    with served.lock, torch.inference_mode():
-        served.use(key, version_dir / "habit")
-        led = served.generate_led(ids, ones, **kw)
-        habit_only = served.model.generate(input_ids=ids, attention_mask=ones, **kw)
-        with served.model.disable_adapter():
-            base_after_lead = served.model.generate(input_ids=led[:, :n + 2], attention_mask=torch.ones_like(led[:, :n + 2]),
-                                                    **{**kw, "max_new_tokens": 6})
-    assert not torch.equal(led, habit_only)  # precondition: the two weights write differently
-    assert torch.equal(led[:, :n + 2], habit_only[:, :n + 2])  # the habit adapter's lead...
-    assert torch.equal(led, base_after_lead)  # ...then the base weights, continuing from it
-    streamed = "".join(served.stream(messages, max_new_tokens=8, version=key, adapter_path=version_dir / "habit"))
-    assert streamed == served.reply_text(led[0, n:])
+    with torch.inference_mode():
+        base = served.reply_text(served.model.generate(input_ids=ids, attention_mask=ones, **kw)[0, n:])
+        served.use((0, "probe"), habit)  # the habit adapter alone, writing whole answers
+        whole = served.model.generate(input_ids=ids, attention_mask=ones, **kw)[0, n:]
+    opening = served.reply_text(whole[:3]).strip()
+    assert opening and not base.startswith(opening)  # precondition: the two weights start differently
+
+    def reply(openings, key):
+        lead_file.write_text(json.dumps({"openings": openings, "lead_tokens": 3}))
+        with served.lock, torch.inference_mode():
+            served.use(key, version_dir / "habit")
+            out = served.generate_led(ids, ones, **kw)
+        streamed = "".join(served.stream(messages, max_new_tokens=8, version=key, adapter_path=version_dir / "habit"))
+        assert streamed.strip() == served.reply_text(out[0, n:]).strip()  # streaming says the same
+        return served.reply_text(out[0, n:])
+
+    # its lead is one of the habit's openings: kept, then the base model's own answer, unchanged
+    assert reply([opening], (1, "habit")) == f"{opening} {base}"
+    # anything else it would write is dropped: the base model's answer alone
+    assert reply(["Captain,"], (2, "habit")) == base
