@@ -77,12 +77,12 @@ class LearnConfig:
     """Add DPO pairs that prefer each correction over the correction of the most similar other
     corrected prompt (learning/augment.py `contrast_pairs`). Off: on our dev scenario it taught
     33/48 paraphrases against 38/48 without (bench/results/learn-dev.md) and doubled DPO time."""
-    habit_adapter: bool = False
-    """Train a habit adapter (learning/habits.py) when corrections show a habit; it leads the
-    answers to prompts outside the scope (writes their opening, the base weights the rest).
-    Off by default for the embedded 135M model: on our dev scenario (bench/results/learn-dev.md)
-    it learned the habit (style 4/4) and lost 8 of the gate's 40 canaries, also when it only
-    led, so the gate rejected every version with one. For a larger model, try it."""
+    habit_adapter: bool = True
+    """Train a habit adapter (learning/habits.py) when corrections show a habit (an opening 3+
+    corrections to different prompts share); it chooses the opening of answers to prompts
+    outside the scope, and the base weights answer them as before. On our dev scenario
+    (bench/results/learn-dev.md): style 4/4, canaries 40/40, controls as the base. Writing
+    whole answers, or letting the base continue after its opening, lost 8/40 canaries."""
     habit_lr: float = 1e-3
     """Peak learning rate of the habit adapter, trained for `sft_epochs` (2e-4 taught no habit)."""
     habit_self_replay: int = 48
