@@ -87,8 +87,7 @@ class LearnConfig:
     """Peak learning rate of the habit adapter, trained for `sft_epochs` (2e-4 taught no habit)."""
     habit_self_replay: int = 48
     """Base-model answers to generic prompts, with the habit added, that train the habit adapter
-    next to the corrections showing it: they carry the base model's content, so the habit
-    adapter changes how answers open or close, not what they say."""
+    next to the corrections showing it: they teach it to open any answer with the habit."""
     augment: bool = True
     """Add generic rewrites of each corrected prompt (templates, casing, contractions)."""
     augment_rewrites: int = 9

@@ -273,9 +273,10 @@ def train_candidate(job: TrainJob) -> Path:
             stats["dpo"] = run_dpo(model, tok, pairs, job, device, work, losses)
             timings["dpo_s"] = stats["dpo"]["seconds"]
         model.save_pretrained(str(tmp), selected_adapters=["default"])
+        t0 = time.perf_counter()
         habits = train_habit_adapter(model, tok, job, device, work, losses, stats, tmp)
-        if "habit" in stats:
-            timings["habit_s"] = stats["habit"]["seconds"]
+        if habits is not None:  # its self-replay answers, training and saving
+            timings["habit_s"] = time.perf_counter() - t0
         shutil.rmtree(work, ignore_errors=True)
         meta = {
             "version": job.version, "parent_version": job.parent_version, "base_model": job.base_path,
