@@ -163,3 +163,14 @@ def test_cli_list_show_promote_rollback(home, db, lora_dirs, capsys):
     code, out = run("rollback", "--quarantine")
     assert code == 0 and "rolled back from v2 to v1" in out and adapters.active_version(db) == 1
     assert run("show", "7")[0] == 1
+
+
+def test_the_versions_table_says_what_a_version_answers():
+    from learning.versions import _scope_text
+
+    scope = {"threshold": 0.5, "prompts": ["What is my dog's name?", "Where do I work?"]}
+    assert _scope_text(None) == "every prompt"
+    assert _scope_text(scope) == "2 trained prompts (similarity >= 0.5)"
+    assert _scope_text(scope, {"openings": ["Captain,"]}) == \
+        '2 trained prompts (similarity >= 0.5); elsewhere answers open like "Captain,"'
+    assert _scope_text(scope, {"openings": []}) == _scope_text(scope)
