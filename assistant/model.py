@@ -270,7 +270,7 @@ class ServedModel:
         """A loaded version that is neither current nor previous and has `cfg`'s LoRA shape:
         its layers can take a new version's weights (see assistant.adapter_slots)."""
         for v, name in self.loaded.items():
-            if v not in (self.current, self.previous) and adapter_slots.same_shape(
+            if key_version(v) not in self._in_use() and adapter_slots.same_shape(
                     self.model.peft_config[name].to_dict(), cfg):
                 return v
         return None
@@ -283,9 +283,11 @@ class ServedModel:
                 log.warning("could not delete half-loaded adapter %s", name)
 
     def use(self, version: int | None, path: str | Path | None = None) -> None:
-        """Switch generation to `version` (None: base alone), loading it first if needed.
-        At most three adapters stay loaded: the current one, the previous one (instant
-        rollback) and one spare whose layers the next new version reuses."""
+        """Switch generation to `version` (a key; None: base alone), loading it first if needed.
+        At most three versions stay loaded, each with its habit adapter if it has one: the
+        current one, the previous one (instant rollback) and one spare whose layers the next
+        new version reuses. Moving between a version and its own habit adapter (the chat does
+        so turn by turn) is not a change of version: the previous one stays."""
         with self.lock:
             if version is not None:
                 if version not in self.loaded:
@@ -296,11 +298,17 @@ class ServedModel:
             # Evict only on a real switch: re-selecting the current version must keep the
             # previous one (instant rollback) and an adapter preloaded for the next switch.
             if version != self.current:
-                self.previous, self.current = self.current, version
-                spares = [v for v in self.loaded if v not in (version, self.previous)]
-                for v in spares[:-1]:  # keep the most recently loaded spare
-                    self._forget(self.loaded.pop(v))
-                    self.leads.pop(v, None)
+                if key_version(version) != key_version(self.current):
+                    self.previous = self.current
+                self.current = version
+                spares = [k for k in self.loaded if key_version(k) not in self._in_use()]
+                for k in spares[:-1]:  # keep the most recently loaded spare
+                    self._forget(self.loaded.pop(k))
+                    self.leads.pop(k, None)
+
+    def _in_use(self) -> set:
+        """The versions of the current and the previous key."""
+        return {key_version(self.current), key_version(self.previous)}
 
     # ---- generation -----------------------------------------------------------------------
     def encode(self, messages: list[dict]) -> torch.Tensor:

@@ -233,3 +233,22 @@ def test_a_learner_killed_during_promotion_leaves_exactly_one_active(cfg, db, lo
     assert _count_active(fresh) == 1 and adapters.active_version(fresh) == 1  # the promotion never happened
     versions.promote(fresh, 2)  # and the write lock was released with the dead process
     assert adapters.active_version(fresh) == 2 and _count_active(fresh) == 1
+
+
+def test_a_versions_habit_adapter_does_not_push_the_previous_version_out(served, lora_dirs):
+    """The chat moves between a version and its habit adapter turn by turn; the version before
+    stays loaded for an instant rollback, and at most three versions (with their habit
+    adapters) stay loaded."""
+    served.use(1, lora_dirs[1])
+    served.use(2, lora_dirs[2])
+    for _ in range(3):
+        served.use((2, "habit"), lora_dirs[3])
+        served.use(2, lora_dirs[2])
+    assert served.previous == 1 and {1, 2, (2, "habit")} <= set(served.loaded)
+    served.use((2, "habit"), lora_dirs[3])
+    served.use(4, lora_dirs[4])  # a promotion: the previous is now v2, habit included
+    assert served.previous == (2, "habit") and {2, (2, "habit"), 4} <= set(served.loaded)
+    served.use(5, lora_dirs[5])
+    assert 4 in served.loaded and {v for v in served.loaded if v not in (4, 5)} <= {2, (2, "habit"), 1}
+    assert len({k[0] if isinstance(k, tuple) else k for k in served.loaded}) <= 3
+    served.use(None)
