@@ -171,7 +171,7 @@ LEAD_FILE = "habit.json"  # in a habit adapter: {"openings", "lead_tokens"} (lea
 
 def read_lead(adapter_path) -> tuple[int, tuple[str, ...]] | None:
     """(tokens, openings) of an adapter that leads (a habit adapter, learning/habits.py): it
-    writes at most `tokens` tokens, kept only when they are one of `openings`. None: the
+    writes at most `tokens` tokens, of which only an opening they start with is kept. None: the
     adapter writes whole answers (every other adapter), or its habit.json is unreadable."""
     try:
         lead = json.loads((Path(adapter_path) / LEAD_FILE).read_text())

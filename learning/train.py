@@ -121,7 +121,7 @@ def _common_args(lcfg: LearnConfig, out: Path, device: str) -> dict:
 def load_trainable(job: TrainJob):
     """(peft model, tokenizer, device): base + parent adapter trainable, or a fresh fixed-shape LoRA."""
     import torch
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from assistant.model import pick_device
@@ -142,10 +142,17 @@ def load_trainable(job: TrainJob):
                                      f"wants {want}; the shape is fixed across versions")
         model = PeftModel.from_pretrained(base, job.parent_path, is_trainable=True)
     else:
-        model = get_peft_model(base, LoraConfig(
-            r=want["r"], lora_alpha=want["lora_alpha"], lora_dropout=want["lora_dropout"],
-            target_modules=want["target_modules"], task_type="CAUSAL_LM"))
+        model = get_peft_model(base, fresh_lora(job.lcfg))
     return model, tok, device
+
+
+def fresh_lora(lcfg: LearnConfig):
+    """A new LoRA of the fixed shape (every version's adapter, and its habit adapter)."""
+    from peft import LoraConfig
+
+    want = lcfg.lora_shape()
+    return LoraConfig(r=want["r"], lora_alpha=want["lora_alpha"], lora_dropout=want["lora_dropout"],
+                      target_modules=want["target_modules"], task_type="CAUSAL_LM")
 
 
 def run_sft(model, tok, rows: list[dict], job: TrainJob, device: str, work: Path, losses: list,
@@ -334,12 +341,7 @@ def train_habit_adapter(model, tok, job: TrainJob, device: str, work: Path, loss
     if parent:
         model.load_adapter(str(parent), adapter_name="habit", is_trainable=True)
     else:
-        from peft import LoraConfig
-
-        want = job.lcfg.lora_shape()
-        model.add_adapter("habit", LoraConfig(r=want["r"], lora_alpha=want["lora_alpha"],
-                                              lora_dropout=want["lora_dropout"],
-                                              target_modules=want["target_modules"], task_type="CAUSAL_LM"))
+        model.add_adapter("habit", fresh_lora(job.lcfg))
     model.set_adapter("habit")
     habit_job = dataclasses.replace(job, lcfg=dataclasses.replace(job.lcfg, sft_lr=job.lcfg.habit_lr))
     stats["habit"] = run_sft(model, tok, rows, habit_job, device, work / "habit", losses, stage="habit")
