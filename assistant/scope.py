@@ -47,13 +47,18 @@ def habit_path(path) -> Path | None:
     return habit if (habit / "adapter_config.json").exists() and read_lead(habit) else None
 
 
-def read_scope(path) -> dict | None:
-    """`{"threshold", "prompts"}` from an adapter directory's meta.json, or None (no scope)."""
+def read_meta(path) -> dict:
+    """An adapter directory's meta.json, or {} when it is missing or unreadable."""
     try:
         meta = json.loads((Path(path) / "meta.json").read_text())
-    except (OSError, ValueError):
-        return None
-    scope = meta.get("scope") if isinstance(meta, dict) else None
+    except (OSError, ValueError, TypeError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def read_scope(path) -> dict | None:
+    """`{"threshold", "prompts"}` from an adapter directory's meta.json, or None (no scope)."""
+    scope = read_meta(path).get("scope")
     if not scope or scope.get("threshold") is None or not scope.get("prompts"):
         return None
     return scope

@@ -312,6 +312,7 @@ def train_habit_adapter(model, tok, job: TrainJob, device: str, work: Path, loss
     absent when neither has one. Only scoped versions have one: an unscoped adapter answers
     every prompt itself. Returns the habits it follows (None: no habit adapter)."""
     from assistant.model import LEAD_FILE
+    from assistant.scope import read_meta
     from learning.augment import self_replay_rows
     from learning.habits import find_habits, habit_rows, has_habits, with_habits
 
@@ -319,7 +320,7 @@ def train_habit_adapter(model, tok, job: TrainJob, device: str, work: Path, loss
         return None
     parent = Path(job.parent_path) / "habit" if job.parent_path else None
     parent = parent if parent is not None and (parent / "adapter_config.json").exists() else None
-    parent_habits = _read_meta(job.parent_path).get("habits") if parent else None
+    parent_habits = read_meta(job.parent_path).get("habits") if parent else None
     habits = find_habits(job.sft_rows)
     if not (has_habits(habits) or parent):
         return None
@@ -354,13 +355,6 @@ def train_habit_adapter(model, tok, job: TrainJob, device: str, work: Path, loss
     lead = max(len(tok(o, add_special_tokens=False)["input_ids"]) for o in habits["openings"]) + 2
     (out / "habit" / LEAD_FILE).write_text(json.dumps({"openings": habits["openings"], "lead_tokens": lead}))
     return habits
-
-
-def _read_meta(path) -> dict:
-    try:
-        return json.loads((Path(path) / "meta.json").read_text())
-    except (OSError, ValueError, TypeError):
-        return {}
 
 
 def adapter_scope(job: TrainJob, sft_rows: list[dict]) -> dict | None:
