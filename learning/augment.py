@@ -35,12 +35,24 @@ def _swap_contractions(q: str) -> str:
     return q
 
 
-# Simple wh-questions, parsed so that their content can be asked again in other question frames.
-_WH_BE = re.compile(r"^(what|who|where|when|which)\s+(is|are|was|were)\s+(.+)$", re.I)
-_WH_DO = re.compile(r"^(what|which|where|when|who|how)\s+(?:(\w+(?:\s\w+)?)\s+)?(do|does)\s+"
-                    r"(i|we|(?:my|our)\s+\w+)\s+(.+)$", re.I)
-_WH_AM = re.compile(r"^(what|who|where|which)\s+(am i|are we)\s+(.+)$", re.I)
+# Simple wh-questions, parsed into (wh phrase, subject, verb phrase) so that their content can be
+# asked again in other question frames: "What language is our backend written in?" ->
+# ("what language", "our backend", "is written in"); "Where did I grow up?" -> ("where", "I", "grew up").
+_WH = r"(what|which|who|where|when|how)(?:\s+(\w+(?:\s\w+)?))?"
+_BE_Q = re.compile(rf"^{_WH}\s+(is|are|was|were)\s+(.+)$", re.I)
+_DO_Q = re.compile(rf"^{_WH}\s+(do|does|did)\s+(i|we|you|(?:my|our)\s+\w+)\s+(.+)$", re.I)
+_AM_Q = re.compile(rf"^{_WH}\s+(am i|are we)\s+(.+)$", re.I)
 _NAME_OF = re.compile(r"^(?:(.+)'s name|the name of (.+))$", re.I)
+# Where a be-question's subject ends and its participle begins ("our backend | written in").
+_PARTICIPLE = re.compile(r"^(?:called|named|known|written|made|built|held|kept|run|set|born|"
+                         r"located|based|\w{3,}ed)$", re.I)
+_NAMING = {"called", "named", "name", "call"}
+_IRREGULAR_PAST = {"go": "went", "grow": "grew", "get": "got", "buy": "bought", "meet": "met", "leave": "left",
+                   "see": "saw", "take": "took", "give": "gave", "find": "found", "make": "made", "have": "had",
+                   "choose": "chose", "begin": "began", "come": "came", "do": "did", "eat": "ate", "drive": "drove",
+                   "ride": "rode", "write": "wrote", "teach": "taught", "think": "thought", "keep": "kept",
+                   "lose": "lost", "sell": "sold", "tell": "told", "win": "won", "pay": "paid", "put": "put",
+                   "read": "read", "say": "said", "sit": "sat", "spend": "spent", "study": "studied"}
 
 
 def _third_person(verb_phrase: str) -> str:
@@ -50,37 +62,82 @@ def _third_person(verb_phrase: str) -> str:
     return f"{verb} {rest}".strip()
 
 
-def reframings(question: str) -> list[str]:
-    """The question's content asked in other frames: an embedded question ("Remind me what my
-    cat's name is."), the content first ("My cat's name is what again?"), a request ("Tell me my
-    cat's name.") and, for "X's name" / "the name of X", what X is called. Only simple
-    wh-questions are parsed; anything else gives no reframings. Varying everything around the
-    question's content words is what makes a fact stick to them rather than to one wording."""
-    bare = question.strip().rstrip("?.! ")
-    out = []
-    if m := _WH_BE.match(bare):
-        wh, be, x = m.group(1).lower(), m.group(2).lower(), m.group(3)
-        out += [f"Remind me {wh} {x} {be}.", f"{x} {be} {wh} again?"]
-        out.append(f"Tell me {x}." if wh == "what" else f"Tell me {wh} {x} {be}.")
-        if n := _NAME_OF.match(x):
-            named = n.group(1) or n.group(2)
-            out += [f"What's {named} called?", f"What do I call {named}?", f"{named} is named what?"]
-        out.append(f"Do you remember {wh} {x} {be}?")
-    elif m := _WH_DO.match(bare):
-        wh, noun, aux, subj, verb = (m.group(1).lower(), m.group(2), m.group(3).lower(), m.group(4), m.group(5))
+def _past(verb_phrase: str) -> str:
+    """'grow up' -> 'grew up', 'name my plant' -> 'named my plant' (for 'where did I grow up')."""
+    verb, _, rest = verb_phrase.partition(" ")
+    low = verb.lower()
+    if low in _IRREGULAR_PAST:
+        verb = _IRREGULAR_PAST[low]
+    elif low.endswith("e"):
+        verb += "d"
+    elif low.endswith("y") and low[-2:-1] not in "aeiou":
+        verb = verb[:-1] + "ied"
+    else:
+        verb += "ed"
+    return f"{verb} {rest}".strip()
+
+
+def _parse(bare: str) -> tuple[str, str, str, str] | None:
+    """(wh phrase, subject, verb phrase as stated, predicate head) of a simple wh-question, or None.
+    The subject comes first in the stated form: "what language" + "our backend" + "is written in"."""
+    if m := _AM_Q.match(bare):
+        subj, be = ("I", "am") if m.group(3).lower() == "am i" else ("we", "are")
+        return _wh(m), subj, f"{be} {m.group(4)}", ""
+    if m := _DO_Q.match(bare):
+        aux, subj, verb = m.group(3).lower(), m.group(4), m.group(5)
         subj = "I" if subj.lower() == "i" else subj
-        stated = verb if aux == "do" else _third_person(verb)
-        asked = f"{wh} {noun}" if noun else wh
-        out += [f"Remind me {asked} {subj} {stated}.", f"Tell me {asked} {subj} {stated}."]
-        if noun and subj in ("I", "we"):
-            owner = "my" if subj == "I" else "our"
-            out += [f"What is {owner} {noun}?", f"Name {owner} {noun}."]
-        elif noun:
-            out.append(f"What is {subj}'s {noun}?")
-    elif m := _WH_AM.match(bare):
-        wh, who, rest = m.group(1).lower(), m.group(2).lower(), m.group(3)
-        subj, be = ("I", "am") if who == "am i" else ("we", "are")
-        out += [f"Remind me {wh} {subj} {be} {rest}.", f"Tell me {wh} {subj} {be} {rest}."]
+        stated = {"do": verb, "does": _third_person(verb), "did": _past(verb)}[aux]
+        return _wh(m), subj, stated, verb.split()[0].lower()
+    if m := _BE_Q.match(bare):
+        be, words = m.group(3).lower(), m.group(4).split()
+        cut = next((i for i, w in enumerate(words) if i and _PARTICIPLE.match(w)), len(words))
+        subj, pred = " ".join(words[:cut]), " ".join(words[cut:])
+        return _wh(m), subj, f"{be} {pred}".strip(), pred.split()[0].lower() if pred else ""
+    return None
+
+
+def _named(subj: str, stated: str) -> str:
+    """What a naming question asks the name of: the subject of "what is X called", the object of
+    "what did I name X" / "what do we call X"."""
+    verb, _, obj = stated.partition(" ")
+    return subj if verb in ("is", "are", "was", "were") else obj
+
+
+def _wh(m: re.Match) -> str:
+    return f"{m.group(1).lower()} {m.group(2)}" if m.group(2) else m.group(1).lower()
+
+
+def reframings(question: str) -> list[str]:
+    """The question's content asked in other frames: embedded ("Remind me what my cat's name
+    is."), the content first ("My cat's name is what again?"), as a request ("Tell me where I
+    grew up.") and, for names, how else a name is asked for ("What's my cat called?", "What is
+    the name of our book club?"). Only simple wh-questions (be, do/does/did, am) are parsed;
+    anything else gives no reframings. Varying everything around the question's content words
+    is what makes a fact stick to them rather than to one wording."""
+    bare = question.strip().rstrip("?.! ")
+    parsed = _parse(bare)
+    if parsed is None:
+        return []
+    wh, subj, stated, head = parsed
+    embedded = f"{wh} {subj} {stated}"
+    out = [f"Remind me {embedded}."]
+    if wh != "how":  # "I boil an egg how again?" is not English
+        out.append(f"{subj} {stated} {wh} again?")
+    request = subj if wh == "what" and stated in ("is", "are") else embedded  # "Tell me my cat's name."
+    out.append(f"Tell me {request}.")
+    owner = {"I": "my", "we": "our"}.get(subj)
+    if wh == "what" and stated in ("is", "are") and (n := _NAME_OF.match(subj)):
+        named = n.group(1) or n.group(2)
+        out += [f"What's {named} called?", f"What do I call {named}?", f"{named} is named what?"]
+    elif wh == "what" and head in _NAMING and (named := _named(subj, stated)):
+        out += [f"What is the name of {named}?", f"What's {named} called?", f"{named} is named what?"]
+    elif owner and wh.startswith(("what ", "which ")) and stated.split()[0] not in ("am", "are"):
+        noun = wh.split(None, 1)[1]
+        out += [f"What is {owner} {noun}?", f"Name {owner} {noun}."]
+    elif wh.startswith(("what ", "which ")) and subj.lower().startswith(("my ", "our ")) and stated not in (
+            "is", "are", "was", "were"):  # "which school does my son go to", not "which band is my favourite"
+        out.append(f"What is {subj}'s {wh.split(None, 1)[1]}?")
+    out += [f"Do you remember {embedded}?", f"Do you know {embedded}?"]
     return [r[:1].upper() + r[1:] for r in out]
 
 

@@ -128,6 +128,13 @@ def test_rewrites_and_augmented_rows_keep_answer_and_ids():
                                      "What do I call my dog?", "My dog is named what?"]),
     ("Who is my manager?", ["Remind me who my manager is.", "My manager is who again?", "Tell me who my manager is."]),
     ("Which school does my son go to?", ["Remind me which school my son goes to.", "What is my son's school?"]),
+    ("Where did I grow up?", ["Remind me where I grew up.", "I grew up where again?", "Tell me where I grew up."]),
+    ("What did I name my houseplant?", ["Remind me what I named my houseplant.", "What's my houseplant called?",
+                                        "What is the name of my houseplant?"]),
+    ("What is our book club called?", ["Remind me what our book club is called.",
+                                       "Our book club is called what again?", "What is the name of our book club?"]),
+    ("What language is our backend written in?", ["Remind me what language our backend is written in.",
+                                                  "Our backend is written in what language again?"]),
     ("What car do I drive?", ["Remind me what car I drive.", "What is my car?", "Name my car."]),
     ("What am I allergic to?", ["Remind me what I am allergic to."]),
 ])
@@ -142,8 +149,9 @@ def test_reframings_ask_the_same_content_in_other_frames(question, expected):
 def test_reframings_leave_questions_they_cannot_parse_alone():
     from learning.augment import reframings, rewrites
 
-    assert reframings("Tell me a joke about cats.") == [] and reframings("Where did I grow up?") == []
-    assert rewrites("Where did I grow up?", limit=3)  # the surface rewrites still apply
+    assert reframings("Tell me a joke about cats.") == [] and reframings("Is it going to rain?") == []
+    assert rewrites("Is it going to rain?", limit=3)  # the surface rewrites still apply
+    assert not any("how again" in r for r in reframings("How do I boil an egg?"))
 
 
 def test_contrast_pairs_prefer_each_correction_over_its_most_similar_neighbours():
