@@ -11,9 +11,11 @@ Contract:
   embeddings are cached by feedback id, so nothing is embedded twice.
 - `.recall(text)` syncs, then returns the top-k (default 3) eligible corrections whose cosine
   similarity to `text` is at least the threshold and within `margin` (default 0.1) of the best
-  one's, best first: dicts with feedback_id, prompt, correction, score. What it returns is what
-  the prompt gets and what the UI lists under the reply. One matrix-vector product over a normalised matrix: 10,000 corrections
-  cost well under a millisecond beyond embedding the query.
+  one's, best first: dicts with feedback_id, prompt, correction, score. A correction's score is
+  that of its best search key: its prompt or one of its prompt's reframings (`search_keys`).
+  What it returns is what the prompt gets and what the UI lists under the reply. One
+  matrix-vector product over a normalised matrix: 10,000 corrections (50,000 keys) cost a few
+  milliseconds beyond embedding the query.
 - `.system_addendum(recalled)` is the text ChatService appends to the system prompt.
 
 Which corrections are eligible:
@@ -49,6 +51,11 @@ DEFAULT_TOP_K = 3
 # A weaker match leaves the prompt unless its score is within this margin of the best one: a second,
 # clearly worse note distracts the small model into answering with the wrong fact.
 DEFAULT_MARGIN = 0.1
+# Each correction is found by its prompt and by its prompt's content asked in other frames
+# (learning/augment.py `reframings`: "Remind me what my cat's name is.", "What's my cat called?").
+# On both dev sets a paraphrase's best match rose from 45/48 to 47/48 with the first 4, and no
+# unrelated question was recalled that the prompt alone did not recall (same threshold).
+REFRAMED_KEYS = 4
 SETTING_DROP_LEARNED = "recall_drop_learned"
 
 # One query tells whether anything changed since the last sync (cheap enough to run per turn).
@@ -121,6 +128,13 @@ class MiniLMEmbedder:
         return vectors
 
 
+def search_keys(prompt: str) -> list[str]:
+    """The texts a correction is found by: its prompt and the first REFRAMED_KEYS reframings."""
+    from learning.augment import reframings
+
+    return [prompt] + reframings(prompt)[:REFRAMED_KEYS]
+
+
 def normalise_prompt(text: str) -> str:
     """Two prompts are 'the same question' when they differ only in case, spacing and end marks."""
     return re.sub(r"\s+", " ", (text or "").strip().lower()).rstrip(" ?!.")
@@ -148,7 +162,8 @@ class Memory:
         self._last_id = ""
         self._rows: list[dict] = []  # every correction in id order: id, prompt, correction, flags
         self._vectors: dict[str, np.ndarray] = {}  # embedding cache by feedback id
-        self._matrix = np.zeros((0, 0), dtype=np.float32)  # eligible corrections, one unit row each
+        self._matrix = np.zeros((0, 0), dtype=np.float32)  # search keys of eligible corrections, unit rows
+        self._starts = np.zeros(0, dtype=int)  # where each eligible correction's keys begin
         self._eligible: list[dict] = []
 
     # ---- keeping up with the store ---------------------------------------------------------
@@ -194,13 +209,18 @@ class Memory:
         self._matrix = None  # rebuilt lazily
 
     def _ensure_matrix(self) -> np.ndarray:
+        """One unit row per search key; the keys of one correction are contiguous and
+        `self._starts` holds where each eligible correction's keys begin."""
         if self._matrix is None:
             missing = [r for r in self._eligible if r["id"] not in self._vectors]
             if missing:
-                vecs = unit_rows(self.embedder.encode([r["user_message"] for r in missing]))
-                self._vectors.update({r["id"]: v for r, v in zip(missing, vecs, strict=True)})
-            rows = [self._vectors[r["id"]] for r in self._eligible]
-            self._matrix = np.stack(rows) if rows else np.zeros((0, 0), dtype=np.float32)
+                keys = [search_keys(r["user_message"]) for r in missing]
+                vecs = unit_rows(self.embedder.encode([k for ks in keys for k in ks]))
+                at = np.cumsum([0] + [len(ks) for ks in keys])
+                self._vectors.update({r["id"]: vecs[at[i]:at[i + 1]] for i, r in enumerate(missing)})
+            blocks = [self._vectors[r["id"]] for r in self._eligible]
+            self._starts = np.cumsum([0] + [len(b) for b in blocks[:-1]]) if blocks else np.zeros(0, int)
+            self._matrix = np.concatenate(blocks) if blocks else np.zeros((0, 0), dtype=np.float32)
         return self._matrix
 
     def _own_db(self):
@@ -241,7 +261,7 @@ class Memory:
             if not len(matrix) or k <= 0:
                 return []
             query = unit_rows(self.embedder.encode([text]))[0]
-            scores = matrix @ query
+            scores = np.maximum.reduceat(matrix @ query, self._starts)  # each correction's best key
             top = np.argsort(-scores)[:k] if len(scores) <= k else \
                 np.argpartition(-scores, k - 1)[:k]
             top = sorted(top, key=lambda i: -scores[i])

@@ -426,7 +426,7 @@ def scenario_markdown(res: dict) -> str:
 def dev_markdown(res: dict, cmd: str) -> str:
     lines = ["# Choosing the recall threshold and prompt form (our dev set, not the scenario)", "",
              f"Command: `{cmd}`  ", "Dev set: bench/recall_dev.jsonl (own facts, own paraphrases, unrelated "
-             "questions). all-MiniLM-L6-v2 cosine on the corrected prompt.", "",
+             "questions). all-MiniLM-L6-v2 cosine on the corrected prompt and its reframings (Memory.search_keys).", "",
              "| threshold | right fact recalled | false recalls on controls | facts with only wrong recall |",
              "|---|---|---|---|"]
     for r in res["sweep"]:
