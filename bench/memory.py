@@ -416,7 +416,8 @@ def scenario_markdown(res: dict) -> str:
             f"With {t['corrections']} stored corrections: recall adds **{t['recall_ms_median']} ms** median "
             f"({t['recall_ms_p95']} ms p95) per turn: sync {t['sync_ms_median']} ms, query embedding "
             f"{t['query_embed_ms_median']} ms, the rest is the matrix product and bookkeeping. "
-            f"One-off costs: embedding model load {t['model_load_s']} s, embedding all {t['corrections']} prompts "
+            f"One-off costs: embedding model load {t['model_load_s']} s, embedding the search keys of all "
+            f"{t['corrections']} corrections (each prompt and {memory_mod.REFRAMED_KEYS} reframings) "
             f"{t['index_build_s']} s (at the first recall, cached after); first recall after one new correction "
             f"{t['first_recall_after_new_correction_ms']} ms. torch threads: {t['torch_threads']}; load average "
             f"{t.get('load_average_1min', '?')} on {t.get('cpus', '?')} CPUs when measured."]
