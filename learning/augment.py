@@ -47,6 +47,7 @@ _NAME_OF = re.compile(r"^(?:(.+)'s name|the name of (.+))$", re.I)
 _PARTICIPLE = re.compile(r"^(?:called|named|known|written|made|built|held|kept|run|set|born|"
                          r"located|based|\w{3,}ed)$", re.I)
 _NAMING = {"called", "named", "name", "call"}
+_BE = ("is", "are", "was", "were")
 _IRREGULAR_PAST = {"go": "went", "grow": "grew", "get": "got", "buy": "bought", "meet": "met", "leave": "left",
                    "see": "saw", "take": "took", "give": "gave", "find": "found", "make": "made", "have": "had",
                    "choose": "chose", "begin": "began", "come": "came", "do": "did", "eat": "ate", "drive": "drove",
@@ -100,7 +101,7 @@ def _named(subj: str, stated: str) -> str:
     """What a naming question asks the name of: the subject of "what is X called", the object of
     "what did I name X" / "what do we call X"."""
     verb, _, obj = stated.partition(" ")
-    return subj if verb in ("is", "are", "was", "were") else obj
+    return subj if verb in _BE else obj
 
 
 def _wh(m: re.Match) -> str:
@@ -123,10 +124,10 @@ def reframings(question: str) -> list[str]:
     out = [f"Remind me {embedded}."]
     if wh != "how":  # "I boil an egg how again?" is not English
         out.append(f"{subj} {stated} {wh} again?")
-    request = subj if wh == "what" and stated in ("is", "are") else embedded  # "Tell me my cat's name."
+    request = subj if wh == "what" and stated in _BE else embedded  # "Tell me my cat's name."
     out.append(f"Tell me {request}.")
     owner = {"I": "my", "we": "our"}.get(subj)
-    if wh == "what" and stated in ("is", "are") and (n := _NAME_OF.match(subj)):
+    if wh == "what" and stated in _BE and (n := _NAME_OF.match(subj)):
         named = n.group(1) or n.group(2)
         out += [f"What's {named} called?", f"What do I call {named}?", f"{named} is named what?"]
     elif wh == "what" and head in _NAMING and (named := _named(subj, stated)):
@@ -134,8 +135,8 @@ def reframings(question: str) -> list[str]:
     elif owner and wh.startswith(("what ", "which ")) and stated.split()[0] not in ("am", "are"):
         noun = wh.split(None, 1)[1]
         out += [f"What is {owner} {noun}?", f"Name {owner} {noun}."]
-    elif wh.startswith(("what ", "which ")) and subj.lower().startswith(("my ", "our ")) and stated not in (
-            "is", "are", "was", "were"):  # "which school does my son go to", not "which band is my favourite"
+    elif wh.startswith(("what ", "which ")) and subj.lower().startswith(("my ", "our ")) and stated not in _BE:
+        # "which school does my son go to", not "which band is my favourite"
         out.append(f"What is {subj}'s {wh.split(None, 1)[1]}?")
     out += [f"Do you remember {embedded}?", f"Do you know {embedded}?"]
     return [r[:1].upper() + r[1:] for r in out]
