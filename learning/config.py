@@ -32,6 +32,11 @@ class LearnConfig:
     """Peak learning rate of SFT (linear decay)."""
     sft_batch_size: int = 8
     """Rows per SFT step."""
+    sft_neftune_alpha: float | None = None
+    """NEFTune: uniform noise of this scale on the input embeddings during SFT (TRL/transformers
+    `neftune_noise_alpha`), reported to help instruction tuning generalise. Off: on our dev
+    scenario (bench/results/learn-dev.md) alpha 5 taught 40/48 paraphrases, alpha 15 35/48,
+    off 39/48: within noise at best, and the misses stay the same synonyms."""
     sft_max_length: int = 128
     """Token cap of one SFT row (prompt + answer); longer rows are cut at the end."""
 
