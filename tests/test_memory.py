@@ -170,6 +170,41 @@ def test_a_correction_is_found_by_its_prompt_asked_in_other_frames(cfg, db, monk
     assert Memory(cfg, embedder=HashEmbedder(), threshold=0.5).recall(query) == []  # the prompt alone
 
 
+class CachedHashEmbedder(MiniLMEmbedder):
+    """The hashing embedder in the default embedder's place, so that its vectors go to the disk cache."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = HashEmbedder()
+
+    def encode(self, texts):
+        return self.inner.encode(list(texts))
+
+
+def test_a_restart_reads_the_search_keys_from_the_disk_cache(cfg, db, monkeypatch, caplog):
+    from assistant import memory as memory_mod
+
+    for thing in ("cat", "dog", "bike"):
+        correct(db, f"What is the name of my {thing}?", f"Your {thing} is called Max.")
+    first = CachedHashEmbedder()
+    assert Memory(cfg, embedder=first, threshold=0.5).recall("name of my dog")
+    assert first.inner.texts == 3 * len(search_keys("What is the name of my dog?")) + 1
+    restarted = CachedHashEmbedder()
+    got = Memory(cfg, embedder=restarted, threshold=0.5).recall("name of my dog")
+    assert got[0]["correction"] == "Your dog is called Max." and restarted.inner.texts == 1  # the query only
+    # other keys (here: fewer reframings) are other texts: embedded again, not read stale
+    monkeypatch.setattr(memory_mod, "REFRAMED_KEYS", 1)
+    changed = CachedHashEmbedder()
+    Memory(cfg, embedder=changed, threshold=0.5).recall("name of my dog")
+    assert changed.inner.texts == 3 * 2 + 1
+    # a damaged cache is only a slower start
+    (cfg.home / "cache" / "recall-vectors.sqlite").write_bytes(b"not a database" * 100)
+    damaged = CachedHashEmbedder()
+    assert Memory(cfg, embedder=damaged, threshold=0.5).recall("name of my dog")[0]["correction"] == \
+        "Your dog is called Max."
+    assert damaged.inner.texts == 3 * 2 + 1 and "recall vector cache" in caplog.text
+
+
 def test_a_clearly_weaker_match_is_left_out(cfg, db):
     """Only the best match, unless another one scores within the margin of it (the small model
     answers with the wrong fact when a weaker note sits beside the right one)."""
