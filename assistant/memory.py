@@ -185,7 +185,8 @@ class VectorCache:
                     rows += con.execute("SELECT feedback_id, digest, dim, data FROM vectors WHERE feedback_id "
                                         f"IN ({','.join('?' * len(chunk))})", chunk).fetchall()
         except sqlite3.Error as e:
-            return self._fail("read", e) or {}
+            self._fail("read", e)
+            return {}
         return {fid: np.frombuffer(data, dtype=np.float32).reshape(-1, dim)
                 for fid, digest, dim, data in rows if wanted.get(fid) == digest}
 
