@@ -323,8 +323,8 @@ def cached_generate(model, prompts: list[tuple[list[dict], int | None]], cache: 
 
 
 def run_dev(model_spec: str | None, threshold: float, forms: list[str] | None = None,
-            cache: Path | None = None) -> dict:
-    items = load_jsonl(DEV)
+            cache: Path | None = None, dev: Path = DEV) -> dict:
+    items = load_jsonl(dev)
     # keep every candidate (top-k); the threshold and the margin are applied below
     rt = open_runtime(model_spec, threshold=-1.0, margin=None)
     fact_of = {}
@@ -382,7 +382,8 @@ def run_dev(model_spec: str | None, threshold: float, forms: list[str] | None = 
             "controls_changed_vs_none": sum(replies[q["keys"][form]] != replies[q["keys"]["none"]] for q in ctrls),
             "examples": [{"q": q["question"], "reply": replies[q["keys"][form]]} for q in facts[1:4]],
         }
-    return {"threshold": threshold, "sweep": table, "forms": results, "generate_s": round(gen_s, 1),
+    return {"dev_set": str(dev.relative_to(ROOT) if dev.is_relative_to(ROOT) else dev),
+            "threshold": threshold, "sweep": table, "forms": results, "generate_s": round(gen_s, 1),
             "prompts_generated": generated, "prompts_distinct": len(prompts),
             "questions": [{k: q[k] for k in ("item", "type", "question", "candidates")} for q in questions]}
 
@@ -432,7 +433,7 @@ def scenario_markdown(res: dict) -> str:
 
 def dev_markdown(res: dict, cmd: str) -> str:
     lines = ["# Choosing the recall threshold and prompt form (our dev set, not the scenario)", "",
-             f"Command: `{cmd}`  ", "Dev set: bench/recall_dev.jsonl (own facts, own paraphrases, unrelated "
+             f"Command: `{cmd}`  ", f"Dev set: {res['dev_set']} (own facts, own paraphrases, unrelated "
              "questions). all-MiniLM-L6-v2 cosine on the corrected prompt and its reframings (Memory.search_keys).", "",
              "| threshold | right fact recalled | false recalls on controls | facts with only wrong recall |",
              "|---|---|---|---|"]
@@ -460,6 +461,7 @@ def dev_markdown(res: dict, cmd: str) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dev", action="store_true", help="threshold and form selection on bench/recall_dev.jsonl")
+    p.add_argument("--dev-set", type=Path, default=DEV, help="--dev: the dev file (default %(default)s)")
     p.add_argument("--model", help="converted embedded model directory (default: convert into the fresh home)")
     p.add_argument("--threshold", type=float, default=memory_mod.DEFAULT_THRESHOLD)
     p.add_argument("--forms", help="--dev: comma-separated forms to measure, e.g. notes,lines@top1 "
@@ -474,7 +476,8 @@ def main(argv=None) -> int:
     cmd = "python bench/memory.py " + " ".join(argv if argv is not None else sys.argv[1:])
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.dev:
-        res = run_dev(args.model, args.threshold, args.forms.split(",") if args.forms else None, args.cache)
+        res = run_dev(args.model, args.threshold, args.forms.split(",") if args.forms else None, args.cache,
+                      args.dev_set.resolve())
         stem, md = args.out or "memory.dev", dev_markdown(res, cmd)
     else:  # the scenario and the timing can run separately; each updates its part of memory.json
         stem, res = args.out or "memory", {}
