@@ -170,6 +170,20 @@ def test_a_correction_is_found_by_its_prompt_asked_in_other_frames(cfg, db, monk
     assert Memory(cfg, embedder=HashEmbedder(), threshold=0.5).recall(query) == []  # the prompt alone
 
 
+def test_a_correction_about_the_user_is_not_recalled_by_a_general_question(cfg, db):
+    """A general question on the topic of a personal correction must not get the user's note
+    (it answered "The most common blood type is O negative."), unless it names what the
+    correction told; corrections of general questions are recalled by anyone."""
+    blood = correct(db, "What is my blood type?", "Your blood type is O negative.")
+    boiling = correct(db, "What is the boiling point of water on a mountain?", "Lower: about 90 C at 3000 m.")
+    mem = Memory(cfg, embedder=HashEmbedder(), threshold=0.3)
+    assert mem.recall("What is the most common blood type?") == []
+    assert [r["feedback_id"] for r in mem.recall("Which blood type do I have?")] == [blood]
+    assert [r["feedback_id"] for r in mem.recall("Is O negative a rare blood type?")] == [blood]
+    assert [r["feedback_id"] for r in mem.recall("What is the boiling point of water on a mountain?")] == [boiling]
+    assert [r["feedback_id"] for r in mem.recall("Boiling point of water at altitude?")] == [boiling]
+
+
 class CachedHashEmbedder(MiniLMEmbedder):
     """The hashing embedder in the default embedder's place, so that its vectors go to the disk cache."""
 
@@ -239,9 +253,12 @@ def test_start_turn_adds_the_recalled_correction_and_logs_it(runtime):
 def test_real_embedding_model_recalls_a_paraphrase_and_nothing_unrelated(cfg, db):
     correct(db, "What is my cat's name?", "Your cat is called Pemberton.")
     correct(db, "Which code editor do I use?", "You use Helix.")
+    correct(db, "What is my blood type?", "Your blood type is O negative.")
     mem = Memory(cfg, embedder=MiniLMEmbedder())
     got = mem.recall("What do I call my cat?")
     assert [r["correction"] for r in got] == ["Your cat is called Pemberton."]
+    assert [r["correction"] for r in mem.recall("Which blood group do I have?")] == ["Your blood type is O negative."]
+    assert mem.recall("What is the most common blood type?") == []  # about blood types, not the user
     assert mem.recall("What is the capital of France?") == []
     assert mem.recall("How do I sort a list in Python?") == []
 
