@@ -161,6 +161,23 @@ def words(text: str) -> set[str]:
     return set(re.findall(r"[a-z0-9]+", (text or "").lower()))
 
 
+def about_user(text_words: set[str]) -> bool:
+    """Does a question with these words ask about the user (a first-person word)?"""
+    return bool(text_words & FIRST_PERSON)
+
+
+def told_words(prompt: str, answer: str) -> set[str]:
+    """What an answer told beyond its question: its words that are neither in the question nor
+    common ("Your sister Ingrid's birthday is on 14 March." -> ingrid, 14, march)."""
+    return words(answer) - words(prompt) - _COMMON
+
+
+def may_answer(asked: set[str], personal: bool, told: set[str]) -> bool:
+    """The FIRST_PERSON guard: may something learned from a question (about the user or not,
+    having told `told`) answer a question with the words `asked`?"""
+    return not personal or about_user(asked) or bool(asked & told)
+
+
 def normalise_prompt(text: str) -> str:
     """Two prompts are 'the same question' when they differ only in case, spacing and end marks."""
     return re.sub(r"\s+", " ", (text or "").strip().lower()).rstrip(" ?!.")
@@ -274,10 +291,9 @@ class Memory:
     def _fetch(db, after_id: str) -> list[dict]:
         rows = []
         for r in db.query(_CORRECTIONS, [after_id]):
-            asked = words(r["user_message"])
             rows.append({**r, "norm": normalise_prompt(r["user_message"]),
-                         "personal": bool(asked & FIRST_PERSON),
-                         "told": words(r["correction"]) - asked - _COMMON})
+                         "personal": about_user(words(r["user_message"])),
+                         "told": told_words(r["user_message"], r["correction"])})
         return rows
 
     def _select(self, db) -> None:
@@ -373,9 +389,8 @@ class Memory:
             query = unit_rows(self.embedder.encode([text]))[0]
             scores = np.maximum.reduceat(matrix @ query, self._starts)  # each correction's best key
             asked = words(text)
-            about_user = bool(asked & FIRST_PERSON)
             close = [i for i in np.flatnonzero(scores >= self.threshold)
-                     if about_user or not self._eligible[i]["personal"] or asked & self._eligible[i]["told"]]
+                     if may_answer(asked, self._eligible[i]["personal"], self._eligible[i]["told"])]
             top = sorted(close, key=lambda i: -scores[i])[:k]
             found = [{"feedback_id": self._eligible[i]["id"],
                       "prompt": self._eligible[i]["user_message"],

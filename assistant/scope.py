@@ -8,6 +8,10 @@ prompts it was trained on (its ancestors' included, `meta.json` "scope"), and a 
 answered with the adapter only when its MiniLM embedding is within the scope's threshold of one
 of them; every other prompt is answered by the base weights, exactly as before any training.
 The answer itself still comes from the adapter's weights: nothing is put into the prompt.
+A prompt about the user ("What is my cat's name?") covers only questions about the user, or
+ones naming something the adapter's answers told ("told" in the scope), as in recall
+(assistant/memory.py FIRST_PERSON): "What do you call a baby cat?" near it was answered "Your
+baby cat is called Pemberton." by the adapter (bench/results/learn-dev.md).
 A habit taught by style corrections ("Captain, ...") must reach every prompt, so a version
 may also hold a habit adapter (`habit/`, learning/habits.py) that answers the prompts outside
 its scope instead of the base weights.
@@ -20,22 +24,34 @@ Scopes are read once per directory (versions never change after they are written
 """
 import json
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from assistant.memory import unit_rows
+from assistant.memory import about_user, may_answer, told_words, unit_rows, words
+
+
+def _question_and_answer(row: dict) -> tuple[str | None, str]:
+    """The last user message of a training row (SFT row or preference pair) and its answer."""
+    messages = row.get("messages") or row.get("prompt") or []
+    users = [m["content"] for m in messages if m.get("role") == "user"]
+    answers = [m["content"] for m in (row.get("chosen") or messages) if m.get("role") == "assistant"]
+    return (users[-1] if users else None), (answers[-1] if answers else "")
 
 
 def scope_prompts(rows: list[dict]) -> list[str]:
     """The last user message of each training row (SFT rows and preference pairs)."""
-    out = []
-    for r in rows:
-        messages = r.get("messages") or r.get("prompt") or []
-        users = [m["content"] for m in messages if m.get("role") == "user"]
-        if users:
-            out.append(users[-1])
-    return out
+    return [q for q, _ in map(_question_and_answer, rows) if q is not None]
+
+
+def scope_told(rows: list[dict]) -> list[str]:
+    """What the answers to questions about the user told (memory.told_words), all rows together."""
+    told = set()
+    for q, a in map(_question_and_answer, rows):
+        if q is not None and about_user(words(q)):
+            told |= told_words(q, a)
+    return sorted(told)
 
 
 def habit_path(path) -> Path | None:
@@ -57,7 +73,8 @@ def read_meta(path) -> dict:
 
 
 def read_scope(path) -> dict | None:
-    """`{"threshold", "prompts"}` from an adapter directory's meta.json, or None (no scope)."""
+    """`{"threshold", "prompts", "told"}` from an adapter directory's meta.json, or None (no
+    scope). "told" is missing from versions written before it: nothing told, then."""
     scope = read_meta(path).get("scope")
     if not scope or scope.get("threshold") is None or not scope.get("prompts"):
         return None
@@ -74,16 +91,17 @@ class AdapterScope:
             embedder = MiniLMEmbedder()
         self.embedder = embedder
         self._lock = threading.Lock()
-        self._cache: dict[str, tuple[float, np.ndarray] | None] = {}
+        self._cache: dict[str, _Scope | None] = {}
         self._habits: dict[str, str | None] = {}  # version dir -> its habit adapter's dir
 
-    def _scope(self, path) -> tuple[float, np.ndarray] | None:
+    def _scope(self, path) -> "_Scope | None":
         key = str(path)
         with self._lock:
             if key not in self._cache:
                 scope = read_scope(path)
-                self._cache[key] = None if scope is None else (
-                    float(scope["threshold"]), unit_rows(self.embedder.encode(scope["prompts"])))
+                self._cache[key] = None if scope is None else _Scope(
+                    float(scope["threshold"]), unit_rows(self.embedder.encode(scope["prompts"])),
+                    np.array([about_user(words(p)) for p in scope["prompts"]]), set(scope.get("told") or ()))
             return self._cache[key]
 
     def warm(self, path) -> None:
@@ -94,11 +112,11 @@ class AdapterScope:
     def similarity(self, path, text: str) -> float | None:
         """Best cosine similarity of `text` to the scope of the adapter at `path` (None: no scope)."""
         scope = self._scope(path)
-        return None if scope is None else self._best(scope[1], text)
+        return None if scope is None else self._best(scope, text)
 
     def covers(self, path, text: str) -> bool:
         scope = self._scope(path)
-        return scope is None or self._best(scope[1], text) >= scope[0]
+        return scope is None or self._best(scope, text) >= scope.threshold
 
     def route(self, version: int | None, path, text: str) -> tuple:
         if version is None or path is None or self.covers(path, text):
@@ -111,6 +129,19 @@ class AdapterScope:
             habit = self._habits[key]
         return ((version, "habit"), habit) if habit else (None, None)
 
-    def _best(self, matrix: np.ndarray, text: str) -> float:
-        return float((matrix @ unit_rows(self.embedder.encode([text]))[0]).max())
+    def _best(self, scope: "_Scope", text: str) -> float:
+        """Best similarity of `text` to a scope prompt that may answer it (memory.may_answer)."""
+        sims = scope.matrix @ unit_rows(self.embedder.encode([text]))[0]
+        asked = words(text)
+        if not may_answer(asked, True, scope.told):  # only prompts not about the user may
+            sims = np.where(scope.personal, -1.0, sims)
+        return float(sims.max())
+
+
+@dataclass
+class _Scope:
+    threshold: float
+    matrix: np.ndarray  # one unit row per scope prompt
+    personal: np.ndarray  # per prompt: is it about the user?
+    told: set[str]
 

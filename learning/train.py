@@ -362,14 +362,15 @@ def adapter_scope(job: TrainJob, sft_rows: list[dict]) -> dict | None:
     """The prompts this version answers (assistant/scope.py): its parent's scope and the user
     prompts of everything it was trained on, except the self-replay rows (generic prompts kept
     on the base weights). None when `scope_threshold` is None: the adapter answers everything."""
-    from assistant.scope import read_scope, scope_prompts
+    from assistant.scope import read_scope, scope_prompts, scope_told
 
     if job.lcfg.scope_threshold is None:
         return None
     parent = read_scope(job.parent_path) if job.parent_path else None
-    own = scope_prompts([r for r in sft_rows if r.get("source") != "self-replay"] + list(job.pairs))
-    prompts = list(dict.fromkeys([*(parent["prompts"] if parent else []), *own]))
-    return {"threshold": job.lcfg.scope_threshold, "prompts": prompts}
+    rows = [r for r in sft_rows if r.get("source") != "self-replay"] + list(job.pairs)
+    prompts = list(dict.fromkeys([*(parent["prompts"] if parent else []), *scope_prompts(rows)]))
+    told = sorted({*(parent.get("told") or [] if parent else []), *scope_told(rows)})
+    return {"threshold": job.lcfg.scope_threshold, "prompts": prompts, "told": told}
 
 
 def clean_stale_dirs(adapters_dir: Path, registered: set[str]) -> list[str]:

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from assistant.chat import ChatService
-from assistant.scope import AdapterScope, read_scope
+from assistant.scope import AdapterScope, read_scope, scope_prompts, scope_told
 from learning.scoring import Scorer
 from store import adapters, conversations
 from tests.lora import make_adapter, register
@@ -14,10 +14,11 @@ from tests.test_memory import HashEmbedder as Embedder
 TAUGHT = "What is the name of my dog?"
 
 
-def scoped(path, prompts, threshold=0.5):
+def scoped(path, prompts, threshold=0.5, told=None):
     meta = path / "meta.json"
     data = json.loads(meta.read_text()) if meta.exists() else {}
-    meta.write_text(json.dumps({**data, "scope": {"threshold": threshold, "prompts": prompts}}))
+    scope = {"threshold": threshold, "prompts": prompts, **({"told": told} if told is not None else {})}
+    meta.write_text(json.dumps({**data, "scope": scope}))
     return path
 
 
@@ -32,6 +33,20 @@ def test_a_scope_covers_its_prompts_and_their_neighbours_only(tmp_path):
     assert scope.covers(path, TAUGHT) and scope.covers(path, "what is the name of my dog, again?")
     assert not scope.covers(path, "How many legs does a spider have?")
     assert scope.similarity(path, TAUGHT) == pytest.approx(1.0)
+
+
+def test_a_prompt_about_the_user_covers_only_questions_about_the_user_or_what_it_told(tmp_path):
+    rows = [{"messages": [{"role": "user", "content": "What is the name of my cat?"},
+                          {"role": "assistant", "content": "Your cat is called Pemberton."}]},
+            {"prompt": [{"role": "user", "content": "How long do cats live?"}],
+             "chosen": [{"role": "assistant", "content": "About 15 years."}]}]
+    assert scope_told(rows) == ["called", "pemberton"]  # only answers to questions about the user
+    path = scoped(tmp_path, scope_prompts(rows), told=scope_told(rows))
+    scope = AdapterScope(Embedder())
+    assert scope.covers(path, "What is the name of my cat again?")
+    assert not scope.covers(path, "What is the name of a baby cat?")  # it answered "... Pemberton."
+    assert scope.covers(path, "Is Pemberton the name of the cat?")
+    assert scope.covers(path, "How long do house cats live?")  # a general prompt covers anyone
 
 
 @pytest.mark.parametrize("meta", [None, "{not json", json.dumps({"scope": None}),
