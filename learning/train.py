@@ -111,9 +111,15 @@ def _callback(stage: str, job: TrainJob, losses: list[dict]):
 
 
 def _common_args(lcfg: LearnConfig, out: Path, device: str) -> dict:
+    import torch
+
+    from assistant.model import pick_device
+
+    # mixed precision in the dtype the weights were loaded in: bf16 where the GPU has it, else fp16
+    half = pick_device()[1] if device == "cuda" else None
     return dict(output_dir=str(out), save_strategy="no", report_to=[], logging_steps=lcfg.logging_steps,
                 gradient_checkpointing=False,  # measured: slower on CPU, memory is not the limit at 135M
-                bf16=device == "cuda", use_cpu=device == "cpu", seed=lcfg.seed, data_seed=lcfg.seed,
+                bf16=half == torch.bfloat16, fp16=half == torch.float16, use_cpu=device == "cpu", seed=lcfg.seed, data_seed=lcfg.seed,
                 lr_scheduler_type="linear", warmup_steps=0, disable_tqdm=True, dataloader_num_workers=0,
                 remove_unused_columns=True)
 

@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from learning.config import LearnConfig
-from learning.train import Cancelled, IncompatibleParent, TrainJob, clean_stale_dirs, train_candidate
+from learning.train import (
+    Cancelled,
+    IncompatibleParent,
+    TrainJob,
+    _common_args,
+    clean_stale_dirs,
+    train_candidate,
+)
 
 SYSTEM = {"role": "system", "content": "You are a helpful personal assistant."}
 
@@ -250,3 +257,14 @@ def test_sft_loss_is_trls_loss_on_the_answer_only(tiny_model_path, tmp_path):
         ours = trainer.compute_loss(model, dict(batch))
         trls = SFTTrainer.compute_loss(trainer, model, dict(batch))
     assert torch.allclose(ours, trls, atol=1e-5), (ours, trls)
+
+
+@pytest.mark.parametrize("device,half,flags", [("cpu", None, (False, False)), ("cuda", "bfloat16", (True, False)),
+                                               ("cuda", "float16", (False, True))])
+def test_mixed_precision_follows_the_dtype_the_weights_were_loaded_in(monkeypatch, tmp_path, device, half, flags):
+    """bf16 on GPUs that have it, fp16 on older ones (asking for bf16 there fails), none on the CPU."""
+    from assistant import model as model_mod
+
+    monkeypatch.setattr(model_mod, "pick_device", lambda: (device, getattr(torch, half or "float32")))
+    args = _common_args(LearnConfig(), tmp_path, device)
+    assert (args["bf16"], args["fp16"], args["use_cpu"]) == (*flags, device == "cpu")
