@@ -40,7 +40,7 @@ import re
 import sqlite3
 import threading
 from collections import OrderedDict
-from contextlib import closing
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Protocol
 
@@ -77,6 +77,10 @@ FIRST_PERSON = frozenset("i me my mine myself we us our ours ourselves".split())
 _COMMON = frozenset("a an the and or of on in at to for from with by is are was were be been it its "
                     "this that s you your yours he she they his her their them".split())
 SETTING_DROP_LEARNED = "recall_drop_learned"
+# A turn waits at most this long for the index while another thread builds it (the server's
+# warm-up at start: loading MiniLM takes about 3 s, embedding 10,000 corrections without the
+# disk cache about 90 s); then it goes on without recall rather than stall.
+BUSY_WAIT_S = 5.0
 
 # One query tells whether anything changed since the last sync (cheap enough to run per turn).
 _FINGERPRINT = """
@@ -255,6 +259,7 @@ class Memory:
         self.margin = margin
         self.drop_learned = drop_learned
         self._lock = threading.RLock()
+        self.busy_wait_s = BUSY_WAIT_S
         self._local = threading.local()
         self._fingerprint = None
         self._last_id = ""
@@ -266,26 +271,32 @@ class Memory:
         self._eligible: list[dict] = []
 
     # ---- keeping up with the store ---------------------------------------------------------
-    def sync(self, db) -> None:
-        """Bring the index up to date with `db` (see the module docstring for the cost)."""
-        with self._lock:
-            fp = tuple(db.execute(_FINGERPRINT, [SETTING_DROP_LEARNED]).fetchone())
-            if fp == self._fingerprint:
-                return
-            old, self._fingerprint = self._fingerprint, fp
-            new = None
-            if old is not None and fp[2:] == old[2:]:  # maybe only appended: fetch the new rows
-                new = self._fetch(db, self._last_id)
-                if len(self._rows) + len(new) == fp[1]:
-                    self._rows += new
-                else:
-                    new = None
-            if new is None:  # first sync, or rows changed in place / went away: re-read every flag
-                self._rows = self._fetch(db, "")
-                live = {r["id"] for r in self._rows}
-                self._vectors = {k: v for k, v in self._vectors.items() if k in live}
-            self._last_id = self._rows[-1]["id"] if self._rows else ""
-            self._select(db)
+    def sync(self, db, wait_s: float | None = None) -> bool:
+        """Bring the index up to date with `db` (see the module docstring for the cost). With
+        `wait_s`, give up (False) if the index stays busy that long; recall syncs anyway."""
+        with self._held(wait_s) as held:
+            if held:
+                self._sync(db)
+        return held
+
+    def _sync(self, db) -> None:  # the caller holds the lock
+        fp = tuple(db.execute(_FINGERPRINT, [SETTING_DROP_LEARNED]).fetchone())
+        if fp == self._fingerprint:
+            return
+        old, self._fingerprint = self._fingerprint, fp
+        new = None
+        if old is not None and fp[2:] == old[2:]:  # maybe only appended: fetch the new rows
+            new = self._fetch(db, self._last_id)
+            if len(self._rows) + len(new) == fp[1]:
+                self._rows += new
+            else:
+                new = None
+        if new is None:  # first sync, or rows changed in place / went away: re-read every flag
+            self._rows = self._fetch(db, "")
+            live = {r["id"] for r in self._rows}
+            self._vectors = {k: v for k, v in self._vectors.items() if k in live}
+        self._last_id = self._rows[-1]["id"] if self._rows else ""
+        self._select(db)
 
     @staticmethod
     def _fetch(db, after_id: str) -> list[dict]:
@@ -355,17 +366,16 @@ class Memory:
             db = self._local.db = open_db(self.cfg.db_path)
         return db
 
-    def warm(self) -> threading.Thread | None:
+    def warm(self) -> threading.Thread:
         """Load the embedding model and embed stored corrections in a background thread, so the
-        first recall is quick. Optional: recall works without it."""
-        if not isinstance(self.embedder, MiniLMEmbedder):
-            return None
+        first recall is quick (the server does this at start). Optional: recall works without it."""
 
         def work():
             try:
                 with self._lock:
                     self.sync(self._own_db())
-                    self.embedder.load()
+                    if hasattr(self.embedder, "load"):
+                        self.embedder.load()
                     self._ensure_matrix()
             except Exception as e:  # noqa: BLE001 - warming is best effort; recall retries
                 log.warning("could not warm recall memory: %s", e)
@@ -381,23 +391,40 @@ class Memory:
         if not text or not text.strip():
             return []
         k = self.top_k if k is None else k
-        with self._lock:
-            self.sync(self._own_db())
-            matrix = self._ensure_matrix()
-            if not len(matrix) or k <= 0:
-                return []
-            query = unit_rows(self.embedder.encode([text]))[0]
-            scores = np.maximum.reduceat(matrix @ query, self._starts)  # each correction's best key
-            asked = words(text)
-            close = [i for i in np.flatnonzero(scores >= self.threshold)
-                     if may_answer(asked, self._eligible[i]["personal"], self._eligible[i]["told"])]
-            top = sorted(close, key=lambda i: -scores[i])[:k]
-            found = [{"feedback_id": self._eligible[i]["id"],
-                      "prompt": self._eligible[i]["user_message"],
-                      "correction": self._eligible[i]["correction"],
-                      "score": round(float(scores[i]), 4)}
-                     for i in top]
-            return select(found, self.margin)
+        with self._held(self.busy_wait_s) as held:
+            if held:
+                return self._recall(text, k)
+        log.warning("recall skipped for this turn: the index of %d corrections is still being built",
+                    len(self._eligible))
+        return []
+
+    @contextmanager
+    def _held(self, wait_s: float | None):
+        """The index lock, waiting at most `wait_s` (None: as long as it takes); yields whether held."""
+        held = self._lock.acquire(timeout=-1 if wait_s is None else wait_s)
+        try:
+            yield held
+        finally:
+            if held:
+                self._lock.release()
+
+    def _recall(self, text: str, k: int) -> list[dict]:  # the caller holds the lock
+        self.sync(self._own_db())
+        matrix = self._ensure_matrix()
+        if not len(matrix) or k <= 0:
+            return []
+        query = unit_rows(self.embedder.encode([text]))[0]
+        scores = np.maximum.reduceat(matrix @ query, self._starts)  # each correction's best key
+        asked = words(text)
+        close = [i for i in np.flatnonzero(scores >= self.threshold)
+                 if may_answer(asked, self._eligible[i]["personal"], self._eligible[i]["told"])]
+        top = sorted(close, key=lambda i: -scores[i])[:k]
+        found = [{"feedback_id": self._eligible[i]["id"],
+                  "prompt": self._eligible[i]["user_message"],
+                  "correction": self._eligible[i]["correction"],
+                  "score": round(float(scores[i]), 4)}
+                 for i in top]
+        return select(found, self.margin)
 
     def __len__(self) -> int:
         """How many corrections may currently be recalled."""

@@ -40,7 +40,7 @@ class Runtime:
         """Write a feedback fact (raises NotFound / ValueError) and let recall see a correction at once."""
         fid = feedback.add_feedback(self.db, turn_id, kind, reason=reason, correction=correction)
         if kind == "correction" and self.memory is not None:
-            self.memory.sync(self.db)
+            self.memory.sync(self.db, wait_s=0)  # busy building its index: the next recall syncs
         return fid
 
 

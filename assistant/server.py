@@ -77,6 +77,8 @@ class RunningServer:
 def start_server(runtime, host: str = "127.0.0.1", port: int = 0, ui: bool = True) -> RunningServer:
     """Start serving `build_app(runtime)` and return once the socket accepts connections.
     port=0 picks a free port (see `.port`)."""
+    if runtime.memory is not None:
+        runtime.memory.warm()  # MiniLM and the recall index load meanwhile, not in the first turn
     config = uvicorn.Config(build_app(runtime, ui=ui), host=host, port=port, log_level="warning",
                             lifespan="on", timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)

@@ -5,6 +5,8 @@ one the real embedded chat model."""
 import hashlib
 import json
 import re
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -182,6 +184,53 @@ def test_a_correction_about_the_user_is_not_recalled_by_a_general_question(cfg, 
     assert [r["feedback_id"] for r in mem.recall("Is O negative a rare blood type?")] == [blood]
     assert [r["feedback_id"] for r in mem.recall("What is the boiling point of water on a mountain?")] == [boiling]
     assert [r["feedback_id"] for r in mem.recall("Boiling point of water at altitude?")] == [boiling]
+
+
+class GatedEmbedder(HashEmbedder):
+    """Embeds a batch only once `gate` is set: a slow first build of the index."""
+
+    def __init__(self):
+        super().__init__()
+        self.gate = threading.Event()
+
+    def encode(self, texts):
+        if len(texts) > 1:
+            assert self.gate.wait(30)
+        return super().encode(texts)
+
+
+def test_a_turn_does_not_wait_long_for_an_index_still_being_built(runtime, caplog):
+    """The server warms recall at start (assistant/server.py); a turn meanwhile waits at most
+    busy_wait_s and goes on without recall, and a correction is taken without waiting at all."""
+    mem = runtime.memory
+    mem.embedder = GatedEmbedder()
+    mem.busy_wait_s = 0.2
+    runtime.record_feedback(log(runtime.db, "What is the name of my dog?"), "correction",
+                            correction="Your dog is called Biscuit.")
+    warming = mem.warm()
+    time.sleep(0.1)
+    assert mem.recall("What is the name of my dog?") == [] and "still being built" in caplog.text
+    t0 = time.monotonic()
+    runtime.record_feedback(log(runtime.db, "What is the name of my cat?"), "correction",
+                            correction="Your cat is called Tom.")
+    assert time.monotonic() - t0 < 0.5
+    mem.embedder.gate.set()
+    warming.join(10)
+    assert [r["correction"] for r in mem.recall("What is the name of my cat?")] == ["Your cat is called Tom."]
+
+
+def test_the_server_warms_recall_before_the_first_turn(cfg, tiny_served, memory):
+    from assistant.server import start_server
+
+    correct(open_db(cfg.db_path), "What is the name of my dog?", "Your dog is called Biscuit.")
+    running = start_server(Runtime.create(cfg, model=tiny_served, memory=memory), ui=False)
+    try:
+        deadline = time.monotonic() + 10
+        while memory.embedder.texts == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert memory.embedder.texts == len(search_keys("What is the name of my dog?"))  # no turn asked yet
+    finally:
+        running.stop()
 
 
 class CachedHashEmbedder(MiniLMEmbedder):
