@@ -372,10 +372,10 @@ class Memory:
 
         def work():
             try:
+                if hasattr(self.embedder, "load"):  # outside the index lock: a turn meanwhile
+                    self.embedder.load()  # waits for the model (it needs it) but not BUSY_WAIT_S
                 with self._lock:
                     self.sync(self._own_db())
-                    if hasattr(self.embedder, "load"):
-                        self.embedder.load()
                     self._ensure_matrix()
             except Exception as e:  # noqa: BLE001 - warming is best effort; recall retries
                 log.warning("could not warm recall memory: %s", e)
