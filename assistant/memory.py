@@ -73,9 +73,6 @@ REFRAMED_KEYS = 4
 # note and answered with it ("... is O negative"): on bench/recall_dev_confusable.jsonl 7 of
 # 10 such questions recalled a note at the 0.5 threshold (bench/results/memory.dev-confusable.md).
 FIRST_PERSON = frozenset("i me my mine myself we us our ours ourselves".split())
-# Words too common to show that a question names what a correction told.
-_COMMON = frozenset("a an the and or of on in at to for from with by is are was were be been it its "
-                    "this that s you your yours he she they his her their them".split())
 SETTING_DROP_LEARNED = "recall_drop_learned"
 # A turn waits at most this long for the index while another thread builds it (the server's
 # warm-up at start: loading MiniLM takes about 3 s, embedding 10,000 corrections without the
@@ -171,9 +168,15 @@ def about_user(text_words: set[str]) -> bool:
 
 
 def told_words(prompt: str, answer: str) -> set[str]:
-    """What an answer told beyond its question: its words that are neither in the question nor
-    common ("Your sister Ingrid's birthday is on 14 March." -> ingrid, 14, march)."""
-    return words(answer) - words(prompt) - _COMMON
+    """The names and numbers an answer told beyond its question ("Your sister Ingrid's birthday
+    is on 14 March." -> ingrid, 14, march): words with a capital not opening a sentence, or with
+    a digit. Plain words ("called", "negative") would let any general question through."""
+    told = set()
+    for sentence in re.split(r"(?<=[.!?])\s+", answer or ""):
+        for i, w in enumerate(re.findall(r"[A-Za-z0-9]+", sentence)):
+            if any(c.isdigit() for c in w) or (i and w[0].isupper()):
+                told.add(w.lower())
+    return told - words(prompt)
 
 
 def may_answer(asked: set[str], personal: bool, told: set[str]) -> bool:

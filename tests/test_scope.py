@@ -40,7 +40,7 @@ def test_a_prompt_about_the_user_covers_only_questions_about_the_user_or_what_it
                           {"role": "assistant", "content": "Your cat is called Pemberton."}]},
             {"prompt": [{"role": "user", "content": "How long do cats live?"}],
              "chosen": [{"role": "assistant", "content": "About 15 years."}]}]
-    assert scope_told(rows) == ["called", "pemberton"]  # only answers to questions about the user
+    assert scope_told(rows) == ["pemberton"]  # names and numbers, only of answers about the user
     path = scoped(tmp_path, scope_prompts(rows), told=scope_told(rows))
     scope = AdapterScope(Embedder())
     assert scope.covers(path, "What is the name of my cat again?")
