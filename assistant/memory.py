@@ -378,7 +378,7 @@ class Memory:
                 if hasattr(self.embedder, "load"):  # outside the index lock: a turn meanwhile
                     self.embedder.load()  # waits for the model (it needs it) but not BUSY_WAIT_S
                 with self._lock:
-                    self.sync(self._own_db())
+                    self._sync(self._own_db())
                     self._ensure_matrix()
             except Exception as e:  # noqa: BLE001 - warming is best effort; recall retries
                 log.warning("could not warm recall memory: %s", e)
@@ -412,7 +412,7 @@ class Memory:
                 self._lock.release()
 
     def _recall(self, text: str, k: int) -> list[dict]:  # the caller holds the lock
-        self.sync(self._own_db())
+        self._sync(self._own_db())
         matrix = self._ensure_matrix()
         if not len(matrix) or k <= 0:
             return []
