@@ -192,9 +192,11 @@ class GatedEmbedder(HashEmbedder):
     def __init__(self):
         super().__init__()
         self.gate = threading.Event()
+        self.building = threading.Event()  # a batch is waiting at the gate
 
     def encode(self, texts):
         if len(texts) > 1:
+            self.building.set()
             assert self.gate.wait(30)
         return super().encode(texts)
 
@@ -208,7 +210,7 @@ def test_a_turn_does_not_wait_long_for_an_index_still_being_built(runtime, caplo
     runtime.record_feedback(log(runtime.db, "What is the name of my dog?"), "correction",
                             correction="Your dog is called Biscuit.")
     warming = mem.warm()
-    time.sleep(0.1)
+    assert mem.embedder.building.wait(10)
     assert mem.recall("What is the name of my dog?") == [] and "still being built" in caplog.text
     t0 = time.monotonic()
     runtime.record_feedback(log(runtime.db, "What is the name of my cat?"), "correction",
