@@ -54,3 +54,29 @@ def test_old_history_is_dropped_before_the_new_message_is_cut(chat):
                       max_new_tokens=200)
     assert not turn.truncated
     assert [m["role"] for m in turn.messages] == ["system", "user"]
+
+
+def test_replies_are_generated_on_one_long_lived_thread(served, monkeypatch):
+    """A fresh thread per reply made `generate` about three times slower on a GPU
+    (bench/gpu_threads.py): every reply runs on the model's one generation worker."""
+    import threading
+
+    threads = []
+    generate_led = served.generate_led
+
+    def recording(*args, **kw):
+        threads.append(threading.current_thread())
+        return generate_led(*args, **kw)
+
+    monkeypatch.setattr(served, "generate_led", recording)
+    for question in ("Hello?", "And again?"):
+        served.generate([{"role": "user", "content": question}], max_new_tokens=2)
+    assert len(set(threads)) == 1 and threads[0] is not threading.main_thread() and threads[0].is_alive()
+
+
+def test_a_failing_job_does_not_stop_the_generation_worker():
+    from assistant.model import GenerationWorker
+
+    worker, ran = GenerationWorker(), []
+    assert worker.submit(lambda: 1 / 0).wait(5)
+    assert worker.submit(lambda: ran.append(True)).wait(5) and ran == [True]
