@@ -199,9 +199,9 @@ def key_version(key) -> int | None:
 
 class GenerationWorker:
     """One long-lived thread that runs every streamed generation of a ServedModel, in order.
-    Why not a thread per reply: on a GPU, `generate` in a freshly started thread ran at 10-16
-    tokens/s against about 45 in a thread that had generated before (the same 135M model on an
-    H200, bench/gpu_threads.py); on the CPU either is the same. Replies were serialised by the
+    Why not a thread per reply: on a GPU, `generate` in a freshly started thread ran at 15-17
+    tokens/s against 46-52 in a thread that had generated before (the same 135M model shape on
+    an H200, bench/results/gpu-threads.md); on the CPU either is the same. Replies were serialised by the
     model's lock anyway, so one worker changes no ordering."""
 
     def __init__(self):
