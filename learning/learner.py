@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Callable
 
 from learning import datasets
-from learning.config import LearnConfig, load_learn_config
-from learning.train import Cancelled, TrainJob, clean_stale_dirs, train_candidate
+from learning.config import LearnConfig, load_learn_config, shape_is_stored
+from learning.train import Cancelled, TrainJob, adapter_shape, clean_stale_dirs, train_candidate
 from store import adapters, jobs, open_db
 from store.ids import new_id
 
@@ -174,6 +174,10 @@ def run_cycle(cfg, learn_cfg: LearnConfig | None = None, force: bool = False,
 
             # ---- train ------------------------------------------------------------------
             parent = adapters.active_adapter(db)
+            if parent and learn_cfg is None and not shape_is_stored(db):
+                # A home keeps the LoRA shape its versions were trained with: a later default
+                # (r=16 before r=32) must not make its active adapter an incompatible parent.
+                lcfg = lcfg.with_shape(adapter_shape(parent["path"]))
             version = adapters.next_version(db)
             base = resolve_model(cfg.model, cfg.models_dir)
             path = train_candidate(TrainJob(

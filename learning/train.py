@@ -140,9 +140,7 @@ def load_trainable(job: TrainJob):
     torch.manual_seed(job.lcfg.seed * 1000 + job.version)  # a different LoRA init per version
     want = job.lcfg.lora_shape()
     if job.parent_path:
-        pcfg = json.loads((Path(job.parent_path) / "adapter_config.json").read_text())
-        have = {"r": pcfg.get("r"), "lora_alpha": pcfg.get("lora_alpha"), "lora_dropout": pcfg.get("lora_dropout"),
-                "target_modules": sorted(pcfg.get("target_modules") or [])}
+        have = adapter_shape(job.parent_path)
         if have != want:
             raise IncompatibleParent(f"parent adapter v{job.parent_version} has LoRA shape {have}, the config "
                                      f"wants {want}; the shape is fixed across versions")
@@ -150,6 +148,13 @@ def load_trainable(job: TrainJob):
     else:
         model = get_peft_model(base, fresh_lora(job.lcfg))
     return model, tok, device
+
+
+def adapter_shape(path: str | Path) -> dict:
+    """The LoRA shape of a saved adapter, as LearnConfig.lora_shape gives it."""
+    pcfg = json.loads((Path(path) / "adapter_config.json").read_text())
+    return {"r": pcfg.get("r"), "lora_alpha": pcfg.get("lora_alpha"), "lora_dropout": pcfg.get("lora_dropout"),
+            "target_modules": sorted(pcfg.get("target_modules") or [])}
 
 
 def fresh_lora(lcfg: LearnConfig):

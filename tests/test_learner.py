@@ -8,7 +8,8 @@ import pytest
 
 from learning import control, learner
 from learning.augment import replay_prompts
-from learning.config import SETTINGS_KEY, LearnConfig
+from learning.config import SETTINGS_KEY, SHAPE_FIELDS, LearnConfig
+from learning.train import IncompatibleParent
 from store import adapters, feedback, jobs
 from store.settings import set_setting
 from tests.test_datasets import stand_in_embedder, turn
@@ -80,6 +81,26 @@ def test_gate_pass_promotes_and_next_cycle_continues(cfg, db, monkeypatch):
     assert set(v1_scope) | {"What is fact 5?"} <= set(v2["meta"]["scope"]["prompts"])
     assert v2["meta"]["scope"]["threshold"] == LearnConfig().scope_threshold
     assert adapters.get_adapter(db, 1)["status"] == "retired"
+
+
+def test_a_home_keeps_its_lora_shape_unless_one_is_set(cfg, db, monkeypatch):
+    """A later default shape must not turn the active adapter into an incompatible parent; a
+    shape the user stored is never overridden (a mismatch then fails the cycle, losing nothing)."""
+    monkeypatch.setattr(learner, "_gate", fake_gate(True))
+    unshaped = {k: v for k, v in TINY.items() if k not in SHAPE_FIELDS}
+    set_setting(db, SETTINGS_KEY, TINY)
+    teach(db)
+    assert learner.run_cycle(cfg, embedder=stand_in_embedder)["status"] == "active"
+    set_setting(db, SETTINGS_KEY, unshaped)  # the default's shape, which v1 does not have
+    assert LearnConfig().lora_r != TINY["lora_r"]
+    teach(db, n=1, start=5)
+    assert learner.run_cycle(cfg, embedder=stand_in_embedder)["status"] == "active"
+    assert adapters.get_adapter(db, 2)["meta"]["config"]["lora_r"] == TINY["lora_r"]
+    set_setting(db, SETTINGS_KEY, {**unshaped, "lora_r": 8})
+    teach(db, n=1, start=6)
+    with pytest.raises(IncompatibleParent):
+        learner.run_cycle(cfg, embedder=stand_in_embedder)
+    assert adapters.active_version(db) == 2 and jobs.latest_job(db)["status"] == "failed"
 
 
 def test_gate_fail_rejects(cfg, db, monkeypatch):
