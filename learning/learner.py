@@ -176,7 +176,7 @@ def run_cycle(cfg, learn_cfg: LearnConfig | None = None, force: bool = False,
             parent = adapters.active_adapter(db)
             if parent and learn_cfg is None and not shape_is_stored(db):
                 # A home keeps the LoRA shape its versions were trained with: a later default
-                # (r=16 before r=32) must not make its active adapter an incompatible parent.
+                # (r=16 before r=64) must not make its active adapter an incompatible parent.
                 lcfg = lcfg.with_shape(adapter_shape(parent["path"]))
             version = adapters.next_version(db)
             base = resolve_model(cfg.model, cfg.models_dir)
