@@ -29,11 +29,14 @@ class LearnConfig:
     """Module names that get a LoRA (all linear layers of a Llama-style block)."""
 
     # ---- SFT -------------------------------------------------------------------------------
-    sft_epochs: float = 3.0
+    sft_epochs: float = 2.0
     """Passes over the SFT rows (corrections, liked answers, augmentations, replay). Measured on
     the embedded model: 1 epoch (each correction seen 5 times with its rewrites) learns the answer's
-    shape ("Your dog is called ...") but not the name itself; 3 epochs give each correction the
-    ~15 exposures with which a plain fine-tune memorises its re-ask."""
+    shape ("Your dog is called ...") but not the name itself; at rank 16, 3 epochs gave each
+    correction the ~15 exposures with which a plain fine-tune memorises its re-ask. At rank 64, 2
+    epochs taught as much on our dev scenario as 3 (paraphrases 44 and 43 of 48 against 42 and 45,
+    seeds 0 and 1; re-asks 16/16, canaries 40/40) in about 20% less cycle time (254-263 s
+    against 324-328 s, bench/results/learn-dev.md); the habit adapter trains for as many epochs."""
     sft_lr: float = 1e-3
     """Peak learning rate of SFT (linear decay)."""
     sft_batch_size: int = 8
