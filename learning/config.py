@@ -18,9 +18,9 @@ class LearnConfig:
     lora_r: int = 64
     """LoRA rank. On our dev scenario (bench/results/learn-dev.md, three seeds each, canaries
     40/40 in every run) rank 64 taught 42, 45 and 39 of 48 paraphrases where rank 16 taught 39,
-    39 and 38 (rank 32: 42 and 38), for about 15% more cycle time (3 epochs) and an adapter four times the
-    size (about 80 MB in float32, twice per version with a habit adapter). A home keeps the shape
-    its first version was trained with (learner.run_cycle)."""
+    39 and 38 (rank 32: 42 and 38), for about 15% more cycle time at 3 epochs and an adapter
+    four times the size (about 75 MB in float32, twice per version with a habit adapter). A home
+    keeps the shape its first version was trained with (learner.run_cycle)."""
     lora_alpha: int = 128
     """LoRA scaling numerator (scale = alpha / r, 2 at every rank measured)."""
     lora_dropout: float = 0.0
