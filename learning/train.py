@@ -110,13 +110,12 @@ def _callback(stage: str, job: TrainJob, losses: list[dict]):
     return Report()
 
 
-def _common_args(lcfg: LearnConfig, out: Path, device: str) -> dict:
+def _common_args(lcfg: LearnConfig, out: Path, device: str, dtype) -> dict:
+    """Trainer arguments both stages share; `dtype` is the one the weights were loaded in
+    (load_trainable: bf16 where the GPU has it, else fp16), which mixed precision follows."""
     import torch
 
-    from assistant.model import pick_device
-
-    # mixed precision in the dtype the weights were loaded in: bf16 where the GPU has it, else fp16
-    half = pick_device()[1] if device == "cuda" else None
+    half = dtype if device == "cuda" else None
     return dict(output_dir=str(out), save_strategy="no", report_to=[], logging_steps=lcfg.logging_steps,
                 gradient_checkpointing=False,  # measured: slower on CPU, memory is not the limit at 135M
                 bf16=half == torch.bfloat16, fp16=half == torch.float16, use_cpu=device == "cpu", seed=lcfg.seed, data_seed=lcfg.seed,
@@ -189,7 +188,7 @@ def build_sft_trainer(model, tok, rows: list[dict], job: TrainJob, device: str, 
     lcfg = job.lcfg
     ds = Dataset.from_list([{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]}
                             for r in map(strip_meta, rows)])
-    args = SFTConfig(**_common_args(lcfg, work / "sft", device), num_train_epochs=lcfg.sft_epochs,
+    args = SFTConfig(**_common_args(lcfg, work / "sft", device, model.dtype), num_train_epochs=lcfg.sft_epochs,
                      learning_rate=lcfg.sft_lr, per_device_train_batch_size=lcfg.sft_batch_size,
                      max_length=lcfg.sft_max_length, completion_only_loss=True, packing=False,
                      neftune_noise_alpha=lcfg.sft_neftune_alpha)
@@ -239,7 +238,7 @@ def run_dpo(model, tok, pairs: list[dict], job: TrainJob, device: str, work: Pat
     lcfg = job.lcfg
     ds = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in pairs])
     weights = [1.0, lcfg.dpo_sft_weight] if lcfg.dpo_sft_weight > 0 else [1.0]
-    args = DPOConfig(**_common_args(lcfg, work / "dpo", device), num_train_epochs=lcfg.dpo_epochs,
+    args = DPOConfig(**_common_args(lcfg, work / "dpo", device, model.dtype), num_train_epochs=lcfg.dpo_epochs,
                      learning_rate=lcfg.dpo_lr, per_device_train_batch_size=lcfg.dpo_batch_size,
                      max_length=lcfg.dpo_max_length, beta=lcfg.dpo_beta,
                      loss_type=["sigmoid", "sft"][:len(weights)], loss_weights=weights)

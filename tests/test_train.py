@@ -261,10 +261,7 @@ def test_sft_loss_is_trls_loss_on_the_answer_only(tiny_model_path, tmp_path):
 
 @pytest.mark.parametrize("device,half,flags", [("cpu", None, (False, False)), ("cuda", "bfloat16", (True, False)),
                                                ("cuda", "float16", (False, True))])
-def test_mixed_precision_follows_the_dtype_the_weights_were_loaded_in(monkeypatch, tmp_path, device, half, flags):
+def test_mixed_precision_follows_the_dtype_the_weights_were_loaded_in(tmp_path, device, half, flags):
     """bf16 on GPUs that have it, fp16 on older ones (asking for bf16 there fails), none on the CPU."""
-    from assistant import model as model_mod
-
-    monkeypatch.setattr(model_mod, "pick_device", lambda: (device, getattr(torch, half or "float32")))
-    args = _common_args(LearnConfig(), tmp_path, device)
+    args = _common_args(LearnConfig(), tmp_path, device, getattr(torch, half or "float32"))
     assert (args["bf16"], args["fp16"], args["use_cpu"]) == (*flags, device == "cpu")
