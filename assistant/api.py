@@ -6,7 +6,8 @@ Routes (all under /v1, all requiring `Authorization: Bearer <cfg.api_key>` when 
                                         turn id, so a client can send feedback about it
   POST /v1/feedback                     {"turn_id", "rating": "up"|"down", "reason"?, "correction"?}
   GET  /v1/adapters                     the adapter registry and the active version
-  POST /v1/adapters/{version}/activate  promote or roll back to a version ("base": no adapter)
+  POST /v1/adapters/{version}/activate  promote or roll back to a version ("base": no adapter);
+                                        410 when its weights were deleted to save disk
 
 Extensions to the OpenAI request body: `conversation_id` (continue a stored conversation, else a
 new one is created) and `recall: false` (no recalled corrections for this request). Responses
@@ -36,8 +37,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from assistant.errors import AdapterLoadError, EmptyMessage
-from assistant.model import validate_adapter_dir
+from assistant.errors import AdapterLoadError, AdapterWeightsDeleted, EmptyMessage
+from assistant.model import validate_adapter_dir, weights_deleted
 from store import adapters
 from store.conversations import NotFound
 from store.feedback import MAX_TEXT
@@ -218,7 +219,8 @@ def build_router(runtime) -> APIRouter:
 
     @router.get("/adapters")
     def get_adapters():
-        rows = adapters.list_adapters(chat.db)
+        rows = [{**r, "weights_deleted": weights_deleted(r["path"])}
+                for r in adapters.list_adapters(chat.db)]
         return {"object": "list", "active": adapters.active_version(chat.db), "data": rows}
 
     @router.post("/adapters/{version}/activate")
@@ -332,6 +334,8 @@ def _activate(runtime, version: int | None, force: bool, quarantine: bool) -> di
         try:
             validate_adapter_dir(Path(row["path"]))
             runtime.model.load_adapter(version, row["path"])  # proves it loads; the swap is then instant
+        except AdapterWeightsDeleted as e:
+            raise ApiError(410, str(e), "adapter_weights_deleted", "invalid_request_error") from e
         except AdapterLoadError as e:
             raise ApiError(409, str(e), "adapter_corrupt", "conflict_error") from e
     try:

@@ -18,7 +18,7 @@ COMMANDS = {
     "export": ("learning.datasets", "cmd_export", "export feedback as JSONL in TRL's SFT and preference formats"),
     "backup": ("assistant.terminal", "cmd_backup", "write a consistent copy of the database (safe while serving)"),
     "learn": ("learning.learner", "cmd_learn", "run one learning cycle in the foreground"),
-    "adapters": ("learning.versions", "cmd_adapters", "list, show, promote or roll back adapter versions"),
+    "adapters": ("learning.versions", "cmd_adapters", "list, show, promote, roll back or prune adapter versions"),
 }
 
 
@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("version", type=int, nargs="?", help="default: the parent of the active version")
     x.add_argument("--quarantine", action="store_true",
                    help="also keep the feedback that trained the rolled-back version out of learning")
+    x = a.add_parser("prune", help="delete the weights of old versions (their records stay)")
+    x.add_argument("--keep", type=int, help="newest versions that keep their weights (default: the learn "
+                   "config's keep_versions); the active one and its parent always do")
     return p
 
 

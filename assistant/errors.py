@@ -14,5 +14,10 @@ class AdapterLoadError(AssistantError):
     """An adapter directory that is missing, corrupt or incompatible with the base model."""
 
 
+class AdapterWeightsDeleted(AdapterLoadError):
+    """A version whose weights were deleted to save disk (learning.versions.prune_weights): its
+    record stays, it can no longer be loaded."""
+
+
 class ModelLoadError(AssistantError):
     pass

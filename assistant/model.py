@@ -22,7 +22,7 @@ from typing import Iterator
 import torch
 
 from assistant import adapter_slots
-from assistant.errors import AdapterLoadError, ModelLoadError
+from assistant.errors import AdapterLoadError, AdapterWeightsDeleted, ModelLoadError
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +95,26 @@ def pick_device() -> tuple[str, torch.dtype]:
     return "cpu", torch.float32
 
 
+# Written into a version's directory before its weights are deleted (learning.versions.prune_weights);
+# the directory keeps its configs and meta.json, so what the version learned stays readable.
+WEIGHTS_DELETED = "weights-deleted.json"
+
+
+def weights_deleted(path) -> bool:
+    """Were this version's weights deleted to save disk?"""
+    return (Path(path) / WEIGHTS_DELETED).exists()
+
+
 def validate_adapter_dir(path: Path) -> dict:
-    """Check an adapter directory before loading it; raise AdapterLoadError with the reason."""
+    """Check an adapter directory before loading it; raise AdapterLoadError with the reason
+    (AdapterWeightsDeleted for a version whose weights were deleted to save disk)."""
     path = Path(path)
     cfg_file = path / "adapter_config.json"
     if not path.is_dir():
         raise AdapterLoadError(f"adapter directory {path} does not exist")
+    if weights_deleted(path):
+        raise AdapterWeightsDeleted(f"the weights in {path} were deleted to save disk "
+                                    f"({_deleted_note(path)}); its record stays, but it cannot serve again")
     if not cfg_file.exists():
         raise AdapterLoadError(f"adapter directory {path} has no adapter_config.json")
     if not any((path / n).exists() for n in ("adapter_model.safetensors", "adapter_model.bin")):
@@ -112,6 +126,13 @@ def validate_adapter_dir(path: Path) -> dict:
     if cfg.get("peft_type") != "LORA":
         raise AdapterLoadError(f"adapter in {path} is not a LoRA adapter (peft_type={cfg.get('peft_type')!r})")
     return cfg
+
+
+def _deleted_note(path: Path) -> str:
+    try:
+        return json.loads((path / WEIGHTS_DELETED).read_text()).get("reason", "no reason recorded")
+    except (OSError, ValueError):
+        return "no reason recorded"
 
 
 _LORA_KEY = re.compile(r"^base_model\.model\.(.+)\.lora_([AB])(?:\.[^.]+)?\.weight$")

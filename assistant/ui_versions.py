@@ -11,6 +11,7 @@ import re
 import gradio as gr
 import pandas as pd
 
+from assistant.model import weights_deleted
 from store import adapters, conversations
 
 UNAVAILABLE = ("⚠ Version management is not available in this installation "
@@ -67,13 +68,15 @@ def view(runtime, plot_path=None):
     rollback choices, compare choices, recent prompts, notice)"""
     db = runtime.db
     rows = adapters.list_adapters(db)
-    promote_choices = [(_label(r["version"], r["status"]), str(r["version"])) for r in rows
+    # A version whose weights were deleted to save disk stays in the table but cannot serve.
+    loadable = [r for r in rows if not weights_deleted(r["path"])]
+    promote_choices = [(_label(r["version"], r["status"]), str(r["version"])) for r in loadable
                        if r["status"] != "active"]
     everything = [("base model (no adapter)", BASE)] + [
-        (_label(r["version"], r["status"]), str(r["version"])) for r in rows]
+        (_label(r["version"], r["status"]), str(r["version"])) for r in loadable]
     # Only a version that served before can be rolled back to (candidates are promoted instead).
     rollback_choices = [("base model (no adapter)", BASE)] + [
-        (_label(r["version"], r["status"]), str(r["version"])) for r in rows if r["status"] == "retired"]
+        (_label(r["version"], r["status"]), str(r["version"])) for r in loadable if r["status"] == "retired"]
     prompts = "\n".join(recent_prompts(db))
     versions = _versions()
     if versions is None:

@@ -131,6 +131,13 @@ class LearnConfig:
     min_gap_s: float = 600
     """Never start two automatic cycles closer together than this."""
 
+    # ---- disk ------------------------------------------------------------------------------
+    keep_versions: int | None = 5
+    """After each cycle, delete the weights of all but the newest this many versions (the active
+    one and its parent always keep theirs; learning/versions.py `prune_weights`). A version's
+    record, what it learned and its figures stay. None keeps every version's weights, which at
+    rank 64 grows the home by 75-150 MB per cycle."""
+
     # ---- misc --------------------------------------------------------------------------------
     seed: int = 0
     """Seed of data shuffling and LoRA init (each version also mixes in its number)."""
@@ -193,6 +200,8 @@ class LearnConfig:
         if self.max_prompt_chars < 16 or self.max_answer_chars < 16:
             problems.append(f"character caps must be >= 16 (got {self.max_prompt_chars}, "
                             f"{self.max_answer_chars})")
+        if self.keep_versions is not None and self.keep_versions < 0:
+            problems.append(f"keep_versions must be >= 0 or None (got {self.keep_versions})")
         if problems:
             raise ValueError("invalid LearnConfig: " + "; ".join(problems))
 

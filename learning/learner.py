@@ -217,7 +217,8 @@ def run_cycle(cfg, learn_cfg: LearnConfig | None = None, force: bool = False,
                 adapters.reject(db, version)
             verdict = "promoted" if decision.passed else "rejected by the gate"
             result.update(status="active" if decision.passed else "rejected", reasons=list(decision.reasons),
-                          message=f"v{version} {verdict}: " + "; ".join(decision.reasons))
+                          message=f"v{version} {verdict}: " + "; ".join(decision.reasons),
+                          weights_deleted=_prune(db, lcfg.keep_versions))
             return _finish(db, job_id, "succeeded", result)
         except Cancelled as e:
             _finish(db, job_id, "cancelled", {"message": str(e)}, error=str(e))
@@ -225,6 +226,20 @@ def run_cycle(cfg, learn_cfg: LearnConfig | None = None, force: bool = False,
         except BaseException as e:
             _finish(db, job_id, "failed", {"message": f"{type(e).__name__}: {e}"}, error=f"{type(e).__name__}: {e}")
             raise
+
+
+def _prune(db, keep: int | None) -> list[int]:
+    """Delete old versions' weights (learning/versions.py). The cycle has succeeded by now: a
+    failure here (a read-only file, say) is logged and retried after the next cycle."""
+    if keep is None:
+        return []
+    from learning.versions import prune_weights
+
+    try:
+        return prune_weights(db, keep)
+    except OSError as e:
+        log.warning("could not delete old versions' weights: %s", e)
+        return []
 
 
 def _finish(db, job_id, status, result, error=None) -> dict:

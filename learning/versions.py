@@ -7,17 +7,23 @@ transaction; never two active versions), so a running server picks it up on its 
 of the active version (or the base model) or to any version that served before, and can
 quarantine the feedback that trained the version rolled back from. Refusals raise
 `VersionError` (a ValueError) with the reason in words; a broken adapter directory raises
-`AdapterLoadError` before anything changes. The base model is version None (0 or "base" in
-`rollback` and on the command line).
+`AdapterLoadError` before anything changes (`AdapterWeightsDeleted` for a version whose weights
+`prune_weights` deleted). The base model is version None (0 or "base" in `rollback` and on the
+command line).
 """
+import json
+import logging
 from pathlib import Path
 
 from assistant.errors import AdapterLoadError
-from assistant.model import validate_adapter_dir
+from assistant.model import WEIGHTS_DELETED, validate_adapter_dir, weights_deleted
 from store import adapters, feedback
 from store.conversations import NotFound
+from store.db import now_iso
 
 BASE_NAMES = (0, "0", "base")
+WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+log = logging.getLogger(__name__)
 
 
 class VersionError(ValueError):
@@ -68,7 +74,7 @@ def versions_table(db) -> list[dict]:
         timings = (a["meta"] or {}).get("timings") or {}
         rows.append({
             "version": a["version"], "status": a["status"], "parent": a["parent_version"],
-            "created_at": a["created_at"],
+            "created_at": a["created_at"], "weights": "deleted" if weights_deleted(a["path"]) else "kept",
             "train_s": round(sum(v for k, v in timings.items() if k.endswith("_s")), 1) if timings else None,
             "n_corrections": a["n_corrections"], "n_votes": a["n_votes"],
             "scope": _scope_text((a["meta"] or {}).get("scope"), (a["meta"] or {}).get("habits")),
@@ -122,6 +128,49 @@ def rollback(db, version: int | str | None = None, quarantine: bool = False) -> 
         if quarantine and before is not None:
             quarantined = feedback.quarantine(db, adapters.lineage_feedback(db, before))
     return {"from": before, "to": target, "quarantined": quarantined}
+
+
+# ---- disk: deleting the weights of old versions ------------------------------------------
+def versions_to_prune(db, keep: int) -> list[int]:
+    """Versions whose weights may go: all but the newest `keep`, the active one and its parent
+    (the default rollback target), and candidates (a decision may still be pending)."""
+    rows = adapters.list_adapters(db)
+    active = adapters.active_adapter(db)
+    kept = {r["version"] for r in rows[-keep:]} if keep > 0 else set()
+    if active is not None:
+        kept |= {active["version"], active["parent_version"]}
+    return [r["version"] for r in rows if r["version"] not in kept and r["status"] != "candidate"
+            and _has_weights(Path(r["path"]))]
+
+
+def _has_weights(path: Path) -> bool:
+    return any(p.name in WEIGHT_FILES for p in path.rglob("*")) if path.is_dir() else False
+
+
+def prune_weights(db, keep: int) -> list[int]:
+    """Delete the weight files of the versions `versions_to_prune` names; returns those versions.
+
+    A version keeps its directory (adapter_config.json, meta.json: what it learned, its scope)
+    and its rows and feedback links in the store, so the table, the correction states and the
+    plot still show it; only promoting or rolling back to it is refused (AdapterWeightsDeleted).
+    Why: at rank 64 a version's weights take 75-150 MB and a cycle adds one version, so a
+    long-lived home would grow without bound. The marker is written before any file goes, so an
+    interrupted prune leaves a version that refuses to load, never a half-deleted one that loads;
+    the next prune finishes the job."""
+    pruned = []
+    for version in versions_to_prune(db, keep):
+        path = Path(adapters.get_adapter(db, version)["path"])
+        marker = path / WEIGHTS_DELETED
+        if not marker.exists():
+            tmp = path / (WEIGHTS_DELETED + ".tmp")
+            tmp.write_text(json.dumps({"deleted_at": now_iso(), "reason": f"only the newest {keep} versions, "
+                                       "the active one and its parent keep their weights"}))
+            tmp.replace(marker)
+        for f in [p for p in path.rglob("*") if p.name in WEIGHT_FILES]:
+            f.unlink()
+        pruned.append(version)
+        log.info("deleted the weights of v%d (%s)", version, path)
+    return pruned
 
 
 # ---- corrections --------------------------------------------------------------------------
@@ -253,7 +302,8 @@ def metrics_plot(db, path) -> Path:
 
 # ---- the command line ---------------------------------------------------------------------
 def cmd_adapters(cfg, args) -> int:
-    """`assistant adapters list | show V | promote V [--yes] | rollback [V] [--quarantine]`."""
+    """`assistant adapters list | show V | promote V [--yes] | rollback [V] [--quarantine] |
+    prune [--keep N]`."""
     from store import open_db
 
     db = open_db(cfg.db_path)
@@ -269,10 +319,11 @@ def _list(db, args) -> int:
     if not rows:
         print("no adapter versions yet: the base model alone is answering")
         return 0
-    print(f"{'ver':>4} {'status':<9} {'parent':>6} {'corr':>4} {'votes':>5} {'gate':<6} metrics")
+    print(f"{'ver':>4} {'status':<9} {'parent':>6} {'corr':>4} {'votes':>5} {'gate':<6} {'weights':<7} metrics")
     for r in rows:
         print(f"{'v' + str(r['version']):>4} {r['status']:<9} {_name(r['parent']) if r['parent'] else '-':>6} "
-              f"{r['n_corrections'] or 0:>4} {r['n_votes'] or 0:>5} {r['gate'] or '-':<6} {r['metrics']}")
+              f"{r['n_corrections'] or 0:>4} {r['n_votes'] or 0:>5} {r['gate'] or '-':<6} {r['weights']:<7} "
+              f"{r['metrics']}")
     return 0
 
 
@@ -309,4 +360,19 @@ def _rollback(db, args) -> int:
     return 0
 
 
-_ACTIONS = {"list": _list, "show": _show, "promote": _promote, "rollback": _rollback}
+def _prune(db, args) -> int:
+    from learning.config import load_learn_config
+
+    keep = args.keep if args.keep is not None else load_learn_config(db).keep_versions
+    if keep is None:
+        raise VersionError("the learn config keeps every version's weights (keep_versions is None): "
+                           "say how many to keep with --keep N")
+    if keep < 0:
+        raise VersionError(f"--keep must be >= 0 (got {keep})")
+    pruned = prune_weights(db, keep)
+    print(f"deleted the weights of {', '.join(f'v{v}' for v in pruned)}" if pruned else
+          "nothing to delete: only the newest versions, the active one and its parent have weights")
+    return 0
+
+
+_ACTIONS = {"list": _list, "show": _show, "promote": _promote, "rollback": _rollback, "prune": _prune}

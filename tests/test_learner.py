@@ -103,6 +103,19 @@ def test_a_home_keeps_its_lora_shape_unless_one_is_set(cfg, db, monkeypatch):
     assert adapters.active_version(db) == 2 and jobs.latest_job(db)["status"] == "failed"
 
 
+def test_a_cycle_deletes_the_weights_of_old_versions(cfg, db, monkeypatch):
+    monkeypatch.setattr(learner, "_gate", fake_gate(True))
+    lcfg = LearnConfig(**TINY, keep_versions=0)  # only the active version and its parent keep theirs
+    for n in range(3):
+        teach(db, n=1, start=n)
+        result = learner.run_cycle(cfg, lcfg, embedder=stand_in_embedder)
+    assert result["status"] == "active" and result["weights_deleted"] == [1]
+    assert not list((cfg.adapters_dir / "v1").rglob("adapter_model.*"))
+    assert (cfg.adapters_dir / "v1" / "meta.json").exists() and list((cfg.adapters_dir / "v2").rglob("adapter_model.*"))
+    teach(db, n=1, start=3)
+    assert learner.run_cycle(cfg, lcfg, embedder=stand_in_embedder)["weights_deleted"] == [2]
+
+
 def test_gate_fail_rejects(cfg, db, monkeypatch):
     monkeypatch.setattr(learner, "_gate", fake_gate(False))
     teach(db)

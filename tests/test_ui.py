@@ -325,3 +325,10 @@ def test_versions_tab_promotes_after_confirming_and_rolls_back(rt, tiny_model_pa
     assert feedback.feedback_for_turn(rt.db, session["turn_ids"][-1])[0]["quarantined"] == 1
     notice = ui_versions.rollback(rt, "base", quarantine=False)
     assert adapters.active_version(rt.db) is None, notice
+    # weights deleted to save disk: still in the table, gone from the choices that would load it
+    from learning.versions import prune_weights
+
+    assert prune_weights(rt.db, keep=0) == [1, 2]
+    table, _, _, promote_c, rollback_c, compare_c, _, _ = ui_versions.view(rt)
+    assert list(table["weights"]) == ["deleted", "deleted"]
+    assert [c[1] for c in (*promote_c["choices"], *rollback_c["choices"], *compare_c["choices"])] == ["base", "base"]

@@ -1,8 +1,11 @@
 """learning.versions: the table, promote/rollback rules, correction states, plot, compare, CLI."""
+import shutil
+
 import pytest
 
 from assistant.cli import main
-from assistant.errors import AdapterLoadError
+from assistant.errors import AdapterLoadError, AdapterWeightsDeleted
+from assistant.model import WEIGHTS_DELETED, validate_adapter_dir
 from learning import versions
 from learning.versions import VersionError
 from store import adapters, conversations, feedback
@@ -163,6 +166,45 @@ def test_cli_list_show_promote_rollback(home, db, lora_dirs, capsys):
     code, out = run("rollback", "--quarantine")
     assert code == 0 and "rolled back from v2 to v1" in out and adapters.active_version(db) == 1
     assert run("show", "7")[0] == 1
+
+
+def weight_files(path):
+    return sorted(p.relative_to(path).as_posix() for p in path.rglob("adapter_model.*"))
+
+
+def test_prune_deletes_old_weights_keeps_records_and_refuses_to_serve_them(home, db, lora_dirs, tmp_path, capsys):
+    dirs = {v: shutil.copytree(lora_dirs[1 + v % 3], tmp_path / f"v{v}") for v in range(1, 7)}
+    shutil.copytree(lora_dirs[2], dirs[2] / "habit")  # a version with a habit adapter inside
+    f1 = correction(db, "What is the name of my dog?", "Your dog is called Biscuit.")
+    for v in range(1, 7):
+        register(db, v, dirs[v], parent=v - 1 or None, feedback_ids=[f1] if v == 1 else [])
+    for v in (1, 2, 4, 5):
+        judged(db, v, v - 1 or None, True)
+    judged(db, 3, 2, False)  # v3 rejected; v5 active with parent v4; v6 a candidate
+    (dirs[2] / WEIGHTS_DELETED).write_text("{}")  # a prune interrupted after its marker
+    with pytest.raises(AdapterWeightsDeleted):
+        validate_adapter_dir(dirs[2])  # its weights are still there, but it no longer loads
+
+    assert versions.versions_to_prune(db, keep=1) == [1, 2, 3]
+    assert versions.prune_weights(db, keep=1) == [1, 2, 3]
+    assert [weight_files(dirs[v]) for v in (1, 2, 3)] == [[], [], []]
+    assert weight_files(dirs[4]) == ["adapter_model.safetensors"] and weight_files(dirs[6])
+    assert (dirs[1] / "adapter_config.json").exists() and (dirs[2] / "habit" / "adapter_config.json").exists()
+    assert versions.prune_weights(db, keep=1) == []  # nothing left to do
+    rows = versions.versions_table(db)
+    assert [r["weights"] for r in rows] == ["deleted"] * 3 + ["kept"] * 3
+    assert [s["state"] for s in versions.correction_states(db)] == ["learned"]  # the record stays
+    with pytest.raises(AdapterWeightsDeleted, match="deleted to save disk.*newest 1 versions"):
+        versions.rollback(db, 1)
+    with pytest.raises(AdapterWeightsDeleted):
+        versions.promote(db, 3, force=True)
+    assert adapters.active_version(db) == 5
+
+    versions.rollback(db)  # to v4: the parent kept its weights for this
+    assert main(["--home", str(home), "adapters", "prune", "--keep", "0"]) == 0
+    assert capsys.readouterr().out == "deleted the weights of v5\n"  # neither v4 nor its parent; v6 waits
+    assert main(["--home", str(home), "adapters", "list"]) == 0
+    assert "v5 retired v4 0 0 passed deleted" in " ".join(capsys.readouterr().out.split())
 
 
 def test_the_versions_table_says_what_a_version_answers():
