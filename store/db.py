@@ -2,6 +2,7 @@
 import contextlib
 import datetime as dt
 import sqlite3
+import time
 from pathlib import Path
 
 import sqlite_utils
@@ -28,6 +29,24 @@ def write_transaction(db: sqlite_utils.Database):
     db.execute("COMMIT")
 
 
+def _enable_wal(db: sqlite_utils.Database, deadline_s: float = 30.0) -> None:
+    """Switch to WAL, retrying while another connection holds the lock. Why: on a fresh file,
+    connections racing to change the journal mode can deadlock on their lock upgrades, and
+    SQLite then answers SQLITE_BUSY at once instead of waiting out busy_timeout (seen with six
+    threads opening a new database together, about one open in 400)."""
+    start = time.monotonic()
+    delay = 0.005
+    while True:
+        try:
+            db.enable_wal()
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() - start > deadline_s:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.25)
+
+
 def open_db(path: str | Path) -> sqlite_utils.Database:
     """Open (creating if needed) the assistant database at `path` and migrate it.
 
@@ -39,7 +58,7 @@ def open_db(path: str | Path) -> sqlite_utils.Database:
     conn = sqlite3.connect(str(path), timeout=30, check_same_thread=False, isolation_level=None)
     conn.execute("PRAGMA busy_timeout = 30000")
     db = sqlite_utils.Database(conn)
-    db.enable_wal()
+    _enable_wal(db)
     db.execute("PRAGMA foreign_keys = ON")
     db.execute("PRAGMA synchronous = NORMAL")
     apply_migrations(db)
