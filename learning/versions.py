@@ -132,8 +132,9 @@ def rollback(db, version: int | str | None = None, quarantine: bool = False) -> 
 
 # ---- disk: deleting the weights of old versions ------------------------------------------
 def versions_to_prune(db, keep: int) -> list[int]:
-    """Versions whose weights may go: all but the newest `keep`, the active one and its parent
-    (the default rollback target), and candidates (a decision may still be pending)."""
+    """Versions whose weights may go: every one that still has weights except the newest `keep`,
+    the active one, its parent (the default rollback target) and candidates (a decision may
+    still be pending)."""
     rows = adapters.list_adapters(db)
     active = adapters.active_adapter(db)
     kept = {r["version"] for r in rows[-keep:]} if keep > 0 else set()
