@@ -74,7 +74,7 @@ def versions_table(db) -> list[dict]:
         timings = (a["meta"] or {}).get("timings") or {}
         rows.append({
             "version": a["version"], "status": a["status"], "parent": a["parent_version"],
-            "created_at": a["created_at"], "weights": "deleted" if weights_deleted(a["path"]) else "kept",
+            "created_at": a["created_at"], "weights": _weights_text(Path(a["path"])),
             "train_s": round(sum(v for k, v in timings.items() if k.endswith("_s")), 1) if timings else None,
             "n_corrections": a["n_corrections"], "n_votes": a["n_votes"],
             "scope": _scope_text((a["meta"] or {}).get("scope"), (a["meta"] or {}).get("habits")),
@@ -144,8 +144,20 @@ def versions_to_prune(db, keep: int) -> list[int]:
             and _has_weights(Path(r["path"]))]
 
 
+def _weight_files(path: Path) -> list[Path]:
+    return [p for p in path.rglob("*") if p.name in WEIGHT_FILES] if path.is_dir() else []
+
+
 def _has_weights(path: Path) -> bool:
-    return any(p.name in WEIGHT_FILES for p in path.rglob("*")) if path.is_dir() else False
+    return bool(_weight_files(path))
+
+
+def _weights_text(path: Path) -> str:
+    """'deleted', or the weights' size on disk ('75.3 MB'), for the table."""
+    if weights_deleted(path):
+        return "deleted"
+    size = sum(f.stat().st_size for f in _weight_files(path))
+    return f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
 
 
 def prune_weights(db, keep: int) -> list[int]:
@@ -167,7 +179,7 @@ def prune_weights(db, keep: int) -> list[int]:
             tmp.write_text(json.dumps({"deleted_at": now_iso(), "reason": f"only the newest {keep} versions, "
                                        "the active one and its parent keep their weights"}))
             tmp.replace(marker)
-        for f in [p for p in path.rglob("*") if p.name in WEIGHT_FILES]:
+        for f in _weight_files(path):
             f.unlink()
         pruned.append(version)
         log.info("deleted the weights of v%d (%s)", version, path)

@@ -192,7 +192,8 @@ def test_prune_deletes_old_weights_keeps_records_and_refuses_to_serve_them(home,
     assert (dirs[1] / "adapter_config.json").exists() and (dirs[2] / "habit" / "adapter_config.json").exists()
     assert versions.prune_weights(db, keep=1) == []  # nothing left to do
     rows = versions.versions_table(db)
-    assert [r["weights"] for r in rows] == ["deleted"] * 3 + ["kept"] * 3
+    size = sum(f.stat().st_size for f in dirs[4].rglob("adapter_model.*"))
+    assert [r["weights"] for r in rows] == ["deleted"] * 3 + [f"{size / 1e3:.0f} kB"] * 3
     assert [s["state"] for s in versions.correction_states(db)] == ["learned"]  # the record stays
     with pytest.raises(AdapterWeightsDeleted, match="deleted to save disk.*newest 1 versions"):
         versions.rollback(db, 1)
