@@ -197,6 +197,32 @@ def avoid_first_tokens(start: int, banned: list[int | None]):
     return _AvoidFirst()
 
 
+def loops(ids: list[int], min_block: int = 4, repeats: int = 3, max_block: int = 32) -> bool:
+    """Does `ids` end with the same block of `min_block`..`max_block` tokens `repeats` times in a
+    row? ("la femme au pays de France, la femme au pays de France, la femme au pays de France,")"""
+    for block in range(min_block, min(max_block, len(ids) // repeats) + 1):
+        tail = ids[-block:]
+        if all(ids[len(ids) - (k + 1) * block: len(ids) - k * block] == tail for k in range(1, repeats)):
+            return True
+    return False
+
+
+def stop_on_loop(start: int):
+    """A stopping criterion that ends a batch row's reply (the ids after `start`) once it loops.
+    Why: greedy decoding of the 135M model sometimes repeats a phrase until max_new_tokens (15 of
+    its 144 self-replay answers repeat a four-word run), and at about 12 tokens/s on a CPU a
+    256-token loop is 20 s of garbage. Stopping at the third copy keeps what was said; a ban on
+    repeated n-grams instead would also forbid a four-digit number twice in one reply (SmolLM2
+    writes digits one token each) and break code and tables."""
+    from transformers import StoppingCriteria
+
+    class _StopOnLoop(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.tensor([loops(row) for row in input_ids[:, start:].tolist()], device=input_ids.device)
+
+    return _StopOnLoop()
+
+
 LEAD_FILE = "habit.json"  # in a habit adapter: {"openings", "lead_tokens"} (learning/train.py)
 
 
@@ -289,6 +315,7 @@ class ServedModel:
         self.current = None  # the key of the adapter generation uses now (None: base)
         self.previous = None  # the one before it, kept loaded for an instant rollback
         self.adapter_config: dict | None = None  # the first adapter's LoRA shape; later ones must match
+        self.stop_loops = True  # end a reply that repeats itself (stop_on_loop)
         self._worker = GenerationWorker()
 
     # ---- adapters -------------------------------------------------------------------------
@@ -405,6 +432,11 @@ class ServedModel:
         they would without it; the reply is the opening, a space, then the base answer. So a
         habit changes how answers open and never what they say (learning/habits.py). Returns
         prompt + reply ids (right-padded with the end token, which `reply_text` cuts at)."""
+        if self.stop_loops:
+            from transformers import StoppingCriteriaList
+
+            kw["stopping_criteria"] = StoppingCriteriaList([*kw.get("stopping_criteria", []),
+                                                            stop_on_loop(input_ids.shape[1])])
         lead = self.leads.get(self.current)
         if lead is None:
             return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, streamer=streamer,

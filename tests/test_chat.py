@@ -80,3 +80,25 @@ def test_a_failing_job_does_not_stop_the_generation_worker():
     worker, ran = GenerationWorker(), []
     assert worker.submit(lambda: 1 / 0).wait(5)
     assert worker.submit(lambda: ran.append(True)).wait(5) and ran == [True]
+
+
+def test_a_reply_that_loops_is_stopped_at_its_third_copy(served):
+    import torch
+
+    from assistant.model import loops
+
+    assert loops([9, 1, 2, 3, 4] + [1, 2, 3, 4] * 2) and loops([1, 2, 3, 4, 5] * 3)
+    assert not loops([9, 1, 2, 3, 4, 1, 2, 3, 4]) and not loops([1, 2, 3] * 5)  # two copies; a short block
+    assert not loops(list(range(40)))
+    # the tiny random model loops; the ids as generated (decoding and re-encoding differ)
+    ids = served.encode([{"role": "user", "content": "Tell me a long story about a dog."}])
+
+    def reply_ids(stop_loops):
+        served.stop_loops = stop_loops
+        with torch.inference_mode():
+            out = served.generate_led(ids, torch.ones_like(ids), **served._generate_kwargs(64, 0.0))
+        return out[0, ids.shape[1]:].tolist()
+
+    looped, stopped = reply_ids(False), reply_ids(True)
+    assert len(looped) == 64 and loops(stopped) and len(stopped) < 64
+    assert stopped == looped[:len(stopped)]  # the same reply, cut where it started repeating
