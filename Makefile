@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 PORT    ?= 7860
 export ASSISTANT_HOME ?= $(HOME)/.assistant
 
-.PHONY: install run test test-fast e2e lint bench bench-chat bench-learn bench-swap bench-memory bench-teach browser clean
+.PHONY: install run test test-fast e2e lint bench bench-chat bench-loops bench-learn bench-swap bench-memory bench-teach browser clean
 
 $(STAMP): pyproject.toml requirements-models.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -35,10 +35,12 @@ test-fast: install
 lint: install
 	$(VENV)/bin/ruff check assistant learning store tests bench
 
-bench: bench-chat bench-memory bench-learn bench-swap
+bench: bench-chat bench-loops bench-memory bench-learn bench-swap
 
 bench-chat: install
 	$(PY) bench/chat.py
+bench-loops: install
+	$(PY) bench/loops.py
 bench-learn: install
 	$(PY) bench/learn.py
 bench-swap: install
