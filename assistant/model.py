@@ -98,6 +98,7 @@ def pick_device() -> tuple[str, torch.dtype]:
 # Written into a version's directory before its weights are deleted (learning.versions.prune_weights);
 # the directory keeps its configs and meta.json, so what the version learned stays readable.
 WEIGHTS_DELETED = "weights-deleted.json"
+WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")  # what peft saves the LoRA tensors as
 
 
 def weights_deleted(path) -> bool:
@@ -117,7 +118,7 @@ def validate_adapter_dir(path: Path) -> dict:
                                     f"({_deleted_note(path)}); its record stays, but it cannot serve again")
     if not cfg_file.exists():
         raise AdapterLoadError(f"adapter directory {path} has no adapter_config.json")
-    if not any((path / n).exists() for n in ("adapter_model.safetensors", "adapter_model.bin")):
+    if not any((path / n).exists() for n in WEIGHT_FILES):
         raise AdapterLoadError(f"adapter directory {path} has no adapter weights")
     try:
         cfg = json.loads(cfg_file.read_text())

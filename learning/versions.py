@@ -16,13 +16,12 @@ import logging
 from pathlib import Path
 
 from assistant.errors import AdapterLoadError
-from assistant.model import WEIGHTS_DELETED, validate_adapter_dir, weights_deleted
+from assistant.model import WEIGHT_FILES, WEIGHTS_DELETED, validate_adapter_dir, weights_deleted
 from store import adapters, feedback
 from store.conversations import NotFound
 from store.db import now_iso
 
 BASE_NAMES = (0, "0", "base")
-WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 log = logging.getLogger(__name__)
 
 
@@ -141,15 +140,11 @@ def versions_to_prune(db, keep: int) -> list[int]:
     if active is not None:
         kept |= {active["version"], active["parent_version"]}
     return [r["version"] for r in rows if r["version"] not in kept and r["status"] != "candidate"
-            and _has_weights(Path(r["path"]))]
+            and _weight_files(Path(r["path"]))]
 
 
 def _weight_files(path: Path) -> list[Path]:
     return [p for p in path.rglob("*") if p.name in WEIGHT_FILES] if path.is_dir() else []
-
-
-def _has_weights(path: Path) -> bool:
-    return bool(_weight_files(path))
 
 
 def _weights_text(path: Path) -> str:
