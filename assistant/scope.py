@@ -6,7 +6,10 @@ that learned lost 8-13 of 40 canaries; even 9 steps that taught nothing lost 5).
 retrieval-routed model editing (GRACE, WISE), each adapter version records its scope, the user
 prompts it was trained on (its ancestors' included, `meta.json` "scope"), and a prompt is
 answered with the adapter only when its MiniLM embedding is within the scope's threshold of one
-of them; every other prompt is answered by the base weights, exactly as before any training.
+of them, or clearly nearer one of them than any ordinary request (the scope's "margin",
+memory.relevant: "Where does my team file tickets?" is 0.39 from "What is my team's issue
+tracker?" but 0.17 from every generic prompt); every other prompt is answered by the base
+weights, exactly as before any training.
 The answer itself still comes from the adapter's weights: nothing is put into the prompt.
 A prompt about the user ("What is my cat's name?") covers only questions about the user, or
 ones naming something the adapter's answers told ("told" in the scope), as in recall
@@ -29,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from assistant.memory import about_user, may_answer, told_words, unit_rows, words
+from assistant.memory import OrdinaryRequests, about_user, may_answer, relevant, told_words, unit_rows, words
 
 
 def _question_and_answer(row: dict) -> tuple[str | None, str]:
@@ -73,8 +76,9 @@ def read_meta(path) -> dict:
 
 
 def read_scope(path) -> dict | None:
-    """`{"threshold", "prompts", "told"}` from an adapter directory's meta.json, or None (no
-    scope). "told" is missing from versions written before it: nothing told, then."""
+    """`{"threshold", "margin", "prompts", "told"}` from an adapter directory's meta.json, or
+    None (no scope). "told" and "margin" are missing from versions written before them: nothing
+    told, and the threshold alone decides."""
     scope = read_meta(path).get("scope")
     if not scope or scope.get("threshold") is None or not scope.get("prompts"):
         return None
@@ -90,6 +94,7 @@ class AdapterScope:
 
             embedder = MiniLMEmbedder()
         self.embedder = embedder
+        self._ordinary = OrdinaryRequests(embedder)
         self._lock = threading.Lock()
         self._cache: dict[str, _Scope | None] = {}
         self._habits: dict[str, str | None] = {}  # version dir -> its habit adapter's dir
@@ -100,23 +105,29 @@ class AdapterScope:
             if key not in self._cache:
                 scope = read_scope(path)
                 self._cache[key] = None if scope is None else _Scope(
-                    float(scope["threshold"]), unit_rows(self.embedder.encode(scope["prompts"])),
+                    float(scope["threshold"]), scope.get("margin"), unit_rows(self.embedder.encode(scope["prompts"])),
                     np.array([about_user(words(p)) for p in scope["prompts"]]), set(scope.get("told") or ()))
             return self._cache[key]
 
     def warm(self, path) -> None:
         """Read and embed the scope of the adapter at `path` now (the server's adapter watcher
         does this on promotion, so the first request after a swap does not pay for it)."""
-        self._scope(path)
+        scope = self._scope(path)
+        if scope is not None and scope.margin is not None:
+            self._ordinary.warm()
 
     def similarity(self, path, text: str) -> float | None:
         """Best cosine similarity of `text` to the scope of the adapter at `path` (None: no scope)."""
         scope = self._scope(path)
-        return None if scope is None else self._best(scope, text)
+        return None if scope is None else self._best(scope, text, self._query(text))
 
     def covers(self, path, text: str) -> bool:
         scope = self._scope(path)
-        return scope is None or self._best(scope, text) >= scope.threshold
+        if scope is None:
+            return True
+        query = self._query(text)
+        ordinary = self._ordinary.similarity(query) if scope.margin is not None else 0.0
+        return bool(relevant(self._best(scope, text, query), scope.threshold, ordinary, scope.margin))
 
     def route(self, version: int | None, path, text: str) -> tuple:
         if version is None or path is None or self.covers(path, text):
@@ -129,9 +140,13 @@ class AdapterScope:
             habit = self._habits[key]
         return ((version, "habit"), habit) if habit else (None, None)
 
-    def _best(self, scope: "_Scope", text: str) -> float:
-        """Best similarity of `text` to a scope prompt that may answer it (memory.may_answer)."""
-        sims = scope.matrix @ unit_rows(self.embedder.encode([text]))[0]
+    def _query(self, text: str) -> np.ndarray:
+        return unit_rows(self.embedder.encode([text]))[0]
+
+    def _best(self, scope: "_Scope", text: str, query: np.ndarray) -> float:
+        """Best similarity of `text` (embedded: `query`) to a scope prompt that may answer it
+        (memory.may_answer)."""
+        sims = scope.matrix @ query
         asked = words(text)
         if not may_answer(asked, True, scope.told):  # only prompts not about the user may
             sims = np.where(scope.personal, -1.0, sims)
@@ -141,6 +156,7 @@ class AdapterScope:
 @dataclass
 class _Scope:
     threshold: float
+    margin: float | None  # memory.relevant: None for versions written before it (threshold only)
     matrix: np.ndarray  # one unit row per scope prompt
     personal: np.ndarray  # per prompt: is it about the user?
     told: set[str]

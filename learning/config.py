@@ -87,6 +87,12 @@ class LearnConfig:
     other prompt is answered by the base weights, untouched by training. None: the adapter
     answers everything. 0.5 is recall's threshold, chosen on bench/recall_dev.jsonl for the same
     question (is this prompt about a corrected one?)."""
+    scope_margin: float | None = 0.1
+    """A prompt below `scope_threshold` is in scope too when its similarity to the scope is at
+    least this much above its similarity to ordinary requests (assistant/memory.py `relevant`,
+    DEFAULT_RELATIVE_MARGIN, the same rule as recall's). None: the threshold alone. On our dev
+    scenario (bench/results/learn-dev.md, seed 0) it taught 45/48 paraphrases instead of 44/48:
+    "Where does my team file tickets?" reached the adapter; controls stayed 15/20, canaries 40/40."""
     contrast: bool = False
     """Add DPO pairs that prefer each correction over the correction of the most similar other
     corrected prompt (learning/augment.py `contrast_pairs`). Off: on our dev scenario it taught
@@ -165,6 +171,8 @@ class LearnConfig:
         if self.scope_threshold is not None and not -1 <= self.scope_threshold <= 1:
             problems.append(f"scope_threshold must be a cosine similarity in [-1, 1] or None "
                             f"(got {self.scope_threshold})")
+        if self.scope_margin is not None and not 0 <= self.scope_margin <= 2:
+            problems.append(f"scope_margin must be in [0, 2] or None (got {self.scope_margin})")
         if self.augment_rewrites < 0:
             problems.append(f"augment_rewrites must be >= 0 (got {self.augment_rewrites})")
         if self.anchor_weight < 0 or self.anchor_batch_size < 1:

@@ -380,7 +380,7 @@ def adapter_scope(job: TrainJob, sft_rows: list[dict]) -> dict | None:
     rows = [r for r in sft_rows if r.get("source") != "self-replay"] + list(job.pairs)
     prompts = list(dict.fromkeys([*(parent["prompts"] if parent else []), *scope_prompts(rows)]))
     told = sorted({*(parent.get("told") or [] if parent else []), *scope_told(rows)})
-    return {"threshold": job.lcfg.scope_threshold, "prompts": prompts, "told": told}
+    return {"threshold": job.lcfg.scope_threshold, "margin": job.lcfg.scope_margin, "prompts": prompts, "told": told}
 
 
 def clean_stale_dirs(adapters_dir: Path, registered: set[str]) -> list[str]:

@@ -60,7 +60,10 @@ def _scope_text(scope: dict | None, habits: dict | None = None) -> str:
         return f"{_scope_text(scope)}; elsewhere answers open like {habit}"
     if not scope or scope.get("threshold") is None:
         return "every prompt"
-    return f"{len(scope.get('prompts') or [])} trained prompts (similarity >= {scope['threshold']})"
+    near = f"similarity >= {scope['threshold']}"
+    if scope.get("margin") is not None:
+        near += f", or {scope['margin']} above ordinary requests"
+    return f"{len(scope.get('prompts') or [])} trained prompts ({near})"
 
 
 def versions_table(db) -> list[dict]:

@@ -13,6 +13,7 @@ import pytest
 
 from assistant.memory import SETTING_DROP_LEARNED, Memory, MiniLMEmbedder, search_keys
 from assistant.runtime import Runtime
+from learning.augment import replay_prompts
 from store import adapters, conversations, feedback, open_db
 from store.settings import set_setting
 
@@ -156,9 +157,23 @@ def test_threshold_and_top_k_are_respected(cfg, db):
     assert [r["score"] for r in got] == sorted((r["score"] for r in got), reverse=True)
     assert all(r["score"] >= 0.5 for r in got)
     assert mem.recall("how many days are in a week") == []  # unrelated: nothing above threshold
-    strict = Memory(cfg, embedder=HashEmbedder(), threshold=0.99)
+    strict = Memory(cfg, embedder=HashEmbedder(), threshold=0.99, relative_margin=None)
     assert [r["correction"] for r in strict.recall("What is the name of my cat?")] == ["Your cat is called Max."]
     assert strict.recall("What's the name of my cat, again?") == []
+
+
+ORDINARY = ["How do I learn to play the piano?", "What is the capital of France?"]
+
+
+def test_a_weaker_match_counts_when_clearly_nearer_than_ordinary_requests(cfg, db, monkeypatch):
+    monkeypatch.setattr("learning.augment.replay_prompts", lambda: ORDINARY)
+    fid = correct(db, "Who is my piano teacher?", "Your piano teacher is Mrs Gerald.")
+    relative = Memory(cfg, embedder=HashEmbedder(), threshold=0.9, relative_margin=0.1)
+    absolute = Memory(cfg, embedder=HashEmbedder(), threshold=0.9, relative_margin=None)
+    asked = "Who is my piano teacher these days?"  # 0.71 from the correction, 0.29 from ordinary ones
+    assert [r["feedback_id"] for r in relative.recall(asked)] == [fid]
+    assert absolute.recall(asked) == []  # below the threshold
+    assert relative.recall("How do I learn the piano?") == []  # 0.5 from it, but 0.82 from an ordinary one
 
 
 def test_a_correction_is_found_by_its_prompt_asked_in_other_frames(cfg, db, monkeypatch):
@@ -169,7 +184,8 @@ def test_a_correction_is_found_by_its_prompt_asked_in_other_frames(cfg, db, monk
     got = Memory(cfg, embedder=HashEmbedder(), threshold=0.5).recall(query)
     assert [r["feedback_id"] for r in got] == [fid] and got[0]["score"] > 0.99  # a reframing's key
     monkeypatch.setattr(memory_mod, "REFRAMED_KEYS", 0)
-    assert Memory(cfg, embedder=HashEmbedder(), threshold=0.5).recall(query) == []  # the prompt alone
+    alone = Memory(cfg, embedder=HashEmbedder(), threshold=0.5, relative_margin=None)
+    assert alone.recall(query) == []  # the prompt alone
 
 
 def test_a_correction_about_the_user_is_not_recalled_by_a_general_question(cfg, db):
@@ -227,10 +243,13 @@ def test_the_server_warms_recall_before_the_first_turn(cfg, tiny_served, memory)
     correct(open_db(cfg.db_path), "What is the name of my dog?", "Your dog is called Biscuit.")
     running = start_server(Runtime.create(cfg, model=tiny_served, memory=memory), ui=False)
     try:
+        # the dog's search keys and the ordinary requests (OrdinaryRequests), no turn asked yet
+        warmed = len(search_keys("What is the name of my dog?")) + len(replay_prompts())
         deadline = time.monotonic() + 10
-        while memory.embedder.texts == 0 and time.monotonic() < deadline:
+        while memory.embedder.texts < warmed and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert memory.embedder.texts == len(search_keys("What is the name of my dog?"))  # no turn asked yet
+        time.sleep(0.2)  # nothing more comes
+        assert memory.embedder.texts == warmed
     finally:
         running.stop()
 
@@ -251,21 +270,22 @@ def test_a_restart_reads_the_search_keys_from_the_disk_cache(cfg, db, monkeypatc
 
     for thing in ("cat", "dog", "bike"):
         correct(db, f"What is the name of my {thing}?", f"Your {thing} is called Max.")
+    # (without the ordinary requests, which every Memory embeds once, to count the keys alone)
     first = CachedHashEmbedder()
-    assert Memory(cfg, embedder=first, threshold=0.5).recall("name of my dog")
+    assert Memory(cfg, embedder=first, threshold=0.5, relative_margin=None).recall("name of my dog")
     assert first.inner.texts == 3 * len(search_keys("What is the name of my dog?")) + 1
     restarted = CachedHashEmbedder()
-    got = Memory(cfg, embedder=restarted, threshold=0.5).recall("name of my dog")
+    got = Memory(cfg, embedder=restarted, threshold=0.5, relative_margin=None).recall("name of my dog")
     assert got[0]["correction"] == "Your dog is called Max." and restarted.inner.texts == 1  # the query only
     # other keys (here: fewer reframings) are other texts: embedded again, not read stale
     monkeypatch.setattr(memory_mod, "REFRAMED_KEYS", 1)
     changed = CachedHashEmbedder()
-    Memory(cfg, embedder=changed, threshold=0.5).recall("name of my dog")
+    Memory(cfg, embedder=changed, threshold=0.5, relative_margin=None).recall("name of my dog")
     assert changed.inner.texts == 3 * 2 + 1
     # a damaged cache is only a slower start
     (cfg.home / "cache" / "recall-vectors.sqlite").write_bytes(b"not a database" * 100)
     damaged = CachedHashEmbedder()
-    assert Memory(cfg, embedder=damaged, threshold=0.5).recall("name of my dog")[0]["correction"] == \
+    assert Memory(cfg, embedder=damaged, threshold=0.5, relative_margin=None).recall("name of my dog")[0]["correction"] == \
         "Your dog is called Max."
     assert damaged.inner.texts == 3 * 2 + 1 and "recall vector cache" in caplog.text
 

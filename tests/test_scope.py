@@ -14,10 +14,12 @@ from tests.test_memory import HashEmbedder as Embedder
 TAUGHT = "What is the name of my dog?"
 
 
-def scoped(path, prompts, threshold=0.5, told=None):
+def scoped(path, prompts, threshold=0.5, told=None, margin=None):
+    path.mkdir(parents=True, exist_ok=True)
     meta = path / "meta.json"
     data = json.loads(meta.read_text()) if meta.exists() else {}
-    scope = {"threshold": threshold, "prompts": prompts, **({"told": told} if told is not None else {})}
+    scope = {"threshold": threshold, "prompts": prompts, **({"told": told} if told is not None else {}),
+             **({"margin": margin} if margin is not None else {})}
     meta.write_text(json.dumps({**data, "scope": scope}))
     return path
 
@@ -47,6 +49,18 @@ def test_a_prompt_about_the_user_covers_only_questions_about_the_user_or_what_it
     assert not scope.covers(path, "What is the name of a baby cat?")  # it answered "... Pemberton."
     assert scope.covers(path, "Is Pemberton the name of the cat?")
     assert scope.covers(path, "How long do house cats live?")  # a general prompt covers anyone
+
+
+def test_a_prompt_clearly_nearer_the_scope_than_ordinary_requests_is_covered(tmp_path, monkeypatch):
+    from tests.test_memory import ORDINARY
+
+    monkeypatch.setattr("learning.augment.replay_prompts", lambda: ORDINARY)
+    scope = AdapterScope(Embedder())
+    with_margin = scoped(tmp_path / "new", ["Who is my piano teacher?"], threshold=0.9, margin=0.1)
+    older = scoped(tmp_path / "old", ["Who is my piano teacher?"], threshold=0.9)  # written without a margin
+    assert scope.covers(with_margin, "Who is my piano teacher these days?")
+    assert not scope.covers(older, "Who is my piano teacher these days?")
+    assert not scope.covers(with_margin, "How do I learn the piano?")  # nearer an ordinary request
 
 
 @pytest.mark.parametrize("meta", [None, "{not json", json.dumps({"scope": None}),
