@@ -292,15 +292,20 @@ def form_messages(form: str, recalled: list[dict], question: str) -> list[dict]:
     return [{"role": "system", "content": system}, {"role": "user", "content": question}]
 
 
-def sweep(questions: list[dict], grid: list[float]) -> list[dict]:
+def recalled_at(q: dict, threshold: float, relative_margin: float | None) -> list[dict]:
+    """The candidates of question `q` that Memory.recall would keep (memory.relevant)."""
+    keep = memory_mod.relevant([c["score"] for c in q["candidates"]], threshold, q["ordinary"], relative_margin)
+    return [c for c, k in zip(q["candidates"], keep, strict=True) if k]
+
+
+def sweep(questions: list[dict], grid: list[float], relative_margin: float | None) -> list[dict]:
     """Per threshold: how often the right fact is recalled, and how many controls recall anything."""
     out = []
     for t in grid:
-        hits = [q for q in questions if q["kind"] == "fact"
-                and any(r["item"] == q["item"] and r["score"] >= t for r in q["candidates"])]
-        false = [q for q in questions if q["kind"] == "control" and any(r["score"] >= t for r in q["candidates"])]
-        wrong_only = [q for q in questions if q["kind"] == "fact" and q not in hits
-                      and any(r["score"] >= t for r in q["candidates"])]
+        got = {id(q): recalled_at(q, t, relative_margin) for q in questions}
+        hits = [q for q in questions if q["kind"] == "fact" and any(r["item"] == q["item"] for r in got[id(q)])]
+        false = [q for q in questions if q["kind"] == "control" and got[id(q)]]
+        wrong_only = [q for q in questions if q["kind"] == "fact" and q not in hits and got[id(q)]]
         out.append({"threshold": t, "fact_recall": len(hits), "facts": sum(q["kind"] == "fact" for q in questions),
                     "false_recalls_on_controls": len(false), "facts_with_only_wrong_recall": len(wrong_only)})
     return out
@@ -323,10 +328,12 @@ def cached_generate(model, prompts: list[tuple[list[dict], int | None]], cache: 
 
 
 def run_dev(model_spec: str | None, threshold: float, forms: list[str] | None = None,
-            cache: Path | None = None, dev: Path = DEV) -> dict:
+            cache: Path | None = None, dev: Path = DEV,
+            relative_margin: float | None = memory_mod.DEFAULT_RELATIVE_MARGIN) -> dict:
     items = load_jsonl(dev)
     # keep every candidate (top-k); the threshold and the margin are applied below
-    rt = open_runtime(model_spec, threshold=-1.0, margin=None)
+    rt = open_runtime(model_spec, threshold=-1.0, margin=None, relative_margin=None)
+    ordinary = memory_mod.OrdinaryRequests(rt.memory.embedder)
     fact_of = {}
     for item in items:
         if item["kind"] == "fact":
@@ -339,17 +346,19 @@ def run_dev(model_spec: str | None, threshold: float, forms: list[str] | None = 
             cands = rt.memory.recall(q)
             for c in cands:
                 c["item"] = fact_of[c["feedback_id"]]
+            query = memory_mod.unit_rows(rt.memory.embedder.encode([q]))[0]
             questions.append({"item": item["id"], "kind": item["kind"], "question": q, "expect": item["expect"],
+                              "ordinary": ordinary.similarity(query),
                               "type": item["kind"] if item["kind"] == "control" else ("re-ask" if i == 0 else "paraphrase"),
                               "candidates": cands})
     grid = [round(x, 2) for x in np.arange(0.30, 0.71, 0.05)]
-    table = sweep(questions, grid)
+    table = sweep(questions, grid, relative_margin)
 
     none_facts = not forms or "none" in forms  # facts with no recall: 0/64 whenever measured
     forms = list(dict.fromkeys(["none", *(forms or [*memory_mod.FORMS, "exchange"])]))
     prompts, index = [], {}
     for q in questions:
-        q["recalled"] = [c for c in q["candidates"] if c["score"] >= threshold]
+        q["recalled"] = recalled_at(q, threshold, relative_margin)
         for form in forms:
             if form == "none" and q["kind"] == "fact" and not none_facts:
                 continue  # controls always get "none": recall must not change their replies
@@ -383,9 +392,10 @@ def run_dev(model_spec: str | None, threshold: float, forms: list[str] | None = 
             "examples": [{"q": q["question"], "reply": replies[q["keys"][form]]} for q in facts[1:4]],
         }
     return {"dev_set": str(dev.relative_to(ROOT) if dev.is_relative_to(ROOT) else dev),
-            "threshold": threshold, "sweep": table, "forms": results, "generate_s": round(gen_s, 1),
+            "threshold": threshold, "relative_margin": relative_margin, "sweep": table, "forms": results, "generate_s": round(gen_s, 1),
             "prompts_generated": generated, "prompts_distinct": len(prompts),
-            "questions": [{k: q[k] for k in ("item", "type", "question", "candidates")} for q in questions]}
+            "questions": [{k: q[k] for k in ("item", "type", "question", "ordinary", "candidates")}
+                          for q in questions]}
 
 
 # ---- reports ---------------------------------------------------------------------------------------
@@ -434,7 +444,10 @@ def scenario_markdown(res: dict) -> str:
 def dev_markdown(res: dict, cmd: str) -> str:
     lines = ["# Choosing the recall threshold and prompt form (our dev set, not the scenario)", "",
              f"Command: `{cmd}`  ", f"Dev set: {res['dev_set']} (own facts, own paraphrases, unrelated "
-             "questions). all-MiniLM-L6-v2 cosine on the corrected prompt and its reframings (Memory.search_keys).", "",
+             "questions). all-MiniLM-L6-v2 cosine on the corrected prompt and its reframings (Memory.search_keys)"
+             + (f"; a weaker match counts too when it is {res['relative_margin']} above the question's similarity "
+                "to ordinary requests (memory.relevant)." if res.get("relative_margin") is not None else
+                "; the threshold alone."), "",
              "| threshold | right fact recalled | false recalls on controls | facts with only wrong recall |",
              "|---|---|---|---|"]
     for r in res["sweep"]:
@@ -464,6 +477,8 @@ def main(argv=None) -> int:
     p.add_argument("--dev-set", type=Path, default=DEV, help="--dev: the dev file (default %(default)s)")
     p.add_argument("--model", help="converted embedded model directory (default: convert into the fresh home)")
     p.add_argument("--threshold", type=float, default=memory_mod.DEFAULT_THRESHOLD)
+    p.add_argument("--relative-margin", type=lambda v: None if v == "off" else float(v),
+                   default=memory_mod.DEFAULT_RELATIVE_MARGIN, help="--dev: memory.relevant's margin, or 'off'")
     p.add_argument("--forms", help="--dev: comma-separated forms to measure, e.g. notes,lines@top1 "
                    "(see form_messages; default: every form; facts get 'none' only when listed)")
     p.add_argument("--cache", type=Path, help="--dev: JSON file of replies already generated (prompt -> "
@@ -477,7 +492,7 @@ def main(argv=None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.dev:
         res = run_dev(args.model, args.threshold, args.forms.split(",") if args.forms else None, args.cache,
-                      args.dev_set.resolve())
+                      args.dev_set.resolve(), args.relative_margin)
         stem, md = args.out or "memory.dev", dev_markdown(res, cmd)
     else:  # the scenario and the timing can run separately; each updates its part of memory.json
         stem, res = args.out or "memory", {}
