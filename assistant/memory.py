@@ -40,6 +40,7 @@ import logging
 import re
 import sqlite3
 import threading
+import weakref
 from collections import OrderedDict
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -189,6 +190,20 @@ class OrdinaryRequests:
         return float((self.warm() @ query).max())
 
 
+_ORDINARY: "weakref.WeakKeyDictionary[Embedder, OrdinaryRequests]" = weakref.WeakKeyDictionary()
+_ORDINARY_LOCK = threading.Lock()
+
+
+def ordinary_requests(embedder: "Embedder") -> OrdinaryRequests:
+    """The one OrdinaryRequests of `embedder`: recall and the adapters' scope share the runtime's
+    embedder, and so the prompts are embedded once."""
+    with _ORDINARY_LOCK:
+        found = _ORDINARY.get(embedder)
+        if found is None:
+            found = _ORDINARY[embedder] = OrdinaryRequests(embedder)
+        return found
+
+
 def relevant(scores: np.ndarray, threshold: float, ordinary: float, margin: float | None) -> np.ndarray:
     """Which similarities count as a match: at least `threshold`, or (with a `margin`) at least
     `margin` above the query's similarity to ordinary requests (DEFAULT_RELATIVE_MARGIN)."""
@@ -308,7 +323,7 @@ class Memory:
         self.top_k = top_k
         self.margin = margin
         self.relative_margin = relative_margin
-        self._ordinary = OrdinaryRequests(self.embedder)
+        self._ordinary = ordinary_requests(self.embedder)
         self.drop_learned = drop_learned
         self._lock = threading.RLock()
         self.busy_wait_s = BUSY_WAIT_S

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from assistant.memory import OrdinaryRequests, about_user, may_answer, relevant, told_words, unit_rows, words
+from assistant.memory import about_user, may_answer, ordinary_requests, relevant, told_words, unit_rows, words
 
 
 def _question_and_answer(row: dict) -> tuple[str | None, str]:
@@ -94,7 +94,7 @@ class AdapterScope:
 
             embedder = MiniLMEmbedder()
         self.embedder = embedder
-        self._ordinary = OrdinaryRequests(embedder)
+        self._ordinary = ordinary_requests(embedder)
         self._lock = threading.Lock()
         self._cache: dict[str, _Scope | None] = {}
         self._habits: dict[str, str | None] = {}  # version dir -> its habit adapter's dir

@@ -333,7 +333,7 @@ def run_dev(model_spec: str | None, threshold: float, forms: list[str] | None = 
     items = load_jsonl(dev)
     # keep every candidate (top-k); the threshold and the margin are applied below
     rt = open_runtime(model_spec, threshold=-1.0, margin=None, relative_margin=None)
-    ordinary = memory_mod.OrdinaryRequests(rt.memory.embedder)
+    ordinary = memory_mod.ordinary_requests(rt.memory.embedder)
     fact_of = {}
     for item in items:
         if item["kind"] == "fact":

@@ -176,6 +176,19 @@ def test_a_weaker_match_counts_when_clearly_nearer_than_ordinary_requests(cfg, d
     assert relative.recall("How do I learn the piano?") == []  # 0.5 from it, but 0.82 from an ordinary one
 
 
+def test_recall_and_scopes_on_one_embedder_embed_the_ordinary_requests_once(cfg, monkeypatch):
+    from assistant.scope import AdapterScope
+
+    monkeypatch.setattr("learning.augment.replay_prompts", lambda: ORDINARY)
+    embedder = HashEmbedder()
+    memory, scope = Memory(cfg, embedder=embedder), AdapterScope(embedder)
+    assert memory._ordinary is scope._ordinary
+    memory._ordinary.warm()
+    scope._ordinary.warm()
+    assert embedder.texts == len(ORDINARY)
+    assert Memory(cfg, embedder=HashEmbedder())._ordinary is not memory._ordinary  # another embedder
+
+
 def test_a_correction_is_found_by_its_prompt_asked_in_other_frames(cfg, db, monkeypatch):
     from assistant import memory as memory_mod
 
