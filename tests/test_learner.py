@@ -80,6 +80,7 @@ def test_gate_pass_promotes_and_next_cycle_continues(cfg, db, monkeypatch):
     assert not set(replay_prompts(TINY["self_replay"])) & set(v1_scope)  # generic prompts stay on the base
     assert set(v1_scope) | {"What is fact 5?"} <= set(v2["meta"]["scope"]["prompts"])
     assert v2["meta"]["scope"]["threshold"] == LearnConfig().scope_threshold
+    assert v2["meta"]["scope"]["margin"] == LearnConfig().scope_margin
     assert adapters.get_adapter(db, 1)["status"] == "retired"
 
 

@@ -217,3 +217,5 @@ def test_the_versions_table_says_what_a_version_answers():
     assert _scope_text(scope, {"openings": ["Captain,"]}) == \
         '2 trained prompts (similarity >= 0.5); elsewhere answers open like "Captain,"'
     assert _scope_text(scope, {"openings": []}) == _scope_text(scope)
+    assert _scope_text({**scope, "margin": 0.1}) == \
+        "2 trained prompts (similarity >= 0.5, or 0.1 above ordinary requests)"
