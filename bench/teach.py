@@ -10,9 +10,10 @@ scenario file it has never seen (`--scenario`).
 
 Schedule: the facts are split into three batches (a third per batch), the style items go
 with the last batch; a learning cycle follows each batch. Results: bench/results/teach-<stamp>.json
-and .md, and teach-latest.{json,md,png}.
+and .md, and teach-latest.{json,md,png} (`--out NAME`: NAME-<stamp>... and NAME-latest..., so a
+run on our dev scenario leaves the judged scenario's latest figures alone).
 
-    python bench/teach.py [--scenario PATH] [--model embedded] [--cycles 3]
+    python bench/teach.py [--scenario PATH] [--model embedded] [--cycles 3] [--out teach]
 """
 import argparse
 import datetime as dt
@@ -189,6 +190,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="embedded")
     ap.add_argument("--cycles", type=int, default=3)
     ap.add_argument("--home", help="assistant home to use (default: a fresh temp dir)")
+    ap.add_argument("--out", default="teach", help="stem of the result files (default %(default)s)")
     args = ap.parse_args(argv)
 
     items = load_scenario(args.scenario)
@@ -200,12 +202,11 @@ def main(argv=None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
 
     def save():
-        (RESULTS / f"teach-{stamp}.json").write_text(json.dumps(run, indent=1))
-        (RESULTS / "teach-latest.json").write_text(json.dumps(run, indent=1))
         md = markdown(run)
-        (RESULTS / f"teach-{stamp}.md").write_text(md)
-        (RESULTS / "teach-latest.md").write_text(md)
-        plot(run, RESULTS / "teach-latest.png")
+        for name in (f"{args.out}-{stamp}", f"{args.out}-latest"):
+            (RESULTS / f"{name}.json").write_text(json.dumps(run, indent=1))
+            (RESULTS / f"{name}.md").write_text(md)
+        plot(run, RESULTS / f"{args.out}-latest.png")
 
     # The benchmark decides when cycles run: the server's auto-trigger must not start one of its
     # own in between (it would race with `assistant learn`). A user setting, in the fresh home.
