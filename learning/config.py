@@ -70,6 +70,13 @@ class LearnConfig:
     new SFT rows; 0 disables replay of earlier rows. 1.0: as many earlier rows as new ones, so
     every earlier correction while the history is small. With 0.3 a cycle of 9 new corrections
     replayed 3 of 8 earlier ones, lost 2 of them, and the gate's retention check rejected it."""
+    refit_corrections: int = 32
+    """While the user's corrections number at most this many, each cycle trains a FRESH LoRA on
+    all of them (every correction's rows and pairs, a refit) instead of continuing from the
+    active adapter on the new ones plus a replay sample. Continuing adds each cycle's updates on
+    top of the last, and on our dev scenario taught in three cycles ... . A refit costs time in
+    proportion to the whole history (about 12 s per correction on this CPU), so beyond this
+    many the cycle continues from the active adapter, to stay within 10 minutes. 0: never."""
     self_replay: int = 24
     """How many of the base model's own greedy answers to generic prompts
     (learning/replay_prompts.jsonl) are mixed into SFT, against forgetting; 0 disables."""
@@ -173,6 +180,8 @@ class LearnConfig:
                             f"(got {self.scope_threshold})")
         if self.scope_margin is not None and not 0 <= self.scope_margin <= 2:
             problems.append(f"scope_margin must be in [0, 2] or None (got {self.scope_margin})")
+        if self.refit_corrections < 0:
+            problems.append(f"refit_corrections must be >= 0 (got {self.refit_corrections})")
         if self.augment_rewrites < 0:
             problems.append(f"augment_rewrites must be >= 0 (got {self.augment_rewrites})")
         if self.anchor_weight < 0 or self.anchor_batch_size < 1:

@@ -126,6 +126,11 @@ def split_new(data: datasets.LearnData, learned: set[str], lcfg: LearnConfig, se
     return sft_new, pairs_new, random.Random(seed).sample(old, k)
 
 
+def refits(data: datasets.LearnData, lcfg: LearnConfig) -> bool:
+    """Does this cycle train a fresh LoRA on all the data (LearnConfig.refit_corrections)?"""
+    return 0 < sum(r["source"] == "correction" for r in data.sft) <= lcfg.refit_corrections
+
+
 def _gate():
     """The gate modules, or None while they are not installed (then nothing is promoted)."""
     try:
@@ -170,6 +175,8 @@ def run_cycle(cfg, learn_cfg: LearnConfig | None = None, force: bool = False,
                                    "since the active version and pending candidates", "data": data.counts()})
                 sft_new, pairs_new, replay = data.sft, data.pairs, []
             new_ids = sorted({f for r in sft_new + pairs_new for f in r["feedback_ids"]})
+            refit = refits(data, lcfg)
+            sft_rows, pairs = (data.sft, data.pairs) if refit else (sft_new + replay, pairs_new)
             data_s = time.perf_counter() - t0
 
             # ---- train ------------------------------------------------------------------
@@ -181,12 +188,14 @@ def run_cycle(cfg, learn_cfg: LearnConfig | None = None, force: bool = False,
             version = adapters.next_version(db)
             base = resolve_model(cfg.model, cfg.models_dir)
             path = train_candidate(TrainJob(
-                base_path=base, adapters_dir=cfg.adapters_dir, version=version, sft_rows=sft_new + replay,
-                pairs=pairs_new, lcfg=lcfg, parent_version=parent and parent["version"],
-                parent_path=parent and parent["path"], feedback_ids=new_ids, data_hash=data.data_hash(),
+                base_path=base, adapters_dir=cfg.adapters_dir, version=version, sft_rows=sft_rows,
+                pairs=pairs, lcfg=lcfg, parent_version=parent and parent["version"],
+                parent_path=parent and parent["path"], from_parent=not refit, feedback_ids=new_ids, data_hash=data.data_hash(),
                 progress=track.train_step, should_cancel=lambda: jobs.cancel_requested(db, job_id),
                 system_prompt=system, cache_dir=cfg.home / "cache",
-                extra_meta={"data": data.counts(), "replayed_rows": len(replay), "data_s": round(data_s, 2),
+                extra_meta={"data": data.counts(), "refit": refit,
+                            "replayed_rows": len(data.sft) - len(sft_new) if refit else len(replay),
+                            "data_s": round(data_s, 2),
                             "superseded": data.superseded, "job_id": job_id}))
             meta = _read_meta(path)
             n_corr = sum(r["source"] == "correction" for r in sft_new)

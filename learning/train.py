@@ -1,7 +1,8 @@
 """Train one candidate adapter: TRL SFTTrainer, then DPOTrainer, on ONE LoRA.
 
 Contract: `train_candidate(job)` loads the base model, attaches the parent adapter TRAINABLE
-(or a fresh LoRA of the fixed shape from LearnConfig), runs SFT on the answer tokens only, then
+(or a fresh LoRA of the fixed shape from LearnConfig: a first version, or a refit,
+`job.from_parent` False), runs SFT on the answer tokens only, then
 DPO (sigmoid + an SFT term on the chosen answer, against collapse), and writes the adapter
 ATOMICALLY: a temp dir inside the adapters dir, renamed to `adapters/vN` once complete, with a
 `meta.json` (resolved config, parent version, feedback ids, data hash, package version,
@@ -45,6 +46,7 @@ class TrainJob:
     lcfg: LearnConfig = field(default_factory=LearnConfig)
     parent_version: int | None = None
     parent_path: str | None = None
+    from_parent: bool = True  # start from the parent's weights; False: a fresh LoRA (a refit)
     feedback_ids: list[str] = field(default_factory=list)
     data_hash: str = ""
     progress: Progress | None = None
@@ -138,11 +140,12 @@ def load_trainable(job: TrainJob):
     base = AutoModelForCausalLM.from_pretrained(job.base_path, dtype=dtype).to(device)
     torch.manual_seed(job.lcfg.seed * 1000 + job.version)  # a different LoRA init per version
     want = job.lcfg.lora_shape()
-    if job.parent_path:
+    if job.parent_path:  # a refit too: the served model keeps one shape across versions
         have = adapter_shape(job.parent_path)
         if have != want:
             raise IncompatibleParent(f"parent adapter v{job.parent_version} has LoRA shape {have}, the config "
                                      f"wants {want}; the shape is fixed across versions")
+    if job.parent_path and job.from_parent:
         model = PeftModel.from_pretrained(base, job.parent_path, is_trainable=True)
     else:
         model = get_peft_model(base, fresh_lora(job.lcfg))

@@ -84,6 +84,27 @@ def test_gate_pass_promotes_and_next_cycle_continues(cfg, db, monkeypatch):
     assert adapters.get_adapter(db, 1)["status"] == "retired"
 
 
+@pytest.mark.parametrize("refit_corrections", [3, 2])
+def test_a_small_history_is_refit_on_everything_from_a_fresh_lora(cfg, db, monkeypatch, refit_corrections):
+    monkeypatch.setattr(learner, "_gate", fake_gate(True))
+    trained = []
+    real = learner.train_candidate
+    monkeypatch.setattr(learner, "train_candidate", lambda job: trained.append(job) or real(job))
+    lcfg = LearnConfig(**TINY, refit_corrections=refit_corrections)
+    teach(db, n=2)
+    learner.run_cycle(cfg, lcfg, embedder=stand_in_embedder)
+    new = teach(db, n=1, start=5)
+    result = learner.run_cycle(cfg, lcfg, embedder=stand_in_embedder)
+    job, meta = trained[-1], adapters.get_adapter(db, result["version"])["meta"]
+    corrections = [r for r in job.sft_rows if r["source"] == "correction"]
+    refit = refit_corrections >= 3  # the history holds 3 corrections now
+    assert job.from_parent is not refit and meta["refit"] is refit
+    assert len(corrections) == (3 if refit else 1 + 1)  # everything, or the new one and a replay sample
+    assert len(job.pairs) == (3 if refit else 1)
+    assert adapters.lineage_feedback(db, result["version"]) == new  # it is credited with the new one only
+    assert result["parent_version"] == 1 and meta["parent_version"] == 1
+
+
 def test_a_home_keeps_its_lora_shape_unless_one_is_set(cfg, db, monkeypatch):
     """A later default shape must not turn the active adapter into an incompatible parent; a
     shape the user stored is never overridden (a mismatch then fails the cycle, losing nothing)."""

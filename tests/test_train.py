@@ -75,6 +75,17 @@ def test_continue_from_parent_and_base_in_memory_untouched(tiny_model_path, tmp_
     assert json.loads((v2 / "meta.json").read_text())["parent_version"] == 1
 
 
+def test_a_refit_starts_from_a_fresh_lora_not_the_parents(tiny_model_path, tmp_path):
+    from learning.train import load_trainable
+
+    v1 = train_candidate(_job(tiny_model_path, tmp_path / "adapters"))
+    for from_parent in (True, False):
+        model, _, _ = load_trainable(_job(tiny_model_path, tmp_path / "adapters", version=2, parent_version=1,
+                                          parent_path=str(v1), from_parent=from_parent))
+        trained = any(p.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)
+        assert trained == from_parent  # a fresh LoRA's B matrices start at zero
+
+
 def test_parent_of_another_shape_is_refused(tiny_model_path, tmp_path):
     adapters = tmp_path / "adapters"
     v1 = train_candidate(_job(tiny_model_path, adapters))
