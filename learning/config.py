@@ -72,11 +72,17 @@ class LearnConfig:
     replayed 3 of 8 earlier ones, lost 2 of them, and the gate's retention check rejected it."""
     refit_corrections: int = 32
     """While the user's corrections number at most this many, each cycle trains a FRESH LoRA on
-    all of them (every correction's rows and pairs, a refit) instead of continuing from the
-    active adapter on the new ones plus a replay sample. Continuing adds each cycle's updates on
-    top of the last, and on our dev scenario taught in three cycles ... . A refit costs time in
-    proportion to the whole history (about 12 s per correction on this CPU), so beyond this
-    many the cycle continues from the active adapter, to stay within 10 minutes. 0: never."""
+    all of them (every correction's rows and pairs: a refit) instead of continuing from the
+    active adapter on the new ones plus a replay sample. Continuing stacks each cycle's updates
+    on the last, and the facts bleed into each other ("Which town is my hometown?" -> "Your
+    hometown is named Okafor.", the dentist's name). Our dev scenario taught in three cycles
+    (`python bench/teach.py --scenario bench/teach_dev.jsonl --out teach-dev`,
+    bench/results/teach-dev-*.md): paraphrases 44/48 refitting against 40/48 continuing, facts
+    of cycle 1 22/24 against 21/24, with recall 64/64 against 60/64; canaries 40/40 both. A
+    refit costs time in proportion to the history (there: 104, 142 and 284 s for 6, 12 and 21
+    corrections, about 6.5 s each on this CPU, against 105, 119 and 229 s continuing), so
+    beyond this many corrections a cycle continues from the active adapter, to stay well
+    within 10 minutes (32: about 350 s). 0: always continue."""
     self_replay: int = 24
     """How many of the base model's own greedy answers to generic prompts
     (learning/replay_prompts.jsonl) are mixed into SFT, against forgetting; 0 disables."""
