@@ -77,7 +77,7 @@ class LearnConfig:
     on the last, and the facts bleed into each other ("Which town is my hometown?" -> "Your
     hometown is named Okafor.", the dentist's name). Our dev scenario taught in three cycles
     (`python bench/teach.py --scenario bench/teach_dev.jsonl --out teach-dev`,
-    bench/results/teach-dev-*.md): paraphrases 44/48 refitting against 40/48 continuing, facts
+    bench/results/teach-dev-20261126-*.md): paraphrases 44/48 refitting against 40/48 continuing, facts
     of cycle 1 22/24 against 21/24, with recall 64/64 against 60/64; canaries 40/40 both. A
     refit costs time in proportion to the history (there: 104, 142 and 284 s for 6, 12 and 21
     corrections, about 6.5 s each on this CPU, against 105, 119 and 229 s continuing), so
