@@ -109,7 +109,8 @@ SELECT f.id, f.correction, f.quarantined, t.user_message, c.no_learn
 FROM feedback f JOIN turns t ON t.id = f.turn_id JOIN conversations c ON c.id = t.conversation_id
 WHERE f.kind = 'correction' AND f.id > ? ORDER BY f.id
 """
-# Training continues from the active adapter, so it knows what its whole parent chain learned.
+# A version knows what its whole parent chain learned: it continued from the active adapter, or a
+# refit trained it on every correction (LearnConfig.refit_corrections).
 _LEARNED = """
 WITH RECURSIVE chain(v) AS (
   SELECT version FROM adapters WHERE status = 'active'

@@ -1,8 +1,8 @@
 """LearnConfig: every knob of a learning cycle, with CPU-sane defaults.
 
-The LoRA shape (r, alpha, dropout, target modules) is FIXED across versions: each cycle continues
-from the active adapter, so changing it would make the new adapter incompatible with its parent
-(and the served model refuses a shape change). A home whose stored settings name no shape keeps
+The LoRA shape (r, alpha, dropout, target modules) is FIXED across versions: a cycle past
+`refit_corrections` continues from the active adapter, so changing it would make the new adapter
+incompatible with its parent (and the served model refuses a shape change, refits included). A home whose stored settings name no shape keeps
 the one its versions have when the default changes (learner.run_cycle). Everything else may
 change between cycles.
 Invalid combinations fail at construction with the offending values in the message.
