@@ -190,6 +190,11 @@ class OrdinaryRequests:
         """`query`: a unit vector from the same embedder."""
         return float((self.warm() @ query).max())
 
+    def relevant(self, scores, query: np.ndarray, threshold: float, margin: float | None) -> np.ndarray:
+        """`relevant` for a query embedded as `query`; the prompts are embedded only when a
+        margin asks for them."""
+        return relevant(scores, threshold, self.similarity(query) if margin is not None else 0.0, margin)
+
 
 _ORDINARY: "weakref.WeakKeyDictionary[Embedder, OrdinaryRequests]" = weakref.WeakKeyDictionary()
 _ORDINARY_LOCK = threading.Lock()
@@ -485,8 +490,7 @@ class Memory:
         query = unit_rows(self.embedder.encode([text]))[0]
         scores = np.maximum.reduceat(matrix @ query, self._starts)  # each correction's best key
         asked = words(text)
-        ordinary = self._ordinary.similarity(query) if self.relative_margin is not None else 0.0
-        close = [i for i in np.flatnonzero(relevant(scores, self.threshold, ordinary, self.relative_margin))
+        close = [i for i in np.flatnonzero(self._ordinary.relevant(scores, query, self.threshold, self.relative_margin))
                  if may_answer(asked, self._eligible[i]["personal"], self._eligible[i]["told"])]
         top = sorted(close, key=lambda i: -scores[i])[:k]
         found = [{"feedback_id": self._eligible[i]["id"],

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from assistant.memory import about_user, may_answer, ordinary_requests, relevant, told_words, unit_rows, words
+from assistant.memory import about_user, may_answer, ordinary_requests, told_words, unit_rows, words
 
 
 def _question_and_answer(row: dict) -> tuple[str | None, str]:
@@ -126,8 +126,7 @@ class AdapterScope:
         if scope is None:
             return True
         query = self._query(text)
-        ordinary = self._ordinary.similarity(query) if scope.margin is not None else 0.0
-        return bool(relevant(self._best(scope, text, query), scope.threshold, ordinary, scope.margin))
+        return bool(self._ordinary.relevant(self._best(scope, text, query), query, scope.threshold, scope.margin))
 
     def route(self, version: int | None, path, text: str) -> tuple:
         if version is None or path is None or self.covers(path, text):

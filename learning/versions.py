@@ -137,12 +137,17 @@ def versions_to_prune(db, keep: int) -> list[int]:
     """Versions whose weights may go: every one that still has weights except the newest `keep`,
     the active one, its parent (the default rollback target) and candidates (a decision may
     still be pending)."""
+    return [r["version"] for r in _prunable(db, keep)]
+
+
+def _prunable(db, keep: int) -> list[dict]:
+    """The adapter rows `versions_to_prune` names."""
     rows = adapters.list_adapters(db)
     active = adapters.active_adapter(db)
     kept = {r["version"] for r in rows[-keep:]} if keep > 0 else set()
     if active is not None:
         kept |= {active["version"], active["parent_version"]}
-    return [r["version"] for r in rows if r["version"] not in kept and r["status"] != "candidate"
+    return [r for r in rows if r["version"] not in kept and r["status"] != "candidate"
             and _weight_files(Path(r["path"]))]
 
 
@@ -169,8 +174,8 @@ def prune_weights(db, keep: int) -> list[int]:
     interrupted prune leaves a version that refuses to load, never a half-deleted one that loads;
     the next prune finishes the job."""
     pruned = []
-    for version in versions_to_prune(db, keep):
-        path = Path(adapters.get_adapter(db, version)["path"])
+    for row in _prunable(db, keep):
+        version, path = row["version"], Path(row["path"])
         marker = path / WEIGHTS_DELETED
         if not marker.exists():
             tmp = path / (WEIGHTS_DELETED + ".tmp")
