@@ -10,6 +10,7 @@ from typing import Iterator, Protocol
 
 from assistant.config import DEFAULT_SYSTEM_PROMPT, Config
 from assistant.errors import AdapterLoadError, EmptyMessage
+from assistant.memory import reply_lead
 from assistant.model import Generation, ServedModel, key_version
 from store import adapters, conversations, feedback, open_db
 from store.ids import new_id
@@ -40,6 +41,9 @@ class Turn:
     avoid_first: int | None = None
     """A token the reply may not start with: the message's first word when corrections were
     recalled (the small model then tends to echo the question; see model.avoid_first_tokens)."""
+    lead: str | None = None
+    """The reply's first words, given: the best recalled correction's opening up to the name or
+    number it told (memory.reply_lead); the model continues from there."""
     generation: Generation = field(default_factory=Generation)
     logged: bool = False
 
@@ -185,7 +189,8 @@ class ChatService:
         messages, sent, truncated = self.fit_to_context(system, history, user_message, max_new_tokens)
         return Turn(turn_id=new_id(), conversation_id=conversation_id, messages=messages,
                     user_message=sent, truncated=truncated, recalled=recalled,
-                    avoid_first=self.model.first_token(sent) if recalled else None)
+                    avoid_first=self.model.first_token(sent) if recalled else None,
+                    lead=reply_lead(recalled) if self.cfg.recall_lead else None)
 
     def pieces(self, turn: Turn, *, source: str, max_new_tokens: int | None = None,
                temperature: float | None = None, retry_of: str | None = None) -> Iterator[str]:
@@ -197,7 +202,7 @@ class ChatService:
             yield from self.model.stream(turn.messages, max_new_tokens=max_new_tokens,
                                          temperature=temperature, version=version,
                                          adapter_path=path, result=turn.generation,
-                                         avoid_first=turn.avoid_first)
+                                         avoid_first=turn.avoid_first, lead=turn.lead)
         except GeneratorExit:
             turn.generation.finish_reason = "abandoned"
             raise

@@ -27,6 +27,9 @@ class Config:
     default_max_new_tokens: int = 256
     default_temperature: float = 0.0
     recall: bool = True
+    # A reply with a recalled correction starts with that correction's opening words
+    # (assistant/memory.py reply_lead).
+    recall_lead: bool = False
 
     @property
     def db_path(self) -> Path:

@@ -516,6 +516,23 @@ class Memory:
         return render(recalled, FORM)
 
 
+def reply_lead(recalled: list[dict]) -> str | None:
+    """The opening words of the best recalled correction, up to the first name or number it told
+    (`told_words`): "Your team writes its backend in" for "Your team writes its backend in
+    Elixir.". A chat turn with recall starts its reply with them, so the model goes on to say
+    what the note says instead of what its weights believe. None when the correction tells no
+    name or number (advice, style: nothing to follow word for word) or opens with one."""
+    if not recalled:
+        return None
+    best = recalled[0]
+    told = told_words(best["prompt"], best["correction"])
+    for m in re.finditer(r"[A-Za-z0-9]+", best["correction"]):
+        if m.group().lower() in told:
+            lead = best["correction"][:m.start()].rstrip()
+            return lead or None
+    return None
+
+
 def select(recalled: list[dict], margin: float | None) -> list[dict]:
     """The best match, and each other one whose score is within `margin` of it (None: all)."""
     if margin is None or not recalled:

@@ -404,10 +404,15 @@ class ServedModel:
         return {key_version(self.current), key_version(self.previous)}
 
     # ---- generation -----------------------------------------------------------------------
-    def encode(self, messages: list[dict]) -> torch.Tensor:
+    def encode(self, messages: list[dict], lead: str | None = None) -> torch.Tensor:
+        """The prompt's ids, ready for the reply; with `lead`, the reply's first words too (the
+        model continues them: a recalled correction's opening, Turn.lead)."""
         enc = self.tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-        return enc["input_ids"]
+        if not lead:
+            return enc["input_ids"]
+        led = self.tokenizer(lead, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        return torch.cat([enc["input_ids"], led.to(enc["input_ids"].dtype)], dim=1)
 
     def first_token(self, text: str) -> int | None:
         """The token a reply would start with if it began with `text` (None for blank text)."""
@@ -478,9 +483,12 @@ class ServedModel:
 
     def stream(self, messages: list[dict], max_new_tokens: int = 256, temperature: float = 0.0,
                version: int | None = None, adapter_path: str | Path | None = None,
-               result: Generation | None = None, avoid_first: int | None = None) -> Iterator[str]:
+               result: Generation | None = None, avoid_first: int | None = None,
+               lead: str | None = None) -> Iterator[str]:
         """Yield the reply piece by piece; `result` (if given) receives text, counts and timings;
-        `avoid_first`: a token id the reply may not start with (see `avoid_first_tokens`).
+        `avoid_first`: a token id the reply may not start with (see `avoid_first_tokens`);
+        `lead`: the reply's first words, given rather than generated (it then needs no
+        `avoid_first`), yielded first and counted in the reply's tokens.
 
         The worker thread takes the lock, chooses the adapter and generates; the lock is
         released only when generation ends, so concurrent requests queue and a swap never
@@ -507,16 +515,17 @@ class ServedModel:
                 with self.lock:
                     self.use(version, adapter_path)
                     result.adapter_version = key_version(self.current)
-                    input_ids = self.encode(messages).to(self.device)
-                    result.prompt_tokens = int(input_ids.shape[1])
+                    input_ids = self.encode(messages, lead).to(self.device)
+                    n_lead = self.count_tokens(lead) if lead else 0  # the lead is part of the reply
+                    result.prompt_tokens = int(input_ids.shape[1]) - n_lead
                     guard = LogitsProcessorList([avoid_first_tokens(input_ids.shape[1], [avoid_first])]
-                                                if avoid_first is not None else [])
+                                                if avoid_first is not None and not lead else [])
                     with torch.inference_mode(), self._adapter_context():
                         out = self.generate_led(
                             input_ids, torch.ones_like(input_ids), streamer=streamer,
                             stopping_criteria=StoppingCriteriaList([_StopWhenAsked()]), logits_processor=guard,
                             **self._generate_kwargs(max_new_tokens, temperature))
-                    outcome["new_tokens"] = int(out.shape[1] - input_ids.shape[1])
+                    outcome["new_tokens"] = int(out.shape[1] - input_ids.shape[1]) + n_lead
             except BaseException as e:  # surfaced to the consumer below
                 outcome["error"] = e
                 streamer.end()
@@ -524,6 +533,11 @@ class ServedModel:
         start = time.perf_counter()
         finished = self._worker.submit(work)
         try:
+            if lead:  # given, not generated: shown at once
+                result.ttft_ms = (time.perf_counter() - start) * 1000
+                result.pieces.append(lead)
+                result.text += lead
+                yield lead
             for piece in streamer:
                 if not piece:
                     continue

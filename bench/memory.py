@@ -51,12 +51,13 @@ def passes(reply: str, expect: list[str]) -> bool:
     return any(contains_phrase(reply, e) for e in expect)
 
 
-def generate_batch(model, prompts: list[list[dict]], avoid_first: list[int | None] | None = None) -> list[str]:
+def generate_batch(model, prompts: list[list[dict]], avoid_first: list[int | None] | None = None,
+                   leads: list[str | None] | None = None) -> list[str]:
     """Greedy replies (32 new tokens) for many chat prompts at once, on the base model;
-    `avoid_first` as in a chat turn (Turn.avoid_first)."""
+    `avoid_first` and `leads` as in a chat turn (Turn.avoid_first, Turn.lead)."""
     scorer = Scorer(model, batch_size=16, max_new_tokens=MAX_NEW_TOKENS)
     scorer.select(None)
-    return [r.strip() for r in scorer.generate(prompts, avoid_first=avoid_first)]
+    return [r.strip() for r in scorer.generate(prompts, avoid_first=avoid_first, leads=leads)]
 
 
 def teach(runtime: Runtime, pairs: list[tuple[str, str]]) -> list[str]:
@@ -119,8 +120,9 @@ def run_scenario(model_spec: str | None) -> dict:
 
 
 def prompt_key(turn) -> str:
-    """What decides a greedy reply: the messages and the token the reply may not start with."""
-    return json.dumps([turn.messages, turn.avoid_first])
+    """What decides a greedy reply: the messages, the token the reply may not start with and
+    the words it starts with."""
+    return json.dumps([turn.messages, turn.avoid_first, turn.lead])
 
 
 def generate_distinct(model, turns: list) -> list[str]:
@@ -128,7 +130,8 @@ def generate_distinct(model, turns: list) -> list[str]:
     leaves prompts equal)."""
     distinct = list({prompt_key(t): t for t in turns}.values())
     got = dict(zip(map(prompt_key, distinct), generate_batch(model, [t.messages for t in distinct],
-                                                              [t.avoid_first for t in distinct]), strict=True))
+                                                              [t.avoid_first for t in distinct],
+                                                              [t.lead for t in distinct]), strict=True))
     return [got[prompt_key(t)] for t in turns]
 
 
@@ -154,7 +157,7 @@ def summarise(rows: list[dict]) -> dict:
 def batch_consistency(rt: Runtime, turns, batched: list[str]) -> dict:
     """Batched left-padded greedy should equal the product's one-at-a-time stream; check a few."""
     same = sum(rt.model.generate(t.messages, max_new_tokens=MAX_NEW_TOKENS,
-                                     avoid_first=t.avoid_first).text.strip() == b
+                                     avoid_first=t.avoid_first, lead=t.lead).text.strip() == b
                for t, b in zip(turns, batched, strict=True))
     return {"checked": len(turns), "identical": same}
 
@@ -311,17 +314,19 @@ def sweep(questions: list[dict], grid: list[float], relative_margin: float | Non
     return out
 
 
-def cached_generate(model, prompts: list[tuple[list[dict], int | None]], cache: Path | None) -> tuple[list[str], int]:
-    """generate_batch for (messages, avoid_first) prompts, reusing replies stored in `cache` (a
-    JSON file, prompt -> greedy reply) from earlier dev runs; returns the replies and how many
+def cached_generate(model, prompts: list[tuple[list[dict], int | None, str | None]],
+                    cache: Path | None) -> tuple[list[str], int]:
+    """generate_batch for (messages, avoid_first, lead) prompts, reusing replies stored in `cache`
+    (a JSON file, prompt -> greedy reply) from earlier dev runs; returns the replies and how many
     were generated now."""
     store = json.loads(cache.read_text()) if cache and cache.exists() else {}
-    keys = [json.dumps(m if a is None else [m, a], ensure_ascii=False) for m, a in prompts]
+    # keys as earlier runs wrote them: the messages alone, or with the avoided token
+    keys = [json.dumps(m if a is None and lead is None else [m, a] if lead is None else [m, a, lead],
+                       ensure_ascii=False) for m, a, lead in prompts]
     todo = [k for k in dict.fromkeys(keys) if k not in store]
     if todo:
         what = dict(zip(keys, prompts, strict=True))
-        store.update(zip(todo, generate_batch(model, [what[k][0] for k in todo], [what[k][1] for k in todo]),
-                         strict=True))
+        store.update(zip(todo, generate_batch(model, *zip(*(what[k] for k in todo), strict=True)), strict=True))
         if cache:
             cache.write_text(json.dumps(store, ensure_ascii=False))
     return [store[k] for k in keys], len(todo)
@@ -362,10 +367,13 @@ def run_dev(model_spec: str | None, threshold: float, forms: list[str] | None = 
         for form in forms:
             if form == "none" and q["kind"] == "fact" and not none_facts:
                 continue  # controls always get "none": recall must not change their replies
-            # "FORM!avoid": the reply may not start with the question's first word (Turn.avoid_first)
-            name, avoid = form.removesuffix("!avoid"), form.endswith("!avoid") and bool(q["recalled"])
+            # "FORM!avoid": the reply may not start with the question's first word (Turn.avoid_first);
+            # "FORM!avoid!lead": and it starts with the best note's opening (Turn.lead)
+            name, *flags = form.split("!")
             msgs = form_messages(name, q["recalled"], q["question"])
-            prompt = (msgs, rt.model.first_token(q["question"]) if avoid else None)
+            avoid = "avoid" in flags and bool(q["recalled"])
+            lead = memory_mod.reply_lead(q["recalled"]) if "lead" in flags else None
+            prompt = (msgs, rt.model.first_token(q["question"]) if avoid else None, lead)
             key = json.dumps(prompt)
             if key not in index:
                 index[key] = len(prompts)

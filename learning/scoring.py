@@ -51,18 +51,19 @@ class Scorer:
 
     # ---- greedy generation ----------------------------------------------------------------
     def generate(self, conversations: list[list[dict]], on_batch: Callable[[], None] | None = None,
-                 avoid_first: list[int | None] | None = None) -> list[str]:
-        """Greedy replies; `avoid_first[i]`: a token reply i may not start with (what a chat turn
-        with recall does, `Turn.avoid_first`)."""
+                 avoid_first: list[int | None] | None = None, leads: list[str | None] | None = None) -> list[str]:
+        """Greedy replies; `avoid_first[i]`: a token reply i may not start with, `leads[i]`: the
+        words reply i starts with (what a chat turn with recall does, `Turn.avoid_first` and
+        `Turn.lead`)."""
         if self.scope is not None and self.version is not None and self.path is not None:
             routes = [self.scope.route(self.version, self.path,
                                        next(m["content"] for m in reversed(c) if m["role"] == "user"))
                       for c in conversations]
             if any(r != (self.version, self.path) for r in routes):
-                return self._routed(conversations, routes, on_batch, avoid_first)
-        return self._generate(conversations, on_batch, avoid_first)
+                return self._routed(conversations, routes, on_batch, avoid_first, leads)
+        return self._generate(conversations, on_batch, avoid_first, leads)
 
-    def _routed(self, conversations, routes: list[tuple], on_batch, avoid_first) -> list[str]:
+    def _routed(self, conversations, routes: list[tuple], on_batch, avoid_first, leads) -> list[str]:
         """Each prompt under the adapter the chat would route it to (AdapterScope.route): the
         selected adapter inside its scope, its habit adapter or the base weights outside."""
         replies: list[str] = [""] * len(conversations)
@@ -72,20 +73,24 @@ class Scorer:
             self.version, self.path = route
             try:
                 out = self._generate([conversations[i] for i in idx], on_batch,
-                                     [avoid_first[i] for i in idx] if avoid_first else None)
+                                     [avoid_first[i] for i in idx] if avoid_first else None,
+                                     [leads[i] for i in idx] if leads else None)
             finally:
                 self.version, self.path = selected
             for i, r in zip(idx, out, strict=True):
                 replies[i] = r
         return replies
 
-    def _generate(self, conversations, on_batch, avoid_first) -> list[str]:
+    def _generate(self, conversations, on_batch, avoid_first, leads=None) -> list[str]:
         from transformers import LogitsProcessorList
 
         from assistant.model import avoid_first_tokens
 
         tok = self.served.tokenizer
-        encoded = [self.served.encode(m)[0].tolist() for m in conversations]
+        leads = leads or [None] * len(conversations)
+        encoded = [self.served.encode(m, lead)[0].tolist() for m, lead in zip(conversations, leads, strict=True)]
+        if avoid_first:  # a given lead replaces the guard on the reply's first token
+            avoid_first = [None if lead else a for a, lead in zip(avoid_first, leads, strict=True)]
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         replies: list[str] = [""] * len(encoded)
         kwargs = self.served._generate_kwargs(self.max_new_tokens, 0.0)
@@ -98,7 +103,7 @@ class Scorer:
             out = self._run(lambda m, a, b, guard=guard: self.served.generate_led(a, b, logits_processor=guard,
                                                                                   **kwargs), ids, mask)
             for i, row in zip(batch, out[:, width:].cpu(), strict=True):
-                replies[i] = self.served.reply_text(row)
+                replies[i] = (leads[i] or "") + self.served.reply_text(row)
             if on_batch:
                 on_batch()
         return replies

@@ -146,3 +146,20 @@ def test_a_forbidden_first_token_is_avoided_the_same_way_streamed_and_batched(se
     scorer.select(None)
     assert scorer.generate(msgs, avoid_first=[first[0], None]) == [guarded.text, free[1].text]
     assert scorer.generate(msgs) == [g.text for g in free]
+
+
+def test_a_given_lead_opens_the_reply_the_same_way_streamed_and_batched(served):
+    msgs = [[{"role": "system", "content": "You are a helpful personal assistant."},
+             {"role": "user", "content": q}] for q in ("Which language is our backend in?", "What is two plus two?")]
+    led = served.generate(msgs[0], max_new_tokens=4, lead="Our backend is written in",
+                          avoid_first=served.first_token("Which"))  # a lead makes the guard moot
+    assert led.pieces[0] == "Our backend is written in" and led.text.startswith("Our backend is written in")
+    assert len(led.text) > len("Our backend is written in")  # the model went on from it
+    free = served.generate(msgs[1], max_new_tokens=4)
+    # the lead counts as reply, not prompt
+    assert led.prompt_tokens == served.encode(msgs[0]).shape[1]
+    assert led.completion_tokens == 4 + served.count_tokens("Our backend is written in")
+    scorer = Scorer(served, max_new_tokens=4)
+    scorer.select(None)
+    assert scorer.generate(msgs, avoid_first=[served.first_token("Which"), None],
+                           leads=["Our backend is written in", None]) == [led.text, free.text]

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from assistant.memory import SETTING_DROP_LEARNED, Memory, MiniLMEmbedder, search_keys
+from assistant.memory import SETTING_DROP_LEARNED, Memory, MiniLMEmbedder, reply_lead, search_keys
 from assistant.runtime import Runtime
 from learning.augment import replay_prompts
 from store import adapters, conversations, feedback, open_db
@@ -58,6 +58,7 @@ def memory(cfg):
 @pytest.fixture
 def runtime(cfg, tiny_served, memory):
     tiny_served.use(None)
+    cfg.recall_lead = True
     return Runtime.create(cfg, model=tiny_served, memory=memory)
 
 
@@ -323,15 +324,41 @@ def test_start_turn_adds_the_recalled_correction_and_logs_it(runtime):
     assert [r["feedback_id"] for r in turn.recalled] == [fid]
     assert "Your dog is called Biscuit." in turn.messages[0]["content"]
     assert turn.messages[0]["content"].startswith(runtime.chat.system_prompt())
-    # with notes in the prompt the reply may not open by echoing the question's first word
+    # with notes in the prompt the reply may not open by echoing the question's first word,
+    # and it opens with the note's own words up to the name it told
     assert turn.avoid_first == runtime.model.first_token("What") is not None
+    assert turn.lead == "Your dog is called"
     list(runtime.chat.pieces(turn, source="test", max_new_tokens=2))
-    assert json.loads(conversations.get_turn(runtime.db, turn.turn_id)["recalled_json"]) == [fid]
+    logged = conversations.get_turn(runtime.db, turn.turn_id)
+    assert json.loads(logged["recalled_json"]) == [fid]
+    assert logged["reply"].startswith("Your dog is called") and logged["reply"] == turn.generation.text
     off = runtime.chat.start_turn("What is the name of my dog, again?", recall=False)
     assert off.recalled == [] and "Biscuit" not in off.messages[0]["content"] and off.avoid_first is None
     unrelated = runtime.chat.start_turn("How many days are in a week?")
     assert unrelated.recalled == [] and unrelated.messages[0]["content"] == runtime.chat.system_prompt()
-    assert unrelated.avoid_first is None
+    assert unrelated.avoid_first is None and unrelated.lead is None
+
+
+def test_reply_lead_is_the_best_notes_opening_up_to_what_it_told():
+    def lead(prompt, correction):
+        return reply_lead([{"prompt": prompt, "correction": correction, "score": 0.9}])
+
+    assert lead("What language is our backend written in?", "Our backend is written in Elixir.") == \
+        "Our backend is written in"
+    assert lead("When is my sister Ingrid's birthday?", "Ingrid's birthday is on 14 March.") == "Ingrid's birthday is on"
+    # nothing told beyond the question: advice, style, a name the question already had
+    assert lead("Any idea for a rainy afternoon?", "Bake banana bread and watch an old film.") is None
+    assert lead("Is Helix a good editor?", "Yes, Helix is good.") is None
+    assert lead("What is my dog called?", "Biscuit is your dog's name.") is None  # it opens with the name
+    assert reply_lead([]) is None
+
+
+def test_no_lead_when_switched_off(cfg, runtime):
+    runtime.record_feedback(log(runtime.db, "What is the name of my dog?"), "correction",
+                            correction="Your dog is called Biscuit.")
+    cfg.recall_lead = False
+    turn = runtime.chat.start_turn("What is the name of my dog, again?")
+    assert turn.recalled and turn.lead is None
 
 
 def test_real_embedding_model_recalls_a_paraphrase_and_nothing_unrelated(cfg, db):
