@@ -133,9 +133,6 @@ class LearnConfig:
     original and nearer to it than to any other corrected prompt (learning/neighbours.py). Off:
     on our dev scenario (bench/results/learn-dev.md, seeds 0/1/2) 3 per prompt taught 42, 43 and
     42 of 48 paraphrases against 45, 44 and 41 without."""
-    quiz_rewrites: int = 0
-    """Word-neighbour rewrites per corrected fact asked after SFT (held out of training); each
-    answer that misses the fact becomes a DPO pair against it (learning/quiz.py)."""
     max_history_messages: int = 2
     """Earlier messages of the conversation kept in front of the corrected prompt."""
     max_prompt_chars: int = 2000
@@ -197,9 +194,8 @@ class LearnConfig:
             problems.append(f"scope_margin must be in [0, 2] or None (got {self.scope_margin})")
         if self.refit_corrections < 0:
             problems.append(f"refit_corrections must be >= 0 (got {self.refit_corrections})")
-        if self.neighbour_rewrites < 0 or self.quiz_rewrites < 0:
-            problems.append(f"neighbour_rewrites and quiz_rewrites must be >= 0 "
-                            f"(got {self.neighbour_rewrites}, {self.quiz_rewrites})")
+        if self.neighbour_rewrites < 0:
+            problems.append(f"neighbour_rewrites must be >= 0 (got {self.neighbour_rewrites})")
         if self.augment_rewrites < 0:
             problems.append(f"augment_rewrites must be >= 0 (got {self.augment_rewrites})")
         if self.anchor_weight < 0 or self.anchor_batch_size < 1:

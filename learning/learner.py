@@ -28,7 +28,7 @@ from typing import Callable
 
 from learning import datasets
 from learning.config import LearnConfig, load_learn_config, shape_is_stored
-from learning.neighbours import neighbour_rows, split_rewrites
+from learning.neighbours import neighbour_rows
 from learning.train import Cancelled, TrainJob, adapter_shape, clean_stale_dirs, train_candidate
 from store import adapters, jobs, open_db
 from store.ids import new_id
@@ -178,14 +178,11 @@ def run_cycle(cfg, learn_cfg: LearnConfig | None = None, force: bool = False,
             new_ids = sorted({f for r in sft_new + pairs_new for f in r["feedback_ids"]})
             refit = refits(data, lcfg)
             sft_rows, pairs = (data.sft, data.pairs) if refit else (sft_new + replay, pairs_new)
-            quiz = []
-            if lcfg.neighbour_rewrites or lcfg.quiz_rewrites:
+            if lcfg.neighbour_rewrites:
                 track.stage("preparing data", 0.5)  # the word vectors take ~10 s once
                 corrected = [r["messages"][-2]["content"] for r in data.sft if r["source"] == "correction"]
-                rewritten = neighbour_rows(sft_rows, corrected, embedder, lcfg.neighbour_rewrites + lcfg.quiz_rewrites,
-                                           cfg.home / "cache")
-                trained, quiz = split_rewrites(rewritten, lcfg.neighbour_rewrites)
-                sft_rows = sft_rows + trained
+                sft_rows = sft_rows + neighbour_rows(sft_rows, corrected, embedder, lcfg.neighbour_rewrites,
+                                                     cfg.home / "cache")
             data_s = time.perf_counter() - t0
 
             # ---- train ------------------------------------------------------------------
@@ -202,7 +199,7 @@ def run_cycle(cfg, learn_cfg: LearnConfig | None = None, force: bool = False,
                 parent_path=parent and parent["path"], from_parent=not refit, feedback_ids=new_ids,
                 data_hash=data.data_hash(),
                 progress=track.train_step, should_cancel=lambda: jobs.cancel_requested(db, job_id),
-                system_prompt=system, cache_dir=cfg.home / "cache", quiz_rows=quiz,
+                system_prompt=system, cache_dir=cfg.home / "cache",
                 extra_meta={"data": data.counts(), "refit": refit,
                             "replayed_rows": len(data.sft) - len(sft_new) if refit else len(replay),
                             "data_s": round(data_s, 2),

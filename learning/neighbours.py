@@ -168,14 +168,3 @@ def neighbour_rows(rows: list[dict], corrected_prompts: list[str], embedder, per
         out += [{**row, "messages": [*context, {"role": "user", "content": q}, answer], "source": "neighbour"}
                 for q in found[user["content"]]]
     return out
-
-
-def split_rewrites(rows: list[dict], first: int) -> tuple[list[dict], list[dict]]:
-    """`neighbour_rows` output split into each correction's first `first` rewrites (closest
-    first) and the rest (held out, for the self-quiz in learning/quiz.py)."""
-    head, tail, seen = [], [], {}
-    for row in rows:
-        key = (tuple(row.get("feedback_ids", [])), row["messages"][-1]["content"])
-        seen[key] = seen.get(key, 0) + 1
-        (head if seen[key] <= first else tail).append(row)
-    return head, tail

@@ -54,7 +54,6 @@ class TrainJob:
     extra_meta: dict = field(default_factory=dict)
     system_prompt: str = "You are a helpful personal assistant."
     cache_dir: Path | None = None  # where the base model's self-replay answers are cached
-    quiz_rows: list[dict] = field(default_factory=list)  # asked after SFT (learning/quiz.py)
 
 
 def training_rows(job: TrainJob, model, tok) -> tuple[list[dict], dict]:
@@ -287,14 +286,6 @@ def train_candidate(job: TrainJob) -> Path:
             stats["sft"] = run_sft(model, tok, sft_rows, job, device, work, losses)
             timings["sft_s"] = stats["sft"]["seconds"]
         pairs = list(job.pairs)
-        if job.quiz_rows and sft_rows:
-            from learning.quiz import quiz_pairs
-
-            t0 = time.perf_counter()
-            quiz = quiz_pairs(model, tok, job.quiz_rows)
-            stats["quiz"] = {"asked": len(job.quiz_rows), "missed": len(quiz)}
-            timings["quiz_s"] = time.perf_counter() - t0
-            pairs += quiz
         if job.lcfg.contrast:
             from learning.augment import contrast_pairs
 
