@@ -20,7 +20,10 @@ Contract:
   What it returns is what the prompt gets and what the UI lists under the reply. One
   matrix-vector product over a normalised matrix: 10,000 corrections (50,000 keys) cost a few
   milliseconds beyond embedding the query.
-- `.system_addendum(recalled)` is the text ChatService appends to the system prompt.
+- `.system_addendum(recalled)` is the text ChatService appends to the system prompt, and
+  `reply_lead(recalled)` the words its reply starts with (the best correction's opening up to
+  the name or number it told): the small model often reads the note and still answers from its
+  weights; continuing the note's own sentence it says what the note says.
 
 Which corrections are eligible:
 - Superseded ones never are: a newer correction of the same prompt (same normalised user

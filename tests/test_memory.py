@@ -58,7 +58,6 @@ def memory(cfg):
 @pytest.fixture
 def runtime(cfg, tiny_served, memory):
     tiny_served.use(None)
-    cfg.recall_lead = True
     return Runtime.create(cfg, model=tiny_served, memory=memory)
 
 
