@@ -190,7 +190,8 @@ class ChatService:
         return Turn(turn_id=new_id(), conversation_id=conversation_id, messages=messages,
                     user_message=sent, truncated=truncated, recalled=recalled,
                     avoid_first=self.model.first_token(sent) if recalled else None,
-                    lead=reply_lead(recalled) if self.cfg.recall_lead else None)
+                    # a retry says the answer was not wanted: the model answers freely then
+                    lead=reply_lead(recalled) if self.cfg.recall_lead and retry_of is None else None)
 
     def pieces(self, turn: Turn, *, source: str, max_new_tokens: int | None = None,
                temperature: float | None = None, retry_of: str | None = None) -> Iterator[str]:

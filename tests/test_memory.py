@@ -331,6 +331,8 @@ def test_start_turn_adds_the_recalled_correction_and_logs_it(runtime):
     logged = conversations.get_turn(runtime.db, turn.turn_id)
     assert json.loads(logged["recalled_json"]) == [fid]
     assert logged["reply"].startswith("Your dog is called") and logged["reply"] == turn.generation.text
+    retry = runtime.chat.start_retry(turn.turn_id)  # the answer was not wanted: no lead this time
+    assert retry.recalled and retry.lead is None
     off = runtime.chat.start_turn("What is the name of my dog, again?", recall=False)
     assert off.recalled == [] and "Biscuit" not in off.messages[0]["content"] and off.avoid_first is None
     unrelated = runtime.chat.start_turn("How many days are in a week?")
