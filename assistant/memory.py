@@ -527,13 +527,17 @@ def reply_lead(recalled: list[dict]) -> str | None:
     name or number (advice, style: nothing to follow word for word) or opens with one."""
     if not recalled:
         return None
-    best = recalled[0]
-    told = told_words(best["prompt"], best["correction"])
-    for m in re.finditer(r"[A-Za-z0-9]+", best["correction"]):
+    return split_at_told(recalled[0]["prompt"], recalled[0]["correction"])[0] or None
+
+
+def split_at_told(prompt: str, answer: str) -> tuple[str, str]:
+    """`answer` cut before the first name or number it told beyond `prompt` (`told_words`):
+    ("Your team writes the backend in", "Elixir."); ("", answer) when it tells none."""
+    told = told_words(prompt, answer)
+    for m in re.finditer(r"[A-Za-z0-9]+", answer):
         if m.group().lower() in told:
-            lead = best["correction"][:m.start()].rstrip()
-            return lead or None
-    return None
+            return answer[:m.start()].rstrip(), answer[m.start():].strip()
+    return "", answer
 
 
 def select(recalled: list[dict], margin: float | None) -> list[dict]:

@@ -133,6 +133,11 @@ class LearnConfig:
     original and nearer to it than to any other corrected prompt (learning/neighbours.py). Off:
     on our dev scenario (bench/results/learn-dev.md, seeds 0/1/2) 3 per prompt taught 42, 43 and
     42 of 48 paraphrases against 45, 44 and 41 without."""
+    short_answers: int = 0
+    """Questions per correction (the corrected prompt, then its rewrites) also trained with the
+    correction's short form, from the first name or number it tells ("Halvorsen Robotics in
+    Trondheim."; learning/augment.py `short_answer`): the name then follows the question itself,
+    not only the corrected answer's opening."""
     max_history_messages: int = 2
     """Earlier messages of the conversation kept in front of the corrected prompt."""
     max_prompt_chars: int = 2000
@@ -194,8 +199,9 @@ class LearnConfig:
             problems.append(f"scope_margin must be in [0, 2] or None (got {self.scope_margin})")
         if self.refit_corrections < 0:
             problems.append(f"refit_corrections must be >= 0 (got {self.refit_corrections})")
-        if self.neighbour_rewrites < 0:
-            problems.append(f"neighbour_rewrites must be >= 0 (got {self.neighbour_rewrites})")
+        if self.neighbour_rewrites < 0 or self.short_answers < 0:
+            problems.append(f"neighbour_rewrites and short_answers must be >= 0 "
+                            f"(got {self.neighbour_rewrites}, {self.short_answers})")
         if self.augment_rewrites < 0:
             problems.append(f"augment_rewrites must be >= 0 (got {self.augment_rewrites})")
         if self.anchor_weight < 0 or self.anchor_batch_size < 1:

@@ -63,7 +63,8 @@ def training_rows(job: TrainJob, model, tok) -> tuple[list[dict], dict]:
     from learning.augment import augment_sft, self_replay_rows
 
     rows = list(job.sft_rows)
-    extra = augment_sft(rows, n_rewrites=job.lcfg.augment_rewrites) if job.lcfg.augment else []
+    extra = augment_sft(rows, n_rewrites=job.lcfg.augment_rewrites,
+                        short_answers=job.lcfg.short_answers) if job.lcfg.augment else []
     replay = []
     if job.lcfg.self_replay and job.cache_dir is not None:
         model.eval()
