@@ -137,7 +137,13 @@ def score(server: Server, items: list[dict], recall: bool, taught_before: set[st
 
 
 def frac(c: dict) -> str:
-    return "-" if not c["total"] else f"{c['passed']}/{c['total']} ({c['passed'] / c['total']:.0%})"
+    """"47/48 (97.9%)": one decimal unless whole, so that a figure just under a target never
+    reads as meeting it."""
+    if not c["total"]:
+        return "-"
+    share = 100 * c["passed"] / c["total"]
+    return f"{c['passed']}/{c['total']} ({share:.0f}%)" if share == int(share) else \
+        f"{c['passed']}/{c['total']} ({share:.1f}%)"
 
 
 def markdown(run: dict) -> str:
