@@ -74,6 +74,10 @@ DEFAULT_MARGIN = 0.05
 # On both dev sets a paraphrase's best match rose from 45/48 to 47/48 with the first 4, and no
 # unrelated question was recalled that the prompt alone did not recall (same threshold).
 REFRAMED_KEYS = 4
+# The corrected prompt followed by its answer as one more search key: "What's the name of my
+# employer?" may lie nearer "Where do I work? You work at Halvorsen Robotics." than the question
+# alone. Measured on the dev sets (bench/memory.py --answer-key).
+ANSWER_KEY = False
 # A correction of a question about the user ("What is my blood type?") is recalled only by a
 # question about the user too, or by one that names something the correction told ("When is
 # Ingrid's birthday?" after "Your sister Ingrid's birthday is on 14 March."). Without this, a
@@ -221,11 +225,13 @@ def relevant(scores: np.ndarray, threshold: float, ordinary: float, margin: floa
     return hit if margin is None else hit | (scores - ordinary >= margin)
 
 
-def search_keys(prompt: str) -> list[str]:
-    """The texts a correction is found by: its prompt and the first REFRAMED_KEYS reframings."""
+def search_keys(prompt: str, answer: str | None = None) -> list[str]:
+    """The texts a correction is found by: its prompt and the first REFRAMED_KEYS reframings
+    (and with ANSWER_KEY, the prompt followed by its corrected answer)."""
     from learning.augment import reframings
 
-    return [prompt] + reframings(prompt)[:REFRAMED_KEYS]
+    qa = [f"{prompt} {answer}"] if ANSWER_KEY and answer else []
+    return [prompt] + reframings(prompt)[:REFRAMED_KEYS] + qa
 
 
 def words(text: str) -> set[str]:
@@ -413,7 +419,7 @@ class Memory:
     def _embed(self, rows: list[dict]) -> None:
         """Search-key vectors for `rows`: from the on-disk cache where it has them, else embedded
         (and then cached)."""
-        keys = {r["id"]: search_keys(r["user_message"]) for r in rows}
+        keys = {r["id"]: search_keys(r["user_message"], r["correction"]) for r in rows}
         cache = self._vector_cache()
         digests = {fid: cache.digest(ks) for fid, ks in keys.items()} if cache else {}
         if cache:

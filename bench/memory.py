@@ -492,11 +492,15 @@ def main(argv=None) -> int:
     p.add_argument("--cache", type=Path, help="--dev: JSON file of replies already generated (prompt -> "
                    "reply), read and extended, so a sweep only generates prompts it has not seen")
     p.add_argument("--out", help="file stem under bench/results (default: memory.dev with --dev, else memory)")
+    p.add_argument("--answer-key", choices=("on", "off"), help="search by prompt + answer too "
+                   "(memory.ANSWER_KEY; default: as the module has it)")
     p.add_argument("--n-timing", type=int, default=10_000)
     p.add_argument("--part", choices=("all", "scenario", "timing"), default="all",
                    help="run one part only, keeping the other's figures in memory.json")
     args = p.parse_args(argv)
     cmd = "python bench/memory.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.answer_key:
+        memory_mod.ANSWER_KEY = args.answer_key == "on"
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.dev:
         res = run_dev(args.model, args.threshold, args.forms.split(",") if args.forms else None, args.cache,
