@@ -88,7 +88,7 @@ def test_index_is_rebuilt_from_the_store_and_follows_other_processes(cfg, db):
     correct(other, "Who is my dentist?", "Dr. Okafor.")
     before = emb.texts
     assert mem.recall("who is my dentist")[0]["correction"] == "Dr. Okafor."
-    assert emb.texts - before == len(search_keys("Who is my dentist?")) + 1  # its keys and the query: nothing re-embedded
+    assert emb.texts - before == len(search_keys("Who is my dentist?", "Dr. Okafor.")) + 1  # its keys and the query: nothing re-embedded
 
 
 def test_a_newer_correction_of_the_same_prompt_supersedes_the_older(memory, db):
@@ -197,6 +197,7 @@ def test_a_correction_is_found_by_its_prompt_asked_in_other_frames(cfg, db, monk
     got = Memory(cfg, embedder=HashEmbedder(), threshold=0.5).recall(query)
     assert [r["feedback_id"] for r in got] == [fid] and got[0]["score"] > 0.99  # a reframing's key
     monkeypatch.setattr(memory_mod, "REFRAMED_KEYS", 0)
+    monkeypatch.setattr(memory_mod, "ANSWER_KEY", False)
     alone = Memory(cfg, embedder=HashEmbedder(), threshold=0.5, relative_margin=None)
     assert alone.recall(query) == []  # the prompt alone
 
@@ -257,7 +258,7 @@ def test_the_server_warms_recall_before_the_first_turn(cfg, tiny_served, memory)
     running = start_server(Runtime.create(cfg, model=tiny_served, memory=memory), ui=False)
     try:
         # the dog's search keys and the ordinary requests (OrdinaryRequests), no turn asked yet
-        warmed = len(search_keys("What is the name of my dog?")) + len(replay_prompts())
+        warmed = len(search_keys("What is the name of my dog?", "Your dog is called Biscuit.")) + len(replay_prompts())
         deadline = time.monotonic() + 10
         while memory.embedder.texts < warmed and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -286,7 +287,7 @@ def test_a_restart_reads_the_search_keys_from_the_disk_cache(cfg, db, monkeypatc
     # (without the ordinary requests, which every Memory embeds once, to count the keys alone)
     first = CachedHashEmbedder()
     assert Memory(cfg, embedder=first, threshold=0.5, relative_margin=None).recall("name of my dog")
-    assert first.inner.texts == 3 * len(search_keys("What is the name of my dog?")) + 1
+    assert first.inner.texts == 3 * len(search_keys("What is the name of my dog?", "Your dog is called Max.")) + 1
     restarted = CachedHashEmbedder()
     got = Memory(cfg, embedder=restarted, threshold=0.5, relative_margin=None).recall("name of my dog")
     assert got[0]["correction"] == "Your dog is called Max." and restarted.inner.texts == 1  # the query only
@@ -338,6 +339,13 @@ def test_start_turn_adds_the_recalled_correction_and_logs_it(runtime):
     unrelated = runtime.chat.start_turn("How many days are in a week?")
     assert unrelated.recalled == [] and unrelated.messages[0]["content"] == runtime.chat.system_prompt()
     assert unrelated.avoid_first is None and unrelated.lead is None
+
+
+def test_search_keys_are_the_prompt_its_reframings_and_the_prompt_with_its_answer():
+    keys = search_keys("Where do I work?", "You work at Halvorsen Robotics.")
+    assert keys[0] == "Where do I work?" and "Remind me where I work." in keys
+    assert keys[-1] == "Where do I work? You work at Halvorsen Robotics."
+    assert search_keys("Where do I work?") == keys[:-1]  # no answer, no answer key
 
 
 def test_reply_lead_is_the_best_notes_opening_up_to_what_it_told():
