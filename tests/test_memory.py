@@ -295,7 +295,7 @@ def test_a_restart_reads_the_search_keys_from_the_disk_cache(cfg, db, monkeypatc
     monkeypatch.setattr(memory_mod, "REFRAMED_KEYS", 1)
     changed = CachedHashEmbedder()
     Memory(cfg, embedder=changed, threshold=0.5, relative_margin=None).recall("name of my dog")
-    assert changed.inner.texts == 3 * 2 + 1
+    assert changed.inner.texts == 3 * 3 + 1  # prompt, one reframing, prompt + answer
     # a damaged cache is only a slower start
     (cfg.home / "cache" / "recall-vectors.sqlite").write_bytes(b"not a database" * 100)
     damaged = CachedHashEmbedder()
