@@ -301,7 +301,7 @@ def test_a_restart_reads_the_search_keys_from_the_disk_cache(cfg, db, monkeypatc
     damaged = CachedHashEmbedder()
     assert Memory(cfg, embedder=damaged, threshold=0.5, relative_margin=None).recall("name of my dog")[0]["correction"] == \
         "Your dog is called Max."
-    assert damaged.inner.texts == 3 * 2 + 1 and "recall vector cache" in caplog.text
+    assert damaged.inner.texts == 3 * 3 + 1 and "recall vector cache" in caplog.text
 
 
 def test_a_clearly_weaker_match_is_left_out(cfg, db):
