@@ -19,7 +19,7 @@ Contract:
   A correction of a question about the user answers only questions about the user, or ones
   naming something it told (FIRST_PERSON, below).
   What it returns is what the prompt gets and what the UI lists under the reply. One
-  matrix-vector product over a normalised matrix: 10,000 corrections (50,000 keys) cost a few
+  matrix-vector product over a normalised matrix: 10,000 corrections (60,000 keys) cost a few
   milliseconds beyond embedding the query.
 - `.system_addendum(recalled)` is the text ChatService appends to the system prompt, and
   `reply_lead(recalled)` the words its reply starts with (the best correction's opening up to
