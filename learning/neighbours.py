@@ -144,10 +144,12 @@ def neighbour_rewrites(questions: list[str], embedder, neighbours: WordNeighbour
             if s[qi] >= min_similarity and (others.size == 0 or s[qi] - others.max() >= own_margin):
                 kept.append((float(s[qi]), word, r))
         kept.sort(key=lambda t: -t[0])
-        # one rewrite per swapped word first, so a question's every content word gets a synonym
-        firsts = {w: (s, w, r) for s, w, r in reversed(kept)}
-        order = sorted(firsts.values(), key=lambda t: -t[0]) + [t for t in kept if t not in firsts.values()]
-        out[q] = [r for _, _, r in order[:per_question]]
+        # each swapped word's closest rewrite first, so a question's every content word gets a synonym
+        swapped, firsts, rest = set(), [], []
+        for _, word, r in kept:
+            (rest if word in swapped else firsts).append(r)
+            swapped.add(word)
+        out[q] = (firsts + rest)[:per_question]
     return out
 
 
