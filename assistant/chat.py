@@ -138,10 +138,18 @@ class ChatService:
             return version, path
         path = path or (adapters.get_adapter(self.db, version) or {}).get("path")
         try:
-            return self.scope.route(version, path, user_message)
+            key, routed = self.scope.route(version, path, user_message)
         except Exception as e:  # noqa: BLE001 - a missing embedding model must not stop the chat
             log.warning("adapter scope unavailable (%s): v%s answers every prompt", e, version)
             return version, path
+        if key is not None and key != version:
+            try:  # a habit adapter or an expert (assistant/scope.py): load it now, or fall back
+                self.model.load_adapter(key, routed)
+            except AdapterLoadError as e:  # an expert's prompt goes to the version, a habit's to the base
+                fallback = (None, None) if key == (version, "habit") else (version, path)
+                log.error("%s; answering with %s", e, "the base model" if fallback[0] is None else f"v{version}")
+                return fallback
+        return key, routed
 
     def watch_adapters(self, interval_s: float = 0.1):
         """Preload each newly activated adapter (and embed its scope) in the background, so the

@@ -22,7 +22,9 @@ its scope instead of the base weights.
 Contract: `AdapterScope(embedder).covers(path, text)` -> bool; an adapter directory without
 a scope (older versions, hand-made adapters, `scope_threshold` None) covers every prompt.
 `route(version, path, text)` -> the (served-model key, path) that answers `text`: the version
-itself, its habit adapter (key `(version, "habit")`) or the base weights (None, None).
+itself, one of its per-correction experts (key `(version, "expert:<name>")`, learning/experts.py:
+the nearest trained prompt is that correction's), its habit adapter (key `(version, "habit")`)
+or the base weights (None, None).
 Scopes are read once per directory (versions never change after they are written).
 """
 import json
@@ -34,8 +36,10 @@ import numpy as np
 
 from assistant.memory import about_user, may_answer, ordinary_requests, told_words, unit_rows, words
 
+EXPERTS_DIR = "experts"  # a version's per-correction experts (learning/experts.py)
 
-def _question_and_answer(row: dict) -> tuple[str | None, str]:
+
+def question_and_answer(row: dict) -> tuple[str | None, str]:
     """The last user message of a training row (SFT row or preference pair) and its answer."""
     messages = row.get("messages") or row.get("prompt") or []
     users = [m["content"] for m in messages if m.get("role") == "user"]
@@ -45,13 +49,13 @@ def _question_and_answer(row: dict) -> tuple[str | None, str]:
 
 def scope_prompts(rows: list[dict]) -> list[str]:
     """The last user message of each training row (SFT rows and preference pairs)."""
-    return [q for q, _ in map(_question_and_answer, rows) if q is not None]
+    return [q for q, _ in map(question_and_answer, rows) if q is not None]
 
 
 def scope_told(rows: list[dict]) -> list[str]:
     """What the answers to questions about the user told (memory.told_words), all rows together."""
     told = set()
-    for q, a in map(_question_and_answer, rows):
+    for q, a in map(question_and_answer, rows):
         if q is not None and about_user(words(q)):
             told |= told_words(q, a)
     return sorted(told)
@@ -73,6 +77,22 @@ def read_meta(path) -> dict:
     except (OSError, ValueError, TypeError):
         return {}
     return meta if isinstance(meta, dict) else {}
+
+
+def read_experts(path) -> list[dict]:
+    """The experts a version directory holds (meta.json "experts", learning/experts.py), those whose adapter files
+    are all there; [] for a version without experts or an unreadable meta.json."""
+    from assistant.model import WEIGHT_FILES, weights_deleted
+
+    if path is None or weights_deleted(path):
+        return []
+    found = []
+    for e in read_meta(path).get("experts") or []:
+        where = Path(path) / EXPERTS_DIR / str(e.get("name", ""))
+        if e.get("name") and (where / "adapter_config.json").exists() and any(
+                (where / f).exists() for f in WEIGHT_FILES):
+            found.append(e)
+    return found
 
 
 def read_scope(path) -> dict | None:
@@ -106,7 +126,8 @@ class AdapterScope:
                 scope = read_scope(path)
                 self._cache[key] = None if scope is None else _Scope(
                     float(scope["threshold"]), scope.get("margin"), unit_rows(self.embedder.encode(scope["prompts"])),
-                    np.array([about_user(words(p)) for p in scope["prompts"]]), set(scope.get("told") or ()))
+                    np.array([about_user(words(p)) for p in scope["prompts"]]), set(scope.get("told") or ()),
+                    _expert_owners(path, scope["prompts"]))
             return self._cache[key]
 
     def warm(self, path) -> None:
@@ -129,8 +150,18 @@ class AdapterScope:
         return bool(self._ordinary.relevant(self._best(scope, text, query), query, scope.threshold, scope.margin))
 
     def route(self, version: int | None, path, text: str) -> tuple:
-        if version is None or path is None or self.covers(path, text):
+        if version is None or path is None:
             return version, path
+        scope = self._scope(path)
+        if scope is None:
+            return version, path
+        query = self._query(text)
+        sims = self._sims(scope, text, query)
+        best = int(sims.argmax())
+        if self._ordinary.relevant(sims[best], query, scope.threshold, scope.margin):
+            expert = scope.experts[best]  # the nearest trained prompt is a correction's: its expert
+            return (version, path) if expert is None else (
+                (version, f"expert:{expert}"), str(Path(path) / EXPERTS_DIR / expert))
         key = str(path)
         with self._lock:  # looked up once per directory, like the scope: not on every turn
             if key not in self._habits:
@@ -143,13 +174,22 @@ class AdapterScope:
         return unit_rows(self.embedder.encode([text]))[0]
 
     def _best(self, scope: "_Scope", text: str, query: np.ndarray) -> float:
-        """Best similarity of `text` (embedded: `query`) to a scope prompt that may answer it
-        (memory.may_answer)."""
+        return float(self._sims(scope, text, query).max())
+
+    def _sims(self, scope: "_Scope", text: str, query: np.ndarray) -> np.ndarray:
+        """Similarity of `text` (embedded: `query`) to each scope prompt; -1 for those that may
+        not answer it (memory.may_answer)."""
         sims = scope.matrix @ query
-        asked = words(text)
-        if not may_answer(asked, True, scope.told):  # only prompts not about the user may
+        if not may_answer(words(text), True, scope.told):  # only prompts not about the user may
             sims = np.where(scope.personal, -1.0, sims)
-        return float(sims.max())
+        return sims
+
+
+def _expert_owners(path, prompts: list[str]) -> list[str | None]:
+    """Per scope prompt, the expert that was trained on it (learning/experts.py; the newest when
+    several were), or None: the version's shared adapter answers it."""
+    owner = {q: e["name"] for e in read_experts(path) for q in e.get("prompts") or [e["prompt"]]}
+    return [owner.get(p) for p in prompts]
 
 
 @dataclass
@@ -159,4 +199,5 @@ class _Scope:
     matrix: np.ndarray  # one unit row per scope prompt
     personal: np.ndarray  # per prompt: is it about the user?
     told: set[str]
+    experts: list[str | None]  # per prompt: the expert trained on it (None: the shared adapter)
 

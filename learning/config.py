@@ -110,6 +110,23 @@ class LearnConfig:
     """Add DPO pairs that prefer each correction over the correction of the most similar other
     corrected prompt (learning/augment.py `contrast_pairs`). Off: on our dev scenario it taught
     33/48 paraphrases against 38/48 without (bench/results/learn-dev.md) and doubled DPO time."""
+    experts: bool = True
+    """Train one small LoRA per correction next to the version's adapter (learning/experts.py):
+    a prompt in the version's scope whose nearest trained prompt is a correction's (its own
+    wording or a rewrite) is answered by that correction's expert, so facts taught together
+    cannot bleed into each other. An expert is trained once, when its correction is new, and
+    later versions keep it. On our dev scenario (one cycle, weights alone) a rank 16 expert per
+    correction, 6 epochs at 2e-3, answered 16/16 re-asks and 47/48 paraphrases against 16/16
+    and 45, 44, 41 of 48 (seeds 0-2) for the shared adapter alone, controls 15/20 as the base;
+    rank 8, 3 epochs at 1e-3 learned too little (5/16 re-asks). The price: about 15 s of
+    training per new correction on this CPU, and 18 MB of weights each (hard-linked, not copied,
+    into later versions)."""
+    expert_r: int = 16
+    """LoRA rank of each correction's expert (alpha twice the rank, the shared adapter's scale)."""
+    expert_epochs: float = 6.0
+    """SFT epochs of an expert over its correction and the correction's rewrites (10 rows)."""
+    expert_lr: float = 2e-3
+    """Peak SFT learning rate of an expert (DPO then runs on its one pair at `dpo_lr`)."""
     habit_adapter: bool = True
     """Train a habit adapter (learning/habits.py) when corrections show a habit (an opening 3+
     corrections to different prompts share); it chooses the opening of answers to prompts
@@ -198,6 +215,9 @@ class LearnConfig:
                             f"(got {self.scope_threshold})")
         if self.scope_margin is not None and not 0 <= self.scope_margin <= 2:
             problems.append(f"scope_margin must be in [0, 2] or None (got {self.scope_margin})")
+        if self.expert_r < 1 or self.expert_epochs <= 0 or self.expert_lr <= 0:
+            problems.append(f"expert_r must be >= 1, expert_epochs and expert_lr positive "
+                            f"(got {self.expert_r}, {self.expert_epochs}, {self.expert_lr})")
         if self.refit_corrections < 0:
             problems.append(f"refit_corrections must be >= 0 (got {self.refit_corrections})")
         if self.neighbour_rewrites < 0 or self.short_answers < 0:

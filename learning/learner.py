@@ -36,8 +36,8 @@ from store.ids import new_id
 log = logging.getLogger(__name__)
 LOCK_NAME = "learner.lock"
 # Share of the whole cycle each stage takes (for the progress bar and the ETA).
-STAGES = {"preparing data": (0.0, 0.05), "SFT": (0.05, 0.5), "DPO": (0.5, 0.65),
-          "habit": (0.65, 0.75), "evaluating": (0.75, 0.97), "gate": (0.97, 1.0)}
+STAGES = {"preparing data": (0.0, 0.05), "SFT": (0.05, 0.4), "DPO": (0.4, 0.5),
+          "habit": (0.5, 0.6), "experts": (0.6, 0.78), "evaluating": (0.78, 0.97), "gate": (0.97, 1.0)}
 
 
 class CycleRunning(RuntimeError):

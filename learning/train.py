@@ -24,6 +24,7 @@ from typing import Callable
 
 from learning.config import LearnConfig
 from learning.datasets import strip_meta
+from learning.experts import train_experts
 
 Progress = Callable[[str, int, int, float | None], None]  # (stage, step, total, loss)
 
@@ -235,7 +236,8 @@ def sft_trainer_class(base):
     return PlainLossSFTTrainer
 
 
-def run_dpo(model, tok, pairs: list[dict], job: TrainJob, device: str, work: Path, losses: list) -> dict:
+def run_dpo(model, tok, pairs: list[dict], job: TrainJob, device: str, work: Path, losses: list,
+            stage: str = "DPO") -> dict:
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
@@ -248,7 +250,7 @@ def run_dpo(model, tok, pairs: list[dict], job: TrainJob, device: str, work: Pat
                      loss_type=["sigmoid", "sft"][:len(weights)], loss_weights=weights)
     # The model is a PeftModel: TRL adds a frozen "ref" copy of the (post-SFT) adapter as reference.
     trainer = DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok,
-                         callbacks=[_callback("DPO", job, losses)])
+                         callbacks=[_callback(stage, job, losses)])
     d = trainer.train_dataset
     tokens = sum(2 * len(p) + len(c) + len(r) for p, c, r in
                  zip(d["prompt_ids"], d["chosen_ids"], d["rejected_ids"], strict=True)) * lcfg.dpo_epochs
@@ -299,6 +301,10 @@ def train_candidate(job: TrainJob) -> Path:
         habits = train_habit_adapter(model, tok, job, device, work, losses, stats, tmp)
         if habits is not None:  # its self-replay answers, training and saving
             timings["habit_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        experts = train_experts(model, tok, job, device, work, losses, stats, tmp)
+        if experts is not None:
+            timings["experts_s"] = time.perf_counter() - t0
         shutil.rmtree(work, ignore_errors=True)
         meta = {
             "version": job.version, "parent_version": job.parent_version, "base_model": job.base_path,
@@ -306,7 +312,7 @@ def train_candidate(job: TrainJob) -> Path:
             "data_hash": job.data_hash, "package_version": _package_version(), "device": device,
             "torch": torch.__version__, "timings": timings, "losses": losses, "stats": stats,
             "rows": {"sft": len(job.sft_rows), "pairs": len(job.pairs)}, "scope": adapter_scope(job, sft_rows),
-            "habits": habits,
+            "habits": habits, "experts": experts,
             **job.extra_meta,
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))

@@ -54,9 +54,9 @@ def test_training_changes_adapter_and_not_base(tiny_model_path, tmp_path):
     meta = json.loads((out / "meta.json").read_text())
     assert meta["feedback_ids"] == ["f0", "f1"] and meta["data_hash"] == "abc"
     assert meta["config"]["lora_r"] == 4 and meta["parent_version"] is None
-    assert {x["stage"] for x in meta["losses"]} == {"SFT", "DPO"}
+    assert {x["stage"] for x in meta["losses"]} == {"SFT", "DPO", "expert", "expert DPO"}
     assert meta["stats"]["sft"]["tokens_per_s"] > 0
-    assert {s[0] for s in seen} == {"SFT", "DPO"}
+    assert {s[0] for s in seen} == {"SFT", "DPO", "experts"}  # learning/experts.py: one stage for all
     w = _weights(out)
     # lora_B starts at zero: after training it is not.
     assert any(v.abs().sum() > 0 for k, v in w.items() if "lora_B" in k)

@@ -1,0 +1,107 @@
+"""One small LoRA per correction ("experts"), next to the version's shared adapter.
+
+Why: one adapter trained on all of a user's corrections answers a paraphrase of one with
+another's words ("Which town is my hometown?" -> "Your hometown is named Okafor.", the
+dentist's name; README "Known shortfalls"). As in MELO (edits in separate LoRA blocks picked by
+a vector index of their inputs) and WISE, each correction gets its own small LoRA, trained on
+the correction, its rewrites and its preference pair only, so nothing else it learns can leak
+into it. The scope (assistant/scope.py) routes a prompt to the expert of its nearest trained
+prompt; the answer still comes from weights, nothing is added to the prompt. Prompts nearest to
+anything else the version learned (liked answers) go to the shared adapter, as before.
+
+An expert is trained once, in the cycle its correction is new; a later version keeps it by
+hard links (the files are never written again, so linking is safe and costs no space). A newer
+correction of the same prompt replaces the old one's expert.
+
+Layout: `<version>/experts/<name>/` (a peft adapter directory) and, in the version's
+meta.json, "experts": [{"name", "feedback_ids", "prompt", "answer", "prompts", "trained_in"}].
+"""
+import dataclasses
+import os
+import shutil
+import time
+from pathlib import Path
+
+from assistant.scope import EXPERTS_DIR, question_and_answer, read_experts, scope_prompts
+
+
+def expert_groups(sft_rows: list[dict], pairs: list[dict]) -> dict[tuple, dict]:
+    """The corrections among `sft_rows` (source "correction"), keyed by their feedback ids, each
+    with its preference pairs: `{ids: {"sft": [row], "pairs": [...]}}`, in row order."""
+    groups: dict[tuple, dict] = {}
+    for row in sft_rows:
+        if row.get("source") == "correction":
+            groups.setdefault(tuple(sorted(row.get("feedback_ids") or ())), {"sft": [], "pairs": []})["sft"].append(row)
+    for pair in pairs:
+        key = tuple(sorted(pair.get("feedback_ids") or ()))
+        if key in groups:
+            groups[key]["pairs"].append(pair)
+    return groups
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Hard-link every file of `src` into `dst` (a copy where the filesystem cannot link)."""
+    dst.mkdir(parents=True)
+    for f in src.iterdir():
+        if f.is_file():
+            try:
+                os.link(f, dst / f.name)
+            except OSError:
+                shutil.copy2(f, dst / f.name)
+
+
+def train_experts(model, tok, job, device: str, work: Path, losses: list, stats: dict, out: Path) -> list[dict] | None:
+    """Write `out/experts/`: the parent's experts still current, linked, and a new expert for
+    each correction of this job that has none. `model` is the job's PeftModel: each expert is
+    added to it as a fresh adapter, trained (SFT, then DPO on its pair), saved and deleted, and
+    the shared adapter is active again on return. None when experts are off (or the version is
+    unscoped: it answers every prompt itself)."""
+    import torch
+    from peft import LoraConfig
+
+    from learning.augment import augment_sft
+    from learning.datasets import normalize_prompt
+    from learning.train import run_dpo, run_sft
+
+    lcfg = job.lcfg
+    if not lcfg.experts or lcfg.scope_threshold is None:
+        return None
+    groups = expert_groups(job.sft_rows, job.pairs)
+    inherited = read_experts(job.parent_path)
+    have = {tuple(sorted(e["feedback_ids"])) for e in inherited}
+    new = {k: g for k, g in groups.items() if k not in have}
+    replaced = {normalize_prompt(question_and_answer(g["sft"][0])[0]) for g in new.values()}
+    kept = [e for e in inherited if normalize_prompt(e["prompt"]) not in replaced]
+    for e in kept:
+        _link_tree(Path(job.parent_path) / EXPERTS_DIR / e["name"], out / EXPERTS_DIR / e["name"])
+    expert_lora = LoraConfig(r=lcfg.expert_r, lora_alpha=2 * lcfg.expert_r, lora_dropout=0.0,
+                             target_modules=list(lcfg.lora_targets), task_type="CAUSAL_LM")
+    expert_cfg = dataclasses.replace(lcfg, sft_epochs=lcfg.expert_epochs, sft_lr=lcfg.expert_lr,
+                                     sft_neftune_alpha=None, anchor_weight=0.0)
+    trained, t0 = [], time.perf_counter()
+    for i, group in enumerate(new.values()):
+        name = f"v{job.version}-{i}"
+        rows = group["sft"] + (augment_sft(group["sft"], n_rewrites=lcfg.augment_rewrites) if lcfg.augment else [])
+
+        def progress(stage, step, total, loss, i=i):  # one stage for all experts: i of len(new) done
+            if job.progress:
+                job.progress("experts", round(1000 * (i + step / max(total, 1)) / len(new)), 1000, loss)
+
+        sub = dataclasses.replace(job, lcfg=expert_cfg, progress=progress)
+        torch.manual_seed(lcfg.seed * 1000 + job.version * 100 + i)  # the new LoRA's init
+        model.add_adapter(name, expert_lora)
+        model.set_adapter(name)
+        try:
+            run_sft(model, tok, rows, sub, device, work / name, losses, stage="expert")
+            if group["pairs"] and lcfg.dpo_epochs > 0:
+                run_dpo(model, tok, group["pairs"], sub, device, work / name, losses, stage="expert DPO")
+            model.save_pretrained(str(out / EXPERTS_DIR), selected_adapters=[name])  # -> experts/<name>/
+        finally:
+            model.set_adapter("default")
+            model.delete_adapter(name)
+        question, answer = question_and_answer(group["sft"][0])
+        trained.append({"name": name, "feedback_ids": list(group["sft"][0]["feedback_ids"]), "prompt": question,
+                        "answer": answer, "prompts": list(dict.fromkeys(scope_prompts(rows))),
+                        "trained_in": job.version})
+    stats["experts"] = {"kept": len(kept), "trained": len(trained), "seconds": round(time.perf_counter() - t0, 1)}
+    return kept + trained

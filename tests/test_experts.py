@@ -1,0 +1,129 @@
+"""Per-correction experts (learning/experts.py): trained once, kept by later versions, and the
+expert of a prompt's nearest trained prompt answers it, in the chat and in evaluation alike."""
+import json
+
+import torch
+
+from assistant.chat import ChatService
+from assistant.scope import EXPERTS_DIR, AdapterScope, read_experts
+from learning.experts import expert_groups
+from learning.scoring import Scorer
+from learning.train import TrainJob, train_candidate
+from store import adapters, conversations
+from tests.lora import corrupt_adapter, make_adapter, register
+from tests.test_memory import HashEmbedder as Embedder
+from tests.test_scope import scoped
+from tests.test_train import SYSTEM, _job, _weights
+
+DOG, WORK, LIKED = "What is the name of my dog?", "Where do I work?", "How do I boil an egg?"
+
+
+def _version_with_experts(base_path, out, broken: str | None = None):
+    """A version dir whose scope has a liked prompt and two corrections, each with an expert."""
+    make_adapter(base_path, out, seed=1)
+    experts = []
+    for i, prompts in enumerate(([DOG, "What's my dog called?"], [WORK])):
+        name = f"v1-{i}"
+        make_adapter(base_path, out / EXPERTS_DIR / name, seed=10 + i)
+        experts.append({"name": name, "feedback_ids": [f"f{i}"], "prompt": prompts[0], "answer": "...",
+                        "prompts": prompts, "trained_in": 1})
+    if broken:
+        corrupt_adapter(out / EXPERTS_DIR / "v1-1", out / EXPERTS_DIR / "broken", broken)
+        experts[1]["name"] = "broken"
+    (out / "meta.json").write_text(json.dumps({"experts": experts}))
+    return scoped(out, [DOG, "What's my dog called?", WORK, LIKED])
+
+
+def test_corrections_are_grouped_with_their_pairs_and_other_rows_are_not():
+    sft = [{"messages": [SYSTEM, {"role": "user", "content": q}, {"role": "assistant", "content": a}],
+            "feedback_ids": ids, "source": src}
+           for q, a, ids, src in ((DOG, "Biscuit.", ["f0"], "correction"), (DOG, "Biscuit.", ["f0"], "augment"),
+                                  (LIKED, "Boil it.", ["f9"], "liked"), (WORK, "Halvorsen.", ["f1"], "correction"))]
+    pairs = [{"prompt": [], "chosen": [], "rejected": [], "feedback_ids": ["f1"]}]
+    groups = expert_groups(sft, pairs)
+    assert list(groups) == [("f0",), ("f1",)]
+    assert groups[("f0",)] == {"sft": [sft[0]], "pairs": []} and groups[("f1",)]["pairs"] == pairs
+
+
+def test_the_nearest_trained_prompt_picks_the_expert(tiny_model_path, tmp_path):
+    path = _version_with_experts(tiny_model_path, tmp_path / "v1")
+    scope = AdapterScope(Embedder())
+    dog = ((1, "expert:v1-0"), str(path / EXPERTS_DIR / "v1-0"))
+    assert scope.route(1, path, "what's my dog called, again?") == dog
+    assert scope.route(1, path, WORK) == ((1, "expert:v1-1"), str(path / EXPERTS_DIR / "v1-1"))
+    assert scope.route(1, path, LIKED) == (1, path)  # a liked answer: the shared adapter
+    assert scope.route(1, path, "How many legs does a spider have?") == (None, None)
+
+
+def test_an_expert_with_missing_weights_is_not_routed_to(tiny_model_path, tmp_path):
+    path = _version_with_experts(tiny_model_path, tmp_path / "v1")
+    (path / EXPERTS_DIR / "v1-1" / "adapter_model.safetensors").unlink()
+    assert [e["name"] for e in read_experts(path)] == ["v1-0"]
+    assert AdapterScope(Embedder()).route(1, path, WORK) == (1, path)
+
+
+def test_the_chat_answers_with_the_expert_and_falls_back_to_the_version_when_it_cannot_load(
+        cfg, db, served, tiny_model_path, tmp_path):
+    path = _version_with_experts(tiny_model_path, tmp_path / "v1", broken="garbage")
+    register(db, 1, path)
+    adapters.activate(db, 1)
+    chat = ChatService(cfg, served, scope=AdapterScope(Embedder()))
+    turn = chat.start_turn(DOG, recall=False)
+    reply = "".join(chat.pieces(turn, source="test", max_new_tokens=6))
+    assert served.current == (1, "expert:v1-0")
+    assert conversations.get_turn(db, turn.turn_id)["adapter_version"] == 1
+    expert = served.generate(turn.messages, max_new_tokens=6, version=(1, "expert:v1-0"),
+                             adapter_path=path / EXPERTS_DIR / "v1-0")
+    assert reply == expert.text
+    assert chat.route(1, str(path), WORK) == (1, str(path))  # its expert's weights are garbage
+    logits = {k: served.logits(turn.messages, version=k, adapter_path=p)
+              for k, p in (((1, "expert:v1-0"), path / EXPERTS_DIR / "v1-0"), (1, path))}
+    assert not torch.equal(*logits.values())
+
+    used = []
+    scorer = Scorer(served, max_new_tokens=6, scope=AdapterScope(Embedder()))
+    use = served.use
+    served.use = lambda key, p=None: (used.append(key), use(key, p))
+    try:
+        scorer.select(1, path)
+        scorer.generate([turn.messages, chat.start_turn(LIKED, recall=False).messages])
+    finally:
+        del served.use
+    assert set(used) == {1, (1, "expert:v1-0")}
+
+
+def test_experts_are_trained_once_kept_by_links_and_replaced_by_a_newer_correction(tiny_model_path, tmp_path):
+    v1 = train_candidate(_job(tiny_model_path, tmp_path / "adapters"))
+    first = read_experts(v1)
+    assert [(e["prompt"], e["trained_in"]) for e in first] == [(DOG, 1), (WORK, 1)]
+    assert DOG in first[0]["prompts"] and len(first[0]["prompts"]) > 1  # its rewrites too
+    w = [_weights(v1 / EXPERTS_DIR / e["name"]) for e in first]
+    assert any(not torch.equal(w[0][k], w[1][k]) for k in w[0])
+    rank = {name: {v.shape[0] for k, v in weights.items() if "lora_A" in k}
+            for name, weights in (("expert", w[0]), ("shared", _weights(v1)))}
+    assert rank == {"expert": {16}, "shared": {4}}  # its own LoRA of rank expert_r
+
+    job = _job(tiny_model_path, tmp_path / "adapters", version=2, parent_version=1, parent_path=str(v1))
+    job.sft_rows[1] = {**job.sft_rows[1], "feedback_ids": ["f2"],
+                       "messages": job.sft_rows[1]["messages"][:2] + [{"role": "assistant", "content": "At Acme."}]}
+    job.pairs[1] = {**job.pairs[1], "feedback_ids": ["f2"]}
+    v2 = train_candidate(job)
+    second = read_experts(v2)
+    assert [(e["prompt"], e["feedback_ids"], e["trained_in"]) for e in second] == [
+        (DOG, ["f0"], 1), (WORK, ["f2"], 2)]
+    kept = [v / EXPERTS_DIR / first[0]["name"] / "adapter_model.safetensors" for v in (v1, v2)]
+    assert kept[0].stat().st_ino == kept[1].stat().st_ino  # linked, not trained again
+    assert not (v2 / EXPERTS_DIR / first[1]["name"]).exists()
+    assert json.loads((v2 / "meta.json").read_text())["stats"]["experts"] == {
+        "kept": 1, "trained": 1, "seconds": json.loads((v2 / "meta.json").read_text())["stats"]["experts"]["seconds"]}
+
+
+def test_no_experts_when_they_are_off_or_the_version_is_unscoped(tiny_model_path, tmp_path):
+    import dataclasses
+
+    for i, change in enumerate(({"experts": False}, {"scope_threshold": None})):
+        job: TrainJob = _job(tiny_model_path, tmp_path / "adapters", version=i + 1)
+        job.lcfg = dataclasses.replace(job.lcfg, **change)
+        out = train_candidate(job)
+        assert json.loads((out / "meta.json").read_text())["experts"] is None
+        assert not (out / EXPERTS_DIR).exists()
