@@ -121,6 +121,10 @@ class LearnConfig:
     rank 8, 3 epochs at 1e-3 learned too little (5/16 re-asks). The price: about 15 s of
     training per new correction on this CPU, and 18 MB of weights each (hard-linked, not copied,
     into later versions)."""
+    experts_per_cycle: int = 12
+    """At most this many new experts per cycle (about 3 minutes here), so that a cycle stays
+    within 10 minutes however many corrections wait; the rest get theirs in the next cycles
+    (oldest first) and the shared adapter answers them meanwhile."""
     expert_r: int = 16
     """LoRA rank of each correction's expert (alpha twice the rank, the shared adapter's scale)."""
     expert_epochs: float = 6.0
@@ -215,9 +219,10 @@ class LearnConfig:
                             f"(got {self.scope_threshold})")
         if self.scope_margin is not None and not 0 <= self.scope_margin <= 2:
             problems.append(f"scope_margin must be in [0, 2] or None (got {self.scope_margin})")
-        if self.expert_r < 1 or self.expert_epochs <= 0 or self.expert_lr <= 0:
-            problems.append(f"expert_r must be >= 1, expert_epochs and expert_lr positive "
-                            f"(got {self.expert_r}, {self.expert_epochs}, {self.expert_lr})")
+        if self.expert_r < 1 or self.experts_per_cycle < 0 or self.expert_epochs <= 0 or self.expert_lr <= 0:
+            problems.append(f"expert_r must be >= 1, experts_per_cycle >= 0, expert_epochs and expert_lr "
+                            f"positive (got {self.expert_r}, {self.experts_per_cycle}, {self.expert_epochs}, "
+                            f"{self.expert_lr})")
         if self.refit_corrections < 0:
             problems.append(f"refit_corrections must be >= 0 (got {self.refit_corrections})")
         if self.neighbour_rewrites < 0 or self.short_answers < 0:

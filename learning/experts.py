@@ -55,7 +55,8 @@ def train_experts(model, tok, job, device: str, work: Path, losses: list, stats:
     each correction of this job that has none. `model` is the job's PeftModel: each expert is
     added to it as a fresh adapter, trained (SFT, then DPO on its pair), saved and deleted, and
     the shared adapter is active again on return. None when experts are off (or the version is
-    unscoped: it answers every prompt itself)."""
+    unscoped: it answers every prompt itself). At most `experts_per_cycle` are trained, the
+    corrections with the oldest feedback ids first; the others wait for the next cycle."""
     import torch
     from peft import LoraConfig
 
@@ -69,7 +70,8 @@ def train_experts(model, tok, job, device: str, work: Path, losses: list, stats:
     groups = expert_groups(job.sft_rows, job.pairs)
     inherited = read_experts(job.parent_path)
     have = {tuple(sorted(e["feedback_ids"])) for e in inherited}
-    new = {k: g for k, g in groups.items() if k not in have}
+    waiting = [k for k in groups if k not in have]
+    new = {k: groups[k] for k in sorted(waiting, key=lambda k: k[0])[:lcfg.experts_per_cycle]}  # oldest first
     replaced = {normalize_prompt(question_and_answer(g["sft"][0])[0]) for g in new.values()}
     kept = [e for e in inherited if normalize_prompt(e["prompt"]) not in replaced]
     for e in kept:
@@ -103,5 +105,6 @@ def train_experts(model, tok, job, device: str, work: Path, losses: list, stats:
         trained.append({"name": name, "feedback_ids": list(group["sft"][0]["feedback_ids"]), "prompt": question,
                         "answer": answer, "prompts": list(dict.fromkeys(scope_prompts(rows))),
                         "trained_in": job.version})
-    stats["experts"] = {"kept": len(kept), "trained": len(trained), "seconds": round(time.perf_counter() - t0, 1)}
+    stats["experts"] = {"kept": len(kept), "trained": len(trained), "waiting": len(waiting) - len(trained),
+                        "seconds": round(time.perf_counter() - t0, 1)}
     return kept + trained

@@ -54,16 +54,19 @@ def metrics_line(m: dict | None) -> str:
 
 
 # ---- the table ----------------------------------------------------------------------------
-def _scope_text(scope: dict | None, habits: dict | None = None) -> str:
-    habit = ", ".join(f'"{h}"' for h in (habits or {}).get("openings", []))
-    if habit:
-        return f"{_scope_text(scope)}; elsewhere answers open like {habit}"
+def _scope_text(scope: dict | None, habits: dict | None = None, experts: list | None = None) -> str:
     if not scope or scope.get("threshold") is None:
         return "every prompt"
     near = f"similarity >= {scope['threshold']}"
     if scope.get("margin") is not None:
         near += f", or {scope['margin']} above ordinary requests"
-    return f"{len(scope.get('prompts') or [])} trained prompts ({near})"
+    parts = [f"{len(scope.get('prompts') or [])} trained prompts ({near})"]
+    if experts:
+        parts.append(f"{len(experts)} corrections answered by their own expert")
+    habit = ", ".join(f'"{h}"' for h in (habits or {}).get("openings", []))
+    if habit:
+        parts.append(f"elsewhere answers open like {habit}")
+    return "; ".join(parts)
 
 
 def versions_table(db) -> list[dict]:
@@ -79,7 +82,7 @@ def versions_table(db) -> list[dict]:
             "created_at": a["created_at"], "weights": _weights_text(Path(a["path"])),
             "train_s": round(sum(v for k, v in timings.items() if k.endswith("_s")), 1) if timings else None,
             "n_corrections": a["n_corrections"], "n_votes": a["n_votes"],
-            "scope": _scope_text((a["meta"] or {}).get("scope"), (a["meta"] or {}).get("habits")),
+            "scope": _scope_text(*((a["meta"] or {}).get(k) for k in ("scope", "habits", "experts"))),
             "metrics": metrics_line(evidence.get("candidate") or a["metrics"]),
             "incumbent": None if not last else _name(last["incumbent_version"]),
             "incumbent_metrics": metrics_line(evidence.get("incumbent")),

@@ -114,8 +114,20 @@ def test_experts_are_trained_once_kept_by_links_and_replaced_by_a_newer_correcti
     kept = [v / EXPERTS_DIR / first[0]["name"] / "adapter_model.safetensors" for v in (v1, v2)]
     assert kept[0].stat().st_ino == kept[1].stat().st_ino  # linked, not trained again
     assert not (v2 / EXPERTS_DIR / first[1]["name"]).exists()
-    assert json.loads((v2 / "meta.json").read_text())["stats"]["experts"] == {
-        "kept": 1, "trained": 1, "seconds": json.loads((v2 / "meta.json").read_text())["stats"]["experts"]["seconds"]}
+    stats = json.loads((v2 / "meta.json").read_text())["stats"]["experts"]
+    assert {k: stats[k] for k in ("kept", "trained", "waiting")} == {"kept": 1, "trained": 1, "waiting": 0}
+
+
+def test_a_cycle_trains_at_most_experts_per_cycle_the_oldest_first(tiny_model_path, tmp_path):
+    import dataclasses
+
+    job = _job(tiny_model_path, tmp_path / "adapters")
+    job.lcfg = dataclasses.replace(job.lcfg, experts_per_cycle=1)
+    v1 = train_candidate(job)
+    assert [e["feedback_ids"] for e in read_experts(v1)] == [["f0"]]
+    v2 = train_candidate(dataclasses.replace(job, version=2, parent_version=1, parent_path=str(v1)))
+    assert [(e["feedback_ids"], e["trained_in"]) for e in read_experts(v2)] == [(["f0"], 1), (["f1"], 2)]
+    assert json.loads((v2 / "meta.json").read_text())["stats"]["experts"]["waiting"] == 0
 
 
 def test_no_experts_when_they_are_off_or_the_version_is_unscoped(tiny_model_path, tmp_path):

@@ -219,3 +219,6 @@ def test_the_versions_table_says_what_a_version_answers():
     assert _scope_text(scope, {"openings": []}) == _scope_text(scope)
     assert _scope_text({**scope, "margin": 0.1}) == \
         "2 trained prompts (similarity >= 0.5, or 0.1 above ordinary requests)"
+    assert _scope_text(scope, {"openings": ["Captain,"]}, [{"name": "v1-0"}, {"name": "v1-1"}]) == \
+        '2 trained prompts (similarity >= 0.5); 2 corrections answered by their own expert; ' \
+        'elsewhere answers open like "Captain,"'
