@@ -119,7 +119,7 @@ class LearnConfig:
     correction, 6 epochs at 2e-3, answered 16/16 re-asks and 47/48 paraphrases against 16/16
     and 45, 44, 41 of 48 (seeds 0-2) for the shared adapter alone, controls 15/20 as the base;
     rank 8, 3 epochs at 1e-3 learned too little (5/16 re-asks). The price: about 15 s of
-    training per new correction on this CPU, and 18 MB of weights each (hard-linked, not copied,
+    training per new correction on this CPU, and 20 MB of weights each (hard-linked, not copied,
     into later versions)."""
     experts_per_cycle: int = 12
     """At most this many new experts per cycle (about 3 minutes here), so that a cycle stays

@@ -72,7 +72,9 @@ def train_experts(model, tok, job, device: str, work: Path, losses: list, stats:
     have = {tuple(sorted(e["feedback_ids"])) for e in inherited}
     waiting = [k for k in groups if k not in have]
     new = {k: groups[k] for k in sorted(waiting, key=lambda k: k[0])[:lcfg.experts_per_cycle]}  # oldest first
-    replaced = {normalize_prompt(question_and_answer(g["sft"][0])[0]) for g in new.values()}
+    # a newer correction of a prompt retires the old one's expert at once, even while its own
+    # waits (the shared adapter, trained on the newer one, answers meanwhile)
+    replaced = {normalize_prompt(question_and_answer(groups[k]["sft"][0])[0]) for k in waiting}
     kept = [e for e in inherited if normalize_prompt(e["prompt"]) not in replaced]
     for e in kept:
         _link_tree(Path(job.parent_path) / EXPERTS_DIR / e["name"], out / EXPERTS_DIR / e["name"])

@@ -1,6 +1,7 @@
 """End to end on the real embedded model: real answers corrected, a short real TRL cycle
 (SFT + DPO), a candidate adapter registered with its meta.json and loadable by the server."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -35,10 +36,16 @@ def test_short_cycle_on_the_embedded_model(home, embedded_model_dir, monkeypatch
     assert len(meta["feedback_ids"]) == 4  # two corrections and the down votes sent with them
     assert meta["stats"]["sft_rows"]["augment"] > 0 and meta["stats"]["sft_rows"]["self_replay"] > 0
     assert meta["stats"]["sft"]["tokens_per_s"] > 0 and meta["stats"]["dpo"]["pairs"] == 2
-    assert {x["stage"] for x in meta["losses"]} == {"SFT", "DPO"}
+    assert {x["stage"] for x in meta["losses"]} == {"SFT", "DPO", "expert", "expert DPO"}
+    assert [e["prompt"] for e in meta["experts"]] == ["What is the name of my dog?", "Where do I work?"]
     # The served model accepts it and answers differently from the base model.
     runtime.model.use(None)
     base = runtime.model.logits([{"role": "user", "content": "What is the name of my dog?"}])
     tuned = runtime.model.logits([{"role": "user", "content": "What is the name of my dog?"}],
                                  version=row["version"], adapter_path=row["path"])
     assert not (base == tuned).all()
+    dog = meta["experts"][0]  # its expert loads too, and answers differently from the shared adapter
+    expert = runtime.model.logits([{"role": "user", "content": "What is the name of my dog?"}],
+                                  version=(row["version"], f"expert:{dog['name']}"),
+                                  adapter_path=Path(row["path"]) / "experts" / dog["name"])
+    assert not (expert == tuned).all() and not (expert == base).all()

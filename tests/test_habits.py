@@ -65,7 +65,7 @@ def test_a_version_that_learns_a_habit_carries_a_habit_adapter_and_its_child_inh
     lead = json.loads((v1 / "habit" / "habit.json").read_text())
     assert lead["openings"] == ["Captain,"] and lead["lead_tokens"] >= 1
     assert meta["stats"]["habit"]["shown"] == 3 and meta["stats"]["habit"]["rows"] == 3 + 4
-    assert {x["stage"] for x in meta["losses"]} == {"SFT", "habit"}
+    assert {x["stage"] for x in meta["losses"]} == {"SFT", "habit", "expert"}  # experts: no DPO here
     assert (v1 / "habit" / "adapter_config.json").exists() and (v1 / "adapter_config.json").exists()
     from safetensors.torch import load_file
 
