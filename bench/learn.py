@@ -161,6 +161,9 @@ def main(argv=None) -> int:
                     "load + self-replay": round(meta["timings"]["load_s"] + meta["timings"]["extra_rows_s"], 1),
                     "SFT": round(meta["timings"].get("sft_s", 0), 1), "DPO": round(meta["timings"].get("dpo_s", 0), 1),
                     "habit adapter (its self-replay answers, SFT, save)": round(meta["timings"].get("habit_s", 0), 1),
+                    f"experts ({(meta['stats'].get('experts') or {}).get('trained', 0)} trained, "
+                    f"{(meta['stats'].get('experts') or {}).get('waiting', 0)} waiting for the next cycle)":
+                        round(meta["timings"].get("experts_s", 0), 1),
                     "cycle (wall" + (", gate included)" if args.with_gate else ", no evaluation)"): round(cycle_s, 1)},
         "speed": {"trl_tokens_per_s": round(trl_tps, 1), "bare_tokens_per_s": bare["tokens_per_s"],
                   "ratio": round(trl_tps / bare["tokens_per_s"], 2), "bare": bare,

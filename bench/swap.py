@@ -52,13 +52,16 @@ PROMPTS = ["Hello there, how are you today?", "What is the capital of Japan?",
 MAX_TOKENS = 16
 
 
-def make_adapters(base_dir: str, out: Path, versions=(1, 2, 3, 4, 5)) -> dict[int, Path]:
-    """LoRA adapters of the learner's shape with random weights (seeded per version)."""
+def make_adapters(base_dir: str, out: Path, versions=(1, 2, 3, 4, 5), rank: int | None = None) -> dict[int, Path]:
+    """LoRA adapters of the learner's shape with random weights (seeded per version); with
+    `rank`, of that rank (alpha twice it, like a correction's expert)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     shape = LearnConfig().lora_shape()
+    if rank is not None:
+        shape = {**shape, "r": rank, "lora_alpha": 2 * rank}
     dirs = {}
     for v in versions:
         torch.manual_seed(v)
