@@ -118,11 +118,11 @@ class LearnConfig:
     later versions keep it. On our dev scenario (one cycle, weights alone) a rank 16 expert per
     correction, 6 epochs at 2e-3, answered 16/16 re-asks and 47/48 paraphrases against 16/16
     and 45, 44, 41 of 48 (seeds 0-2) for the shared adapter alone, controls 15/20 as the base;
-    rank 8, 3 epochs at 1e-3 learned too little (5/16 re-asks). The price: about 15 s of
+    rank 8, 3 epochs at 1e-3 learned too little (5/16 re-asks). The price: 15-18 s of
     training per new correction on this CPU, and 20 MB of weights each (hard-linked, not copied,
     into later versions)."""
     experts_per_cycle: int = 12
-    """At most this many new experts per cycle (about 3 minutes here), so that a cycle stays
+    """At most this many new experts per cycle (219 s here, bench/results/learn.md), so that a cycle stays
     within 10 minutes however many corrections wait; the rest get theirs in the next cycles
     (oldest first) and the shared adapter answers them meanwhile."""
     expert_r: int = 16
