@@ -70,7 +70,7 @@ class LearnConfig:
     new SFT rows; 0 disables replay of earlier rows. 1.0: as many earlier rows as new ones, so
     every earlier correction while the history is small. With 0.3 a cycle of 9 new corrections
     replayed 3 of 8 earlier ones, lost 2 of them, and the gate's retention check rejected it."""
-    refit_corrections: int = 32
+    refit_corrections: int = 24
     """While the user's corrections number at most this many, each cycle trains a FRESH LoRA on
     all of them (every correction's rows and pairs: a refit) instead of continuing from the
     active adapter on the new ones plus a replay sample. Continuing stacks each cycle's updates
@@ -81,8 +81,11 @@ class LearnConfig:
     of cycle 1 22/24 against 21/24, with recall 64/64 against 60/64; canaries 40/40 both. A
     refit costs time in proportion to the history (there: 104, 142 and 284 s for 6, 12 and 21
     corrections, about 6.5 s each on this CPU, against 105, 119 and 229 s continuing), so
-    beyond this many corrections a cycle continues from the active adapter, to stay well
-    within 10 minutes (32: about 350 s). 0: always continue."""
+    beyond this many corrections a cycle continues from the active adapter, to stay within 10
+    minutes. 32 before experts (about 350 s); with experts the same dev run's third cycle took
+    462 s for 21 corrections and 9 new experts, so 24 corrections and the most experts a cycle
+    trains (`experts_per_cycle`, 12: 3 more, about 17 s each) come to about 540 s.
+    0: always continue."""
     self_replay: int = 24
     """How many of the base model's own greedy answers to generic prompts
     (learning/replay_prompts.jsonl) are mixed into SFT, against forgetting; 0 disables."""

@@ -139,3 +139,12 @@ def test_no_experts_when_they_are_off_or_the_version_is_unscoped(tiny_model_path
         out = train_candidate(job)
         assert json.loads((out / "meta.json").read_text())["experts"] is None
         assert not (out / EXPERTS_DIR).exists()
+
+
+def test_a_habit_adapter_that_cannot_load_leaves_the_prompt_to_the_base_weights(cfg, db, served, tiny_model_path,
+                                                                                  tmp_path):
+    path = _version_with_experts(tiny_model_path, tmp_path / "v1")
+    corrupt_adapter(path / EXPERTS_DIR / "v1-0", path / "habit", "garbage")
+    (path / "habit" / "habit.json").write_text(json.dumps({"openings": ["Captain,"], "lead_tokens": 2}))
+    chat = ChatService(cfg, served, scope=AdapterScope(Embedder()))
+    assert chat.route(1, str(path), "How many legs does a spider have?") == (None, None)  # not the version
