@@ -59,7 +59,7 @@ class ChatService:
         self.memory = memory
         self.scope = scope  # assistant.scope.AdapterScope: which prompts the adapter answers
         self._local = threading.local()
-        self._bad_versions: dict[int, str] = {}  # adapter versions that failed to load, with why
+        self._bad_versions: dict = {}  # served-model keys (versions, experts, habits) that failed to load, with why
 
     @property
     def db(self):
@@ -142,14 +142,19 @@ class ChatService:
         except Exception as e:  # noqa: BLE001 - a missing embedding model must not stop the chat
             log.warning("adapter scope unavailable (%s): v%s answers every prompt", e, version)
             return version, path
-        if key is not None and key != version:
-            try:  # a habit adapter or an expert (assistant/scope.py): load it now, or fall back
+        if key is None or key == version or key in self.model.loaded:
+            return key, routed
+        # a habit adapter or an expert (assistant/scope.py): load it now, or fall back: an
+        # expert's prompt to the version, a habit's to the base (tried once per key, like versions)
+        fallback = (None, None) if key == (version, "habit") else (version, path)
+        if key not in self._bad_versions:
+            try:
                 self.model.load_adapter(key, routed)
-            except AdapterLoadError as e:  # an expert's prompt goes to the version, a habit's to the base
-                fallback = (None, None) if key == (version, "habit") else (version, path)
+                return key, routed
+            except AdapterLoadError as e:
+                self._bad_versions[key] = str(e)
                 log.error("%s; answering with %s", e, "the base model" if fallback[0] is None else f"v{version}")
-                return fallback
-        return key, routed
+        return fallback
 
     def watch_adapters(self, interval_s: float = 0.1):
         """Preload each newly activated adapter (and embed its scope) in the background, so the

@@ -144,21 +144,14 @@ class AdapterScope:
 
     def covers(self, path, text: str) -> bool:
         scope = self._scope(path)
-        if scope is None:
-            return True
-        query = self._query(text)
-        return bool(self._ordinary.relevant(self._best(scope, text, query), query, scope.threshold, scope.margin))
+        return scope is None or self._match(scope, text) is not None
 
     def route(self, version: int | None, path, text: str) -> tuple:
-        if version is None or path is None:
-            return version, path
-        scope = self._scope(path)
+        scope = None if version is None or path is None else self._scope(path)
         if scope is None:
             return version, path
-        query = self._query(text)
-        sims = self._sims(scope, text, query)
-        best = int(sims.argmax())
-        if self._ordinary.relevant(sims[best], query, scope.threshold, scope.margin):
+        best = self._match(scope, text)
+        if best is not None:
             expert = scope.experts[best]  # the nearest trained prompt is a correction's: its expert
             return (version, path) if expert is None else (
                 (version, f"expert:{expert}"), str(Path(path) / EXPERTS_DIR / expert))
@@ -175,6 +168,14 @@ class AdapterScope:
 
     def _best(self, scope: "_Scope", text: str, query: np.ndarray) -> float:
         return float(self._sims(scope, text, query).max())
+
+    def _match(self, scope: "_Scope", text: str) -> int | None:
+        """The index of the scope prompt nearest `text` when it counts as a match (threshold, or
+        margin above ordinary requests); None when `text` is outside the scope."""
+        query = self._query(text)
+        sims = self._sims(scope, text, query)
+        best = int(sims.argmax())
+        return best if bool(self._ordinary.relevant(sims[best], query, scope.threshold, scope.margin)) else None
 
     def _sims(self, scope: "_Scope", text: str, query: np.ndarray) -> np.ndarray:
         """Similarity of `text` (embedded: `query`) to each scope prompt; -1 for those that may

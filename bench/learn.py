@@ -152,6 +152,7 @@ def main(argv=None) -> int:
     scores = {"base": probes.score_probes(runtime.model, items),
               "candidate": probes.score_probes(runtime.model, items, version=row["version"], path=row["path"],
                                                scope=runtime.chat.scope)}
+    experts = meta["stats"].get("experts") or {}
     run = {
         "command": "python bench/learn.py" + (" --with-gate" if args.with_gate else ""),
         "date": time.strftime("%Y-%m-%d %H:%M"), "model": args.model, "scenario": args.scenario,
@@ -161,9 +162,8 @@ def main(argv=None) -> int:
                     "load + self-replay": round(meta["timings"]["load_s"] + meta["timings"]["extra_rows_s"], 1),
                     "SFT": round(meta["timings"].get("sft_s", 0), 1), "DPO": round(meta["timings"].get("dpo_s", 0), 1),
                     "habit adapter (its self-replay answers, SFT, save)": round(meta["timings"].get("habit_s", 0), 1),
-                    f"experts ({(meta['stats'].get('experts') or {}).get('trained', 0)} trained, "
-                    f"{(meta['stats'].get('experts') or {}).get('waiting', 0)} waiting for the next cycle)":
-                        round(meta["timings"].get("experts_s", 0), 1),
+                    f"experts ({experts.get('trained', 0)} trained, {experts.get('waiting', 0)} waiting for "
+                    "the next cycle)": round(meta["timings"].get("experts_s", 0), 1),
                     "cycle (wall" + (", gate included)" if args.with_gate else ", no evaluation)"): round(cycle_s, 1)},
         "speed": {"trl_tokens_per_s": round(trl_tps, 1), "bare_tokens_per_s": bare["tokens_per_s"],
                   "ratio": round(trl_tps / bare["tokens_per_s"], 2), "bare": bare,

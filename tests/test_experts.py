@@ -63,7 +63,7 @@ def test_an_expert_with_missing_weights_is_not_routed_to(tiny_model_path, tmp_pa
 
 
 def test_the_chat_answers_with_the_expert_and_falls_back_to_the_version_when_it_cannot_load(
-        cfg, db, served, tiny_model_path, tmp_path):
+        cfg, db, served, tiny_model_path, tmp_path, monkeypatch):
     path = _version_with_experts(tiny_model_path, tmp_path / "v1", broken="garbage")
     register(db, 1, path)
     adapters.activate(db, 1)
@@ -75,7 +75,12 @@ def test_the_chat_answers_with_the_expert_and_falls_back_to_the_version_when_it_
     expert = served.generate(turn.messages, max_new_tokens=6, version=(1, "expert:v1-0"),
                              adapter_path=path / EXPERTS_DIR / "v1-0")
     assert reply == expert.text
-    assert chat.route(1, str(path), WORK) == (1, str(path))  # its expert's weights are garbage
+    load = served.load_adapter
+    tried = []
+    monkeypatch.setattr(served, "load_adapter", lambda key, p: (tried.append(key), load(key, p)))
+    for _ in range(2):  # its expert's weights are garbage: read once, then the version answers
+        assert chat.route(1, str(path), WORK) == (1, str(path))
+    assert tried == [(1, "expert:broken")]
     logits = {k: served.logits(turn.messages, version=k, adapter_path=p)
               for k, p in (((1, "expert:v1-0"), path / EXPERTS_DIR / "v1-0"), (1, path))}
     assert not torch.equal(*logits.values())
@@ -83,12 +88,9 @@ def test_the_chat_answers_with_the_expert_and_falls_back_to_the_version_when_it_
     used = []
     scorer = Scorer(served, max_new_tokens=6, scope=AdapterScope(Embedder()))
     use = served.use
-    served.use = lambda key, p=None: (used.append(key), use(key, p))
-    try:
-        scorer.select(1, path)
-        scorer.generate([turn.messages, chat.start_turn(LIKED, recall=False).messages])
-    finally:
-        del served.use
+    monkeypatch.setattr(served, "use", lambda key, p=None: (used.append(key), use(key, p)))
+    scorer.select(1, path)
+    scorer.generate([turn.messages, chat.start_turn(LIKED, recall=False).messages])
     assert set(used) == {1, (1, "expert:v1-0")}
 
 
