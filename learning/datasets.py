@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from assistant.memory import Embedder, MiniLMEmbedder, unit_rows  # one embedder interface: .encode(texts)
+from assistant.embedders import make_embedder
+from assistant.memory import Embedder, unit_rows  # one embedder interface: .encode(texts)
 from learning.config import LearnConfig
 
 META_KEYS = ("feedback_ids", "source", "conversation_id")
@@ -201,7 +202,7 @@ def default_embedder() -> Embedder:
     """all-MiniLM-L6-v2 from the offline wheel (loaded on first use), one per process."""
     global _EMBEDDER
     if _EMBEDDER is None:
-        _EMBEDDER = MiniLMEmbedder()
+        _EMBEDDER = make_embedder()
     return _EMBEDDER
 
 

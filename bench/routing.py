@@ -1,0 +1,154 @@
+"""Which embedder routes a paraphrase to the right correction's expert? Measured on our dev sets
+only (own facts, own paraphrases, unrelated questions; never the teaching scenario's probes).
+
+For each dev set, one version directory is written the way the learner writes it (scope =
+every correction's prompt and its training rewrites, `augment_sft`; one expert per correction,
+meta.json "experts") with empty stand-in expert files: routing reads only meta.json, so no
+training is needed. Then `AdapterScope.route`, the code the chat and the gate use, routes every
+paraphrase and every unrelated question. Reports, per embedder: paraphrases routed to their own
+expert, to another correction's expert (a confidently wrong answer), and outside the scope;
+unrelated questions routed to any expert; and what embedding costs.
+
+Run: make bench-routing, or python bench/routing.py [--embedders minilm,mpnet] [--out routing]
+"""
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from benchkit import RESULTS, ROOT
+
+from assistant.config import DEFAULT_SYSTEM_PROMPT
+from assistant.embedders import installed_embedders, make_embedder
+from assistant.scope import EXPERTS_DIR, AdapterScope, scope_prompts, scope_told
+from learning.augment import augment_sft
+from learning.config import LearnConfig
+
+DEV_SETS = [ROOT / "bench" / "recall_dev.jsonl", ROOT / "bench" / "recall_dev_confusable.jsonl",
+            ROOT / "bench" / "teach_dev.jsonl"]
+
+
+def dev_items(path: Path) -> tuple[list[dict], list[str]]:
+    """Facts as {"id", "teach": [(prompt, correction)], "paraphrases"} and the unrelated questions.
+    Both dev formats: recall's ("teach": one dict, "paraphrases") and teaching's ("teach": a
+    list, "probes" starting with the taught prompts)."""
+    facts, controls = [], []
+    for line in path.read_text().splitlines():
+        item = json.loads(line)
+        if item["kind"] == "control":
+            controls += item["probes"]
+        elif item["kind"] == "fact":
+            teach = item["teach"] if isinstance(item["teach"], list) else [item["teach"]]
+            taught = {t["prompt"] for t in teach}
+            paras = item.get("paraphrases") or [p for p in item["probes"] if p not in taught]
+            facts.append({"id": item["id"], "teach": [(t["prompt"], t["correction"]) for t in teach],
+                          "paraphrases": paras})
+    return facts, controls
+
+
+def write_version(where: Path, facts: list[dict], lcfg: LearnConfig) -> tuple[dict[str, str], int]:
+    """A version directory with one expert per correction; returns expert name -> fact id, and
+    how many prompts its scope holds."""
+    owner, experts, rows_all = {}, [], []
+    for fact in facts:
+        for j, (prompt, correction) in enumerate(fact["teach"]):
+            name = f"{fact['id']}-{j}"
+            row = {"messages": [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT},
+                                {"role": "user", "content": prompt},
+                                {"role": "assistant", "content": correction}],
+                   "source": "correction", "feedback_ids": [len(owner) + 1]}
+            rows = [row, *augment_sft([row], n_rewrites=lcfg.augment_rewrites)]
+            rows_all += rows
+            experts.append({"name": name, "feedback_ids": row["feedback_ids"], "prompt": prompt,
+                            "answer": correction, "prompts": list(dict.fromkeys(scope_prompts(rows))),
+                            "trained_in": 1})
+            owner[name] = fact["id"]
+            (where / EXPERTS_DIR / name).mkdir(parents=True)
+            for f in ("adapter_config.json", "adapter_model.safetensors"):  # stand-ins: routing never loads them
+                (where / EXPERTS_DIR / name / f).write_text("{}")
+    scope = {"threshold": lcfg.scope_threshold, "margin": lcfg.scope_margin,
+             "prompts": list(dict.fromkeys(scope_prompts(rows_all))), "told": scope_told(rows_all)}
+    (where / "meta.json").write_text(json.dumps({"scope": scope, "experts": experts}))
+    return owner, len(scope["prompts"])
+
+
+def measure(embedder_name: str, dev: Path, lcfg: LearnConfig) -> dict:
+    facts, controls = dev_items(dev)
+    embedder = make_embedder(embedder_name)
+    embedder.load()
+    with tempfile.TemporaryDirectory() as tmp:
+        version = Path(tmp) / "v1"
+        owner, n_prompts = write_version(version, facts, lcfg)
+        scope = AdapterScope(embedder)
+        t0 = time.perf_counter()
+        scope.warm(version)
+        warm_s = time.perf_counter() - t0
+
+        def routed(text):  # -> the fact id of the expert that answers, "" (shared adapter) or None (outside)
+            key, _ = scope.route(1, version, text)
+            if key is None:
+                return None
+            return owner[key[1].removeprefix("expert:")] if isinstance(key, tuple) else ""
+
+        t0 = time.perf_counter()
+        para = [(f["id"], q, routed(q)) for f in facts for q in f["paraphrases"]]
+        ctrl = [(q, routed(q)) for q in controls]
+        per_query_ms = 1000 * (time.perf_counter() - t0) / max(len(para) + len(ctrl), 1)
+    return {"embedder": embedder_name, "dev_set": str(dev.relative_to(ROOT)),
+            "scope_prompts": n_prompts,
+            "paraphrases": len(para),
+            "own_expert": sum(got == fid for fid, _, got in para),
+            "other_expert": sum(got not in (fid, None, "") for fid, _, got in para),
+            "outside_scope": sum(got is None for _, _, got in para),
+            "misrouted": [{"question": q, "fact": fid, "routed_to": got} for fid, q, got in para if got != fid],
+            "controls": len(ctrl), "controls_to_an_expert": sum(bool(got) for _, got in ctrl),
+            "controls_routed": [{"question": q, "routed_to": got} for q, got in ctrl if got],
+            "scope_embed_s": round(warm_s, 2), "route_ms_per_question": round(per_query_ms, 1)}
+
+
+def markdown(results: list[dict], cmd: str) -> str:
+    lines = ["# Routing paraphrases to their correction's expert, per embedder (dev sets only)", "",
+             f"Command: `{cmd}`  ",
+             "One version with an expert per dev correction, scope and expert prompts as the learner writes them "
+             "(the corrected prompt and its `augment_sft` rewrites); `AdapterScope.route` decides. "
+             "\"other expert\" is a confidently wrong answer; \"outside\" goes to the base weights.", "",
+             "| embedder | dev set | own expert | other expert | outside | controls to an expert "
+             "| scope embed s | route ms/question |", "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['embedder']} | {r['dev_set']} | {r['own_expert']}/{r['paraphrases']} | {r['other_expert']} "
+                     f"| {r['outside_scope']} | {r['controls_to_an_expert']}/{r['controls']} | {r['scope_embed_s']} "
+                     f"| {r['route_ms_per_question']} |")
+    lines += ["", "Misrouted paraphrases:", ""]
+    for r in results:
+        for m in r["misrouted"]:
+            lines.append(f"- {r['embedder']}, {Path(r['dev_set']).name}: \"{m['question']}\" ({m['fact']}) -> "
+                         f"{m['routed_to'] if m['routed_to'] else 'shared adapter' if m['routed_to'] == '' else 'outside'}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--embedders", default=",".join(installed_embedders()),
+                   help="comma-separated (default: those installed, %(default)s; mpnet needs make install-mpnet)")
+    p.add_argument("--out", default="routing", help="file stem under bench/results")
+    args = p.parse_args(argv)
+    lcfg = LearnConfig()
+    results = []
+    for name in args.embedders.split(","):
+        for dev in DEV_SETS:
+            r = measure(name, dev, lcfg)
+            results.append(r)
+            print(f"{name:7s} {Path(r['dev_set']).name:28s} own {r['own_expert']}/{r['paraphrases']} other "
+                  f"{r['other_expert']} outside {r['outside_scope']} controls {r['controls_to_an_expert']}/{r['controls']}",
+                  flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    cmd = f"python bench/routing.py --embedders {args.embedders}"
+    (RESULTS / f"{args.out}.json").write_text(json.dumps(results, indent=1))
+    (RESULTS / f"{args.out}.md").write_text(markdown(results, cmd))
+    print(f"wrote bench/results/{args.out}.md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
