@@ -400,6 +400,7 @@ def run_dev(model_spec: str | None, threshold: float, forms: list[str] | None = 
             "examples": [{"q": q["question"], "reply": replies[q["keys"][form]]} for q in facts[1:4]],
         }
     return {"dev_set": str(dev.relative_to(ROOT) if dev.is_relative_to(ROOT) else dev),
+            "embedder": getattr(rt.memory.embedder, "MODEL_ID", type(rt.memory.embedder).__name__),
             "threshold": threshold, "relative_margin": relative_margin, "sweep": table, "forms": results, "generate_s": round(gen_s, 1),
             "prompts_generated": generated, "prompts_distinct": len(prompts),
             "questions": [{k: q[k] for k in ("item", "type", "question", "ordinary", "candidates")}
@@ -453,7 +454,7 @@ def scenario_markdown(res: dict) -> str:
 def dev_markdown(res: dict, cmd: str) -> str:
     lines = ["# Choosing the recall threshold and prompt form (our dev set, not the scenario)", "",
              f"Command: `{cmd}`  ", f"Dev set: {res['dev_set']} (own facts, own paraphrases, unrelated "
-             "questions). all-MiniLM-L6-v2 cosine on the corrected prompt and its reframings (Memory.search_keys)"
+             f"questions). {res.get('embedder', 'all-MiniLM-L6-v2')} cosine on the corrected prompt and its reframings (Memory.search_keys)"
              + (f"; a weaker match counts too when it is {res['relative_margin']} above the question's similarity "
                 "to ordinary requests (memory.relevant)." if res.get("relative_margin") is not None else
                 "; the threshold alone."), "",
