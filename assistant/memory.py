@@ -191,8 +191,13 @@ def search_keys(prompt: str, answer: str | None = None) -> list[str]:
     (and with ANSWER_KEY, the prompt followed by its corrected answer)."""
     from learning.augment import reframings
 
-    qa = [f"{prompt} {answer}"] if ANSWER_KEY and answer else []
+    qa = [answer_key(prompt, answer)] if ANSWER_KEY and answer else []
     return [prompt] + reframings(prompt)[:REFRAMED_KEYS] + qa
+
+
+def answer_key(prompt: str, answer: str) -> str:
+    """A correction found by what its answer says (ANSWER_KEY; expert routing, assistant/scope.py)."""
+    return f"{prompt} {answer}"
 
 
 def words(text: str) -> set[str]:

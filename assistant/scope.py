@@ -23,7 +23,7 @@ Contract: `AdapterScope(embedder).covers(path, text)` -> bool; an adapter direct
 a scope (older versions, hand-made adapters, `scope_threshold` None) covers every prompt.
 `route(version, path, text)` -> the (served-model key, path) that answers `text`: the version
 itself, one of its per-correction experts (key `(version, "expert:<name>")`, learning/experts.py:
-the nearest trained prompt is that correction's), its habit adapter (key `(version, "habit")`)
+the nearest trained prompt, or correction prompt and answer, is that correction's), its habit adapter (key `(version, "habit")`)
 or the base weights (None, None).
 Scopes are read once per directory (versions never change after they are written).
 """
@@ -34,9 +34,18 @@ from pathlib import Path
 
 import numpy as np
 
-from assistant.memory import about_user, may_answer, ordinary_requests, told_words, unit_rows, words
+from assistant.memory import (
+    about_user,
+    answer_key,
+    may_answer,
+    ordinary_requests,
+    told_words,
+    unit_rows,
+    words,
+)
 
 EXPERTS_DIR = "experts"  # a version's per-correction experts (learning/experts.py)
+EXPERT_ANSWER_KEYS = True  # route by each expert's prompt + answer too (_routing_keys)
 
 
 def question_and_answer(row: dict) -> tuple[str | None, str]:
@@ -124,10 +133,13 @@ class AdapterScope:
         with self._lock:
             if key not in self._cache:
                 scope = read_scope(path)
-                self._cache[key] = None if scope is None else _Scope(
-                    float(scope["threshold"]), scope.get("margin"), unit_rows(self.embedder.encode(scope["prompts"])),
-                    np.array([about_user(words(p)) for p in scope["prompts"]]), set(scope.get("told") or ()),
-                    _expert_owners(path, scope["prompts"]))
+                if scope is None:
+                    self._cache[key] = None
+                else:
+                    keys, owners = _routing_keys(path, scope["prompts"])
+                    self._cache[key] = _Scope(
+                        float(scope["threshold"]), scope.get("margin"), unit_rows(self.embedder.encode(keys)),
+                        np.array([about_user(words(k)) for k in keys]), set(scope.get("told") or ()), owners)
             return self._cache[key]
 
     def warm(self, path) -> None:
@@ -186,19 +198,27 @@ class AdapterScope:
         return sims
 
 
-def _expert_owners(path, prompts: list[str]) -> list[str | None]:
-    """Per scope prompt, the expert that was trained on it (learning/experts.py; the newest when
-    several were), or None: the version's shared adapter answers it."""
-    owner = {q: e["name"] for e in read_experts(path) for q in e.get("prompts") or [e["prompt"]]}
-    return [owner.get(p) for p in prompts]
+def _routing_keys(path, prompts: list[str]) -> tuple[list[str], list[str | None]]:
+    """The texts a prompt is matched against and, per text, the expert that answers it (None: the
+    version's shared adapter): the scope's prompts, owned by the expert trained on them (the
+    newest when several were), and each expert's prompt followed by its answer, as recall finds
+    a correction (memory.answer_key): a paraphrase may lie nearer what the answer says than the
+    question's words. On the dev sets (`python bench/routing.py`) that sent 140 instead of 138 of
+    144 paraphrases to their own expert, 1 instead of 2 to another one, with the same 3 of 50
+    unrelated questions routed to an expert."""
+    experts = read_experts(path)
+    owner = {q: e["name"] for e in experts for q in e.get("prompts") or [e["prompt"]]}
+    answered = [(answer_key(e["prompt"], e["answer"]), e["name"]) for e in experts
+                if e.get("answer") and EXPERT_ANSWER_KEYS]
+    return prompts + [k for k, _ in answered], [owner.get(p) for p in prompts] + [n for _, n in answered]
 
 
 @dataclass
 class _Scope:
     threshold: float
     margin: float | None  # memory.relevant: None for versions written before it (threshold only)
-    matrix: np.ndarray  # one unit row per scope prompt
+    matrix: np.ndarray  # one unit row per scope prompt, then per expert's answer key (_routing_keys)
     personal: np.ndarray  # per prompt: is it about the user?
     told: set[str]
-    experts: list[str | None]  # per prompt: the expert trained on it (None: the shared adapter)
+    experts: list[str | None]  # per matrix row: the expert that answers it (None: the shared adapter)
 

