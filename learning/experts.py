@@ -11,7 +11,10 @@ anything else the version learned (liked answers) go to the shared adapter, as b
 
 An expert is trained once, in the cycle its correction is new; a later version keeps it by
 hard links (the files are never written again, so linking is safe and costs no space). A newer
-correction of the same prompt replaces the old one's expert.
+correction of the same prompt replaces the old one's expert; a correction the user took back
+(its conversation deleted or marked don't-learn, quarantined by a rollback) loses its expert in
+the next version (`TrainJob.current_corrections`), even where the shared adapter, continued from
+its parent, still holds what it learned.
 
 Layout: `<version>/experts/<name>/` (a peft adapter directory) and, in the version's
 meta.json, "experts": [{"name", "feedback_ids", "prompt", "answer", "prompts", "trained_in"}].
@@ -75,7 +78,11 @@ def train_experts(model, tok, job, device: str, work: Path, losses: list, stats:
     # a newer correction of a prompt retires the old one's expert at once, even while its own
     # waits (the shared adapter, trained on the newer one, answers meanwhile)
     replaced = {normalize_prompt(question_and_answer(groups[k]["sft"][0])[0]) for k in waiting}
-    kept = [e for e in inherited if normalize_prompt(e["prompt"]) not in replaced]
+    # an expert is a separable piece of the weights, so what the user took back is forgotten
+    # exactly, even when the shared adapter (continued from its parent) cannot forget it
+    current = [e for e in inherited
+               if job.current_corrections is None or set(e["feedback_ids"]) <= job.current_corrections]
+    kept = [e for e in current if normalize_prompt(e["prompt"]) not in replaced]
     for e in kept:
         _link_tree(Path(job.parent_path) / EXPERTS_DIR / e["name"], out / EXPERTS_DIR / e["name"])
     expert_lora = LoraConfig(r=lcfg.expert_r, lora_alpha=2 * lcfg.expert_r, lora_dropout=0.0,
@@ -108,5 +115,5 @@ def train_experts(model, tok, job, device: str, work: Path, losses: list, stats:
                         "answer": answer, "prompts": list(dict.fromkeys(scope_prompts(rows))),
                         "trained_in": job.version})
     stats["experts"] = {"kept": len(kept), "trained": len(trained), "waiting": len(waiting) - len(trained),
-                        "seconds": round(time.perf_counter() - t0, 1)}
+                        "forgotten": len(inherited) - len(current), "seconds": round(time.perf_counter() - t0, 1)}
     return kept + trained

@@ -200,6 +200,8 @@ def run_cycle(cfg, learn_cfg: LearnConfig | None = None, force: bool = False,
                 data_hash=data.data_hash(),
                 progress=track.train_step, should_cancel=lambda: jobs.cancel_requested(db, job_id),
                 system_prompt=system, cache_dir=cfg.home / "cache",
+                current_corrections=frozenset(f for r in data.sft if r["source"] == "correction"
+                                              for f in r["feedback_ids"]),
                 extra_meta={"data": data.counts(), "refit": refit,
                             "replayed_rows": len(data.sft) - len(sft_new) if refit else len(replay),
                             "data_s": round(data_s, 2),

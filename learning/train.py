@@ -55,6 +55,10 @@ class TrainJob:
     extra_meta: dict = field(default_factory=dict)
     system_prompt: str = "You are a helpful personal assistant."
     cache_dir: Path | None = None  # where the base model's self-replay answers are cached
+    # The feedback ids of every correction the data still holds: an inherited expert whose
+    # correction is gone (deleted, quarantined, superseded, its conversation marked don't-learn)
+    # is dropped (learning/experts.py). None: keep every inherited expert (hand-made jobs).
+    current_corrections: frozenset[str] | None = None
 
 
 def training_rows(job: TrainJob, model, tok) -> tuple[list[dict], dict]:

@@ -164,3 +164,21 @@ def test_a_paraphrase_near_what_an_expert_answered_is_routed_to_it(tiny_model_pa
     assert AdapterScope(Embedder()).route(1, path, question) == work
     monkeypatch.setattr(scope_mod, "EXPERT_ANSWER_KEYS", False)
     assert AdapterScope(Embedder()).route(1, path, question) == (None, None)  # the prompts alone: outside
+
+
+def test_the_expert_of_a_correction_taken_back_is_not_kept(tiny_model_path, tmp_path):
+    import dataclasses
+
+    job = _job(tiny_model_path, tmp_path / "adapters")
+    v1 = train_candidate(job)
+    assert [e["feedback_ids"] for e in read_experts(v1)] == [["f0"], ["f1"]]
+    # the conversation of f1 was deleted: the learner's data no longer holds it
+    without = dataclasses.replace(
+        job, version=2, parent_version=1, parent_path=str(v1), current_corrections=frozenset({"f0"}),
+        sft_rows=[r for r in job.sft_rows if "f1" not in (r.get("feedback_ids") or ())],
+        pairs=[p for p in job.pairs if "f1" not in p["feedback_ids"]])
+    v2 = train_candidate(without)
+    assert [(e["feedback_ids"], e["trained_in"]) for e in read_experts(v2)] == [(["f0"], 1)]
+    assert sorted(p.name for p in (v2 / EXPERTS_DIR).iterdir()) == [read_experts(v1)[0]["name"]]
+    stats = json.loads((v2 / "meta.json").read_text())["stats"]["experts"]
+    assert {k: stats[k] for k in ("kept", "trained", "forgotten")} == {"kept": 1, "trained": 0, "forgotten": 1}

@@ -84,6 +84,24 @@ def test_gate_pass_promotes_and_next_cycle_continues(cfg, db, monkeypatch):
     assert adapters.get_adapter(db, 1)["status"] == "retired"
 
 
+def test_a_deleted_conversation_takes_its_expert_out_of_the_next_version(cfg, db, monkeypatch):
+    from assistant.scope import read_experts
+    from store import conversations
+
+    monkeypatch.setattr(learner, "_gate", fake_gate(True))
+    teach(db, n=2)
+    cycle(cfg)
+    v1 = read_experts(adapters.get_adapter(db, 1)["path"])
+    assert [e["prompt"] for e in v1] == ["What is fact 0?", "What is fact 1?"]
+    turn_id = db.execute("SELECT turn_id FROM feedback WHERE id = ?", [v1[0]["feedback_ids"][0]]).fetchone()[0]
+    conversations.delete_conversation(db, conversations.get_turn(db, turn_id)["conversation_id"])
+    teach(db, n=1, start=5)
+    cycle(cfg)
+    v2 = adapters.get_adapter(db, 2)
+    assert [e["prompt"] for e in read_experts(v2["path"])] == ["What is fact 1?", "What is fact 5?"]
+    assert v2["meta"]["stats"]["experts"]["forgotten"] == 1
+
+
 @pytest.mark.parametrize("refit_corrections", [3, 2])
 def test_a_small_history_is_refit_on_everything_from_a_fresh_lora(cfg, db, monkeypatch, refit_corrections):
     monkeypatch.setattr(learner, "_gate", fake_gate(True))
