@@ -4,6 +4,7 @@ reply from the served model with the active adapter, and log the finished turn.
 UI, API and CLI all go through `ChatService.reply`, so every turn is logged the same way.
 """
 import logging
+import sqlite3
 import threading
 from dataclasses import dataclass, field
 from typing import Iterator, Protocol
@@ -12,6 +13,7 @@ from assistant.config import DEFAULT_SYSTEM_PROMPT, Config
 from assistant.errors import AdapterLoadError, EmptyMessage
 from assistant.memory import reply_lead
 from assistant.model import Generation, ServedModel, key_version
+from assistant.scope import EXPERT_KEY
 from store import adapters, conversations, feedback, open_db
 from store.ids import new_id
 from store.settings import get_setting
@@ -142,6 +144,8 @@ class ChatService:
         except Exception as e:  # noqa: BLE001 - a missing embedding model must not stop the chat
             log.warning("adapter scope unavailable (%s): v%s answers every prompt", e, version)
             return version, path
+        if isinstance(key, tuple) and key[1].startswith(EXPERT_KEY) and self._taken_back(path, key[1]):
+            return None, None
         if key is None or key == version or key in self.model.loaded:
             return key, routed
         # a habit adapter or an expert (assistant/scope.py): load it now, or fall back: an
@@ -155,6 +159,22 @@ class ChatService:
                 self._bad_versions[key] = str(e)
                 log.error("%s; answering with %s", e, "the base model" if fallback[0] is None else f"v{version}")
         return fallback
+
+    def _taken_back(self, path: str, expert_key: str) -> bool:
+        """Was the correction this expert learned taken back since (its conversation deleted or
+        marked don't-learn, quarantined)? Then the base weights answer at once: the next version
+        drops the expert (learning/experts.py), but a deletion alone starts no cycle. The
+        version's shared adapter is no fallback here, since it may have learned the correction too."""
+        ids = self.scope.expert_feedback(path, expert_key.removeprefix(EXPERT_KEY))
+        try:
+            gone = feedback.taken_back(self.db, ids)
+        except sqlite3.Error as e:  # a locked or broken database must not stop the chat
+            log.warning("could not check expert %s's feedback (%s); it answers", expert_key, e)
+            return False
+        if gone:
+            log.info("expert %s learned feedback taken back since (%s): the base model answers", expert_key,
+                     ", ".join(gone))
+        return bool(gone)
 
     def watch_adapters(self, interval_s: float = 0.1):
         """Preload each newly activated adapter (and embed its scope) in the background, so the

@@ -45,6 +45,7 @@ from assistant.memory import (
 )
 
 EXPERTS_DIR = "experts"  # a version's per-correction experts (learning/experts.py)
+EXPERT_KEY = "expert:"  # served-model keys of experts: (version, "expert:<name>")
 EXPERT_ANSWER_KEYS = True  # route by each expert's prompt + answer too (_routing_keys)
 
 
@@ -139,7 +140,8 @@ class AdapterScope:
                     keys, owners = _routing_keys(path, scope["prompts"])
                     self._cache[key] = _Scope(
                         float(scope["threshold"]), scope.get("margin"), unit_rows(self.embedder.encode(keys)),
-                        np.array([about_user(words(k)) for k in keys]), set(scope.get("told") or ()), owners)
+                        np.array([about_user(words(k)) for k in keys]), set(scope.get("told") or ()), owners,
+                        {e["name"]: list(e.get("feedback_ids") or ()) for e in read_experts(path)})
             return self._cache[key]
 
     def warm(self, path) -> None:
@@ -166,7 +168,7 @@ class AdapterScope:
         if best is not None:
             expert = scope.experts[best]  # the nearest trained prompt is a correction's: its expert
             return (version, path) if expert is None else (
-                (version, f"expert:{expert}"), str(Path(path) / EXPERTS_DIR / expert))
+                (version, f"{EXPERT_KEY}{expert}"), str(Path(path) / EXPERTS_DIR / expert))
         key = str(path)
         with self._lock:  # looked up once per directory, like the scope: not on every turn
             if key not in self._habits:
@@ -174,6 +176,11 @@ class AdapterScope:
                 self._habits[key] = None if habit is None else str(habit)
             habit = self._habits[key]
         return ((version, "habit"), habit) if habit else (None, None)
+
+    def expert_feedback(self, path, name: str) -> list[str]:
+        """The feedback ids of the correction the expert `name` of the version at `path` learned."""
+        scope = self._scope(path)
+        return [] if scope is None else scope.expert_feedback.get(name, [])
 
     def _query(self, text: str) -> np.ndarray:
         return unit_rows(self.embedder.encode([text]))[0]
@@ -221,4 +228,5 @@ class _Scope:
     personal: np.ndarray  # per prompt: is it about the user?
     told: set[str]
     experts: list[str | None]  # per matrix row: the expert that answers it (None: the shared adapter)
+    expert_feedback: dict[str, list[str]]  # expert name -> the feedback ids it learned
 

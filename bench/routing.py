@@ -90,7 +90,7 @@ def measure(embedder_name: str, dev: Path, lcfg: LearnConfig) -> dict:
             key, _ = scope.route(1, version, text)
             if key is None:
                 return None
-            return owner[key[1].removeprefix("expert:")] if isinstance(key, tuple) else ""
+            return owner[key[1].removeprefix(scope_mod.EXPERT_KEY)] if isinstance(key, tuple) else ""
 
         t0 = time.perf_counter()
         para = [(f["id"], q, routed(q)) for f in facts for q in f["paraphrases"]]

@@ -67,3 +67,16 @@ def quarantine(db, feedback_ids: list[str]) -> int:
     with db.atomic():
         cur = db.execute(f"UPDATE feedback SET quarantined = 1 WHERE id IN ({marks})", feedback_ids)
     return cur.rowcount
+
+
+def taken_back(db, feedback_ids: list[str]) -> list[str]:
+    """Those of `feedback_ids` the user took back: deleted (with their conversation), quarantined,
+    or from a conversation marked don't-learn. One indexed query: the chat asks it per turn that
+    a correction's expert would answer (assistant/chat.py)."""
+    if not feedback_ids:
+        return []
+    marks = ",".join("?" * len(feedback_ids))
+    kept = {r[0] for r in db.execute(
+        f"SELECT f.id FROM feedback f JOIN turns t ON t.id = f.turn_id JOIN conversations c ON c.id = t.conversation_id "
+        f"WHERE f.id IN ({marks}) AND f.quarantined = 0 AND c.no_learn = 0", list(feedback_ids))}
+    return [f for f in feedback_ids if f not in kept]

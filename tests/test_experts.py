@@ -9,8 +9,9 @@ from assistant.scope import EXPERTS_DIR, AdapterScope, read_experts
 from learning.experts import expert_groups
 from learning.scoring import Scorer
 from learning.train import TrainJob, train_candidate
-from store import adapters, conversations
+from store import adapters, conversations, feedback
 from tests.lora import corrupt_adapter, make_adapter, register
+from tests.test_datasets import turn
 from tests.test_memory import HashEmbedder as Embedder
 from tests.test_scope import scoped
 from tests.test_train import SYSTEM, _job, _weights
@@ -45,6 +46,19 @@ def test_corrections_are_grouped_with_their_pairs_and_other_rows_are_not():
     assert groups[("f0",)] == {"sft": [sft[0]], "pairs": []} and groups[("f1",)]["pairs"] == pairs
 
 
+def _logged_corrections(db, path) -> list[str]:
+    """Give the experts of the version at `path` real corrections in `db` (the chat checks that
+    the user has not taken them back); returns their conversation ids."""
+    meta = json.loads((path / "meta.json").read_text())
+    convs = []
+    for e in meta["experts"]:
+        conv, turn_id = turn(db, e["prompt"], "I do not know.")
+        e["feedback_ids"] = [feedback.add_feedback(db, turn_id, "correction", correction="A correction.")]
+        convs.append(conv)
+    (path / "meta.json").write_text(json.dumps(meta))
+    return convs
+
+
 def test_the_nearest_trained_prompt_picks_the_expert(tiny_model_path, tmp_path):
     path = _version_with_experts(tiny_model_path, tmp_path / "v1")
     scope = AdapterScope(Embedder())
@@ -65,6 +79,7 @@ def test_an_expert_with_missing_weights_is_not_routed_to(tiny_model_path, tmp_pa
 def test_the_chat_answers_with_the_expert_and_falls_back_to_the_version_when_it_cannot_load(
         cfg, db, served, tiny_model_path, tmp_path, monkeypatch):
     path = _version_with_experts(tiny_model_path, tmp_path / "v1", broken="garbage")
+    _logged_corrections(db, path)
     register(db, 1, path)
     adapters.activate(db, 1)
     chat = ChatService(cfg, served, scope=AdapterScope(Embedder()))
@@ -182,3 +197,23 @@ def test_the_expert_of_a_correction_taken_back_is_not_kept(tiny_model_path, tmp_
     assert sorted(p.name for p in (v2 / EXPERTS_DIR).iterdir()) == [read_experts(v1)[0]["name"]]
     stats = json.loads((v2 / "meta.json").read_text())["stats"]["experts"]
     assert {k: stats[k] for k in ("kept", "trained", "forgotten")} == {"kept": 1, "trained": 0, "forgotten": 1}
+
+
+def test_an_expert_whose_correction_was_taken_back_no_longer_answers(cfg, db, served, tiny_model_path, tmp_path):
+    path = _version_with_experts(tiny_model_path, tmp_path / "v1")
+    dog_conv, work_conv = _logged_corrections(db, path)
+    register(db, 1, path)
+    adapters.activate(db, 1)
+    chat = ChatService(cfg, served, scope=AdapterScope(Embedder()))
+    dog = ((1, "expert:v1-0"), str(path / EXPERTS_DIR / "v1-0"))
+    work = ((1, "expert:v1-1"), str(path / EXPERTS_DIR / "v1-1"))
+    assert chat.route(1, str(path), DOG) == dog and chat.route(1, str(path), WORK) == work
+    conversations.delete_conversation(db, dog_conv)  # at once, before any learning cycle
+    assert chat.route(1, str(path), DOG) == (None, None)  # the base weights, not the shared adapter
+    conversations.update_conversation(db, work_conv, no_learn=1)
+    assert chat.route(1, str(path), WORK) == (None, None)
+    conversations.update_conversation(db, work_conv, no_learn=0)
+    assert chat.route(1, str(path), WORK) == work
+    feedback.quarantine(db, AdapterScope(Embedder()).expert_feedback(path, "v1-1"))
+    assert chat.route(1, str(path), WORK) == (None, None)
+    assert chat.route(1, str(path), LIKED) == (1, str(path))  # the rest of the version is untouched
