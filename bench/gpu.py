@@ -98,7 +98,7 @@ def minilm_installed() -> bool:
 
 def pick_embedder(choice: str):
     if choice == "minilm" or (choice == "auto" and minilm_installed()):
-        from assistant.memory import MiniLMEmbedder
+        from assistant.embedders import MiniLMEmbedder
 
         return MiniLMEmbedder()
     if not VECTORS.exists():
@@ -152,7 +152,7 @@ def needed_texts(items: list[dict], lcfg: LearnConfig) -> list[str]:
 def make_vectors(lcfg: LearnConfig) -> int:
     texts = needed_texts(probes.load_scenario(DEV), lcfg)
     t0 = time.perf_counter()
-    from assistant.memory import MiniLMEmbedder
+    from assistant.embedders import MiniLMEmbedder
 
     vectors = MiniLMEmbedder().encode(texts).astype(np.float32)
     np.savez_compressed(VECTORS, texts=np.array(texts), vectors=vectors)

@@ -199,7 +199,8 @@ _EMBEDDER = None
 
 
 def default_embedder() -> Embedder:
-    """all-MiniLM-L6-v2 from the offline wheel (loaded on first use), one per process."""
+    """`make_embedder()` (all-MiniLM-L6-v2 unless ASSISTANT_EMBEDDER says otherwise; loaded on
+    first use), one per process."""
     global _EMBEDDER
     if _EMBEDDER is None:
         _EMBEDDER = make_embedder()

@@ -166,7 +166,7 @@ def run_cycle(cfg, learn_cfg: LearnConfig | None = None, force: bool = False,
             t0 = time.perf_counter()
             lcfg = learn_cfg or load_learn_config(db)
             system = get_setting(db, "system_prompt", DEFAULT_SYSTEM_PROMPT)
-            embedder = embedder or datasets.default_embedder()  # one MiniLM for dedup and the scope
+            embedder = embedder or datasets.default_embedder()  # one embedder for dedup and the scope
             data = datasets.build(db, lcfg, system_prompt=system, embedder=embedder)
             learned = accepted_feedback(db)
             sft_new, pairs_new, replay = split_new(data, learned, lcfg, lcfg.seed, pending_feedback(db))

@@ -11,7 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from assistant.memory import SETTING_DROP_LEARNED, Memory, MiniLMEmbedder, reply_lead, search_keys
+from assistant.embedders import MiniLMEmbedder
+from assistant.memory import SETTING_DROP_LEARNED, Memory, reply_lead, search_keys
 from assistant.runtime import Runtime
 from learning.augment import replay_prompts
 from store import adapters, conversations, feedback, open_db

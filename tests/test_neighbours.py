@@ -96,7 +96,7 @@ def test_an_embedder_without_a_vocabulary_gives_no_rewrites(tmp_path):
 
 
 def test_minilm_rewrites_a_real_question(tmp_path):
-    from assistant.memory import MiniLMEmbedder
+    from assistant.embedders import MiniLMEmbedder
 
     embedder = MiniLMEmbedder()
     found = neighbour_rewrites(["What bike do I ride?", "What is my cat's name?"], embedder,
