@@ -13,7 +13,7 @@ An expert is trained once, in the cycle its correction is new; a later version k
 hard links (the files are never written again, so linking is safe and costs no space). A newer
 correction of the same prompt replaces the old one's expert; a correction the user took back
 (its conversation deleted or marked don't-learn, quarantined by a rollback) loses its expert in
-the next version (`TrainJob.current_corrections`), even where the shared adapter, continued from
+the next version (`TrainJob.corrections`), even where the shared adapter, continued from
 its parent, still holds what it learned.
 
 Layout: `<version>/experts/<name>/` (a peft adapter directory) and, in the version's
@@ -70,7 +70,7 @@ def train_experts(model, tok, job, device: str, work: Path, losses: list, stats:
     lcfg = job.lcfg
     if not lcfg.experts or lcfg.scope_threshold is None:
         return None
-    groups = expert_groups(job.sft_rows, job.pairs)
+    groups = expert_groups(*(job.corrections or (job.sft_rows, job.pairs)))
     inherited = read_experts(job.parent_path)
     have = {tuple(sorted(e["feedback_ids"])) for e in inherited}
     waiting = [k for k in groups if k not in have]
@@ -80,8 +80,7 @@ def train_experts(model, tok, job, device: str, work: Path, losses: list, stats:
     replaced = {normalize_prompt(question_and_answer(groups[k]["sft"][0])[0]) for k in waiting}
     # an expert is a separable piece of the weights, so what the user took back is forgotten
     # exactly, even when the shared adapter (continued from its parent) cannot forget it
-    current = [e for e in inherited
-               if job.current_corrections is None or set(e["feedback_ids"]) <= job.current_corrections]
+    current = [e for e in inherited if job.corrections is None or tuple(sorted(e["feedback_ids"])) in groups]
     kept = [e for e in current if normalize_prompt(e["prompt"]) not in replaced]
     for e in kept:
         _link_tree(Path(job.parent_path) / EXPERTS_DIR / e["name"], out / EXPERTS_DIR / e["name"])

@@ -55,10 +55,12 @@ class TrainJob:
     extra_meta: dict = field(default_factory=dict)
     system_prompt: str = "You are a helpful personal assistant."
     cache_dir: Path | None = None  # where the base model's self-replay answers are cached
-    # The feedback ids of every correction the data still holds: an inherited expert whose
-    # correction is gone (deleted, quarantined, superseded, its conversation marked don't-learn)
-    # is dropped (learning/experts.py). None: keep every inherited expert (hand-made jobs).
-    current_corrections: frozenset[str] | None = None
+    # Every correction the data still holds, as (SFT rows, preference pairs), for the experts
+    # (learning/experts.py): each one without an expert gets one (not only those among this
+    # job's rows, which past a refit are the new ones and a replay sample), and an inherited
+    # expert whose correction is gone (deleted, quarantined, superseded, its conversation marked
+    # don't-learn) is dropped. None: the job's own rows, and every inherited expert is kept.
+    corrections: tuple[list[dict], list[dict]] | None = None
 
 
 def training_rows(job: TrainJob, model, tok) -> tuple[list[dict], dict]:

@@ -188,10 +188,10 @@ def test_the_expert_of_a_correction_taken_back_is_not_kept(tiny_model_path, tmp_
     v1 = train_candidate(job)
     assert [e["feedback_ids"] for e in read_experts(v1)] == [["f0"], ["f1"]]
     # the conversation of f1 was deleted: the learner's data no longer holds it
-    without = dataclasses.replace(
-        job, version=2, parent_version=1, parent_path=str(v1), current_corrections=frozenset({"f0"}),
-        sft_rows=[r for r in job.sft_rows if "f1" not in (r.get("feedback_ids") or ())],
-        pairs=[p for p in job.pairs if "f1" not in p["feedback_ids"]])
+    sft = [r for r in job.sft_rows if "f1" not in (r.get("feedback_ids") or ())]
+    pairs = [p for p in job.pairs if "f1" not in p["feedback_ids"]]
+    without = dataclasses.replace(job, version=2, parent_version=1, parent_path=str(v1), sft_rows=sft, pairs=pairs,
+                                  corrections=(sft, pairs))
     v2 = train_candidate(without)
     assert [(e["feedback_ids"], e["trained_in"]) for e in read_experts(v2)] == [(["f0"], 1)]
     assert sorted(p.name for p in (v2 / EXPERTS_DIR).iterdir()) == [read_experts(v1)[0]["name"]]
@@ -217,3 +217,21 @@ def test_an_expert_whose_correction_was_taken_back_no_longer_answers(cfg, db, se
     feedback.quarantine(db, AdapterScope(Embedder()).expert_feedback(path, "v1-1"))
     assert chat.route(1, str(path), WORK) == (None, None)
     assert chat.route(1, str(path), LIKED) == (1, str(path))  # the rest of the version is untouched
+
+
+def test_a_waiting_correction_gets_its_expert_even_when_the_job_does_not_replay_it(tiny_model_path, tmp_path):
+    import dataclasses
+
+    job = _job(tiny_model_path, tmp_path / "adapters")
+    job.lcfg = dataclasses.replace(job.lcfg, experts_per_cycle=1)
+    v1 = train_candidate(job)
+    assert [e["feedback_ids"] for e in read_experts(v1)] == [["f0"]]  # f1 waits
+    new = {**job.sft_rows[0], "feedback_ids": ["f2"],
+           "messages": job.sft_rows[0]["messages"][:1] + [{"role": "user", "content": "Which gym do I go to?"},
+                                                         {"role": "assistant", "content": "Ironbark Gym."}]}
+    # past a refit the job holds the new correction and a replay sample that here misses f1
+    later = dataclasses.replace(job, version=2, parent_version=1, parent_path=str(v1), sft_rows=[new], pairs=[],
+                                corrections=([*job.sft_rows, new], job.pairs),
+                                lcfg=dataclasses.replace(job.lcfg, experts_per_cycle=2))
+    v2 = train_candidate(later)
+    assert [(e["feedback_ids"], e["trained_in"]) for e in read_experts(v2)] == [(["f0"], 1), (["f1"], 2), (["f2"], 2)]
