@@ -23,8 +23,8 @@ Contract: `AdapterScope(embedder).covers(path, text)` -> bool; an adapter direct
 a scope (older versions, hand-made adapters, `scope_threshold` None) covers every prompt.
 `route(version, path, text)` -> the (served-model key, path) that answers `text`: the version
 itself, one of its per-correction experts (key `(version, "expert:<name>")`, learning/experts.py:
-the nearest trained prompt, or correction prompt and answer, is that correction's), its habit adapter (key `(version, "habit")`)
-or the base weights (None, None).
+the nearest trained prompt, or correction prompt followed by its answer, is that correction's),
+its habit adapter (key `(version, "habit")`) or the base weights (None, None).
 Scopes are read once per directory (versions never change after they are written).
 """
 import json
@@ -137,11 +137,12 @@ class AdapterScope:
                 if scope is None:
                     self._cache[key] = None
                 else:
-                    keys, owners = _routing_keys(path, scope["prompts"])
+                    experts = read_experts(path)
+                    keys, owners = _routing_keys(experts, scope["prompts"])
                     self._cache[key] = _Scope(
                         float(scope["threshold"]), scope.get("margin"), unit_rows(self.embedder.encode(keys)),
                         np.array([about_user(words(k)) for k in keys]), set(scope.get("told") or ()), owners,
-                        {e["name"]: list(e.get("feedback_ids") or ()) for e in read_experts(path)})
+                        {e["name"]: list(e.get("feedback_ids") or ()) for e in experts})
             return self._cache[key]
 
     def warm(self, path) -> None:
@@ -205,7 +206,7 @@ class AdapterScope:
         return sims
 
 
-def _routing_keys(path, prompts: list[str]) -> tuple[list[str], list[str | None]]:
+def _routing_keys(experts: list[dict], prompts: list[str]) -> tuple[list[str], list[str | None]]:
     """The texts a prompt is matched against and, per text, the expert that answers it (None: the
     version's shared adapter): the scope's prompts, owned by the expert trained on them (the
     newest when several were), and each expert's prompt followed by its answer, as recall finds
@@ -213,7 +214,6 @@ def _routing_keys(path, prompts: list[str]) -> tuple[list[str], list[str | None]
     question's words. On the dev sets (`python bench/routing.py`) that sent 140 instead of 138 of
     144 paraphrases to their own expert, 1 instead of 2 to another one, with the same 3 of 50
     unrelated questions routed to an expert."""
-    experts = read_experts(path)
     owner = {q: e["name"] for e in experts for q in e.get("prompts") or [e["prompt"]]}
     answered = [(answer_key(e["prompt"], e["answer"]), e["name"]) for e in experts
                 if e.get("answer") and EXPERT_ANSWER_KEYS]
@@ -225,7 +225,7 @@ class _Scope:
     threshold: float
     margin: float | None  # memory.relevant: None for versions written before it (threshold only)
     matrix: np.ndarray  # one unit row per scope prompt, then per expert's answer key (_routing_keys)
-    personal: np.ndarray  # per prompt: is it about the user?
+    personal: np.ndarray  # per matrix row: is it about the user?
     told: set[str]
     experts: list[str | None]  # per matrix row: the expert that answers it (None: the shared adapter)
     expert_feedback: dict[str, list[str]]  # expert name -> the feedback ids it learned
