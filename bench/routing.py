@@ -25,6 +25,7 @@ from assistant.embedders import installed_embedders, make_embedder
 from assistant.scope import EXPERTS_DIR, AdapterScope, scope_prompts, scope_told
 from learning.augment import augment_sft
 from learning.config import LearnConfig
+from learning.probes import probe_list
 
 DEV_SETS = [ROOT / "bench" / "recall_dev.jsonl", ROOT / "bench" / "recall_dev_confusable.jsonl",
             ROOT / "bench" / "teach_dev.jsonl"]
@@ -33,7 +34,7 @@ DEV_SETS = [ROOT / "bench" / "recall_dev.jsonl", ROOT / "bench" / "recall_dev_co
 def dev_items(path: Path) -> tuple[list[dict], list[str]]:
     """Facts as {"id", "teach": [(prompt, correction)], "paraphrases"} and the unrelated questions.
     Both dev formats: recall's ("teach": one dict, "paraphrases") and teaching's ("teach": a
-    list, "probes" starting with the taught prompts)."""
+    list, "probes": the re-ask, then paraphrases, as learning.probes.probe_list reads them)."""
     facts, controls = [], []
     for line in path.read_text().splitlines():
         item = json.loads(line)
@@ -41,8 +42,7 @@ def dev_items(path: Path) -> tuple[list[dict], list[str]]:
             controls += item["probes"]
         elif item["kind"] == "fact":
             teach = item["teach"] if isinstance(item["teach"], list) else [item["teach"]]
-            taught = {t["prompt"] for t in teach}
-            paras = item.get("paraphrases") or [p for p in item["probes"] if p not in taught]
+            paras = item.get("paraphrases") or [p["prompt"] for p in probe_list([item]) if p["family"] == "paraphrase"]
             facts.append({"id": item["id"], "teach": [(t["prompt"], t["correction"]) for t in teach],
                           "paraphrases": paras})
     return facts, controls
