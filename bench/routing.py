@@ -22,13 +22,13 @@ from benchkit import RESULTS, ROOT
 import assistant.scope as scope_mod
 from assistant.config import DEFAULT_SYSTEM_PROMPT
 from assistant.embedders import installed_embedders, make_embedder
-from assistant.scope import EXPERTS_DIR, AdapterScope, scope_prompts, scope_told
+from assistant.scope import EXPERTS_DIR, AdapterScope, scope_personal, scope_prompts, scope_told
 from learning.augment import augment_sft
 from learning.config import LearnConfig
 from learning.probes import probe_list
 
-DEV_SETS = [ROOT / "bench" / "recall_dev.jsonl", ROOT / "bench" / "recall_dev_confusable.jsonl",
-            ROOT / "bench" / "teach_dev.jsonl"]
+DEV_SETS = [ROOT / "bench" / name for name in
+            ("recall_dev.jsonl", "recall_dev_confusable.jsonl", "recall_dev_related.jsonl", "teach_dev.jsonl")]
 
 
 def dev_items(path: Path) -> tuple[list[dict], list[str]]:
@@ -69,7 +69,8 @@ def write_version(where: Path, facts: list[dict], lcfg: LearnConfig) -> tuple[di
             for f in ("adapter_config.json", "adapter_model.safetensors"):  # stand-ins: routing never loads them
                 (where / EXPERTS_DIR / name / f).write_text("{}")
     scope = {"threshold": lcfg.scope_threshold, "margin": lcfg.scope_margin,
-             "prompts": list(dict.fromkeys(scope_prompts(rows_all))), "told": scope_told(rows_all)}
+             "prompts": list(dict.fromkeys(scope_prompts(rows_all))), "told": scope_told(rows_all),
+             "personal": scope_personal(rows_all)}
     (where / "meta.json").write_text(json.dumps({"scope": scope, "experts": experts}))
     return owner, len(scope["prompts"])
 

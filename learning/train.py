@@ -388,7 +388,7 @@ def adapter_scope(job: TrainJob, sft_rows: list[dict]) -> dict | None:
     """The prompts this version answers (assistant/scope.py): its parent's scope and the user
     prompts of everything it was trained on, except the self-replay rows (generic prompts kept
     on the base weights). None when `scope_threshold` is None: the adapter answers everything."""
-    from assistant.scope import read_scope, scope_prompts, scope_told
+    from assistant.scope import read_scope, scope_personal, scope_prompts, scope_told
 
     if job.lcfg.scope_threshold is None:
         return None
@@ -396,7 +396,9 @@ def adapter_scope(job: TrainJob, sft_rows: list[dict]) -> dict | None:
     rows = [r for r in sft_rows if r.get("source") != "self-replay"] + list(job.pairs)
     prompts = list(dict.fromkeys([*(parent["prompts"] if parent else []), *scope_prompts(rows)]))
     told = sorted({*(parent.get("told") or [] if parent else []), *scope_told(rows)})
-    return {"threshold": job.lcfg.scope_threshold, "margin": job.lcfg.scope_margin, "prompts": prompts, "told": told}
+    personal = sorted({*(parent.get("personal") or [] if parent else []), *scope_personal(rows)})
+    return {"threshold": job.lcfg.scope_threshold, "margin": job.lcfg.scope_margin, "prompts": prompts, "told": told,
+            "personal": personal}
 
 
 def clean_stale_dirs(adapters_dir: Path, registered: set[str]) -> list[str]:

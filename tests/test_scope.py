@@ -5,7 +5,9 @@ import json
 import pytest
 
 from assistant.chat import ChatService
-from assistant.scope import AdapterScope, read_scope, scope_prompts, scope_told
+from assistant.scope import EXPERTS_DIR, AdapterScope, read_scope, scope_personal, scope_prompts, scope_told
+from learning.augment import augment_sft
+from learning.config import LearnConfig
 from learning.scoring import Scorer
 from store import adapters, conversations
 from tests.lora import make_adapter, register
@@ -49,6 +51,36 @@ def test_a_prompt_about_the_user_covers_only_questions_about_the_user_or_what_it
     assert not scope.covers(path, "What is the name of a baby cat?")  # it answered "... Pemberton."
     assert scope.covers(path, "Is Pemberton the name of the cat?")
     assert scope.covers(path, "How long do house cats live?")  # a general prompt covers anyone
+
+
+def test_a_rewrite_without_first_person_words_still_answers_only_questions_about_the_user(tmp_path):
+    correction = {"messages": [{"role": "user", "content": "Which instrument am I learning?"},
+                               {"role": "assistant", "content": "You are learning the cello."}],
+                  "source": "correction", "feedback_ids": ["f1"]}
+    rows = [correction, *augment_sft([correction], n_rewrites=LearnConfig().augment_rewrites)]
+    assert "instrument am learning?" in scope_prompts(rows)  # augment's keyword form drops "I"
+    assert scope_personal(rows) == ["instrument am learning?"]
+    general = "Is learning an instrument hard?"  # nearest the keyword form, and about no one
+    scope = AdapterScope(Embedder())
+    unmarked = scoped(tmp_path / "unmarked", scope_prompts(rows), threshold=0.3)
+    assert scope.covers(unmarked, general)  # the leak: the rewrite alone does not look personal
+    marked = scoped(tmp_path / "marked", scope_prompts(rows), threshold=0.3)
+    meta = json.loads((marked / "meta.json").read_text())
+    meta["scope"]["personal"] = scope_personal(rows)
+    (marked / "meta.json").write_text(json.dumps(meta))
+    assert not scope.covers(marked, general)
+    assert scope.covers(marked, "Which instrument do I play?")
+    # a version written before "personal": the expert that owns the rewrite vouches for it
+    owned = scoped(tmp_path / "owned", scope_prompts(rows), threshold=0.3)
+    meta = json.loads((owned / "meta.json").read_text())
+    meta["experts"] = [{"name": "v1-0", "feedback_ids": ["f1"], "prompt": "Which instrument am I learning?",
+                        "answer": "You are learning the cello.", "prompts": scope_prompts(rows)}]
+    (owned / "meta.json").write_text(json.dumps(meta))
+    (owned / EXPERTS_DIR / "v1-0").mkdir(parents=True)
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        (owned / EXPERTS_DIR / "v1-0" / name).write_text("{}")  # routing reads no weights
+    assert scope.route(1, owned, general) == (None, None)
+    assert scope.route(1, owned, "Which instrument do I play?")[0] == (1, "expert:v1-0")
 
 
 def test_a_prompt_clearly_nearer_the_scope_than_ordinary_requests_is_covered(tmp_path, monkeypatch):
