@@ -45,7 +45,8 @@ class Turn:
     recalled (the small model then tends to echo the question; see model.avoid_first_tokens)."""
     lead: str | None = None
     """The reply's first words, given: the best recalled correction's opening up to the name or
-    number it told (memory.reply_lead); the model continues from there."""
+    number it told, or through the first word of its own (memory.reply_lead); the model
+    continues from there."""
     generation: Generation = field(default_factory=Generation)
     logged: bool = False
 

@@ -30,7 +30,8 @@ class Config:
     # A reply with a recalled correction starts with that correction's opening words
     # (assistant/memory.py reply_lead). Chosen on our dev sets (bench/results/memory.dev-lead*.md):
     # facts answered 64/64 instead of 62/64 on recall_dev.jsonl, 55/64 instead of 48/64 on
-    # recall_dev_confusable.jsonl, no control reply changed.
+    # recall_dev_confusable.jsonl, no control reply changed. A note that tells no name or number
+    # leads through the first word of its own (memory.LEAD_NEW_WORD).
     recall_lead: bool = True
 
     @property

@@ -24,7 +24,7 @@ Contract:
   milliseconds beyond embedding the query.
 - `.system_addendum(recalled)` is the text ChatService appends to the system prompt, and
   `reply_lead(recalled)` the words its reply starts with (the best correction's opening up to
-  the name or number it told): the small model often reads the note and still answers from its
+  the name or number it told, or through the first word of its own): the small model often reads the note and still answers from its
   weights; continuing the note's own sentence it says what the note says.
 
 Which corrections are eligible:
@@ -101,6 +101,19 @@ FIRST_PERSON = frozenset("i me my mine myself we us our ours ourselves".split())
 # with no more false recalls (bench/results/memory.dev-relative*.md); scoped adapters taught
 # 45/48 dev paraphrases instead of 44/48 (learning/config.py scope_margin).
 DEFAULT_RELATIVE_MARGIN = 0.1
+# A correction that tells no name or number ("You are learning the cello.") leads the reply
+# too: up to and including the first word it adds beyond the question and the words that frame an
+# answer ("You are learning the cello"; reply_lead). Without a lead the model read the note and
+# answered "You are learning the violin."; a lead stopping before the word, as for names, still
+# got "violin" (the model copies a name from the note, not a word its weights prefer). Dev facts
+# answered with recall (`python bench/memory.py --dev --dev-set F --lead-new-word off|before|through`,
+# bench/results/memory.dev-leadcontent-*.md): recall_dev_related 55 / 59 / 62 of 64,
+# recall_dev_confusable 57 / 57 / 60, recall_dev 64 / 64 / 64; as many control replies changed
+# by recall (false recalls) in each mode: 0, 1 and 3.
+LEAD_NEW_WORD = "through"  # "off" | "before" | "through"
+LEAD_FRAME_WORDS = frozenset(
+    "a an the is are was were am be been being has have had do does did you your yours i my me we our us "
+    "it its this that these those of to in on at for by as with from and or s called named name yes no".split())
 SETTING_DROP_LEARNED = "recall_drop_learned"
 # A turn waits at most this long for the index while another thread builds it (the server's
 # warm-up at start: loading MiniLM takes about 3 s, embedding 10,000 corrections without the
@@ -496,11 +509,18 @@ def reply_lead(recalled: list[dict]) -> str | None:
     """The opening words of the best recalled correction, up to the first name or number it told
     (`told_words`): "Your team writes its backend in" for "Your team writes its backend in
     Elixir.". A chat turn with recall starts its reply with them, so the model goes on to say
-    what the note says instead of what its weights believe. None when the correction tells no
-    name or number (advice, style: nothing to follow word for word) or opens with one."""
+    what the note says instead of what its weights believe. A correction that tells no name or
+    number leads through the first word of its own (LEAD_NEW_WORD, `split_at_new_word`): "You
+    are learning the cello" for "You are learning the cello.". None when the correction opens
+    with what it tells (advice, style: "Captain, keep a regular bedtime ...": nothing to follow
+    word for word)."""
     if not recalled:
         return None
-    return split_at_told(recalled[0]["prompt"], recalled[0]["correction"])[0] or None
+    prompt, answer = recalled[0]["prompt"], recalled[0]["correction"]
+    lead = split_at_told(prompt, answer)[0]
+    if not lead and LEAD_NEW_WORD != "off":
+        lead = split_at_new_word(prompt, answer, through=LEAD_NEW_WORD == "through")[0]
+    return lead or None
 
 
 def split_at_told(prompt: str, answer: str) -> tuple[str, str]:
@@ -510,6 +530,21 @@ def split_at_told(prompt: str, answer: str) -> tuple[str, str]:
     for m in re.finditer(r"[A-Za-z0-9]+", answer):
         if m.group().lower() in told:
             return answer[:m.start()].rstrip(), answer[m.start():].strip()
+    return "", answer
+
+
+def split_at_new_word(prompt: str, answer: str, through: bool = True) -> tuple[str, str]:
+    """`answer` cut after (`through`) or before its first word that is neither in `prompt` nor
+    one of LEAD_FRAME_WORDS: ("You are learning the cello", ".") after "Which instrument am I
+    learning?"; ("", answer) when there is none or the answer opens with it."""
+    asked = words(prompt)
+    for m in re.finditer(r"[A-Za-z0-9]+", answer):
+        w = m.group().lower()
+        if w not in asked and w not in LEAD_FRAME_WORDS:
+            if m.start() == 0:
+                break
+            cut = m.end() if through else m.start()
+            return answer[:cut].rstrip(), answer[cut:].strip()
     return "", answer
 
 

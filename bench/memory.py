@@ -398,6 +398,9 @@ def run_dev(model_spec: str | None, threshold: float, forms: list[str] | None = 
             "controls_scored": len(scored),
             "controls_changed_vs_none": sum(replies[q["keys"][form]] != replies[q["keys"]["none"]] for q in ctrls),
             "examples": [{"q": q["question"], "reply": replies[q["keys"][form]]} for q in facts[1:4]],
+            "missed": [{"q": q["question"], "fact": q["item"], "recalled": [c["item"] for c in q["recalled"]],
+                        "reply": replies[q["keys"][form]]}
+                       for q in facts if not passes(replies[q["keys"][form]], q["expect"])],
         }
     return {"dev_set": str(dev.relative_to(ROOT) if dev.is_relative_to(ROOT) else dev),
             "embedder": getattr(rt.memory.embedder, "MODEL_ID", type(rt.memory.embedder).__name__),
@@ -496,6 +499,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", help="file stem under bench/results (default: memory.dev with --dev, else memory)")
     p.add_argument("--answer-key", choices=("on", "off"), help="search by prompt + answer too "
                    "(memory.ANSWER_KEY; default: as the module has it)")
+    p.add_argument("--lead-new-word", choices=("off", "before", "through"), help="how a note that tells no name "
+                   "or number leads the reply (memory.LEAD_NEW_WORD; default: as the module has it)")
     p.add_argument("--n-timing", type=int, default=10_000)
     p.add_argument("--part", choices=("all", "scenario", "timing"), default="all",
                    help="run one part only, keeping the other's figures in memory.json")
@@ -503,6 +508,8 @@ def main(argv=None) -> int:
     cmd = "python bench/memory.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.answer_key:
         memory_mod.ANSWER_KEY = args.answer_key == "on"
+    if args.lead_new_word:
+        memory_mod.LEAD_NEW_WORD = args.lead_new_word
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.dev:
         res = run_dev(args.model, args.threshold, args.forms.split(",") if args.forms else None, args.cache,

@@ -360,6 +360,10 @@ def test_reply_lead_is_the_best_notes_opening_up_to_what_it_told():
     assert lead("Any idea for a rainy afternoon?", "Bake banana bread and watch an old film.") is None
     assert lead("Is Helix a good editor?", "Yes, Helix is good.") is None
     assert lead("What is my dog called?", "Biscuit is your dog's name.") is None  # it opens with the name
+    # no name or number: through the first word of its own, which the model would not copy
+    assert lead("Which instrument am I learning?", "You are learning the cello.") == "You are learning the cello"
+    assert lead("What is my dad's hobby?", "Your dad's hobby is restoring old clocks.") == \
+        "Your dad's hobby is restoring"
     assert reply_lead([]) is None
 
 
