@@ -101,6 +101,12 @@ FIRST_PERSON = frozenset("i me my mine myself we us our ours ourselves".split())
 # with no more false recalls (bench/results/memory.dev-relative*.md); scoped adapters taught
 # 45/48 dev paraphrases instead of 44/48 (learning/config.py scope_margin).
 DEFAULT_RELATIVE_MARGIN = 0.1
+# A question asking for a way ("How do I find a good lawyer?") is not answered by what the user
+# taught for another kind of question about them ("Who is my lawyer?" -> "Your lawyer is Camilla
+# Strand."), only by an answer to a "how" question ("How do I get to work?") or one whose name it
+# names. Before, 4 of 60 unrelated dev questions, all "How ... I ...?", went to an expert
+# (`python bench/routing.py`: bank, doctor, lawyer, clock). "How many/old/..." ask a quantity.
+HOW_QUANTITIES = frozenset("many much old tall big large long far heavy".split())
 # A correction that tells no name or number ("You are learning the cello.") leads the reply
 # too: up to and including the first word it adds beyond the question and the words that frame an
 # answer ("You are learning the cello"; reply_lead). Without a lead the model read the note and
@@ -236,10 +242,18 @@ def told_words(prompt: str, answer: str) -> set[str]:
     return told - words(prompt)
 
 
-def may_answer(asked: set[str], personal: bool, told: set[str]) -> bool:
+def may_answer(asked: set[str], personal: bool, told: set[str], other_kind: bool = False) -> bool:
     """The FIRST_PERSON guard: may something learned from a question (about the user or not,
-    having told `told`) answer a question with the words `asked`?"""
-    return not personal or about_user(asked) or bool(asked & told)
+    having told `told`) answer a question with the words `asked`? `other_kind`: the question asks
+    for a way (`asks_way`) and the learned one did not, which only naming something told excuses."""
+    return not personal or bool(asked & told) or (about_user(asked) and not other_kind)
+
+
+def asks_way(text: str) -> bool:
+    """Does `text` ask how (a way, not a quantity: HOW_QUANTITIES)?"""
+    tokens = re.findall(r"[a-z0-9]+", (text or "").lower())
+    return any(t == "how" and (i + 1 == len(tokens) or tokens[i + 1] not in HOW_QUANTITIES)
+               for i, t in enumerate(tokens))
 
 
 def normalise_prompt(text: str) -> str:
@@ -365,7 +379,7 @@ class Memory:
         rows = []
         for r in db.query(_CORRECTIONS, [after_id]):
             rows.append({**r, "norm": normalise_prompt(r["user_message"]),
-                         "personal": about_user(words(r["user_message"])),
+                         "personal": about_user(words(r["user_message"])), "way": asks_way(r["user_message"]),
                          "told": told_words(r["user_message"], r["correction"])})
         return rows
 
@@ -478,9 +492,10 @@ class Memory:
             return []
         query = unit_rows(self.embedder.encode([text]))[0]
         scores = np.maximum.reduceat(matrix @ query, self._starts)  # each correction's best key
-        asked = words(text)
+        asked, way = words(text), asks_way(text)
         close = [i for i in np.flatnonzero(self._ordinary.relevant(scores, query, self.threshold, self.relative_margin))
-                 if may_answer(asked, self._eligible[i]["personal"], self._eligible[i]["told"])]
+                 if may_answer(asked, self._eligible[i]["personal"], self._eligible[i]["told"],
+                               way and not self._eligible[i]["way"])]
         top = sorted(close, key=lambda i: -scores[i])[:k]
         found = [{"feedback_id": self._eligible[i]["id"],
                   "prompt": self._eligible[i]["user_message"],

@@ -37,6 +37,7 @@ import numpy as np
 from assistant.memory import (
     about_user,
     answer_key,
+    asks_way,
     may_answer,
     ordinary_requests,
     told_words,
@@ -158,7 +159,7 @@ class AdapterScope:
                     keys, owners = _routing_keys(experts, scope["prompts"])
                     self._cache[key] = _Scope(
                         float(scope["threshold"]), scope.get("margin"), unit_rows(self.embedder.encode(keys)),
-                        _personal_keys(keys, owners, experts, scope.get("personal") or ()),
+                        *_key_kinds(keys, owners, experts, scope.get("personal") or ()),
                         set(scope.get("told") or ()), owners,
                         {e["name"]: list(e.get("feedback_ids") or ()) for e in experts})
             return self._cache[key]
@@ -219,8 +220,11 @@ class AdapterScope:
         """Similarity of `text` (embedded: `query`) to each scope prompt; -1 for those that may
         not answer it (memory.may_answer)."""
         sims = scope.matrix @ query
-        if not may_answer(words(text), True, scope.told):  # only prompts not about the user may
+        asked = words(text)
+        if not may_answer(asked, True, scope.told):  # only prompts not about the user may
             sims = np.where(scope.personal, -1.0, sims)
+        elif not may_answer(asked, True, scope.told, other_kind=asks_way(text)):  # or "how" ones
+            sims = np.where(scope.personal & ~scope.ways, -1.0, sims)
         return sims
 
 
@@ -238,14 +242,16 @@ def _routing_keys(experts: list[dict], prompts: list[str]) -> tuple[list[str], l
     return prompts + [k for k, _ in answered], [owner.get(p) for p in prompts] + [n for _, n in answered]
 
 
-def _personal_keys(keys: list[str], owners: list[str | None], experts: list[dict], personal) -> np.ndarray:
-    """Per routing key: is it about the user? By its own words, by the scope's "personal" list
-    (scope_personal; missing from versions written before it) or by its expert's corrected
-    prompt, which every key an expert owns came from."""
+def _key_kinds(keys: list[str], owners: list[str | None], experts: list[dict], personal) -> tuple:
+    """Per routing key: is it about the user, and does it ask how (memory.asks_way)? A key an
+    expert owns came from that expert's corrected prompt, which decides both (with its own words
+    for "about the user"); another key by its own words or, for "about the user", the scope's
+    "personal" list (scope_personal; missing from versions written before it)."""
     personal = set(personal)
-    expert_personal = {e["name"]: about_user(words(e.get("prompt") or "")) for e in experts}
-    return np.array([about_user(words(k)) or k in personal or expert_personal.get(o, False)
-                     for k, o in zip(keys, owners, strict=True)])
+    prompt_of = {e["name"]: e.get("prompt") or "" for e in experts}
+    source = [prompt_of.get(o, k) for k, o in zip(keys, owners, strict=True)]
+    return (np.array([about_user(words(k)) or k in personal or about_user(words(q)) for k, q in zip(keys, source)]),
+            np.array([asks_way(q) for q in source]))
 
 
 @dataclass
@@ -254,6 +260,7 @@ class _Scope:
     margin: float | None  # memory.relevant: None for versions written before it (threshold only)
     matrix: np.ndarray  # one unit row per scope prompt, then per expert's answer key (_routing_keys)
     personal: np.ndarray  # per matrix row: is it about the user?
+    ways: np.ndarray  # per matrix row: does the question it came from ask how?
     told: set[str]
     experts: list[str | None]  # per matrix row: the expert that answers it (None: the shared adapter)
     expert_feedback: dict[str, list[str]]  # expert name -> the feedback ids it learned

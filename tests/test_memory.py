@@ -217,6 +217,20 @@ def test_a_correction_about_the_user_is_not_recalled_by_a_general_question(cfg, 
     assert [r["feedback_id"] for r in mem.recall("Boiling point of water at altitude?")] == [boiling]
 
 
+def test_a_question_asking_how_is_answered_only_by_what_was_taught_for_how(cfg, db):
+    """"How do I find a good lawyer?" asks a way: the note "Your lawyer is Camilla Strand." does
+    not answer it, the answer to "How do I get to work?" does; naming what a note told excuses it,
+    and "How much ..." asks a quantity, not a way."""
+    lawyer = correct(db, "Who is my lawyer?", "Your lawyer is Camilla Strand.")
+    commute = correct(db, "How do I get to work?", "You cycle to work along the harbour.")
+    mem = Memory(cfg, embedder=HashEmbedder(), threshold=0.3)
+    assert mem.recall("How do I find a good lawyer?") == []
+    assert [r["feedback_id"] for r in mem.recall("Which lawyer do I have?")] == [lawyer]
+    assert [r["feedback_id"] for r in mem.recall("How do I reach Camilla Strand, my lawyer?")] == [lawyer]
+    assert [r["feedback_id"] for r in mem.recall("How much does my lawyer charge?")] == [lawyer]
+    assert [r["feedback_id"] for r in mem.recall("How do I travel to work?")] == [commute]
+
+
 class GatedEmbedder(HashEmbedder):
     """Embeds a batch only once `gate` is set: a slow first build of the index."""
 

@@ -83,6 +83,14 @@ def test_a_rewrite_without_first_person_words_still_answers_only_questions_about
     assert scope.route(1, owned, "Which instrument do I play?")[0] == (1, "expert:v1-0")
 
 
+def test_a_question_asking_how_reaches_only_prompts_that_asked_how(tmp_path):
+    scope = AdapterScope(Embedder())
+    path = scoped(tmp_path, ["Who is my lawyer?", "How do I get to work?"], threshold=0.3)
+    assert not scope.covers(path, "How do I find a good lawyer?")  # a way, not who the lawyer is
+    assert scope.covers(path, "Which lawyer do I have?") and scope.covers(path, "How do I travel to work?")
+    assert scope.covers(path, "How much does my lawyer charge?")  # a quantity, not a way
+
+
 def test_a_prompt_clearly_nearer_the_scope_than_ordinary_requests_is_covered(tmp_path, monkeypatch):
     from tests.test_memory import ORDINARY
 
