@@ -234,8 +234,8 @@ def _routing_keys(experts: list[dict], prompts: list[str]) -> tuple[list[str], l
     newest when several were), and each expert's prompt followed by its answer, as recall finds
     a correction (memory.answer_key): a paraphrase may lie nearer what the answer says than the
     question's words. On the dev sets (`python bench/routing.py`) that sends 186 instead of 184 of
-    192 paraphrases to their own expert, 1 instead of 2 to another one, and 4 instead of 3 of 60
-    unrelated questions to an expert."""
+    192 paraphrases to their own expert, 1 instead of 2 to another one, and none of 60 unrelated
+    questions to an expert either way."""
     owner = {q: e["name"] for e in experts for q in e.get("prompts") or [e["prompt"]]}
     answered = [(answer_key(e["prompt"], e["answer"]), e["name"]) for e in experts
                 if e.get("answer") and EXPERT_ANSWER_KEYS]
