@@ -250,7 +250,8 @@ def _key_kinds(keys: list[str], owners: list[str | None], experts: list[dict], p
     personal = set(personal)
     prompt_of = {e["name"]: e.get("prompt") or "" for e in experts}
     source = [prompt_of.get(o, k) for k, o in zip(keys, owners, strict=True)]
-    return (np.array([about_user(words(k)) or k in personal or about_user(words(q)) for k, q in zip(keys, source)]),
+    return (np.array([about_user(words(k)) or k in personal or about_user(words(q))
+                      for k, q in zip(keys, source, strict=True)]),
             np.array([asks_way(q) for q in source]))
 
 

@@ -317,7 +317,8 @@ def train_candidate(job: TrainJob) -> Path:
             "config": job.lcfg.to_dict(), "feedback_ids": sorted(set(job.feedback_ids)),
             "data_hash": job.data_hash, "package_version": _package_version(), "device": device,
             "torch": torch.__version__, "timings": timings, "losses": losses, "stats": stats,
-            "rows": {"sft": len(job.sft_rows), "pairs": len(job.pairs)}, "scope": adapter_scope(job, sft_rows),
+            "rows": {"sft": len(job.sft_rows), "pairs": len(job.pairs)},
+            "scope": adapter_scope(job, sft_rows, experts),
             "habits": habits, "experts": experts,
             **job.extra_meta,
         }
@@ -384,17 +385,39 @@ def train_habit_adapter(model, tok, job: TrainJob, device: str, work: Path, loss
     return habits
 
 
-def adapter_scope(job: TrainJob, sft_rows: list[dict]) -> dict | None:
+def adapter_scope(job: TrainJob, sft_rows: list[dict], experts: list[dict] | None = None) -> dict | None:
     """The prompts this version answers (assistant/scope.py): its parent's scope and the user
     prompts of everything it was trained on, except the self-replay rows (generic prompts kept
-    on the base weights). None when `scope_threshold` is None: the adapter answers everything."""
-    from assistant.scope import read_scope, scope_personal, scope_prompts, scope_told
+    on the base weights). None when `scope_threshold` is None: the adapter answers everything.
+    The prompts of a parent's expert whose correction the user took back (`experts`: this
+    version's, learning/experts.py) leave the scope with it: they would otherwise reach the
+    shared adapter, which may still hold what it learned (past `refit_corrections`) or answer
+    with another fact's words; outside the scope the base weights answer, as in the chat before
+    the next cycle (ChatService._taken_back)."""
+    from assistant.scope import (
+        question_and_answer,
+        read_experts,
+        read_scope,
+        scope_personal,
+        scope_prompts,
+        scope_told,
+    )
+    from learning.datasets import normalize_prompt
 
     if job.lcfg.scope_threshold is None:
         return None
     parent = read_scope(job.parent_path) if job.parent_path else None
+    inherited = parent["prompts"] if parent else []
+    if experts is not None and job.corrections is not None and parent:
+        asked = {normalize_prompt(q) for q, _ in map(question_and_answer, job.corrections[0]) if q}
+        kept = {e["name"] for e in experts}
+        still = {q for e in experts for q in e.get("prompts") or ()}
+        gone = {q for e in read_experts(job.parent_path)
+                if e["name"] not in kept and normalize_prompt(e["prompt"]) not in asked  # not superseded
+                for q in e.get("prompts") or [e["prompt"]]} - still
+        inherited = [q for q in inherited if q not in gone]
     rows = [r for r in sft_rows if r.get("source") != "self-replay"] + list(job.pairs)
-    prompts = list(dict.fromkeys([*(parent["prompts"] if parent else []), *scope_prompts(rows)]))
+    prompts = list(dict.fromkeys([*inherited, *scope_prompts(rows)]))
     told = sorted({*(parent.get("told") or [] if parent else []), *scope_told(rows)})
     personal = sorted({*(parent.get("personal") or [] if parent else []), *scope_personal(rows)})
     return {"threshold": job.lcfg.scope_threshold, "margin": job.lcfg.scope_margin, "prompts": prompts, "told": told,

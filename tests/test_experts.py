@@ -1,11 +1,12 @@
 """Per-correction experts (learning/experts.py): trained once, kept by later versions, and the
 expert of a prompt's nearest trained prompt answers it, in the chat and in evaluation alike."""
+import dataclasses
 import json
 
 import torch
 
 from assistant.chat import ChatService
-from assistant.scope import EXPERTS_DIR, AdapterScope, read_experts
+from assistant.scope import EXPERTS_DIR, AdapterScope, read_experts, read_scope
 from learning.experts import expert_groups
 from learning.scoring import Scorer
 from learning.train import TrainJob, train_candidate
@@ -197,6 +198,31 @@ def test_the_expert_of_a_correction_taken_back_is_not_kept(tiny_model_path, tmp_
     assert sorted(p.name for p in (v2 / EXPERTS_DIR).iterdir()) == [read_experts(v1)[0]["name"]]
     stats = json.loads((v2 / "meta.json").read_text())["stats"]["experts"]
     assert {k: stats[k] for k in ("kept", "trained", "forgotten")} == {"kept": 1, "trained": 0, "forgotten": 1}
+    # its prompts leave the scope too: the base weights answer them, not the shared adapter
+    taken_back = set(read_experts(v1)[1]["prompts"])
+    assert "Where do I work?" in taken_back <= set(read_scope(v1)["prompts"])
+    assert not taken_back & set(read_scope(v2)["prompts"])
+    assert set(read_experts(v1)[0]["prompts"]) <= set(read_scope(v2)["prompts"])
+
+
+def test_a_superseded_experts_prompts_stay_in_the_scope_while_the_newer_correction_waits(tmp_path):
+    from learning.train import adapter_scope
+
+    parent = tmp_path / "v1"
+    experts = [{"name": f"v1-{i}", "feedback_ids": [f"f{i}"], "prompt": q, "answer": "...", "prompts": [q, q.lower()]}
+               for i, q in enumerate((DOG, WORK))]
+    for e in experts:
+        (parent / EXPERTS_DIR / e["name"]).mkdir(parents=True)
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            (parent / EXPERTS_DIR / e["name"] / name).write_text("{}")  # the scope reads no weights
+    prompts = [q for e in experts for q in e["prompts"]]
+    (parent / "meta.json").write_text(json.dumps({"experts": experts, "scope": {"threshold": 0.5, "prompts": prompts}}))
+    job = _job("base", tmp_path, version=2, parent_version=1, parent_path=str(parent))
+    newer = {**job.sft_rows[1], "feedback_ids": ["f2"]}  # WORK corrected again; its expert waits
+    job = dataclasses.replace(job, sft_rows=[], pairs=[], corrections=([job.sft_rows[0], newer], []))
+    assert adapter_scope(job, [], experts[:1])["prompts"] == prompts  # superseded, not taken back
+    job = dataclasses.replace(job, corrections=([job.corrections[0][0]], []))  # WORK taken back
+    assert adapter_scope(job, [], experts[:1])["prompts"] == experts[0]["prompts"]
 
 
 def test_an_expert_whose_correction_was_taken_back_no_longer_answers(cfg, db, served, tiny_model_path, tmp_path):
