@@ -24,8 +24,9 @@ Contract:
   milliseconds beyond embedding the query.
 - `.system_addendum(recalled)` is the text ChatService appends to the system prompt, and
   `reply_lead(recalled)` the words its reply starts with (the best correction's opening up to
-  the name or number it told, or through the first word of its own): the small model often reads the note and still answers from its
-  weights; continuing the note's own sentence it says what the note says.
+  the name or number it told, or through the first word of its own): the small model often
+  reads the note and still answers from its weights; continuing the note's own sentence it
+  says what the note says.
 
 Which corrections are eligible:
 - Superseded ones never are: a newer correction of the same prompt (same normalised user
