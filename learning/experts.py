@@ -53,6 +53,12 @@ def _link_tree(src: Path, dst: Path) -> None:
                 shutil.copy2(f, dst / f.name)
 
 
+def no_longer_held(experts: list[dict], groups: dict) -> list[dict]:
+    """Those of `experts` whose correction is not among `groups` (expert_groups of every correction
+    the data holds, `TrainJob.corrections`): taken back by the user, or superseded."""
+    return [e for e in experts if tuple(sorted(e["feedback_ids"])) not in groups]
+
+
 def train_experts(model, tok, job, device: str, work: Path, losses: list, stats: dict, out: Path) -> list[dict] | None:
     """Write `out/experts/`: the parent's experts still current, linked, and a new expert for
     each correction of this job that has none. `model` is the job's PeftModel: each expert is
@@ -80,7 +86,8 @@ def train_experts(model, tok, job, device: str, work: Path, losses: list, stats:
     replaced = {normalize_prompt(question_and_answer(groups[k]["sft"][0])[0]) for k in waiting}
     # an expert is a separable piece of the weights, so what the user took back is forgotten
     # exactly, even when the shared adapter (continued from its parent) cannot forget it
-    current = [e for e in inherited if job.corrections is None or tuple(sorted(e["feedback_ids"])) in groups]
+    gone = [] if job.corrections is None else [e["name"] for e in no_longer_held(inherited, groups)]
+    current = [e for e in inherited if e["name"] not in gone]
     kept = [e for e in current if normalize_prompt(e["prompt"]) not in replaced]
     for e in kept:
         _link_tree(Path(job.parent_path) / EXPERTS_DIR / e["name"], out / EXPERTS_DIR / e["name"])

@@ -24,7 +24,7 @@ from typing import Callable
 
 from learning.config import LearnConfig
 from learning.datasets import strip_meta
-from learning.experts import train_experts
+from learning.experts import expert_groups, no_longer_held, train_experts
 
 Progress = Callable[[str, int, int, float | None], None]  # (stage, step, total, loss)
 
@@ -410,10 +410,9 @@ def adapter_scope(job: TrainJob, sft_rows: list[dict], experts: list[dict] | Non
     inherited = parent["prompts"] if parent else []
     if experts is not None and job.corrections is not None and parent:
         asked = {normalize_prompt(q) for q, _ in map(question_and_answer, job.corrections[0]) if q}
-        kept = {e["name"] for e in experts}
         still = {q for e in experts for q in e.get("prompts") or ()}
-        gone = {q for e in read_experts(job.parent_path)
-                if e["name"] not in kept and normalize_prompt(e["prompt"]) not in asked  # not superseded
+        dropped = no_longer_held(read_experts(job.parent_path), expert_groups(*job.corrections))
+        gone = {q for e in dropped if normalize_prompt(e["prompt"]) not in asked  # taken back, not superseded
                 for q in e.get("prompts") or [e["prompt"]]} - still
         inherited = [q for q in inherited if q not in gone]
     rows = [r for r in sft_rows if r.get("source") != "self-replay"] + list(job.pairs)
