@@ -108,6 +108,15 @@ DEFAULT_RELATIVE_MARGIN = 0.1
 # names. Before, 4 of 60 unrelated dev questions, all "How ... I ...?", went to an expert
 # (`python bench/routing.py`: bank, doctor, lawyer, clock). "How many/old/..." ask a quantity.
 HOW_QUANTITIES = frozenset("many much old tall big large long far heavy".split())
+# Asking what to do is asking for a way too: a modal before the user ("What should I feed my
+# cat?", "Can my landlord raise my rent?"), not before "you" ("Can you tell me my cat's name?"
+# asks for the fact). Before, such questions near the dev facts (bench/advice_dev.jsonl, 39
+# against each of the four dev sets) reached a fact's expert 64 times of 156 and recalled a note
+# 67 times, to be answered with the fact ("Your cat is called Pemberton."); with this, 7 and 3,
+# every dev paraphrase and unrelated question routed as before (`python bench/routing.py`,
+# bench/results/routing-before-advice.md and routing.md).
+ADVICE_MODALS = frozenset("should shall ought can could".split())
+ADVICE_SUBJECTS = frozenset("i we my our".split())
 # A correction that tells no name or number ("You are learning the cello.") leads the reply
 # too: up to and including the first word it adds beyond the question and the words that frame an
 # answer ("You are learning the cello"; reply_lead). Without a lead the model read the note and
@@ -251,10 +260,11 @@ def may_answer(asked: set[str], personal: bool, told: set[str], other_kind: bool
 
 
 def asks_way(text: str) -> bool:
-    """Does `text` ask how (a way, not a quantity: HOW_QUANTITIES)?"""
+    """Does `text` ask for a way: how (not a quantity: HOW_QUANTITIES), or what the user should or
+    can do (ADVICE_MODALS before ADVICE_SUBJECTS)?"""
     tokens = re.findall(r"[a-z0-9]+", (text or "").lower())
-    return any(t == "how" and (i + 1 == len(tokens) or tokens[i + 1] not in HOW_QUANTITIES)
-               for i, t in enumerate(tokens))
+    return any((t == "how" and nxt not in HOW_QUANTITIES) or (t in ADVICE_MODALS and nxt in ADVICE_SUBJECTS)
+               for t, nxt in zip(tokens, [*tokens[1:], ""], strict=True))
 
 
 def normalise_prompt(text: str) -> str:

@@ -7,7 +7,9 @@ meta.json "experts") with empty stand-in expert files: routing reads only meta.j
 training is needed. Then `AdapterScope.route`, the code the chat and the gate use, routes every
 paraphrase and every unrelated question. Reports, per embedder: paraphrases routed to their own
 expert, to another correction's expert (a confidently wrong answer), and outside the scope;
-unrelated questions routed to any expert; and what embedding costs.
+unrelated questions routed to any expert; and what embedding costs. The questions of
+bench/advice_dev.jsonl ask what to do about things the dev facts name ("What should I feed my
+cat?"): a fact's expert or recalled note answers them with the fact, so both are counted.
 
 Run: make bench-routing, or python bench/routing.py [--embedders minilm,mpnet] [--answer-keys on|off] [--out routing]
 """
@@ -20,15 +22,20 @@ from pathlib import Path
 from benchkit import RESULTS, ROOT
 
 import assistant.scope as scope_mod
-from assistant.config import DEFAULT_SYSTEM_PROMPT
+from assistant.config import DEFAULT_SYSTEM_PROMPT, Config
 from assistant.embedders import installed_embedders, make_embedder
+from assistant.memory import Memory
 from assistant.scope import EXPERTS_DIR, AdapterScope, scope_personal, scope_prompts, scope_told
 from learning.augment import augment_sft
 from learning.config import LearnConfig
 from learning.probes import probe_list
+from store import open_db
+from store.conversations import create_conversation, log_turn
+from store.feedback import add_feedback
 
 DEV_SETS = [ROOT / "bench" / name for name in
             ("recall_dev.jsonl", "recall_dev_confusable.jsonl", "recall_dev_related.jsonl", "teach_dev.jsonl")]
+ADVICE = ROOT / "bench" / "advice_dev.jsonl"
 
 
 def dev_items(path: Path) -> tuple[list[dict], list[str]]:
@@ -75,8 +82,22 @@ def write_version(where: Path, facts: list[dict], lcfg: LearnConfig) -> tuple[di
     return owner, len(scope["prompts"])
 
 
+def recall_memory(home: Path, facts: list[dict], embedder) -> Memory:
+    """Recall over a fresh database holding every dev correction, stored as the chat stores them."""
+    cfg = Config(home=home)
+    db = open_db(cfg.db_path)
+    for fact in facts:
+        for prompt, correction in fact["teach"]:
+            turn = log_turn(db, create_conversation(db), user_message=prompt, messages=[], reply="",
+                            source="bench", model="none", adapter_version=None, prompt_tokens=0,
+                            completion_tokens=0, ttft_ms=None, duration_ms=0.0)
+            add_feedback(db, turn, "correction", correction=correction)
+    return Memory(cfg, embedder)
+
+
 def measure(embedder_name: str, dev: Path, lcfg: LearnConfig) -> dict:
     facts, controls = dev_items(dev)
+    _, advice = dev_items(ADVICE)
     embedder = make_embedder(embedder_name)
     embedder.load()
     with tempfile.TemporaryDirectory() as tmp:
@@ -97,6 +118,9 @@ def measure(embedder_name: str, dev: Path, lcfg: LearnConfig) -> dict:
         para = [(f["id"], q, routed(q)) for f in facts for q in f["paraphrases"]]
         ctrl = [(q, routed(q)) for q in controls]
         per_query_ms = 1000 * (time.perf_counter() - t0) / max(len(para) + len(ctrl), 1)
+        advised = [(q, routed(q)) for q in advice]
+        memory = recall_memory(Path(tmp) / "home", facts, embedder)
+        advice_recalls = [(q, memory.recall(q)) for q in advice]
     return {"embedder": embedder_name, "dev_set": str(dev.relative_to(ROOT)),
             "scope_prompts": n_prompts,
             "paraphrases": len(para),
@@ -106,6 +130,10 @@ def measure(embedder_name: str, dev: Path, lcfg: LearnConfig) -> dict:
             "misrouted": [{"question": q, "fact": fid, "routed_to": got} for fid, q, got in para if got != fid],
             "controls": len(ctrl), "controls_to_an_expert": sum(bool(got) for _, got in ctrl),
             "controls_routed": [{"question": q, "routed_to": got} for q, got in ctrl if got],
+            "advice": len(advised), "advice_to_an_expert": sum(bool(got) for _, got in advised),
+            "advice_routed": [{"question": q, "routed_to": got} for q, got in advised if got],
+            "advice_recalling": sum(bool(r) for _, r in advice_recalls),
+            "advice_recalled": [{"question": q, "recalled": r[0]["prompt"]} for q, r in advice_recalls if r],
             "scope_embed_s": round(warm_s, 2), "route_ms_per_question": round(per_query_ms, 1)}
 
 
@@ -116,16 +144,23 @@ def markdown(results: list[dict], cmd: str) -> str:
              "(the corrected prompt and its `augment_sft` rewrites); `AdapterScope.route` decides. "
              "\"other expert\" is a confidently wrong answer; \"outside\" goes to the base weights.", "",
              "| embedder | dev set | own expert | other expert | outside | controls to an expert "
-             "| scope embed s | route ms/question |", "|---|---|---|---|---|---|---|---|"]
+             "| advice to an expert | advice recalling a note | scope embed s | route ms/question |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['embedder']} | {r['dev_set']} | {r['own_expert']}/{r['paraphrases']} | {r['other_expert']} "
-                     f"| {r['outside_scope']} | {r['controls_to_an_expert']}/{r['controls']} | {r['scope_embed_s']} "
-                     f"| {r['route_ms_per_question']} |")
+                     f"| {r['outside_scope']} | {r['controls_to_an_expert']}/{r['controls']} "
+                     f"| {r['advice_to_an_expert']}/{r['advice']} | {r['advice_recalling']}/{r['advice']} "
+                     f"| {r['scope_embed_s']} | {r['route_ms_per_question']} |")
     lines += ["", "Misrouted paraphrases:", ""]
     for r in results:
         for m in r["misrouted"]:
             lines.append(f"- {r['embedder']}, {Path(r['dev_set']).name}: \"{m['question']}\" ({m['fact']}) -> "
                          f"{m['routed_to'] if m['routed_to'] else 'shared adapter' if m['routed_to'] == '' else 'outside'}")
+    lines += ["", "Advice questions (bench/advice_dev.jsonl) that reached an expert or recalled a note:", ""]
+    for r in results:
+        where = f"{r['embedder']}, {Path(r['dev_set']).name}"
+        lines += [f"- {where}: \"{m['question']}\" -> expert {m['routed_to']}" for m in r["advice_routed"]]
+        lines += [f"- {where}: \"{m['question']}\" -> note \"{m['recalled']}\"" for m in r["advice_recalled"]]
     return "\n".join(lines) + "\n"
 
 
@@ -145,7 +180,8 @@ def main(argv=None) -> int:
             r = measure(name, dev, lcfg)
             results.append(r)
             print(f"{name:7s} {Path(r['dev_set']).name:28s} own {r['own_expert']}/{r['paraphrases']} other "
-                  f"{r['other_expert']} outside {r['outside_scope']} controls {r['controls_to_an_expert']}/{r['controls']}",
+                  f"{r['other_expert']} outside {r['outside_scope']} controls {r['controls_to_an_expert']}/{r['controls']} "
+                  f"advice {r['advice_to_an_expert']}/{r['advice']} to an expert, {r['advice_recalling']} recalling",
                   flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     cmd = f"python bench/routing.py --embedders {args.embedders} --answer-keys {args.answer_keys} --out {args.out}"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from assistant.embedders import MiniLMEmbedder
-from assistant.memory import SETTING_DROP_LEARNED, Memory, reply_lead, search_keys
+from assistant.memory import SETTING_DROP_LEARNED, Memory, asks_way, reply_lead, search_keys
 from assistant.runtime import Runtime
 from learning.augment import replay_prompts
 from store import adapters, conversations, feedback, open_db
@@ -229,6 +229,20 @@ def test_a_question_asking_how_is_answered_only_by_what_was_taught_for_how(cfg, 
     assert [r["feedback_id"] for r in mem.recall("How do I reach Camilla Strand, my lawyer?")] == [lawyer]
     assert [r["feedback_id"] for r in mem.recall("How much does my lawyer charge?")] == [lawyer]
     assert [r["feedback_id"] for r in mem.recall("How do I travel to work?")] == [commute]
+
+
+def test_a_question_asking_what_to_do_is_a_way_too(cfg, db):
+    """"What should I feed my cat?" asks what to do, not the cat's name; a modal before "you"
+    asks for the fact ("Can you tell me my cat's name?")."""
+    cat = correct(db, "What is my cat's name?", "Your cat is called Pemberton.")
+    mem = Memory(cfg, embedder=HashEmbedder(), threshold=0.3)
+    assert [r["feedback_id"] for r in mem.recall("What do I call my cat?")] == [cat]
+    assert mem.recall("What should I call my cat?") == []
+    assert mem.recall("Can I call my cat?") == []
+    assert [r["feedback_id"] for r in mem.recall("Can you tell me my cat's name?")] == [cat]
+    assert [r["feedback_id"] for r in mem.recall("What should I call Pemberton, my cat?")] == [cat]  # names what it told
+    assert asks_way("Where should we go on holiday?") and asks_way("Could our team work from home?")
+    assert not asks_way("Could you remind me what my cat is called?") and not asks_way("How old is my cat?")
 
 
 class GatedEmbedder(HashEmbedder):

@@ -91,6 +91,14 @@ def test_a_question_asking_how_reaches_only_prompts_that_asked_how(tmp_path):
     assert scope.covers(path, "How much does my lawyer charge?")  # a quantity, not a way
 
 
+def test_a_question_asking_what_to_do_reaches_only_prompts_that_asked_a_way(tmp_path):
+    scope = AdapterScope(Embedder())
+    path = scoped(tmp_path, ["Who is my lawyer?", "What should I cook on Fridays?"], threshold=0.3)
+    assert scope.covers(path, "Who is my lawyer now?")
+    assert not scope.covers(path, "Should I change my lawyer?")  # advice, not who the lawyer is
+    assert scope.covers(path, "What should I cook on Saturdays?")  # taught for a "should" question
+
+
 def test_a_prompt_clearly_nearer_the_scope_than_ordinary_requests_is_covered(tmp_path, monkeypatch):
     from tests.test_memory import ORDINARY
 
