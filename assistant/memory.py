@@ -130,6 +130,13 @@ LEAD_NEW_WORD = "through"  # "off" | "before" | "through"
 LEAD_FRAME_WORDS = frozenset(
     "a an the is are was were am be been being has have had do does did you your yours i my me we our us "
     "it its this that these those of to in on at for by as with from and or s called named name yes no".split())
+# A name's capitalised function word ("The" of "The Paper Kites") is not something it told: as a
+# told word, "the" let every question with a "the" past the FIRST_PERSON guard ("Can I take my
+# folding bike on the bus?" went to the bike's expert). Dev: advice questions reaching an expert
+# 7 -> 3 of 156 (`python bench/routing.py`); false recalls on bench/recall_dev.jsonl's controls
+# at thresholds 0.3/0.35/0.4 from 2/1/1 to 1/0/0, at 0.45 none either way, facts unchanged
+# (bench/results/memory.dev-told-*.md against memory.dev-way-*.md).
+FUNCTION_WORDS = LEAD_FRAME_WORDS - {"called", "named", "name", "yes", "no"}
 SETTING_DROP_LEARNED = "recall_drop_learned"
 # A turn waits at most this long for the index while another thread builds it (the server's
 # warm-up at start: loading MiniLM takes about 3 s, embedding 10,000 corrections without the
@@ -242,14 +249,19 @@ def about_user(text_words: set[str]) -> bool:
 
 def told_words(prompt: str, answer: str) -> set[str]:
     """The names and numbers an answer told beyond its question ("Your sister Ingrid's birthday
-    is on 14 March." -> ingrid, 14, march): words with a capital not opening a sentence, or with
-    a digit. Plain words ("called", "negative") would let any general question through."""
-    told = set()
+    is on 14 March." -> ingrid, 14, march): `_naming` words except FUNCTION_WORDS. Plain words
+    ("called", "negative") would let any general question through."""
+    return _naming(prompt, answer) - FUNCTION_WORDS
+
+
+def _naming(prompt: str, answer: str) -> set[str]:
+    """The words of `answer` not in `prompt` with a capital not opening a sentence, or a digit."""
+    found = set()
     for sentence in re.split(r"(?<=[.!?])\s+", answer or ""):
         for i, w in enumerate(re.findall(r"[A-Za-z0-9]+", sentence)):
             if any(c.isdigit() for c in w) or (i and w[0].isupper()):
-                told.add(w.lower())
-    return told - words(prompt)
+                found.add(w.lower())
+    return found - words(prompt)
 
 
 def may_answer(asked: set[str], personal: bool, told: set[str], other_kind: bool = False) -> bool:
@@ -550,11 +562,12 @@ def reply_lead(recalled: list[dict]) -> str | None:
 
 
 def split_at_told(prompt: str, answer: str) -> tuple[str, str]:
-    """`answer` cut before the first name or number it told beyond `prompt` (`told_words`):
-    ("Your team writes the backend in", "Elixir."); ("", answer) when it tells none."""
-    told = told_words(prompt, answer)
+    """`answer` cut before the first name or number it told beyond `prompt` (`told_words`, with
+    a name's capitalised "The"): ("Your team writes the backend in", "Elixir."); ("", answer) when
+    it tells none."""
+    named = _naming(prompt, answer)
     for m in re.finditer(r"[A-Za-z0-9]+", answer):
-        if m.group().lower() in told:
+        if m.group().lower() in named and not m.group().islower():  # "The", not an earlier "the"
             return answer[:m.start()].rstrip(), answer[m.start():].strip()
     return "", answer
 

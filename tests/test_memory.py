@@ -217,6 +217,18 @@ def test_a_correction_about_the_user_is_not_recalled_by_a_general_question(cfg, 
     assert [r["feedback_id"] for r in mem.recall("Boiling point of water at altitude?")] == [boiling]
 
 
+def test_a_names_capitalised_the_is_not_something_told(cfg, db):
+    """"The Paper Kites" told paper and kites, not "the": as a told word it let every general
+    question with a "the" get the note."""
+    band = correct(db, "What is my favourite band?", "Your favourite band is The Paper Kites.")
+    mem = Memory(cfg, embedder=HashEmbedder(), threshold=0.3)
+    assert mem.recall("What is the most famous band?") == []
+    assert [r["feedback_id"] for r in mem.recall("Are the Paper Kites a famous band?")] == [band]
+    assert reply_lead(mem.recall("Which band is my favourite?")) == "Your favourite band is"
+    assert reply_lead([{"prompt": "Which band do I play in?", "correction": "You play in the band The Paper Kites.",
+                        "score": 0.9}]) == "You play in the band"
+
+
 def test_a_question_asking_how_is_answered_only_by_what_was_taught_for_how(cfg, db):
     """"How do I find a good lawyer?" asks a way: the note "Your lawyer is Camilla Strand." does
     not answer it, the answer to "How do I get to work?" does; naming what a note told excuses it,

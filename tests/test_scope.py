@@ -52,6 +52,10 @@ def test_a_prompt_about_the_user_covers_only_questions_about_the_user_or_what_it
     assert scope.covers(path, "Is Pemberton the name of the cat?")
     assert scope.covers(path, "How long do house cats live?")  # a general prompt covers anyone
 
+    band = [{"messages": [{"role": "user", "content": "What is my favourite band?"},
+                          {"role": "assistant", "content": "Your favourite band is The Paper Kites."}]}]
+    assert scope_told(band) == ["kites", "paper"]  # not "the": any question has one
+
 
 def test_a_rewrite_without_first_person_words_still_answers_only_questions_about_the_user(tmp_path):
     correction = {"messages": [{"role": "user", "content": "Which instrument am I learning?"},
