@@ -112,11 +112,14 @@ def score(server: Server, items: list[dict], recall: bool, taught_before: set[st
     """Every probe through the API; accuracy per column. `earlier`: facts taught in earlier
     cycles (retention); `first`: facts of cycle 1."""
     probes = probe_list(items)
+    tokens, t0 = 0, time.perf_counter()
     for p in probes:
         reply = server.ask(p["prompt"], recall=recall)
+        tokens += reply["usage"]["completion_tokens"]
         p["reply"] = reply["choices"][0]["message"]["content"]
         p["adapter_version"] = reply.get("adapter_version")
         p["passed"] = any(contains_phrase(p["reply"], e) for e in p["expect"])
+    reply_tok_s = round(tokens / (time.perf_counter() - t0), 1)
     kind = {it["id"]: it["kind"] for it in items}
 
     def acc(pred):
@@ -132,6 +135,7 @@ def score(server: Server, items: list[dict], recall: bool, taught_before: set[st
         "first": acc(lambda p: is_fact(p) and p["item"] in first_batch),
         "style": acc(lambda p: p["family"] == "style"),
         "control": acc(lambda p: p["family"] == "control"),
+        "reply_tok_s": reply_tok_s,
         "probes": probes,
     }
 
@@ -152,15 +156,17 @@ def markdown(run: dict) -> str:
              "`earlier`: facts taught in earlier cycles (retention); `first`: facts of cycle 1. `weights`: "
              "recall off, so nothing is added to the prompt; the active adapter answers the prompts inside "
              "its scope (near a prompt it was trained on, assistant/scope.py) and the base weights the rest. "
-             "`recall`: the same with recalled corrections in the prompt.", ""]
-    head = "| cycle | mode | active | " + " | ".join(COLUMNS + ("first",)) + " | cycle wall s |"
+             "`recall`: the same with recalled corrections in the prompt. `reply tok/s`: the probes' replies "
+             "through the API, one at a time: how fast this machine ran (cycle 0, the base model, is the "
+             "reference to compare runs on different machines by).", ""]
+    head = "| cycle | mode | active | " + " | ".join(COLUMNS + ("first",)) + " | reply tok/s | cycle wall s |"
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
     for row in run["rows"]:
         for mode in ("weights", "recall"):
             s = row[mode]
             cells = [frac(s[c]) for c in COLUMNS + ("first",)]
             lines.append(f"| {row['cycle']} | {mode} | {row['active']} | " + " | ".join(cells)
-                         + f" | {row.get('cycle_s') or '-'} |")
+                         + f" | {s.get('reply_tok_s', '-')} | {row.get('cycle_s') or '-'} |")
     lines += ["", "Learner output per cycle:", ""]
     lines += [f"- cycle {r['cycle']}: {r.get('learn_summary', '-')}" for r in run["rows"] if r["cycle"]]
     return "\n".join(lines) + "\n"
