@@ -393,7 +393,9 @@ def adapter_scope(job: TrainJob, sft_rows: list[dict], experts: list[dict] | Non
     version's, learning/experts.py) leave the scope with it: they would otherwise reach the
     shared adapter, which may still hold what it learned (past `refit_corrections`) or answer
     with another fact's words; outside the scope the base weights answer, as in the chat before
-    the next cycle (ChatService._taken_back)."""
+    the next cycle (ChatService._taken_back). So do the names it told (unless a kept expert
+    or this job's rows tell them too): they would let questions naming them past the
+    first-person guard."""
     from assistant.scope import (
         question_and_answer,
         read_experts,
@@ -408,19 +410,28 @@ def adapter_scope(job: TrainJob, sft_rows: list[dict], experts: list[dict] | Non
         return None
     parent = read_scope(job.parent_path) if job.parent_path else None
     inherited = parent["prompts"] if parent else []
+    inherited_told = set(parent.get("told") or ()) if parent else set()
     if experts is not None and job.corrections is not None and parent:
         asked = {normalize_prompt(q) for q, _ in map(question_and_answer, job.corrections[0]) if q}
-        still = {q for e in experts for q in e.get("prompts") or ()}
         dropped = no_longer_held(read_experts(job.parent_path), expert_groups(*job.corrections))
-        gone = {q for e in dropped if normalize_prompt(e["prompt"]) not in asked  # taken back, not superseded
-                for q in e.get("prompts") or [e["prompt"]]} - still
+        taken_back = [e for e in dropped if normalize_prompt(e["prompt"]) not in asked]  # not superseded
+        gone = {q for e in taken_back for q in e.get("prompts") or [e["prompt"]]} - \
+            {q for e in experts for q in e.get("prompts") or ()}
         inherited = [q for q in inherited if q not in gone]
+        inherited_told -= _told_by(taken_back) - _told_by(experts)
     rows = [r for r in sft_rows if r.get("source") != "self-replay"] + list(job.pairs)
     prompts = list(dict.fromkeys([*inherited, *scope_prompts(rows)]))
-    told = sorted({*(parent.get("told") or [] if parent else []), *scope_told(rows)})
+    told = sorted({*inherited_told, *scope_told(rows)})
     personal = sorted({*(parent.get("personal") or [] if parent else []), *scope_personal(rows)})
     return {"threshold": job.lcfg.scope_threshold, "margin": job.lcfg.scope_margin, "prompts": prompts, "told": told,
             "personal": personal}
+
+
+def _told_by(experts: list[dict]) -> set[str]:
+    """The names and numbers the experts' corrections told (memory.told_words)."""
+    from assistant.memory import told_words
+
+    return {w for e in experts for w in told_words(e["prompt"], e.get("answer") or "")}
 
 
 def clean_stale_dirs(adapters_dir: Path, registered: set[str]) -> list[str]:

@@ -205,24 +205,31 @@ def test_the_expert_of_a_correction_taken_back_is_not_kept(tiny_model_path, tmp_
     assert set(read_experts(v1)[0]["prompts"]) <= set(read_scope(v2)["prompts"])
 
 
-def test_a_superseded_experts_prompts_stay_in_the_scope_while_the_newer_correction_waits(tmp_path):
+def test_a_taken_back_experts_prompts_and_names_leave_the_scope_a_superseded_ones_stay(tmp_path):
+    """A taken-back correction's expert takes its prompts and the names it told out of the next
+    version's scope; a superseded one's stay while the newer correction waits for its expert."""
     from learning.train import adapter_scope
 
     parent = tmp_path / "v1"
-    experts = [{"name": f"v1-{i}", "feedback_ids": [f"f{i}"], "prompt": q, "answer": "...", "prompts": [q, q.lower()]}
-               for i, q in enumerate((DOG, WORK))]
+    answers = {DOG: "Your dog is called Biscuit.", WORK: "You work at Halvorsen Robotics with Biscuit."}
+    experts = [{"name": f"v1-{i}", "feedback_ids": [f"f{i}"], "prompt": q, "answer": answers[q],
+                "prompts": [q, q.lower()]} for i, q in enumerate((DOG, WORK))]
     for e in experts:
         (parent / EXPERTS_DIR / e["name"]).mkdir(parents=True)
         for name in ("adapter_config.json", "adapter_model.safetensors"):
             (parent / EXPERTS_DIR / e["name"] / name).write_text("{}")  # the scope reads no weights
     prompts = [q for e in experts for q in e["prompts"]]
-    (parent / "meta.json").write_text(json.dumps({"experts": experts, "scope": {"threshold": 0.5, "prompts": prompts}}))
+    told = ["biscuit", "halvorsen", "robotics"]
+    (parent / "meta.json").write_text(json.dumps({"experts": experts,
+                                                  "scope": {"threshold": 0.5, "prompts": prompts, "told": told}}))
     job = _job("base", tmp_path, version=2, parent_version=1, parent_path=str(parent))
     newer = {**job.sft_rows[1], "feedback_ids": ["f2"]}  # WORK corrected again; its expert waits
     job = dataclasses.replace(job, sft_rows=[], pairs=[], corrections=([job.sft_rows[0], newer], []))
-    assert adapter_scope(job, [], experts[:1])["prompts"] == prompts  # superseded, not taken back
+    scope = adapter_scope(job, [], experts[:1])
+    assert (scope["prompts"], scope["told"]) == (prompts, told)  # superseded, not taken back
     job = dataclasses.replace(job, corrections=([job.corrections[0][0]], []))  # WORK taken back
-    assert adapter_scope(job, [], experts[:1])["prompts"] == experts[0]["prompts"]
+    scope = adapter_scope(job, [], experts[:1])
+    assert (scope["prompts"], scope["told"]) == (experts[0]["prompts"], ["biscuit"])  # the dog's expert told it too
 
 
 def test_an_expert_whose_correction_was_taken_back_no_longer_answers(cfg, db, served, tiny_model_path, tmp_path):
