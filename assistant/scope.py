@@ -65,11 +65,12 @@ def scope_prompts(rows: list[dict]) -> list[str]:
 
 def scope_told(rows: list[dict]) -> list[str]:
     """What the answers to questions about the user told (memory.told_words), all rows together."""
-    told = set()
-    for q, a in map(question_and_answer, rows):
-        if q is not None and about_user(words(q)):
-            told |= told_words(q, a)
-    return sorted(told)
+    return sorted(told_by_answers(map(question_and_answer, rows)))
+
+
+def told_by_answers(pairs) -> set[str]:
+    """What the answers of (question, answer) pairs told, counting only questions about the user."""
+    return {w for q, a in pairs if q is not None and about_user(words(q)) for w in told_words(q, a)}
 
 
 def scope_personal(rows: list[dict]) -> list[str]:

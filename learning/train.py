@@ -403,6 +403,7 @@ def adapter_scope(job: TrainJob, sft_rows: list[dict], experts: list[dict] | Non
         scope_personal,
         scope_prompts,
         scope_told,
+        told_by_answers,
     )
     from learning.datasets import normalize_prompt
 
@@ -418,20 +419,17 @@ def adapter_scope(job: TrainJob, sft_rows: list[dict], experts: list[dict] | Non
         gone = {q for e in taken_back for q in e.get("prompts") or [e["prompt"]]} - \
             {q for e in experts for q in e.get("prompts") or ()}
         inherited = [q for q in inherited if q not in gone]
-        inherited_told -= _told_by(taken_back) - _told_by(experts)
+
+        def told_by(es):  # what these experts' corrections told, as scope_told counts it
+            return told_by_answers((e["prompt"], e.get("answer") or "") for e in es)
+
+        inherited_told -= told_by(taken_back) - told_by(experts)
     rows = [r for r in sft_rows if r.get("source") != "self-replay"] + list(job.pairs)
     prompts = list(dict.fromkeys([*inherited, *scope_prompts(rows)]))
     told = sorted({*inherited_told, *scope_told(rows)})
     personal = sorted({*(parent.get("personal") or [] if parent else []), *scope_personal(rows)})
     return {"threshold": job.lcfg.scope_threshold, "margin": job.lcfg.scope_margin, "prompts": prompts, "told": told,
             "personal": personal}
-
-
-def _told_by(experts: list[dict]) -> set[str]:
-    """The names and numbers the experts' corrections told (memory.told_words)."""
-    from assistant.memory import told_words
-
-    return {w for e in experts for w in told_words(e["prompt"], e.get("answer") or "")}
 
 
 def clean_stale_dirs(adapters_dir: Path, registered: set[str]) -> list[str]:
