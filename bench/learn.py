@@ -70,7 +70,7 @@ def bare_lora_loop(cfg, lcfg: LearnConfig) -> dict:
                    adapters_dir=cfg.home / "bare", version=999, sft_rows=data.sft, pairs=[], lcfg=lcfg,
                    cache_dir=cfg.home / "cache")
     model, tok, device = load_trainable(job)
-    rows, _ = training_rows(job, model, tok)
+    _, rows, _ = training_rows(job, model, tok)  # no experts planned: every row trains
     seqs = []
     for r in rows:
         prompt = tok.apply_chat_template(r["messages"][:-1], add_generation_prompt=True, return_dict=True)["input_ids"]

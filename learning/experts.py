@@ -7,7 +7,9 @@ a vector index of their inputs) and WISE, each correction gets its own small LoR
 the correction, its rewrites and its preference pair only, so nothing else it learns can leak
 into it. The scope (assistant/scope.py) routes a prompt to the expert of its nearest trained
 prompt; the answer still comes from weights, nothing is added to the prompt. Prompts nearest to
-anything else the version learned (liked answers) go to the shared adapter, as before.
+anything else the version learned (liked answers, corrections whose expert waits) go to the
+shared adapter, which therefore trains on those only (learning/train.py `training_rows`): a
+cycle whose corrections all get experts skips its SFT and DPO, the largest part of a cycle.
 
 An expert is trained once, in the cycle its correction is new; a later version keeps it by
 hard links (the files are never written again, so linking is safe and costs no space). A newer
@@ -59,19 +61,27 @@ def no_longer_held(experts: list[dict], groups: dict) -> list[dict]:
     return [e for e in experts if tuple(sorted(e["feedback_ids"])) not in groups]
 
 
-def train_experts(model, tok, job, device: str, work: Path, losses: list, stats: dict, out: Path) -> list[dict] | None:
-    """Write `out/experts/`: the parent's experts still current, linked, and a new expert for
-    each correction of this job that has none. `model` is the job's PeftModel: each expert is
-    added to it as a fresh adapter, trained (SFT, then DPO on its pair), saved and deleted, and
-    the shared adapter is active again on return. None when experts are off (or the version is
-    unscoped: it answers every prompt itself). At most `experts_per_cycle` are trained, the
-    corrections with the oldest feedback ids first; the others wait for the next cycle."""
-    import torch
-    from peft import LoraConfig
+@dataclasses.dataclass
+class ExpertPlan:
+    """Which experts a version will have, known before anything trains (`plan_experts`)."""
+    kept: list[dict]  # the parent's experts still current: linked, not retrained
+    new: dict[tuple, dict]  # expert_groups entries that get an expert in this cycle
+    waiting: int  # corrections still without an expert after this cycle
+    forgotten: int  # the parent's experts whose correction was taken back
 
-    from learning.augment import augment_sft
+    def answered(self) -> set[tuple]:
+        """The feedback-id keys (as `expert_groups` makes them) of every correction an expert of
+        this version answers: the scope routes those corrections' prompts to their expert, never
+        to the version's shared adapter (assistant/scope.py)."""
+        return {tuple(sorted(e["feedback_ids"])) for e in self.kept} | set(self.new)
+
+
+def plan_experts(job) -> ExpertPlan | None:
+    """The experts of the version `job` trains: the parent's that are still current, kept, and a
+    new one for each correction without one, at most `experts_per_cycle`, the corrections with
+    the oldest feedback ids first (the others wait for the next cycle). None when experts are off
+    (or the version is unscoped: it answers every prompt itself)."""
     from learning.datasets import normalize_prompt
-    from learning.train import run_dpo, run_sft
 
     lcfg = job.lcfg
     if not lcfg.experts or lcfg.scope_threshold is None:
@@ -89,6 +99,24 @@ def train_experts(model, tok, job, device: str, work: Path, losses: list, stats:
     gone = [] if job.corrections is None else [e["name"] for e in no_longer_held(inherited, groups)]
     current = [e for e in inherited if e["name"] not in gone]
     kept = [e for e in current if normalize_prompt(e["prompt"]) not in replaced]
+    return ExpertPlan(kept=kept, new=new, waiting=len(waiting) - len(new), forgotten=len(inherited) - len(current))
+
+
+def train_experts(model, tok, job, plan: ExpertPlan | None, device: str, work: Path, losses: list, stats: dict,
+                  out: Path) -> list[dict] | None:
+    """Write `out/experts/` as `plan` says: the kept experts linked, a new expert trained for
+    each of `plan.new`. `model` is the job's PeftModel: each expert is added to it as a fresh
+    adapter, trained (SFT, then DPO on its pair), saved and deleted, and the shared adapter is
+    active again on return. None when there is no plan (experts off)."""
+    import torch
+    from peft import LoraConfig
+
+    from learning.augment import augment_sft
+    from learning.train import run_dpo, run_sft
+
+    if plan is None:
+        return None
+    lcfg, kept, new = job.lcfg, plan.kept, plan.new
     for e in kept:
         _link_tree(Path(job.parent_path) / EXPERTS_DIR / e["name"], out / EXPERTS_DIR / e["name"])
     expert_lora = LoraConfig(r=lcfg.expert_r, lora_alpha=2 * lcfg.expert_r, lora_dropout=0.0,
@@ -120,6 +148,6 @@ def train_experts(model, tok, job, device: str, work: Path, losses: list, stats:
         trained.append({"name": name, "feedback_ids": list(group["sft"][0]["feedback_ids"]), "prompt": question,
                         "answer": answer, "prompts": list(dict.fromkeys(scope_prompts(rows))),
                         "trained_in": job.version})
-    stats["experts"] = {"kept": len(kept), "trained": len(trained), "waiting": len(waiting) - len(trained),
-                        "forgotten": len(inherited) - len(current), "seconds": round(time.perf_counter() - t0, 1)}
+    stats["experts"] = {"kept": len(kept), "trained": len(trained), "waiting": plan.waiting,
+                        "forgotten": plan.forgotten, "seconds": round(time.perf_counter() - t0, 1)}
     return kept + trained

@@ -3,7 +3,9 @@
 Contract: `train_candidate(job)` loads the base model, attaches the parent adapter TRAINABLE
 (or a fresh LoRA of the fixed shape from LearnConfig: a first version, or a refit,
 `job.from_parent` False), runs SFT on the answer tokens only, then
-DPO (sigmoid + an SFT term on the chosen answer, against collapse), and writes the adapter
+DPO (sigmoid + an SFT term on the chosen answer, against collapse), each on the rows no expert
+of the version answers (a correction with an expert is learned by it, learning/experts.py, and
+the scope never routes its prompts to the shared adapter), and writes the adapter
 ATOMICALLY: a temp dir inside the adapters dir, renamed to `adapters/vN` once complete, with a
 `meta.json` (resolved config, parent version, feedback ids, data hash, package version,
 timings, losses, tokens/s). Base weights are never modified. A crash leaves at most a
@@ -24,7 +26,7 @@ from typing import Callable
 
 from learning.config import LearnConfig
 from learning.datasets import strip_meta
-from learning.experts import expert_groups, no_longer_held, train_experts
+from learning.experts import expert_groups, no_longer_held, plan_experts, train_experts
 
 Progress = Callable[[str, int, int, float | None], None]  # (stage, step, total, loss)
 
@@ -63,26 +65,35 @@ class TrainJob:
     corrections: tuple[list[dict], list[dict]] | None = None
 
 
-def training_rows(job: TrainJob, model, tok) -> tuple[list[dict], dict]:
-    """The SFT rows actually trained: the job's rows, generic rewrites of corrected prompts
-    and the base model's own answers to generic prompts (see learning/augment.py; with
-    `anchor_weight` > 0 those answers feed the distillation anchor instead, `anchor_rows`)."""
+def training_rows(job: TrainJob, model, tok, answered=frozenset()) -> tuple[list[dict], list[dict], dict]:
+    """(what the version learns from, what its shared adapter trains on, counts).
+
+    The first: the job's rows and generic rewrites of corrected prompts (learning/augment.py);
+    their prompts make the version's scope (`adapter_scope`). The second: the same less the
+    rows of the corrections an expert answers (`answered`, ExpertPlan.answered: the scope routes
+    their prompts to the expert, never to the shared adapter, so training it on them would only
+    cost time), plus, when anything is left, the base model's own answers to generic prompts
+    against forgetting (self-replay; with `anchor_weight` > 0 those feed the distillation anchor
+    instead, `anchor_rows`)."""
     from learning.augment import augment_sft, self_replay_rows
 
     rows = list(job.sft_rows)
     extra = augment_sft(rows, n_rewrites=job.lcfg.augment_rewrites,
                         short_answers=job.lcfg.short_answers) if job.lcfg.augment else []
+    learned = rows + extra
+    shared = [r for r in learned if tuple(sorted(r.get("feedback_ids") or ())) not in answered]
     replay = []
-    if job.lcfg.self_replay and job.cache_dir is not None:
+    if shared and job.lcfg.self_replay and job.cache_dir is not None:
         model.eval()
         with model.disable_adapter():  # the BASE model's answers, whatever the parent learned
             replay = self_replay_rows(model, tok, job.system_prompt, job.cache_dir, job.lcfg.self_replay)
         model.train()
-    counts = {"given": len(rows), "augment": len(extra), "self_replay": len(replay)}
+    counts = {"given": len(rows), "augment": len(extra), "to_experts": len(learned) - len(shared),
+              "self_replay": len(replay)}
     if job.lcfg.anchor_weight > 0:
         counts["anchor"] = counts.pop("self_replay")
-        return rows + extra, counts
-    return rows + extra + replay, counts
+        return learned, shared, counts
+    return learned, shared + replay, counts
 
 
 def anchor_rows(job: TrainJob, model, tok) -> list[dict]:
@@ -289,16 +300,20 @@ def train_candidate(job: TrainJob) -> Path:
         timings["load_s"] = time.perf_counter() - t0
         work = tmp / "_work"
         t0 = time.perf_counter()
-        sft_rows, stats["sft_rows"] = training_rows(job, model, tok) if job.sft_rows else ([], {})
+        plan = plan_experts(job)
+        answered = plan.answered() if plan else set()
+        learned, shared_rows, stats["sft_rows"] = training_rows(job, model, tok, answered) if job.sft_rows \
+            else ([], [], {})
         timings["extra_rows_s"] = time.perf_counter() - t0
-        if sft_rows:
-            stats["sft"] = run_sft(model, tok, sft_rows, job, device, work, losses)
+        if shared_rows:
+            stats["sft"] = run_sft(model, tok, shared_rows, job, device, work, losses)
             timings["sft_s"] = stats["sft"]["seconds"]
         pairs = list(job.pairs)
         if job.lcfg.contrast:
             from learning.augment import contrast_pairs
 
             pairs += contrast_pairs(job.sft_rows)
+        pairs = [p for p in pairs if tuple(sorted(p.get("feedback_ids") or ())) not in answered]  # the experts' DPO
         if pairs and job.lcfg.dpo_epochs > 0:
             stats["dpo"] = run_dpo(model, tok, pairs, job, device, work, losses)
             timings["dpo_s"] = stats["dpo"]["seconds"]
@@ -308,7 +323,7 @@ def train_candidate(job: TrainJob) -> Path:
         if habits is not None:  # its self-replay answers, training and saving
             timings["habit_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        experts = train_experts(model, tok, job, device, work, losses, stats, tmp)
+        experts = train_experts(model, tok, job, plan, device, work, losses, stats, tmp)
         if experts is not None:
             timings["experts_s"] = time.perf_counter() - t0
         shutil.rmtree(work, ignore_errors=True)
@@ -318,7 +333,7 @@ def train_candidate(job: TrainJob) -> Path:
             "data_hash": job.data_hash, "package_version": _package_version(), "device": device,
             "torch": torch.__version__, "timings": timings, "losses": losses, "stats": stats,
             "rows": {"sft": len(job.sft_rows), "pairs": len(job.pairs)},
-            "scope": adapter_scope(job, sft_rows, experts),
+            "scope": adapter_scope(job, learned, experts),
             "habits": habits, "experts": experts,
             **job.extra_meta,
         }

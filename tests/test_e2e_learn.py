@@ -15,7 +15,7 @@ from store import adapters
 pytestmark = pytest.mark.e2e
 
 SHORT = LearnConfig(sft_epochs=1, dpo_epochs=1, self_replay=4, sft_batch_size=8, dpo_batch_size=2,
-                    sft_max_length=96, dpo_max_length=96)
+                    sft_max_length=96, dpo_max_length=96, heldout_fraction=0.0)
 
 
 def test_short_cycle_on_the_embedded_model(home, embedded_model_dir, monkeypatch):
@@ -26,6 +26,8 @@ def test_short_cycle_on_the_embedded_model(home, embedded_model_dir, monkeypatch
         turn = runtime.chat.reply(prompt, max_new_tokens=16, recall=False)
         runtime.record_feedback(turn.turn_id, "down")
         runtime.record_feedback(turn.turn_id, "correction", correction=fix)
+    liked = runtime.chat.reply("How do I boil an egg?", max_new_tokens=16, recall=False)
+    runtime.record_feedback(liked.turn_id, "up")  # the shared adapter's to learn: the corrections get experts
     monkeypatch.setattr(learner, "_gate", lambda: None)  # the gate's own e2e test covers it
 
     result = learner.run_cycle(cfg, SHORT)
@@ -33,10 +35,12 @@ def test_short_cycle_on_the_embedded_model(home, embedded_model_dir, monkeypatch
     row = adapters.get_adapter(runtime.db, result["version"])
     assert row["status"] == "candidate" and row["n_corrections"] == 2
     meta = json.loads((cfg.adapters_dir / "v1" / "meta.json").read_text())
-    assert len(meta["feedback_ids"]) == 4  # two corrections and the down votes sent with them
-    assert meta["stats"]["sft_rows"]["augment"] > 0 and meta["stats"]["sft_rows"]["self_replay"] > 0
-    assert meta["stats"]["sft"]["tokens_per_s"] > 0 and meta["stats"]["dpo"]["pairs"] == 2
-    assert {x["stage"] for x in meta["losses"]} == {"SFT", "DPO", "expert", "expert DPO"}
+    assert len(meta["feedback_ids"]) == 5  # two corrections, the down votes sent with them, the up vote
+    rows = meta["stats"]["sft_rows"]
+    assert rows["augment"] > 0 and rows["to_experts"] == rows["given"] - 1 + rows["augment"]
+    assert meta["stats"]["sft"]["rows"] == 1 + rows["self_replay"] and rows["self_replay"] > 0
+    assert meta["stats"]["sft"]["tokens_per_s"] > 0 and "dpo" not in meta["stats"]  # each expert has its pair
+    assert {x["stage"] for x in meta["losses"]} == {"SFT", "expert", "expert DPO"}
     assert [e["prompt"] for e in meta["experts"]] == ["What is the name of my dog?", "Where do I work?"]
     # The served model accepts it and answers differently from the base model.
     runtime.model.use(None)

@@ -148,6 +148,30 @@ def test_a_cycle_trains_at_most_experts_per_cycle_the_oldest_first(tiny_model_pa
     assert json.loads((v2 / "meta.json").read_text())["stats"]["experts"]["waiting"] == 0
 
 
+def test_the_shared_adapter_trains_only_on_what_no_expert_answers(tiny_model_path, tmp_path):
+    import dataclasses
+
+    from tests.test_train import LIKED_ROW
+
+    job = _job(tiny_model_path, tmp_path / "adapters")
+    job.lcfg = dataclasses.replace(job.lcfg, experts_per_cycle=1, augment_rewrites=2)
+    meta = json.loads((train_candidate(job) / "meta.json").read_text())
+    # f0 has its expert; f1's waits, so the shared adapter learns it (rows and pair) and the liked answer
+    assert meta["stats"]["sft_rows"]["to_experts"] == 3 and meta["stats"]["sft"]["rows"] == 4
+    assert meta["stats"]["dpo"]["pairs"] == 1
+    assert {DOG, WORK, LIKED_ROW["messages"][1]["content"]} <= set(meta["scope"]["prompts"])
+
+    job = dataclasses.replace(job, version=2, lcfg=dataclasses.replace(job.lcfg, experts_per_cycle=12),
+                              sft_rows=job.sft_rows[:2])  # corrections only: each gets its expert
+    out = train_candidate(job)
+    meta = json.loads((out / "meta.json").read_text())
+    assert "sft" not in meta["stats"] and "dpo" not in meta["stats"]  # nothing left for the shared adapter
+    assert {x["stage"] for x in meta["losses"]} == {"expert", "expert DPO"}
+    assert not any(v.abs().sum() > 0 for k, v in _weights(out).items() if "lora_B" in k)  # the base's answers
+    assert [e["prompt"] for e in read_experts(out)] == [DOG, WORK]
+    assert {DOG, WORK} <= set(meta["scope"]["prompts"])  # the scope routes them to their experts
+
+
 def test_no_experts_when_they_are_off_or_the_version_is_unscoped(tiny_model_path, tmp_path):
     import dataclasses
 

@@ -49,6 +49,8 @@ def fake_gate(passed):
 
 def test_cycle_without_gate_leaves_a_candidate(cfg, db, no_gate):
     fids = teach(db)
+    _, liked = turn(db, "How do I boil an egg?", "Simmer it for eight minutes.")
+    fids.append(feedback.add_feedback(db, liked, "up"))  # the shared adapter's to learn (the experts' the rest)
     states = []
     result = cycle(cfg, progress=states.append)
     assert result["status"] == "candidate" and "gate is not available" in result["message"]
@@ -58,7 +60,7 @@ def test_cycle_without_gate_leaves_a_candidate(cfg, db, no_gate):
     assert row["meta"]["feedback_ids"] == sorted(fids) and (cfg.adapters_dir / "v1" / "meta.json").exists()
     job = jobs.get_job(db, result["job_id"])
     assert job["status"] == "succeeded" and job["losses"] and job["ended_at"]
-    assert {s["stage"] for s in states} >= {"preparing data", "SFT", "DPO"}
+    assert {s["stage"] for s in states} >= {"preparing data", "SFT", "experts"}
     assert [s["progress"] for s in states] == sorted(s["progress"] for s in states)
 
 

@@ -29,8 +29,15 @@ def _rows():
     return sft, pairs
 
 
+LIKED_ROW = {"messages": [SYSTEM, {"role": "user", "content": "How do I boil an egg?"},
+                         {"role": "assistant", "content": "Simmer it for eight minutes."}],
+             "feedback_ids": ["f9"], "source": "liked"}
+
+
 def _job(path, adapters_dir, version=1, **kw):
+    """Two corrections (each gets an expert) and a liked answer (the shared adapter's to learn)."""
     sft, pairs = _rows()
+    sft = sft + [LIKED_ROW]
     lcfg = LearnConfig(lora_r=4, lora_alpha=8, sft_epochs=2, dpo_epochs=1, sft_batch_size=2, dpo_batch_size=2,
                        sft_max_length=64, dpo_max_length=64)
     return TrainJob(base_path=str(path), adapters_dir=adapters_dir, version=version, sft_rows=sft, pairs=pairs,
@@ -54,9 +61,9 @@ def test_training_changes_adapter_and_not_base(tiny_model_path, tmp_path):
     meta = json.loads((out / "meta.json").read_text())
     assert meta["feedback_ids"] == ["f0", "f1"] and meta["data_hash"] == "abc"
     assert meta["config"]["lora_r"] == 4 and meta["parent_version"] is None
-    assert {x["stage"] for x in meta["losses"]} == {"SFT", "DPO", "expert", "expert DPO"}
+    assert {x["stage"] for x in meta["losses"]} == {"SFT", "expert", "expert DPO"}
     assert meta["stats"]["sft"]["tokens_per_s"] > 0
-    assert {s[0] for s in seen} == {"SFT", "DPO", "experts"}  # learning/experts.py: one stage for all
+    assert {s[0] for s in seen} == {"SFT", "experts"}  # learning/experts.py: one stage for all
     w = _weights(out)
     # lora_B starts at zero: after training it is not.
     assert any(v.abs().sum() > 0 for k, v in w.items() if "lora_B" in k)
@@ -273,6 +280,7 @@ def test_sft_loss_is_trls_loss_on_the_answer_only(tiny_model_path, tmp_path):
     from learning.train import build_sft_trainer, load_trainable
 
     job = _job(tiny_model_path, tmp_path / "adapters")
+    job.sft_rows = job.sft_rows[:job.lcfg.sft_batch_size]  # one batch
     model, tok, device = load_trainable(job)
     trainer = build_sft_trainer(model, tok, job.sft_rows, job, device, tmp_path / "work", [])
     batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
