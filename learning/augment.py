@@ -254,27 +254,34 @@ def _trim(text: str) -> str:
 def self_replay_rows(model, tokenizer, system_prompt: str, cache_dir: Path, n: int,
                      max_new_tokens: int = 48, batch_size: int = 8) -> list[dict]:
     """The base model's greedy answers to the first `n` replay prompts, as SFT rows.
-    `model` must be the base model (no adapter active). Cached by model, prompts and settings."""
+    `model` must be the base model (no adapter active). Cached per prompt, by model and
+    settings: the habit adapter's 48 answers (learning/train.py) reuse the shared adapter's 24,
+    which are the same prompts' first ones, and generate only the others."""
     if n <= 0:
         return []
     prompts = replay_prompts(n)
     key = hashlib.sha256(json.dumps([getattr(model.config, "_name_or_path", ""), model.config.vocab_size,
-                                     system_prompt, prompts, max_new_tokens]).encode()).hexdigest()[:16]
-    cache = Path(cache_dir) / f"self-replay-{key}.json"
-    if cache.exists():
+                                     system_prompt, max_new_tokens]).encode()).hexdigest()[:16]
+    cache = Path(cache_dir) / f"self-replay-answers-{key}.json"
+    try:
         answers = json.loads(cache.read_text())
-    else:
-        answers = greedy_answers(model, tokenizer, [[{"role": "system", "content": system_prompt},
-                                                     {"role": "user", "content": p}] for p in prompts],
-                                 max_new_tokens, batch_size)
+    except (OSError, ValueError):  # none yet, or unreadable: generate again
+        answers = None
+    answers = answers if isinstance(answers, dict) else {}
+    missing = [p for p in prompts if not isinstance(answers.get(p), str)]
+    if missing:
+        generated = greedy_answers(model, tokenizer, [[{"role": "system", "content": system_prompt},
+                                                       {"role": "user", "content": p}] for p in missing],
+                                   max_new_tokens, batch_size)
+        answers.update(zip(missing, generated, strict=True))
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(".tmp")
         tmp.write_text(json.dumps(answers))
         tmp.replace(cache)
     return [{"messages": [{"role": "system", "content": system_prompt}, {"role": "user", "content": p},
-                          {"role": "assistant", "content": _trim(a)}],
+                          {"role": "assistant", "content": _trim(answers[p])}],
              "feedback_ids": [], "source": "self-replay"}
-            for p, a in zip(prompts, answers, strict=True) if _trim(a)]
+            for p in prompts if _trim(answers[p])]
 
 
 def greedy_answers(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int,

@@ -228,13 +228,14 @@ def build_sft_trainer(model, tok, rows: list[dict], job: TrainJob, device: str, 
 
 
 def sft_trainer_class(base):
-    """`base` (TRL's SFTTrainer) with two changes to its training loss:
+    """`base` (TRL's SFTTrainer) with three changes to its training loss:
 
     - the plain causal-LM loss of the model on TRL's labels (prompt tokens already -100, so
       the loss is on the answer only, exactly TRL's loss value). TRL's own path runs the LM head
       "fused" and computes entropy and top-1 accuracy for its logs at every step; measured on
       the embedded model on CPU that costs a quarter of the step time (bench/learn.py:
       TRL vs a bare PyTorch loop);
+    - the LM head applied only where an answer token is predicted (`answer_logits_only`);
     - plus `anchor_weight * anchor.loss(model)` when a distillation anchor is set."""
     from transformers import Trainer
 
@@ -243,6 +244,8 @@ def sft_trainer_class(base):
         anchor_weight = 0.0
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if not return_outputs and slices_logits(model):
+                inputs = answer_logits_only(inputs)
             out = Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
                                        num_items_in_batch=num_items_in_batch)
             if self.anchor is None or not model.training:
@@ -251,6 +254,33 @@ def sft_trainer_class(base):
             return (out[0] + extra, *out[1:]) if return_outputs else out + extra
 
     return PlainLossSFTTrainer
+
+
+def answer_logits_only(inputs: dict) -> dict:
+    """`inputs` with the model told to project onto the vocabulary only the positions that
+    predict an answer token, and the labels of those positions (transformers' `logits_to_keep`
+    as a boolean mask, and `shift_labels`, which its causal-LM loss takes instead of shifting
+    `labels` itself). The loss is the same; the LM head (576 x 49152 on the embedded model, a
+    fifth of its weights) and the softmax over the vocabulary no longer run for the prompt,
+    system prompt included, which is most of each short training row."""
+    import torch
+
+    labels = inputs["labels"]
+    predicted = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)  # the token each position predicts
+    keep = predicted != -100
+    return {**inputs, "logits_to_keep": keep, "shift_labels": predicted[keep]}
+
+
+def slices_logits(model) -> bool:
+    """Does `model` (a PeftModel or a transformers model) take a boolean `logits_to_keep` mask?
+    Its modeling module slices with transformers' `slice_logits_to_keep` (nearly every causal LM
+    in transformers 5); the few that slice by hand take an integer only."""
+    import inspect
+    import sys
+
+    core = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return ("logits_to_keep" in inspect.signature(type(core).forward).parameters
+            and hasattr(sys.modules.get(type(core).__module__), "slice_logits_to_keep"))
 
 
 def run_dpo(model, tok, pairs: list[dict], job: TrainJob, device: str, work: Path, losses: list,

@@ -223,8 +223,19 @@ def test_self_replay_is_generated_once_and_cached(tiny_model_path, tmp_path, mon
     model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
     rows = augment.self_replay_rows(model, tok, SYSTEM["content"], tmp_path, n=3, max_new_tokens=4)
     assert [r["messages"][1]["content"] for r in rows] == augment.replay_prompts(3)[:len(rows)]
-    monkeypatch.setattr(augment, "greedy_answers", lambda *a, **k: pytest.fail("not cached"))
+    generate = augment.greedy_answers
+    asked = []
+
+    def spy(model, tok, conversations, *a, **k):
+        asked.extend(c[-1]["content"] for c in conversations)
+        return generate(model, tok, conversations, *a, **k)
+
+    monkeypatch.setattr(augment, "greedy_answers", spy)
     assert augment.self_replay_rows(model, tok, SYSTEM["content"], tmp_path, n=3, max_new_tokens=4) == rows
+    assert asked == []  # cached
+    more = augment.self_replay_rows(model, tok, SYSTEM["content"], tmp_path, n=5, max_new_tokens=4)
+    assert asked == augment.replay_prompts(5)[3:]  # only the prompts not answered yet
+    assert more[:len(rows)] == rows
 
 
 def test_distillation_anchor_is_minimal_at_the_base_model_and_pulls_back(tiny_model_path):
@@ -295,6 +306,36 @@ def test_sft_loss_is_trls_loss_on_the_answer_only(tiny_model_path, tmp_path):
         ours = trainer.compute_loss(model, dict(batch))
         trls = SFTTrainer.compute_loss(trainer, model, dict(batch))
     assert torch.allclose(ours, trls, atol=1e-5), (ours, trls)
+
+
+def test_the_lm_head_runs_only_where_an_answer_token_is_predicted(tiny_model_path, tmp_path):
+    """answer_logits_only: the same loss and gradients as the full causal-LM loss, with the LM
+    head applied to one position per answer token instead of every position."""
+    from transformers import Trainer
+
+    from learning.train import build_sft_trainer, load_trainable, slices_logits
+
+    job = _job(tiny_model_path, tmp_path / "adapters")
+    model, tok, device = load_trainable(job)
+    assert slices_logits(model)
+    trainer = build_sft_trainer(model, tok, job.sft_rows, job, device, tmp_path / "work", [])
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    head_rows = []
+    hook = model.get_base_model().get_output_embeddings().register_forward_hook(
+        lambda m, args, out: head_rows.append(args[0].reshape(-1, args[0].shape[-1]).shape[0]))
+    model.train()
+    results = []
+    for compute in (trainer.compute_loss, lambda m, b: Trainer.compute_loss(trainer, m, b)):
+        model.zero_grad()
+        loss = compute(model, dict(batch))
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
+    hook.remove()
+    (ours, ours_grad), (full, full_grad) = results
+    answer_tokens = int((batch["labels"][:, 1:] != -100).sum())
+    assert head_rows == [answer_tokens, batch["labels"].numel()] and answer_tokens < batch["labels"].numel() / 2
+    assert torch.allclose(ours, full, atol=1e-5), (ours, full)
+    assert all(torch.allclose(ours_grad[n], full_grad[n], atol=1e-6) for n in full_grad)
 
 
 @pytest.mark.parametrize("device,half,flags", [("cpu", None, (False, False)), ("cuda", "bfloat16", (True, False)),
