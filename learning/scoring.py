@@ -12,6 +12,9 @@ The served model's lock is taken per batch and the adapter re-selected inside it
 server sharing the model keeps answering between batches and never sees a half-switched
 adapter, and evaluation is never run on the wrong adapter.
 """
+import hashlib
+import json
+from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
@@ -22,11 +25,55 @@ def _chunks(seq: list, size: int) -> Iterable[list]:
         yield seq[i:i + size]
 
 
+class BaseReplies:
+    """The base weights' greedy replies, kept in a JSON file between evaluations.
+
+    Why: every cycle's gate asks the canaries again, of the incumbent and, outside its scope,
+    of the candidate, and most of them go to the base weights, which never change: on this CPU
+    that was a third of a cycle's evaluation. A reply is looked up by everything it depends on:
+    the model (its config and where it came from), the code that generates it (this module and
+    assistant/model.py, by content: an upgrade starts afresh), the conversation, its lead and
+    first-token guard, and the token budget. Both sides of a gate then also get the very same
+    reply from the base weights, whatever other prompts shared its batch."""
+
+    LIMIT = 4000  # replies kept, the newest: a file of a few MB at most
+
+    def __init__(self, path, served):
+        self.path = Path(path)
+        from assistant import model as model_module
+
+        code = b"".join(Path(f).read_bytes() for f in (model_module.__file__, __file__))
+        config = served.model.config
+        self.salt = hashlib.sha256(code + json.dumps([getattr(config, "_name_or_path", ""),
+                                                      config.to_json_string()]).encode()).hexdigest()
+        try:
+            stored = json.loads(self.path.read_text())
+        except (OSError, ValueError):  # none yet, or unreadable: ask again
+            stored = {}
+        ok = isinstance(stored, dict) and stored.get("salt") == self.salt and isinstance(stored.get("replies"), dict)
+        self.replies: dict[str, str] = stored["replies"] if ok else {}
+
+    def key(self, conversation: list[dict], lead, avoid_first, max_new_tokens: int) -> str:
+        return hashlib.sha256(json.dumps([conversation, lead, avoid_first, max_new_tokens]).encode()).hexdigest()
+
+    def save(self) -> None:
+        """Write the file atomically (a full disk loses the cache, never the evaluation)."""
+        replies = dict(list(self.replies.items())[-self.LIMIT:])
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"salt": self.salt, "replies": replies}))
+            tmp.replace(self.path)
+        except OSError:
+            pass
+
+
 class Scorer:
     def __init__(self, served, batch_size: int = 16, max_new_tokens: int = 32,
-                 max_completion_tokens: int = 160, scope=None):
+                 max_completion_tokens: int = 160, scope=None, base_replies: BaseReplies | None = None):
         self.served = served
         self.scope = scope  # assistant.scope.AdapterScope: route prompts as the chat does
+        self.base_replies = base_replies  # the base weights' replies asked before (None: ask every time)
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.max_completion_tokens = max_completion_tokens
@@ -82,6 +129,27 @@ class Scorer:
         return replies
 
     def _generate(self, conversations, on_batch, avoid_first, leads=None) -> list[str]:
+        if self.version is None and self.base_replies is not None:
+            return self._base_generate(conversations, on_batch, avoid_first, leads)
+        return self._batched_generate(conversations, on_batch, avoid_first, leads)
+
+    def _base_generate(self, conversations, on_batch, avoid_first, leads) -> list[str]:
+        """The base weights' replies: those asked before from `base_replies`, the others generated."""
+        cache = self.base_replies
+        leads = leads or [None] * len(conversations)
+        avoid = avoid_first or [None] * len(conversations)
+        keys = [cache.key(c, lead, a, self.max_new_tokens) for c, lead, a in zip(conversations, leads, avoid, strict=True)]
+        todo = [keys.index(k) for k in dict.fromkeys(keys) if k not in cache.replies]
+        if todo:
+            out = self._batched_generate([conversations[i] for i in todo], on_batch,
+                                         [avoid[i] for i in todo] if avoid_first else None, [leads[i] for i in todo])
+            cache.replies.update((keys[i], r) for i, r in zip(todo, out, strict=True))
+        for _ in range(self.batches(len(conversations)) - self.batches(len(todo))):  # progress as if generated
+            if on_batch:
+                on_batch()
+        return [cache.replies[k] for k in keys]
+
+    def _batched_generate(self, conversations, on_batch, avoid_first, leads=None) -> list[str]:
         from transformers import LogitsProcessorList
 
         from assistant.model import avoid_first_tokens
