@@ -85,6 +85,9 @@ class LearnConfig:
     minutes. 32 before experts (about 350 s); with experts the same dev run's third cycle took
     462 s for 21 corrections and 9 new experts, so 24 corrections and the most experts a cycle
     trains (`experts_per_cycle`, 12: 3 more, about 17 s each) come to about 540 s.
+    Since then the shared adapter trains only on what no expert answers (learning/train.py
+    `training_rows`): liked answers and corrections whose expert waits; a refit whose corrections
+    all have experts trains none of them, and the cost above is the experts'.
     0: always continue."""
     self_replay: int = 24
     """How many of the base model's own greedy answers to generic prompts
@@ -127,7 +130,7 @@ class LearnConfig:
     experts_per_cycle: int = 12
     """At most this many new experts per cycle (219 s here, bench/results/learn.md), so that a cycle stays
     within 10 minutes however many corrections wait; the rest get theirs in the next cycles
-    (oldest first) and the shared adapter answers them meanwhile."""
+    (oldest first) and the shared adapter, which trains on them meanwhile, answers them."""
     expert_r: int = 16
     """LoRA rank of each correction's expert (alpha twice the rank, the shared adapter's scale)."""
     expert_epochs: float = 6.0
