@@ -28,7 +28,7 @@ def next_version(db) -> int:
 def register_candidate(db, version: int, path: str, parent_version: int | None, meta: dict,
                        feedback_ids: list[str], n_corrections: int, n_votes: int) -> int:
     """Record a freshly trained adapter (already written atomically to `path`) as a candidate."""
-    with db.atomic():
+    with write_transaction(db):
         db["adapters"].insert({
             "version": version, "status": "candidate", "parent_version": parent_version,
             "path": str(path), "created_at": now_iso(), "status_changed_at": now_iso(),
@@ -68,7 +68,7 @@ def set_metrics(db, version: int, metrics: dict) -> None:
 
 
 def reject(db, version: int) -> None:
-    with db.atomic():
+    with write_transaction(db):
         db.execute(
             "UPDATE adapters SET status = 'rejected', status_changed_at = ? WHERE version = ? "
             "AND status = 'candidate'", [now_iso(), version])

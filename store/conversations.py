@@ -2,7 +2,7 @@
 import json
 from typing import Any, Iterable
 
-from store.db import now_iso
+from store.db import now_iso, write_transaction
 from store.ids import new_id
 
 
@@ -43,7 +43,7 @@ def update_conversation(db, conversation_id: str, **fields: Any) -> None:
 def delete_conversation(db, conversation_id: str) -> None:
     """Delete a conversation with its turns and their feedback, in one transaction."""
     get_conversation(db, conversation_id)
-    with db.atomic():
+    with write_transaction(db):
         db.execute(
             "DELETE FROM feedback WHERE turn_id IN (SELECT id FROM turns WHERE conversation_id = ?)",
             [conversation_id],
@@ -61,7 +61,7 @@ def log_turn(db, conversation_id: str, *, user_message: str, messages: list[dict
     """Write one finished turn. One INSERT: a turn is either fully logged or not at all."""
     tid = turn_id or new_id()
     now = now_iso()
-    with db.atomic():
+    with write_transaction(db):
         db["turns"].insert({
             "id": tid, "conversation_id": conversation_id, "user_message": user_message,
             "messages_json": json.dumps(messages), "reply": reply, "retry_of": retry_of,

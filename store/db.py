@@ -18,7 +18,17 @@ def now_iso() -> str:
 def write_transaction(db: sqlite_utils.Database):
     """BEGIN IMMEDIATE: take the write lock before reading, so a read-check-write sequence
     cannot interleave with another process (no lost update, no double migration).
-    sqlite-utils calls inside nest as savepoints."""
+    sqlite-utils calls inside nest as savepoints, and so does a write_transaction inside another.
+
+    Every write transaction of the store goes through here, never a deferred BEGIN (sqlite-utils'
+    `db.atomic()`): sqlite-utils reads the table's schema before an insert, which starts a read
+    snapshot, and if another connection commits before the insert, SQLite refuses to upgrade the
+    stale snapshot to a write at once ("database is locked", without waiting out busy_timeout).
+    Two chat turns finishing together lost one's log that way (tests/test_store.py)."""
+    if db.conn.in_transaction:
+        with db.atomic():  # a savepoint in the outer (write) transaction
+            yield db
+        return
     db.execute("BEGIN IMMEDIATE")
     try:
         yield db

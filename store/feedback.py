@@ -1,7 +1,7 @@
 """Feedback facts: votes, reasons, corrections, retries. Handlers write facts only;
 `learning.datasets` turns them into training rows."""
 from store.conversations import get_turn
-from store.db import now_iso
+from store.db import now_iso, write_transaction
 from store.ids import new_id
 
 KINDS = ("up", "down", "correction", "retry")
@@ -64,7 +64,7 @@ def quarantine(db, feedback_ids: list[str]) -> int:
     if not feedback_ids:
         return 0
     marks = ",".join("?" * len(feedback_ids))
-    with db.atomic():
+    with write_transaction(db):
         cur = db.execute(f"UPDATE feedback SET quarantined = 1 WHERE id IN ({marks})", feedback_ids)
     return cur.rowcount
 
