@@ -74,10 +74,25 @@ class Tracker:
         self.db, self.job_id, self.callback = db, job_id, progress
         self.start, self.losses, self.stage_name = time.monotonic(), [], "preparing data"
         self._last_write = 0.0
+        self.ranges = dict(STAGES)
+
+    def skip(self, name: str) -> None:
+        """Stage `name` has nothing to do (the shared adapter's SFT when every correction has its
+        expert, say): the stages after it share its part of the bar, in proportion to theirs, so
+        the progress and the ETA stay honest. Called where `name` would start."""
+        order = list(STAGES)
+        start = self.ranges[name][0]
+        later = [s for s in order[order.index(name) + 1:] if self.ranges[s][1] > self.ranges[s][0]]
+        width = sum(self.ranges[s][1] - self.ranges[s][0] for s in later)
+        self.ranges[name] = (start, start)
+        at = start
+        for s in later:  # laid out again over [start, 1]
+            share = (self.ranges[s][1] - self.ranges[s][0]) / width * (1.0 - start) if width else 0.0
+            self.ranges[s], at = (at, at + share), at + share
 
     def stage(self, name: str, fraction: float = 0.0, loss: float | None = None, force: bool = True):
         self.stage_name = name
-        lo, hi = STAGES[name]
+        lo, hi = self.ranges[name]
         overall = lo + (hi - lo) * min(max(fraction, 0.0), 1.0)
         elapsed = time.monotonic() - self.start
         eta = elapsed / overall - elapsed if overall > 0.02 else None
@@ -91,6 +106,9 @@ class Tracker:
             self.callback(state)
 
     def train_step(self, stage: str, step: int, total: int, loss: float | None):
+        if total == 0:  # the trainer has nothing to do in this stage (learning/train.py `Progress`)
+            self.skip(stage)
+            return
         if loss is not None:  # reported once per logged step (logging_steps)
             self.losses.append({"stage": stage, "step": step, "loss": round(loss, 4)})
         self.stage(stage, step / max(total, 1), loss, force=step == total)

@@ -28,7 +28,7 @@ from learning.config import LearnConfig
 from learning.datasets import strip_meta
 from learning.experts import expert_groups, no_longer_held, plan_experts, train_experts
 
-Progress = Callable[[str, int, int, float | None], None]  # (stage, step, total, loss)
+Progress = Callable[[str, int, int, float | None], None]  # (stage, step, total, loss); total 0: stage skipped
 
 
 class Cancelled(Exception):
@@ -338,6 +338,8 @@ def train_candidate(job: TrainJob) -> Path:
         if shared_rows:
             stats["sft"] = run_sft(model, tok, shared_rows, job, device, work, losses)
             timings["sft_s"] = stats["sft"]["seconds"]
+        else:
+            _skipped(job, "SFT")
         pairs = list(job.pairs)
         if job.lcfg.contrast:
             from learning.augment import contrast_pairs
@@ -347,11 +349,17 @@ def train_candidate(job: TrainJob) -> Path:
         if pairs and job.lcfg.dpo_epochs > 0:
             stats["dpo"] = run_dpo(model, tok, pairs, job, device, work, losses)
             timings["dpo_s"] = stats["dpo"]["seconds"]
+        else:
+            _skipped(job, "DPO")
         model.save_pretrained(str(tmp), selected_adapters=["default"])
         t0 = time.perf_counter()
         habits = train_habit_adapter(model, tok, job, device, work, losses, stats, tmp)
         if habits is not None:  # its self-replay answers, training and saving
             timings["habit_s"] = time.perf_counter() - t0
+        if "habit" not in stats:  # none trained: copied from the parent, or none at all
+            _skipped(job, "habit")
+        if not (plan and plan.new):
+            _skipped(job, "experts")
         t0 = time.perf_counter()
         experts = train_experts(model, tok, job, plan, device, work, losses, stats, tmp)
         if experts is not None:
@@ -375,6 +383,12 @@ def train_candidate(job: TrainJob) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def _skipped(job: TrainJob, stage: str) -> None:
+    """Tell the job's progress that `stage` has nothing to do (a total of 0 steps)."""
+    if job.progress:
+        job.progress(stage, 0, 0, None)
 
 
 def train_habit_adapter(model, tok, job: TrainJob, device: str, work: Path, losses: list, stats: dict,

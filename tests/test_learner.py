@@ -64,6 +64,25 @@ def test_cycle_without_gate_leaves_a_candidate(cfg, db, no_gate):
     assert [s["progress"] for s in states] == sorted(s["progress"] for s in states)
 
 
+def test_skipped_stages_give_their_share_of_the_bar_to_the_later_ones(db):
+    states = []
+    track = learner.Tracker(db, jobs.start_job(db), states.append)
+    track.stage("preparing data", 1.0)
+    track.train_step("SFT", 0, 0, None)  # every correction has its expert: no shared SFT, no DPO
+    track.train_step("DPO", 0, 0, None)
+    track.stage("habit", 0.0)
+    habit, experts = track.ranges["habit"], track.ranges["experts"]
+    assert habit[0] == states[0]["progress"] == learner.STAGES["preparing data"][1]
+    # the later stages keep their proportions and end at 1
+    was = {s: learner.STAGES[s][1] - learner.STAGES[s][0] for s in ("habit", "experts")}
+    assert (experts[1] - experts[0]) / (habit[1] - habit[0]) == pytest.approx(was["experts"] / was["habit"])
+    assert track.ranges["gate"][1] == pytest.approx(1.0)
+    for stage, fraction in (("experts", 0.5), ("evaluating", 1.0), ("gate", 1.0)):
+        track.stage(stage, fraction)
+    assert [s["progress"] for s in states] == sorted(s["progress"] for s in states)
+    assert states[-1]["progress"] == pytest.approx(1.0) and {s["stage"] for s in states}.isdisjoint({"SFT", "DPO"})
+
+
 def test_gate_pass_promotes_and_next_cycle_continues(cfg, db, monkeypatch):
     monkeypatch.setattr(learner, "_gate", fake_gate(True))
     teach(db)
