@@ -128,7 +128,8 @@ class LearnConfig:
     training per new correction on this CPU, and 20 MB of weights each (hard-linked, not copied,
     into later versions)."""
     experts_per_cycle: int = 12
-    """At most this many new experts per cycle (219 s here, bench/results/learn.md), so that a cycle stays
+    """At most this many new experts per cycle (219 s on the faster of our machines, 356 s on the slower
+    one, bench/results/learn.md), so that a cycle stays
     within 10 minutes however many corrections wait; the rest get theirs in the next cycles
     (oldest first) and the shared adapter, which trains on them meanwhile, answers them."""
     expert_r: int = 16
