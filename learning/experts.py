@@ -30,15 +30,20 @@ from pathlib import Path
 from assistant.scope import EXPERTS_DIR, question_and_answer, read_experts, scope_prompts
 
 
+def feedback_key(item: dict) -> tuple:
+    """What identifies a correction across rows, pairs and experts: its sorted feedback ids."""
+    return tuple(sorted(item.get("feedback_ids") or ()))
+
+
 def expert_groups(sft_rows: list[dict], pairs: list[dict]) -> dict[tuple, dict]:
     """The corrections among `sft_rows` (source "correction"), keyed by their feedback ids, each
     with its preference pairs: `{ids: {"sft": [row], "pairs": [...]}}`, in row order."""
     groups: dict[tuple, dict] = {}
     for row in sft_rows:
         if row.get("source") == "correction":
-            groups.setdefault(tuple(sorted(row.get("feedback_ids") or ())), {"sft": [], "pairs": []})["sft"].append(row)
+            groups.setdefault(feedback_key(row), {"sft": [], "pairs": []})["sft"].append(row)
     for pair in pairs:
-        key = tuple(sorted(pair.get("feedback_ids") or ()))
+        key = feedback_key(pair)
         if key in groups:
             groups[key]["pairs"].append(pair)
     return groups
@@ -58,7 +63,7 @@ def _link_tree(src: Path, dst: Path) -> None:
 def no_longer_held(experts: list[dict], groups: dict) -> list[dict]:
     """Those of `experts` whose correction is not among `groups` (expert_groups of every correction
     the data holds, `TrainJob.corrections`): taken back by the user, or superseded."""
-    return [e for e in experts if tuple(sorted(e["feedback_ids"])) not in groups]
+    return [e for e in experts if feedback_key(e) not in groups]
 
 
 @dataclasses.dataclass
@@ -70,10 +75,10 @@ class ExpertPlan:
     forgotten: int  # the parent's experts whose correction was taken back
 
     def answered(self) -> set[tuple]:
-        """The feedback-id keys (as `expert_groups` makes them) of every correction an expert of
+        """The keys (`feedback_key`) of every correction an expert of
         this version answers: the scope routes those corrections' prompts to their expert, never
         to the version's shared adapter (assistant/scope.py)."""
-        return {tuple(sorted(e["feedback_ids"])) for e in self.kept} | set(self.new)
+        return {feedback_key(e) for e in self.kept} | set(self.new)
 
 
 def plan_experts(job) -> ExpertPlan | None:
@@ -88,7 +93,7 @@ def plan_experts(job) -> ExpertPlan | None:
         return None
     groups = expert_groups(*(job.corrections or (job.sft_rows, job.pairs)))
     inherited = read_experts(job.parent_path)
-    have = {tuple(sorted(e["feedback_ids"])) for e in inherited}
+    have = {feedback_key(e) for e in inherited}
     waiting = [k for k in groups if k not in have]
     new = {k: groups[k] for k in sorted(waiting, key=lambda k: k[0])[:lcfg.experts_per_cycle]}  # oldest first
     # a newer correction of a prompt retires the old one's expert at once, even while its own

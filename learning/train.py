@@ -26,7 +26,7 @@ from typing import Callable
 
 from learning.config import LearnConfig
 from learning.datasets import strip_meta
-from learning.experts import expert_groups, no_longer_held, plan_experts, train_experts
+from learning.experts import expert_groups, feedback_key, no_longer_held, plan_experts, train_experts
 
 Progress = Callable[[str, int, int, float | None], None]  # (stage, step, total, loss); total 0: stage skipped
 
@@ -81,7 +81,7 @@ def training_rows(job: TrainJob, model, tok, answered=frozenset()) -> tuple[list
     extra = augment_sft(rows, n_rewrites=job.lcfg.augment_rewrites,
                         short_answers=job.lcfg.short_answers) if job.lcfg.augment else []
     learned = rows + extra
-    shared = [r for r in learned if tuple(sorted(r.get("feedback_ids") or ())) not in answered]
+    shared = [r for r in learned if feedback_key(r) not in answered]
     replay = []
     if shared and job.lcfg.self_replay and job.cache_dir is not None:
         model.eval()
@@ -345,7 +345,7 @@ def train_candidate(job: TrainJob) -> Path:
             from learning.augment import contrast_pairs
 
             pairs += contrast_pairs(job.sft_rows)
-        pairs = [p for p in pairs if tuple(sorted(p.get("feedback_ids") or ())) not in answered]  # the experts' DPO
+        pairs = [p for p in pairs if feedback_key(p) not in answered]  # the experts' DPO
         if pairs and job.lcfg.dpo_epochs > 0:
             stats["dpo"] = run_dpo(model, tok, pairs, job, device, work, losses)
             timings["dpo_s"] = stats["dpo"]["seconds"]
