@@ -7,7 +7,8 @@ meta.json "experts") with empty stand-in expert files: routing reads only meta.j
 training is needed. Then `AdapterScope.route`, the code the chat and the gate use, routes every
 paraphrase and every unrelated question. Reports, per embedder: paraphrases routed to their own
 expert, to another correction's expert (a confidently wrong answer), and outside the scope;
-unrelated questions routed to any expert; and what embedding costs. The questions of
+unrelated questions routed to any expert; what recall (`Memory.recall` over the same corrections
+in a fresh store) finds for the paraphrases and unrelated questions; and what embedding costs. The questions of
 bench/advice_dev.jsonl ask what to do about things the dev facts name ("What should I feed my
 cat?"): a fact's expert or recalled note answers them with the fact, so both are counted.
 
@@ -34,7 +35,8 @@ from store.conversations import create_conversation, log_turn
 from store.feedback import add_feedback
 
 DEV_SETS = [ROOT / "bench" / name for name in
-            ("recall_dev.jsonl", "recall_dev_confusable.jsonl", "recall_dev_related.jsonl", "teach_dev.jsonl")]
+            ("recall_dev.jsonl", "recall_dev_confusable.jsonl", "recall_dev_related.jsonl", "recall_dev_implicit.jsonl",
+             "teach_dev.jsonl")]
 ADVICE = ROOT / "bench" / "advice_dev.jsonl"
 
 
@@ -121,6 +123,9 @@ def measure(embedder_name: str, dev: Path, lcfg: LearnConfig) -> dict:
         advised = [(q, routed(q)) for q in advice]
         memory = recall_memory(Path(tmp) / "home", facts, embedder)
         advice_recalls = [(q, memory.recall(q)) for q in advice]
+        taught = {prompt: f["id"] for f in facts for prompt, _ in f["teach"]}
+        para_recalls = [(fid, q, [taught[r["prompt"]] for r in memory.recall(q)]) for fid, q, _ in para]
+        ctrl_recalls = [(q, memory.recall(q)) for q in controls]
     return {"embedder": embedder_name, "dev_set": str(dev.relative_to(ROOT)),
             "scope_prompts": n_prompts,
             "paraphrases": len(para),
@@ -130,6 +135,12 @@ def measure(embedder_name: str, dev: Path, lcfg: LearnConfig) -> dict:
             "misrouted": [{"question": q, "fact": fid, "routed_to": got} for fid, q, got in para if got != fid],
             "controls": len(ctrl), "controls_to_an_expert": sum(bool(got) for _, got in ctrl),
             "controls_routed": [{"question": q, "routed_to": got} for q, got in ctrl if got],
+            "recall_own_first": sum(bool(got) and got[0] == fid for fid, _, got in para_recalls),
+            "recall_none": sum(not got for _, _, got in para_recalls),
+            "recall_missed": [{"question": q, "fact": fid, "recalled": got}
+                              for fid, q, got in para_recalls if not got or got[0] != fid],
+            "controls_recalling": sum(bool(r) for _, r in ctrl_recalls),
+            "controls_recalled": [{"question": q, "recalled": r[0]["prompt"]} for q, r in ctrl_recalls if r],
             "advice": len(advised), "advice_to_an_expert": sum(bool(got) for _, got in advised),
             "advice_routed": [{"question": q, "routed_to": got} for q, got in advised if got],
             "advice_recalling": sum(bool(r) for _, r in advice_recalls),
@@ -144,11 +155,14 @@ def markdown(results: list[dict], cmd: str) -> str:
              "(the corrected prompt and its `augment_sft` rewrites); `AdapterScope.route` decides. "
              "\"other expert\" is a confidently wrong answer; \"outside\" goes to the base weights.", "",
              "| embedder | dev set | own expert | other expert | outside | controls to an expert "
+             "| recall: own note first | recall: none | controls recalling a note "
              "| advice to an expert | advice recalling a note | scope embed s | route ms/question |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['embedder']} | {r['dev_set']} | {r['own_expert']}/{r['paraphrases']} | {r['other_expert']} "
                      f"| {r['outside_scope']} | {r['controls_to_an_expert']}/{r['controls']} "
+                     f"| {r['recall_own_first']}/{r['paraphrases']} | {r['recall_none']} "
+                     f"| {r['controls_recalling']}/{r['controls']} "
                      f"| {r['advice_to_an_expert']}/{r['advice']} | {r['advice_recalling']}/{r['advice']} "
                      f"| {r['scope_embed_s']} | {r['route_ms_per_question']} |")
     lines += ["", "Misrouted paraphrases:", ""]
@@ -156,6 +170,12 @@ def markdown(results: list[dict], cmd: str) -> str:
         for m in r["misrouted"]:
             lines.append(f"- {r['embedder']}, {Path(r['dev_set']).name}: \"{m['question']}\" ({m['fact']}) -> "
                          f"{m['routed_to'] if m['routed_to'] else 'shared adapter' if m['routed_to'] == '' else 'outside'}")
+    lines += ["", "Paraphrases whose own note was not recalled first, and controls that recalled a note:", ""]
+    for r in results:
+        where = f"{r['embedder']}, {Path(r['dev_set']).name}"
+        lines += [f"- {where}: \"{m['question']}\" ({m['fact']}) -> {', '.join(m['recalled']) or 'nothing'}"
+                  for m in r["recall_missed"]]
+        lines += [f"- {where}: control \"{m['question']}\" -> note \"{m['recalled']}\"" for m in r["controls_recalled"]]
     lines += ["", "Advice questions (bench/advice_dev.jsonl) that reached an expert or recalled a note:", ""]
     for r in results:
         where = f"{r['embedder']}, {Path(r['dev_set']).name}"
@@ -181,7 +201,9 @@ def main(argv=None) -> int:
             results.append(r)
             print(f"{name:7s} {Path(r['dev_set']).name:28s} own {r['own_expert']}/{r['paraphrases']} other "
                   f"{r['other_expert']} outside {r['outside_scope']} controls {r['controls_to_an_expert']}/{r['controls']} "
-                  f"advice {r['advice_to_an_expert']}/{r['advice']} to an expert, {r['advice_recalling']} recalling",
+                  f"advice {r['advice_to_an_expert']}/{r['advice']} to an expert, {r['advice_recalling']} recalling; "
+                  f"recall own {r['recall_own_first']}/{r['paraphrases']} none {r['recall_none']} "
+                  f"controls {r['controls_recalling']}",
                   flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     cmd = f"python bench/routing.py --embedders {args.embedders} --answer-keys {args.answer_keys} --out {args.out}"
