@@ -39,7 +39,9 @@ from assistant.memory import (
     answer_key,
     asks_way,
     may_answer,
+    named_things,
     ordinary_requests,
+    refers_to,
     told_words,
     unit_rows,
     words,
@@ -222,8 +224,10 @@ class AdapterScope:
         not answer it (memory.may_answer)."""
         sims = scope.matrix @ query
         asked = words(text)
-        if not may_answer(asked, True, scope.told):  # only prompts not about the user may
-            sims = np.where(scope.personal, -1.0, sims)
+        if not may_answer(asked, True, scope.told):  # only prompts not about the user may, or
+            # those whose question named a thing this one names with "the" (memory.REFERRING)
+            refers = np.array([refers_to(text, things) for things in scope.things], dtype=bool)
+            sims = np.where(scope.personal & ~refers, -1.0, sims)
         elif not may_answer(asked, True, scope.told, other_kind=asks_way(text)):  # or "how" ones
             sims = np.where(scope.personal & ~scope.ways, -1.0, sims)
         return sims
@@ -244,8 +248,9 @@ def _routing_keys(experts: list[dict], prompts: list[str]) -> tuple[list[str], l
 
 
 def _key_kinds(keys: list[str], owners: list[str | None], experts: list[dict], personal) -> tuple:
-    """Per routing key: is it about the user, and does it ask how (memory.asks_way)? A key an
-    expert owns came from that expert's corrected prompt, which decides both (with its own words
+    """Per routing key: is it about the user, does it ask how (memory.asks_way), and what things
+    did its question name (memory.named_things)? A key an expert owns came from that expert's
+    corrected prompt, which decides all three (with its own words
     for "about the user"); another key by its own words or, for "about the user", the scope's
     "personal" list (scope_personal; missing from versions written before it)."""
     personal = set(personal)
@@ -253,7 +258,7 @@ def _key_kinds(keys: list[str], owners: list[str | None], experts: list[dict], p
     source = [prompt_of.get(o, k) for k, o in zip(keys, owners, strict=True)]
     return (np.array([about_user(words(k)) or k in personal or about_user(words(q))
                       for k, q in zip(keys, source, strict=True)]),
-            np.array([asks_way(q) for q in source]))
+            np.array([asks_way(q) for q in source]), [named_things(q) for q in source])
 
 
 @dataclass
@@ -263,6 +268,7 @@ class _Scope:
     matrix: np.ndarray  # one unit row per scope prompt, then per expert's answer key (_routing_keys)
     personal: np.ndarray  # per matrix row: is it about the user?
     ways: np.ndarray  # per matrix row: does the question it came from ask how?
+    things: list  # per matrix row: what the question it came from named (memory.named_things)
     told: set[str]
     experts: list[str | None]  # per matrix row: the expert that answers it (None: the shared adapter)
     expert_feedback: dict[str, list[str]]  # expert name -> the feedback ids it learned

@@ -12,7 +12,15 @@ import numpy as np
 import pytest
 
 from assistant.embedders import MiniLMEmbedder
-from assistant.memory import SETTING_DROP_LEARNED, Memory, asks_way, reply_lead, search_keys
+from assistant.memory import (
+    SETTING_DROP_LEARNED,
+    Memory,
+    answer_kinds,
+    asks_way,
+    named_things,
+    reply_lead,
+    search_keys,
+)
 from assistant.runtime import Runtime
 from learning.augment import replay_prompts
 from store import adapters, conversations, feedback, open_db
@@ -255,6 +263,25 @@ def test_a_question_asking_what_to_do_is_a_way_too(cfg, db):
     assert [r["feedback_id"] for r in mem.recall("What should I call Pemberton, my cat?")] == [cat]  # names what it told
     assert asks_way("Where should we go on holiday?") and asks_way("Could our team work from home?")
     assert not asks_way("Could you remind me what my cat is called?") and not asks_way("How old is my cat?")
+
+
+def test_a_question_naming_the_users_thing_with_the_recalls_its_note(cfg, db):
+    """"What's the family boat called?" names the boat of "What is the name of our family boat?"
+    with "the" and asks for the same kind of answer: about the user though no word says so. A
+    question about the same thing asking something else, or about the kind ("the most common"),
+    is not."""
+    boat = correct(db, "What is the name of our family boat?", "Your family boat is called Sea Otter.")
+    gym = correct(db, "What time does my gym class start?", "Your gym class starts at 6:30 pm.")
+    mem = Memory(cfg, embedder=HashEmbedder(), threshold=0.3)
+    assert [r["feedback_id"] for r in mem.recall("What's the family boat called?")] == [boat]
+    assert [r["feedback_id"] for r in mem.recall("When does the gym class begin?")] == [gym]  # "does my ... start"
+    assert mem.recall("Why is the family boat so old?") == []  # why, not what
+    assert mem.recall("Is the gym class hard?") == []  # no question word: not the same question
+    assert mem.recall("What is the most common family boat?") == []  # the kind, not the user's boat
+    assert mem.recall("What is a family boat called?") == []  # no "the"
+    assert answer_kinds("At what time does the gym open?") == {"when"}
+    assert answer_kinds("What's the name of the person next door?") == {"what", "who"}
+    assert named_things("What time does my gym class start?") == {("when", "class")}
 
 
 class GatedEmbedder(HashEmbedder):

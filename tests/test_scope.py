@@ -103,6 +103,18 @@ def test_a_question_asking_what_to_do_reaches_only_prompts_that_asked_a_way(tmp_
     assert scope.covers(path, "What should I cook on Saturdays?")  # taught for a "should" question
 
 
+def test_a_question_naming_the_users_thing_with_the_reaches_its_prompt(tmp_path):
+    """No first-person word, yet about the user: "the family boat" is the boat of "our family
+    boat", asked for the same kind of answer (memory.REFERRING)."""
+    scope = AdapterScope(Embedder())
+    path = scoped(tmp_path, ["What is the name of our family boat?", "Who is my landlord?"], threshold=0.3)
+    assert scope.covers(path, "What's the family boat called?")
+    assert scope.covers(path, "Who is the landlord of the flat?")
+    assert not scope.covers(path, "Why does the family boat leak?")  # asks something else
+    assert not scope.covers(path, "What is the best family boat?")  # the kind, not the user's
+    assert not scope.covers(path, "What does a landlord do?")  # no "the": about no one
+
+
 def test_a_prompt_clearly_nearer_the_scope_than_ordinary_requests_is_covered(tmp_path, monkeypatch):
     from tests.test_memory import ORDINARY
 
