@@ -7,7 +7,7 @@ meta.json "experts") with empty stand-in expert files: routing reads only meta.j
 training is needed. Then `AdapterScope.route`, the code the chat and the gate use, routes every
 paraphrase and every unrelated question. Reports, per embedder: paraphrases routed to their own
 expert, to another correction's expert (a confidently wrong answer), and outside the scope;
-unrelated questions routed to any expert; what recall (`Memory.recall` over the same corrections
+unrelated questions and ordinary requests (self-replay prompts, canaries) routed to any expert; what recall (`Memory.recall` over the same corrections
 in a fresh store) finds for the paraphrases and unrelated questions; and what embedding costs. The questions of
 bench/advice_dev.jsonl ask what to do about things the dev facts name ("What should I feed my
 cat?"): a fact's expert or recalled note answers them with the fact, so both are counted.
@@ -55,6 +55,14 @@ def dev_items(path: Path) -> tuple[list[dict], list[str]]:
             facts.append({"id": item["id"], "teach": [(t["prompt"], t["correction"]) for t in teach],
                           "paraphrases": paras})
     return facts, controls
+
+
+def ordinary_requests() -> list[str]:
+    """What users ask in general: the self-replay prompts and the canaries (none mention a dev fact)."""
+    from learning.augment import replay_prompts
+    from learning.evaluate import load_canaries
+
+    return replay_prompts() + [c["prompt"] for c in load_canaries()]
 
 
 def write_version(where: Path, facts: list[dict], lcfg: LearnConfig) -> tuple[dict[str, str], int]:
@@ -121,6 +129,7 @@ def measure(embedder_name: str, dev: Path, lcfg: LearnConfig) -> dict:
         ctrl = [(q, routed(q)) for q in controls]
         per_query_ms = 1000 * (time.perf_counter() - t0) / max(len(para) + len(ctrl), 1)
         advised = [(q, routed(q)) for q in advice]
+        ordinary = [(q, routed(q)) for q in ordinary_requests()]
         memory = recall_memory(Path(tmp) / "home", facts, embedder)
         advice_recalls = [(q, memory.recall(q)) for q in advice]
         taught = {prompt: f["id"] for f in facts for prompt, _ in f["teach"]}
@@ -141,6 +150,8 @@ def measure(embedder_name: str, dev: Path, lcfg: LearnConfig) -> dict:
                               for fid, q, got in para_recalls if not got or got[0] != fid],
             "controls_recalling": sum(bool(r) for _, r in ctrl_recalls),
             "controls_recalled": [{"question": q, "recalled": r[0]["prompt"]} for q, r in ctrl_recalls if r],
+            "ordinary": len(ordinary), "ordinary_to_an_expert": sum(bool(got) for _, got in ordinary),
+            "ordinary_routed": [{"question": q, "routed_to": got} for q, got in ordinary if got],
             "advice": len(advised), "advice_to_an_expert": sum(bool(got) for _, got in advised),
             "advice_routed": [{"question": q, "routed_to": got} for q, got in advised if got],
             "advice_recalling": sum(bool(r) for _, r in advice_recalls),
@@ -155,14 +166,14 @@ def markdown(results: list[dict], cmd: str) -> str:
              "(the corrected prompt and its `augment_sft` rewrites); `AdapterScope.route` decides. "
              "\"other expert\" is a confidently wrong answer; \"outside\" goes to the base weights.", "",
              "| embedder | dev set | own expert | other expert | outside | controls to an expert "
-             "| recall: own note first | recall: none | controls recalling a note "
+             "| recall: own note first | recall: none | controls recalling a note | ordinary requests to an expert "
              "| advice to an expert | advice recalling a note | scope embed s | route ms/question |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['embedder']} | {r['dev_set']} | {r['own_expert']}/{r['paraphrases']} | {r['other_expert']} "
                      f"| {r['outside_scope']} | {r['controls_to_an_expert']}/{r['controls']} "
                      f"| {r['recall_own_first']}/{r['paraphrases']} | {r['recall_none']} "
-                     f"| {r['controls_recalling']}/{r['controls']} "
+                     f"| {r['controls_recalling']}/{r['controls']} | {r['ordinary_to_an_expert']}/{r['ordinary']} "
                      f"| {r['advice_to_an_expert']}/{r['advice']} | {r['advice_recalling']}/{r['advice']} "
                      f"| {r['scope_embed_s']} | {r['route_ms_per_question']} |")
     lines += ["", "Misrouted paraphrases:", ""]
@@ -176,6 +187,10 @@ def markdown(results: list[dict], cmd: str) -> str:
         lines += [f"- {where}: \"{m['question']}\" ({m['fact']}) -> {', '.join(m['recalled']) or 'nothing'}"
                   for m in r["recall_missed"]]
         lines += [f"- {where}: control \"{m['question']}\" -> note \"{m['recalled']}\"" for m in r["controls_recalled"]]
+    lines += ["", "Ordinary requests (learning/replay_prompts.jsonl and canaries.jsonl) that reached an expert:", ""]
+    for r in results:
+        lines += [f"- {r['embedder']}, {Path(r['dev_set']).name}: \"{m['question']}\" -> expert {m['routed_to']}"
+                  for m in r["ordinary_routed"]]
     lines += ["", "Advice questions (bench/advice_dev.jsonl) that reached an expert or recalled a note:", ""]
     for r in results:
         where = f"{r['embedder']}, {Path(r['dev_set']).name}"
@@ -203,7 +218,7 @@ def main(argv=None) -> int:
                   f"{r['other_expert']} outside {r['outside_scope']} controls {r['controls_to_an_expert']}/{r['controls']} "
                   f"advice {r['advice_to_an_expert']}/{r['advice']} to an expert, {r['advice_recalling']} recalling; "
                   f"recall own {r['recall_own_first']}/{r['paraphrases']} none {r['recall_none']} "
-                  f"controls {r['controls_recalling']}",
+                  f"controls {r['controls_recalling']}; ordinary {r['ordinary_to_an_expert']}/{r['ordinary']}",
                   flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     cmd = f"python bench/routing.py --embedders {args.embedders} --answer-keys {args.answer_keys} --out {args.out}"
