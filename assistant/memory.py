@@ -165,16 +165,6 @@ GENERIC_MODIFIERS = frozenset("most least best worst common typical average usua
 # registration number"), the words that ask for a name, question words and prepositions.
 PHRASE_ENDS = (FUNCTION_WORDS - {"s"}) | NAME_WORDS | set(WH_KINDS) | set(
     "about into over under near after before during up down out off".split())
-# "me" after a request to the assistant receives what is asked for; the request is about the
-# user only when a first-person word says so ("Tell me a joke about my cat.") or when what it
-# asks for is definite or a question ("Tell me the wifi password.", "Tell me where I work.").
-# "Remind me ..." always asks what the user knew. Before, "Tell me a joke about cats." counted
-# as about the user and went to the cat's expert on three of the five dev sets, the only
-# ordinary requests that reached an expert but one (`python bench/routing.py`, routing.md).
-ASSISTANT_REQUESTS = frozenset("tell give show help let send teach write make find recommend read bring get "
-                               "lend buy suggest draw sing explain".split())
-STILL_ABOUT_USER = frozenset("the this that these those".split()) | {"who", "what", "which", "when", "where",
-                                                                     "why", "how", "whose", "whom", "if", "whether"}
 SETTING_DROP_LEARNED = "recall_drop_learned"
 # A turn waits at most this long for the index while another thread builds it (the server's
 # warm-up at start: loading MiniLM takes about 3 s, embedding 10,000 corrections without the
@@ -281,20 +271,8 @@ def words(text: str) -> set[str]:
 
 
 def about_user(text_words: set[str]) -> bool:
-    """Does a question with these words (`asked_words`) ask about the user (a first-person word)?"""
+    """Does a question with these words ask about the user (a first-person word)?"""
     return bool(text_words & FIRST_PERSON)
-
-
-def asked_words(text: str) -> set[str]:
-    """`words(text)` for the FIRST_PERSON guard: without a "me" that only receives what the
-    assistant is asked for (ASSISTANT_REQUESTS: "Tell me a joke about cats.")."""
-    found = words(text)
-    tokens = re.findall(r"[a-z0-9]+", (text or "").lower())
-    mine = [i for i, t in enumerate(tokens) if t == "me"]
-    if mine and all(i and tokens[i - 1] in ASSISTANT_REQUESTS and not set(tokens[i + 1:i + 2]) & STILL_ABOUT_USER
-                    for i in mine):
-        found.discard("me")
-    return found
 
 
 def told_words(prompt: str, answer: str) -> set[str]:
@@ -511,7 +489,7 @@ class Memory:
         rows = []
         for r in db.query(_CORRECTIONS, [after_id]):
             rows.append({**r, "norm": normalise_prompt(r["user_message"]),
-                         "personal": about_user(asked_words(r["user_message"])), "way": asks_way(r["user_message"]),
+                         "personal": about_user(words(r["user_message"])), "way": asks_way(r["user_message"]),
                          "told": told_words(r["user_message"], r["correction"]),
                          "things": named_things(r["user_message"])})
         return rows
@@ -625,7 +603,7 @@ class Memory:
             return []
         query = unit_rows(self.embedder.encode([text]))[0]
         scores = np.maximum.reduceat(matrix @ query, self._starts)  # each correction's best key
-        asked, way = asked_words(text), asks_way(text)
+        asked, way = words(text), asks_way(text)
         close = [i for i in np.flatnonzero(self._ordinary.relevant(scores, query, self.threshold, self.relative_margin))
                  if may_answer(asked, self._eligible[i]["personal"], self._eligible[i]["told"],
                                way and not self._eligible[i]["way"], refers_to(text, self._eligible[i]["things"]))]

@@ -37,7 +37,6 @@ import numpy as np
 from assistant.memory import (
     about_user,
     answer_key,
-    asked_words,
     asks_way,
     may_answer,
     named_things,
@@ -45,6 +44,7 @@ from assistant.memory import (
     refers_to,
     told_words,
     unit_rows,
+    words,
 )
 
 EXPERTS_DIR = "experts"  # a version's per-correction experts (learning/experts.py)
@@ -72,7 +72,7 @@ def scope_told(rows: list[dict]) -> list[str]:
 
 def told_by_answers(pairs) -> set[str]:
     """What the answers of (question, answer) pairs told, counting only questions about the user."""
-    return {w for q, a in pairs if q is not None and about_user(asked_words(q)) for w in told_words(q, a)}
+    return {w for q, a in pairs if q is not None and about_user(words(q)) for w in told_words(q, a)}
 
 
 def scope_personal(rows: list[dict]) -> list[str]:
@@ -87,8 +87,8 @@ def scope_personal(rows: list[dict]) -> list[str]:
         q, _ = question_and_answer(row)
         if q is not None:
             questions.setdefault(tuple(row.get("feedback_ids") or (q,)), []).append(q)
-    return sorted({q for qs in questions.values() if any(about_user(asked_words(q)) for q in qs)
-                   for q in qs if not about_user(asked_words(q))})
+    return sorted({q for qs in questions.values() if any(about_user(words(q)) for q in qs)
+                   for q in qs if not about_user(words(q))})
 
 
 def habit_path(path) -> Path | None:
@@ -223,7 +223,7 @@ class AdapterScope:
         """Similarity of `text` (embedded: `query`) to each scope prompt; -1 for those that may
         not answer it (memory.may_answer)."""
         sims = scope.matrix @ query
-        asked = asked_words(text)
+        asked = words(text)
         if not may_answer(asked, True, scope.told):  # only prompts not about the user may, or
             # those whose question named a thing this one names with "the" (memory.REFERRING)
             refers = np.array([refers_to(text, things) for things in scope.things], dtype=bool)
@@ -256,7 +256,7 @@ def _key_kinds(keys: list[str], owners: list[str | None], experts: list[dict], p
     personal = set(personal)
     prompt_of = {e["name"]: e.get("prompt") or "" for e in experts}
     source = [prompt_of.get(o, k) for k, o in zip(keys, owners, strict=True)]
-    return (np.array([about_user(asked_words(k)) or k in personal or about_user(asked_words(q))
+    return (np.array([about_user(words(k)) or k in personal or about_user(words(q))
                       for k, q in zip(keys, source, strict=True)]),
             np.array([asks_way(q) for q in source]), [named_things(q) for q in source])
 

@@ -15,9 +15,7 @@ from assistant.embedders import MiniLMEmbedder
 from assistant.memory import (
     SETTING_DROP_LEARNED,
     Memory,
-    about_user,
     answer_kinds,
-    asked_words,
     asks_way,
     named_things,
     reply_lead,
@@ -284,19 +282,6 @@ def test_a_question_naming_the_users_thing_with_the_recalls_its_note(cfg, db):
     assert answer_kinds("At what time does the gym open?") == {"when"}
     assert answer_kinds("What's the name of the person next door?") == {"what", "who"}
     assert named_things("What time does my gym class start?") == {("when", "class")}
-
-
-def test_a_request_to_the_assistant_is_not_about_the_user_for_its_me(cfg, db):
-    """"Tell me a joke about cats." asks the assistant for a joke: its "me" does not make it a
-    question about the user's cat. A definite thing, a question or "remind" after "me" still
-    does ("Tell me the wifi password.", "Tell me where I work.", "Remind me of ...")."""
-    cat = correct(db, "What is my cat's name?", "Your cat is called Pemberton.")
-    mem = Memory(cfg, embedder=HashEmbedder(), threshold=0.3)
-    assert mem.recall("Tell me a joke about cats.") == []
-    assert [r["feedback_id"] for r in mem.recall("Tell me the name of the cat.")] == [cat]
-    assert not about_user(asked_words("Can you help me write a short thank-you note?"))
-    assert about_user(asked_words("Tell me where I work.")) and about_user(asked_words("Remind me of the codename."))
-    assert about_user(asked_words("What do you call me?")) and about_user(asked_words("Give me my schedule."))
 
 
 class GatedEmbedder(HashEmbedder):

@@ -115,13 +115,6 @@ def test_a_question_naming_the_users_thing_with_the_reaches_its_prompt(tmp_path)
     assert not scope.covers(path, "What does a landlord do?")  # no "the": about no one
 
 
-def test_a_request_to_the_assistant_reaches_no_prompt_about_the_user_by_its_me(tmp_path):
-    scope = AdapterScope(Embedder())
-    path = scoped(tmp_path, ["Which joke about cats do I like best?"], threshold=0.3)
-    assert not scope.covers(path, "Tell me a joke about cats.")  # "me" receives the joke: about no one
-    assert scope.covers(path, "Which joke about cats do I like?")
-
-
 def test_a_prompt_clearly_nearer_the_scope_than_ordinary_requests_is_covered(tmp_path, monkeypatch):
     from tests.test_memory import ORDINARY
 
