@@ -297,7 +297,7 @@ def may_answer(asked: set[str], personal: bool, told: set[str], other_kind: bool
     """The FIRST_PERSON guard: may something learned from a question (about the user or not,
     having told `told`) answer a question with the words `asked`? `other_kind`: the question asks
     for a way (`asks_way`) and the learned one did not, which only naming something told excuses.
-    `refers`: the question names a thing the learned one named, with "the" (`refers_to`)."""
+    `refers`: the question names a thing the learned one named, with "the" (`referred`)."""
     return (not personal or bool(asked & told) or (about_user(asked) and not other_kind)
             or (refers and not other_kind))
 
@@ -343,14 +343,12 @@ def named_things(learned_question: str) -> frozenset[tuple[str, str]]:
     return frozenset((k, p[-1]) for p in _named_phrases(learned_question, NAMING_DETERMINERS) for k in kinds)
 
 
-def refers_to(question: str, things: frozenset[tuple[str, str]]) -> bool:
-    """Does `question` name one of a learned question's `things` with "the" (the head noun in a
-    phrase after "the") and ask for the same kind of answer? See REFERRING."""
-    if not things:
-        return False
+def referred(question: str) -> frozenset[tuple[str, str]]:
+    """(answer kind, word) for each word of a phrase `question` opens with "the" (not one that
+    speaks of a kind, `_generic`): a learned question's `named_things` it meets are what it
+    names the way the user did. See REFERRING."""
     kinds = answer_kinds(question)
-    return any((k, w) in things for p in _named_phrases(question, REFERRING) if not _generic(p)
-               for w in p for k in kinds)
+    return frozenset((k, w) for p in _named_phrases(question, REFERRING) if not _generic(p) for w in p for k in kinds)
 
 
 def _generic(phrase: list[str]) -> bool:
@@ -603,10 +601,10 @@ class Memory:
             return []
         query = unit_rows(self.embedder.encode([text]))[0]
         scores = np.maximum.reduceat(matrix @ query, self._starts)  # each correction's best key
-        asked, way = words(text), asks_way(text)
+        asked, way, names = words(text), asks_way(text), referred(text)
         close = [i for i in np.flatnonzero(self._ordinary.relevant(scores, query, self.threshold, self.relative_margin))
                  if may_answer(asked, self._eligible[i]["personal"], self._eligible[i]["told"],
-                               way and not self._eligible[i]["way"], refers_to(text, self._eligible[i]["things"]))]
+                               way and not self._eligible[i]["way"], bool(names & self._eligible[i]["things"]))]
         top = sorted(close, key=lambda i: -scores[i])[:k]
         found = [{"feedback_id": self._eligible[i]["id"],
                   "prompt": self._eligible[i]["user_message"],

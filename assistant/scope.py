@@ -41,7 +41,7 @@ from assistant.memory import (
     may_answer,
     named_things,
     ordinary_requests,
-    refers_to,
+    referred,
     told_words,
     unit_rows,
     words,
@@ -226,7 +226,9 @@ class AdapterScope:
         asked = words(text)
         if not may_answer(asked, True, scope.told):  # only prompts not about the user may, or
             # those whose question named a thing this one names with "the" (memory.REFERRING)
-            refers = np.array([refers_to(text, things) for things in scope.things], dtype=bool)
+            refers = np.zeros(len(sims), dtype=bool)
+            for name in referred(text):
+                refers[scope.things.get(name, [])] = True
             sims = np.where(scope.personal & ~refers, -1.0, sims)
         elif not may_answer(asked, True, scope.told, other_kind=asks_way(text)):  # or "how" ones
             sims = np.where(scope.personal & ~scope.ways, -1.0, sims)
@@ -258,7 +260,18 @@ def _key_kinds(keys: list[str], owners: list[str | None], experts: list[dict], p
     source = [prompt_of.get(o, k) for k, o in zip(keys, owners, strict=True)]
     return (np.array([about_user(words(k)) or k in personal or about_user(words(q))
                       for k, q in zip(keys, source, strict=True)]),
-            np.array([asks_way(q) for q in source]), [named_things(q) for q in source])
+            np.array([asks_way(q) for q in source]), _rows_naming([named_things(q) for q in source]))
+
+
+def _rows_naming(things: list[frozenset]) -> dict[tuple[str, str], list[int]]:
+    """(answer kind, head noun) -> the routing keys whose question named it: a question is matched
+    against the things it names, not every key against the question (10,000 corrections make
+    about 100,000 keys)."""
+    index: dict[tuple[str, str], list[int]] = {}
+    for i, named in enumerate(things):
+        for name in named:
+            index.setdefault(name, []).append(i)
+    return index
 
 
 @dataclass
@@ -268,7 +281,7 @@ class _Scope:
     matrix: np.ndarray  # one unit row per scope prompt, then per expert's answer key (_routing_keys)
     personal: np.ndarray  # per matrix row: is it about the user?
     ways: np.ndarray  # per matrix row: does the question it came from ask how?
-    things: list  # per matrix row: what the question it came from named (memory.named_things)
+    things: dict  # (answer kind, head noun) -> the matrix rows whose question named it (_rows_naming)
     told: set[str]
     experts: list[str | None]  # per matrix row: the expert that answers it (None: the shared adapter)
     expert_feedback: dict[str, list[str]]  # expert name -> the feedback ids it learned
