@@ -267,7 +267,12 @@ def answer_key(prompt: str, answer: str) -> str:
 
 def words(text: str) -> set[str]:
     """Lower-case words ("Ingrid's" -> "ingrid", "s")."""
-    return set(re.findall(r"[a-z0-9]+", (text or "").lower()))
+    return set(tokens(text))
+
+
+def tokens(text: str) -> list[str]:
+    """Lower-case words in order ("What's" -> "what", "s")."""
+    return re.findall(r"[a-z0-9]+", (text or "").lower())
 
 
 def about_user(text_words: set[str]) -> bool:
@@ -306,14 +311,14 @@ def answer_kinds(text: str) -> frozenset[str]:
     """What kind of answer a question asks for, by its first question word: who, what, when
     (also "what time/date/day ..."), where, why or how; a name may be a person's or a thing's
     ("What's the name of ...?": who or what). Empty for a question without one ("Is ...?")."""
-    tokens = re.findall(r"[a-z0-9]+", (text or "").lower())
-    at = next((i for i, t in enumerate(tokens) if t in WH_KINDS), None)
+    found = tokens(text)
+    at = next((i for i, t in enumerate(found) if t in WH_KINDS), None)
     if at is None:
         return frozenset()
-    kind = WH_KINDS[tokens[at]]
-    if kind == "what" and TIME_NOUNS & set(tokens[at + 1:at + 3]):
+    kind = WH_KINDS[found[at]]
+    if kind == "what" and TIME_NOUNS & set(found[at + 1:at + 3]):
         return frozenset({"when"})
-    if kind == "what" and NAME_WORDS & set(tokens):
+    if kind == "what" and NAME_WORDS & set(found):
         return frozenset({"what", "who"})
     return frozenset({kind})
 
@@ -322,11 +327,11 @@ def _named_phrases(text: str, determiners: frozenset[str]) -> list[list[str]]:
     """The words after each of `determiners` up to PHRASE_ENDS ("our new app" -> [new, app]).
     After do/does/did the phrase is the subject and the verb follows it: "What time does my gym
     class start?" -> [gym, class]."""
-    tokens, phrases, phrase = re.findall(r"[a-z0-9]+", (text or "").lower()), [], None
-    for i, t in enumerate(tokens):
+    words_in_order, phrases, phrase = tokens(text), [], None
+    for i, t in enumerate(words_in_order):
         if t in determiners:
             phrase = []
-            phrases.append((tokens[i - 1] if i else "", phrase))
+            phrases.append((words_in_order[i - 1] if i else "", phrase))
         elif phrase is not None and t == "s":
             continue
         elif phrase is not None and t not in PHRASE_ENDS:
@@ -359,9 +364,9 @@ def _generic(phrase: list[str]) -> bool:
 def asks_way(text: str) -> bool:
     """Does `text` ask for a way: how (not a quantity: HOW_QUANTITIES), or what the user should or
     can do (ADVICE_MODALS before ADVICE_SUBJECTS)?"""
-    tokens = re.findall(r"[a-z0-9]+", (text or "").lower())
+    found = tokens(text)
     return any((t == "how" and nxt not in HOW_QUANTITIES) or (t in ADVICE_MODALS and nxt in ADVICE_SUBJECTS)
-               for t, nxt in zip(tokens, [*tokens[1:], ""], strict=True))
+               for t, nxt in zip(found, [*found[1:], ""], strict=True))
 
 
 def normalise_prompt(text: str) -> str:
