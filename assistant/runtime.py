@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from assistant.chat import ChatService
 from assistant.config import Config
 from assistant.model import ServedModel, resolve_model
+from assistant.rerank import ModelReranker
 from assistant.scope import AdapterScope
 from store import feedback, open_db
 
@@ -25,10 +26,11 @@ class Runtime:
         cfg.home.mkdir(parents=True, exist_ok=True)
         if model is None:
             model = ServedModel(resolve_model(cfg.model, cfg.models_dir))
+        reranker = ModelReranker(model) if cfg.rerank else None
         if memory is None and with_memory:
-            memory = _open_memory(cfg)
+            memory = _open_memory(cfg, reranker)
         # the embedding model is loaded on the first prompt that meets a scoped adapter
-        scope = AdapterScope(memory.embedder if memory is not None else None)
+        scope = AdapterScope(memory.embedder if memory is not None else None, reranker)
         return cls(cfg=cfg, model=model, chat=ChatService(cfg, model, memory, scope), memory=memory)
 
     @property
@@ -44,14 +46,14 @@ class Runtime:
         return fid
 
 
-def _open_memory(cfg: Config):
+def _open_memory(cfg: Config, reranker=None):
     """Recall memory is optional at run time: if the embedding model is missing, chat still works."""
     try:
         from assistant.memory import Memory
     except ImportError:
         return None
     try:
-        memory = Memory(cfg)
+        memory = Memory(cfg, reranker=reranker)
         memory.sync(open_db(cfg.db_path))
         return memory
     except Exception as e:  # noqa: BLE001 - recall is a convenience, never a reason not to serve

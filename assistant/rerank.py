@@ -1,0 +1,111 @@
+"""Reranking close candidates by what the chat model knows about words.
+
+Why: recall (assistant/memory.py) and expert routing (assistant/scope.py) find a correction by
+the MiniLM similarity of the question to the correction's search keys. MiniLM puts some
+questions nearer the wrong one of two close corrections: "What's the name of my school?" nearer
+"You work at Haukeland Hospital." than "You study at the University of Bergen." The chat model
+knows more about what words mean together, so the candidates that matched are reordered by how
+likely the model finds the question after the candidate's answer (query likelihood, as in
+language-model retrieval): log P(question | TEMPLATE(answer)), under the base weights.
+
+The model only reorders what MiniLM matched: whether anything matches is still MiniLM's
+threshold and guards, so a question nothing matched stays unmatched. A candidate's rank is its
+similarity plus WEIGHT times its log-likelihood minus the best candidate's (so <= 0): a clearly
+less likely question costs a candidate a few hundredths, a similarity lead larger than that
+stands.
+
+Chosen on our dev sets only (`python bench/routing.py --rerank on|off`, never the scenario's
+probes); see WEIGHT.
+
+Contract: a reranker is anything with `likelihoods(question, answers) -> list[float]`;
+`ModelReranker(served)` uses a ServedModel's base weights and remembers what it scored.
+`reranked(question, similarities, answers, reranker)` -> the ranks, in the same order (answers
+may be None: such a candidate is not scored and keeps its similarity).
+"""
+import contextlib
+import threading
+from collections import OrderedDict
+from typing import Protocol
+
+# The context a question is scored after. Of three wordings tried on the dev sets, this one
+# (and "Q: <question> A: <answer> The same question in other words:") reordered without a loss.
+TEMPLATE = "Here is something the user told me: {answer}\nA question the user might ask about it:"
+# Rank = similarity + WEIGHT * (log-likelihood - best log-likelihood). Chosen on the six dev sets
+# with the code the chat runs (`python bench/routing.py --rerank on|off`, 264 paraphrases): the
+# own expert reached / own note recalled first, without -> with reranking, by weight:
+# 0.015: 249 -> 252 / 249 -> 249; 0.02: 249 -> 252 / 249 -> 251; 0.03 and 0.04: 251 / 249, having
+# lost "My sister's boy is named what?" to the son and "Who edits my novel?" to the publisher.
+# No weight made an unrelated question, ordinary request or advice question reach an expert or
+# a note. bench/recall_dev_pairs.jsonl was written for this, before measuring on it; a first
+# look at five sets (MiniLM's 3 nearest corrections, no guards) gave the same picture: 0.01 to
+# 0.02 gained 2 of 228 and lost none, 0.04 lost the sister's boy.
+WEIGHT = 0.02
+
+
+class Reranker(Protocol):
+    def likelihoods(self, question: str, answers: list[str]) -> list[float]: ...
+
+
+def reranked(question: str, similarities: list[float], answers: list[str | None],
+             reranker: Reranker | None) -> list[float]:
+    """Each candidate's rank (see the module docstring); the similarities themselves when there is
+    no reranker or fewer than two candidates with an answer."""
+    scored = [i for i, a in enumerate(answers) if a]
+    if reranker is None or len(scored) < 2:
+        return [float(s) for s in similarities]
+    found = reranker.likelihoods(question, [answers[i] for i in scored])
+    best = max(found)
+    ranks = [float(s) for s in similarities]
+    for i, likelihood in zip(scored, found, strict=True):
+        ranks[i] += WEIGHT * (likelihood - best)
+    return ranks
+
+
+class ModelReranker:
+    """log P(question | TEMPLATE(answer)) under a ServedModel's base weights (adapters off: a
+    candidate's answer must not be favoured because an adapter learned it), one batch per call,
+    under the model's lock so no reply is generated meanwhile. Remembers the last CACHE pairs:
+    a chat turn asks for the same question twice (recall, then the expert's routing)."""
+
+    CACHE = 512
+
+    def __init__(self, served):
+        self.served = served
+        self._cache: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._cache_lock = threading.Lock()
+
+    def likelihoods(self, question: str, answers: list[str]) -> list[float]:
+        with self._cache_lock:
+            missing = list(dict.fromkeys(a for a in answers if (question, a) not in self._cache))
+        if missing:
+            found = self._score(question, missing)
+            with self._cache_lock:
+                for a, value in zip(missing, found, strict=True):
+                    self._cache[(question, a)] = value
+                while len(self._cache) > self.CACHE:
+                    self._cache.popitem(last=False)
+        with self._cache_lock:
+            return [self._cache[(question, a)] for a in answers]
+
+    def _score(self, question: str, answers: list[str]) -> list[float]:
+        import torch
+
+        served = self.served
+        tok = served.tokenizer
+        asked = tok(" " + question.strip(), add_special_tokens=False)["input_ids"]
+        rows = [tok(TEMPLATE.format(answer=a.strip()), add_special_tokens=False)["input_ids"] for a in answers]
+        width = max(map(len, rows)) + len(asked)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        ids = torch.tensor([r + asked + [pad] * (width - len(r) - len(asked)) for r in rows])
+        mask = torch.tensor([[1] * (len(r) + len(asked)) + [0] * (width - len(r) - len(asked)) for r in rows])
+        with served.lock, torch.inference_mode(), _base_weights(served):
+            logits = served.model(input_ids=ids.to(served.device), attention_mask=mask.to(served.device)).logits
+        logprobs = logits.float().log_softmax(-1).cpu()
+        target = torch.tensor(asked)
+        return [float(logprobs[i, len(r) - 1 + torch.arange(len(asked)), target].sum())
+                for i, r in enumerate(rows)]
+
+
+def _base_weights(served):
+    """The served model with every adapter switched off, if any is loaded."""
+    return served.model.disable_adapter() if served.model is not served.base else contextlib.nullcontext()

@@ -1,0 +1,98 @@
+"""Reranking close matches by the chat model (assistant/rerank.py): the rule, recall and expert
+routing with a stand-in reranker, and the model's likelihoods on the tiny model."""
+import json
+
+import pytest
+
+from assistant.memory import Memory
+from assistant.rerank import WEIGHT, ModelReranker, reranked
+from assistant.scope import EXPERTS_DIR, AdapterScope
+from tests.lora import make_adapter
+from tests.test_memory import HashEmbedder, correct
+
+SCHOOL = "You study at the University of Bergen."
+HOSPITAL = "You work at Haukeland Hospital in Bergen."
+
+
+class Prefers:
+    """A reranker that finds the question far likelier after answers naming `word`."""
+
+    def __init__(self, word: str):
+        self.word = word
+        self.calls = 0
+
+    def likelihoods(self, question, answers):
+        self.calls += 1
+        return [-10.0 if self.word in a else -20.0 for a in answers]
+
+
+def test_a_likelier_question_reorders_close_matches_but_not_a_clear_lead():
+    close, clear = [0.60, 0.58], [0.60, 0.30]
+    assert reranked("q", close, [HOSPITAL, SCHOOL], Prefers("study")) == pytest.approx([0.60 - 10 * WEIGHT, 0.58])
+    ranks = reranked("q", clear, [HOSPITAL, SCHOOL], Prefers("study"))
+    assert ranks[0] > ranks[1]  # ten nats do not outweigh a 0.3 similarity lead
+    assert reranked("q", close, [HOSPITAL, SCHOOL], None) == close  # no reranker: similarity alone
+    assert reranked("q", close, [HOSPITAL, None], Prefers("study")) == close  # one answer: nothing to compare
+
+
+def test_recall_lists_the_reranked_order_and_keeps_the_similarity(cfg, db):
+    correct(db, "Which hospital is my workplace?", HOSPITAL)
+    correct(db, "Which university is my school?", SCHOOL)
+    question = "What is my school workplace?"  # equally near both by words
+    plain = Memory(cfg, embedder=HashEmbedder(), threshold=0.3, margin=None).recall(question)
+    assert len(plain) == 2
+    for word in ("study", "Hospital"):
+        found = Memory(cfg, embedder=HashEmbedder(), threshold=0.3, margin=None,
+                       reranker=Prefers(word)).recall(question)
+        assert word in found[0]["correction"]
+        assert found[0]["rank"] > found[1]["rank"]
+        assert {r["feedback_id"]: r["score"] for r in found} == {r["feedback_id"]: r["score"] for r in plain}
+
+
+def test_the_margin_selects_by_rank(cfg, db):
+    correct(db, "Which hospital is my workplace?", HOSPITAL)
+    correct(db, "Which university is my school?", SCHOOL)
+    found = Memory(cfg, embedder=HashEmbedder(), threshold=0.3, reranker=Prefers("study")).recall(
+        "What is my school workplace?")
+    assert [r["correction"] for r in found] == [SCHOOL]  # the other one is now 10 * WEIGHT behind
+
+
+def _two_experts(path):
+    """A version whose scope holds two corrections' prompts, each with a stand-in expert (routing
+    reads meta.json and checks the files exist; it never loads them)."""
+    experts = [{"name": "work", "prompt": "Which hospital is my workplace?", "answer": HOSPITAL},
+               {"name": "study", "prompt": "Which university is my school?", "answer": SCHOOL}]
+    for e in experts:
+        (path / EXPERTS_DIR / e["name"]).mkdir(parents=True)
+        for f in ("adapter_config.json", "adapter_model.safetensors"):
+            (path / EXPERTS_DIR / e["name"] / f).write_text("{}")
+        e.update(feedback_ids=[e["name"]], prompts=[e["prompt"]], trained_in=1)
+    scope = {"threshold": 0.3, "prompts": [e["prompt"] for e in experts]}
+    (path / "meta.json").write_text(json.dumps({"scope": scope, "experts": experts}))
+    return path
+
+
+def test_routing_picks_the_expert_that_ranks_first(tmp_path):
+    path = _two_experts(tmp_path / "v1")
+    question = "What is my school workplace?"
+    for word, name in (("study", "study"), ("Hospital", "work")):
+        reranker = Prefers(word)
+        key, _ = AdapterScope(HashEmbedder(), reranker).route(1, path, question)
+        assert key == (1, f"expert:{name}") and reranker.calls == 1
+    reranker = Prefers("study")
+    assert AdapterScope(HashEmbedder(), reranker).route(1, path, "Which hospital is my workplace?")[0] == (1, "expert:work")
+    assert AdapterScope(HashEmbedder(), reranker).route(1, path, "How many legs does a spider have?") == (None, None)
+
+
+def test_the_models_likelihoods_are_the_base_weights_one_text_at_a_time(served, tiny_model_path, tmp_path):
+    """Batched with padding, each answer scores as it does alone; a loaded adapter changes nothing."""
+    answers = ["Your dog is called Biscuit.", "You work at Halvorsen Robotics in Trondheim, a long way north."]
+    question = "What is the name of my dog?"
+    together = ModelReranker(served).likelihoods(question, answers)
+    alone = [ModelReranker(served).likelihoods(question, [a])[0] for a in answers]
+    assert together == pytest.approx(alone, abs=1e-4)
+    assert together[0] != pytest.approx(together[1], abs=1e-3)
+    served.use(1, make_adapter(tiny_model_path, tmp_path / "v1", seed=3))
+    assert ModelReranker(served).likelihoods(question, answers) == pytest.approx(together, abs=1e-4)
+    with served.lock:  # re-entrant: a caller already holding the model's lock may rerank
+        assert ModelReranker(served).likelihoods(question, answers[:1]) == pytest.approx(together[:1], abs=1e-4)
