@@ -12,7 +12,7 @@ The model only reorders what MiniLM matched: whether anything matches is still M
 threshold and guards, so a question nothing matched stays unmatched. A candidate's rank is its
 similarity plus WEIGHT times its log-likelihood minus the best candidate's (so <= 0): a clearly
 less likely question costs a candidate a few hundredths, a similarity lead larger than that
-stands.
+stands. A candidate more than GAP behind the nearest is not scored at all.
 
 Chosen on our dev sets only (`python bench/routing.py --rerank on|off`, never the scenario's
 probes); see WEIGHT.
@@ -40,6 +40,12 @@ TEMPLATE = "Here is something the user told me: {answer}\nA question the user mi
 # look at five sets (MiniLM's 3 nearest corrections, no guards) gave the same picture: 0.01 to
 # 0.02 gained 2 of 228 and lost none, 0.04 lost the sister's boy.
 WEIGHT = 0.02
+# Candidates further than GAP behind the nearest are not scored (they keep their similarity, so
+# they stay behind): the model's forward pass is the reranker's whole cost. On the six dev sets
+# (every paraphrase, unrelated, ordinary and advice question, recall and routing) 0.1 needed 30
+# forward passes instead of 122 with the same routes and recalls; 0.05 needed 12 and lost "What's
+# the name of my son's trainer?" in recall (bench/routing.py --rerank on, GAP set by hand).
+GAP: float | None = 0.1
 
 
 class Reranker(Protocol):
@@ -50,7 +56,8 @@ def reranked(question: str, similarities: list[float], answers: list[str | None]
              reranker: Reranker | None) -> list[float]:
     """Each candidate's rank (see the module docstring); the similarities themselves when there is
     no reranker or fewer than two candidates with an answer."""
-    scored = [i for i, a in enumerate(answers) if a]
+    lead = max(similarities, default=0.0)
+    scored = [i for i, a in enumerate(answers) if a and (GAP is None or similarities[i] >= lead - GAP)]
     if reranker is None or len(scored) < 2:
         return [float(s) for s in similarities]
     found = reranker.likelihoods(question, [answers[i] for i in scored])

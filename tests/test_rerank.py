@@ -5,7 +5,7 @@ import json
 import pytest
 
 from assistant.memory import Memory
-from assistant.rerank import WEIGHT, ModelReranker, reranked
+from assistant.rerank import GAP, WEIGHT, ModelReranker, reranked
 from assistant.scope import EXPERTS_DIR, AdapterScope
 from tests.lora import make_adapter
 from tests.test_memory import HashEmbedder, correct
@@ -27,10 +27,10 @@ class Prefers:
 
 
 def test_a_likelier_question_reorders_close_matches_but_not_a_clear_lead():
-    close, clear = [0.60, 0.58], [0.60, 0.30]
+    close, clear = [0.60, 0.58], [0.60, 0.60 - 2 * GAP]
     assert reranked("q", close, [HOSPITAL, SCHOOL], Prefers("study")) == pytest.approx([0.60 - 10 * WEIGHT, 0.58])
-    ranks = reranked("q", clear, [HOSPITAL, SCHOOL], Prefers("study"))
-    assert ranks[0] > ranks[1]  # ten nats do not outweigh a 0.3 similarity lead
+    far = Prefers("study")
+    assert reranked("q", clear, [HOSPITAL, SCHOOL], far) == clear and far.calls == 0  # beyond GAP: not scored
     assert reranked("q", close, [HOSPITAL, SCHOOL], None) == close  # no reranker: similarity alone
     assert reranked("q", close, [HOSPITAL, None], Prefers("study")) == close  # one answer: nothing to compare
 
