@@ -23,6 +23,7 @@ Contract: a reranker is anything with `likelihoods(question, answers) -> list[fl
 may be None: such a candidate is not scored and keeps its similarity).
 """
 import contextlib
+import logging
 import threading
 from collections import OrderedDict
 from typing import Protocol
@@ -46,6 +47,12 @@ WEIGHT = 0.02
 # forward passes instead of 122 with the same routes and recalls; 0.05 needed 12 and lost "What's
 # the name of my son's trainer?" in recall (bench/routing.py --rerank on, GAP set by hand).
 GAP: float | None = 0.1
+# A longer question or answer (in tokens) is not scored: every candidate then gets the same
+# likelihood, so MiniLM's order stands. Keeps a huge message from costing a long forward pass
+# or running past the model's context.
+MAX_TOKENS = 256
+
+log = logging.getLogger(__name__)
 
 
 class Reranker(Protocol):
@@ -55,14 +62,19 @@ class Reranker(Protocol):
 def reranked(question: str, similarities: list[float], answers: list[str | None],
              reranker: Reranker | None) -> list[float]:
     """Each candidate's rank (see the module docstring); the similarities themselves when there is
-    no reranker or fewer than two candidates with an answer."""
+    no reranker, fewer than two candidates with an answer within GAP of the nearest, or the
+    reranker fails (reranking only refines: a turn never fails for it)."""
     lead = max(similarities, default=0.0)
     scored = [i for i, a in enumerate(answers) if a and (GAP is None or similarities[i] >= lead - GAP)]
-    if reranker is None or len(scored) < 2:
-        return [float(s) for s in similarities]
-    found = reranker.likelihoods(question, [answers[i] for i in scored])
-    best = max(found)
     ranks = [float(s) for s in similarities]
+    if reranker is None or len(scored) < 2:
+        return ranks
+    try:
+        found = reranker.likelihoods(question, [answers[i] for i in scored])
+    except Exception as e:  # noqa: BLE001 - e.g. out of memory: MiniLM's order stands
+        log.warning("reranking skipped: %s", e)
+        return ranks
+    best = max(found)
     for i, likelihood in zip(scored, found, strict=True):
         ranks[i] += WEIGHT * (likelihood - best)
     return ranks
@@ -102,6 +114,8 @@ class ModelReranker:
         asked = tok(" " + question.strip(), add_special_tokens=False)["input_ids"]
         rows = [tok(TEMPLATE.format(answer=a.strip()), add_special_tokens=False)["input_ids"] for a in answers]
         width = max(map(len, rows)) + len(asked)
+        if width > MAX_TOKENS:
+            return [0.0] * len(answers)
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
         ids = torch.tensor([r + asked + [pad] * (width - len(r) - len(asked)) for r in rows])
         mask = torch.tensor([[1] * (len(r) + len(asked)) + [0] * (width - len(r) - len(asked)) for r in rows])

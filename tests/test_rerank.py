@@ -33,6 +33,12 @@ def test_a_likelier_question_reorders_close_matches_but_not_a_clear_lead():
     assert reranked("q", clear, [HOSPITAL, SCHOOL], far) == clear and far.calls == 0  # beyond GAP: not scored
     assert reranked("q", close, [HOSPITAL, SCHOOL], None) == close  # no reranker: similarity alone
     assert reranked("q", close, [HOSPITAL, None], Prefers("study")) == close  # one answer: nothing to compare
+    assert reranked("q", close, [HOSPITAL, SCHOOL], Broken()) == close  # a failing reranker: similarity alone
+
+
+class Broken:
+    def likelihoods(self, question, answers):
+        raise RuntimeError("out of memory")
 
 
 def test_recall_lists_the_reranked_order_and_keeps_the_similarity(cfg, db):
@@ -94,5 +100,7 @@ def test_the_models_likelihoods_are_the_base_weights_one_text_at_a_time(served, 
     assert together[0] != pytest.approx(together[1], abs=1e-3)
     served.use(1, make_adapter(tiny_model_path, tmp_path / "v1", seed=3))
     assert ModelReranker(served).likelihoods(question, answers) == pytest.approx(together, abs=1e-4)
+    huge = "What is the name of my dog? " * 200  # past MAX_TOKENS: no preference, no long forward pass
+    assert ModelReranker(served).likelihoods(huge, answers) == [0.0, 0.0]
     with served.lock:  # re-entrant: a caller already holding the model's lock may rerank
         assert ModelReranker(served).likelihoods(question, answers[:1]) == pytest.approx(together[:1], abs=1e-4)
