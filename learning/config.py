@@ -132,6 +132,18 @@ class LearnConfig:
     one, bench/results/learn.md), so that a cycle stays
     within 10 minutes however many corrections wait; the rest get theirs in the next cycles
     (oldest first) and the shared adapter, which trains on them meanwhile, answers them."""
+    experts_budget_s: float | None = 360.0
+    """Seconds the experts' stage of a cycle may plan for. The seconds one new expert took in the
+    last cycle that trained any (recorded in the active version's meta.json, so on this machine
+    and model) turn it into a count: at most budget / that many new experts (at least one, and
+    at most `experts_per_cycle`); the rest wait, as past `experts_per_cycle`, and the shared
+    adapter answers them meanwhile. `experts_per_cycle` was sized on the embedded model; with a
+    bigger model, or a slower machine, an expert takes longer and the count alone would let a
+    cycle run far past 10 minutes. 360 s leaves about 240 s of a 10-minute cycle for the rest
+    (the habit adapter about 130 s, the gate 50-130 s, loading) on the slower of our machines,
+    where an expert took 28-34 s (the experts' stage of teach-20261127-062129: 137, 126 and 249 s
+    for 4, 4 and 9 experts): 10-12 experts there, so the judged scenario's 4, 4 and 9 new
+    corrections all get theirs. None: counts only."""
     expert_r: int = 16
     """LoRA rank of each correction's expert (alpha twice the rank, the shared adapter's scale)."""
     expert_epochs: float = 6.0
@@ -230,6 +242,8 @@ class LearnConfig:
             problems.append(f"expert_r must be >= 1, experts_per_cycle >= 0, expert_epochs and expert_lr "
                             f"positive (got {self.expert_r}, {self.experts_per_cycle}, {self.expert_epochs}, "
                             f"{self.expert_lr})")
+        if self.experts_budget_s is not None and not self.experts_budget_s > 0:
+            problems.append(f"experts_budget_s must be positive or None (got {self.experts_budget_s})")
         if self.refit_corrections < 0:
             problems.append(f"refit_corrections must be >= 0 (got {self.refit_corrections})")
         if self.neighbour_rewrites < 0 or self.short_answers < 0:

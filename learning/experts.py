@@ -22,6 +22,7 @@ Layout: `<version>/experts/<name>/` (a peft adapter directory) and, in the versi
 meta.json, "experts": [{"name", "feedback_ids", "prompt", "answer", "prompts", "trained_in"}].
 """
 import dataclasses
+import json
 import os
 import shutil
 import time
@@ -66,6 +67,30 @@ def no_longer_held(experts: list[dict], groups: dict) -> list[dict]:
     return [e for e in experts if feedback_key(e) not in groups]
 
 
+def expert_pace(parent_path) -> float | None:
+    """Seconds one new expert took in the last cycle of this lineage that trained any (the
+    parent version's meta.json, "stats" -> "experts" -> "seconds_each", which a version that
+    trained none carries over); None when unknown: no parent, none trained yet, unreadable."""
+    if not parent_path:
+        return None
+    try:
+        stats = json.loads((Path(parent_path) / "meta.json").read_text()).get("stats") or {}
+        pace = (stats.get("experts") or {}).get("seconds_each")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(pace) if isinstance(pace, (int, float)) and pace > 0 else None
+
+
+def experts_this_cycle(lcfg, pace: float | None) -> int:
+    """How many new experts a cycle may train: `experts_per_cycle`, and no more than fit in
+    `experts_budget_s` at `pace` seconds each (at least one, so that every correction gets its
+    expert in the end however slow the machine)."""
+    limit = lcfg.experts_per_cycle
+    if lcfg.experts_budget_s is not None and pace:
+        limit = min(limit, max(1, int(lcfg.experts_budget_s // pace)))
+    return limit
+
+
 @dataclasses.dataclass
 class ExpertPlan:
     """Which experts a version will have, known before anything trains (`plan_experts`)."""
@@ -73,6 +98,7 @@ class ExpertPlan:
     new: dict[tuple, dict]  # expert_groups entries that get an expert in this cycle
     waiting: int  # corrections still without an expert after this cycle
     forgotten: int  # the parent's experts whose correction was taken back
+    pace_s: float | None = None  # seconds per new expert in the lineage's last cycle that trained any
 
     def answered(self) -> set[tuple]:
         """The keys (`feedback_key`) of every correction an expert of
@@ -83,9 +109,9 @@ class ExpertPlan:
 
 def plan_experts(job) -> ExpertPlan | None:
     """The experts of the version `job` trains: the parent's that are still current, kept, and a
-    new one for each correction without one, at most `experts_per_cycle`, the corrections with
-    the oldest feedback ids first (the others wait for the next cycle). None when experts are off
-    (or the version is unscoped: it answers every prompt itself)."""
+    new one for each correction without one, as many as `experts_this_cycle` allows, the
+    corrections with the oldest feedback ids first (the others wait for the next cycle). None
+    when experts are off (or the version is unscoped: it answers every prompt itself)."""
     from learning.datasets import normalize_prompt
 
     lcfg = job.lcfg
@@ -95,7 +121,8 @@ def plan_experts(job) -> ExpertPlan | None:
     inherited = read_experts(job.parent_path)
     have = {feedback_key(e) for e in inherited}
     waiting = [k for k in groups if k not in have]
-    new = {k: groups[k] for k in sorted(waiting, key=lambda k: k[0])[:lcfg.experts_per_cycle]}  # oldest first
+    pace = expert_pace(job.parent_path)
+    new = {k: groups[k] for k in sorted(waiting, key=lambda k: k[0])[:experts_this_cycle(lcfg, pace)]}  # oldest first
     # a newer correction of a prompt retires the old one's expert at once, even while its own
     # waits (the shared adapter, trained on the newer one, answers meanwhile)
     replaced = {normalize_prompt(question_and_answer(groups[k]["sft"][0])[0]) for k in waiting}
@@ -104,7 +131,8 @@ def plan_experts(job) -> ExpertPlan | None:
     gone = [] if job.corrections is None else [e["name"] for e in no_longer_held(inherited, groups)]
     current = [e for e in inherited if e["name"] not in gone]
     kept = [e for e in current if normalize_prompt(e["prompt"]) not in replaced]
-    return ExpertPlan(kept=kept, new=new, waiting=len(waiting) - len(new), forgotten=len(inherited) - len(current))
+    return ExpertPlan(kept=kept, new=new, waiting=len(waiting) - len(new), forgotten=len(inherited) - len(current),
+                      pace_s=pace)
 
 
 def train_experts(model, tok, job, plan: ExpertPlan | None, device: str, work: Path, losses: list, stats: dict,
@@ -153,6 +181,9 @@ def train_experts(model, tok, job, plan: ExpertPlan | None, device: str, work: P
         trained.append({"name": name, "feedback_ids": list(group["sft"][0]["feedback_ids"]), "prompt": question,
                         "answer": answer, "prompts": list(dict.fromkeys(scope_prompts(rows))),
                         "trained_in": job.version})
+    seconds = time.perf_counter() - t0
     stats["experts"] = {"kept": len(kept), "trained": len(trained), "waiting": plan.waiting,
-                        "forgotten": plan.forgotten, "seconds": round(time.perf_counter() - t0, 1)}
+                        "forgotten": plan.forgotten, "seconds": round(seconds, 1),
+                        # the next cycle's pace (`expert_pace`): measured here, or carried over
+                        "seconds_each": round(seconds / len(trained), 1) if trained else plan.pace_s}
     return kept + trained

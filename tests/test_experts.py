@@ -148,6 +148,45 @@ def test_a_cycle_trains_at_most_experts_per_cycle_the_oldest_first(tiny_model_pa
     assert json.loads((v2 / "meta.json").read_text())["stats"]["experts"]["waiting"] == 0
 
 
+def test_a_slow_machine_plans_fewer_experts_and_the_pace_carries_over(tiny_model_path, tmp_path):
+    """`experts_budget_s`: the seconds an expert took in the lineage's last cycle that trained any
+    bound how many new experts a cycle plans; the rest wait (the shared adapter learns them)."""
+    import dataclasses
+
+    import pytest
+
+    from learning.config import LearnConfig
+    from learning.experts import expert_pace, plan_experts
+
+    job = _job(tiny_model_path, tmp_path / "adapters")
+    v1 = train_candidate(job)  # no pace known yet: both corrections get their expert
+    pace = json.loads((v1 / "meta.json").read_text())["stats"]["experts"]["seconds_each"]
+    assert len(read_experts(v1)) == 2 and pace > 0 and expert_pace(v1) == pace
+
+    slow = tmp_path / "slow"  # a parent whose experts took 40 s each, none of them for these corrections
+    slow.mkdir()
+    (slow / "meta.json").write_text(json.dumps({"experts": [], "stats": {"experts": {"seconds_each": 40.0}}}))
+
+    def planned(budget):
+        lcfg = dataclasses.replace(job.lcfg, experts_budget_s=budget)
+        plan = plan_experts(dataclasses.replace(job, version=2, parent_version=1, parent_path=str(slow), lcfg=lcfg))
+        return list(plan.new), plan.waiting
+
+    assert planned(60) == ([("f0",)], 1)  # one fits in 60 s: the oldest, the other waits
+    assert planned(80) == planned(None) == ([("f0",), ("f1",)], 0)
+    assert planned(10) == ([("f0",)], 1)  # at least one per cycle, however slow
+
+    # a version that trains no new expert carries its parent's pace over
+    v2 = train_candidate(dataclasses.replace(job, version=2, parent_version=1, parent_path=str(v1)))
+    stats = json.loads((v2 / "meta.json").read_text())["stats"]["experts"]
+    assert stats["trained"] == 0 and stats["seconds_each"] == pace
+
+    (slow / "meta.json").write_text("{not json")
+    assert expert_pace(slow) is None and expert_pace(None) is None
+    with pytest.raises(ValueError, match="experts_budget_s must be positive"):
+        LearnConfig(experts_budget_s=0)
+
+
 def test_the_shared_adapter_trains_only_on_what_no_expert_answers(tiny_model_path, tmp_path):
     import dataclasses
 
