@@ -689,12 +689,8 @@ def select(recalled: list[dict], margin: float | None) -> list[dict]:
     is within `margin` of it (None: all)."""
     if margin is None or not recalled:
         return list(recalled)
-    best = _rank(recalled[0])
-    return [r for r in recalled if _rank(r) >= best - margin]
-
-
-def _rank(recalled: dict) -> float:
-    return recalled.get("rank", recalled["score"])
+    best = recalled[0]["rank"]
+    return [r for r in recalled if r["rank"] >= best - margin]
 
 
 def render(recalled: list[dict], form: str) -> str:
