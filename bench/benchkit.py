@@ -16,3 +16,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "results"
 DEFAULT_SCENARIO = ROOT.parent / "shared" / "scenarios" / "teach.jsonl"
+
+
+def frac(c: dict) -> str:
+    """"47/48 (97.9%)": one decimal unless whole, so that a figure just under a target never
+    reads as meeting it ("-" when there is nothing to count)."""
+    if not c["total"]:
+        return "-"
+    share = 100 * c["passed"] / c["total"]
+    return f"{c['passed']}/{c['total']} ({share:.0f}%)" if share == int(share) else \
+        f"{c['passed']}/{c['total']} ({share:.1f}%)"

@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchkit import DEFAULT_SCENARIO, RESULTS, ROOT  # noqa: E402,F401 - sets the environment up first
+from benchkit import DEFAULT_SCENARIO, RESULTS, ROOT, frac  # noqa: E402,F401 - sets the environment up first
 
 # isort: split
 
@@ -138,16 +138,6 @@ def score(server: Server, items: list[dict], recall: bool, taught_before: set[st
         "reply_tok_s": reply_tok_s,
         "probes": probes,
     }
-
-
-def frac(c: dict) -> str:
-    """"47/48 (97.9%)": one decimal unless whole, so that a figure just under a target never
-    reads as meeting it."""
-    if not c["total"]:
-        return "-"
-    share = 100 * c["passed"] / c["total"]
-    return f"{c['passed']}/{c['total']} ({share:.0f}%)" if share == int(share) else \
-        f"{c['passed']}/{c['total']} ({share:.1f}%)"
 
 
 def markdown(run: dict) -> str:
