@@ -17,10 +17,10 @@ import json
 import tempfile
 from pathlib import Path
 
-from benchkit import RESULTS, ROOT
+from benchkit import RESULTS
+from routing import ADVICE, DEV_SETS, dev_items, model_reranker, ordinary_requests, recall_memory
 
 from assistant.embedders import make_embedder
-from routing import ADVICE, DEV_SETS, dev_items, model_reranker, ordinary_requests, recall_memory
 
 
 def candidates(dev: Path, embedder, floor: float) -> list[dict]:
