@@ -33,8 +33,8 @@ def candidates(dev: Path, embedder, floor: float) -> list[dict]:
     taught = {prompt: f["id"] for f in facts for prompt, _ in f["teach"]}
     with tempfile.TemporaryDirectory() as tmp:
         recall = recall_memory(Path(tmp) / "a", facts, embedder)
-        loose = recall_memory(Path(tmp) / "b", facts, embedder)  # the guards alone: no bar, no margin
-        loose.threshold, loose.relative_margin, loose.margin, loose.top_k = -1.0, None, None, 1
+        loose = recall_memory(Path(tmp) / "b", facts, embedder,  # the guards alone: no bar, no margin
+                              threshold=-1.0, relative_margin=None, margin=None, top_k=1)
         found = []
         for q, kind, own in questions:
             if recall.recall(q):

@@ -94,8 +94,9 @@ def write_version(where: Path, facts: list[dict], lcfg: LearnConfig) -> tuple[di
     return owner, len(scope["prompts"])
 
 
-def recall_memory(home: Path, facts: list[dict], embedder, reranker=None) -> Memory:
-    """Recall over a fresh database holding every dev correction, stored as the chat stores them."""
+def recall_memory(home: Path, facts: list[dict], embedder, reranker=None, **settings) -> Memory:
+    """Recall over a fresh database holding every dev correction, stored as the chat stores them
+    (`settings`: Memory's threshold, margins and top_k, when not the chat's)."""
     cfg = Config(home=home)
     db = open_db(cfg.db_path)
     for fact in facts:
@@ -104,7 +105,7 @@ def recall_memory(home: Path, facts: list[dict], embedder, reranker=None) -> Mem
                             source="bench", model="none", adapter_version=None, prompt_tokens=0,
                             completion_tokens=0, ttft_ms=None, duration_ms=0.0)
             add_feedback(db, turn, "correction", correction=correction)
-    return Memory(cfg, embedder, reranker=reranker)
+    return Memory(cfg, embedder, reranker=reranker, **settings)
 
 
 def model_reranker():
