@@ -33,6 +33,7 @@ from benchkit import DEFAULT_SCENARIO, RESULTS, ROOT, frac  # noqa: E402,F401 - 
 
 import httpx
 
+from assistant.embedders import DEFAULT_EMBEDDER, ENV_EMBEDDER  # noqa: E402
 from learning.evaluate import contains_phrase  # noqa: E402
 from learning.probes import load_scenario, probe_list  # noqa: E402
 
@@ -142,7 +143,8 @@ def score(server: Server, items: list[dict], recall: bool, taught_before: set[st
 
 def markdown(run: dict) -> str:
     lines = [f"# Teaching benchmark — {run['stamp']}", "",
-             f"Scenario `{run['scenario']}`, model `{run['model']}`, {run['cycles']} cycles. "
+             f"Scenario `{run['scenario']}`, model `{run['model']}`, "
+             f"sentence embedder `{run.get('embedder', DEFAULT_EMBEDDER)}`, {run['cycles']} cycles. "
              "`earlier`: facts taught in earlier cycles (retention); `first`: facts of cycle 1. `weights`: "
              "recall off, so nothing is added to the prompt; the active adapter answers the prompts inside "
              "its scope (near a prompt it was trained on, assistant/scope.py) and the base weights the rest. "
@@ -200,6 +202,7 @@ def main(argv=None) -> int:
     env = {**os.environ, "ASSISTANT_HOME": str(home), "HF_HUB_OFFLINE": "1", "ASSISTANT_MODEL": args.model}
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     run = {"stamp": stamp, "scenario": str(args.scenario), "model": args.model, "cycles": args.cycles,
+           "embedder": os.environ.get(ENV_EMBEDDER) or DEFAULT_EMBEDDER,  # recall's and routing's
            "home": str(home), "rows": []}
     RESULTS.mkdir(parents=True, exist_ok=True)
 
