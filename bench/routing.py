@@ -42,6 +42,11 @@ DEV_SETS = [ROOT / "bench" / name for name in
 ADVICE = ROOT / "bench" / "advice_dev.jsonl"
 
 
+def shown(path: Path) -> str:
+    """A scenario file's path as the results name it: relative to the repository when inside it."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def dev_items(path: Path) -> tuple[list[dict], list[str]]:
     """Facts as {"id", "teach": [(prompt, correction)], "paraphrases"} and the unrelated questions.
     Both dev formats: recall's ("teach": one dict, "paraphrases") and teaching's ("teach": a
@@ -147,7 +152,7 @@ def measure(embedder_name: str, dev: Path, lcfg: LearnConfig, reranker=None) -> 
         taught = {prompt: f["id"] for f in facts for prompt, _ in f["teach"]}
         para_recalls = [(fid, q, [taught[r["prompt"]] for r in memory.recall(q)]) for fid, q, _ in para]
         ctrl_recalls = [(q, memory.recall(q)) for q in controls]
-    return {"embedder": embedder_name, "dev_set": str(dev.relative_to(ROOT)),
+    return {"embedder": embedder_name, "dev_set": shown(dev),
             "scope_prompts": n_prompts,
             "paraphrases": len(para),
             "own_expert": sum(got == fid for fid, _, got in para),
@@ -219,6 +224,8 @@ def main(argv=None) -> int:
                    help="route by each expert's prompt + answer too (assistant/scope.py EXPERT_ANSWER_KEYS)")
     p.add_argument("--rerank", choices=("on", "off"), default="on",
                    help="rerank close matches by the chat model (assistant/rerank.py; loads the embedded model)")
+    p.add_argument("--sets", type=lambda v: [Path(x).resolve() for x in v.split(",")], default=DEV_SETS,
+                   help="comma-separated scenario files (default: the six dev sets)")
     p.add_argument("--out", default="routing", help="file stem under bench/results")
     args = p.parse_args(argv)
     scope_mod.EXPERT_ANSWER_KEYS = args.answer_keys == "on"
@@ -226,7 +233,7 @@ def main(argv=None) -> int:
     reranker = model_reranker() if args.rerank == "on" else None
     results = []
     for name in args.embedders.split(","):
-        for dev in DEV_SETS:
+        for dev in args.sets:
             r = measure(name, dev, lcfg, reranker)
             results.append(r)
             print(f"{name:7s} {Path(r['dev_set']).name:28s} own {r['own_expert']}/{r['paraphrases']} other "
@@ -236,8 +243,9 @@ def main(argv=None) -> int:
                   f"controls {r['controls_recalling']}; ordinary {r['ordinary_to_an_expert']}/{r['ordinary']}",
                   flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
+    sets = "" if args.sets == DEV_SETS else " --sets " + ",".join(map(shown, args.sets))
     cmd = (f"python bench/routing.py --embedders {args.embedders} --answer-keys {args.answer_keys} "
-           f"--rerank {args.rerank} --out {args.out}")
+           f"--rerank {args.rerank}{sets} --out {args.out}")
     (RESULTS / f"{args.out}.json").write_text(json.dumps(results, indent=1))
     (RESULTS / f"{args.out}.md").write_text(markdown(results, cmd))
     print(f"wrote bench/results/{args.out}.md")
