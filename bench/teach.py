@@ -33,7 +33,7 @@ from benchkit import DEFAULT_SCENARIO, RESULTS, ROOT, frac  # noqa: E402,F401 - 
 
 import httpx
 
-from assistant.embedders import DEFAULT_EMBEDDER, ENV_EMBEDDER  # noqa: E402
+from assistant.embedders import DEFAULT_EMBEDDER, embedder_name  # noqa: E402
 from learning.evaluate import contains_phrase  # noqa: E402
 from learning.probes import load_scenario, probe_list  # noqa: E402
 
@@ -202,7 +202,7 @@ def main(argv=None) -> int:
     env = {**os.environ, "ASSISTANT_HOME": str(home), "HF_HUB_OFFLINE": "1", "ASSISTANT_MODEL": args.model}
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     run = {"stamp": stamp, "scenario": str(args.scenario), "model": args.model, "cycles": args.cycles,
-           "embedder": os.environ.get(ENV_EMBEDDER) or DEFAULT_EMBEDDER,  # recall's and routing's
+           "embedder": embedder_name(),  # recall's and routing's (ASSISTANT_EMBEDDER, as the server reads it)
            "home": str(home), "rows": []}
     RESULTS.mkdir(parents=True, exist_ok=True)
 
