@@ -22,13 +22,12 @@ Layout: `<version>/experts/<name>/` (a peft adapter directory) and, in the versi
 meta.json, "experts": [{"name", "feedback_ids", "prompt", "answer", "prompts", "trained_in"}].
 """
 import dataclasses
-import json
 import os
 import shutil
 import time
 from pathlib import Path
 
-from assistant.scope import EXPERTS_DIR, question_and_answer, read_experts, scope_prompts
+from assistant.scope import EXPERTS_DIR, question_and_answer, read_experts, read_meta, scope_prompts
 
 
 def feedback_key(item: dict) -> tuple:
@@ -74,9 +73,8 @@ def expert_pace(parent_path) -> float | None:
     if not parent_path:
         return None
     try:
-        stats = json.loads((Path(parent_path) / "meta.json").read_text()).get("stats") or {}
-        pace = (stats.get("experts") or {}).get("seconds_each")
-    except (OSError, ValueError, AttributeError):
+        pace = ((read_meta(parent_path).get("stats") or {}).get("experts") or {}).get("seconds_each")
+    except AttributeError:  # "stats" or "experts" that is not an object
         return None
     return float(pace) if isinstance(pace, (int, float)) and pace > 0 else None
 
