@@ -368,6 +368,8 @@ def asks_way(text: str) -> bool:
     """Does `text` ask for a way: how (not a quantity: HOW_QUANTITIES), or what the user should or
     can do (ADVICE_MODALS before ADVICE_SUBJECTS)?"""
     found = tokens(text)
+    if not found:  # no Latin letter or digit (Chinese, Arabic, emoji, "???"): no English "how"
+        return False
     return any((t == "how" and nxt not in HOW_QUANTITIES) or (t in ADVICE_MODALS and nxt in ADVICE_SUBJECTS)
                for t, nxt in zip(found, [*found[1:], ""], strict=True))
 
