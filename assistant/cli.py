@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-n", type=int, default=20, help="how many turns and feedback items")
     s = sub.add_parser("export", help=COMMANDS["export"][2])
     s.add_argument("out_dir", help="directory for sft.jsonl, preference.jsonl, unpaired.jsonl")
+    s.add_argument("--keep-pii", action="store_true",
+                   help="keep e-mail addresses, phone and card numbers (scrubbed by default)")
     s = sub.add_parser("backup", help=COMMANDS["backup"][2])
     s.add_argument("path", help="where to write the copy")
     s = sub.add_parser("learn", help=COMMANDS["learn"][2])

@@ -185,8 +185,6 @@ class LearnConfig:
     """Character cap of one user message in training data."""
     max_answer_chars: int = 1500
     """Character cap of one answer in training data."""
-    scrub_pii: bool = True
-    """Replace e-mail addresses, phone and card-like numbers with placeholders."""
     dedup_threshold: float = 0.97
     """Cosine similarity (prompt + answer embeddings) above which two rows are duplicates;
     the newer one is kept. 1.0 disables near-duplicate removal."""
@@ -308,6 +306,7 @@ class LearnConfig:
     def from_dict(cls, d: dict) -> "LearnConfig":
         """Build from stored settings, refusing unknown keys (typos must not pass silently)."""
         known = set(cls.__dataclass_fields__)
+        d = {k: v for k, v in d.items() if k not in RETIRED_FIELDS}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown LearnConfig fields {unknown}; known: {sorted(known)}")
@@ -315,6 +314,10 @@ class LearnConfig:
 
 
 SETTINGS_KEY = "learn_config"
+# Fields older homes may have stored that no longer mean anything; read as absent.
+# scrub_pii: training learns what the user taught verbatim (their phone numbers, dates, codes);
+# scrubbing happens where data leaves the machine, `assistant export`.
+RETIRED_FIELDS = frozenset({"scrub_pii"})
 
 
 SHAPE_FIELDS = ("lora_r", "lora_alpha", "lora_dropout", "lora_targets")

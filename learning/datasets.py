@@ -7,9 +7,11 @@
 - a vote with no partner gives an unpaired row (`{"prompt", "completion", "label"}`, KTO-style),
   exported for other tools (the learner itself trains SFT + DPO).
 
-Hygiene: "don't learn" conversations and quarantined feedback never appear; e-mail addresses,
-phone and card-like numbers are scrubbed (configurable); near-duplicates (sentence embeddings)
-are dropped, keeping the newest; texts are capped. Vote-derived rows are split train/held-out by
+Hygiene: "don't learn" conversations and quarantined feedback never appear; near-duplicates
+(sentence embeddings) are dropped, keeping the newest; texts are capped. What the user taught is
+learned verbatim: their phone numbers, dates and codes are the point of a personal assistant, and
+the data never leaves the machine. `assistant export`, where it does, scrubs e-mail addresses,
+phone and card-like numbers by default (`scrub_rows`; `--keep-pii` keeps them). Vote-derived rows are split train/held-out by
 a stable hash of the conversation id; corrections always train (the user asked for them).
 Metadata keys (`feedback_ids`, `source`, `conversation_id`) ride along; `train.py` strips them.
 """
@@ -86,14 +88,13 @@ def _facts(db) -> list[dict]:
 
 
 class _RowMaker:
-    """Turns one fact into chat messages with the configured caps and scrubbing."""
+    """Turns one fact into chat messages with the configured caps."""
 
     def __init__(self, cfg: LearnConfig, system_prompt: str):
         self.cfg, self.system_prompt = cfg, system_prompt
 
     def clean(self, text: str | None, cap: int) -> str:
-        text = (text or "").strip()[:cap]
-        return scrub(text) if self.cfg.scrub_pii else text
+        return (text or "").strip()[:cap]
 
     def prompt(self, fact: dict) -> list[dict]:
         history = [m for m in json.loads(fact["messages_json"] or "[]") if m["role"] != "system"][:-1]
@@ -211,6 +212,18 @@ def strip_meta(row: dict) -> dict:
     return {k: v for k, v in row.items() if k not in META_KEYS}
 
 
+def scrub_rows(rows: list[dict]) -> list[dict]:
+    """`rows` with every message's text scrubbed (`scrub`): for data leaving the machine."""
+    def clean(value):
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        if isinstance(value, dict):
+            return {k: scrub(v) if k == "content" and isinstance(v, str) else clean(v) for k, v in value.items()}
+        return value
+
+    return [clean(r) for r in rows]
+
+
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
     tmp = path.with_suffix(".jsonl.tmp")
     with open(tmp, "w") as fh:
@@ -220,8 +233,9 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def cmd_export(cfg, args) -> int:
-    """`assistant export OUT_DIR`: sft.jsonl, preference.jsonl, unpaired.jsonl in TRL's formats,
-    each row with its feedback ids and a `split` field (train | heldout)."""
+    """`assistant export OUT_DIR [--keep-pii]`: sft.jsonl, preference.jsonl, unpaired.jsonl in
+    TRL's formats, each row with its feedback ids and a `split` field (train | heldout). Personal
+    data is scrubbed unless `--keep-pii`: the export is what leaves the machine."""
     from learning.config import load_learn_config
     from store import open_db
 
@@ -229,11 +243,12 @@ def cmd_export(cfg, args) -> int:
     data = build(db, load_learn_config(db))
     out = Path(args.out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    _write_jsonl(out / "sft.jsonl", [{**r, "split": "train"} for r in data.sft] +
-                 [{**r, "split": "heldout"} for r in data.heldout_sft])
-    _write_jsonl(out / "preference.jsonl", [{**r, "split": "train"} for r in data.pairs] +
-                 [{**r, "split": "heldout"} for r in data.heldout_pairs])
-    _write_jsonl(out / "unpaired.jsonl", data.unpaired)
+    private = (lambda rows: rows) if getattr(args, "keep_pii", False) else scrub_rows
+    _write_jsonl(out / "sft.jsonl", private([{**r, "split": "train"} for r in data.sft] +
+                                            [{**r, "split": "heldout"} for r in data.heldout_sft]))
+    _write_jsonl(out / "preference.jsonl", private([{**r, "split": "train"} for r in data.pairs] +
+                                                   [{**r, "split": "heldout"} for r in data.heldout_pairs]))
+    _write_jsonl(out / "unpaired.jsonl", private(data.unpaired))
     c = data.counts()
     print(f"wrote {c['sft'] + c['heldout_sft']} SFT rows, {c['pairs'] + c['heldout_pairs']} preference pairs, "
           f"{c['unpaired']} unpaired rows to {out}")

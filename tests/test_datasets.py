@@ -116,14 +116,30 @@ def test_no_learn_and_quarantine_are_skipped(db):
     assert data.sft == [] and data.pairs == [] and data.feedback_ids == []
 
 
-def test_scrubbing_is_configurable(db):
+def test_training_rows_keep_the_users_data_verbatim(db):
+    """Phone numbers, dates, codes and addresses the user taught are learned as they are."""
+    _, t = turn(db, "What is the support number?", "I don't know.")
+    taught = ("The support line is 0800 555 0199, mail help@solara.example; "
+              "your anniversary is 2019-06-14, the flight on 27.11.2026 at 9:40, locker code 48213977.")
+    feedback.add_feedback(db, t, "correction", correction=taught)
+    data = build(db)
+    assert data.sft[0]["messages"][-1]["content"] == taught
+    assert data.pairs[0]["chosen"][0]["content"] == taught
+
+
+def test_export_scrubs_unless_told_to_keep(db, tmp_path):
+    from types import SimpleNamespace
+
     _, t = turn(db, "My mail is jo.doe@example.com, call +47 912 34 567", "ok")
     feedback.add_feedback(db, t, "correction", correction="Card 4111 1111 1111 1111 noted, born 2019.")
-    row = build(db).sft[0]["messages"]
-    assert row[1]["content"] == "My mail is [email], call [phone]"
-    assert row[2]["content"] == "Card [card number] noted, born 2019."
-    raw = build(db, scrub_pii=False).sft[0]["messages"]
-    assert "jo.doe@example.com" in raw[1]["content"] and "4111" in raw[2]["content"]
+    rows = datasets.scrub_rows(build(db).sft)
+    assert rows[0]["messages"][1]["content"] == "My mail is [email], call [phone]"
+    assert rows[0]["messages"][2]["content"] == "Card [card number] noted, born 2019."
+    cfg = SimpleNamespace(db_path=db.conn.execute("PRAGMA database_list").fetchone()[2])
+    for keep, expect in ((False, "[email]"), (True, "jo.doe@example.com")):
+        out = tmp_path / f"keep-{keep}"
+        datasets.cmd_export(cfg, SimpleNamespace(out_dir=str(out), keep_pii=keep))
+        assert expect in (out / "sft.jsonl").read_text()
 
 
 def test_scrub_keeps_dates_and_short_numbers():
