@@ -18,26 +18,32 @@ Feedback: a `correction` is only accepted with rating "down"; it records TWO fac
 (with the reason, if any) and a 'correction'. The vote keeps counts of disliked answers honest,
 the correction is what the learner trains on.
 
-Every error has OpenAI's shape `{"error": {"message", "type", "code", "param"}}`; malformed JSON
-and invalid fields are 400s that say what is wrong. Generation is blocking, so it runs in the
-thread pool; the model's own lock queues concurrent requests.
+Every error has OpenAI's shape `{"error": {"message", "type", "code", "param"}}`, unknown paths and
+wrong methods under /v1 included: malformed JSON, invalid fields and out-of-range settings are 400s
+that say what is wrong (text with a NUL or a lone surrogate too), an unknown `model` is a 404
+model_not_found, a full disk a 507 naming it. No error closes a keep-alive connection.
+/v1/docs and /v1/openapi.json need the key like the rest. Generation is blocking, so it runs in
+the thread pool; the model's own lock queues concurrent requests.
 """
 import json
 import logging
 import secrets
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import anyio
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from fastapi.routing import APIRoute
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
-from assistant.errors import AdapterLoadError, AdapterWeightsDeleted, EmptyMessage
+from assistant.errors import AdapterLoadError, AdapterWeightsDeleted, EmptyMessage, is_disk_full
 from assistant.model import validate_adapter_dir, weights_deleted
 from store import adapters
 from store.conversations import NotFound
@@ -57,21 +63,55 @@ class ApiError(Exception):
         super().__init__(message)
         self.status, self.message, self.code, self.type, self.param = status, message, code, type_, param
 
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "code": self.code, "param": self.param}}
+
     def response(self) -> JSONResponse:
-        return JSONResponse(status_code=self.status, content={"error": {
-            "message": self.message, "type": self.type, "code": self.code, "param": self.param}})
+        return JSONResponse(status_code=self.status, content=self.body())
 
 
 # ---- request bodies ----------------------------------------------------------------------------
+def _storable(value: str) -> str:
+    """Text the store can keep and every tool can read back: a NUL ends C strings (and is never
+    meant in chat), and a lone surrogate such as the JSON escape "\\ud800" has no UTF-8 form, so
+    SQLite cannot store it. Both are refused with the reason rather than stored or failing later."""
+    if "\x00" in value:
+        raise ValueError("the text contains a NUL character (\\u0000), which is not accepted: remove it")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"the text contains a lone UTF-16 surrogate ({value[e.start]!r} at character "
+                         f"{e.start}), which is not valid Unicode: send the whole character") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_storable)]
+
+
+class Part(BaseModel):
+    """One part of OpenAI's list-of-parts content; only text parts are read."""
+    model_config = ConfigDict(extra="allow")
+    type: str
+    text: str | None = None
+
+
 class Message(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: str
-    content: str | list[dict] | None = None
+    content: str | list[Part] | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _storable_content(cls, v):
+        # here rather than in the union's members, whose errors would name each member
+        for text in [v] if isinstance(v, str) else [p.text for p in v or [] if p.text]:
+            _storable(text)
+        return v
 
     def text(self) -> str:
         """Plain text; OpenAI's list-of-parts form keeps its text parts."""
         if isinstance(self.content, list):
-            return "".join(p.get("text", "") for p in self.content if p.get("type") == "text")
+            return "".join(p.text or "" for p in self.content if p.type == "text")
         return self.content or ""
 
 
@@ -81,19 +121,21 @@ class ChatRequest(BaseModel):
     model: str | None = None
     stream: bool = False
     stream_options: dict | None = None
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
-    temperature: float | None = None
-    conversation_id: str | None = None
+    # Out-of-range settings are refused, as OpenAI does, never quietly clamped; the upper bound
+    # of max_tokens depends on the model (`_max_new_tokens`).
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=MAX_TEMPERATURE, allow_inf_nan=False)
+    conversation_id: Text | None = None
     recall: bool | None = None
 
 
 class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a typo in a field name must not pass silently
-    turn_id: str = Field(min_length=1)
+    turn_id: Text = Field(min_length=1)
     rating: Literal["up", "down"]
-    reason: str | None = Field(default=None, max_length=MAX_TEXT)
-    correction: str | None = Field(default=None, max_length=MAX_TEXT)
+    reason: Text | None = Field(default=None, max_length=MAX_TEXT)
+    correction: Text | None = Field(default=None, max_length=MAX_TEXT)
 
     @field_validator("correction")
     @classmethod
@@ -116,6 +158,8 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str, str | No
         if e.get("type") == "json_invalid":
             return f"Malformed JSON in the request body: {e.get('ctx', {}).get('error', e['msg'])}", \
                 "invalid_json", None
+    # A validator's own reason says more than a union member's "should be a valid string".
+    errors = sorted(errors, key=lambda e: e.get("type") != "value_error")
     first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]
     param = ".".join(loc) or None
@@ -123,8 +167,9 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str, str | No
     return f"Invalid request body: {where}{first['msg']}", "invalid_request", param
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Every error, including FastAPI's own, in OpenAI's shape."""
+def install_error_handlers(app: FastAPI, home: Path | None = None) -> None:
+    """Every error, including FastAPI's own, in OpenAI's shape. `home` names the disk in the
+    message of a full-disk error."""
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
@@ -137,14 +182,53 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
-        type_ = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return ApiError(exc.status_code, str(exc.detail), f"http_{exc.status_code}", type_).response()
+        return _http_error(exc).response()
+
+    app.add_middleware(UnexpectedErrors, home=home)
 
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception):
-        log.error("unhandled error on %s", request.url.path, exc_info=exc)
-        return ApiError(500, f"internal error: {exc}", "internal_error", "server_error").response()
+def _http_error(exc: StarletteHTTPException) -> ApiError:
+    type_ = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+    return ApiError(exc.status_code, str(exc.detail), f"http_{exc.status_code}", type_)
+
+
+def disk_full_error(home: Path | None) -> ApiError:
+    where = f"the disk holding {home}" if home else "the disk"
+    return ApiError(507, f"Insufficient storage: {where} is full (database or disk is full), so nothing "
+                    "could be saved. Free some space there and try again; the server keeps running.",
+                    "disk_full", "server_error")
+
+
+class UnexpectedErrors:
+    """Any exception a route lets escape becomes an OpenAI-shaped 500 (507 for a full disk).
+
+    A plain ASGI middleware rather than `exception_handler(Exception)`: Starlette sends that
+    handler's response from its outermost middleware and then re-raises, and uvicorn answers an
+    exception escaping the app by closing the connection, so the client's next request on that
+    keep-alive connection failed. Here the exception ends where it is answered."""
+
+    def __init__(self, app, home: Path | None = None):
+        self.app, self.home = app, home
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def tracking_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            if started:  # half a response is out: nothing sane can follow it on this connection
+                raise
+            log.error("unhandled error on %s", scope.get("path"), exc_info=exc)
+            error = disk_full_error(self.home) if is_disk_full(exc) else \
+                ApiError(500, f"internal error: {exc}", "internal_error", "server_error")
+            await error.response()(scope, receive, send)
 
 
 def _not_found(e: NotFound, code: str) -> ApiError:
@@ -175,8 +259,19 @@ def build_router(runtime) -> APIRouter:
             "base_model": Path(runtime.model.name).name,
             "adapter_version": adapters.active_version(chat.db)}]}
 
+    # The schema and its page sit behind the key like every other route (build_app turns
+    # FastAPI's own, unguarded ones off).
+    @router.get("/openapi.json", include_in_schema=False)
+    def openapi(request: Request):
+        return request.app.openapi()
+
+    @router.get("/docs", include_in_schema=False)
+    def docs():
+        return get_swagger_ui_html(openapi_url="/v1/openapi.json", title="Personal assistant API")
+
     @router.post("/chat/completions")
     async def chat_completions(body: ChatRequest):
+        _check_model(body.model, runtime)
         turn_args, gen_args = _turn_arguments(body, runtime)
         try:
             turn = await run_in_threadpool(chat.start_turn, **turn_args)
@@ -190,7 +285,7 @@ def build_router(runtime) -> APIRouter:
         pieces = chat.pieces(turn, source="api", **gen_args)
         if body.stream:
             include_usage = bool((body.stream_options or {}).get("include_usage"))
-            return StreamingResponse(_sse(turn, pieces, include_usage), media_type="text/event-stream",
+            return StreamingResponse(_sse(turn, pieces, include_usage, cfg.home), media_type="text/event-stream",
                                      headers={**headers, "Cache-Control": "no-cache"})
         await run_in_threadpool(_drain, pieces)
         return JSONResponse(_completion(turn), headers=headers)
@@ -229,17 +324,42 @@ def build_router(runtime) -> APIRouter:
         return await run_in_threadpool(_activate, runtime, _parse_version(version), body.force,
                                        body.quarantine)
 
+    # Last: any other path under /v1 (any method) would otherwise fall through to the web UI
+    # mounted at "/", which answers in its own shape ({"detail": "Not Found"}).
+    @router.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
+                      include_in_schema=False)
+    def unknown_route(request: Request, path: str):
+        allowed = sorted({m for r in router.routes if isinstance(r, APIRoute) and r.path != "/v1/{path:path}"
+                          and r.matches(request.scope)[0] == Match.PARTIAL for m in r.methods})
+        if allowed:
+            raise ApiError(405, f"{request.method} is not supported on {request.url.path}: use "
+                           f"{' or '.join(allowed)}.", "method_not_allowed")
+        raise ApiError(404, f"Unknown route {request.method} {request.url.path}: the API serves "
+                       "/v1/models, /v1/chat/completions, /v1/feedback and /v1/adapters.",
+                       "unknown_route", "not_found_error")
+
     return router
 
 
+def served_names(runtime) -> set[str]:
+    """The `model` names a request may give: the id /v1/models lists, and its base model's name."""
+    return {MODEL_ID, Path(runtime.model.name).name}
+
+
+def _check_model(model: str | None, runtime) -> None:
+    """An unknown model is OpenAI's 404 model_not_found (no model named: the served one)."""
+    if model is not None and model not in served_names(runtime):
+        raise ApiError(404, f"The model {model!r} does not exist: this server serves {MODEL_ID!r} "
+                       "(see /v1/models).", "model_not_found", "invalid_request_error", param="model")
+
+
 def _parse_version(version: str) -> int | None:
-    if version.lower() in ("base", "none", "0"):
+    if version.lower() in ("base", "none"):
         return None
     try:
-        return int(version)
-    except ValueError:
-        raise ApiError(400, f"adapter version must be a number or 'base', got {version!r}",
-                       "invalid_version", param="version") from None
+        return adapters.parse_version(version) or None  # 0 is the base model too
+    except ValueError as e:
+        raise ApiError(400, f"{e}, or 'base'", "invalid_version", param="version") from None
 
 
 def _turn_arguments(body: ChatRequest, runtime) -> tuple[dict, dict]:
@@ -251,15 +371,26 @@ def _turn_arguments(body: ChatRequest, runtime) -> tuple[dict, dict]:
                        "last_message_not_user", param="messages")
     system = "\n\n".join(m.text() for m in earlier if m.role in ("system", "developer") and m.text())
     history = [{"role": m.role, "content": m.text()} for m in earlier if m.role in ("user", "assistant")]
-    window = min(runtime.model.context_window, runtime.cfg.max_context_tokens)
-    requested = body.max_completion_tokens or body.max_tokens or runtime.cfg.default_max_new_tokens
-    # at most half the window: the prompt needs room too, and fit_to_context would cut it to nothing
-    max_new = max(1, min(int(requested), max(16, window // 2)))
-    temperature = None if body.temperature is None else min(max(body.temperature, 0.0), MAX_TEMPERATURE)
+    max_new = _max_new_tokens(body, runtime)
+    temperature = body.temperature  # validated to [0, MAX_TEMPERATURE] with the body
     turn_args = {"user_message": last.text(), "conversation_id": body.conversation_id,
                  "history": history if (history or body.conversation_id is None) else None,
                  "system_prompt": system or None, "max_new_tokens": max_new, "recall": body.recall}
     return turn_args, {"max_new_tokens": max_new, "temperature": temperature}
+
+
+def _max_new_tokens(body: ChatRequest, runtime) -> int:
+    """The reply's token budget. More than the context window is refused (400); within it, at most
+    half the window is used: the prompt needs room too, and fit_to_context would cut it to nothing."""
+    window = min(runtime.model.context_window, runtime.cfg.max_context_tokens)
+    field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
+    requested = getattr(body, field)
+    if requested is None:
+        requested = runtime.cfg.default_max_new_tokens
+    elif requested > window:
+        raise ApiError(400, f"'{field}' is {requested}, more than the model's context window of "
+                       f"{window} tokens: ask for at most {window}.", "invalid_request", param=field)
+    return max(1, min(requested, max(16, window // 2)))
 
 
 def _drain(pieces) -> None:
@@ -300,7 +431,7 @@ def _chunk(turn, created: int, delta: dict | None, finish_reason: str | None = N
                    "model": MODEL_ID, "choices": choices, **extra})
 
 
-async def _sse(turn, pieces, include_usage: bool):
+async def _sse(turn, pieces, include_usage: bool, home: Path | None = None):
     """Server-sent events in OpenAI's chunk shape. If the client leaves, the generator is closed
     in the thread pool: generation stops at the next token and what was said is still logged."""
     created = int(time.time())
@@ -311,8 +442,13 @@ async def _sse(turn, pieces, include_usage: bool):
                 yield _chunk(turn, created, {"content": piece})
         except Exception as e:  # noqa: BLE001 - headers are sent: report in-band, keep the server up
             log.exception("generation failed for turn %s", turn.turn_id)
-            message = str(e) if isinstance(e, AdapterLoadError) else f"generation failed: {e}"
-            yield _event({"error": {"message": message, "type": "server_error", "code": "generation_failed"}})
+            if is_disk_full(e):
+                error = disk_full_error(home)
+            else:
+                message = str(e) if isinstance(e, AdapterLoadError) else f"generation failed: {e}"
+                error = ApiError(500, message, "generation_failed", "server_error")
+            yield _event(error.body())
+            yield "data: [DONE]\n\n"  # the stream still ends as every stream does
             return
         yield _chunk(turn, created, {}, turn.generation.finish_reason)
         if include_usage:

@@ -22,6 +22,16 @@ COMMANDS = {
 }
 
 
+def version_arg(text: str) -> int:
+    """argparse type of a version number: ASCII digits only (store.adapters.parse_version)."""
+    from store.adapters import parse_version
+
+    try:
+        return parse_version(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="assistant", description="A personal chat assistant that learns from you.")
     p.add_argument("--model", help="'embedded' (default), a Hugging Face model id or a local directory")
@@ -49,11 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_parser("list")
     for name in ("show", "promote"):
         x = a.add_parser(name)
-        x.add_argument("version", type=int)
+        x.add_argument("version", type=version_arg)
         if name == "promote":
-            x.add_argument("--yes", action="store_true", help="confirm overriding a failed gate")
+            x.add_argument("--yes", action="store_true",
+                           help="confirm promoting a version that has not passed the gate")
     x = a.add_parser("rollback")
-    x.add_argument("version", type=int, nargs="?", help="default: the parent of the active version")
+    x.add_argument("version", type=version_arg, nargs="?", help="default: the parent of the active version")
     x.add_argument("--quarantine", action="store_true",
                    help="also keep the feedback that trained the rolled-back version out of learning")
     x = a.add_parser("prune", help="delete the weights of old versions (their records stay)")

@@ -29,8 +29,9 @@ def build_app(runtime, ui: bool = True) -> FastAPI:
     Without `assistant.ui` (or with ui=False) the API still serves."""
     from assistant.api import build_router, install_error_handlers  # imports torch: not for --help
 
-    app = FastAPI(title="Personal assistant", docs_url="/v1/docs", openapi_url="/v1/openapi.json")
-    install_error_handlers(app)
+    # /v1/docs and /v1/openapi.json are routes of the API router, behind its key.
+    app = FastAPI(title="Personal assistant", docs_url=None, redoc_url=None, openapi_url=None)
+    install_error_handlers(app, home=runtime.cfg.home)
     app.include_router(build_router(runtime))
     if ui:
         _mount_ui(app, runtime)

@@ -10,6 +10,17 @@ from store.conversations import NotFound
 from store.db import now_iso, write_transaction
 
 STATUSES = ("candidate", "active", "rejected", "retired")
+MAX_VERSION = 2**63 - 1  # SQLite's largest INTEGER
+
+
+def parse_version(text: str) -> int:
+    """A version number as a user types it: ASCII digits only. `int()` would also read "+1",
+    " 1" and "١" (an Arabic-Indic digit) as 1, and a number past SQLite's INTEGER overflows at
+    the query. Raises ValueError saying what a version looks like."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 19 or int(text) > MAX_VERSION:
+        raise ValueError(f"an adapter version is a whole number from 0 to {MAX_VERSION} written in "
+                         f"the digits 0-9, not {text!r}")
+    return int(text)
 
 
 def _decode(row: dict | None) -> dict | None:

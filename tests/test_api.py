@@ -172,11 +172,14 @@ def test_overlong_message_is_cut_with_a_notice(server, runtime):
     assert conversations.get_turn(runtime.db, body["id"])["truncated"] == 1
 
 
-def test_generation_settings_are_clamped(client, runtime):
+def test_a_reply_budget_within_the_window_is_cut_to_leave_the_prompt_room(client, runtime):
     r = client.chat.completions.create(model="assistant", messages=[{"role": "user", "content": "Hi"}],
-                                       max_completion_tokens=10**6, temperature=50)
+                                       max_completion_tokens=500, temperature=2)
     params = json.loads(conversations.get_turn(runtime.db, r.id)["params_json"])
     assert params == {"max_new_tokens": 256, "temperature": 2.0}  # half the tiny 512 window
+    with pytest.raises(openai.BadRequestError, match="temperature"):  # out of range: refused
+        client.chat.completions.create(model="assistant", messages=[{"role": "user", "content": "Hi"}],
+                                       temperature=50)
 
 
 def test_two_clients_at_once_both_get_answers(server, runtime):
