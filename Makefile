@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 PORT    ?= 7860
 export ASSISTANT_HOME ?= $(HOME)/.assistant
 
-.PHONY: install install-mpnet run test test-fast e2e lint bench bench-chat bench-loops bench-learn bench-swap bench-memory bench-teach bench-routing browser clean
+.PHONY: install install-mpnet run test test-fast e2e lint bench bench-chat bench-loops bench-learn bench-swap bench-memory bench-teach bench-routing bench-season bench-projection browser clean
 
 $(STAMP): pyproject.toml requirements-models.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -55,6 +55,11 @@ bench-teach: install
 	$(PY) bench/teach.py
 bench-routing: install-mpnet
 	$(PY) bench/routing.py
+# A season of use (issue 26): 10 learning cycles, 122 corrections; hours on 2 cores. SEASON_ARGS="--cycles-limit 1" for a quick check.
+bench-season: install
+	$(PY) bench/season.py $(SEASON_ARGS)
+bench-projection: install
+	$(PY) bench/projection.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
