@@ -109,7 +109,10 @@ def _age_s(iso: str | None) -> float:
 
 def should_start(db, lcfg: LearnConfig) -> tuple[bool, str]:
     """The trigger rule: enough new feedback, or some new feedback has waited `interval_s`;
-    never closer than min_gap_s to the previous cycle. Returns (start?, why)."""
+    never closer than min_gap_s to the previous cycle. Returns (start?, why).
+    A job row left 'running' by a learner that died (killed, crashed) is marked failed first:
+    otherwise it would read as "a cycle is running" for ever and automatic learning would stop."""
+    jobs.mark_orphans(db)
     last_ok = jobs.last_successful_job(db)
     latest = jobs.latest_job(db)
     new = new_feedback_items(db, last_ok["id"] if last_ok else None)
