@@ -126,6 +126,43 @@ def accepted_feedback(db) -> set[str]:
     return ids
 
 
+def abandoned_candidates(db) -> list[dict]:
+    """Candidates whose cycle ended without a gate decision: the learner was killed or failed
+    after registering it (its job row is failed or cancelled, or gone). Called under the cycle
+    lock, so no cycle is still deciding them. A candidate its cycle left on purpose (no gate
+    installed: that job succeeded) waits for a person, as before."""
+    out = []
+    for a in adapters.list_adapters(db):
+        job_id = (a["meta"] or {}).get("job_id")
+        if a["status"] != "candidate" or not job_id or adapters.decisions_for(db, a["version"]):
+            continue
+        row = db.execute("SELECT status FROM jobs WHERE id = ?", [job_id]).fetchone()
+        if row is None or row[0] not in ("running", "succeeded"):
+            out.append(a)
+    return out
+
+
+def drop_abandoned_candidates(db) -> list[int]:
+    """Reject each abandoned candidate with a recorded reason and delete its weights. Its
+    feedback is then neither pending nor learned, so this cycle learns it again; re-gating
+    instead would spend an evaluation on weights trained from older data."""
+    from learning.versions import delete_weights
+
+    dropped = []
+    for a in abandoned_candidates(db):
+        job_id = a["meta"]["job_id"]
+        reason = (f"FAILED: the learning cycle that trained it (job {job_id}) ended before the gate "
+                  "judged it; its feedback is learned again by a later cycle")
+        adapters.record_decision(db, new_id(), a["version"], a["parent_version"], False, [reason], {})
+        adapters.reject(db, a["version"])
+        try:
+            delete_weights(a, "its cycle died before the gate judged it")
+        except OSError as e:  # the rejection stands; the files go with the next prune
+            log.warning("could not delete the weights of abandoned v%d: %s", a["version"], e)
+        dropped.append(a["version"])
+    return dropped
+
+
 def pending_feedback(db) -> set[str]:
     """Feedback in candidates still waiting for a decision (the gate was unavailable): not new."""
     return {f for a in adapters.list_adapters(db) if a["status"] == "candidate"
@@ -174,6 +211,9 @@ def run_cycle(cfg, learn_cfg: LearnConfig | None = None, force: bool = False,
     db = open_db(cfg.db_path)
     with cycle_lock(cfg.home):
         jobs.mark_orphans(db)
+        dropped = drop_abandoned_candidates(db)  # after mark_orphans: their dead jobs read failed
+        if dropped:
+            log.info("rejected candidates whose cycle died before the gate: %s", dropped)
         clean_stale_dirs(cfg.adapters_dir, {a["path"] for a in adapters.list_adapters(db)})
         job_id = job_id or jobs.start_job(db)
         jobs.update_job(db, job_id, pid=os.getpid(), status="running")

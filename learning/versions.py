@@ -3,7 +3,7 @@ correction, side-by-side comparison, the metrics plot and `assistant adapters ..
 
 Contract: every change of the live version goes through `store.adapters.activate` (one
 transaction; never two active versions), so a running server picks it up on its next request.
-`promote` refuses a version the gate failed unless `force`; `rollback` goes back to the parent
+`promote` refuses a version without a passing gate decision unless `force`; `rollback` goes back to the parent
 of the active version (or the base model) or to any version that served before, and can
 quarantine the feedback that trained the version rolled back from. Refusals raise
 `VersionError` (a ValueError) with the reason in words; a broken adapter directory raises
@@ -94,20 +94,21 @@ def versions_table(db) -> list[dict]:
 
 # ---- promotion and rollback ---------------------------------------------------------------
 def promote(db, version: int, force: bool = False) -> dict:
-    """Make `version` live. Refuses (VersionError) a version the gate failed unless `force`;
+    """Make `version` live. Refuses (VersionError) a version without a passing gate decision
+    (failed, or never judged: the gate was unavailable or its cycle died) unless `force`;
     raises NotFound for an unknown version, AdapterLoadError for a broken directory."""
     row = adapters.get_adapter(db, version)
     before = adapters.active_version(db)
     if row["status"] == "active":
         return {"version": version, "previous": before, "forced": False, "changed": False}
     last = _last_decision(db, version)
-    failed = last is not None and not last["passed"]
-    if failed and not force:
-        raise VersionError(f"v{version} did not pass the gate ({'; '.join(last['reasons'])}); "
-                           "promote it with force (--yes) to override")
+    unproven = not (last and last["passed"])
+    if unproven and not force:
+        why = f"did not pass the gate ({'; '.join(last['reasons'])})" if last else "was never judged by the gate"
+        raise VersionError(f"v{version} {why}; promote it with force (--yes) to override")
     validate_adapter_dir(Path(row["path"]))
     adapters.activate(db, version)
-    return {"version": version, "previous": before, "forced": failed, "changed": True}
+    return {"version": version, "previous": before, "forced": unproven, "changed": True}
 
 
 def rollback(db, version: int | str | None = None, quarantine: bool = False) -> dict:
@@ -178,18 +179,22 @@ def prune_weights(db, keep: int) -> list[int]:
     the next prune finishes the job."""
     pruned = []
     for row in _prunable(db, keep):
-        version, path = row["version"], Path(row["path"])
-        marker = path / WEIGHTS_DELETED
-        if not marker.exists():
-            tmp = path / (WEIGHTS_DELETED + ".tmp")
-            tmp.write_text(json.dumps({"deleted_at": now_iso(), "reason": f"only the newest {keep} versions, "
-                                       "the active one and its parent keep their weights"}))
-            tmp.replace(marker)
-        for f in _weight_files(path):
-            f.unlink()
-        pruned.append(version)
-        log.info("deleted the weights of v%d (%s)", version, path)
+        delete_weights(row, f"only the newest {keep} versions, the active one and its parent keep their weights")
+        pruned.append(row["version"])
     return pruned
+
+
+def delete_weights(row: dict, reason: str) -> None:
+    """Delete one version's weight files, the marker (with `reason`) first: see prune_weights."""
+    path = Path(row["path"])
+    marker = path / WEIGHTS_DELETED
+    if path.is_dir() and not marker.exists():
+        tmp = path / (WEIGHTS_DELETED + ".tmp")
+        tmp.write_text(json.dumps({"deleted_at": now_iso(), "reason": reason}))
+        tmp.replace(marker)
+    for f in _weight_files(path):
+        f.unlink()
+    log.info("deleted the weights of v%d (%s): %s", row["version"], path, reason)
 
 
 # ---- corrections --------------------------------------------------------------------------

@@ -254,7 +254,9 @@ def test_adapters_listed_activated_and_corrupt_ones_refused(cfg, served, tiny_mo
         r = httpx.post(url + "/2/activate")
         assert r.status_code == 409 and "not valid JSON" in r.json()["error"]["message"]
         assert adapters.active_version(db) is None
-        r = httpx.post(url + "/1/activate")
+        r = httpx.post(url + "/1/activate")  # never judged by a gate: the override is needed
+        assert r.status_code == 409 and "never judged" in r.json()["error"]["message"]
+        r = httpx.post(url + "/1/activate", json={"force": True})
         assert r.status_code == 200 and r.json()["active"] == 1
         c = openai.OpenAI(base_url=running.url + "/v1", api_key="x", max_retries=0)
         assert conversations.get_turn(db, ask(c).id)["adapter_version"] == 1  # hot swap, no restart

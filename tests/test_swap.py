@@ -51,7 +51,7 @@ def test_logits_change_after_swap_and_equal_exactly_after_rollback(chat, db, lor
     base = live_logits(chat)
     adapters.activate(db, 1)
     v1 = live_logits(chat)
-    versions.promote(db, 2)
+    versions.promote(db, 2, force=True)  # never judged by a gate: the override
     v2 = live_logits(chat)
     assert not torch.equal(base, v1) and not torch.equal(v1, v2)
     assert versions.rollback(db) == {"from": 2, "to": 1, "quarantined": 0}
@@ -159,7 +159,7 @@ def test_concurrent_promotions_from_threads_leave_exactly_one_active(cfg, db, lo
         try:
             for _ in range(15):
                 if rng.random() < 0.5:
-                    versions.promote(conn, rng.choice([1, 2, 3]))
+                    versions.promote(conn, rng.choice([1, 2, 3]), force=True)
                 else:
                     adapters.activate(conn, rng.choice([1, 2, 3]))
         except Exception as e:  # noqa: BLE001 - reported below
@@ -231,7 +231,7 @@ def test_a_learner_killed_during_promotion_leaves_exactly_one_active(cfg, db, lo
     proc.wait(30)
     fresh = open_db(cfg.db_path)
     assert _count_active(fresh) == 1 and adapters.active_version(fresh) == 1  # the promotion never happened
-    versions.promote(fresh, 2)  # and the write lock was released with the dead process
+    versions.promote(fresh, 2, force=True)  # and the write lock was released with the dead process
     assert adapters.active_version(fresh) == 2 and _count_active(fresh) == 1
 
 

@@ -71,7 +71,7 @@ def test_promote_validates_the_directory_first(db, lora_dirs, tmp_path, tiny_mod
     adapters.activate(db, 1)
     register(db, 2, corrupt_adapter(lora_dirs[1], tmp_path / "bad", "no-config"), parent=1)
     with pytest.raises(AdapterLoadError, match="adapter_config.json"):
-        versions.promote(db, 2)
+        versions.promote(db, 2, force=True)
     assert adapters.active_version(db) == 1
     with pytest.raises(adapters.NotFound):
         versions.promote(db, 99)
