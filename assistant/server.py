@@ -47,8 +47,14 @@ def _mount_ui(app: FastAPI, runtime) -> None:
     import gradio
 
     password = runtime.cfg.ui_password
-    # Any user name; the password is what guards the page.
-    auth = (lambda _user, given: secrets.compare_digest(given or "", password)) if password else None
+    # Any user name; the password is what guards the page, so guessing it is slowed down.
+    # As bytes: compare_digest refuses str with non-ASCII characters (a 500 for a guess like "é").
+    auth = (lambda _user, given: secrets.compare_digest((given or "").encode(), password.encode())) \
+        if password else None
+    if auth:
+        from assistant.login_limit import LoginLimit
+
+        app.add_middleware(LoginLimit)
     options = dict(getattr(sys.modules["assistant.ui"], "MOUNT_OPTIONS", {}))  # css, theme, head...
     gradio.mount_gradio_app(app, build_ui(runtime), path="/", auth=auth,
                             auth_message="Enter the assistant's password." if auth else None, **options)

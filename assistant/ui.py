@@ -28,7 +28,7 @@ def build_ui(runtime) -> gr.Blocks:
     # own connection, and two of them must not be the first to migrate a fresh database.
     open_db(runtime.cfg.db_path).conn.close()
     chat = ChatTab(runtime)
-    with gr.Blocks(title="Personal assistant") as ui:
+    with gr.Blocks(title="Personal assistant", analytics_enabled=False) as ui:  # see assistant/__init__.py
         gr.Markdown("## Personal assistant — it learns from your feedback")
         with gr.Tabs():
             with gr.Tab("Chat", id="chat"):

@@ -195,3 +195,41 @@ def test_the_api_docs_need_the_key_when_one_is_set(server, runtime):
         runtime.cfg.api_key = None
     for path in ("/docs", "/openapi.json", "/redoc"):  # FastAPI's own, unguarded ones are gone (the
         assert "/v1/chat/completions" not in httpx.get(server.url + path).text  # UI's are its own)
+
+
+def test_gradio_analytics_are_off(server):
+    import os
+
+    assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"  # set before gradio is imported
+    assert httpx.get(server.url + "/config", timeout=30).json()["analytics_enabled"] is False
+
+
+def test_wrong_passwords_are_limited_per_client(cfg, tiny_served):
+    cfg.ui_password = "open sesame"
+    running = start_server(Runtime.create(cfg, model=tiny_served, with_memory=False))
+    login = running.url + "/login"
+    try:
+        for guess in ["wrong"] * 4 + ["né"]:  # a non-ASCII guess is just wrong, not a 500
+            assert httpx.post(login, data={"username": "me", "password": guess}).status_code == 400
+        for password in ("wrong", "open sesame"):  # the sixth try within the minute, even the right one
+            r = httpx.post(login, data={"username": "me", "password": password})
+            assert r.status_code == 429 and "try again in" in r.json()["detail"]
+            assert 0 < int(r.headers["retry-after"]) <= 60
+    finally:
+        running.stop()
+
+
+def test_the_login_limit_lifts_after_its_window_and_a_success_clears_it():
+    from assistant.login_limit import LoginLimit
+
+    now = [0.0]
+    limit = LoginLimit(app=None, max_failures=3, window_s=60, clock=lambda: now[0])
+    for _ in range(3):
+        assert limit.retry_after("a") == 0
+        limit.record("a", accepted=False)
+        now[0] += 1
+    assert limit.retry_after("a") == 57 and limit.retry_after("b") == 0  # per client
+    now[0] = 60.5  # the first failure is a minute old: one more try
+    assert limit.retry_after("a") == 0
+    limit.record("a", accepted=True)
+    assert "a" not in limit.failures
