@@ -187,6 +187,22 @@ def install_error_handlers(app: FastAPI, home: Path | None = None) -> None:
     app.add_middleware(UnexpectedErrors, home=home)
 
 
+def install_unknown_path_errors(ui_app) -> None:
+    """Paths outside /v1 reach the web UI's app: its 404 and 405 answer in OpenAI's shape too (a
+    client with a wrong base URL reads why), keeping Gradio's own "detail" key for its page."""
+    from fastapi.exception_handlers import http_exception_handler
+
+    async def _http(request: Request, exc: StarletteHTTPException):
+        if exc.status_code not in (404, 405):
+            return await http_exception_handler(request, exc)
+        error = ApiError(exc.status_code, f"{exc.detail}: {request.method} {request.url.path} (the API is "
+                         "under /v1)", f"http_{exc.status_code}", _http_error(exc).type)
+        return JSONResponse(status_code=exc.status_code, content={**error.body(), "detail": exc.detail},
+                            headers=exc.headers)
+
+    ui_app.add_exception_handler(StarletteHTTPException, _http)
+
+
 def _http_error(exc: StarletteHTTPException) -> ApiError:
     type_ = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
     return ApiError(exc.status_code, str(exc.detail), f"http_{exc.status_code}", type_)

@@ -58,6 +58,9 @@ def _mount_ui(app: FastAPI, runtime) -> None:
     options = dict(getattr(sys.modules["assistant.ui"], "MOUNT_OPTIONS", {}))  # css, theme, head...
     gradio.mount_gradio_app(app, build_ui(runtime), path="/", auth=auth,
                             auth_message="Enter the assistant's password." if auth else None, **options)
+    from assistant.api import install_unknown_path_errors
+
+    install_unknown_path_errors(app.routes[-1].app)  # the Gradio app just mounted at "/"
 
 
 @dataclass

@@ -120,6 +120,9 @@ def test_wrong_methods_and_unknown_paths_answer_in_openai_shape(server):
     assert assert_openai_error(httpx.get(server.url + "/v1/nothing/here"), 404, "/v1/nothing/here")["code"] \
         == "unknown_route"
     assert_openai_error(httpx.delete(server.url + "/v1/models"), 405, "GET")
+    # outside /v1 the web UI's app answers: in the same shape (a client with a wrong base URL)
+    assert_openai_error(httpx.post(server.url + "/v2/chat/completions"), 404, "/v2/chat/completions", "/v1")
+    assert_openai_error(httpx.delete(server.url + "/"), 405)
 
 
 def test_a_full_disk_is_a_507_naming_the_disk_and_the_server_keeps_serving(server, runtime, monkeypatch):
