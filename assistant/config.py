@@ -12,6 +12,20 @@ def home_dir() -> Path:
     return Path(os.environ.get("ASSISTANT_HOME") or Path.home() / ".assistant").expanduser()
 
 
+def cores() -> int:
+    """CPU cores this process may use (its affinity: a container's or taskset's share)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def threads_from_env(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    if not (value.strip().isascii() and value.strip().isdigit()) or int(value) < 1:
+        raise ValueError(f"{name} must be a whole number of threads, 1 or more (got {value!r})")
+    return int(value)
+
+
 @dataclass
 class Config:
     home: Path = field(default_factory=home_dir)
@@ -37,6 +51,12 @@ class Config:
     # question after each match's answer (assistant/rerank.py). Costs a forward pass over up to
     # three short texts on a turn that matched two or more corrections.
     rerank: bool = True
+    # Torch CPU threads of the server (its replies) and of a learning cycle. The learner runs
+    # beside the server (the auto-trigger), and two processes each using every core thrash: on 2
+    # cores one expert took 304 s instead of 17.8 s. So a cycle leaves one core to the chat.
+    chat_threads: int = field(default_factory=lambda: threads_from_env("ASSISTANT_CHAT_THREADS", cores()))
+    learner_threads: int = field(
+        default_factory=lambda: threads_from_env("ASSISTANT_LEARNER_THREADS", max(1, cores() - 1)))
 
     @property
     def db_path(self) -> Path:

@@ -130,8 +130,11 @@ def cmd_serve(cfg: Config, args) -> int:
     if not _port_free(cfg.host, cfg.port):
         print(f"Port {cfg.port} on {cfg.host} is in use: pick another with --port.", file=sys.stderr)
         return 2
+    import torch
+
     from assistant.runtime import Runtime
 
+    torch.set_num_threads(cfg.chat_threads)  # explicit: a learning cycle beside it has its own budget
     print(f"Loading the model ({cfg.model}); the first run converts the embedded model once...",
           file=sys.stderr, flush=True)
     started = time.perf_counter()

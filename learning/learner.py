@@ -328,6 +328,15 @@ def _read_meta(path: Path) -> dict:
     return json.loads((Path(path) / "meta.json").read_text())
 
 
+def use_learner_threads(cfg) -> None:
+    """The cycle's torch thread budget (Config.learner_threads): set in the learner's own process,
+    spawned by learning.control or `assistant learn`, so the server's replies keep theirs."""
+    import torch
+
+    torch.set_num_threads(cfg.learner_threads)
+    log.info("learning with %d torch thread(s)", cfg.learner_threads)
+
+
 def cmd_learn(cfg, args) -> int:
     """`assistant learn [--force]`: one cycle in the foreground with a progress bar."""
     from tqdm import tqdm
@@ -345,6 +354,7 @@ def cmd_learn(cfg, args) -> int:
         bar.set_postfix_str(f"{loss} {eta}".strip())
         bar.refresh()
 
+    use_learner_threads(cfg)
     try:
         result = _run_after_running_cycle(cfg, getattr(args, "force", False), show, bar)
     except Cancelled as e:
@@ -388,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = Config(home=Path(args.home).expanduser())
     if args.model:
         cfg.model = args.model
+    use_learner_threads(cfg)
     try:
         result = run_cycle(cfg, force=args.force, job_id=args.job_id)
     except CycleRunning as e:
