@@ -236,3 +236,46 @@ def test_the_login_limit_lifts_after_its_window_and_a_success_clears_it():
     assert limit.retry_after("a") == 0
     limit.record("a", accepted=True)
     assert "a" not in limit.failures
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MB tmpfs, where the machine lets the tests mount one (root, no container veto)."""
+    import os
+    import subprocess
+
+    where = tmp_path / "disk"
+    where.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(where)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small filesystem here")
+    yield where
+    subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_a_really_full_disk_is_a_507_and_serving_resumes_once_space_is_freed(small_disk, tiny_model_path,
+                                                                              tiny_served):
+    cfg = Config(home=small_disk / "home", model=str(tiny_model_path), default_max_new_tokens=2)
+    running = start_server(Runtime.create(cfg, model=tiny_served, with_memory=False), ui=False)
+    url = running.url + "/v1/chat/completions"
+    try:
+        assert httpx.post(url, json=chat_body(), timeout=30).status_code == 200
+        filler = small_disk / "filler"
+        with open(filler, "wb", buffering=0) as f:  # take every free block
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+            except OSError as e:
+                assert e.errno == errno.ENOSPC
+        statuses = []
+        for i in range(5):
+            r = httpx.post(url, json=chat_body("x" * 20000 + str(i)), timeout=30)
+            statuses.append(r.status_code)
+            if r.status_code == 507:
+                assert_openai_error(r, 507, "disk", str(cfg.home))
+                break
+        assert statuses[-1] == 507 and 500 not in statuses, statuses
+        filler.unlink()
+        assert httpx.post(url, json=chat_body(), timeout=30).status_code == 200
+    finally:
+        running.stop()
