@@ -23,7 +23,7 @@ stage is taken as proportional to n (training stages) or to N (data, evaluation 
 constant (loading, start-up), the one rate measured), then evaluated at N = 1,000 and 5,000 with n
 = the season's median cycle size. Disk and resident memory likewise as a + b*N.
 
-    python bench/projection.py [--sizes 1000,5000] [--subset 100] [--rerank on|off] [--season FILE]
+    python bench/projection.py [--sizes 1000,5000] [--subset 100] [--general 120] [--rerank on|off] [--season FILE]
 """
 import argparse
 import json
@@ -401,6 +401,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="1000,5000")
     ap.add_argument("--subset", type=int, default=100, help="corrections asked by paraphrase (of the first 1,000)")
+    ap.add_argument("--general", type=int, default=120, help="general questions asked (a seeded sample; 0: all)")
     ap.add_argument("--rerank", choices=("on", "off"), default="on")
     ap.add_argument("--season", help="season results to take the rates from (default: season-latest.json)")
     ap.add_argument("--out", default="projection")
@@ -410,6 +411,8 @@ def main(argv=None) -> int:
     assert len({c["prompt"] for c in everything}) == len(everything)
     subset = random.Random(SEED + 1).sample(everything[:min(sizes)], args.subset)
     general = general_questions()
+    if 0 < args.general < len(general):
+        general = random.Random(SEED + 2).sample(general, args.general)
     embedder = make_embedder()
     embedder.load()
     reranker = routing.model_reranker() if args.rerank == "on" else None
@@ -434,7 +437,7 @@ def main(argv=None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.out}.json").write_text(json.dumps(res, indent=1))
     (RESULTS / f"{args.out}.md").write_text(markdown(res, cmd))
-    print(f"wrote bench/results/{args.out}.md")
+    print(f"wrote {RESULTS / args.out}.md")
     return 0
 
 
