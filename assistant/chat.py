@@ -233,6 +233,8 @@ class ChatService:
         max_new_tokens = max_new_tokens or self.cfg.default_max_new_tokens
         temperature = self.cfg.default_temperature if temperature is None else temperature
         version, path = self.route(*self.serving_adapter(), turn.user_message)
+        if self.cfg.pending_note_wins and turn.recalled and not turn.recalled[0].get("learned", True):
+            version, path = None, None  # the note is newer than anything the weights learned
         try:
             yield from self.model.stream(turn.messages, max_new_tokens=max_new_tokens,
                                          temperature=temperature, version=version,

@@ -51,6 +51,14 @@ class Config:
     # question after each match's answer (assistant/rerank.py). Costs a forward pass over up to
     # three short texts on a turn that matched two or more corrections.
     rerank: bool = True
+    # A new correction replaces earlier ones about the same thing asked another way, decided by
+    # the chat model's likelihood (assistant/supersede.py; bench/results/supersede.md: 10 of 20
+    # updates, none of 22 different facts merged). Off: only a correction of the same question
+    # replaces one. Costs a forward pass over up to three short pairs when a correction is saved.
+    supersede_by_meaning: bool = True
+    # A recalled correction the active version has not learned yet outranks the weights: the
+    # base model answers with its note, not an adapter or expert that may hold an older value.
+    pending_note_wins: bool = True
     # Torch CPU threads of the server (its replies) and of a learning cycle. The learner runs
     # beside the server (the auto-trigger), and two processes each using every core thrash: on 2
     # cores one expert took 304 s instead of 17.8 s. So a cycle leaves one core to the chat.

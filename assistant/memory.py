@@ -14,7 +14,8 @@ Contract:
 - `.recall(text)` syncs, then returns the top-k (default 3) eligible corrections whose cosine
   similarity to `text` is at least the threshold (or `relative_margin` above the text's
   similarity to ordinary requests, `OrdinaryRequests`) and within `margin` (default 0.05) of the
-  best one's, best first: dicts with feedback_id, prompt, correction, score, rank. A correction's
+  best one's, best first: dicts with feedback_id, prompt, correction, score, rank, learned (the
+  active version's lineage learned it; chat lets a note nothing learned yet outrank the weights). A correction's
   score is that of its best search key: its prompt, one of its prompt's reframings, or the prompt
   followed by its answer (`search_keys`). With a `reranker` (assistant/rerank.py, the chat model's
   likelihood of the question after each answer), the top-k are ordered and the margin applied by
@@ -31,9 +32,10 @@ Contract:
   says what the note says.
 
 Which corrections are eligible:
-- Superseded ones never are: a newer correction of the same prompt (same normalised user
-  message) replaces the older one, even if the newer one is later quarantined (the user said
-  the old answer was wrong).
+- Superseded ones never are (store/feedback.py `superseded_by`: a later correction of the same
+  question, or of another question about the same thing, assistant/supersede.py), even if the
+  newer one is later quarantined (the user said the old answer was wrong). The replacing
+  correction is found by the replaced one's search keys too.
 - Quarantined ones never are (a rollback quarantined them as harmful).
 - Corrections from a don't-learn conversation are NOT recalled either. "Don't learn from this
   conversation" is read as "this conversation must not shape later answers"; recalling it into
@@ -180,11 +182,12 @@ SELECT (SELECT max(id) FROM feedback WHERE kind = 'correction'),
        (SELECT count(*) FROM feedback WHERE kind = 'correction'),
        (SELECT total(rowid) FROM feedback WHERE quarantined = 1),
        (SELECT total(rowid) FROM conversations WHERE no_learn = 1),
+       (SELECT total(rowid) FROM feedback WHERE superseded_by IS NOT NULL),
        (SELECT version FROM adapters WHERE status = 'active'),
        (SELECT value FROM settings WHERE key = ?)
 """
 _CORRECTIONS = """
-SELECT f.id, f.correction, f.quarantined, t.user_message, c.no_learn
+SELECT f.id, f.correction, f.quarantined, f.superseded_by, t.user_message, c.no_learn
 FROM feedback f JOIN turns t ON t.id = f.turn_id JOIN conversations c ON c.id = t.conversation_id
 WHERE f.kind = 'correction' AND f.id > ? ORDER BY f.id
 """
@@ -374,11 +377,6 @@ def asks_way(text: str) -> bool:
                for t, nxt in zip(found, [*found[1:], ""], strict=True))
 
 
-def normalise_prompt(text: str) -> str:
-    """Two prompts are 'the same question' when they differ only in case, spacing and end marks."""
-    return re.sub(r"\s+", " ", (text or "").strip().lower()).rstrip(" ?!.")
-
-
 def unit_rows(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     norms = np.linalg.norm(x, axis=-1, keepdims=True)
@@ -465,6 +463,7 @@ class Memory:
         self._starts = np.zeros(0, dtype=int)  # where each eligible correction's keys begin
         self._cache: VectorCache | None = None
         self._eligible: list[dict] = []
+        self._aliases: dict[str, list[dict]] = {}  # correction id -> the corrections it replaced
 
     # ---- keeping up with the store ---------------------------------------------------------
     def sync(self, db, wait_s: float | None = None) -> bool:
@@ -498,35 +497,39 @@ class Memory:
     def _fetch(db, after_id: str) -> list[dict]:
         rows = []
         for r in db.query(_CORRECTIONS, [after_id]):
-            rows.append({**r, "norm": normalise_prompt(r["user_message"]),
-                         "personal": about_user(words(r["user_message"])), "way": asks_way(r["user_message"]),
+            rows.append({**r, "personal": about_user(words(r["user_message"])), "way": asks_way(r["user_message"]),
                          "told": told_words(r["user_message"], r["correction"]),
                          "things": named_things(r["user_message"])})
         return rows
 
     def _select(self, db) -> None:
-        """Decide which corrections may be recalled; their vectors are computed on first recall."""
-        learned = set()
+        """Decide which corrections may be recalled; their vectors are computed on first recall.
+        A correction that replaced others is also found by their search keys: the question the
+        user first asked about a thing finds its newest answer."""
+        learned = {r[0] for r in db.execute(_LEARNED).fetchall()}
         drop = self.drop_learned
         if drop is None:
             drop = bool(get_setting(db, SETTING_DROP_LEARNED, False))
-        if drop:
-            learned = {r[0] for r in db.execute(_LEARNED).fetchall()}
-        newest = {}  # normalised prompt -> its newest correction (rows are in id order)
+        self._aliases = {}
         for r in self._rows:
-            newest[r["norm"]] = r["id"]
-        self._eligible = [r for r in self._rows if newest[r["norm"]] == r["id"]
-                          and not r["quarantined"] and not r["no_learn"] and r["id"] not in learned]
+            r["learned"] = r["id"] in learned
+            if r["superseded_by"]:
+                self._aliases.setdefault(r["superseded_by"], []).append(r)
+        self._eligible = [r for r in self._rows if not r["superseded_by"] and not r["quarantined"]
+                          and not r["no_learn"] and not (drop and r["learned"])]
         self._matrix = None  # rebuilt lazily
 
     def _ensure_matrix(self) -> np.ndarray:
         """One unit row per search key; the keys of one correction are contiguous and
         `self._starts` holds where each eligible correction's keys begin."""
         if self._matrix is None:
-            missing = [r for r in self._eligible if r["id"] not in self._vectors]
+            keyed = self._eligible + [old for r in self._eligible for old in self._aliases.get(r["id"], ())]
+            missing = [r for r in keyed if r["id"] not in self._vectors]
             if missing:
                 self._embed(missing)
-            blocks = [self._vectors[r["id"]] for r in self._eligible]
+            blocks = [np.concatenate([self._vectors[r["id"]], *(self._vectors[old["id"]]
+                                                               for old in self._aliases.get(r["id"], ()))])
+                      for r in self._eligible]
             self._starts = np.cumsum([0] + [len(b) for b in blocks[:-1]]) if blocks else np.zeros(0, int)
             self._matrix = np.concatenate(blocks) if blocks else np.zeros((0, 0), dtype=np.float32)
         return self._matrix
@@ -622,7 +625,8 @@ class Memory:
         found = [{"feedback_id": self._eligible[i]["id"],
                   "prompt": self._eligible[i]["user_message"],
                   "correction": self._eligible[i]["correction"],
-                  "score": round(float(scores[i]), 4), "rank": round(rank, 4)}
+                  "score": round(float(scores[i]), 4), "rank": round(rank, 4),
+                  "learned": self._eligible[i]["learned"]}
                  for i, rank in zip(top, ranks, strict=True)]
         return select(sorted(found, key=lambda r: -r["rank"]), self.margin)
 

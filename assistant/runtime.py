@@ -19,6 +19,7 @@ class Runtime:
     model: ServedModel
     chat: ChatService
     memory: object | None = None
+    superseder: object | None = None  # assistant/supersede.py; None: only the same question replaces
 
     @classmethod
     def create(cls, cfg: Config, model: ServedModel | None = None, memory=None,
@@ -31,7 +32,13 @@ class Runtime:
             memory = _open_memory(cfg, reranker)
         # the embedding model is loaded on the first prompt that meets a scoped adapter
         scope = AdapterScope(memory.embedder if memory is not None else None, reranker)
-        return cls(cfg=cfg, model=model, chat=ChatService(cfg, model, memory, scope), memory=memory)
+        chat = ChatService(cfg, model, memory, scope)
+        superseder = None
+        if memory is not None and cfg.supersede_by_meaning:
+            from assistant.supersede import ModelJudge, Superseder
+
+            superseder = Superseder(memory.embedder, ModelJudge(model, chat.system_prompt()))
+        return cls(cfg=cfg, model=model, chat=chat, memory=memory, superseder=superseder)
 
     @property
     def db(self):
@@ -39,8 +46,16 @@ class Runtime:
 
     def record_feedback(self, turn_id: str, kind: str, *, reason: str | None = None,
                         correction: str | None = None) -> str:
-        """Write a feedback fact (raises NotFound / ValueError) and let recall see a correction at once."""
+        """Write a feedback fact (raises NotFound / ValueError) and let recall see a correction at once,
+        with the earlier corrections it replaces (assistant/supersede.py) out of recall and routing."""
         fid = feedback.add_feedback(self.db, turn_id, kind, reason=reason, correction=correction)
+        if kind == "correction" and self.superseder is not None:
+            from assistant.supersede import supersede_by_meaning
+
+            try:
+                supersede_by_meaning(self.db, fid, self.superseder)
+            except Exception as e:  # noqa: BLE001 - the correction is stored; only the same question replaces
+                log.warning("could not decide what correction %s replaces: %s", fid, e)
         if kind == "correction" and self.memory is not None:
             self.memory.sync(self.db, wait_s=0)  # busy building its index: the next recall syncs
         return fid

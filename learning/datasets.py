@@ -1,8 +1,10 @@
 """Store facts -> TRL rows. Every row carries the ids of the feedback it came from.
 
 - a correction gives an SFT row (`{"messages": [...]}` ending in the corrected answer) and a
-  preference pair (`{"prompt", "chosen": correction, "rejected": original reply}`); the newest
-  correction of a prompt supersedes older ones;
+  preference pair (`{"prompt", "chosen": correction, "rejected": original reply}`); a correction
+  another replaced (store/feedback.py `superseded_by`) gives none, and its question is taught the
+  replacing answer instead: an SFT row and a pair whose rejected answer is the old correction, so
+  the weights unlearn the old value and the old question routes to the new correction's expert;
 - a liked answer gives an SFT row; liked vs disliked/retried answers to the same prompt give pairs;
 - a vote with no partner gives an unpaired row (`{"prompt", "completion", "label"}`, KTO-style),
   exported for other tools (the learner itself trains SFT + DPO).
@@ -25,6 +27,7 @@ from typing import Callable
 from assistant.embedders import make_embedder
 from assistant.memory import Embedder, unit_rows  # one embedder interface: .encode(texts)
 from learning.config import LearnConfig
+from store.text import question_key
 
 META_KEYS = ("feedback_ids", "source", "conversation_id")
 
@@ -38,11 +41,6 @@ def scrub(text: str) -> str:
     text = _EMAIL.sub("[email]", text)
     text = _CARD.sub("[card number]", text)
     return _PHONE.sub(lambda m: "[phone]" if sum(c.isdigit() for c in m.group()) >= 8 else m.group(), text)
-
-
-def normalize_prompt(text: str) -> str:
-    """The key under which two corrections count as 'the same prompt' (supersession)."""
-    return " ".join(re.sub(r"[^\w\s']", " ", text.lower()).split())
 
 
 def heldout(conversation_id: str, fraction: float) -> bool:
@@ -80,7 +78,7 @@ class LearnData:
 def _facts(db) -> list[dict]:
     """Learnable feedback joined with its turn and conversation, oldest first."""
     return list(db.query(
-        "SELECT f.id AS fid, f.kind, f.correction, f.retry_turn_id, t.id AS turn_id, "
+        "SELECT f.id AS fid, f.kind, f.correction, f.retry_turn_id, f.superseded_by, t.id AS turn_id, "
         "t.user_message, t.reply, t.messages_json, t.conversation_id, c.system_prompt "
         "FROM feedback f JOIN turns t ON t.id = f.turn_id "
         "JOIN conversations c ON c.id = t.conversation_id "
@@ -120,23 +118,34 @@ def build(db, cfg: LearnConfig | None = None, *, system_prompt: str | None = Non
     data = LearnData()
     facts = _facts(db)
 
-    # Corrections: the newest per prompt wins.
-    newest: dict[str, dict] = {}
-    for f in facts:
-        if f["kind"] == "correction":
-            key = normalize_prompt(f["user_message"])
-            if key in newest:
-                data.superseded.append(newest[key]["fid"])
-            newest[key] = f
+    # Corrections: those no later one replaced, each also answering the questions it replaced.
+    corrections = [f for f in facts if f["kind"] == "correction"]
+    data.superseded = [f["fid"] for f in corrections if f["superseded_by"]]
+    replaced: dict[str, list[dict]] = {}
+    for f in corrections:
+        if f["superseded_by"]:
+            replaced.setdefault(f["superseded_by"], []).append(f)
     corrected: dict[str, list[str]] = {}  # turn id -> the feedback ids its correction rows carry
-    for f in sorted(newest.values(), key=lambda f: f["fid"]):
+    for f in corrections:
+        if f["superseded_by"]:
+            continue
         ids = corrected[f["turn_id"]] = [f["fid"]]
         meta = {"conversation_id": f["conversation_id"], "source": "correction"}
+        answer = make.answer(f["correction"])
         prompt = make.prompt(f)
-        data.sft.append({"messages": prompt + make.answer(f["correction"]), "feedback_ids": ids, **meta})
+        data.sft.append({"messages": prompt + answer, "feedback_ids": ids, **meta})
         if f["reply"] and f["reply"].strip() != f["correction"].strip():
-            data.pairs.append({"prompt": prompt, "chosen": make.answer(f["correction"]),
-                               "rejected": make.answer(f["reply"]), "feedback_ids": ids, **meta})
+            data.pairs.append({"prompt": prompt, "chosen": answer, "rejected": make.answer(f["reply"]),
+                               "feedback_ids": ids, **meta})
+        asked = {question_key(f["user_message"])}
+        for old in replaced.get(f["fid"], []):
+            old_prompt = make.prompt(old)
+            if question_key(old["user_message"]) not in asked:
+                asked.add(question_key(old["user_message"]))
+                data.sft.append({"messages": old_prompt + answer, "feedback_ids": ids, **meta})
+            if old["correction"].strip() != f["correction"].strip():
+                data.pairs.append({"prompt": old_prompt, "chosen": answer, "rejected": make.answer(old["correction"]),
+                                   "feedback_ids": ids, **meta})
 
     # Votes: liked / disliked answers grouped by prompt. A retry marks the replaced answer as disliked.
     liked: dict[str, list[dict]] = {}
@@ -146,7 +155,7 @@ def build(db, cfg: LearnConfig | None = None, *, system_prompt: str | None = Non
             corrected[f["turn_id"]].append(f["fid"])  # the vote that came with a correction: same lesson
         elif f["kind"] in ("up", "down", "retry"):
             bucket = liked if f["kind"] == "up" else disliked
-            bucket.setdefault(normalize_prompt(f["user_message"]), []).append(f)
+            bucket.setdefault(question_key(f["user_message"]), []).append(f)
     vote_sft, vote_pairs = [], []
     for key, goods in liked.items():
         for g in goods:

@@ -107,10 +107,6 @@ def _correction_rows(db, where: str, args: list) -> list[dict]:
         args))
 
 
-def _key(prompt: str) -> str:
-    return " ".join(prompt.lower().split())
-
-
 def taught_items(db, feedback_ids: list[str]) -> list[dict]:
     if not feedback_ids:
         return []
@@ -121,16 +117,12 @@ def taught_items(db, feedback_ids: list[str]) -> list[dict]:
 
 def retention_items(db, exclude_ids: list[str]) -> list[dict]:
     """Earlier corrections learned by an accepted version: not quarantined, not taught now,
-    and not superseded by a newer correction of the same prompt (that one is what counts)."""
+    and not superseded by a later correction (that one is what counts, store/feedback.py)."""
     rows = _correction_rows(
-        db, "f.quarantined = 0 AND f.id IN (SELECT af.feedback_id FROM adapter_feedback af "
-            "JOIN adapters a USING (version) WHERE a.status IN ('active', 'retired'))", [])
-    newest = {}
-    for r in _correction_rows(db, "f.quarantined = 0", []):
-        newest[_key(r["user_message"])] = r["id"]  # ordered by id: the last one wins
+        db, "f.quarantined = 0 AND f.superseded_by IS NULL AND f.id IN (SELECT af.feedback_id FROM "
+            "adapter_feedback af JOIN adapters a USING (version) WHERE a.status IN ('active', 'retired'))", [])
     taught = set(exclude_ids)
-    return [_correction_item("retention", r) for r in rows
-            if r["id"] not in taught and newest.get(_key(r["user_message"])) == r["id"]]
+    return [_correction_item("retention", r) for r in rows if r["id"] not in taught]
 
 
 def _correction_item(kind: str, row: dict) -> dict:

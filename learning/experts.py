@@ -110,7 +110,7 @@ def plan_experts(job) -> ExpertPlan | None:
     new one for each correction without one, as many as `experts_this_cycle` allows, the
     corrections with the oldest feedback ids first (the others wait for the next cycle). None
     when experts are off (or the version is unscoped: it answers every prompt itself)."""
-    from learning.datasets import normalize_prompt
+    from store.text import question_key
 
     lcfg = job.lcfg
     if not lcfg.experts or lcfg.scope_threshold is None:
@@ -123,12 +123,12 @@ def plan_experts(job) -> ExpertPlan | None:
     new = {k: groups[k] for k in sorted(waiting, key=lambda k: k[0])[:experts_this_cycle(lcfg, pace)]}  # oldest first
     # a newer correction of a prompt retires the old one's expert at once, even while its own
     # waits (the shared adapter, trained on the newer one, answers meanwhile)
-    replaced = {normalize_prompt(question_and_answer(groups[k]["sft"][0])[0]) for k in waiting}
+    replaced = {question_key(question_and_answer(r)[0]) for k in waiting for r in groups[k]["sft"]}
     # an expert is a separable piece of the weights, so what the user took back is forgotten
     # exactly, even when the shared adapter (continued from its parent) cannot forget it
     gone = [] if job.corrections is None else [e["name"] for e in no_longer_held(inherited, groups)]
     current = [e for e in inherited if e["name"] not in gone]
-    kept = [e for e in current if normalize_prompt(e["prompt"]) not in replaced]
+    kept = [e for e in current if question_key(e["prompt"]) not in replaced]
     return ExpertPlan(kept=kept, new=new, waiting=len(waiting) - len(new), forgotten=len(inherited) - len(current),
                       pace_s=pace)
 

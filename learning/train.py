@@ -464,7 +464,7 @@ def adapter_scope(job: TrainJob, sft_rows: list[dict], experts: list[dict] | Non
         scope_told,
         told_by_answers,
     )
-    from learning.datasets import normalize_prompt
+    from store.text import question_key
 
     if job.lcfg.scope_threshold is None:
         return None
@@ -472,9 +472,9 @@ def adapter_scope(job: TrainJob, sft_rows: list[dict], experts: list[dict] | Non
     inherited = parent["prompts"] if parent else []
     inherited_told = set(parent.get("told") or ()) if parent else set()
     if experts is not None and job.corrections is not None and parent:
-        asked = {normalize_prompt(q) for q, _ in map(question_and_answer, job.corrections[0]) if q}
+        asked = {question_key(q) for q, _ in map(question_and_answer, job.corrections[0]) if q}
         dropped = no_longer_held(read_experts(job.parent_path), expert_groups(*job.corrections))
-        taken_back = [e for e in dropped if normalize_prompt(e["prompt"]) not in asked]  # not superseded
+        taken_back = [e for e in dropped if question_key(e["prompt"]) not in asked]  # not superseded
         gone = {q for e in taken_back for q in e.get("prompts") or [e["prompt"]]} - \
             {q for e in experts for q in e.get("prompts") or ()}
         inherited = [q for q in inherited if q not in gone]

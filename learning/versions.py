@@ -222,27 +222,31 @@ def correction_states(db) -> list[dict]:
     for r in db.query("SELECT feedback_id, version FROM adapter_feedback ORDER BY version"):
         trained_by.setdefault(r["feedback_id"], []).append(r["version"])
     rows = list(db.query(
-        "SELECT f.id, f.correction, f.quarantined, f.created_at, t.user_message, c.no_learn "
+        "SELECT f.id, f.correction, f.quarantined, f.superseded_by, f.created_at, t.user_message, c.no_learn "
         "FROM feedback f JOIN turns t ON t.id = f.turn_id JOIN conversations c ON c.id = t.conversation_id "
         "WHERE f.kind = 'correction' ORDER BY f.id DESC"))
-    newest_of_prompt: dict[str, str] = {}
+    answers = {r["id"]: r["correction"] for r in rows}
     out = []
     for r in rows:
-        key = " ".join(r["user_message"].lower().split())
-        superseded_by = newest_of_prompt.setdefault(key, r["id"])
-        state, version, why = _state(db, r, superseded_by, trained_by.get(r["id"], []), versions, live)
+        state, version, why = _state(db, r, answers, trained_by.get(r["id"], []), versions, live)
         out.append({"feedback_id": r["id"], "created_at": r["created_at"], "prompt": r["user_message"],
-                    "correction": r["correction"], "state": state, "version": version, "detail": why})
+                    "correction": r["correction"], "state": state, "version": version, "detail": why,
+                    "superseded_by": r["superseded_by"]})
     return out
 
 
-def _state(db, r, superseded_by, trained, versions, live) -> tuple[str, int | None, str]:
+def _clip(text: str | None, limit: int = 80) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _state(db, r, answers, trained, versions, live) -> tuple[str, int | None, str]:
     if r["quarantined"]:
         return "not learned", None, "quarantined by a rollback"
     if r["no_learn"]:
         return "not learned", None, "the conversation is marked don't-learn"
-    if superseded_by != r["id"]:
-        return "not learned", None, "superseded by a newer correction of the same prompt"
+    if r["superseded_by"]:
+        return "superseded", None, f"superseded by a later correction: \"{_clip(answers.get(r['superseded_by']))}\""
     served = [v for v in trained if versions[v]["status"] in ("active", "retired")]
     in_live = [v for v in served if v in live]
     if in_live:

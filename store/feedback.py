@@ -1,8 +1,16 @@
 """Feedback facts: votes, reasons, corrections, retries. Handlers write facts only;
-`learning.datasets` turns them into training rows."""
+`learning.datasets` turns them into training rows.
+
+Supersession: a correction replaced by a later one carries the later one's id in
+`superseded_by`, decided once, when the later one is recorded, and read by recall, routing,
+training, the gate and every list of corrections. The store links a correction of the same
+question (`question_key`) itself; `assistant/supersede.py` links corrections of other questions
+about the same thing, by meaning, through `supersede`.
+"""
 from store.conversations import get_turn
 from store.db import now_iso, write_transaction
 from store.ids import new_id
+from store.text import question_key
 
 KINDS = ("up", "down", "correction", "retry")
 MAX_TEXT = 20_000
@@ -25,11 +33,55 @@ def add_feedback(db, turn_id: str, kind: str, *, reason: str | None = None,
     if reason is not None and len(reason) > MAX_TEXT:
         raise ValueError(f"a reason is limited to {MAX_TEXT} characters")
     fid = new_id()
-    db["feedback"].insert({
-        "id": fid, "turn_id": turn_id, "kind": kind, "reason": reason, "correction": correction,
-        "retry_turn_id": retry_turn_id, "quarantined": 0, "created_at": now_iso(),
-    })
+    with write_transaction(db):
+        db["feedback"].insert({
+            "id": fid, "turn_id": turn_id, "kind": kind, "reason": reason, "correction": correction,
+            "retry_turn_id": retry_turn_id, "quarantined": 0, "created_at": now_iso(),
+        })
+        if kind == "correction":
+            _supersede_same_question(db, fid)
     return fid
+
+
+def _supersede_same_question(db, fid: str) -> None:
+    """Link the live corrections of the same question as `fid`'s to it (the caller's transaction)."""
+    message = db.execute("SELECT t.user_message FROM feedback f JOIN turns t ON t.id = f.turn_id WHERE f.id = ?",
+                         [fid]).fetchone()[0]
+    key = question_key(message)
+    same = [r[0] for r in db.execute(
+        "SELECT f.id, t.user_message FROM feedback f JOIN turns t ON t.id = f.turn_id "
+        "WHERE f.kind = 'correction' AND f.superseded_by IS NULL AND f.id < ?", [fid]).fetchall()
+        if question_key(r[1]) == key]
+    _link(db, same, fid)
+
+
+def supersede(db, older_ids: list[str], by: str) -> list[str]:
+    """Mark the corrections `older_ids` as replaced by the correction `by` (newer than each of them).
+    Returns those newly marked."""
+    with write_transaction(db):
+        return _link(db, older_ids, by)
+
+
+def _link(db, older_ids: list[str], by: str) -> list[str]:
+    older = [f for f in dict.fromkeys(older_ids) if f < by]
+    marks = ",".join("?" * len(older))
+    if not older:
+        return []
+    fresh = [r[0] for r in db.execute(f"SELECT id FROM feedback WHERE id IN ({marks}) AND kind = 'correction' "
+                                      "AND superseded_by IS NULL", older).fetchall()]
+    # what the older ones superseded is now replaced by `by` too: the chain stays one step deep
+    db.execute(f"UPDATE feedback SET superseded_by = ? WHERE id IN ({marks}) OR superseded_by IN ({marks})",
+               [by, *older, *older])
+    return fresh
+
+
+def superseded_by(db, feedback_ids: list[str]) -> dict[str, str]:
+    """{feedback id: the correction that replaced it} for those of `feedback_ids` replaced."""
+    if not feedback_ids:
+        return {}
+    marks = ",".join("?" * len(feedback_ids))
+    return dict(db.execute(f"SELECT id, superseded_by FROM feedback WHERE id IN ({marks}) "
+                           "AND superseded_by IS NOT NULL", list(feedback_ids)).fetchall())
 
 
 def set_reason(db, feedback_id: str, reason: str) -> None:
@@ -71,12 +123,13 @@ def quarantine(db, feedback_ids: list[str]) -> int:
 
 def taken_back(db, feedback_ids: list[str]) -> list[str]:
     """Those of `feedback_ids` the user took back: deleted (with their conversation), quarantined,
-    or from a conversation marked don't-learn. One indexed query: the chat asks it per turn that
+    from a conversation marked don't-learn, or replaced by a later correction. One indexed query: the chat asks it per turn that
     a correction's expert would answer (assistant/chat.py)."""
     if not feedback_ids:
         return []
     marks = ",".join("?" * len(feedback_ids))
     kept = {r[0] for r in db.execute(
         f"SELECT f.id FROM feedback f JOIN turns t ON t.id = f.turn_id JOIN conversations c ON c.id = t.conversation_id "
-        f"WHERE f.id IN ({marks}) AND f.quarantined = 0 AND c.no_learn = 0", list(feedback_ids))}
+        f"WHERE f.id IN ({marks}) AND f.quarantined = 0 AND c.no_learn = 0 AND f.superseded_by IS NULL",
+        list(feedback_ids))}
     return [f for f in feedback_ids if f not in kept]

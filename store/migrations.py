@@ -7,6 +7,8 @@ from typing import Callable
 
 import sqlite_utils
 
+from store.text import question_key
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = []
 
 
@@ -132,6 +134,22 @@ def m002_adapters_jobs(db):
         pk="id",
         defaults={"cancel_requested": 0, "progress": 0.0},
     )
+
+
+@migration
+def m003_feedback_superseded_by(db):
+    """A correction replaced by a later one (store/feedback.py `supersede`): the id of the later one.
+    Corrections already stored are linked as before, by the same question (`question_key`)."""
+    db.execute("ALTER TABLE feedback ADD COLUMN superseded_by TEXT")
+    newest: dict[str, str] = {}
+    rows = db.execute("SELECT f.id, t.user_message FROM feedback f JOIN turns t ON t.id = f.turn_id "
+                      "WHERE f.kind = 'correction' ORDER BY f.id").fetchall()
+    for fid, message in rows:
+        key = question_key(message)
+        if key in newest:
+            db.execute("UPDATE feedback SET superseded_by = ? WHERE id = ?", [fid, newest[key]])
+        newest[key] = fid
+    db["feedback"].create_index(["superseded_by"], if_not_exists=True)
 
 
 def apply_migrations(db: sqlite_utils.Database) -> list[str]:

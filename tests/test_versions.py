@@ -112,7 +112,8 @@ def test_correction_states(db, lora_dirs):
     states = {s["feedback_id"]: s for s in versions.correction_states(db)}
     assert (states[learned]["state"], states[learned]["version"]) == ("learned", 1)
     assert "live" in states[learned]["detail"]
-    assert states[old]["state"] == "not learned" and "superseded" in states[old]["detail"]
+    assert states[old]["state"] == "superseded" and states[old]["superseded_by"] == newer
+    assert "Halvorsen Robotics" in states[old]["detail"]
     assert states[refused]["state"] == "not learned" and states[refused]["version"] == 2
     assert "rejected by the gate (it carried this correction; FAILED: canaries 30/40)" in states[refused]["detail"]
     assert states[newer]["detail"].startswith("v2 was rejected") and "no evidence" in states[newer]["detail"]
