@@ -25,6 +25,9 @@ CUT_TITLE = "⚠ Message cut"
 RECALL_TITLE = "Recalled past corrections"
 CORRECTION_TITLE = "✎ Your correction"
 SELECT_HINT = "Click an answer (or like/dislike it) to give feedback on it."
+# A retry asks for a different answer: at temperature 0 the model would repeat itself word for
+# word, so a retry samples at least this hot.
+RETRY_TEMPERATURE = 0.8
 
 
 def new_session() -> dict:
@@ -62,9 +65,9 @@ def is_note(message: dict) -> bool:
 
 
 def recall_text(recalled: list[dict]) -> str:
-    lines = [f"- “{r['prompt']}” → “{r['correction']}”"
-             + (f" (similarity {r['score']:.2f})" if r.get("score") is not None else "")
-             for r in recalled]
+    # No score: it is the best of several search keys (the question's reframings too), so a
+    # paraphrase reads "similarity 1.00", which claims more than it means.
+    lines = [f"- “{r['prompt']}” → “{r['correction']}”" for r in recalled]
     return "Used to answer:\n" + "\n".join(lines)
 
 
@@ -143,7 +146,8 @@ class ChatHandlers:
             return
         shown = text_of(history[where[0]]["content"])
         yield from self._stream(turn, shown, history, session, where[0], where[-1] + 1,
-                                max_new_tokens, temperature, retry_of=turn_id, textbox=gr.skip())
+                                max_new_tokens, max(float(temperature), RETRY_TEMPERATURE),
+                                retry_of=turn_id, textbox=gr.skip())
 
     def _stream(self, turn, shown_message, history, session, start, end, max_new_tokens,
                 temperature, *, retry_of, textbox):
@@ -171,10 +175,19 @@ class ChatHandlers:
             history.insert(reply_at + 1, note(RECALL_TITLE, recall_text(turn.recalled)))
             session["turn_ids"].insert(reply_at + 1, turn.turn_id)
         session["selected"] = turn.turn_id
-        done = "↻ New answer kept; the earlier one is remembered as worse." if retry_of else ""
+        done = self._retry_outcome(retry_of, turn.turn_id, reply) if retry_of else ""
         # The list again at the end: a page-load refresh racing the first update cannot hide this chat.
         yield textbox, history, session, done, self.conversation_list(session["conversation_id"]), \
             target_text(reply), reply
+
+    def _retry_outcome(self, old_id: str, new_id: str, reply: str) -> str:
+        """The retry's notice. An answer identical to the earlier one is no evidence that the
+        earlier one was worse: the "retry" fact assistant/chat.py recorded is taken back."""
+        if " ".join(reply.split()) != " ".join(conversations.get_turn(self.db, old_id)["reply"].split()):
+            return "↻ New answer kept; the earlier one is remembered as worse."
+        feedback.withdraw_retry(self.db, old_id, new_id)
+        return ("↻ The model gave the same answer again, so nothing was recorded as worse. "
+                "Correct it (✎) to say what it should have said.")
 
     def _create_conversation(self, message: str, pending: dict) -> str:
         title = " ".join(str(message).split())
@@ -249,6 +262,17 @@ class ChatHandlers:
         tid = session.get("selected")
         if not tid:
             return history, session, warn(SELECT_HINT)
+        text = str(text or "")
+        try:
+            said = conversations.get_turn(self.db, tid)["reply"]
+        except conversations.NotFound as e:
+            return history, session, warn(str(e))
+        if not text.strip():
+            return history, session, warn("The correction is empty: write what the answer should have said.")
+        if " ".join(text.split()) == " ".join((said or "").split()):
+            # The box starts with the answer itself: saved unchanged, it would teach the wrong answer.
+            return history, session, warn("That is the answer as it was given: change it to what it "
+                                          "should have said, then save.")
         try:
             self.rt.record_feedback(tid, "correction", correction=text)
         except (ValueError, conversations.NotFound) as e:

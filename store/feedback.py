@@ -7,7 +7,7 @@ training, the gate and every list of corrections. The store links a correction o
 question (`question_key`) itself; `assistant/supersede.py` links corrections of other questions
 about the same thing, by meaning, through `supersede`.
 """
-from store.conversations import get_turn
+from store.conversations import NotFound, get_turn
 from store.db import now_iso, write_transaction
 from store.ids import new_id
 from store.text import question_key
@@ -133,3 +133,23 @@ def taken_back(db, feedback_ids: list[str]) -> list[str]:
         f"WHERE f.id IN ({marks}) AND f.quarantined = 0 AND c.no_learn = 0 AND f.superseded_by IS NULL",
         list(feedback_ids))}
     return [f for f in feedback_ids if f not in kept]
+
+
+def withdraw_retry(db, turn_id: str, retry_turn_id: str) -> int:
+    """Take back the "retry" fact linking `turn_id` to `retry_turn_id`: the retry gave the same
+    answer again, which says nothing about the earlier one being worse (assistant/ui_chat.py)."""
+    with write_transaction(db):
+        return db.execute("DELETE FROM feedback WHERE turn_id = ? AND kind = 'retry' AND retry_turn_id = ?",
+                          [turn_id, retry_turn_id]).rowcount
+
+
+def forget(db, feedback_id: str) -> list[int]:
+    """Delete one feedback fact (the user forgot it: recall and later datasets no longer see it).
+    Returns the adapter versions whose weights were trained with it; their link rows stay, so
+    the page can still say which versions contain it."""
+    with write_transaction(db):
+        versions = [r[0] for r in db.execute(
+            "SELECT version FROM adapter_feedback WHERE feedback_id = ? ORDER BY version", [feedback_id])]
+        if not db.execute("DELETE FROM feedback WHERE id = ?", [feedback_id]).rowcount:
+            raise NotFound(f"feedback {feedback_id} does not exist")
+    return versions

@@ -1,4 +1,5 @@
 """The web UI's handlers, driven directly on the tiny model (the browser test drives the page)."""
+import json
 import sys
 import threading
 
@@ -116,7 +117,22 @@ def test_correcting_any_answer_records_a_correction_and_shows_it(tab, rt):
     session, _, prefill = tab.select(session, 1)
     assert prefill is not None and not isinstance(prefill, str)  # gr.skip(): the box is left alone
     history, session, notice = tab.correct(history, session, "  ")
-    assert "needs the corrected answer" in notice and len(feedback.feedback_for_turn(rt.db, first)) == 1
+    assert "empty" in notice and len(feedback.feedback_for_turn(rt.db, first)) == 1
+
+
+def test_a_correction_saved_unchanged_is_refused(tab, rt):
+    # the box is pre-filled with the answer: saving it as is would teach the wrong answer
+    torch.manual_seed(0)  # sampled: greedy, the tiny model answers only newlines
+    _, history, session, _ = send(tab, "What is the name of my dog?", gen=(6, 1.0, False))
+    tid = session["turn_ids"][-1]
+    prefill = conversations.get_turn(rt.db, tid)["reply"]  # what the box shows after the answer
+    assert prefill.strip()
+    history, session, notice = tab.correct(history, session, prefill)
+    assert "as it was given" in notice and kinds(rt.db, tid) == []
+    history, session, notice = tab.correct(history, session, "  " + prefill.replace(" ", "  ") + "\n")
+    assert "as it was given" in notice and kinds(rt.db, tid) == []
+    history, session, notice = tab.correct(history, session, prefill + " Biscuit.")
+    assert "Correction saved" in notice and kinds(rt.db, tid) == ["correction"]
 
 
 def test_editing_an_answer_in_the_chatbot_is_a_correction(tab, rt):
@@ -153,6 +169,27 @@ def test_retry_regenerates_in_place_and_links_the_earlier_answer(tab, rt):
     assert [(f["kind"], f["retry_turn_id"]) for f in feedback.feedback_for_turn(rt.db, old)] == [("retry", new)]
     shown = [t["id"] for t in conversations.visible_history(rt.db, session["conversation_id"])]
     assert old not in shown and new in shown
+
+
+def test_retry_at_temperature_zero_samples_and_never_records_the_same_answer(tab, rt, monkeypatch):
+    from assistant import ui_chat
+
+    torch.manual_seed(0)
+    _, history, session, _ = send(tab, "What is the name of my dog?", gen=(6, 0.0, False))
+    old = session["turn_ids"][-1]
+    *_, (_, history, session, notice, *_) = tab.retry(history, session, 6, 0.0, False, turn_id=old)
+    new = session["turn_ids"][-1]
+    assert json.loads(conversations.get_turn(rt.db, new)["params_json"])["temperature"] >= ui_chat.RETRY_TEMPERATURE
+    assert conversations.get_turn(rt.db, new)["reply"] != conversations.get_turn(rt.db, old)["reply"]
+    assert "New answer kept" in notice and kinds(rt.db, old) == ["retry"]
+    # a retry that gives the same answer again (greedy here) is no evidence against the first one
+    monkeypatch.setattr(ui_chat, "RETRY_TEMPERATURE", 0.0)
+    for _ in range(2):  # greedy twice: the second retry repeats the first
+        before = session["turn_ids"][-1]
+        *_, (_, history, session, notice, *_) = tab.retry(history, session, 6, 0.0, False, turn_id=before)
+    after = session["turn_ids"][-1]
+    assert conversations.get_turn(rt.db, after)["reply"] == conversations.get_turn(rt.db, before)["reply"]
+    assert "same answer again" in notice and kinds(rt.db, before) == []
 
 
 def test_dont_learn_applies_before_and_after_the_conversation_exists(tab, rt):
