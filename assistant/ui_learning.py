@@ -11,7 +11,9 @@ import html
 import gradio as gr
 
 UNAVAILABLE = "⚠ The learner is not available in this installation (learning.control could not be imported)."
-STAGES = ("preparing data", "SFT", "DPO", "habit", "evaluating")
+# As learning/learner.py STAGES (not imported: that pulls in the training stack).
+STAGES = ("preparing data", "SFT", "DPO", "habit", "experts", "evaluating", "gate")
+OPTIONAL = ("habit", "experts")  # listed only in cycles that reach them
 
 
 def _control():
@@ -64,21 +66,47 @@ def status_view(runtime):
 
 def status_markdown(st: dict) -> str:
     status = st.get("status") or "unknown"
-    icon = {"running": "…", "succeeded": "✓", "failed": "✗", "cancelled": "■"}.get(status, "•")
+    result = st.get("result") or {}
     stage = st.get("stage") or "starting"
-    lines = [f"{icon} **{status.capitalize()}** — stage: **{stage}**"]
-    # the habit stage is optional (LearnConfig.habit_adapter): listed only in cycles that reach it
-    habit_ran = stage == "habit" or any(x.get("stage") == "habit" for x in st.get("losses") or [])
-    steps = " → ".join(f"**{s}**" if s == stage else s for s in STAGES if s != "habit" or habit_ran)
+    lines = [headline(status, stage, result)]
+    # habit and experts are optional (LearnConfig): listed only in cycles that reach them
+    ran = {stage} | {x.get("stage") for x in st.get("losses") or []}
+    steps = " → ".join(f"**{s}**" if s == stage else s for s in STAGES if s not in OPTIONAL or s in ran)
     lines.append(f"Stages: {steps}")
     if st.get("started_at"):
         lines.append(f"Started {st['started_at']}" + (f", ended {st['ended_at']}" if st.get("ended_at") else ""))
-    if st.get("error"):
+    if st.get("error") and status != "cancelled":
         lines.append(f"**Error:** {st['error']}")
-    result = st.get("result") or {}
+    if result.get("reasons"):
+        lines.append("The gate's reasons:\n" + "\n".join(f"- {r}" for r in result["reasons"]))
     if result.get("summary"):
         lines.append(str(result["summary"]))
     return "\n\n".join(lines)
+
+
+def headline(status: str, stage: str, result: dict) -> str:
+    """The first line: for a finished cycle, whether a new version went live (a cycle whose
+    candidate the gate rejected has still "succeeded" as a job, which is not what the user asks)."""
+    v = result.get("version")
+    name = f"v{v}" if v is not None else "the new version"
+    if status == "succeeded":
+        outcome = result.get("status")
+        if outcome == "active":
+            return f"✓ **{name} is live**: it passed the gate and answers from the next message."
+        if outcome == "rejected":
+            return f"✗ **No new version went live**: the gate rejected {name}; the previous version keeps answering."
+        if outcome == "candidate":
+            return f"• **{name} was trained but is not live**: {result.get('message') or 'promote it in Versions'}."
+        if result.get("skipped"):
+            return f"■ **Nothing new to learn**: {result.get('message') or 'no new feedback'}."
+        return f"✓ **Finished** — {result.get('message') or 'stage: ' + stage}"
+    if status == "running":
+        return f"… **Running** — stage: **{stage}**"
+    if status == "cancelled":
+        return f"■ **Cancelled** during {stage}: nothing changed, the previous version keeps answering."
+    if status == "failed":
+        return f"✗ **Failed** during {stage}: nothing changed, the previous version keeps answering."
+    return f"• **{status.capitalize()}** — stage: **{stage}**"
 
 
 def progress_html(st: dict) -> str:
@@ -112,16 +140,18 @@ def losses_figure(losses: list[dict]):
 
 @functools.lru_cache(maxsize=8)  # the timer asks every 2 s; redraw only when a step was added
 def _figure(points: tuple):
+    """One panel per stage, each on its own step axis: stages count steps differently (the
+    experts stage runs hundreds of steps, SFT and DPO a few), so one shared axis squeezes them."""
     from matplotlib.figure import Figure  # no pyplot: safe on Gradio's worker threads
 
+    stages = list(dict.fromkeys(p[2] for p in points))  # in the order they ran
     fig = Figure(figsize=(8, 3), dpi=100, layout="tight")
-    ax = fig.add_subplot()
-    for stage in dict.fromkeys(p[2] for p in points):  # stages in the order they ran
+    axes = fig.subplots(1, len(stages), squeeze=False)[0]
+    for i, (ax, stage) in enumerate(zip(axes, stages, strict=True)):
         xs, ys = zip(*[(p[0], p[1]) for p in points if p[2] == stage], strict=True)
-        ax.plot(xs, ys, marker="." if len(xs) < 30 else None, label=stage)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title("Training loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
+        ax.plot(xs, ys, marker="." if len(xs) < 30 else None, color=f"C{i}")
+        ax.set_title(f"{stage} loss", fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("loss")
     return fig

@@ -324,6 +324,33 @@ def test_learning_tab_shows_a_running_cycle_and_cancels_it(rt):
     assert "Failed" in stage and "out of memory" in stage
 
 
+def test_learning_tab_says_whether_a_version_went_live_and_plots_each_stage_apart(rt):
+    pytest.importorskip("learning.control")
+    losses = [{"step": 1, "loss": 2.5, "stage": "SFT"}, {"step": 2, "loss": 2.0, "stage": "SFT"},
+              {"step": 1, "loss": 0.7, "stage": "DPO"}] + [
+        {"step": s, "loss": 1.0 / s, "stage": "experts"} for s in range(80, 1001, 40)]
+    jid = jobs.start_job(rt.db)
+    jobs.update_job(rt.db, jid, stage="gate", progress=1.0, losses=losses)
+    reasons = ["taught 1/3 < 2/3 required", "canaries 38/38"]
+    jobs.finish_job(rt.db, jid, "succeeded", result={
+        "version": 3, "status": "rejected", "reasons": reasons, "message": "v3 rejected by the gate: ..."})
+    stage, bar, figure, _ = ui_learning.status_view(rt)
+    assert "No new version went live" in stage and "v3" in stage and "Succeeded" not in stage
+    assert all(f"- {r}" in stage for r in reasons)
+    assert "DPO → experts → evaluating → **gate**" in stage
+    # each stage on its own step axis: experts' steps 80-1000 do not squeeze SFT and DPO
+    assert [ax.get_title() for ax in figure.axes] == ["SFT loss", "DPO loss", "experts loss"]
+    assert [max(ax.lines[0].get_xdata()) for ax in figure.axes] == [2, 1, 1000]
+
+    jid = jobs.start_job(rt.db)
+    jobs.finish_job(rt.db, jid, "succeeded", result={"version": 4, "status": "active", "reasons": ["taught 3/3"]})
+    assert "v4 is live" in ui_learning.status_view(rt)[0]
+    jid = jobs.start_job(rt.db)
+    jobs.finish_job(rt.db, jid, "cancelled", error="cancelled during SFT at step 1")
+    stage = ui_learning.status_view(rt)[0]
+    assert "Cancelled" in stage and "Error" not in stage
+
+
 def test_learning_tab_says_when_the_learner_is_missing(rt, monkeypatch):
     import learning
 
