@@ -185,47 +185,61 @@ def _versions_tab(runtime, tab) -> None:
     with gr.Row():
         notice = gr.Markdown("", elem_id="versions-notice")
         refresh_btn = gr.Button("↻ Refresh", size="sm", scale=0, min_width=120)
-    table = gr.Dataframe(label="Adapter versions", interactive=False, wrap=True, elem_id="versions-table")
-    plot = gr.Image(label="Metrics across versions", type="filepath", interactive=False, height=320)
+    v = {"notice": notice}  # the components ui_versions.view updates, by name
+    v["empty"] = gr.Markdown(ui_versions.NO_VERSIONS, elem_id="versions-empty")
+    v["table"] = gr.Dataframe(label="Adapter versions", interactive=False, wrap=True, visible=False,
+                              elem_id="versions-table")
+    v["plot"] = gr.Image(label="Metrics across versions", type="filepath", interactive=False, height=320,
+                         visible=False)
     with gr.Row():
         with gr.Column():
-            promote_pick = gr.Dropdown(label="Promote a version", choices=[], elem_id="promote-pick")
-            promote_btn = gr.Button("Promote", variant="primary")
-            with gr.Row(visible=False) as confirm_row:
-                force_btn = gr.Button("Yes, promote despite the gate", variant="stop")
-                no_btn = gr.Button("No")
+            v["promote_none"] = gr.Markdown("", visible=False, elem_id="promote-none")
+            with gr.Column(visible=False, elem_id="promote-box") as v["promote_box"]:
+                v["promote"] = gr.Dropdown(label="Promote a version", choices=[], elem_id="promote-pick")
+                promote_btn = gr.Button("Promote", variant="primary")
+                with gr.Row(visible=False) as confirm_row:
+                    force_btn = gr.Button("Yes, promote despite the gate", variant="stop")
+                    no_btn = gr.Button("No")
         with gr.Column():
-            rollback_pick = gr.Dropdown(label="Roll back to", choices=[], elem_id="rollback-pick")
-            quarantine = gr.Checkbox(label="Quarantine the feedback that trained the current version")
-            rollback_btn = gr.Button("↩ Roll back", variant="stop")
+            v["rollback_none"] = gr.Markdown("", visible=False, elem_id="rollback-none")
+            with gr.Column(visible=False, elem_id="rollback-box") as v["rollback_box"]:
+                v["rollback"] = gr.Dropdown(label="Roll back to", choices=[], elem_id="rollback-pick")
+                quarantine = gr.Checkbox(label="Quarantine the feedback that trained the current version")
+                rollback_btn = gr.Button("↩ Roll back", variant="stop")
     with gr.Accordion("Compare a version with the active one", open=False):
         with gr.Row():
-            compare_a = gr.Dropdown(label="Version", choices=[])
+            v["compare"] = compare_a = gr.Dropdown(label="Version", choices=[])
             compare_b = gr.Dropdown(label="Against (empty: the active version)", choices=[])
-        prompts = gr.Textbox(label="Prompts (one per line; recent ones prefilled)", lines=4)
+        v["prompts"] = gr.Textbox(label="Prompts (one per line; recent ones prefilled)", lines=4)
         compare_btn = gr.Button("Compare")
-        compare_table = gr.Dataframe(interactive=False, wrap=True)
-    corrections = gr.Dataframe(label="My corrections", interactive=False, wrap=True,
-                               elem_id="corrections-table")
+        compare_table = gr.Dataframe(interactive=False, wrap=True, visible=False, elem_id="compare-table")
+    v["no_corrections"] = gr.Markdown(ui_versions.NO_CORRECTIONS)
+    v["corrections"] = gr.Dataframe(label="My corrections", interactive=False, wrap=True, visible=False,
+                                    elem_id="corrections-table")
 
-    picks = [promote_pick, rollback_pick, compare_a, compare_b]
-    view_out = [table, plot, corrections, *picks, prompts, notice]
+    names = list(v)
+    view_out = [v[n] for n in names] + [compare_b]
+    # after an action: keep its message and the user's prompts
+    data_names = [n for n in names if n not in ("notice", "prompts")]
+    data_out = [v[n] for n in data_names] + [compare_b]
 
-    def refresh(with_notice: bool = True):
-        t, p, c, promote_c, rollback_c, compare_c, recent, msg = ui_versions.view(runtime, plot_path)
-        out = (t, p, c, promote_c, rollback_c, compare_c, compare_c)
-        return (*out, recent, msg) if with_notice else out
+    def refresh():
+        parts = ui_versions.view(runtime, plot_path)
+        return [parts[n] for n in names] + [parts["compare"]]
 
-    data_out = view_out[:-2]  # after an action: keep its message and the user's prompts
-    after = lambda: refresh(with_notice=False)  # noqa: E731
+    def after():
+        parts = ui_versions.view(runtime, plot_path)
+        return [parts[n] for n in data_names] + [parts["compare"]]
+
+    promote_pick, rollback_pick = v["promote"], v["rollback"]
     for trigger in (refresh_btn.click, tab.select):
         trigger(refresh, None, view_out)
-    promote_btn.click(lambda v: ui_versions.promote(runtime, v), [promote_pick], [notice, confirm_row]) \
+    promote_btn.click(lambda p: ui_versions.promote(runtime, p), [promote_pick], [notice, confirm_row]) \
         .then(after, None, data_out)
-    force_btn.click(lambda v: ui_versions.promote(runtime, v, confirmed=True), [promote_pick],
+    force_btn.click(lambda p: ui_versions.promote(runtime, p, confirmed=True), [promote_pick],
                     [notice, confirm_row]).then(after, None, data_out)
     no_btn.click(lambda: ("Promotion cancelled.", gr.update(visible=False)), None, [notice, confirm_row])
-    rollback_btn.click(lambda v, q: ui_versions.rollback(runtime, v, q), [rollback_pick, quarantine],
+    rollback_btn.click(lambda p, q: ui_versions.rollback(runtime, p, q), [rollback_pick, quarantine],
                        notice).then(after, None, data_out)
-    compare_btn.click(lambda a, b, p: ui_versions.compare(runtime, a, b, p), [compare_a, compare_b, prompts],
+    compare_btn.click(lambda a, b, p: ui_versions.compare(runtime, a, b, p), [compare_a, compare_b, v["prompts"]],
                       [compare_table, notice])

@@ -30,7 +30,14 @@ def _versions():
 ISO_TIME = re.compile(r"^(\d{4}-\d\d-\d\d)T(\d\d:\d\d)")
 VERSION_HEADERS = {"created_at": "trained at", "train_s": "training (s)", "n_corrections": "corrections",
                    "n_votes": "votes", "scope": "answers", "incumbent_metrics": "incumbent's metrics"}
+# The decision and its reasons first: the user reads a table from the left, and the wide
+# columns after them (scope, metrics) used to push the reasons two screens sideways.
+VERSION_ORDER = ("version", "status", "decision", "reasons", "metrics", "incumbent", "incumbent_metrics",
+                 "scope", "n_corrections", "n_votes", "created_at", "train_s", "parent", "weights")
 CORRECTION_HEADERS = {"created_at": "corrected at", "feedback_id": "id"}
+NO_VERSIONS = ("**No versions yet**: the base model alone is answering. A version appears here after "
+               "the first learning cycle (Learning tab).")
+NO_CORRECTIONS = "No corrections yet: correct an answer in the chat (✎) and it is listed here."
 
 
 def _cell(value):
@@ -53,6 +60,22 @@ def frame(rows: list[dict], headers: dict | None = None) -> pd.DataFrame:
                          for r in rows]) if rows else pd.DataFrame()
 
 
+def version_rows(rows: list[dict]) -> list[dict]:
+    """versions_table rows with the gate's verdict in words and the columns in reading order."""
+    out = []
+    for r in rows:
+        r = {**r, "decision": {"passed": "passed the gate", "failed": "rejected by the gate"}.get(
+            r.get("gate"), "not judged")}
+        out.append({k: r[k] for k in VERSION_ORDER if k in r} | {
+            k: v for k, v in r.items() if k not in VERSION_ORDER and k != "gate"})
+    return out
+
+
+def shown(table: pd.DataFrame):
+    """A table update that hides an empty table: Gradio draws an empty one as headers "1 | 2 | 3"."""
+    return gr.update(value=table, visible=not table.empty)
+
+
 def version_of(choice) -> int | None:
     if choice in (None, "", BASE):
         return None
@@ -63,41 +86,56 @@ def _label(v: int, status: str) -> str:
     return f"v{v} ({status})"
 
 
-def view(runtime, plot_path=None):
-    """-> (versions table, metrics plot path|None, corrections table, promote choices,
-    rollback choices, compare choices, recent prompts, notice)"""
+def _picker(choices: list, nothing: str) -> tuple:
+    """(drop-down update, its column's visibility, the "nothing to do" line): no empty drop-downs."""
+    return (gr.update(choices=choices, value=None), gr.update(visible=bool(choices)),
+            gr.update(value="" if choices else nothing, visible=not choices))
+
+
+def view(runtime, plot_path=None) -> dict:
+    """The whole tab as named updates (ui.py maps the names to components): table, empty,
+    plot, corrections, no_corrections, promote (+ _box, _none), rollback (+ _box, _none),
+    compare (choices for both compare drop-downs), prompts, notice."""
     db = runtime.db
     rows = adapters.list_adapters(db)
+    active = adapters.active_version(db)
     # A version whose weights were deleted to save disk stays in the table but cannot serve.
     loadable = [r for r in rows if not weights_deleted(r["path"])]
     promote_choices = [(_label(r["version"], r["status"]), str(r["version"])) for r in loadable
                        if r["status"] != "active"]
     everything = [("base model (no adapter)", BASE)] + [
         (_label(r["version"], r["status"]), str(r["version"])) for r in loadable]
-    # Only a version that served before can be rolled back to (candidates are promoted instead).
-    rollback_choices = [("base model (no adapter)", BASE)] + [
+    # Only a version that served before can be rolled back to (candidates are promoted instead);
+    # the base model only while a version is active.
+    rollback_choices = ([("base model (no adapter)", BASE)] if active is not None else []) + [
         (_label(r["version"], r["status"]), str(r["version"])) for r in loadable if r["status"] == "retired"]
-    prompts = "\n".join(recent_prompts(db))
+    out = {"prompts": "\n".join(recent_prompts(db)), "compare": gr.update(choices=everything)}
+    for name, choices, nothing in (
+            ("promote", promote_choices, "Nothing to promote: no version is waiting, rejected or retired."),
+            ("rollback", rollback_choices, "Nothing to roll back to: " + (
+                "the base model is answering and no version served before." if active is None
+                else "no earlier version served."))):
+        out[name], out[name + "_box"], out[name + "_none"] = _picker(choices, nothing)
     versions = _versions()
+    table, corrections, notice = pd.DataFrame(), pd.DataFrame(), ""
     if versions is None:
-        return (pd.DataFrame(), None, pd.DataFrame(), gr.update(choices=promote_choices),
-                gr.update(choices=rollback_choices), gr.update(choices=everything), prompts, UNAVAILABLE)
-    notice = ""
-    try:
-        table = frame(versions.versions_table(db), VERSION_HEADERS)
-        corrections = frame(versions.correction_states(db), CORRECTION_HEADERS)
-    except Exception as e:  # noqa: BLE001 - show why, keep the rest of the tab usable
-        table, corrections, notice = pd.DataFrame(), pd.DataFrame(), f"⚠ Could not read versions: {e}"
+        notice = UNAVAILABLE
+    else:
+        try:
+            table = frame(version_rows(versions.versions_table(db)), VERSION_HEADERS)
+            corrections = frame(versions.correction_states(db), CORRECTION_HEADERS)
+        except Exception as e:  # noqa: BLE001 - show why, keep the rest of the tab usable
+            notice = f"⚠ Could not read versions: {e}"
     plot = None
-    if rows and plot_path is not None:
+    if rows and plot_path is not None and versions is not None:
         try:
             plot = str(versions.metrics_plot(db, plot_path))
         except Exception as e:  # noqa: BLE001
             notice = notice or f"⚠ Could not draw the metrics plot: {e}"
-    if not rows:
-        notice = notice or "No adapter versions yet: the base model alone is answering."
-    return (table, plot, corrections, gr.update(choices=promote_choices),
-            gr.update(choices=rollback_choices), gr.update(choices=everything), prompts, notice)
+    out.update(table=shown(table), empty=gr.update(visible=not rows and not notice),
+               plot=gr.update(value=plot, visible=plot is not None), corrections=shown(corrections),
+               no_corrections=gr.update(visible=corrections.empty), notice=notice)
+    return out
 
 
 def recent_prompts(db, n: int = 5) -> list[str]:
@@ -166,17 +204,17 @@ def compare(runtime, candidate, other, prompts_text):
     """Side by side on the given prompts (one per line). -> (table, notice)"""
     versions = _versions()
     if versions is None:
-        return pd.DataFrame(), UNAVAILABLE
+        return shown(pd.DataFrame()), UNAVAILABLE
     prompts = [p.strip() for p in str(prompts_text or "").splitlines() if p.strip()]
     if not prompts:
-        return pd.DataFrame(), "⚠ Give at least one prompt (one per line)."
+        return shown(pd.DataFrame()), "⚠ Give at least one prompt (one per line)."
     if candidate in (None, ""):
-        return pd.DataFrame(), "⚠ Choose a version to compare."
+        return shown(pd.DataFrame()), "⚠ Choose a version to compare."
     a = version_of(candidate)
     b = adapters.active_version(runtime.db) if other in (None, "") else version_of(other)
     try:
         rows = versions.compare(runtime, a, b, prompts[:10])
     except Exception as e:  # noqa: BLE001
-        return pd.DataFrame(), f"⚠ Could not compare: {e}"
+        return shown(pd.DataFrame()), f"⚠ Could not compare: {e}"
     name = lambda v: "base" if v is None else f"v{v}"  # noqa: E731
-    return frame(rows), f"{name(a)} vs {name(b)} on {len(prompts[:10])} prompt(s)."
+    return shown(frame(rows)), f"{name(a)} vs {name(b)} on {len(prompts[:10])} prompt(s)."

@@ -369,9 +369,16 @@ def test_versions_tab_promotes_after_confirming_and_rolls_back(rt, tiny_model_pa
                  feedback_ids=[fid] if v == 2 else [])
     adapters.record_decision(rt.db, "d1", 1, None, True, ["learned 1/1"], {})
     adapters.record_decision(rt.db, "d2", 2, 1, False, ["controls 5/7"], {})
-    table, plot, corrections, promote_c, rollback_c, compare_c, prompts, notice = ui_versions.view(rt)
+    parts = ui_versions.view(rt)
+    table = parts["table"]["value"]
     assert list(table["version"]) == [1, 2] and "controls 5/7" in " ".join(table["reasons"])
-    assert prompts == "What is the name of my dog?" and len(corrections) == 1
+    # the decision and its reasons are read first, not two screens to the right
+    assert list(table.columns[:4]) == ["version", "status", "decision", "reasons"]
+    assert list(table["decision"]) == ["passed the gate", "rejected by the gate"]
+    assert parts["prompts"] == "What is the name of my dog?" and len(parts["corrections"]["value"]) == 1
+    # the base model is active: it is not offered as a rollback target, and nothing else served
+    assert parts["rollback_box"]["visible"] is False and "Nothing to roll back" in parts["rollback_none"]["value"]
+    assert parts["promote_box"]["visible"] is True and parts["empty"]["visible"] is False
 
     notice, confirm = ui_versions.promote(rt, "1")
     assert adapters.active_version(rt.db) == 1 and confirm["visible"] is False
@@ -379,8 +386,9 @@ def test_versions_tab_promotes_after_confirming_and_rolls_back(rt, tiny_model_pa
     assert "controls 5/7" in notice and confirm["visible"] is True and adapters.active_version(rt.db) == 1
     notice, confirm = ui_versions.promote(rt, "2", confirmed=True)
     assert adapters.active_version(rt.db) == 2, notice
-    assert ("v1 (retired)", "1") in ui_versions.view(rt)[4]["choices"]
+    assert [c[1] for c in ui_versions.view(rt)["rollback"]["choices"]] == ["base", "1"]
     side_by_side, notice = ui_versions.compare(rt, "1", "", "Hello there\n\nWhere do I work?")
+    side_by_side = side_by_side["value"]
     assert notice.startswith("v1 vs v2") and list(side_by_side["prompt"]) == ["Hello there", "Where do I work?"]
     assert list(side_by_side.columns[1:3]) == ["v1", "v2"]
 
@@ -393,6 +401,20 @@ def test_versions_tab_promotes_after_confirming_and_rolls_back(rt, tiny_model_pa
     from learning.versions import prune_weights
 
     assert prune_weights(rt.db, keep=0) == [1, 2]
-    table, _, _, promote_c, rollback_c, compare_c, _, _ = ui_versions.view(rt)
-    assert list(table["weights"]) == ["deleted", "deleted"]
-    assert [c[1] for c in (*promote_c["choices"], *rollback_c["choices"], *compare_c["choices"])] == ["base", "base"]
+    parts = ui_versions.view(rt)
+    assert list(parts["table"]["value"]["weights"]) == ["deleted", "deleted"]
+    assert [c[1] for k in ("promote", "rollback", "compare") for c in parts[k]["choices"]] == ["base"]
+    assert parts["promote_box"]["visible"] is False and "Nothing to promote" in parts["promote_none"]["value"]
+
+
+def test_versions_tab_before_any_cycle_shows_words_not_empty_tables(rt):
+    pytest.importorskip("learning.versions")
+    parts = ui_versions.view(rt)
+    assert parts["empty"]["visible"] is True and parts["table"]["visible"] is False
+    assert parts["corrections"]["visible"] is False and parts["no_corrections"]["visible"] is True
+    assert parts["plot"]["visible"] is False
+    for action in ("promote", "rollback"):  # no empty drop-downs: a sentence instead
+        assert parts[action + "_box"]["visible"] is False and parts[action + "_none"]["visible"] is True
+    assert [c[1] for c in parts["rollback"]["choices"]] == []  # not "base model" while it is active
+    table, notice = ui_versions.compare(rt, "base", "", "")
+    assert table["visible"] is False and "prompt" in notice
