@@ -45,7 +45,7 @@ def _chat_tab(ui: gr.Blocks, chat: ChatTab) -> None:
     with gr.Row():
         with gr.Column(scale=1, min_width=230):
             new_btn = gr.Button("+ New chat", variant="secondary", elem_id="new-chat")
-            convs = gr.Radio(label="Conversations", choices=[], elem_id="conversations")
+            # The current chat's controls above the list: a long list must not push Delete out of sight.
             title = gr.Textbox(label="Title", placeholder="Rename this chat", elem_id="title")
             with gr.Row():
                 rename_btn = gr.Button("Rename", size="sm", elem_id="rename")
@@ -53,6 +53,9 @@ def _chat_tab(ui: gr.Blocks, chat: ChatTab) -> None:
             confirm_delete = gr.Button("Really delete this chat?", size="sm", variant="stop",
                                        visible=False, elem_id="confirm-delete")
             no_learn = gr.Checkbox(label="Don't learn from this conversation", elem_id="no-learn")
+            convs = gr.Radio(label="Conversations", choices=[], elem_id="conversations")
+            with gr.Accordion("From the API", open=False, visible=False, elem_id="api-calls") as api_box:
+                api_convs = gr.Radio(show_label=False, choices=[], elem_id="api-conversations")
         with gr.Column(scale=4):
             chatbot = gr.Chatbot(label="Chat", height=460, editable="all", elem_id="chatbot",
                                  feedback_options=FEEDBACK_OPTIONS, group_consecutive_messages=False,
@@ -124,6 +127,9 @@ def _chat_tab(ui: gr.Blocks, chat: ChatTab) -> None:
     save_chat.click(lambda s, t: chat.save_system_prompt(s, t, "chat"), [session, system],
                     [session, notice])
     ui.load(lambda: chat.conversation_list(None), None, convs)
+    ui.load(chat.api_conversations, None, [api_convs, api_box])
+    new_btn.click(chat.api_conversations, None, [api_convs, api_box])
+    api_convs.input(_with_votes(chat.resume, 0), [api_convs, session], view_out)
 
 
 def _with_votes(handler, at: int):

@@ -227,6 +227,18 @@ def test_conversations_resume_rename_delete(tab, rt):
     assert rt.db["feedback"].count == 0 and [c[1] for c in convs["choices"]] == [other["conversation_id"]]
 
 
+def test_api_calls_do_not_flood_the_conversation_list(tab, rt):
+    _, _, session, _ = send(tab, "Where do I work?")
+    calls = [rt.chat.reply("Say hi", source="api", max_new_tokens=2).conversation_id for _ in range(2)]
+    listed = [c[1] for c in tab.conversation_list(None)["choices"]]
+    assert listed == [session["conversation_id"]]  # the user's chats only
+    api, box = tab.api_conversations()
+    assert api["choices"] == [("Say hi ×2", calls[-1])] and box["visible"] is True and "2 calls" in box["label"]
+    # opened from the API list, it shows in the sidebar while it is open
+    history, _, _, convs, *_ = tab.resume(calls[-1])
+    assert calls[-1] in [c[1] for c in convs["choices"]] and convs["value"] == calls[-1]
+
+
 def test_sending_to_a_chat_deleted_in_another_tab_keeps_the_message(tab, rt):
     _, history, session, _ = send(tab, "Hello there")
     tab.delete(dict(session))  # the other tab
