@@ -10,7 +10,7 @@ import inspect
 
 import gradio as gr
 
-from assistant import ui_learning, ui_versions
+from assistant import ui_knows, ui_learning, ui_versions
 from assistant.ui_chat import SELECT_HINT, feedback_values, new_session
 from assistant.ui_conversations import ChatTab
 from store import open_db
@@ -37,6 +37,8 @@ def build_ui(runtime) -> gr.Blocks:
                 _learning_tab(ui, runtime)
             with gr.Tab("Versions", id="versions") as versions_tab:
                 _versions_tab(runtime, versions_tab)
+            with gr.Tab("What it knows about me", id="knows") as knows_tab:
+                _knows_tab(ui, runtime, knows_tab)
     return ui
 
 
@@ -249,3 +251,35 @@ def _versions_tab(runtime, tab) -> None:
                        notice).then(after, None, data_out)
     compare_btn.click(lambda a, b, p: ui_versions.compare(runtime, a, b, p), [compare_a, compare_b, v["prompts"]],
                       [compare_table, notice])
+
+
+def _knows_tab(ui: gr.Blocks, runtime, tab) -> None:
+    gr.Markdown("Everything the assistant learns from: your corrections and the answers you liked, "
+                "newest first, and what became of each.")
+    # The browser's time zone, read once on load: times are shown as the user's clock shows them.
+    tz = gr.Textbox(visible=False, elem_id="knows-tz")
+    search = gr.Textbox(show_label=False, placeholder="Search what it knows", elem_id="knows-search")
+    k = {"summary": gr.Markdown("", elem_id="knows-summary"),
+         "empty": gr.Markdown(ui_knows.EMPTY, elem_id="knows-empty"),
+         "table": gr.Dataframe(interactive=False, wrap=True, visible=False, elem_id="knows-table")}
+    with gr.Row():
+        k["pick"] = gr.Dropdown(label="Forget an item", choices=[], scale=3, elem_id="knows-pick")
+        forget_btn = gr.Button("Forget this item", variant="stop", scale=1, elem_id="knows-forget")
+        forget_conv_btn = gr.Button("Forget its whole conversation", variant="stop", scale=1,
+                                    elem_id="knows-forget-conversation")
+    notice = gr.Markdown("", elem_id="knows-notice")
+    with gr.Accordion("Details (ids)", open=False):
+        k["details"] = gr.Dataframe(interactive=False, wrap=True, visible=False, elem_id="knows-details")
+    names = list(k)
+
+    def refresh(query, zone):
+        parts = ui_knows.view(runtime, query, zone)
+        return [parts[n] for n in names]
+
+    out = [k[n] for n in names]
+    ui.load(None, None, tz, js="() => Intl.DateTimeFormat().resolvedOptions().timeZone")
+    tab.select(refresh, [search, tz], out)
+    search.change(refresh, [search, tz], out, show_progress="hidden")
+    forget_btn.click(lambda f: ui_knows.forget(runtime, f), k["pick"], notice).then(refresh, [search, tz], out)
+    forget_conv_btn.click(lambda f: ui_knows.forget_conversation(runtime, f), k["pick"], notice) \
+        .then(refresh, [search, tz], out)

@@ -430,3 +430,53 @@ def test_versions_tab_before_any_cycle_shows_words_not_empty_tables(rt):
     assert [c[1] for c in parts["rollback"]["choices"]] == []  # not "base model" while it is active
     table, notice = ui_versions.compare(rt, "base", "", "")
     assert table["visible"] is False and "prompt" in notice
+
+
+def test_what_it_knows_lists_states_searches_and_forgets(cfg, tiny_served, tiny_model_path, tmp_path):
+    pytest.importorskip("learning.versions")
+    import datetime as dt
+
+    from assistant import ui_knows
+    from assistant.memory import Memory
+
+    tiny_served.use(None)
+    rt = Runtime.create(cfg, model=tiny_served, memory=Memory(cfg, embedder=WordEmbedder()))
+    rt.superseder = None  # the tiny model's judgement would link unrelated corrections
+    tab = ChatTab(rt)
+    _, history, session, _ = send(tab, "What is the name of my dog?")
+    dog = rt.record_feedback(session["turn_ids"][-1], "correction", correction="Your dog is called Biscuit.")
+    _, history, session, _ = send(tab, "Where do I work?", session, history)
+    liked = rt.record_feedback(session["turn_ids"][-1], "up")
+    _, _, other, _ = send(tab, "What is the capital of Japan?")
+    tokyo = rt.record_feedback(other["turn_ids"][-1], "correction", correction="Tokyo.")
+    register(rt.db, 1, make_adapter(tiny_model_path, tmp_path / "v1", seed=1), feedback_ids=[dog])
+    adapters.activate(rt.db, 1)
+
+    parts = ui_knows.view(rt, "", "Europe/Oslo")
+    table = parts["table"]["value"]
+    assert list(table["it should answer"][:1]) == ["Tokyo."]  # newest first
+    assert list(table["state"]) == ["waiting for the next learning cycle"] * 2 + ["learned by v1, which is live"]
+    assert list(table["what"]) == ["your correction", "an answer you liked", "your correction"]
+    assert not any(fid in " ".join(map(str, table.to_numpy().ravel())) for fid in (dog, liked, tokyo))  # no ids
+    assert dog in list(parts["details"]["value"]["feedback id"])  # only in the details
+    assert "2 corrections and 1 liked answer" in parts["summary"]["value"]
+    assert list(ui_knows.view(rt, "biscuit")["table"]["value"]["you asked"]) == ["What is the name of my dog?"]
+    # readable local times
+    now = dt.datetime(2026, 3, 10, 12, 0, tzinfo=dt.timezone.utc)
+    assert ui_knows.local_time("2026-03-10T11:30:00+00:00", "Europe/Oslo", now) == "today 12:30"
+    assert ui_knows.local_time("2026-03-09T23:30:00+00:00", "Europe/Oslo", now) == "today 00:30"
+    assert ui_knows.local_time("2026-03-03T08:00:00+00:00", "Europe/Oslo", now) == "Tue 3 Mar 09:00"
+
+    # forgetting one item: recall drops it at once, and the page says which versions still hold it
+    assert [r["feedback_id"] for r in rt.memory.recall("What is the name of my dog?")][:1] == [dog]
+    notice = ui_knows.forget(rt, dog)
+    assert "Forgotten" in notice and "v1 (live)" in notice
+    assert dog not in [r["feedback_id"] for r in rt.memory.recall("What is the name of my dog?")]
+    assert dog not in [i["id"] for i in ui_knows.items(rt.db)]
+    # forgetting a whole conversation marks it don't-learn
+    notice = ui_knows.forget_conversation(rt, tokyo)
+    assert "don't-learn" in notice and "No version was trained with it" in notice
+    assert rt.memory.recall("What is the capital of Japan?") == []
+    state = {i["id"]: i["state"] for i in ui_knows.items(rt.db)}[tokyo]
+    assert state == "not learned: the conversation is marked don't-learn"
+    assert "Choose" in ui_knows.forget(rt, None)
