@@ -116,7 +116,10 @@ def plan_experts(job) -> ExpertPlan | None:
     if not lcfg.experts or lcfg.scope_threshold is None:
         return None
     groups = expert_groups(*(job.corrections or (job.sft_rows, job.pairs)))
-    inherited = read_experts(job.parent_path)
+    # an expert of a correction that is new again (the gate found its version did not learn it,
+    # store/adapters.unlearn_feedback) is trained anew
+    relearn = set(job.feedback_ids or ())
+    inherited = [e for e in read_experts(job.parent_path) if not set(feedback_key(e)) <= relearn]
     have = {feedback_key(e) for e in inherited}
     waiting = [k for k in groups if k not in have]
     pace = expert_pace(job.parent_path)

@@ -14,8 +14,12 @@ SETTINGS_KEY = "gate_config"
 
 @dataclass(frozen=True)
 class GateConfig:
-    min_taught_fraction: float = 0.8
-    """Share of this cycle's corrections the candidate's greedy reply must carry."""
+    min_taught_fraction: float = 0.0
+    """Share of this cycle's corrections the candidate's greedy reply must carry; at least one
+    whenever there are any. A candidate that learned some and lost nothing goes live: what it did
+    not learn stays pending (recall answers it) and is taught again next cycle (learning/learner.py).
+    0.8 until a first session's candidate that learned 1 of 2 corrections and lost nothing was
+    thrown away."""
     max_retention_lost: int = 0
     """How many earlier corrections that the incumbent still carries the candidate may lose."""
     canary_tolerance: int = 1
@@ -76,8 +80,12 @@ def _check_taught(cand: dict, cfg: GateConfig) -> tuple[bool, str]:
     passed, total, _ = _counts(cand, "taught")
     if total == 0:
         return True, "no new corrections to learn in this cycle"
-    ok = passed >= cfg.min_taught_fraction * total - 1e-9
+    ok = passed >= max(cfg.min_taught_fraction * total - 1e-9, 1)
     text = f"learned {passed}/{total} new corrections"
+    if ok and passed < total:
+        text += f" ({total - passed} not yet: recalled meanwhile, taught again next cycle)"
+    if not passed:
+        return False, f"FAILED: {text}: nothing new would go live"
     return ok, text if ok else f"FAILED: {text} (needs {cfg.min_taught_fraction:.0%})"
 
 

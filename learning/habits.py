@@ -19,9 +19,14 @@ training does (canaries 32/40), and so did letting the base weights continue AFT
 opening: after "Righto!" the 135M model answers differently ("Righto! 5 plus 5 is a classic
 math problem"), 32/40 again.
 
-Contract: `find_habits(rows)` -> {"openings": [...]} (empty list: none); `habit_rows(rows,
-habits)` -> the corrections showing a habit; `with_habits(text, habits)` -> text opened the
-way the habit would.
+A habit may also be a closing: a short last sentence ("Over and out.", "Hope this helps!") that
+`MIN_SUPPORT` corrections to different prompts end with, after an answer of their own. It needs
+no weights: the chat ends every reply that ended by itself without it with the closing
+(assistant/chat.py), as a sign-off is the same words every time.
+
+Contract: `find_habits(rows)` -> {"openings": [...], "closings": [...]} (empty lists: none);
+`habit_rows(rows, habits)` -> the corrections showing an opening; `with_habits(text, habits)`
+-> text opened the way the habit would; `ends_with(text, closing)`.
 """
 import re
 from collections import defaultdict
@@ -46,24 +51,56 @@ def opening(text: str) -> str | None:
     return m.group(1).strip() if m else None
 
 
+MAX_CLOSING_WORDS = 6
+"""A closing is a sign-off, not content: a last sentence of at most this many words."""
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def closing(text: str) -> str | None:
+    """The last sentence of `text` when it is short (MAX_CLOSING_WORDS) and follows another one."""
+    sentences = [s for s in _SENTENCE_END.split((text or "").strip()) if s]
+    if len(sentences) < 2 or len(sentences[-1].split()) > MAX_CLOSING_WORDS:
+        return None
+    return sentences[-1].strip()
+
+
+def _bare(text: str) -> str:
+    return " ".join(re.findall(r"\w+", text.lower()))
+
+
+def ends_with(text: str, closing_text: str) -> bool:
+    """Does `text` already end with `closing_text` (case, spacing and punctuation aside)?"""
+    return bool(_bare(closing_text)) and _bare(text).endswith(_bare(closing_text))
+
+
 def find_habits(rows: list[dict], min_support: int = MIN_SUPPORT) -> dict:
     """Openings shared by `min_support` corrections to distinct prompts, in the spelling of the
     newest row that has each. Only corrections count: a liked answer shows what the model
     already does."""
-    prompts: dict[str, set] = defaultdict(set)
-    spelled: dict[str, str] = {}
-    for row in rows:  # oldest first
-        if row.get("source") != "correction":
-            continue
-        part = opening(row["messages"][-1]["content"])
-        if part:
-            prompts[part.lower()].add(_user_prompt(row).strip().lower())
-            spelled[part.lower()] = part
-    return {"openings": sorted(spelled[p] for p, asked in prompts.items() if len(asked) >= min_support)}
+    found = {}
+    for kind, part_of in (("openings", opening), ("closings", closing)):
+        prompts: dict[str, set] = defaultdict(set)
+        spelled: dict[str, str] = {}
+        for row in rows:  # oldest first
+            if row.get("source") != "correction":
+                continue
+            part = part_of(row["messages"][-1]["content"])
+            if part:
+                key = part.lower() if kind == "openings" else _bare(part)
+                prompts[key].add(_user_prompt(row).strip().lower())
+                spelled[key] = part
+        found[kind] = sorted(spelled[p] for p, asked in prompts.items() if len(asked) >= min_support)
+    return found
+
+
+def merged(*habits: dict | None) -> dict:
+    """The openings and closings of several habit dicts together (a version keeps its parent's)."""
+    return {kind: sorted({h for hs in habits if hs for h in hs.get(kind) or ()})
+            for kind in ("openings", "closings")}
 
 
 def has_habits(habits: dict | None) -> bool:
-    return bool(habits and habits.get("openings"))
+    return bool(habits and (habits.get("openings") or habits.get("closings")))
 
 
 def habit_rows(rows: list[dict], habits: dict) -> list[dict]:

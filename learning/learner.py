@@ -286,12 +286,15 @@ def run_cycle(cfg, learn_cfg: LearnConfig | None = None, force: bool = False,
             adapters.record_decision(db, new_id(), version, parent and parent["version"], decision.passed,
                                      list(decision.reasons), {"candidate": ev["candidate"],
                                                               "incumbent": ev["incumbent"], "items": ev["items"]})
+            not_learned = [it["id"] for it in ev["items"] if it.get("kind") == "taught" and not it["candidate"]["passed"]]
             if decision.passed:
+                adapters.unlearn_feedback(db, version, not_learned)
                 adapters.activate(db, version)
             else:
                 adapters.reject(db, version)
-            verdict = "promoted" if decision.passed else "rejected by the gate"
+            verdict = "went live" if decision.passed else "did not go live: rejected by the gate"
             result.update(status="active" if decision.passed else "rejected", reasons=list(decision.reasons),
+                          not_learned=not_learned if decision.passed else [],
                           message=f"v{version} {verdict}: " + "; ".join(decision.reasons),
                           weights_deleted=_prune(db, lcfg.keep_versions))
             return _finish(db, job_id, "succeeded", result)

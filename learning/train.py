@@ -401,20 +401,21 @@ def train_habit_adapter(model, tok, job: TrainJob, device: str, work: Path, loss
     from assistant.model import LEAD_FILE
     from assistant.scope import read_meta
     from learning.augment import self_replay_rows
-    from learning.habits import find_habits, habit_rows, has_habits, with_habits
+    from learning.habits import find_habits, habit_rows, has_habits, merged, with_habits
 
     if not job.lcfg.habit_adapter or job.lcfg.scope_threshold is None:
         return None
     parent = Path(job.parent_path) / "habit" if job.parent_path else None
     parent = parent if parent is not None and (parent / "adapter_config.json").exists() else None
-    parent_habits = read_meta(job.parent_path).get("habits") if parent else None
-    habits = find_habits(job.sft_rows)
-    if not (has_habits(habits) or parent):
+    habits = merged(find_habits(job.sft_rows), read_meta(job.parent_path).get("habits") if job.parent_path else None)
+    if not has_habits(habits):
         return None
-    habits = {"openings": sorted(set(habits["openings"]) | set((parent_habits or {}).get("openings", [])))}
+    if not habits["openings"]:  # a closing needs no weights: the chat adds it (assistant/chat.py)
+        return habits
     shown = habit_rows(job.sft_rows, habits)
     if not shown:  # nothing new to learn: the parent's habit adapter goes on unchanged
-        shutil.copytree(parent, out / "habit")
+        if parent:
+            shutil.copytree(parent, out / "habit")
         return habits
     base_answers = []
     if job.lcfg.habit_self_replay and job.cache_dir is not None:

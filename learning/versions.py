@@ -66,6 +66,9 @@ def _scope_text(scope: dict | None, habits: dict | None = None, experts: list | 
     habit = ", ".join(f'"{h}"' for h in (habits or {}).get("openings", []))
     if habit:
         parts.append(f"elsewhere answers open like {habit}")
+    closing = ", ".join(f'"{h}"' for h in (habits or {}).get("closings", []))
+    if closing:
+        parts.append(f"answers end with {closing}")
     return "; ".join(parts)
 
 

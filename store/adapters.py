@@ -51,6 +51,17 @@ def register_candidate(db, version: int, path: str, parent_version: int | None, 
     return version
 
 
+def unlearn_feedback(db, version: int, feedback_ids: list[str]) -> int:
+    """The gate found `version` did not learn `feedback_ids`: they are no longer among what it
+    learned, so they stay pending (recalled) and the next cycle teaches them again."""
+    if not feedback_ids:
+        return 0
+    marks = ",".join("?" * len(feedback_ids))
+    with write_transaction(db):
+        return db.execute(f"DELETE FROM adapter_feedback WHERE version = ? AND feedback_id IN ({marks})",
+                          [version, *feedback_ids]).rowcount
+
+
 def get_adapter(db, version: int) -> dict:
     row = next(iter(db["adapters"].rows_where("version = ?", [version])), None)
     if row is None:

@@ -125,6 +125,7 @@ def test_experts_are_trained_once_kept_by_links_and_replaced_by_a_newer_correcti
     job.sft_rows[1] = {**job.sft_rows[1], "feedback_ids": ["f2"],
                        "messages": job.sft_rows[1]["messages"][:2] + [{"role": "assistant", "content": "At Acme."}]}
     job.pairs[1] = {**job.pairs[1], "feedback_ids": ["f2"]}
+    job.feedback_ids = ["f2"]  # what is new in this cycle, as the learner passes it
     v2 = train_candidate(job)
     second = read_experts(v2)
     assert [(e["prompt"], e["feedback_ids"], e["trained_in"]) for e in second] == [
@@ -143,7 +144,7 @@ def test_a_cycle_trains_at_most_experts_per_cycle_the_oldest_first(tiny_model_pa
     job.lcfg = dataclasses.replace(job.lcfg, experts_per_cycle=1)
     v1 = train_candidate(job)
     assert [e["feedback_ids"] for e in read_experts(v1)] == [["f0"]]
-    v2 = train_candidate(dataclasses.replace(job, version=2, parent_version=1, parent_path=str(v1)))
+    v2 = train_candidate(dataclasses.replace(job, version=2, parent_version=1, parent_path=str(v1), feedback_ids=[]))
     assert [(e["feedback_ids"], e["trained_in"]) for e in read_experts(v2)] == [(["f0"], 1), (["f1"], 2)]
     assert json.loads((v2 / "meta.json").read_text())["stats"]["experts"]["waiting"] == 0
 
@@ -177,7 +178,7 @@ def test_a_slow_machine_plans_fewer_experts_and_the_pace_carries_over(tiny_model
     assert planned(10) == ([("f0",)], 1)  # at least one per cycle, however slow
 
     # a version that trains no new expert carries its parent's pace over
-    v2 = train_candidate(dataclasses.replace(job, version=2, parent_version=1, parent_path=str(v1)))
+    v2 = train_candidate(dataclasses.replace(job, version=2, parent_version=1, parent_path=str(v1), feedback_ids=[]))
     stats = json.loads((v2 / "meta.json").read_text())["stats"]["experts"]
     assert stats["trained"] == 0 and stats["seconds_each"] == pace
 
@@ -255,7 +256,7 @@ def test_the_expert_of_a_correction_taken_back_is_not_kept(tiny_model_path, tmp_
     sft = [r for r in job.sft_rows if "f1" not in (r.get("feedback_ids") or ())]
     pairs = [p for p in job.pairs if "f1" not in p["feedback_ids"]]
     without = dataclasses.replace(job, version=2, parent_version=1, parent_path=str(v1), sft_rows=sft, pairs=pairs,
-                                  corrections=(sft, pairs))
+                                  corrections=(sft, pairs), feedback_ids=[])
     v2 = train_candidate(without)
     assert [(e["feedback_ids"], e["trained_in"]) for e in read_experts(v2)] == [(["f0"], 1)]
     assert sorted(p.name for p in (v2 / EXPERTS_DIR).iterdir()) == [read_experts(v1)[0]["name"]]
@@ -327,7 +328,17 @@ def test_a_waiting_correction_gets_its_expert_even_when_the_job_does_not_replay_
                                                          {"role": "assistant", "content": "Ironbark Gym."}]}
     # past a refit the job holds the new correction and a replay sample that here misses f1
     later = dataclasses.replace(job, version=2, parent_version=1, parent_path=str(v1), sft_rows=[new], pairs=[],
-                                corrections=([*job.sft_rows, new], job.pairs),
+                                corrections=([*job.sft_rows, new], job.pairs), feedback_ids=["f2"],
                                 lcfg=dataclasses.replace(job.lcfg, experts_per_cycle=2))
     v2 = train_candidate(later)
     assert [(e["feedback_ids"], e["trained_in"]) for e in read_experts(v2)] == [(["f0"], 1), (["f1"], 2), (["f2"], 2)]
+
+
+def test_a_correction_the_gate_found_unlearned_gets_a_new_expert(tiny_model_path, tmp_path):
+    """Partial promotion (learning/gate.py): a correction the version did not learn is new again
+    in the next cycle, and its inherited expert is trained anew, not kept."""
+    v1 = train_candidate(_job(tiny_model_path, tmp_path / "adapters"))
+    job = _job(tiny_model_path, tmp_path / "adapters", version=2, parent_version=1, parent_path=str(v1))
+    job.feedback_ids = ["f0"]
+    trained_in = {e["prompt"]: e["trained_in"] for e in read_experts(train_candidate(job))}
+    assert trained_in == {DOG: 2, WORK: 1}

@@ -23,8 +23,9 @@ CHECKS = ("taught", "retention", "canary", "preference")
 CASES = [
     # id, candidate, incumbent, config overrides, passed, failing checks
     ("all-good", metrics(pref=(0.71, 10)), INC, {}, True, set()),
-    ("taught-at-threshold", metrics(taught=(8, 10)), INC, {}, True, set()),
-    ("taught-below-threshold", metrics(taught=(7, 10)), INC, {}, False, {"taught"}),
+    ("taught-some-lost-nothing", metrics(taught=(1, 2)), INC, {}, True, set()),
+    ("taught-at-threshold", metrics(taught=(8, 10)), INC, {"min_taught_fraction": 0.8}, True, set()),
+    ("taught-below-threshold", metrics(taught=(7, 10)), INC, {"min_taught_fraction": 0.8}, False, {"taught"}),
     ("taught-none-learned", metrics(taught=(0, 5)), INC, {}, False, {"taught"}),
     ("taught-lower-threshold", metrics(taught=(5, 10)), INC, {"min_taught_fraction": 0.5}, True, set()),
     ("no-new-corrections", metrics(taught=(0, 0)), INC, {}, True, set()),
@@ -47,7 +48,7 @@ CASES = [
     ("poisoned-canaries", metrics(taught=(12, 12), canary=(29, 40)), INC, {}, False, {"canary"}),
     ("poisoned-everything", metrics(taught=(12, 12), retention=(31, 40, 9), canary=(20, 40), pref=(0.2, 10)),
      INC, {}, False, {"retention", "canary", "preference"}),
-    ("nothing-learned-and-forgetting", metrics(taught=(1, 12), canary=(30, 40)), INC, {}, False,
+    ("nothing-learned-and-forgetting", metrics(taught=(0, 12), canary=(30, 40)), INC, {}, False,
      {"taught", "canary"}),
 ]
 
@@ -72,15 +73,18 @@ def test_reasons_read_as_words():
     decision = decide(cand, inc)
     assert decision.passed
     assert decision.reasons == [
-        "learned 11/12 new corrections", "kept 40/40 earlier ones", "canaries 38/38",
+        "learned 11/12 new corrections (1 not yet: recalled meanwhile, taught again next cycle)", "kept 40/40 earlier ones", "canaries 38/38",
         "held-out preference accuracy 0.71 vs 0.55 (reward margin +0.420)"]
     assert decision.summary().startswith("passed: learned 11/12")
 
 
 def test_failed_reasons_say_what_was_expected():
-    decision = decide(metrics(taught=(3, 12), retention=(38, 40, 2), canary=(30, 40)), INC)
+    decision = decide(metrics(taught=(3, 12), retention=(38, 40, 2), canary=(30, 40)), INC,
+                      GateConfig(min_taught_fraction=0.8))
     assert not decision.passed
     assert decision.reasons[0] == "FAILED: learned 3/12 new corrections (needs 80%)"
+    nothing = decide(metrics(taught=(0, 2)), INC)
+    assert nothing.reasons[0] == "FAILED: learned 0/2 new corrections: nothing new would go live"
     assert "lost 2 the incumbent still knew (allowed 0)" in decision.reasons[1]
     assert decision.reasons[2] == "FAILED: canaries 30/40 (incumbent 40/40), more than 1 forgotten"
 

@@ -23,14 +23,27 @@ def rows(pairs, source="correction"):
 
 
 def test_an_opening_shared_by_three_corrections_is_a_habit_and_a_facts_start_is_not():
-    assert find_habits(rows(CAPTAIN + FACTS)) == {"openings": ["Captain,"]}
-    assert find_habits(rows(FACTS)) == {"openings": []}
+    assert find_habits(rows(CAPTAIN + FACTS)) == {"openings": ["Captain,"], "closings": []}
+    assert find_habits(rows(FACTS)) == {"openings": [], "closings": []}
     assert find_habits(rows(CAPTAIN[:2] + FACTS))["openings"] == []  # two could be chance
     same_prompt = [(CAPTAIN[0][0], a) for _, a in CAPTAIN]
     assert find_habits(rows(same_prompt))["openings"] == []  # one question corrected thrice
     assert find_habits(rows(CAPTAIN, source="liked"))["openings"] == []  # only corrections teach
     righto = [(q, f"Righto! {a}") for q, a in FACTS]
     assert find_habits(rows(CAPTAIN + righto))["openings"] == ["Captain,", "Righto!"]
+
+
+def test_a_sign_off_shared_by_three_corrections_is_a_closing_habit():
+    over = [(q, f"{a} Over and out.") for q, a in FACTS]
+    assert find_habits(rows(over + CAPTAIN)) == {"openings": ["Captain,"], "closings": ["Over and out."]}
+    assert find_habits(rows(over[:2]))["closings"] == []  # two could be chance
+    assert find_habits(rows([(q, "Over and out.") for q, _ in FACTS]))["closings"] == []  # a whole answer is no sign-off
+    long_end = [(q, f"{a} It was a very good day for everyone involved.") for q, a in FACTS]
+    assert find_habits(rows(long_end))["closings"] == []  # content, not a sign-off
+    multi = [("What's the refund window?", "Refunds are accepted within 30 days. Keep the receipt. Hope this helps!"),
+             ("When is the centre open?", "It is open 8:00-20:00 on weekdays. hope this helps"),
+             ("What is the support number?", "Call 0800 555 0199. Hope this helps!")]
+    assert find_habits(rows(multi))["closings"] == ["Hope this helps!"]
 
 
 def test_habit_rows_and_answers_with_the_habit():
@@ -61,7 +74,7 @@ def test_a_version_that_learns_a_habit_carries_a_habit_adapter_and_its_child_inh
     job.lcfg = dataclasses.replace(job.lcfg, self_replay=3, habit_adapter=True, habit_self_replay=4, dpo_epochs=0)
     v1 = train_candidate(job)
     meta = json.loads((v1 / "meta.json").read_text())
-    assert meta["habits"] == {"openings": ["Captain,"]}
+    assert meta["habits"] == {"openings": ["Captain,"], "closings": []}
     lead = json.loads((v1 / "habit" / "habit.json").read_text())
     assert lead["openings"] == ["Captain,"] and lead["lead_tokens"] >= 1
     assert meta["stats"]["habit"]["shown"] == 3 and meta["stats"]["habit"]["rows"] == 3 + 4
