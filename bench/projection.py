@@ -29,6 +29,7 @@ import argparse
 import json
 import random
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -419,7 +420,14 @@ def main(argv=None) -> int:
     lcfg = LearnConfig()
     res = {"embedder": embedder_name(), "rerank": args.rerank, "subset": args.subset, "general": len(general),
            "seed": SEED, "sizes": []}
-    for n in sizes:
+    season_file = latest_season(args.season)
+    res["season_file"] = str(season_file.relative_to(ROOT)) if season_file and season_file.is_relative_to(ROOT) \
+        else (str(season_file) if season_file else None)
+    res["cost"] = project(json.loads(season_file.read_text()), sizes) if season_file and season_file.exists() \
+        else {"note": "no season results yet: run bench/season.py first"}
+    cmd = "python bench/projection.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for n in sizes:  # saved after each size: the larger one takes long on 2 cores
         t0 = time.perf_counter()
         m = measure(everything[:n], subset, general, embedder, reranker, lcfg)
         m["wall_s"] = round(time.perf_counter() - t0, 1)
@@ -428,15 +436,8 @@ def main(argv=None) -> int:
               f"general recalling {m['general_recalling']}/{m['general']}; route own {m['route_own']}/{m['paraphrases']}, "
               f"other {m['route_other']}, general to an expert {m['general_to_an_expert']}; recall ms p50 "
               f"{m['recall_ms_p50']} p95 {m['recall_ms_p95']} ({m['wall_s']} s)", flush=True)
-    season_file = latest_season(args.season)
-    res["season_file"] = str(season_file.relative_to(ROOT)) if season_file and season_file.is_relative_to(ROOT) \
-        else (str(season_file) if season_file else None)
-    res["cost"] = project(json.loads(season_file.read_text()), sizes) if season_file and season_file.exists() \
-        else {"note": "no season results yet: run bench/season.py first"}
-    cmd = "python bench/projection.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.out}.json").write_text(json.dumps(res, indent=1))
-    (RESULTS / f"{args.out}.md").write_text(markdown(res, cmd))
+        (RESULTS / f"{args.out}.json").write_text(json.dumps(res, indent=1))
+        (RESULTS / f"{args.out}.md").write_text(markdown(res, cmd))
     print(f"wrote {RESULTS / args.out}.md")
     return 0
 
