@@ -22,6 +22,11 @@ Every error has OpenAI's shape `{"error": {"message", "type", "code", "param"}}`
 wrong methods under /v1 included: malformed JSON, invalid fields and out-of-range settings are 400s
 that say what is wrong (text with a NUL or a lone surrogate too), an unknown `model` is a 404
 model_not_found, a full disk a 507 naming it. No error closes a keep-alive connection.
+
+No reply is lost: the turn is saved (as "interrupted") before its id leaves in X-Assistant-Turn-Id,
+and completed when the reply ends. If saving the finished reply fails (a full disk), a
+non-streaming request gets the 507 with the reply under "completion" (not a 200: the turn is not
+saved, so its id takes no feedback); a stream gets its last chunk, an error event and [DONE].
 /v1/docs and /v1/openapi.json need the key like the rest. Generation is blocking, so it runs in
 the thread pool; the model's own lock queues concurrent requests.
 """
@@ -29,6 +34,7 @@ import json
 import logging
 import secrets
 import time
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -43,7 +49,15 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from assistant.errors import AdapterLoadError, AdapterWeightsDeleted, EmptyMessage, is_disk_full
+from assistant.errors import (
+    AdapterLoadError,
+    AdapterWeightsDeleted,
+    EmptyMessage,
+    TurnNotSaved,
+    UnstorableText,
+    is_disk_full,
+    storable_problem,
+)
 from assistant.model import validate_adapter_dir, weights_deleted
 from store import adapters
 from store.conversations import NotFound
@@ -72,16 +86,11 @@ class ApiError(Exception):
 
 # ---- request bodies ----------------------------------------------------------------------------
 def _storable(value: str) -> str:
-    """Text the store can keep and every tool can read back: a NUL ends C strings (and is never
-    meant in chat), and a lone surrogate such as the JSON escape "\\ud800" has no UTF-8 form, so
-    SQLite cannot store it. Both are refused with the reason rather than stored or failing later."""
-    if "\x00" in value:
-        raise ValueError("the text contains a NUL character (\\u0000), which is not accepted: remove it")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise ValueError(f"the text contains a lone UTF-16 surrogate ({value[e.start]!r} at character "
-                         f"{e.start}), which is not valid Unicode: send the whole character") from None
+    """Text the store can keep and every tool can read back (errors.storable_problem: no NUL, no
+    lone surrogate), refused with the reason rather than stored or failing later."""
+    problem = storable_problem(value)
+    if problem:
+        raise ValueError(problem)
     return value
 
 
@@ -208,6 +217,16 @@ def _http_error(exc: StarletteHTTPException) -> ApiError:
     return ApiError(exc.status_code, str(exc.detail), f"http_{exc.status_code}", type_)
 
 
+def _not_saved_error(e: TurnNotSaved, home: Path | None) -> ApiError:
+    """The reply was generated, saving it failed: 507 for a full disk, else 503."""
+    if is_disk_full(e):
+        where = f"the disk holding {home}" if home else "the disk"
+        return ApiError(507, f"Insufficient storage: the reply was generated but could not be saved, because "
+                        f"{where} is full (database or disk is full); the reply is in 'completion'. Free some "
+                        "space there; the server keeps running.", "disk_full", "server_error")
+    return ApiError(503, f"{e} (the reply is in 'completion'); try again.", "turn_not_saved", "server_error")
+
+
 def disk_full_error(home: Path | None) -> ApiError:
     where = f"the disk holding {home}" if home else "the disk"
     return ApiError(507, f"Insufficient storage: {where} is full (database or disk is full), so nothing "
@@ -293,8 +312,13 @@ def build_router(runtime) -> APIRouter:
             turn = await run_in_threadpool(chat.start_turn, **turn_args)
         except EmptyMessage as e:
             raise ApiError(400, str(e), "empty_message", param="messages") from e
+        except UnstorableText as e:
+            raise ApiError(400, str(e), "invalid_text", param="messages") from e
         except NotFound as e:
             raise _not_found(e, "conversation_not_found") from e
+        # The turn is on disk (as "interrupted") before its id leaves in a header: a server killed
+        # mid-reply still has it. A full disk here is a 507, and nothing was generated yet.
+        await run_in_threadpool(partial(chat.open_turn, turn, source="api", **gen_args))
         headers = {"X-Assistant-Turn-Id": turn.turn_id, "X-Assistant-Conversation-Id": turn.conversation_id}
         if turn.truncated:
             headers["X-Assistant-Truncated"] = "1"
@@ -303,7 +327,15 @@ def build_router(runtime) -> APIRouter:
             include_usage = bool((body.stream_options or {}).get("include_usage"))
             return StreamingResponse(_sse(turn, pieces, include_usage, cfg.home), media_type="text/event-stream",
                                      headers={**headers, "Cache-Control": "no-cache"})
-        await run_in_threadpool(_drain, pieces)
+        try:
+            await run_in_threadpool(_drain, pieces)
+        except TurnNotSaved as e:
+            # The reply exists but is not saved: a 200 would tell the client it was (and its id
+            # could take feedback); losing the text would waste the generation. So the error
+            # status, naming the disk, with the reply under "completion".
+            error = _not_saved_error(e, cfg.home)
+            return JSONResponse(status_code=error.status, content={**error.body(), "completion": _completion(turn)},
+                                headers=headers)
         return JSONResponse(_completion(turn), headers=headers)
 
     @router.post("/feedback")
@@ -456,6 +488,9 @@ async def _sse(turn, pieces, include_usage: bool, home: Path | None = None):
         try:
             async for piece in iterate_in_threadpool(pieces):
                 yield _chunk(turn, created, {"content": piece})
+        except TurnNotSaved as e:  # generation finished; saving it did not
+            yield _chunk(turn, created, {}, turn.generation.finish_reason)
+            yield _event(_not_saved_error(e, home).body())
         except Exception as e:  # noqa: BLE001 - headers are sent: report in-band, keep the server up
             log.exception("generation failed for turn %s", turn.turn_id)
             if is_disk_full(e):
@@ -464,12 +499,11 @@ async def _sse(turn, pieces, include_usage: bool, home: Path | None = None):
                 message = str(e) if isinstance(e, AdapterLoadError) else f"generation failed: {e}"
                 error = ApiError(500, message, "generation_failed", "server_error")
             yield _event(error.body())
-            yield "data: [DONE]\n\n"  # the stream still ends as every stream does
-            return
-        yield _chunk(turn, created, {}, turn.generation.finish_reason)
-        if include_usage:
-            yield _chunk(turn, created, None, usage=_usage(turn))
-        yield "data: [DONE]\n\n"
+        else:
+            yield _chunk(turn, created, {}, turn.generation.finish_reason)
+            if include_usage:
+                yield _chunk(turn, created, None, usage=_usage(turn))
+        yield "data: [DONE]\n\n"  # the stream ends as every stream does, whatever happened
     finally:
         with anyio.CancelScope(shield=True):  # the client may have gone: still stop and log
             await run_in_threadpool(pieces.close)

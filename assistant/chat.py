@@ -6,11 +6,12 @@ UI, API and CLI all go through `ChatService.reply`, so every turn is logged the 
 import logging
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Iterator, Protocol
 
 from assistant.config import DEFAULT_SYSTEM_PROMPT, Config
-from assistant.errors import AdapterLoadError, EmptyMessage
+from assistant.errors import AdapterLoadError, EmptyMessage, TurnNotSaved, UnstorableText, storable_problem
 from assistant.memory import reply_lead
 from assistant.model import Generation, ServedModel, key_version
 from assistant.scope import EXPERT_KEY
@@ -21,6 +22,9 @@ from store.settings import get_setting
 log = logging.getLogger(__name__)
 
 TRUNCATION_NOTICE = "[Your message was too long and was cut to fit the model's context window.]"
+PROGRESS_SAVE_S = 1.0
+"""How often a streaming reply is saved into its turn's placeholder: a server killed mid-reply
+keeps what it had said up to a second before (store/conversations.py open_turn)."""
 
 
 class Recaller(Protocol):
@@ -49,6 +53,11 @@ class Turn:
     continues from there."""
     generation: Generation = field(default_factory=Generation)
     logged: bool = False
+    new_conversation: dict | None = None
+    """Set when the turn starts a conversation: it is created with the turn's placeholder
+    (`ChatService.open_turn`), so an error before that leaves no empty conversation behind."""
+    opened: bool = False
+    saved_at: float = 0.0
 
     @property
     def notice(self) -> str | None:
@@ -79,11 +88,14 @@ class ChatService:
         return get_setting(self.db, "system_prompt", DEFAULT_SYSTEM_PROMPT)
 
     def history_messages(self, conversation_id: str, before_turn: str | None = None) -> list[dict]:
-        """The visible history as chat messages (retried-away turns hidden)."""
+        """The visible history as chat messages (retried-away turns hidden, and turns that never
+        said anything: a turn streaming meanwhile, or one a crash interrupted before its reply)."""
         msgs = []
         for t in conversations.visible_history(self.db, conversation_id):
             if before_turn and t["id"] >= before_turn:
                 break
+            if not t["reply"] and t["finish_reason"] in conversations.UNFINISHED:
+                continue
             msgs += [{"role": "user", "content": t["user_message"]},
                      {"role": "assistant", "content": t["reply"]}]
         return msgs
@@ -204,17 +216,22 @@ class ChatService:
                    history: list[dict] | None = None, system_prompt: str | None = None,
                    max_new_tokens: int | None = None, recall: bool | None = None,
                    retry_of: str | None = None) -> Turn:
-        """Validate and prepare a turn. `history` (API clients send their own) overrides the
-        stored history of `conversation_id`. Raises EmptyMessage for a blank message."""
+        """Validate and prepare a turn; nothing is written until `open_turn`. `history` (API
+        clients send their own) overrides the stored history of `conversation_id`. Raises
+        EmptyMessage for a blank message, UnstorableText for a NUL or a lone surrogate."""
         if user_message is None or not str(user_message).strip():
             raise EmptyMessage()
+        check_text(user_message)
+        check_text(system_prompt or "", "system prompt")
         max_new_tokens = max_new_tokens or self.cfg.default_max_new_tokens
-        if conversation_id is None:
-            conversation_id = conversations.create_conversation(
-                self.db, title=_title_from(user_message))
-        conversation = conversations.get_conversation(self.db, conversation_id)
+        new_conversation = None
+        if conversation_id is None:  # created lazily, with the turn (open_turn)
+            conversation_id, new_conversation = new_id(), {"title": _title_from(user_message)}
+            conversation = None
+        else:
+            conversation = conversations.get_conversation(self.db, conversation_id)
         if history is None:
-            history = self.history_messages(conversation_id, before_turn=retry_of)
+            history = self.history_messages(conversation_id, before_turn=retry_of) if conversation else []
         system = system_prompt or self.system_prompt(conversation)
         use_recall = self.cfg.recall if recall is None else recall
         recalled = self.memory.recall(user_message) if (use_recall and self.memory) else []
@@ -223,41 +240,92 @@ class ChatService:
         messages, sent, truncated = self.fit_to_context(system, history, user_message, max_new_tokens)
         return Turn(turn_id=new_id(), conversation_id=conversation_id, messages=messages,
                     user_message=sent, truncated=truncated, recalled=recalled,
+                    new_conversation=new_conversation,
                     avoid_first=self.model.first_token(sent) if recalled else None,
                     # a retry says the answer was not wanted: the model answers freely then
                     lead=reply_lead(recalled) if self.cfg.recall_lead and retry_of is None else None)
 
+    def open_turn(self, turn: Turn, *, source: str, max_new_tokens: int | None = None,
+                  temperature: float | None = None, retry_of: str | None = None) -> None:
+        """Save the turn's placeholder (finish_reason "interrupted", no reply yet), creating its
+        conversation if it starts one. Call it before the turn's id reaches a client (the API
+        does, before its headers); `pieces` calls it otherwise. Once per turn."""
+        if turn.opened:
+            return
+        conversations.open_turn(
+            self.db, turn.conversation_id, turn_id=turn.turn_id, user_message=turn.user_message,
+            messages=turn.messages, source=source, model=self.model.name, truncated=turn.truncated,
+            retry_of=retry_of, recalled=[r["feedback_id"] for r in turn.recalled],
+            params=self._params(max_new_tokens, temperature), new_conversation=turn.new_conversation)
+        turn.opened, turn.saved_at = True, time.monotonic()
+
+    def _params(self, max_new_tokens: int | None, temperature: float | None) -> dict:
+        return {"max_new_tokens": max_new_tokens or self.cfg.default_max_new_tokens,
+                "temperature": self.cfg.default_temperature if temperature is None else temperature}
+
+    def _save(self, turn: Turn, finish_reason: str) -> None:
+        g = turn.generation
+        conversations.finish_turn(
+            self.db, turn.turn_id, reply=g.text, adapter_version=g.adapter_version,
+            prompt_tokens=g.prompt_tokens, completion_tokens=g.completion_tokens or len(g.pieces),
+            ttft_ms=g.ttft_ms, duration_ms=g.duration_ms, finish_reason=finish_reason)
+        turn.saved_at = time.monotonic()
+
+    def _save_progress(self, turn: Turn) -> None:
+        """What was said so far, at most every PROGRESS_SAVE_S; a failure (a full disk) only
+        warns: the stream goes on and the final save reports it."""
+        if time.monotonic() - turn.saved_at < PROGRESS_SAVE_S:
+            return
+        try:
+            self._save(turn, conversations.INTERRUPTED)
+        except Exception as e:  # noqa: BLE001 - see above
+            log.warning("could not save the progress of turn %s: %s", turn.turn_id, e)
+            turn.saved_at = time.monotonic()
+
     def pieces(self, turn: Turn, *, source: str, max_new_tokens: int | None = None,
                temperature: float | None = None, retry_of: str | None = None) -> Iterator[str]:
-        """Stream the reply and log the turn when the stream ends (also if the client leaves)."""
+        """Stream the reply into the turn's saved placeholder (`open_turn`) and complete it when
+        the stream ends: finished, "abandoned" if the client left, "interrupted" if generation
+        failed, each with what was generated. Raises TurnNotSaved after the last piece if the
+        finished turn could not be saved (the reply is in `turn.generation`)."""
+        self.open_turn(turn, source=source, max_new_tokens=max_new_tokens, temperature=temperature,
+                       retry_of=retry_of)
         max_new_tokens = max_new_tokens or self.cfg.default_max_new_tokens
         temperature = self.cfg.default_temperature if temperature is None else temperature
         version, path = self.route(*self.serving_adapter(), turn.user_message)
         if self.cfg.pending_note_wins and turn.recalled and not turn.recalled[0].get("learned", True):
             version, path = None, None  # the note is newer than anything the weights learned
+        failed = False
+        stream = self.model.stream(turn.messages, max_new_tokens=max_new_tokens,
+                                   temperature=temperature, version=version,
+                                   adapter_path=path, result=turn.generation,
+                                   avoid_first=turn.avoid_first, lead=turn.lead)
         try:
-            yield from self.model.stream(turn.messages, max_new_tokens=max_new_tokens,
-                                         temperature=temperature, version=version,
-                                         adapter_path=path, result=turn.generation,
-                                         avoid_first=turn.avoid_first, lead=turn.lead)
+            try:
+                for piece in stream:
+                    yield piece
+                    self._save_progress(turn)
+            finally:
+                stream.close()  # stops generation and fills in its counts before the save below
         except GeneratorExit:
             turn.generation.finish_reason = "abandoned"
             raise
+        except BaseException:
+            failed = True
+            raise
         finally:
             g = turn.generation
-            if g.text or g.finish_reason != "abandoned":
-                conversations.log_turn(
-                    self.db, turn.conversation_id, turn_id=turn.turn_id,
-                    user_message=turn.user_message, messages=turn.messages, reply=g.text,
-                    source=source, model=self.model.name, adapter_version=g.adapter_version,
-                    prompt_tokens=g.prompt_tokens, completion_tokens=g.completion_tokens,
-                    ttft_ms=g.ttft_ms, duration_ms=g.duration_ms, truncated=turn.truncated,
-                    retry_of=retry_of, recalled=[r["feedback_id"] for r in turn.recalled],
-                    params={"max_new_tokens": max_new_tokens, "temperature": temperature},
-                    finish_reason=g.finish_reason)
+            reason = conversations.INTERRUPTED if failed else g.finish_reason
+            try:
+                self._save(turn, reason)
                 turn.logged = True
-                if retry_of:  # the earlier answer stays, linked as a weaker negative
+                if retry_of and (g.text or reason != "abandoned"):
+                    # the earlier answer stays, linked as a weaker negative
                     feedback.add_feedback(self.db, retry_of, "retry", retry_turn_id=turn.turn_id)
+            except Exception as e:  # noqa: BLE001 - reported below, or logged when nobody listens
+                log.error("could not save turn %s (%s): %s", turn.turn_id, reason, e)
+                if not failed and reason != "abandoned":
+                    raise TurnNotSaved(turn, e) from e
 
     def start_retry(self, turn_id: str, **kw) -> Turn:
         """Regenerate the answer of `turn_id` in its conversation (same message, same history).
@@ -274,6 +342,14 @@ class ChatService:
                              retry_of=kw.get("retry_of"), **gen_kw):
             pass
         return turn
+
+
+def check_text(text: str, what: str = "message") -> None:
+    """Raise UnstorableText for text with a NUL or a lone surrogate (errors.storable_problem): the
+    API refuses them in its body, this is every other way in (the web page, the terminal)."""
+    problem = storable_problem(str(text))
+    if problem:
+        raise UnstorableText(f"The {what} cannot be sent: {problem}.")
 
 
 def _title_from(message: str, limit: int = 48) -> str:

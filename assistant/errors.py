@@ -10,6 +10,33 @@ class EmptyMessage(AssistantError):
         super().__init__("The message is empty: type something to send.")
 
 
+class UnstorableText(AssistantError):
+    """Text with a NUL or a lone UTF-16 surrogate: refused with the reason (see `storable_problem`)."""
+
+
+class TurnNotSaved(AssistantError):
+    """The reply was generated (it is in the turn) but saving it failed; `__cause__` says why
+    (a full disk: `is_disk_full`). Raised by ChatService.pieces after the last piece."""
+
+    def __init__(self, turn, cause: BaseException):
+        super().__init__(f"The reply was generated but could not be saved: {cause}")
+        self.turn = turn
+
+
+def storable_problem(text: str) -> str | None:
+    """Why `text` cannot be stored, or None. A NUL ends C strings (and is never meant in chat), and
+    a lone surrogate such as the JSON escape "\\ud800" has no UTF-8 form, so SQLite cannot store it:
+    both are refused with the reason rather than stored or failing later."""
+    if "\x00" in text:
+        return "the text contains a NUL character (\\u0000), which is not accepted: remove it"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return (f"the text contains a lone UTF-16 surrogate ({text[e.start]!r} at character {e.start}), "
+                "which is not valid Unicode: send the whole character")
+    return None
+
+
 class AdapterLoadError(AssistantError):
     """An adapter directory that is missing, corrupt or incompatible with the base model."""
 

@@ -16,7 +16,8 @@ import logging
 
 import gradio as gr
 
-from assistant.errors import AssistantError
+from assistant.chat import check_text
+from assistant.errors import AssistantError, TurnNotSaved, is_disk_full
 from store import conversations, feedback
 
 log = logging.getLogger(__name__)
@@ -112,9 +113,10 @@ class ChatHandlers:
             yield (message, history, session, warn("The message is empty: type something to send."),
                    gr.skip(), gr.skip(), gr.skip())
             return
-        if session["conversation_id"] is None:
-            session["conversation_id"] = self._create_conversation(message, session["pending"])
         try:
+            check_text(message)  # before the conversation is created: its title is the message
+            if session["conversation_id"] is None:
+                session["conversation_id"] = self._create_conversation(message, session["pending"])
             turn = self.rt.chat.start_turn(message, conversation_id=session["conversation_id"],
                                            max_new_tokens=int(max_new_tokens), recall=bool(recall))
         except conversations.NotFound:  # deleted from another browser tab: keep the typed message
@@ -123,6 +125,7 @@ class ChatHandlers:
                    self.conversation_list(None), gr.skip(), gr.skip())
             return
         except AssistantError as e:
+            self._forget_if_empty(session)
             yield message, history, session, warn(str(e)), gr.skip(), gr.skip(), gr.skip()
             return
         yield from self._stream(turn, message, history, session, len(history), len(history),
@@ -167,7 +170,14 @@ class ChatHandlers:
                 yield textbox, list(history), session, status, gr.skip(), gr.skip(), gr.skip()
         except Exception as e:  # noqa: BLE001 - the user sees why; the turn is logged if it began
             log.exception("generation failed")
-            yield textbox, history, session, warn(f"Generation failed: {e}"), gr.skip(), gr.skip(), gr.skip()
+            self._forget_if_empty(session)
+            if is_disk_full(e):
+                why = (f"The disk holding {self.rt.cfg.home} is full: "
+                       + ("this reply was not saved." if isinstance(e, TurnNotSaved) else "nothing was saved.")
+                       + " Free some space there, then send again.")
+            else:
+                why = str(e) if isinstance(e, TurnNotSaved) else f"Generation failed: {e}"
+            yield textbox, history, session, warn(why), gr.skip(), gr.skip(), gr.skip()
             return
         reply = turn.generation.text
         history[reply_at] = {"role": "assistant", "content": reply}
@@ -188,6 +198,15 @@ class ChatHandlers:
         feedback.withdraw_retry(self.db, old_id, new_id)
         return ("↻ The model gave the same answer again, so nothing was recorded as worse. "
                 "Correct it (✎) to say what it should have said.")
+
+    def _forget_if_empty(self, session: dict) -> None:
+        """A chat whose first turn failed before it was saved is deleted, not listed empty; the
+        next message starts it again."""
+        try:
+            if conversations.drop_if_empty(self.db, session["conversation_id"]):
+                session["conversation_id"] = None
+        except Exception as e:  # noqa: BLE001 - a full disk can refuse even this; the warning stands
+            log.warning("could not drop an empty conversation: %s", e)
 
     def _create_conversation(self, message: str, pending: dict) -> str:
         title = " ".join(str(message).split())
