@@ -290,7 +290,7 @@ def measure(corrections: list[dict], subset: list[dict], general: list[str], emb
 
 # ---- cost projection ------------------------------------------------------------------------------
 PER_NEW = ("sft_s", "dpo_s", "habit_s", "experts_s", "teach_s")
-PER_STORED = ("data_s", "extra_rows_s", "evaluate_gate_s", "evaluate_gate_startup_s", "swap_s")
+PER_STORED = ("data_s", "extra_rows_s", "evaluate_gate_s", "evaluate_gate_startup_s")
 
 
 def fit(points: list[tuple[float, float, float]], key: str) -> tuple[float, float, float, str]:
@@ -318,13 +318,18 @@ def project(season: dict, sizes: list[int]) -> dict:
                          if k.endswith("_s") and isinstance(v, int | float)})
     series = {k: [(r["new_corrections"], r["corrections"], r["stages"][k]) for r in rows
                   if isinstance((r.get("stages") or {}).get(k), int | float)] for k in stage_keys}
-    for k in ("teach_s", "swap_s", "cycle_s"):
+    for k in ("teach_s", "swap_s"):
         series[k] = [(r["new_corrections"], r["corrections"], r[k]) for r in rows if r.get(k) is not None]
     out = {"cycles_measured": len(rows), "new_per_cycle": sample, "stages": {}}
     for k, pts in series.items():
         a, b, c, how = fit(pts, k)
         out["stages"][k] = {"a": round(a, 3), "b_per_new": round(b, 3), "c_per_stored": round(c, 5), "how": how,
                             "projected_s": {str(N): round(a + b * sample + c * N, 1) for N in sizes}}
+    out["stages"]["cycle (sum)"] = {"a": None, "b_per_new": None, "c_per_stored": None, "how": "sum of the above",
+                                    "projected_s": {str(N): round(sum(v["projected_s"][str(N)] for v in out["stages"].values()), 1)
+                                                    for N in sizes}}
+    measured = [r["cycle_s"] for r in rows if r.get("cycle_s")]
+    out["measured_cycle_s"] = {"first": measured[0] if measured else None, "last": measured[-1] if measured else None}
     for key, get in (("adapters_mb", lambda r: r["disk_mb"]["adapters"]), ("database_mb", lambda r: r["disk_mb"]["database"]),
                      ("server_rss_mb", lambda r: r["rss_mb"]["rss"])):
         pts = [(r["corrections"], get(r)) for r in season["rows"] if get(r) is not None]
@@ -336,11 +341,11 @@ def project(season: dict, sizes: list[int]) -> dict:
             a, b = (pts[0][1] if pts else 0.0), 0.0
         out[key] = {"a": round(float(a), 2), "b_per_correction": round(float(b), 3),
                     "projected": {str(N): round(float(a + b * N), 1) for N in sizes}}
-    out["formula"] = ("t_stage(N, n) = a + b*n + c*N seconds (N: corrections stored, n: new in the cycle = "
+    out["formula"] = ("t_stage(N, n) = a + b*n + c*N seconds (N: corrections given by the end of the cycle, n: new in it = "
                       f"{sample:g}); a, b, c >= 0 by least squares over the measured cycles when there are 3 or "
                       "more, else the one measured rate: training stages (sft, dpo, habit, experts, teach) per new "
-                      "correction, data, extra rows, evaluation+gate and swap per stored correction, the rest "
-                      "constant. Disk and memory: a + b*N, a line through the measured cycles (cycle 0 included).")
+                      "correction, data, extra rows and evaluation+gate per stored correction (an upper bound: their "
+                      "fixed part is counted as growing), the rest constant. A cycle is the sum of its stages. Disk and memory: a + b*N, a line through the measured cycles (cycle 0 included).")
     return out
 
 
@@ -406,7 +411,19 @@ def main(argv=None) -> int:
     ap.add_argument("--rerank", choices=("on", "off"), default="on")
     ap.add_argument("--season", help="season results to take the rates from (default: season-latest.json)")
     ap.add_argument("--out", default="projection")
+    ap.add_argument("--cost-only", action="store_true",
+                    help="keep the routing and recall figures of <out>.json, redo the cost projection from --season")
     args = ap.parse_args(argv)
+    if args.cost_only:
+        res = json.loads((RESULTS / f"{args.out}.json").read_text())
+        season_file = latest_season(args.season)
+        res["season_file"] = str(season_file)
+        res["cost"] = project(json.loads(season_file.read_text()), [m["stored"] for m in res["sizes"]])
+        (RESULTS / f"{args.out}.json").write_text(json.dumps(res, indent=1))
+        (RESULTS / f"{args.out}.md").write_text(markdown(res, "python bench/projection.py " + " ".join(
+            argv if argv is not None else sys.argv[1:])))
+        print(f"wrote {RESULTS / args.out}.md")
+        return 0
     sizes = [int(s) for s in args.sizes.split(",")]
     everything = synthetic(max(sizes))
     assert len({c["prompt"] for c in everything}) == len(everything)
