@@ -19,8 +19,20 @@ from store import open_db
 FEEDBACK_OPTIONS = ("Like", "Dislike", "Wrong facts", "Not what I asked", "Too long")
 CHAT_LIMIT = 4  # concurrent chat streams; the model lock serialises the actual generation
 # assistant.server passes these to gradio.mount_gradio_app (Gradio 6 takes css there, not in Blocks).
-# Table headers break between words only: narrow number columns otherwise wrap letter by letter.
-MOUNT_OPTIONS = {"css": ".table-wrap th, .table-wrap th * {word-break: keep-all; overflow-wrap: normal;}"}
+# - Table headers break between words only: narrow number columns otherwise wrap letter by letter.
+# - A note (a message with a title: recalled corrections, "message cut", the user's correction)
+#   is not an answer: no like/retry/edit buttons of its own (the row after it holds them).
+# - The ✎ edit box: Gradio sizes it to the message's width (~160 px for a short answer), too
+#   narrow to edit a long one; it takes the chat's width and a few lines instead.
+CSS = """
+.table-wrap th, .table-wrap th * {word-break: keep-all; overflow-wrap: normal;}
+#chatbot .message-row:has(.thought-group) + .message-buttons {display: none !important;}
+#chatbot .message-row:has(textarea.edit-textarea), #chatbot .message-row:has(textarea.edit-textarea) .flex-wrap,
+#chatbot .message-row:has(textarea.edit-textarea) .flex-wrap > div, #chatbot .message:has(> textarea.edit-textarea)
+  {width: 100% !important; max-width: 100% !important;}
+#chatbot textarea.edit-textarea {width: 100% !important; min-height: 8em !important; field-sizing: content;}
+"""
+MOUNT_OPTIONS = {"css": CSS}
 
 
 def build_ui(runtime) -> gr.Blocks:

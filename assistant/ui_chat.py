@@ -7,8 +7,9 @@ Contract
   `turn_ids[i]` is the turn that chatbot message i belongs to (its user message, notes and
   reply all map to the turn), so feedback on ANY message finds its turn; `selected` is the turn
   the feedback panel acts on; `pending` holds choices made before the conversation exists.
-- The chatbot shows each turn as a block: user message, [cut notice], reply, [recall note],
-  [the user's correction]. Notes are assistant messages with a metadata title.
+- The chatbot shows each turn as a block: user message, [cut notice], [recall note], reply,
+  [the user's correction]. Notes are assistant messages with a metadata title; the page
+  hides the like/retry/edit buttons of a note (ui.MOUNT_OPTIONS css).
 - Handlers return (or yield) tuples in the order of the matching *_OUTPUTS names in ui.py.
   Errors the user can act on become a gr.Warning plus a visible notice; nothing is half-logged.
 """
@@ -74,12 +75,14 @@ def recall_text(recalled: list[dict]) -> str:
 
 def turn_block(user_message: str, reply: str, *, notice: str | None = None,
                recalled: list[dict] = (), correction: str | None = None) -> list[dict]:
+    # Notes before the reply, except the user's own correction: the chatbot puts its ↻ button
+    # on the last message only, and that must be an answer, not a note (notes carry no buttons).
     block = [{"role": "user", "content": user_message}]
     if notice:
         block.append(note(CUT_TITLE, notice))
-    block.append({"role": "assistant", "content": reply})
     if recalled:
         block.append(note(RECALL_TITLE, recall_text(recalled)))
+    block.append({"role": "assistant", "content": reply})
     if correction:
         block.append(note(CORRECTION_TITLE, correction))
     return block
@@ -156,7 +159,7 @@ class ChatHandlers:
                 temperature, *, retry_of, textbox):
         """Replace history[start:end] with the turn's block and stream the reply into it.
         Each yield carries a fresh list, so a consumer may keep earlier states."""
-        block = turn_block(shown_message, "", notice=turn.notice)
+        block = turn_block(shown_message, "", notice=turn.notice, recalled=turn.recalled)
         reply_at = start + len(block) - 1
         history[start:end] = block
         session["turn_ids"][start:end] = [turn.turn_id] * len(block)
@@ -181,9 +184,6 @@ class ChatHandlers:
             return
         reply = turn.generation.text
         history[reply_at] = {"role": "assistant", "content": reply}
-        if turn.recalled:
-            history.insert(reply_at + 1, note(RECALL_TITLE, recall_text(turn.recalled)))
-            session["turn_ids"].insert(reply_at + 1, turn.turn_id)
         session["selected"] = turn.turn_id
         done = self._retry_outcome(retry_of, turn.turn_id, reply) if retry_of else ""
         # The list again at the end: a page-load refresh racing the first update cannot hide this chat.
@@ -255,7 +255,8 @@ class ChatHandlers:
             session["reasonless_down"][tid] = fid
         session.setdefault("votes", {})[tid] = "Like" if kind == "up" else "Dislike"
         return session, ("Noted: a good answer." if kind == "up" else
-                         "Noted: a bad answer." + ("" if reason else " Add a reason below if you like."))
+                         f"Noted: a bad answer ({reason})." if reason else
+                         "Noted: a bad answer. Add a reason below if you like.")
 
     def on_like(self, session, evt: gr.LikeData):
         """The chatbot's own 👍/👎 (and reason options). -> (session, notice, target, correction)"""

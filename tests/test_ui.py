@@ -84,8 +84,9 @@ def test_votes_reason_and_one_click_reasons_write_feedback(tab, rt):
     downs = [f for f in feedback.feedback_for_turn(rt.db, tid) if f["kind"] == "down"]
     assert [d["reason"] for d in downs] == ["too vague"]
     # a one-click reason option on the message is a 👎 with that reason
-    tab.on_like(session, gr.LikeData(None, {"index": 1, "value": "", "liked": "Too long"}))
+    _, notice, *_ = tab.on_like(session, gr.LikeData(None, {"index": 1, "value": "", "liked": "Too long"}))
     assert feedback.feedback_for_turn(rt.db, tid)[-1]["reason"] == "Too long"
+    assert notice == "Noted: a bad answer (Too long)."  # the flag's option says what it recorded
     assert feedback_values(history, session) == ["Too long"]
     assert tab.resume(session["conversation_id"])[1]["votes"] == {tid: "Dislike"}  # shown again on resume
     # clicking on the user's message is not an answer
@@ -310,8 +311,11 @@ def test_recalled_corrections_are_noted_under_the_reply(cfg, tiny_served):
     _, history, session, _ = send(tab, "What is the name of my dog?")
     tab.correct(history, session, "Your dog is called Biscuit.")
     _, history, session, _ = send(tab, "What is the name of my dog?", gen=(6, 0.0, True))
-    assert history[-1]["metadata"]["title"] == RECALL_TITLE
-    assert "Biscuit" in history[-1]["content"] and len(history) == len(session["turn_ids"])
+    # the note comes before the reply: the last message, which gets the chatbot's ↻, is the answer
+    assert history[-2]["metadata"]["title"] == RECALL_TITLE and not history[-1].get("metadata")
+    assert "Biscuit" in history[-2]["content"] and len(history) == len(session["turn_ids"])
+    assert "similarity" not in history[-2]["content"]  # a reframing's score would read 1.00
+    assert feedback_values(history, session)[-2:] == [None, None]  # a note is never rated
 
 
 def test_learning_tab_shows_a_running_cycle_and_cancels_it(rt):
