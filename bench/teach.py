@@ -9,7 +9,14 @@ from them reaches training, prompts or configuration, so the benchmark works unc
 scenario file it has never seen (`--scenario`).
 
 Schedule: the facts are split into three batches (a third per batch), the style items go
-with the last batch; a learning cycle follows each batch. Results: bench/results/teach-<stamp>.json
+with the last batch, an update (a later correction of a fact, learning/probes.py) with the batch
+after its fact's (the last one at the latest), taught after the batch's facts; a learning cycle
+follows each batch. Right after a batch is taught, before its cycle, its updates' probes are
+scored with recall ("at once"). Once an update is taught its fact's own probes no longer count:
+the update's do (`update`: the new value said; `stale`: replies that say the old value). `leaks`:
+replies to any probe that say what another taught fact or update expects (a taught answer given
+to a question about something else). Style probes are answered in full (STYLE_TOKENS): a
+closing habit shows only at the end of a reply. Results: bench/results/teach-<stamp>.json
 and .md, and teach-latest.{json,md,png} (`--out NAME`: NAME-<stamp>... and NAME-latest..., so a
 run on our dev scenario leaves the judged scenario's latest figures alone).
 
@@ -37,7 +44,9 @@ from assistant.embedders import DEFAULT_EMBEDDER, embedder_name  # noqa: E402
 from learning.evaluate import contains_phrase  # noqa: E402
 from learning.probes import load_scenario, probe_list  # noqa: E402
 
-COLUMNS = ("reask", "paraphrase", "facts", "earlier", "style", "control")
+COLUMNS = ("reask", "paraphrase", "facts", "earlier", "update", "style", "control")
+PROBE_TOKENS = 32
+STYLE_TOKENS = 200
 
 
 def free_port() -> int:
@@ -99,28 +108,59 @@ class Server:
 
 
 def schedule(items: list[dict], cycles: int) -> list[list[dict]]:
-    """Facts split into `cycles` batches in file order; style items join the last batch."""
+    """Facts split into `cycles` batches in file order; style items join the last batch; an update
+    the batch after its fact's (the last at the latest), after the batch's facts."""
     facts = [it for it in items if it["kind"] == "fact"]
     style = [it for it in items if it["kind"] == "style"]
     size = math.ceil(len(facts) / cycles)
     batches = [facts[i * size:(i + 1) * size] for i in range(cycles)]
     batches[-1] = batches[-1] + style
+    batch_of = {it["id"]: i for i, batch in enumerate(batches) for it in batch}
+    for it in items:
+        if it["kind"] == "update":
+            batches[min(batch_of[it["of"]] + 1, cycles - 1)].append(it)
     return batches
 
 
+def scored_probes(items: list[dict], taught: set[str]) -> list[dict]:
+    """The probes that count now: an update's once taught, its fact's no longer."""
+    updated = {it["of"] for it in items if it["kind"] == "update" and it["id"] in taught}
+    live = [it for it in items if not (it["kind"] == "fact" and it["id"] in updated)
+            and not (it["kind"] == "update" and it["id"] not in taught)]
+    stale = {it["id"]: it.get("stale") or [] for it in items}
+    return [{**p, "stale": stale[p["item"]]} for p in probe_list(live)]
+
+
+def leaked(probe: dict, items: list[dict], taught: set[str]) -> list[str]:
+    """What other taught facts or updates expect that the probe's reply says: a taught answer given
+    to a question about something else. The probe's own item and the fact it updates (or that
+    updates it) do not count, nor phrases the probe's item expects too."""
+    related = {probe["item"]} | {it["of"] for it in items if it["id"] == probe["item"] and it.get("of")} | \
+        {it["id"] for it in items if it.get("of") == probe["item"]}
+    own = {e.lower() for e in probe["expect"]}
+    return sorted({e for it in items if it["kind"] in ("fact", "update") and it["id"] in taught
+                   and it["id"] not in related for e in it["expect"]
+                   if e.lower() not in own and contains_phrase(probe["reply"], e)})
+
+
 def score(server: Server, items: list[dict], recall: bool, taught_before: set[str],
-          first_batch: set[str]) -> dict:
-    """Every probe through the API; accuracy per column. `earlier`: facts taught in earlier
-    cycles (retention); `first`: facts of cycle 1."""
-    probes = probe_list(items)
+          first_batch: set[str], taught: set[str] | None = None, only: set[str] | None = None) -> dict:
+    """The probes that count (`scored_probes`) through the API; accuracy per column. `earlier`:
+    facts taught in earlier cycles (retention); `first`: facts of cycle 1; `only`: these items'
+    probes alone."""
+    taught = set(taught_before) if taught is None else taught
+    probes = [p for p in scored_probes(items, taught) if only is None or p["item"] in only]
     tokens, t0 = 0, time.perf_counter()
     for p in probes:
-        reply = server.ask(p["prompt"], recall=recall)
+        reply = server.ask(p["prompt"], recall=recall,
+                           max_tokens=STYLE_TOKENS if p["family"] == "style" else PROBE_TOKENS)
         tokens += reply["usage"]["completion_tokens"]
         p["reply"] = reply["choices"][0]["message"]["content"]
         p["adapter_version"] = reply.get("adapter_version")
         p["passed"] = any(contains_phrase(p["reply"], e) for e in p["expect"])
-    reply_tok_s = round(tokens / (time.perf_counter() - t0), 1)
+        p["said_stale"] = any(contains_phrase(p["reply"], e) for e in p["stale"])
+        p["leaked"] = leaked(p, items, taught)
+    reply_tok_s = round(tokens / max(time.perf_counter() - t0, 1e-9), 1)
     kind = {it["id"]: it["kind"] for it in items}
 
     def acc(pred):
@@ -134,6 +174,9 @@ def score(server: Server, items: list[dict], recall: bool, taught_before: set[st
         "facts": acc(is_fact),
         "earlier": acc(lambda p: is_fact(p) and p["item"] in taught_before),
         "first": acc(lambda p: is_fact(p) and p["item"] in first_batch),
+        "update": acc(lambda p: p["family"] == "update"),
+        "stale": sum(p["said_stale"] for p in probes),
+        "leaks": sum(bool(p["leaked"]) for p in probes),
         "style": acc(lambda p: p["family"] == "style"),
         "control": acc(lambda p: p["family"] == "control"),
         "reply_tok_s": reply_tok_s,
@@ -150,14 +193,21 @@ def markdown(run: dict) -> str:
              "its scope (near a prompt it was trained on, assistant/scope.py) and the base weights the rest. "
              "`recall`: the same with recalled corrections in the prompt. `reply tok/s`: the probes' replies "
              "through the API, one at a time: how fast this machine ran (cycle 0, the base model, is the "
-             "reference to compare runs on different machines by).", ""]
-    head = "| cycle | mode | active | " + " | ".join(COLUMNS + ("first",)) + " | reply tok/s | cycle wall s |"
+             "reference to compare runs on different machines by). `update`: updated facts, the new value "
+             "said; `stale`: replies saying an updated fact's old value; `leaks`: replies saying another "
+             "taught item's answer; `at once`: the batch's updates right after they were taught, with recall, "
+             "before the cycle (new value said / stale).", ""]
+    head = ("| cycle | mode | active | " + " | ".join(COLUMNS + ("first",))
+            + " | stale | leaks | at once | reply tok/s | cycle wall s |")
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
     for row in run["rows"]:
         for mode in ("weights", "recall"):
             s = row[mode]
             cells = [frac(s[c]) for c in COLUMNS + ("first",)]
+            at_once = row.get("at_once") if mode == "recall" else None
+            once = f"{frac(at_once)} / {at_once['stale']}" if at_once and at_once["total"] else "-"
             lines.append(f"| {row['cycle']} | {mode} | {row['active']} | " + " | ".join(cells)
+                         + f" | {s.get('stale', '-')} | {s.get('leaks', '-')} | {once}"
                          + f" | {s.get('reply_tok_s', '-')} | {row.get('cycle_s') or '-'} |")
     lines += ["", "Learner output per cycle:", ""]
     lines += [f"- cycle {r['cycle']}: {r.get('learn_summary', '-')}" for r in run["rows"] if r["cycle"]]
@@ -173,7 +223,7 @@ def plot(run: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, mode in zip(axes, ("weights", "recall"), strict=True):
         xs = [r["cycle"] for r in run["rows"]]
-        for col in ("reask", "paraphrase", "style", "earlier", "control"):
+        for col in ("reask", "paraphrase", "update", "style", "earlier", "control"):
             ys = [(r[mode][col]["passed"] / r[mode][col]["total"]) if r[mode][col]["total"] else None
                   for r in run["rows"]]
             ax.plot(xs, ys, marker="o", label=col)
@@ -234,9 +284,12 @@ def main(argv=None) -> int:
             before = set(taught)
             for it in batch:
                 for t in it["teach"]:
-                    turn = server.ask(t["prompt"], recall=False, max_tokens=48)
+                    # as a user would: the assistant answers (recall on, as the chat runs), then is corrected
+                    turn = server.ask(t["prompt"], recall=it["kind"] == "update", max_tokens=48)
                     server.correct(turn["id"], t["correction"])
                 taught.add(it["id"])
+            updates = {it["id"] for it in batch if it["kind"] == "update"}
+            at_once = score(server, items, True, before, first, taught=taught, only=updates) if updates else None
             print(f"cycle {n}: taught {len(batch)} items; learning...", flush=True)
             t0 = time.perf_counter()
             learn = cli(env, "--model", args.model, "learn", "--force")
@@ -247,11 +300,12 @@ def main(argv=None) -> int:
             cycle_s = time.perf_counter() - t0
             active = server.adapters().get("active")
             row = {"cycle": n, "active": active, "learn_rc": learn.returncode,
+                   "at_once": at_once and {**at_once["update"], "stale": at_once["stale"], "probes": at_once["probes"]},
                    "learn_s": round(learn_s, 1), "cycle_s": round(cycle_s, 1),
                    "served_by": first_reply.get("adapter_version"),
                    "learn_summary": (learn.stdout.strip().splitlines() or [learn.stderr.strip()[-300:]])[-1]}
-            row["weights"] = score(server, items, False, before, first)
-            row["recall"] = score(server, items, True, before, first)
+            row["weights"] = score(server, items, False, before, first, taught=taught)
+            row["recall"] = score(server, items, True, before, first, taught=taught)
             print(f"cycle {n}: {row['learn_summary']}", flush=True)
             run["rows"].append(row)
             save()

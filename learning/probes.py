@@ -2,8 +2,9 @@
 feeds training, prompts or configuration.
 
 A scenario is a JSONL file of items: `fact` (teach: one correction; probes: the re-ask plus
-paraphrases), `style` (several corrections; probes: new prompts) and `control` (probes the base
-model already answers). A probe passes when the greedy reply (32 new tokens) contains one of
+paraphrases), `style` (several corrections; probes: new prompts), `control` (probes the base
+model already answers) and `update` (a later correction of the fact `of`, maybe through another
+question; probes: questions about that fact, which must now say `expect` and never `stale`). A probe passes when the greedy reply (32 new tokens) contains one of
 the item's `expect` strings as a whole word or phrase, case-insensitively.
 
 `score_probes(served, scenario, version, path)` returns per-family counts (reask, paraphrase,
@@ -17,6 +18,7 @@ from learning.evaluate import contains_phrase
 from learning.scoring import Scorer
 
 FAMILIES = ("reask", "paraphrase", "style", "control")
+KINDS = ("fact", "style", "control", "update")
 
 
 def load_scenario(path: str | Path) -> list[dict]:
@@ -29,10 +31,12 @@ def load_scenario(path: str | Path) -> list[dict]:
             item = json.loads(line)
         except ValueError as e:
             raise ValueError(f"{path}:{n}: not JSON: {e}") from e
-        if item.get("kind") not in ("fact", "style", "control") or not item.get("probes") or not item.get("expect"):
-            raise ValueError(f"{path}:{n}: an item needs kind fact|style|control, probes and expect")
+        if item.get("kind") not in KINDS or not item.get("probes") or not item.get("expect"):
+            raise ValueError(f"{path}:{n}: an item needs kind {'|'.join(KINDS)}, probes and expect")
         if item["kind"] != "control" and not item.get("teach"):
             raise ValueError(f"{path}:{n}: a {item['kind']} item needs teach corrections")
+        if item["kind"] == "update" and item.get("of") not in {it["id"] for it in items if it["kind"] == "fact"}:
+            raise ValueError(f"{path}:{n}: an update names the fact it changes, on an earlier line, in 'of'")
         items.append(item)
     return items
 
@@ -47,7 +51,8 @@ def probe_list(items: list[dict]) -> list[dict]:
     out = []
     for it in items:
         for i, p in enumerate(it["probes"]):
-            family = {"fact": "reask" if i == 0 else "paraphrase", "style": "style", "control": "control"}[it["kind"]]
+            family = {"fact": "reask" if i == 0 else "paraphrase", "style": "style", "control": "control",
+                      "update": "update"}[it["kind"]]
             out.append({"item": it["id"], "family": family, "prompt": p, "expect": it["expect"]})
     return out
 
