@@ -14,7 +14,8 @@ from assistant.config import DEFAULT_SYSTEM_PROMPT, Config
 from assistant.errors import AdapterLoadError, EmptyMessage, TurnNotSaved, UnstorableText, storable_problem
 from assistant.memory import reply_lead
 from assistant.model import Generation, ServedModel, key_version
-from assistant.scope import EXPERT_KEY
+from assistant.scope import EXPERT_KEY, read_meta
+from learning.habits import ends_with
 from store import adapters, conversations, feedback, open_db
 from store.ids import new_id
 from store.settings import get_setting
@@ -71,6 +72,7 @@ class ChatService:
         self.memory = memory
         self.scope = scope  # assistant.scope.AdapterScope: which prompts the adapter answers
         self._local = threading.local()
+        self._closings: dict[str, list[str]] = {}  # version dir -> the closings its habits hold
         self._bad_versions: dict = {}  # served-model keys (versions, experts, habits) that failed to load, with why
 
     @property
@@ -292,7 +294,8 @@ class ChatService:
                        retry_of=retry_of)
         max_new_tokens = max_new_tokens or self.cfg.default_max_new_tokens
         temperature = self.cfg.default_temperature if temperature is None else temperature
-        version, path = self.route(*self.serving_adapter(), turn.user_message)
+        served, served_path = self.serving_adapter()
+        version, path = self.route(served, served_path, turn.user_message)
         if self.cfg.pending_note_wins and turn.recalled and not turn.recalled[0].get("learned", True):
             version, path = None, None  # the note is newer than anything the weights learned
         failed = False
@@ -307,6 +310,10 @@ class ChatService:
                     self._save_progress(turn)
             finally:
                 stream.close()  # stops generation and fills in its counts before the save below
+            sign_off = self._closing(served_path, turn.generation)
+            if sign_off:
+                turn.generation.text += sign_off
+                yield sign_off
         except GeneratorExit:
             turn.generation.finish_reason = "abandoned"
             raise
@@ -326,6 +333,19 @@ class ChatService:
                 log.error("could not save turn %s (%s): %s", turn.turn_id, reason, e)
                 if not failed and reason != "abandoned":
                     raise TurnNotSaved(turn, e) from e
+
+    def _closing(self, version_path: str | None, g) -> str | None:
+        """The closing habit the active version learned (learning/habits.py), as the words to add to
+        a reply that ended by itself without it; None otherwise (a reply cut at the token limit
+        keeps its limit)."""
+        if not version_path or g.finish_reason != "stop" or not g.text.strip():
+            return None
+        if version_path not in self._closings:
+            self._closings[version_path] = list((read_meta(version_path).get("habits") or {}).get("closings") or ())
+        closings = self._closings[version_path]
+        if not closings or any(ends_with(g.text, c) for c in closings):
+            return None
+        return " " + closings[0]
 
     def start_retry(self, turn_id: str, **kw) -> Turn:
         """Regenerate the answer of `turn_id` in its conversation (same message, same history).

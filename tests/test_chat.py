@@ -102,3 +102,20 @@ def test_a_reply_that_loops_is_stopped_at_its_third_copy(served):
     looped, stopped = reply_ids(False), reply_ids(True)
     assert len(looped) == 64 and loops(stopped) and len(stopped) < 64
     assert stopped == looped[:len(stopped)]  # the same reply, cut where it started repeating
+
+
+def test_a_closing_habit_ends_every_reply_that_ended_by_itself(chat, tmp_path):
+    """A version whose habits hold a closing (learning/habits.py): the chat adds it to a reply that
+    ended without it, never to one cut at the token limit."""
+    import json
+
+    from assistant.model import Generation
+
+    version_dir = tmp_path / "v1"
+    version_dir.mkdir()
+    (version_dir / "meta.json").write_text(json.dumps({"habits": {"openings": [], "closings": ["Over and out."]}}))
+    ended = Generation(text="Paris is the capital.", finish_reason="stop")
+    assert chat._closing(str(version_dir), ended) == " Over and out."
+    assert chat._closing(str(version_dir), Generation(text="Paris is the capital. over and out", finish_reason="stop")) is None
+    assert chat._closing(str(version_dir), Generation(text="Paris is the", finish_reason="length")) is None
+    assert chat._closing(None, ended) is None  # the base model has no habits
