@@ -1,0 +1,123 @@
+"""A correction always wins: which earlier corrections a new one replaces (store/feedback.py,
+assistant/supersede.py), and what reads the link: recall, training data, the chat's routing."""
+import pytest
+
+from assistant.config import Config
+from assistant.memory import Memory
+from assistant.supersede import Correction, SupersedePolicy, Superseder, supersede_by_meaning
+from learning import datasets
+from learning.config import LearnConfig
+from store import feedback
+from tests.test_datasets import SYSTEM, turn
+from tests.test_memory import HashEmbedder
+
+
+def correct(db, question, answer, reply="I don't know."):
+    _, tid = turn(db, question, reply)
+    return feedback.add_feedback(db, tid, "correction", correction=answer)
+
+
+def test_a_correction_of_the_same_question_replaces_the_earlier_one_in_one_step(db):
+    first = correct(db, "What car do I drive?", "You drive a Skoda.")
+    second = correct(db, "what car do I drive", "You drive a Volvo.")
+    other = correct(db, "Where do I work?", "You work at Acme.")
+    third = correct(db, "What car do I drive?!", "You drive a Tesla.")
+    assert feedback.superseded_by(db, [first, second, other, third]) == {first: third, second: third}
+    assert feedback.taken_back(db, [first, second, other, third]) == [first, second]
+
+
+def test_supersede_links_older_ones_and_keeps_chains_one_step_deep(db):
+    a = correct(db, "Who coaches me?", "Aiko Tanaka.")
+    b = correct(db, "Who is my running coach?", "Lars Eklund.")
+    c = correct(db, "Who trains me for runs?", "Mia Berg.")
+    assert feedback.supersede(db, [a], by=b) == [a]
+    assert feedback.supersede(db, [b], by=c) == [b]
+    assert feedback.superseded_by(db, [a, b, c]) == {a: c, b: c}
+    assert feedback.supersede(db, [c], by=a) == []  # never by an older one
+
+
+def test_training_teaches_the_replaced_question_the_new_answer_against_the_old(db):
+    old = correct(db, "What car do I drive?", "You drive a white Skoda Octavia.")
+    new = correct(db, "Which car do I own?", "You own a green Volvo V60.", reply="You drive a white Skoda Octavia.")
+    feedback.supersede(db, [old], by=new)
+    data = datasets.build(db, LearnConfig(heldout_fraction=0.0), system_prompt=SYSTEM, embedder=HashEmbedder())
+    assert data.superseded == [old]
+    assert {(r["messages"][-2]["content"], r["messages"][-1]["content"]) for r in data.sft} == {
+        ("Which car do I own?", "You own a green Volvo V60."), ("What car do I drive?", "You own a green Volvo V60.")}
+    assert all(r["feedback_ids"] == [new] for r in data.sft + data.pairs)
+    assert ("What car do I drive?", "You own a green Volvo V60.", "You drive a white Skoda Octavia.") in {
+        (p["prompt"][-1]["content"], p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in data.pairs}
+
+
+def test_recall_finds_the_newest_answer_by_the_question_first_asked(db, cfg):
+    old = correct(db, "What is the name of my running coach?", "Your running coach is Aiko Tanaka.")
+    memory = Memory(cfg, embedder=HashEmbedder(), threshold=0.5)
+    assert [r["feedback_id"] for r in memory.recall("What is the name of my running coach?")] == [old]
+    new = correct(db, "Who trains me these days?", "Lars Eklund trains you now.")
+    feedback.supersede(db, [old], by=new)
+    found = memory.recall("What is the name of my running coach?")
+    assert [r["correction"] for r in found] == ["Lars Eklund trains you now."]
+    assert found[0]["learned"] is False  # no version learned it: the chat answers with the base model + note
+
+
+class FixedJudge:
+    """Log-probabilities by table: (context, text) -> value; anything else -1.0."""
+
+    def __init__(self, table):
+        self.table = table
+
+    def answer_logprobs(self, pairs):
+        return [self.table.get(p, -1.0) for p in pairs]
+
+    def question_logprobs(self, pairs):
+        return [self.table.get(p, -1.0) for p in pairs]
+
+
+def test_the_superseder_merges_only_within_its_tolerance():
+    old = Correction("f1", "What is my running coach called?", "Your running coach is Aiko Tanaka.")
+    new = Correction("f2", "Who is my running coach now?", "Your running coach is Lars Eklund.")
+    unrelated = Correction("f0", "What is the capital of Peru?", "Lima.")
+    same_everywhere = Superseder(HashEmbedder(), FixedJudge({}), SupersedePolicy(min_similarity=0.1))
+    assert same_everywhere.decide(new, [unrelated, old]) == ["f1"]  # unrelated: never a candidate
+    shifted = FixedJudge({(old.prompt, new.answer): -1.6})  # the new answer is far less likely after the old question
+    assert Superseder(HashEmbedder(), shifted, SupersedePolicy(min_similarity=0.1)).decide(new, [old]) == []
+
+
+def test_supersede_by_meaning_records_the_decision(db):
+    old = correct(db, "What is my running coach called?", "Your running coach is Aiko Tanaka.")
+    new = correct(db, "Who is my running coach now?", "Your running coach is Lars Eklund.")
+    superseder = Superseder(HashEmbedder(), FixedJudge({}), SupersedePolicy(min_similarity=0.1))
+    assert supersede_by_meaning(db, new, superseder) == [old]
+    assert feedback.superseded_by(db, [old]) == {old: new}
+    assert supersede_by_meaning(db, old, superseder) == []  # a replaced correction replaces nothing
+
+
+@pytest.mark.e2e
+def test_a_learned_fact_corrected_through_another_question_is_answered_right_at_once(home, embedded_model_dir):
+    """Real embedded model and MiniLM: a fact is learned by a real cycle and goes live; the user
+    corrects it through another question; the very next message, asked the first way, says the
+    new value and not the old one."""
+    from assistant.model import ServedModel
+    from assistant.runtime import Runtime
+    from learning import learner
+    from store import adapters
+
+    cfg = Config(home=home, model=str(embedded_model_dir))
+    rt = Runtime.create(cfg, model=ServedModel(str(embedded_model_dir)))
+    first = rt.chat.reply("How long is the refund window?", max_new_tokens=16, recall=False)
+    old = rt.record_feedback(first.turn_id, "correction", correction="Refunds are accepted within 14 days of purchase.")
+    short = LearnConfig(sft_epochs=1, dpo_epochs=1, self_replay=4, sft_max_length=96, dpo_max_length=96,
+                        heldout_fraction=0.0)
+    version = learner.run_cycle(cfg, short)["version"]
+    adapters.activate(rt.db, version)  # the gate's decision is tested elsewhere; here it must serve
+    learned = rt.chat.reply("How long is the refund window?", max_new_tokens=24, recall=False)
+    assert learned.generation.adapter_version == version
+
+    asked = rt.chat.reply("How many days do customers have to ask for a refund?", max_new_tokens=24)
+    new = rt.record_feedback(asked.turn_id, "correction", correction="The refund window is 30 days from delivery.")
+    assert feedback.superseded_by(rt.db, [old]) == {old: new}
+
+    reply = rt.chat.reply("How long is the refund window?", max_new_tokens=24).generation.text
+    assert "30 days" in reply and "14" not in reply
+    weights = rt.chat.reply("How long is the refund window?", max_new_tokens=24, recall=False).generation.text
+    assert "14 days" not in weights  # the replaced correction's expert no longer answers
