@@ -4,7 +4,10 @@ Routes (all under /v1, all requiring `Authorization: Bearer <cfg.api_key>` when 
   GET  /v1/models                       the one served model, id "assistant"
   POST /v1/chat/completions             streaming (SSE) and not; the completion `id` IS the logged
                                         turn id, so a client can send feedback about it
-  POST /v1/feedback                     {"turn_id", "rating": "up"|"down", "reason"?, "correction"?}
+  POST /v1/feedback                     {"turn_id", "rating": "up"|"down", "reason"?, "correction"?};
+                                        answers with the ids of the corrections it replaced ("supersedes")
+  GET  /v1/corrections                  every correction, newest first: learned, pending, not learned,
+                                        superseded (by which), with why
   GET  /v1/adapters                     the adapter registry and the active version
   POST /v1/adapters/{version}/activate  promote or roll back to a version ("base": no adapter);
                                         410 when its weights were deleted to save disk
@@ -59,7 +62,7 @@ from assistant.errors import (
     storable_problem,
 )
 from assistant.model import validate_adapter_dir, weights_deleted
-from store import adapters
+from store import adapters, feedback
 from store.conversations import NotFound
 from store.feedback import MAX_TEXT
 
@@ -357,8 +360,16 @@ def build_router(runtime) -> APIRouter:
             raise _not_found(e, "turn_not_found") from e
         except ValueError as e:
             raise ApiError(400, str(e), "invalid_feedback") from e
+        replaced = feedback.replaced_by(chat.db, ids[-1]) if body.correction is not None else []
         return {"object": "feedback", "turn_id": body.turn_id, "feedback_ids": ids,
-                "kinds": [kind for kind, _, _ in facts]}
+                "kinds": [kind for kind, _, _ in facts], "supersedes": replaced}
+
+    @router.get("/corrections")
+    def get_corrections():
+        """Every correction, newest first, with its state in words (learning/versions.py)."""
+        from learning.versions import correction_states
+
+        return {"object": "list", "data": correction_states(chat.db)}
 
     @router.get("/adapters")
     def get_adapters():

@@ -75,6 +75,11 @@ def _link(db, older_ids: list[str], by: str) -> list[str]:
     return fresh
 
 
+def replaced_by(db, feedback_id: str) -> list[str]:
+    """The corrections `feedback_id` replaced."""
+    return [r[0] for r in db.execute("SELECT id FROM feedback WHERE superseded_by = ? ORDER BY id", [feedback_id])]
+
+
 def superseded_by(db, feedback_ids: list[str]) -> dict[str, str]:
     """{feedback id: the correction that replaced it} for those of `feedback_ids` replaced."""
     if not feedback_ids:

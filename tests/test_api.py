@@ -301,3 +301,19 @@ def test_the_web_ui_asks_for_the_password_when_one_is_set(cfg, tiny_served):
         assert httpx.get(running.url + "/v1/models").status_code == 200  # the API has its own key
     finally:
         running.stop()
+
+
+def test_a_correction_says_what_it_replaced_and_the_list_shows_it_superseded(server, client):
+    """The same question corrected twice: the second replaces the first (store/feedback.py), the
+    feedback answer names it and GET /v1/corrections lists it as superseded by the newer one."""
+    first = ask(client, "Which train do I take to work?")
+    old = httpx.post(server.url + "/v1/feedback", json={"turn_id": first.id, "rating": "down",
+                                                       "correction": "You take the 7:42 to Harbour Road."}).json()
+    second = ask(client, "which train do I take to work")
+    new = httpx.post(server.url + "/v1/feedback", json={"turn_id": second.id, "rating": "down",
+                                                       "correction": "You take the 8:05 now."}).json()
+    assert old["supersedes"] == [] and new["supersedes"] == [old["feedback_ids"][-1]]
+    listed = {c["feedback_id"]: c for c in httpx.get(server.url + "/v1/corrections").json()["data"]}
+    replaced = listed[old["feedback_ids"][-1]]
+    assert replaced["state"] == "superseded" and replaced["superseded_by"] == new["feedback_ids"][-1]
+    assert "8:05" in replaced["detail"] and listed[new["feedback_ids"][-1]]["state"] == "pending"
