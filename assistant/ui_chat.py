@@ -271,6 +271,10 @@ class ChatHandlers:
             return session, "Vote cleared in the page (the earlier vote stays recorded).", target, correction
         kind = "up" if evt.liked is True else "down"
         reason = evt.liked if isinstance(evt.liked, str) else ""
+        if reason and session.get("votes", {}).get(tid) == reason:
+            # Gradio 6 sends a flag option's click twice; a second click on the same option
+            # un-selects it (liked ""), so the same option again is that echo: one fact only.
+            return session, f"Noted: a bad answer ({reason}).", target, correction
         session, notice = self.vote(session, kind, reason)
         if reason:
             session["votes"][session["selected"]] = reason  # the option the page highlights

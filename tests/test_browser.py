@@ -87,6 +87,7 @@ def test_chat_stream_like_and_correct_in_the_browser(server, browser):
     wait_for(lambda: page.locator("#feedback-target").inner_text().startswith("Feedback on"),
              what="the reply to finish")
     states = page.evaluate("window.__states")
+    turn = ui_turns(db)[0]  # re-read: the turn is saved before its reply ends (issue 29), then completed
     assert turn["user_message"] == "What is the name of my dog?" and turn["completion_tokens"] > 0
     assert len([s for s in states if s]) >= 2, f"the reply did not stream: {states}"
     assert page.locator(".message.bot").count() == 1
@@ -163,3 +164,62 @@ def test_the_chatbots_own_retry_edit_and_dislike_buttons(server, browser):
     page.locator("#fb-down").click()
     wait_for(lambda: [f["reason"] for f in feedback.feedback_for_turn(db, retried["id"])
                       if f["kind"] == "down"] == ["too terse"], what="the reason on the same vote")
+
+
+def test_issue_27_feedback_notes_versions_and_what_it_knows(server, browser):
+    """The page's visible fixes of issue 27 in one page load: an unchanged correction is refused,
+    the flag's reasons say what they recorded, notes carry no buttons, the edit box is wide, the
+    Versions tab shows sentences before any cycle, and "What it knows about me" lists the correction."""
+    srv, runtime = server
+    db = runtime.db
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.goto(srv.url)
+    send(page, "What is the name of my dog?")
+    turn = wait_for(lambda: ui_turns(db), what="the turn to be logged")[0]
+    wait_for(lambda: page.locator("#feedback-target").inner_text().startswith("Feedback on"),
+             what="the reply to finish")
+
+    # the correction box holds the answer itself: saving it unchanged is refused
+    wait_for(lambda: page.locator("#fb-correction textarea").input_value().strip(), what="the pre-filled box")
+    page.locator("#fb-correct").click()
+    wait_for(lambda: "as it was given" in page.locator("#notice").inner_text(), what="the refusal")
+    assert not [f for f in feedback.feedback_for_turn(db, turn["id"]) if f["kind"] == "correction"]
+
+    # the flag's reasons: picking one records it and says so
+    page.locator("#chatbot button[aria-label='Feedback']").last.hover()
+    page.locator("#chatbot .extra-feedback-option", has_text="Too long").last.click()
+    wait_for(lambda: "Too long" in page.locator("#notice").inner_text(), what="the flag's reason in the notice")
+    assert [f["reason"] for f in feedback.feedback_for_turn(db, turn["id"])] == ["Too long"]
+
+    page.locator("#fb-correction textarea").fill("Your dog is called Biscuit.")
+    page.locator("#fb-correct").click()
+    page.locator("#chatbot").get_by_text("Your dog is called Biscuit.").wait_for()
+    # one row of buttons: the answer's; the correction note below it has none
+    visible = [b for b in page.locator("#chatbot .message-buttons-left button[aria-label='Like']").all()
+               if b.is_visible()]
+    assert len(visible) == 1
+    page.screenshot(path="/tmp/assistant-ui-chat.png")
+
+    # the pencil's edit box takes the chat's width, not ~160 px
+    page.locator("#chatbot .message.bot").first.hover()
+    page.locator("#chatbot .message-buttons-left button[aria-label='Edit']").first.click()
+    box = page.locator("#chatbot textarea.edit-textarea").first.bounding_box()
+    assert box["width"] > 600, box
+
+    page.get_by_role("tab", name="Versions").click()
+    page.locator("#promote-none").get_by_text("Nothing to promote").wait_for()  # the tab's refresh is done
+    page.locator("#rollback-none").get_by_text("Nothing to roll back to").wait_for()
+    assert page.locator("#versions-empty").get_by_text("No versions yet").is_visible()
+    assert not page.locator("#versions-table").is_visible()  # no "1 | 2 | 3" headers
+    assert not page.locator("#promote-pick").is_visible() and not page.locator("#rollback-pick").is_visible()
+    page.evaluate("document.querySelectorAll('.toast-wrap').forEach(t => t.remove())")  # docs/ screenshots
+    page.screenshot(path="/tmp/assistant-ui-versions.png", full_page=True)
+
+    page.get_by_role("tab", name="What it knows about me").click()
+    table = page.locator("#knows-table")
+    wait_for(lambda: table.is_visible() and "Your dog is called Biscuit." in table.inner_text(),
+             what="the correction in the list")
+    assert "waiting for the next learning cycle" in table.inner_text()
+    assert turn["id"] not in table.inner_text()
+    assert "today" in table.inner_text()  # the browser's own clock, readable
+    page.screenshot(path="/tmp/assistant-ui-knows.png", full_page=True)

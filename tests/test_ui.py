@@ -87,6 +87,9 @@ def test_votes_reason_and_one_click_reasons_write_feedback(tab, rt):
     _, notice, *_ = tab.on_like(session, gr.LikeData(None, {"index": 1, "value": "", "liked": "Too long"}))
     assert feedback.feedback_for_turn(rt.db, tid)[-1]["reason"] == "Too long"
     assert notice == "Noted: a bad answer (Too long)."  # the flag's option says what it recorded
+    # Gradio sends an option's click twice: still one fact
+    _, notice, *_ = tab.on_like(session, gr.LikeData(None, {"index": 1, "value": "", "liked": "Too long"}))
+    assert [f["reason"] for f in feedback.feedback_for_turn(rt.db, tid)].count("Too long") == 1
     assert feedback_values(history, session) == ["Too long"]
     assert tab.resume(session["conversation_id"])[1]["votes"] == {tid: "Dislike"}  # shown again on resume
     # clicking on the user's message is not an answer
