@@ -105,6 +105,28 @@ def test_gate_pass_promotes_and_next_cycle_continues(cfg, db, monkeypatch):
     assert adapters.get_adapter(db, 1)["status"] == "retired"
 
 
+def test_a_version_that_learned_part_of_its_corrections_goes_live_and_the_rest_is_taught_again(cfg, db, monkeypatch):
+    """Partial promotion (learning/gate.py): the candidate carried one of two new corrections and
+    lost nothing, so it goes live; the other is not among what it learned, stays pending, and the
+    next cycle teaches it again with an expert of its own."""
+    from learning.gate import decide
+
+    first, second = teach(db)
+
+    def evaluate(cfg, db, cand, inc, taught, progress=None, scope=None):
+        items = [{"kind": "taught", "id": f, "candidate": {"passed": f == first}} for f in (first, second)]
+        return {"candidate": {"taught": {"passed": 1, "total": 2}}, "incumbent": {}, "items": items}
+
+    monkeypatch.setattr(learner, "_gate", lambda: (evaluate, decide, lambda db: None))
+    result = cycle(cfg)
+    assert result["status"] == "active" and result["not_learned"] == [second]
+    assert "v1 went live: learned 1/2 new corrections (1 not yet" in result["message"]
+    assert first in adapters.lineage_feedback(db, 1) and second not in adapters.lineage_feedback(db, 1)
+    again = cycle(cfg)  # the second is new again
+    trained_in = {tuple(e["feedback_ids"]): e["trained_in"] for e in adapters.get_adapter(db, 2)["meta"]["experts"]}
+    assert again["status"] == "active" and trained_in == {(first,): 1, (second,): 2}
+
+
 def test_a_deleted_conversation_takes_its_expert_out_of_the_next_version(cfg, db, monkeypatch):
     from assistant.scope import read_experts
     from store import conversations
