@@ -298,6 +298,9 @@ class ChatService:
         version, path = self.route(served, served_path, turn.user_message)
         if self.cfg.pending_note_wins and turn.recalled and not turn.recalled[0].get("learned", True):
             version, path = None, None  # the note is newer than anything the weights learned
+        closing = self._closing(served_path)
+        if closing:  # the sign-off fits in the reply's budget: a long answer is cut a little earlier
+            max_new_tokens = max(1, max_new_tokens - self.model.count_tokens(closing))
         failed = False
         stream = self.model.stream(turn.messages, max_new_tokens=max_new_tokens,
                                    temperature=temperature, version=version,
@@ -310,10 +313,9 @@ class ChatService:
                     self._save_progress(turn)
             finally:
                 stream.close()  # stops generation and fills in its counts before the save below
-            sign_off = self._closing(served_path, turn.generation)
-            if sign_off:
-                turn.generation.text += sign_off
-                yield sign_off
+            if closing and not ends_with(turn.generation.text, closing.strip()):
+                turn.generation.text += closing
+                yield closing
         except GeneratorExit:
             turn.generation.finish_reason = "abandoned"
             raise
@@ -334,18 +336,16 @@ class ChatService:
                 if not failed and reason != "abandoned":
                     raise TurnNotSaved(turn, e) from e
 
-    def _closing(self, version_path: str | None, g) -> str | None:
-        """The closing habit the active version learned (learning/habits.py), as the words to add to
-        a reply that ended by itself without it; None otherwise (a reply cut at the token limit
-        keeps its limit)."""
-        if not version_path or g.finish_reason != "stop" or not g.text.strip():
+    def _closing(self, version_path: str | None) -> str | None:
+        """The closing habit the active version learned (learning/habits.py), as the words every
+        reply ends with (" Over and out."); None without one. The reply is generated within the
+        token budget less the closing's tokens, so a reply with its sign-off keeps the budget."""
+        if not version_path:
             return None
         if version_path not in self._closings:
             self._closings[version_path] = list((read_meta(version_path).get("habits") or {}).get("closings") or ())
         closings = self._closings[version_path]
-        if not closings or any(ends_with(g.text, c) for c in closings):
-            return None
-        return " " + closings[0]
+        return " " + closings[0] if closings else None
 
     def start_retry(self, turn_id: str, **kw) -> Turn:
         """Regenerate the answer of `turn_id` in its conversation (same message, same history).

@@ -104,18 +104,25 @@ def test_a_reply_that_loops_is_stopped_at_its_third_copy(served):
     assert stopped == looped[:len(stopped)]  # the same reply, cut where it started repeating
 
 
-def test_a_closing_habit_ends_every_reply_that_ended_by_itself(chat, tmp_path):
-    """A version whose habits hold a closing (learning/habits.py): the chat adds it to a reply that
-    ended without it, never to one cut at the token limit."""
+def test_a_closing_habit_ends_every_reply_within_its_token_budget(chat, tmp_path, monkeypatch):
+    """A version whose habits hold a closing (learning/habits.py): every reply ends with it, even one
+    cut at the token limit, and the budget counts it; a reply that already ends so gets no second."""
     import json
-
-    from assistant.model import Generation
 
     version_dir = tmp_path / "v1"
     version_dir.mkdir()
     (version_dir / "meta.json").write_text(json.dumps({"habits": {"openings": [], "closings": ["Over and out."]}}))
-    ended = Generation(text="Paris is the capital.", finish_reason="stop")
-    assert chat._closing(str(version_dir), ended) == " Over and out."
-    assert chat._closing(str(version_dir), Generation(text="Paris is the capital. over and out", finish_reason="stop")) is None
-    assert chat._closing(str(version_dir), Generation(text="Paris is the", finish_reason="length")) is None
-    assert chat._closing(None, ended) is None  # the base model has no habits
+    assert chat._closing(str(version_dir)) == " Over and out." and chat._closing(None) is None
+    monkeypatch.setattr(chat, "serving_adapter", lambda: (None, str(version_dir)))
+    budgets = []
+    stream = chat.model.stream
+
+    def recorded(messages, max_new_tokens, **kw):
+        budgets.append(max_new_tokens)
+        return stream(messages, max_new_tokens=max_new_tokens, **kw)
+
+    monkeypatch.setattr(chat.model, "stream", recorded)
+    turn = chat.reply("Name a colour.", max_new_tokens=40)
+    assert turn.generation.text.endswith(" Over and out.")
+    assert budgets == [40 - chat.model.count_tokens(" Over and out.")]
+    assert conversations.get_turn(chat.db, turn.turn_id)["reply"] == turn.generation.text
