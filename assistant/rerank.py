@@ -107,24 +107,33 @@ class ModelReranker:
             return [self._cache[(question, a)] for a in answers]
 
     def _score(self, question: str, answers: list[str]) -> list[float]:
-        import torch
-
-        served = self.served
-        tok = served.tokenizer
+        tok = self.served.tokenizer
         asked = tok(" " + question.strip(), add_special_tokens=False)["input_ids"]
-        rows = [tok(TEMPLATE.format(answer=a.strip()), add_special_tokens=False)["input_ids"] for a in answers]
-        width = max(map(len, rows)) + len(asked)
-        if width > MAX_TOKENS:
-            return [0.0] * len(answers)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        ids = torch.tensor([r + asked + [pad] * (width - len(r) - len(asked)) for r in rows])
-        mask = torch.tensor([[1] * (len(r) + len(asked)) + [0] * (width - len(r) - len(asked)) for r in rows])
-        with served.lock, torch.inference_mode(), _base_weights(served):
-            logits = served.model(input_ids=ids.to(served.device), attention_mask=mask.to(served.device)).logits
-        logprobs = logits.float().log_softmax(-1).cpu()
-        target = torch.tensor(asked)
-        return [float(logprobs[i, len(r) - 1 + torch.arange(len(asked)), target].sum())
-                for i, r in enumerate(rows)]
+        rows = [(tok(TEMPLATE.format(answer=a.strip()), add_special_tokens=False)["input_ids"], asked)
+                for a in answers]
+        found = target_logprobs(self.served, rows, MAX_TOKENS)
+        return [0.0] * len(answers) if found is None else [float(sum(f)) for f in found]
+
+
+def target_logprobs(served, rows: list[tuple[list[int], list[int]]], max_tokens: int) -> list[list[float]] | None:
+    """Per (context ids, target ids): the log-probability of each target token after the context,
+    under the served model's base weights (adapters off: no adapter may favour what it learned),
+    in one batch, under the model's lock so no reply is generated meanwhile. None when a row is
+    longer than `max_tokens` (one long forward pass is not worth it)."""
+    import torch
+
+    width = max(len(c) + len(t) for c, t in rows)
+    if width > max_tokens:
+        return None
+    tok = served.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    ids = torch.tensor([c + t + [pad] * (width - len(c) - len(t)) for c, t in rows])
+    mask = torch.tensor([[1] * (len(c) + len(t)) + [0] * (width - len(c) - len(t)) for c, t in rows])
+    with served.lock, torch.inference_mode(), _base_weights(served):
+        logits = served.model(input_ids=ids.to(served.device), attention_mask=mask.to(served.device)).logits
+    logprobs = logits.float().log_softmax(-1).cpu()
+    return [logprobs[i, len(c) - 1 + torch.arange(len(t)), torch.tensor(t, dtype=torch.long)].tolist()
+            for i, (c, t) in enumerate(rows)]
 
 
 def _base_weights(served):

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from assistant.memory import answer_key, unit_rows
-from assistant.rerank import TEMPLATE, _base_weights
+from assistant.rerank import TEMPLATE, target_logprobs
 from store import feedback
 
 log = logging.getLogger(__name__)
@@ -110,8 +110,7 @@ def supersede_by_meaning(db, feedback_id: str, superseder: Superseder) -> list[s
 
 
 class ModelJudge:
-    """Mean log-probabilities under a ServedModel's base weights (no adapter may favour what it
-    learned), under the model's lock so no reply is generated meanwhile."""
+    """Mean log-probabilities per token under a ServedModel's base weights (rerank.target_logprobs)."""
 
     def __init__(self, served, system_prompt: str):
         self.served, self.system_prompt = served, system_prompt
@@ -136,17 +135,7 @@ class ModelJudge:
                                     for a, q in pairs])
 
     def _mean_logprobs(self, rows: list[tuple[list[int], list[int]]]) -> list[float]:
-        import torch
-
-        served = self.served
-        pad = served.tokenizer.pad_token_id or 0
-        width = max(len(c) + len(t) for c, t in rows)
-        if width > MAX_TOKENS:  # every row alike: no shift, so a huge text never merges by likelihood
+        found = target_logprobs(self.served, rows, MAX_TOKENS)
+        if found is None:  # every row alike: no shift, so a huge text never merges by likelihood
             return [0.0] * len(rows)
-        ids = torch.tensor([c + t + [pad] * (width - len(c) - len(t)) for c, t in rows])
-        mask = torch.tensor([[1] * (len(c) + len(t)) + [0] * (width - len(c) - len(t)) for c, t in rows])
-        with served.lock, torch.inference_mode(), _base_weights(served):
-            logits = served.model(input_ids=ids.to(served.device), attention_mask=mask.to(served.device)).logits
-        logprobs = logits.float().log_softmax(-1).cpu()
-        return [float(logprobs[i, len(c) - 1 + torch.arange(len(t)), torch.tensor(t)].mean()) if t else 0.0
-                for i, (c, t) in enumerate(rows)]
+        return [sum(f) / len(f) if f else 0.0 for f in found]
