@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 PORT    ?= 7860
 export ASSISTANT_HOME ?= $(HOME)/.assistant
 
-.PHONY: install install-mpnet run test test-fast e2e lint bench bench-chat bench-loops bench-learn bench-swap bench-memory bench-teach bench-routing bench-season bench-projection browser clean
+.PHONY: install install-mpnet run test test-fast e2e lint bench bench-chat bench-loops bench-learn bench-swap bench-memory bench-teach bench-routing bench-season bench-projection bench-faults bench-multilingual browser clean
 
 $(STAMP): pyproject.toml requirements-models.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -60,6 +60,11 @@ bench-season: install
 	$(PY) bench/season.py $(SEASON_ARGS)
 bench-projection: install
 	$(PY) bench/projection.py
+# Kills the learner (20x) and the server (10x), fills the disk, fuzzes the API (issue 29); about 10 min. Root mounts tmpfs for the disk part.
+bench-faults: install
+	$(PY) bench/faults.py
+bench-multilingual: install
+	$(PY) bench/multilingual.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
