@@ -127,14 +127,15 @@ def accepted_feedback(db) -> set[str]:
 
 
 def abandoned_candidates(db) -> list[dict]:
-    """Candidates whose cycle ended without a gate decision: the learner was killed or failed
-    after registering it (its job row is failed or cancelled, or gone). Called under the cycle
-    lock, so no cycle is still deciding them. A candidate its cycle left on purpose (no gate
-    installed: that job succeeded) waits for a person, as before."""
+    """Candidates whose cycle ended before its decision took effect: the learner was killed or
+    failed after registering it, before or after the gate judged it (its job row is failed or
+    cancelled, or gone). Called under the cycle lock, so no cycle is still deciding them. A
+    candidate its cycle left on purpose (no gate installed: that job succeeded) waits for a
+    person, as before."""
     out = []
     for a in adapters.list_adapters(db):
         job_id = (a["meta"] or {}).get("job_id")
-        if a["status"] != "candidate" or not job_id or adapters.decisions_for(db, a["version"]):
+        if a["status"] != "candidate" or not job_id:
             continue
         row = db.execute("SELECT status FROM jobs WHERE id = ?", [job_id]).fetchone()
         if row is None or row[0] not in ("running", "succeeded"):
@@ -151,8 +152,8 @@ def drop_abandoned_candidates(db) -> list[int]:
     dropped = []
     for a in abandoned_candidates(db):
         job_id = a["meta"]["job_id"]
-        reason = (f"FAILED: the learning cycle that trained it (job {job_id}) ended before the gate "
-                  "judged it; its feedback is learned again by a later cycle")
+        reason = (f"FAILED: the learning cycle that trained it (job {job_id}) ended before its gate "
+                  "decision took effect; its feedback is learned again by a later cycle")
         adapters.record_decision(db, new_id(), a["version"], a["parent_version"], False, [reason], {})
         adapters.reject(db, a["version"])
         try:

@@ -70,6 +70,28 @@ def test_a_candidate_whose_cycle_died_is_rejected_and_its_feedback_learned_again
     assert learner.abandoned_candidates(db) == []
 
 
+def test_a_candidate_whose_cycle_died_after_a_passing_decision_is_not_stuck(cfg, db, monkeypatch):
+    """Killed between the gate's passing decision and the promotion: the next cycle rejects the
+    candidate (a newer version may have gone live meanwhile) and learns its feedback again."""
+    taught = teach(db)
+    evaluate, decide, config = fake_gate(True)()
+
+    def killed_at_promotion(db, version):
+        raise SystemExit("killed")
+
+    monkeypatch.setattr(learner, "_gate", lambda: (evaluate, decide, config))
+    monkeypatch.setattr(adapters, "activate", killed_at_promotion)
+    with pytest.raises(SystemExit):
+        cycle(cfg)
+    monkeypatch.undo()
+    job_id = adapters.get_adapter(db, 1)["meta"]["job_id"]
+    jobs.update_job(db, job_id, status="running", ended_at=None, pid=dead_pid())
+    assert adapters.decisions_for(db, 1)[0]["passed"] and adapters.get_adapter(db, 1)["status"] == "candidate"
+    monkeypatch.setattr(learner, "_gate", fake_gate(True))
+    assert cycle(cfg)["status"] == "active" and adapters.get_adapter(db, 1)["status"] == "rejected"
+    assert set(taught) <= set(adapters.lineage_feedback(db, 2))
+
+
 def test_a_candidate_left_on_purpose_without_a_gate_is_kept(cfg, db, monkeypatch):
     teach(db)
     monkeypatch.setattr(learner, "_gate", lambda: None)
