@@ -418,7 +418,7 @@ def main(argv=None) -> int:
         res = json.loads((RESULTS / f"{args.out}.json").read_text())
         season_file = latest_season(args.season)
         res["season_file"] = str(season_file)
-        res["cost"] = project(json.loads(season_file.read_text()), [m["stored"] for m in res["sizes"]])
+        res["cost"] = project(json.loads(season_file.read_text()), [int(s) for s in args.sizes.split(",")])
         (RESULTS / f"{args.out}.json").write_text(json.dumps(res, indent=1))
         (RESULTS / f"{args.out}.md").write_text(markdown(res, "python bench/projection.py " + " ".join(
             argv if argv is not None else sys.argv[1:])))
