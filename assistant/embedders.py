@@ -59,6 +59,14 @@ class SentenceEmbedder:
                 self._model = _shared_model(self.model_dir())
         return self._model
 
+    def readable(self, text: str) -> bool:
+        """Does the model know any word or number of `text`? A text it reads only as unknown
+        tokens ("🐶❓", "🎉🎉🎉": every emoji is MiniLM's one [UNK]) or punctuation embeds like
+        every other such text, so it must match nothing: it would match everything alike."""
+        tok = self.load().tokenizer
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        return any(i != tok.unk_token_id and any(c.isalnum() for c in tok.convert_ids_to_tokens(i)) for i in ids)
+
     def encode(self, texts: list[str]) -> np.ndarray:
         texts = list(texts)
         if len(texts) == 1:

@@ -377,6 +377,13 @@ def asks_way(text: str) -> bool:
                for t, nxt in zip(found, [*found[1:], ""], strict=True))
 
 
+def readable(embedder, text: str) -> bool:
+    """May `text` be matched by its embedding at all (SentenceEmbedder.readable)? Embedders
+    without that check (tests' stand-ins) read everything."""
+    check = getattr(embedder, "readable", None)
+    return True if check is None else check(text)
+
+
 def unit_rows(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     norms = np.linalg.norm(x, axis=-1, keepdims=True)
@@ -589,7 +596,7 @@ class Memory:
     def recall(self, text: str, k: int | None = None) -> list[dict]:
         """The most similar eligible corrections to `text` that match it (`relevant`), within
         `margin` of the best one's score, best first."""
-        if not text or not text.strip():
+        if not text or not text.strip() or not readable(self.embedder, text):
             return []
         k = self.top_k if k is None else k
         with self._held(self.busy_wait_s) as held:

@@ -44,6 +44,7 @@ from assistant.memory import (
     may_answer,
     named_things,
     ordinary_requests,
+    readable,
     referred,
     told_words,
     unit_rows,
@@ -222,6 +223,8 @@ class AdapterScope:
     def _match(self, scope: "_Scope", text: str) -> int | None:
         """The index of the scope prompt nearest `text` when it counts as a match (threshold, or
         margin above ordinary requests); None when `text` is outside the scope."""
+        if not readable(self.embedder, text):
+            return None
         query = self._query(text)
         sims = self._sims(scope, text, query)
         matched = np.flatnonzero(self._ordinary.relevant(sims, query, scope.threshold, scope.margin))
