@@ -6,6 +6,8 @@ Routes (all under /v1, all requiring `Authorization: Bearer <cfg.api_key>` when 
                                         turn id, so a client can send feedback about it
   POST /v1/feedback                     {"turn_id", "rating": "up"|"down", "reason"?, "correction"?};
                                         answers with the ids of the corrections it replaced ("supersedes")
+  PATCH  /v1/conversations/{id}         {"no_learn": true|false}: don't learn from it (or do again)
+  DELETE /v1/conversations/{id}         the conversation, its turns and their feedback
   GET  /v1/corrections                  every correction, newest first: learned, pending, not learned,
                                         superseded (by which), with why
   GET  /v1/adapters                     the adapter registry and the active version
@@ -62,7 +64,7 @@ from assistant.errors import (
     storable_problem,
 )
 from assistant.model import validate_adapter_dir, weights_deleted
-from store import adapters, feedback
+from store import adapters, conversations, feedback
 from store.conversations import NotFound
 from store.feedback import MAX_TEXT
 
@@ -155,6 +157,11 @@ class FeedbackRequest(BaseModel):
         if v is not None and not v.strip():
             raise ValueError("a correction needs the corrected answer text")
         return v
+
+
+class ConversationUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    no_learn: bool  # "don't learn from this conversation": out of recall at once, out of the next version
 
 
 class ActivateRequest(BaseModel):
@@ -363,6 +370,24 @@ def build_router(runtime) -> APIRouter:
         replaced = feedback.replaced_by(chat.db, ids[-1]) if body.correction is not None else []
         return {"object": "feedback", "turn_id": body.turn_id, "feedback_ids": ids,
                 "kinds": [kind for kind, _, _ in facts], "supersedes": replaced}
+
+    @router.patch("/conversations/{conversation_id}")
+    def patch_conversation(conversation_id: str, body: ConversationUpdate):
+        try:
+            conversations.update_conversation(chat.db, conversation_id, no_learn=int(body.no_learn))
+        except NotFound as e:
+            raise _not_found(e, "conversation_not_found") from e
+        return {"object": "conversation", "id": conversation_id, "no_learn": body.no_learn}
+
+    @router.delete("/conversations/{conversation_id}")
+    def delete_conversation(conversation_id: str):
+        """The conversation, its turns and their feedback: out of recall at once, its experts stop
+        answering at once, and the next version does not keep them."""
+        try:
+            conversations.delete_conversation(chat.db, conversation_id)
+        except NotFound as e:
+            raise _not_found(e, "conversation_not_found") from e
+        return {"object": "conversation.deleted", "id": conversation_id, "deleted": True}
 
     @router.get("/corrections")
     def get_corrections():

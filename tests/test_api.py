@@ -317,3 +317,17 @@ def test_a_correction_says_what_it_replaced_and_the_list_shows_it_superseded(ser
     replaced = listed[old["feedback_ids"][-1]]
     assert replaced["state"] == "superseded" and replaced["superseded_by"] == new["feedback_ids"][-1]
     assert "8:05" in replaced["detail"] and listed[new["feedback_ids"][-1]]["state"] == "pending"
+
+
+def test_a_conversation_is_marked_dont_learn_or_deleted_through_the_api(server, client, runtime):
+    r = ask(client, "What is my locker code?")
+    conv = conversations.get_turn(runtime.db, r.id)["conversation_id"]
+    fid = httpx.post(server.url + "/v1/feedback", json={"turn_id": r.id, "rating": "down",
+                                                      "correction": "Your locker code is 4821."}).json()["feedback_ids"][-1]
+    assert httpx.patch(server.url + f"/v1/conversations/{conv}", json={"no_learn": True}).json()["no_learn"] is True
+    assert conversations.get_conversation(runtime.db, conv)["no_learn"] == 1
+    assert feedback.taken_back(runtime.db, [fid]) == [fid]
+    assert httpx.patch(server.url + f"/v1/conversations/{conv}", json={"no_learn": "maybe"}).status_code == 400
+    assert httpx.delete(server.url + f"/v1/conversations/{conv}").json()["deleted"] is True
+    missing = httpx.delete(server.url + f"/v1/conversations/{conv}")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "conversation_not_found"
