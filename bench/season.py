@@ -49,6 +49,7 @@ from teach import Server, cli  # noqa: E402
 
 from assistant.embedders import embedder_name  # noqa: E402
 from learning.evaluate import contains_phrase, load_canaries  # noqa: E402
+from learning.probes import load_scenario  # noqa: E402
 
 DEFAULT = ROOT / "bench" / "season_dev.jsonl"
 TAUGHT_KINDS = ("fact", "style", "update", "forget")
@@ -58,36 +59,6 @@ FIRST_CYCLES = 3  # retention: facts taught in cycles 1..3
 
 
 # ---- the scenario ---------------------------------------------------------------------------------
-def load_season(path: str | Path) -> list[dict]:
-    """Read and check a season scenario; a malformed line fails with its line number."""
-    items, ids = [], set()
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            it = json.loads(line)
-        except ValueError as e:
-            raise ValueError(f"{path}:{n}: not JSON: {e}") from e
-        where = f"{path}:{n} ({it.get('id')})"
-        if it.get("kind") not in KINDS or not it.get("id") or not it.get("probes") or not it.get("expect"):
-            raise ValueError(f"{where}: an item needs kind {'|'.join(KINDS)}, id, probes and expect")
-        if it["id"] in ids:
-            raise ValueError(f"{where}: id used twice")
-        ids.add(it["id"])
-        if it["kind"] != "control" and not it.get("teach"):
-            raise ValueError(f"{where}: a {it['kind']} item needs teach corrections")
-        if it["kind"] == "update" and not it.get("of"):
-            raise ValueError(f"{where}: an update names the fact it changes in 'of'")
-        if it["kind"] == "forget" and it.get("how", "delete") not in ("delete", "no_learn"):
-            raise ValueError(f"{where}: 'how' is delete or no_learn")
-        items.append(it)
-    facts = {it["id"] for it in items if it["kind"] == "fact"}
-    for it in items:
-        if it["kind"] == "update" and it["of"] not in facts:
-            raise ValueError(f"{path}: update {it['id']} changes {it['of']!r}, which is no fact of the file")
-    return items
-
-
 def schedule(items: list[dict], default_cycles: int = 10) -> int:
     """Give every taught item its `_cycle` (forget items their `_back` too); returns the number of
     cycles. Items with a "cycle" keep it; the others are spread evenly in file order; an update
@@ -479,7 +450,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="season", help="stem of the result files (default %(default)s)")
     args = ap.parse_args(argv)
 
-    items = load_season(args.scenario)
+    items = load_scenario(args.scenario)
     cycles = schedule(items, args.default_cycles)
     todo = min(cycles, args.cycles_limit or cycles)
     canaries = [] if args.no_canaries else load_canaries()

@@ -3,8 +3,10 @@ feeds training, prompts or configuration.
 
 A scenario is a JSONL file of items: `fact` (teach: one correction; probes: the re-ask plus
 paraphrases), `style` (several corrections; probes: new prompts), `control` (probes the base
-model already answers) and `update` (a later correction of the fact `of`, maybe through another
-question; probes: questions about that fact, which must now say `expect` and never `stale`). A probe passes when the greedy reply (32 new tokens) contains one of
+model already answers), `update` (a later correction of the fact `of`, maybe through another
+question; probes: questions about that fact, which must now say `expect` and never `stale`) and
+`forget` (taught, then taken back `how`: delete or no_learn; its `expect` must no longer be said,
+bench/season.py). A probe passes when the greedy reply (32 new tokens) contains one of
 the item's `expect` strings as a whole word or phrase, case-insensitively.
 
 `score_probes(served, scenario, version, path)` returns per-family counts (reask, paraphrase,
@@ -18,12 +20,12 @@ from learning.evaluate import contains_phrase
 from learning.scoring import Scorer
 
 FAMILIES = ("reask", "paraphrase", "style", "control")
-KINDS = ("fact", "style", "control", "update")
+KINDS = ("fact", "style", "control", "update", "forget")
 
 
 def load_scenario(path: str | Path) -> list[dict]:
     """Read and check a scenario file; a malformed line fails with its line number."""
-    items = []
+    items, ids = [], set()
     for n, line in enumerate(Path(path).read_text().splitlines(), 1):
         if not line.strip():
             continue
@@ -37,6 +39,11 @@ def load_scenario(path: str | Path) -> list[dict]:
             raise ValueError(f"{path}:{n}: a {item['kind']} item needs teach corrections")
         if item["kind"] == "update" and item.get("of") not in {it["id"] for it in items if it["kind"] == "fact"}:
             raise ValueError(f"{path}:{n}: an update names the fact it changes, on an earlier line, in 'of'")
+        if item["kind"] == "forget" and item.get("how", "delete") not in ("delete", "no_learn"):
+            raise ValueError(f"{path}:{n}: a forget item's 'how' is delete or no_learn")
+        if item.get("id") in ids:
+            raise ValueError(f"{path}:{n}: id {item.get('id')!r} used twice")
+        ids.add(item.get("id"))
         items.append(item)
     return items
 
@@ -52,7 +59,7 @@ def probe_list(items: list[dict]) -> list[dict]:
     for it in items:
         for i, p in enumerate(it["probes"]):
             family = {"fact": "reask" if i == 0 else "paraphrase", "style": "style", "control": "control",
-                      "update": "update"}[it["kind"]]
+                      "update": "update", "forget": "forget"}[it["kind"]]
             out.append({"item": it["id"], "family": family, "prompt": p, "expect": it["expect"]})
     return out
 
