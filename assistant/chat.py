@@ -292,8 +292,8 @@ class ChatService:
         finished turn could not be saved (the reply is in `turn.generation`)."""
         self.open_turn(turn, source=source, max_new_tokens=max_new_tokens, temperature=temperature,
                        retry_of=retry_of)
-        max_new_tokens = max_new_tokens or self.cfg.default_max_new_tokens
-        temperature = self.cfg.default_temperature if temperature is None else temperature
+        params = self._params(max_new_tokens, temperature)
+        max_new_tokens, temperature = params["max_new_tokens"], params["temperature"]
         served, served_path = self.serving_adapter()
         version, path = self.route(served, served_path, turn.user_message)
         if self.cfg.pending_note_wins and turn.recalled and not turn.recalled[0].get("learned", True):
