@@ -51,6 +51,11 @@ class Config:
     # question after each match's answer (assistant/rerank.py). Costs a forward pass over up to
     # three short texts on a turn that matched two or more corrections.
     rerank: bool = True
+    # With `rerank`, a matched correction answers only when its answer fits the question: at most
+    # rerank.FIT_TOLERANCE less likely under the chat model than after the question it corrected
+    # (a question about another of a company's plans does not get the support number). Off: every
+    # match answers.
+    answer_fit: bool = True
     # A new correction replaces earlier ones about the same thing asked another way, decided by
     # the chat model's likelihood (assistant/supersede.py; bench/results/supersede.md: 10 of 20
     # updates, none of 22 different facts merged). Off: only a correction of the same question

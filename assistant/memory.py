@@ -58,7 +58,7 @@ from typing import Protocol
 import numpy as np
 
 from assistant.embedders import SentenceEmbedder, make_embedder
-from assistant.rerank import Reranker, reranked
+from assistant.rerank import Reranker, fitting, reranked
 from store import open_db
 from store.settings import get_setting
 
@@ -628,6 +628,9 @@ class Memory:
                  if may_answer(asked, self._eligible[i]["personal"], self._eligible[i]["told"],
                                way and not self._eligible[i]["way"], bool(names & self._eligible[i]["things"]))]
         top = sorted(close, key=lambda i: -scores[i])[:k]
+        fit = fitting(self.reranker, text, [(self._eligible[i]["user_message"], self._eligible[i]["correction"])
+                                            for i in top])
+        top = [i for i, ok in zip(top, fit, strict=True) if ok]
         ranks = reranked(text, [scores[i] for i in top], [self._eligible[i]["correction"] for i in top], self.reranker)
         found = [{"feedback_id": self._eligible[i]["id"],
                   "prompt": self._eligible[i]["user_message"],

@@ -17,16 +17,29 @@ stands. A candidate more than GAP behind the nearest is not scored at all.
 Chosen on our dev sets only (`python bench/routing.py --rerank on|off`, never the scenario's
 probes); see WEIGHT.
 
-Contract: a reranker is anything with `likelihoods(question, answers) -> list[float]`;
-`ModelReranker(served)` uses a ServedModel's base weights and remembers what it scored.
+Whether a candidate may answer at all is MiniLM's too, with one check by the model: a matched
+correction's answer must fit the question (`fits`). A question about another thing of the same
+company or person ("What is Solara's cheapest tariff called?" near the taught "What is the Solara
+support number?") shares its names with the correction and lies near it, but makes the answer
+("The Solara Energy support line is ...") clearly less likely than the question it corrected does.
+So a candidate whose answer is more than `fit_tolerance` less likely per token after the question
+than after its own corrected question answers nothing (recall drops the note, routing the expert).
+
+Contract: a reranker is anything with `likelihoods(question, answers) -> list[float]` and
+optionally `fits(question, corrected) -> list[bool]`; `ModelReranker(served)` uses a ServedModel's
+base weights and remembers what it scored.
 `reranked(question, similarities, answers, reranker)` -> the ranks, in the same order (answers
 may be None: such a candidate is not scored and keeps its similarity).
+`fitting(reranker, question, corrected)` -> per (corrected question, answer), whether the answer
+fits `question` (True when there is no model to ask).
 """
 import contextlib
 import logging
 import threading
 from collections import OrderedDict
 from typing import Protocol
+
+from assistant.config import DEFAULT_SYSTEM_PROMPT
 
 # The context a question is scored after. Of three wordings tried on the dev sets, this one
 # (and "Q: <question> A: <answer> The same question in other words:") reordered without a loss.
@@ -51,12 +64,37 @@ GAP: float | None = 0.1
 # likelihood, so MiniLM's order stands. Keeps a huge message from costing a long forward pass
 # or running past the model's context.
 MAX_TOKENS = 256
+# How much less likely (mean log-probability per answer token, under the base weights) a matched
+# correction's answer may be after the question than after the question it corrected. Chosen on
+# the dev sets (never a scenario's probes): over the seven sets, every paraphrase paired with its
+# own correction and with MiniLM's nearest other corrections (`python bench/answer_fit.py`,
+# bench/results/answer-fit.md), 2.25 kept every one of 287 paraphrases' own answers that MiniLM
+# matched and turned away 17 of 163 matched other answers; 2.0 turned away 28 and lost 4 own.
+FIT_TOLERANCE = 2.25
 
 log = logging.getLogger(__name__)
 
 
 class Reranker(Protocol):
     def likelihoods(self, question: str, answers: list[str]) -> list[float]: ...
+
+
+def fitting(reranker, question: str, corrected: list[tuple[str | None, str | None]]) -> list[bool]:
+    """Per (corrected question, answer): does the answer fit `question` (module docstring)? True
+    for a pair missing either, without a reranker that can tell, or when it fails (the check only
+    turns candidates away: a turn never fails for it)."""
+    known = [i for i, (q, a) in enumerate(corrected) if q and a]
+    ok = [True] * len(corrected)
+    if not known or reranker is None or not hasattr(reranker, "fits"):
+        return ok
+    try:
+        found = reranker.fits(question, [corrected[i] for i in known])
+    except Exception as e:  # noqa: BLE001 - e.g. out of memory: MiniLM's matches stand
+        log.warning("answer fit not checked: %s", e)
+        return ok
+    for i, fits in zip(known, found, strict=True):
+        ok[i] = bool(fits)
+    return ok
 
 
 def reranked(question: str, similarities: list[float], answers: list[str | None],
@@ -88,10 +126,30 @@ class ModelReranker:
 
     CACHE = 512
 
-    def __init__(self, served):
-        self.served = served
+    def __init__(self, served, system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+                 fit_tolerance: float | None = FIT_TOLERANCE):
+        self.served, self.system_prompt, self.fit_tolerance = served, system_prompt, fit_tolerance
         self._cache: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._cache_lock = threading.Lock()
+        self._own: dict[tuple[str, str], float] = {}  # (corrected question, answer) -> its likelihood
+
+    def fits(self, question: str, corrected: list[tuple[str, str]]) -> list[bool]:
+        """Per (corrected question, answer): is the answer at most `fit_tolerance` less likely per
+        token after `question` than after the corrected question? One batch; the corrected
+        questions' own likelihoods are remembered (a correction never changes)."""
+        if self.fit_tolerance is None:
+            return [True] * len(corrected)
+        with self._cache_lock:
+            own_missing = list(dict.fromkeys(p for p in corrected if p not in self._own))
+        if own_missing:  # a batch of its own: a long question must not spoil what is remembered
+            own = answer_logprobs(self.served, self.system_prompt, own_missing)
+            with self._cache_lock:
+                self._own.update(zip(own_missing, own, strict=True))
+        asked = answer_logprobs(self.served, self.system_prompt, [(question, a) for _, a in corrected])
+        if not any(asked):  # too long to score (answer_logprobs): MiniLM's matches stand
+            return [True] * len(corrected)
+        with self._cache_lock:
+            return [self._own[p] - lp <= self.fit_tolerance for p, lp in zip(corrected, asked, strict=True)]
 
     def likelihoods(self, question: str, answers: list[str]) -> list[float]:
         with self._cache_lock:
@@ -134,6 +192,38 @@ def target_logprobs(served, rows: list[tuple[list[int], list[int]]], max_tokens:
     logprobs = logits.float().log_softmax(-1).cpu()
     return [logprobs[i, len(c) - 1 + torch.arange(len(t)), torch.tensor(t, dtype=torch.long)].tolist()
             for i, (c, t) in enumerate(rows)]
+
+
+def chat_reranker(served, cfg) -> "ModelReranker | None":
+    """The reranker the chat uses with Config `cfg` (`rerank`, `answer_fit`): the learner's gate,
+    the benchmarks and the server all build it here."""
+    if not cfg.rerank:
+        return None
+    return ModelReranker(served, fit_tolerance=FIT_TOLERANCE if cfg.answer_fit else None)
+
+
+def answer_logprobs(served, system_prompt: str, pairs: list[tuple[str, str]],
+                    max_tokens: int = 384) -> list[float]:
+    """Per (question, answer): the mean log-probability per token of the answer after the question
+    in the chat template, under the base weights; 0.0 for every pair when one is longer than
+    `max_tokens` (alike, so no pair stands out for its length)."""
+    tok = served.tokenizer
+    rows = []
+    for question, answer in pairs:
+        context = tok.apply_chat_template([{"role": "system", "content": system_prompt},
+                                           {"role": "user", "content": question}],
+                                          tokenize=False, add_generation_prompt=True)
+        rows.append((tok(context, add_special_tokens=False)["input_ids"],
+                     tok(answer, add_special_tokens=False)["input_ids"]))
+    return mean_logprobs(served, rows, max_tokens)
+
+
+def mean_logprobs(served, rows: list[tuple[list[int], list[int]]], max_tokens: int) -> list[float]:
+    """`target_logprobs` averaged per row; 0.0 for every row when one is too long."""
+    found = target_logprobs(served, rows, max_tokens) if rows else []
+    if found is None:
+        return [0.0] * len(rows)
+    return [sum(f) / len(f) if f else 0.0 for f in found]
 
 
 def _base_weights(served):

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from assistant.chat import ChatService
 from assistant.config import Config
 from assistant.model import ServedModel, resolve_model
-from assistant.rerank import ModelReranker
+from assistant.rerank import chat_reranker
 from assistant.scope import AdapterScope
 from store import feedback, open_db
 
@@ -27,7 +27,7 @@ class Runtime:
         cfg.home.mkdir(parents=True, exist_ok=True)
         if model is None:
             model = ServedModel(resolve_model(cfg.model, cfg.models_dir))
-        reranker = ModelReranker(model) if cfg.rerank else None
+        reranker = chat_reranker(model, cfg)
         if memory is None and with_memory:
             memory = _open_memory(cfg, reranker)
         # the embedding model is loaded on the first prompt that meets a scoped adapter

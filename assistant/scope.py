@@ -50,7 +50,7 @@ from assistant.memory import (
     unit_rows,
     words,
 )
-from assistant.rerank import reranked
+from assistant.rerank import fitting, reranked
 
 EXPERTS_DIR = "experts"  # a version's per-correction experts (learning/experts.py)
 EXPERT_KEY = "expert:"  # served-model keys of experts: (version, "expert:<name>")
@@ -173,7 +173,8 @@ class AdapterScope:
                         *_key_kinds(keys, owners, experts, scope.get("personal") or ()),
                         set(scope.get("told") or ()), owners,
                         {e["name"]: list(e.get("feedback_ids") or ()) for e in experts},
-                        {e["name"]: e.get("answer") or None for e in experts})
+                        {e["name"]: e.get("answer") or None for e in experts},
+                        {e["name"]: e.get("prompt") or None for e in experts})
             return self._cache[key]
 
     def warm(self, path) -> None:
@@ -230,13 +231,19 @@ class AdapterScope:
         matched = np.flatnonzero(self._ordinary.relevant(sims, query, scope.threshold, scope.margin))
         return None if not len(matched) else self._reranked(scope, text, sims, matched)
 
-    def _reranked(self, scope: "_Scope", text: str, sims: np.ndarray, matched: np.ndarray) -> int:
+    def _reranked(self, scope: "_Scope", text: str, sims: np.ndarray, matched: np.ndarray) -> int | None:
         """Of the matched keys, the best one of the expert that ranks first once the nearest
-        RERANK_CANDIDATES experts (by their best key) are reranked (assistant/rerank.py)."""
+        RERANK_CANDIDATES experts (by their best key) whose answer fits `text` are reranked
+        (assistant/rerank.py); None when no answer fits."""
         nearest: dict = {}  # expert (None: the shared adapter) -> its best matched key
         for i in matched[np.argsort(-sims[matched], kind="stable")]:
             nearest.setdefault(scope.experts[i], int(i))
         keys = list(nearest.values())[:RERANK_CANDIDATES]
+        fit = fitting(self.reranker, text, [(scope.questions.get(scope.experts[i]), scope.answers.get(scope.experts[i]))
+                                            for i in keys])
+        keys = [i for i, ok in zip(keys, fit, strict=True) if ok]
+        if not keys:
+            return None
         ranks = reranked(text, [sims[i] for i in keys], [scope.answers.get(scope.experts[i]) for i in keys],
                          self.reranker)
         return keys[int(np.argmax(ranks))]
@@ -308,4 +315,5 @@ class _Scope:
     experts: list[str | None]  # per matrix row: the expert that answers it (None: the shared adapter)
     expert_feedback: dict[str, list[str]]  # expert name -> the feedback ids it learned
     answers: dict[str, str | None]  # expert name -> the answer it learned (for assistant/rerank.py)
+    questions: dict[str, str | None]  # expert name -> the question it corrected (for rerank.fitting)
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from assistant.memory import answer_key, unit_rows
-from assistant.rerank import TEMPLATE, target_logprobs
+from assistant.rerank import TEMPLATE, answer_logprobs, mean_logprobs
 from store import feedback
 
 log = logging.getLogger(__name__)
@@ -117,25 +117,11 @@ class ModelJudge:
 
     def answer_logprobs(self, pairs: list[tuple[str, str]]) -> list[float]:
         """Per (question, answer): the answer after the question in the chat template."""
-        tok = self.served.tokenizer
-        rows = []
-        for question, answer in pairs:
-            context = tok.apply_chat_template([{"role": "system", "content": self.system_prompt},
-                                               {"role": "user", "content": question}],
-                                              tokenize=False, add_generation_prompt=True)
-            rows.append((tok(context, add_special_tokens=False)["input_ids"],
-                         tok(answer, add_special_tokens=False)["input_ids"]))
-        return self._mean_logprobs(rows)
+        return answer_logprobs(self.served, self.system_prompt, pairs, MAX_TOKENS)
 
     def question_logprobs(self, pairs: list[tuple[str, str]]) -> list[float]:
         """Per (answer, question): the question after TEMPLATE(answer) (assistant/rerank.py)."""
         tok = self.served.tokenizer
-        return self._mean_logprobs([(tok(TEMPLATE.format(answer=a.strip()), add_special_tokens=False)["input_ids"],
-                                     tok(" " + q.strip(), add_special_tokens=False)["input_ids"])
-                                    for a, q in pairs])
-
-    def _mean_logprobs(self, rows: list[tuple[list[int], list[int]]]) -> list[float]:
-        found = target_logprobs(self.served, rows, MAX_TOKENS)
-        if found is None:  # every row alike: no shift, so a huge text never merges by likelihood
-            return [0.0] * len(rows)
-        return [sum(f) / len(f) if f else 0.0 for f in found]
+        return mean_logprobs(self.served, [(tok(TEMPLATE.format(answer=a.strip()), add_special_tokens=False)["input_ids"],
+                                            tok(" " + q.strip(), add_special_tokens=False)["input_ids"])
+                                           for a, q in pairs], MAX_TOKENS)

@@ -37,7 +37,7 @@ import torch  # noqa: E402
 from assistant import memory as memory_mod  # noqa: E402
 from assistant.config import DEFAULT_SYSTEM_PROMPT, Config  # noqa: E402
 from assistant.model import ServedModel, resolve_model  # noqa: E402
-from assistant.rerank import ModelReranker  # noqa: E402
+from assistant.rerank import chat_reranker  # noqa: E402
 from assistant.runtime import Runtime  # noqa: E402
 from learning.evaluate import contains_phrase  # noqa: E402
 from learning.probes import corrections, load_scenario, probe_list  # noqa: E402
@@ -78,7 +78,7 @@ def open_runtime(model_spec: str | None, threshold: float | None = None, **kw) -
     cfg = Config(home=home, model=model_spec or "embedded", default_max_new_tokens=MAX_NEW_TOKENS)
     model = ServedModel(resolve_model(cfg.model, cfg.models_dir))
     mem = memory_mod.Memory(cfg, threshold=memory_mod.DEFAULT_THRESHOLD if threshold is None else threshold,
-                            reranker=ModelReranker(model) if cfg.rerank else None, **kw)  # as Runtime.create
+                            reranker=chat_reranker(model, cfg), **kw)  # as Runtime.create
     return Runtime.create(cfg, model=model, memory=mem)
 
 

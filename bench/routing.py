@@ -113,16 +113,35 @@ def recall_memory(home: Path, facts: list[dict], embedder, reranker=None, **sett
     return Memory(cfg, embedder, reranker=reranker, **settings)
 
 
-def model_reranker():
+def model_reranker(answer_fit: bool = True):
     """The chat model's reranker (assistant/rerank.py) on the embedded model's base weights."""
     from assistant.model import ServedModel, resolve_model
-    from assistant.rerank import ModelReranker
+    from assistant.rerank import chat_reranker
 
-    cfg = Config()
-    return ModelReranker(ServedModel(resolve_model(cfg.model, cfg.models_dir)))
+    cfg = Config(answer_fit=answer_fit)
+    return chat_reranker(ServedModel(resolve_model(cfg.model, cfg.models_dir)), cfg)
 
 
-def measure(embedder_name: str, dev: Path, lcfg: LearnConfig, reranker=None) -> dict:
+def left_out(facts: list[dict], embedder, lcfg: LearnConfig, reranker, where: Path) -> list[dict]:
+    """Questions about something never taught that sits among what was: each fact left out in
+    turn, with every other fact taught, its paraphrases asked. Any expert or note that answers
+    one is a leak (a taught answer to a question about something else)."""
+    leaks = []
+    for k, fact in enumerate(facts):
+        others = facts[:k] + facts[k + 1:]
+        version = where / f"without-{k}" / "v1"
+        owner, _ = write_version(version, others, lcfg)
+        scope = AdapterScope(embedder, reranker)
+        memory = recall_memory(where / f"without-{k}" / "home", others, embedder, reranker)
+        for q in fact["paraphrases"]:
+            key, _ = scope.route(1, version, q)
+            expert = owner[key[1].removeprefix(scope_mod.EXPERT_KEY)] if isinstance(key, tuple) else None
+            notes = [r["prompt"] for r in memory.recall(q)]
+            leaks.append({"question": q, "fact": fact["id"], "expert": expert, "notes": notes})
+    return leaks
+
+
+def measure(embedder_name: str, dev: Path, lcfg: LearnConfig, reranker=None, leave_one_out: bool = False) -> dict:
     facts, controls = dev_items(dev)
     _, advice = dev_items(ADVICE)
     embedder = make_embedder(embedder_name)
@@ -152,6 +171,7 @@ def measure(embedder_name: str, dev: Path, lcfg: LearnConfig, reranker=None) -> 
         taught = {prompt: f["id"] for f in facts for prompt, _ in f["teach"]}
         para_recalls = [(fid, q, [taught[r["prompt"]] for r in memory.recall(q)]) for fid, q, _ in para]
         ctrl_recalls = [(q, memory.recall(q)) for q in controls]
+        untaught = left_out(facts, embedder, lcfg, reranker, Path(tmp)) if leave_one_out else []
     return {"embedder": embedder_name, "dev_set": shown(dev),
             "scope_prompts": n_prompts,
             "paraphrases": len(para),
@@ -173,6 +193,9 @@ def measure(embedder_name: str, dev: Path, lcfg: LearnConfig, reranker=None) -> 
             "advice_routed": [{"question": q, "routed_to": got} for q, got in advised if got],
             "advice_recalling": sum(bool(r) for _, r in advice_recalls),
             "advice_recalled": [{"question": q, "recalled": r[0]["prompt"]} for q, r in advice_recalls if r],
+            "untaught": len(untaught), "untaught_to_an_expert": sum(bool(u["expert"]) for u in untaught),
+            "untaught_recalling": sum(bool(u["notes"]) for u in untaught),
+            "untaught_leaks": [u for u in untaught if u["expert"] or u["notes"]],
             "scope_embed_s": round(warm_s, 2), "route_ms_per_question": round(per_query_ms, 1)}
 
 
@@ -184,15 +207,23 @@ def markdown(results: list[dict], cmd: str) -> str:
              "\"other expert\" is a confidently wrong answer; \"outside\" goes to the base weights.", "",
              "| embedder | dev set | own expert | other expert | outside | controls to an expert "
              "| recall: own note first | recall: none | controls recalling a note | ordinary requests to an expert "
-             "| advice to an expert | advice recalling a note | scope embed s | route ms/question |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| advice to an expert | advice recalling a note | untaught to an expert | untaught recalling a note "
+             "| scope embed s | route ms/question |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['embedder']} | {r['dev_set']} | {r['own_expert']}/{r['paraphrases']} | {r['other_expert']} "
                      f"| {r['outside_scope']} | {r['controls_to_an_expert']}/{r['controls']} "
                      f"| {r['recall_own_first']}/{r['paraphrases']} | {r['recall_none']} "
                      f"| {r['controls_recalling']}/{r['controls']} | {r['ordinary_to_an_expert']}/{r['ordinary']} "
                      f"| {r['advice_to_an_expert']}/{r['advice']} | {r['advice_recalling']}/{r['advice']} "
+                     f"| {untaught(r, 'untaught_to_an_expert')} | {untaught(r, 'untaught_recalling')} "
                      f"| {r['scope_embed_s']} | {r['route_ms_per_question']} |")
+    lines += ["", "Untaught questions (`--leave-one-out`: each fact left out in turn, its paraphrases asked) that "
+              "reached an expert or recalled a note:", ""]
+    for r in results:
+        lines += [f"- {r['embedder']}, {Path(r['dev_set']).name}: \"{u['question']}\" ({u['fact']}, not taught) -> "
+                  + ", ".join(([f"expert {u['expert']}"] if u["expert"] else []) + [f"note \"{n}\"" for n in u["notes"]])
+                  for u in r.get("untaught_leaks", [])]
     lines += ["", "Misrouted paraphrases:", ""]
     for r in results:
         for m in r["misrouted"]:
@@ -216,6 +247,10 @@ def markdown(results: list[dict], cmd: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def untaught(r: dict, column: str) -> str:
+    return f"{r[column]}/{r['untaught']}" if r.get("untaught") else "-"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--embedders", default=",".join(installed_embedders()),
@@ -224,28 +259,33 @@ def main(argv=None) -> int:
                    help="route by each expert's prompt + answer too (assistant/scope.py EXPERT_ANSWER_KEYS)")
     p.add_argument("--rerank", choices=("on", "off"), default="on",
                    help="rerank close matches by the chat model (assistant/rerank.py; loads the embedded model)")
+    p.add_argument("--fit", choices=("on", "off"), default="on",
+                   help="with --rerank on: a match answers only if its answer fits the question (Config.answer_fit)")
+    p.add_argument("--leave-one-out", action="store_true",
+                   help="also ask each fact's paraphrases with that fact left out (untaught questions; slower)")
     p.add_argument("--sets", type=lambda v: [Path(x).resolve() for x in v.split(",")], default=DEV_SETS,
                    help="comma-separated scenario files (default: the six dev sets)")
     p.add_argument("--out", default="routing", help="file stem under bench/results")
     args = p.parse_args(argv)
     scope_mod.EXPERT_ANSWER_KEYS = args.answer_keys == "on"
     lcfg = LearnConfig()
-    reranker = model_reranker() if args.rerank == "on" else None
+    reranker = model_reranker(args.fit == "on") if args.rerank == "on" else None
     results = []
     for name in args.embedders.split(","):
         for dev in args.sets:
-            r = measure(name, dev, lcfg, reranker)
+            r = measure(name, dev, lcfg, reranker, args.leave_one_out)
             results.append(r)
             print(f"{name:7s} {Path(r['dev_set']).name:28s} own {r['own_expert']}/{r['paraphrases']} other "
                   f"{r['other_expert']} outside {r['outside_scope']} controls {r['controls_to_an_expert']}/{r['controls']} "
                   f"advice {r['advice_to_an_expert']}/{r['advice']} to an expert, {r['advice_recalling']} recalling; "
                   f"recall own {r['recall_own_first']}/{r['paraphrases']} none {r['recall_none']} "
-                  f"controls {r['controls_recalling']}; ordinary {r['ordinary_to_an_expert']}/{r['ordinary']}",
+                  f"controls {r['controls_recalling']}; ordinary {r['ordinary_to_an_expert']}/{r['ordinary']}; untaught "
+                  f"{untaught(r, 'untaught_to_an_expert')} to an expert, {untaught(r, 'untaught_recalling')} recalling",
                   flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     sets = "" if args.sets == DEV_SETS else " --sets " + ",".join(map(shown, args.sets))
     cmd = (f"python bench/routing.py --embedders {args.embedders} --answer-keys {args.answer_keys} "
-           f"--rerank {args.rerank}{sets} --out {args.out}")
+           f"--rerank {args.rerank} --fit {args.fit}{' --leave-one-out' if args.leave_one_out else ''}{sets} --out {args.out}")
     (RESULTS / f"{args.out}.json").write_text(json.dumps(results, indent=1))
     (RESULTS / f"{args.out}.md").write_text(markdown(results, cmd))
     print(f"wrote bench/results/{args.out}.md")

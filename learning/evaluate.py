@@ -220,9 +220,9 @@ def evaluate(cfg, db, candidate_version: int, incumbent_version: int | None,
 
         scope = AdapterScope()
     if scope.reranker is None and cfg.rerank:  # route as the chat does (assistant/runtime.py)
-        from assistant.rerank import ModelReranker
+        from assistant.rerank import chat_reranker
 
-        scope.reranker = ModelReranker(model)
+        scope.reranker = chat_reranker(model, cfg)
     base_replies = BaseReplies(Path(cfg.home) / "cache" / BASE_REPLIES_FILE, model)
     scorer = Scorer(model, max_new_tokens=max_new_tokens, scope=scope, base_replies=base_replies)
     system = get_setting(db, "system_prompt", DEFAULT_SYSTEM_PROMPT)

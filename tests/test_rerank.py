@@ -5,7 +5,7 @@ import json
 import pytest
 
 from assistant.memory import Memory
-from assistant.rerank import GAP, WEIGHT, ModelReranker, reranked
+from assistant.rerank import GAP, WEIGHT, ModelReranker, fitting, reranked
 from assistant.scope import EXPERTS_DIR, AdapterScope
 from tests.lora import make_adapter
 from tests.test_memory import HashEmbedder, correct
@@ -104,3 +104,49 @@ def test_the_models_likelihoods_are_the_base_weights_one_text_at_a_time(served, 
     assert ModelReranker(served).likelihoods(huge, answers) == [0.0, 0.0]
     with served.lock:  # re-entrant: a caller already holding the model's lock may rerank
         assert ModelReranker(served).likelihoods(question, answers[:1]) == pytest.approx(together[:1], abs=1e-4)
+
+
+class Fits(Prefers):
+    """A reranker with the answer-fit check: answers naming `misfit` fit no question."""
+
+    def __init__(self, word: str, misfit: str):
+        super().__init__(word)
+        self.misfit = misfit
+        self.asked = []
+
+    def fits(self, question, corrected):
+        self.asked.append(corrected)
+        return [self.misfit not in a for _, a in corrected]
+
+
+def test_an_answer_that_does_not_fit_the_question_is_not_recalled(cfg, db):
+    correct(db, "Which hospital is my workplace?", HOSPITAL)
+    correct(db, "Which university is my school?", SCHOOL)
+    question = "What is my school workplace?"
+    fits = Fits("Hospital", misfit="Hospital")
+    found = Memory(cfg, embedder=HashEmbedder(), threshold=0.3, margin=None, reranker=fits).recall(question)
+    assert [r["correction"] for r in found] == [SCHOOL]  # preferred by likelihood, but its answer does not fit
+    assert sorted(a for _, a in fits.asked[0]) == sorted([HOSPITAL, SCHOOL])  # asked with its corrected question
+    assert ("Which hospital is my workplace?", HOSPITAL) in fits.asked[0]
+    none_fit = Fits("study", misfit="You")
+    assert Memory(cfg, embedder=HashEmbedder(), threshold=0.3, margin=None, reranker=none_fit).recall(question) == []
+
+
+def test_routing_skips_an_expert_whose_answer_does_not_fit(tmp_path):
+    path = _two_experts(tmp_path / "v1")
+    question = "What is my school workplace?"
+    assert AdapterScope(HashEmbedder(), Fits("Hospital", misfit="Hospital")).route(1, path, question)[0] == (1, "expert:study")
+    assert AdapterScope(HashEmbedder(), Fits("study", misfit="You")).route(1, path, question) == (None, None)
+
+
+def test_a_failing_or_missing_fit_check_keeps_every_match():
+    pairs = [("Which hospital is my workplace?", HOSPITAL), (None, SCHOOL)]
+    assert fitting(None, "q", pairs) == [True, True]
+    assert fitting(Prefers("x"), "q", pairs) == [True, True]  # a reranker without `fits`
+
+    class Failing(Fits):
+        def fits(self, question, corrected):
+            raise RuntimeError("out of memory")
+
+    assert fitting(Failing("x", "x"), "q", pairs) == [True, True]
+    assert fitting(Fits("x", misfit="Hospital"), "q", pairs) == [False, True]  # a pair missing its question is kept
