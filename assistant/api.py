@@ -16,8 +16,11 @@ Routes (all under /v1, all requiring `Authorization: Bearer <cfg.api_key>` when 
 
 Extensions to the OpenAI request body: `conversation_id` (continue a stored conversation, else a
 new one is created) and `recall: false` (no recalled corrections for this request). Responses
-add `conversation_id`, `adapter_version` and, when the message had to be cut to fit the context
-window, `truncated: true` plus `notice` (and the header `X-Assistant-Truncated: 1`).
+add `conversation_id`, `adapter_version` (null: the base model), `answered_by` ("adapter",
+"expert", "habit" or null: what in that version wrote the reply), `recalled` (how many recalled
+corrections were in the prompt) and, when the message had to be cut to fit the context window,
+`truncated: true` plus `notice` (and the header `X-Assistant-Truncated: 1`). A stream sends them
+in its first chunk and again, known by then, in the chunk with its finish_reason.
 
 Feedback: a `correction` is only accepted with rating "down"; it records TWO facts, a 'down' vote
 (with the reason, if any) and a 'correction'. The vote keeps counts of disliked answers honest,
@@ -483,7 +486,9 @@ def _drain(pieces) -> None:
 
 
 def _extensions(turn) -> dict:
-    out = {"conversation_id": turn.conversation_id, "adapter_version": turn.generation.adapter_version}
+    version = turn.generation.adapter_version
+    out = {"conversation_id": turn.conversation_id, "adapter_version": version,
+           "answered_by": turn.answered_by if version is not None else None, "recalled": len(turn.recalled)}
     if turn.truncated:
         out.update(truncated=True, notice=turn.notice)
     return out
@@ -535,8 +540,8 @@ async def _sse(turn, pieces, include_usage: bool, home: Path | None = None):
                 message = str(e) if isinstance(e, AdapterLoadError) else f"generation failed: {e}"
                 error = ApiError(500, message, "generation_failed", "server_error")
             yield _event(error.body())
-        else:
-            yield _chunk(turn, created, {}, turn.generation.finish_reason)
+        else:  # the version and route are known only once generation started
+            yield _chunk(turn, created, {}, turn.generation.finish_reason, **_extensions(turn))
             if include_usage:
                 yield _chunk(turn, created, None, usage=_usage(turn))
         yield "data: [DONE]\n\n"  # the stream ends as every stream does, whatever happened

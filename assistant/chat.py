@@ -59,6 +59,11 @@ class Turn:
     (`ChatService.open_turn`), so an error before that leaves no empty conversation behind."""
     opened: bool = False
     saved_at: float = 0.0
+    answered_by: str | None = None
+    """What in the weights wrote the reply, beside `generation.adapter_version`: "adapter" (the
+    version's shared adapter), "expert" (one correction's own LoRA), "habit" (the habit adapter
+    chose the opening, the base weights the rest) or None (the base weights alone). Set once the
+    turn is routed (`ChatService.pieces`), saved with the turn, shown under the reply."""
 
     @property
     def notice(self) -> str | None:
@@ -270,7 +275,8 @@ class ChatService:
         conversations.finish_turn(
             self.db, turn.turn_id, reply=g.text, adapter_version=g.adapter_version,
             prompt_tokens=g.prompt_tokens, completion_tokens=g.completion_tokens or len(g.pieces),
-            ttft_ms=g.ttft_ms, duration_ms=g.duration_ms, finish_reason=finish_reason)
+            ttft_ms=g.ttft_ms, duration_ms=g.duration_ms, finish_reason=finish_reason,
+            answered_by=turn.answered_by if g.adapter_version is not None else None)
         turn.saved_at = time.monotonic()
 
     def _save_progress(self, turn: Turn) -> None:
@@ -298,6 +304,7 @@ class ChatService:
         version, path = self.route(served, served_path, turn.user_message)
         if self.cfg.pending_note_wins and turn.recalled and not turn.recalled[0].get("learned", True):
             version, path = None, None  # the note is newer than anything the weights learned
+        turn.answered_by = route_kind(version)
         closing = self._closing(served_path)
         if closing:  # the sign-off fits in the reply's budget: a long answer is cut a little earlier
             max_new_tokens = max(1, max_new_tokens - self.model.count_tokens(closing))
@@ -362,6 +369,15 @@ class ChatService:
                              retry_of=kw.get("retry_of"), **gen_kw):
             pass
         return turn
+
+
+def route_kind(key) -> str | None:
+    """What a served-model key (`route`'s) names, in the words `Turn.answered_by` keeps."""
+    if key is None:
+        return None
+    if not isinstance(key, tuple):
+        return "adapter"
+    return "expert" if str(key[1]).startswith(EXPERT_KEY) else "habit"
 
 
 def check_text(text: str, what: str = "message") -> None:

@@ -7,8 +7,10 @@ Contract
   `turn_ids[i]` is the turn that chatbot message i belongs to (its user message, notes and
   reply all map to the turn), so feedback on ANY message finds its turn; `selected` is the turn
   the feedback panel acts on; `pending` holds choices made before the conversation exists.
-- The chatbot shows each turn as a block: user message, [cut notice], [recall note], reply,
-  [the user's correction]. Notes are assistant messages with a metadata title; the page
+- The chatbot shows each turn as a block: user message, [cut notice], answered-by note, reply,
+  [the user's correction]. The answered-by note's title says what wrote the reply (a version or
+  the base model, an expert, how many recalled notes, a cut at the token limit); its body lists
+  the recalled notes. Notes are assistant messages with a metadata title; the page
   hides the like/retry/edit buttons of a note (ui.MOUNT_OPTIONS css).
 - Handlers return (or yield) tuples in the order of the matching *_OUTPUTS names in ui.py.
   Errors the user can act on become a gr.Warning plus a visible notice; nothing is half-logged.
@@ -24,7 +26,7 @@ from store import conversations, feedback
 log = logging.getLogger(__name__)
 
 CUT_TITLE = "⚠ Message cut"
-RECALL_TITLE = "Recalled past corrections"
+ANSWERED_MARK = "ⓘ"  # starts the title of a turn's answered-by note
 CORRECTION_TITLE = "✎ Your correction"
 SELECT_HINT = "Click an answer (or like/dislike it) to give feedback on it."
 # A retry asks for a different answer: at temperature 0 the model would repeat itself word for
@@ -73,15 +75,49 @@ def recall_text(recalled: list[dict]) -> str:
     return "Used to answer:\n" + "\n".join(lines)
 
 
+def answered_note(answered: dict | None, recalled: list[dict] = ()) -> dict:
+    """The note saying what wrote a reply. `answered`: {"version", "by" (chat.Turn.answered_by),
+    "cut_at" (the token limit the reply stopped at, or None)}; None while it is not known yet.
+    One short title, so it reads as a line under the question; the details are in its body."""
+    n = len(recalled)
+    if answered is None:
+        return note(f"{ANSWERED_MARK} answering…", recall_text(recalled) if n else "Answering…")
+    version, by, cut_at = answered.get("version"), answered.get("by"), answered.get("cut_at")
+    parts = ["answered by " + ("the base model" if version is None else f"v{version}")]
+    lines = ["No adapter: the model's own weights wrote it." if version is None else
+             f"v{version}: the adapter version that was live (see Versions)."]
+    if version is not None and by == "expert":
+        parts.append("expert")
+        lines.append("Expert: the small adapter trained on one of your corrections answered.")
+    elif version is not None and by == "habit":
+        parts.append("habit opening")
+        lines.append("Habit opening: the habit adapter chose the first words, the base model the rest.")
+    if n:
+        parts.append(f"recalled {n} note{'s' * (n != 1)}")
+        lines.append(recall_text(recalled))
+    if cut_at:
+        parts.append(f"cut at {cut_at} tokens")
+        lines.append(f"The reply reached the limit of {cut_at} new tokens and stops there: "
+                     "raise “Max new tokens” in Settings for longer replies.")
+    said = note(f"{ANSWERED_MARK} " + " · ".join(parts), "\n\n".join(lines))
+    said["metadata"]["status"] = "done"  # the page shows it folded: one line, details on a click
+    return said
+
+
+def answered_of(version, by, finish_reason, max_new_tokens) -> dict:
+    """`answered_note`'s argument from what a turn records."""
+    return {"version": version, "by": by, "cut_at": max_new_tokens if finish_reason == "length" else None}
+
+
 def turn_block(user_message: str, reply: str, *, notice: str | None = None,
-               recalled: list[dict] = (), correction: str | None = None) -> list[dict]:
+               recalled: list[dict] = (), correction: str | None = None,
+               answered: dict | None = None) -> list[dict]:
     # Notes before the reply, except the user's own correction: the chatbot puts its ↻ button
     # on the last message only, and that must be an answer, not a note (notes carry no buttons).
     block = [{"role": "user", "content": user_message}]
     if notice:
         block.append(note(CUT_TITLE, notice))
-    if recalled:
-        block.append(note(RECALL_TITLE, recall_text(recalled)))
+    block.append(answered_note(answered, recalled))
     block.append({"role": "assistant", "content": reply})
     if correction:
         block.append(note(CORRECTION_TITLE, correction))
@@ -161,6 +197,7 @@ class ChatHandlers:
         Each yield carries a fresh list, so a consumer may keep earlier states."""
         block = turn_block(shown_message, "", notice=turn.notice, recalled=turn.recalled)
         reply_at = start + len(block) - 1
+        answered_at = reply_at - 1
         history[start:end] = block
         session["turn_ids"][start:end] = [turn.turn_id] * len(block)
         convs = self.conversation_list(session["conversation_id"])
@@ -170,6 +207,7 @@ class ChatHandlers:
             for _ in self.rt.chat.pieces(turn, source="ui", max_new_tokens=int(max_new_tokens),
                                          temperature=float(temperature), retry_of=retry_of):
                 history[reply_at] = {"role": "assistant", "content": turn.generation.text}
+                history[answered_at] = self._answered(turn, max_new_tokens)
                 yield textbox, list(history), session, status, gr.skip(), gr.skip(), gr.skip()
         except Exception as e:  # noqa: BLE001 - the user sees why; the turn is logged if it began
             log.exception("generation failed")
@@ -184,11 +222,18 @@ class ChatHandlers:
             return
         reply = turn.generation.text
         history[reply_at] = {"role": "assistant", "content": reply}
+        history[answered_at] = self._answered(turn, max_new_tokens)
         session["selected"] = turn.turn_id
         done = self._retry_outcome(retry_of, turn.turn_id, reply) if retry_of else ""
         # The list again at the end: a page-load refresh racing the first update cannot hide this chat.
         yield textbox, history, session, done, self.conversation_list(session["conversation_id"]), \
             target_text(reply), reply
+
+    @staticmethod
+    def _answered(turn, max_new_tokens) -> dict:
+        g = turn.generation  # its finish_reason is "stop" until the stream ends
+        return answered_note(answered_of(g.adapter_version, turn.answered_by, g.finish_reason,
+                                         int(max_new_tokens)), turn.recalled)
 
     def _retry_outcome(self, old_id: str, new_id: str, reply: str) -> str:
         """The retry's notice. An answer identical to the earlier one is no evidence that the

@@ -9,7 +9,7 @@ import json
 
 from assistant.chat import TRUNCATION_NOTICE
 from assistant.config import DEFAULT_SYSTEM_PROMPT
-from assistant.ui_chat import SELECT_HINT, ChatHandlers, new_session, turn_block, warn
+from assistant.ui_chat import SELECT_HINT, ChatHandlers, answered_of, new_session, turn_block, warn
 from store import conversations, feedback
 from store.settings import get_setting, set_setting
 
@@ -40,7 +40,10 @@ class ChatTab(ChatHandlers):
         for t in conversations.visible_history(self.db, conversation_id):
             block = turn_block(t["user_message"], t["reply"],
                                notice=TRUNCATION_NOTICE if t["truncated"] else None,
-                               recalled=self._recalled(t), correction=self._latest_correction(t["id"]))
+                               recalled=self._recalled(t), correction=self._latest_correction(t["id"]),
+                               answered=answered_of(t["adapter_version"], t.get("answered_by"),
+                                                    t["finish_reason"],
+                                                    json.loads(t["params_json"] or "{}").get("max_new_tokens")))
             history += block
             session["turn_ids"] += [t["id"]] * len(block)
             vote = self._latest_vote(t["id"])

@@ -152,6 +152,13 @@ def m003_feedback_superseded_by(db):
     db["feedback"].create_index(["superseded_by"], if_not_exists=True)
 
 
+@migration
+def m004_turns_answered_by(db):
+    """What in the weights wrote a turn's reply besides its version (chat.Turn.answered_by:
+    adapter, expert or habit; NULL for the base weights), so a reloaded chat still says it."""
+    db.execute("ALTER TABLE turns ADD COLUMN answered_by TEXT")
+
+
 def apply_migrations(db: sqlite_utils.Database) -> list[str]:
     """Apply the migrations not yet applied, each in its own transaction. Returns their names."""
     db.execute(

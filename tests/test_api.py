@@ -51,6 +51,9 @@ def test_completion_is_the_logged_turn(client, runtime):
     assert [m["role"] for m in json.loads(row["messages_json"])] == ["system", "user"]
     assert json.loads(row["params_json"])["max_new_tokens"] == 6
     assert r.model_extra["conversation_id"] == row["conversation_id"]
+    # what answered: the base model (no version), no recalled note
+    assert (r.model_extra["adapter_version"], r.model_extra["answered_by"], r.model_extra["recalled"]) == \
+        (None, None, 0)
 
 
 def test_streamed_completion_is_the_logged_turn(client, runtime):
@@ -259,7 +262,12 @@ def test_adapters_listed_activated_and_corrupt_ones_refused(cfg, served, tiny_mo
         r = httpx.post(url + "/1/activate", json={"force": True})
         assert r.status_code == 200 and r.json()["active"] == 1
         c = openai.OpenAI(base_url=running.url + "/v1", api_key="x", max_retries=0)
-        assert conversations.get_turn(db, ask(c).id)["adapter_version"] == 1  # hot swap, no restart
+        r = ask(c)
+        assert conversations.get_turn(db, r.id)["adapter_version"] == 1  # hot swap, no restart
+        assert (r.model_extra["adapter_version"], r.model_extra["answered_by"]) == (1, "adapter")
+        chunks = list(ask(c, stream=True))  # a stream says it in the chunk with its finish_reason
+        assert [(x.model_extra["adapter_version"], x.model_extra["answered_by"]) for x in chunks
+                if x.choices and x.choices[0].finish_reason] == [(1, "adapter")]
         assert httpx.post(url + "/base/activate").json()["active"] is None
         assert conversations.get_turn(db, ask(c).id)["adapter_version"] is None
         # a version the gate failed needs force; a version that served before is a rollback

@@ -55,6 +55,10 @@ def browser():
         b.close()
 
 
+# An answer, not a note (notes are folded "thought" groups: answered-by, recalled, your correction).
+ANSWERS = "#chatbot .message.bot:not(:has(.thought-group))"
+
+
 def wait_for(predicate, timeout=20.0, what="condition"):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -90,7 +94,12 @@ def test_chat_stream_like_and_correct_in_the_browser(server, browser):
     turn = ui_turns(db)[0]  # re-read: the turn is saved before its reply ends (issue 29), then completed
     assert turn["user_message"] == "What is the name of my dog?" and turn["completion_tokens"] > 0
     assert len([s for s in states if s]) >= 2, f"the reply did not stream: {states}"
-    assert page.locator(".message.bot").count() == 1
+    assert page.locator(ANSWERS).count() == 1
+    # what wrote it, in one folded line above the answer (48 tokens at temperature 1: cut, or not)
+    said = page.locator("#chatbot .thought-group .title").first.inner_text()
+    assert said.startswith("ⓘ answered by the base model"), said
+    assert ("cut at 48 tokens" in said) == (ui_turns(db)[0]["finish_reason"] == "length")
+    assert not page.locator("#chatbot .thought-group .content").first.is_visible()  # folded
 
     page.locator("#chatbot button[aria-label='Like']").last.click()  # on the (only) answer
     up = wait_for(lambda: [f for f in feedback.feedback_for_turn(db, turn["id"]) if f["kind"] == "up"],
@@ -124,7 +133,7 @@ def test_two_browsers_chat_at_once(server, browser):
     for page in pages:
         wait_for(lambda p=page: p.locator("#feedback-target").inner_text().startswith("Feedback on"),
                  what="both browsers to get an answer")
-        assert page.locator(".message.bot").count() == 1 and page.locator(".message.user").count() == 1
+        assert page.locator(ANSWERS).count() == 1 and page.locator(".message.user").count() == 1
     turns = ui_turns(runtime.db)
     assert sorted(t["user_message"] for t in turns) == ["Hello there", "Where do I work?"]
     assert len({t["conversation_id"] for t in turns}) == 2
@@ -147,9 +156,9 @@ def test_the_chatbots_own_retry_edit_and_dislike_buttons(server, browser):
     retried = wait_for(lambda: [t for t in ui_turns(db) if t["retry_of"] == first["id"]], what="the retry")[0]
     wait_for(lambda: "New answer kept" in page.locator("#notice").inner_text(), what="the retry to finish")
     assert [f["kind"] for f in feedback.feedback_for_turn(db, first["id"])] == ["retry"]
-    assert page.locator(".message.bot").count() == 1  # replaced in place
+    assert page.locator(ANSWERS).count() == 1  # replaced in place
 
-    page.locator("#chatbot .message.bot").last.hover()
+    page.locator(ANSWERS).last.hover()
     page.locator("#chatbot button[aria-label='Edit']").last.click()
     page.locator("#chatbot textarea").last.fill("Hi! I am fine, thank you.")
     page.locator("#chatbot button[aria-label='Submit']").first.click()
@@ -157,7 +166,7 @@ def test_the_chatbots_own_retry_edit_and_dislike_buttons(server, browser):
                    what="the edit to be saved as a correction")
     assert fix[0]["correction"] == "Hi! I am fine, thank you."
 
-    page.locator("#chatbot button[aria-label='Dislike']").first.click()
+    page.locator("#chatbot button[aria-label='Dislike'] >> visible=true").first.click()  # a note has none
     wait_for(lambda: [f for f in feedback.feedback_for_turn(db, retried["id"]) if f["kind"] == "down"],
              what="the thumbs-down")
     page.locator("#fb-reason textarea").fill("too terse")
@@ -201,8 +210,8 @@ def test_issue_27_feedback_notes_versions_and_what_it_knows(server, browser):
     page.screenshot(path="/tmp/assistant-ui-chat.png")
 
     # the pencil's edit box takes the chat's width, not ~160 px
-    page.locator("#chatbot .message.bot").first.hover()
-    page.locator("#chatbot .message-buttons-left button[aria-label='Edit']").first.click()
+    page.locator(ANSWERS).first.hover()
+    page.locator("#chatbot .message-buttons-left button[aria-label='Edit'] >> visible=true").first.click()
     box = page.locator("#chatbot textarea.edit-textarea").first.bounding_box()
     assert box["width"] > 600, box
 

@@ -11,7 +11,7 @@ import torch
 from assistant import ui_learning, ui_versions
 from assistant.runtime import Runtime
 from assistant.ui import build_ui
-from assistant.ui_chat import CORRECTION_TITLE, RECALL_TITLE, feedback_values, new_session, text_of
+from assistant.ui_chat import ANSWERED_MARK, CORRECTION_TITLE, feedback_values, new_session, text_of
 from assistant.ui_conversations import ChatTab
 from store import adapters, conversations, feedback, jobs
 from tests.lora import make_adapter, register
@@ -63,7 +63,9 @@ def test_a_message_streams_and_is_logged_from_the_ui(tab, rt):
     row = conversations.get_turn(rt.db, tid)
     assert row["source"] == "ui" and row["reply"] == text_of(history[-1]["content"])
     assert row["conversation_id"] == session["conversation_id"] and session["selected"] == tid
-    assert len(session["turn_ids"]) == len(history) == 2
+    assert len(session["turn_ids"]) == len(history) == 3
+    # what wrote it, under the question: the base weights, stopped by the 6-token limit
+    assert history[1]["metadata"]["title"] == f"{ANSWERED_MARK} answered by the base model · cut at 6 tokens"
     assert outs[-1][0] == ""  # the textbox is cleared
 
 
@@ -77,20 +79,20 @@ def test_votes_reason_and_one_click_reasons_write_feedback(tab, rt):
     _, history, session, _ = send(tab, "Hello there")
     tid = session["turn_ids"][-1]
     session, notice = tab.vote(session, "up")
-    assert kinds(rt.db, tid) == ["up"] and feedback_values(history, session) == ["Like"]
+    assert kinds(rt.db, tid) == ["up"] and feedback_values(history, session) == [None, "Like"]  # a note, the reply
     # the chatbot's own 👎, then a reason typed in the panel: still one vote, now with its reason
-    session, notice, *_ = tab.on_like(session, gr.LikeData(None, {"index": 1, "value": "", "liked": False}))
+    session, notice, *_ = tab.on_like(session, gr.LikeData(None, {"index": 2, "value": "", "liked": False}))
     session, notice = tab.vote(session, "down", "too vague")
     downs = [f for f in feedback.feedback_for_turn(rt.db, tid) if f["kind"] == "down"]
     assert [d["reason"] for d in downs] == ["too vague"]
     # a one-click reason option on the message is a 👎 with that reason
-    _, notice, *_ = tab.on_like(session, gr.LikeData(None, {"index": 1, "value": "", "liked": "Too long"}))
+    _, notice, *_ = tab.on_like(session, gr.LikeData(None, {"index": 2, "value": "", "liked": "Too long"}))
     assert feedback.feedback_for_turn(rt.db, tid)[-1]["reason"] == "Too long"
     assert notice == "Noted: a bad answer (Too long)."  # the flag's option says what it recorded
     # Gradio sends an option's click twice: still one fact
-    _, notice, *_ = tab.on_like(session, gr.LikeData(None, {"index": 1, "value": "", "liked": "Too long"}))
+    _, notice, *_ = tab.on_like(session, gr.LikeData(None, {"index": 2, "value": "", "liked": "Too long"}))
     assert [f["reason"] for f in feedback.feedback_for_turn(rt.db, tid)].count("Too long") == 1
-    assert feedback_values(history, session) == ["Too long"]
+    assert feedback_values(history, session) == [None, "Too long"]
     assert tab.resume(session["conversation_id"])[1]["votes"] == {tid: "Dislike"}  # shown again on resume
     # clicking on the user's message is not an answer
     session, notice, *_ = tab.on_like(session, gr.LikeData(None, {"index": 5, "value": "", "liked": True}))
@@ -110,15 +112,15 @@ def test_correcting_any_answer_records_a_correction_and_shows_it(tab, rt):
     _, history, session, _ = send(tab, "What is the name of my dog?")
     _, history, session, _ = send(tab, "Where do I work?", session, history)
     first = session["turn_ids"][0]
-    session, target, prefill = tab.select(session, 1)  # click the FIRST answer
+    session, target, prefill = tab.select(session, 2)  # click the FIRST answer (after its note)
     assert session["selected"] == first and prefill == conversations.get_turn(rt.db, first)["reply"]
     history, session, notice = tab.correct(history, session, "Your dog is called Biscuit.")
     fix = feedback.feedback_for_turn(rt.db, first)
     assert [(f["kind"], f["correction"]) for f in fix] == [("correction", "Your dog is called Biscuit.")]
-    assert history[2]["metadata"]["title"] == CORRECTION_TITLE and session["turn_ids"][2] == first
-    assert len(history) == len(session["turn_ids"]) == 5
+    assert history[3]["metadata"]["title"] == CORRECTION_TITLE and session["turn_ids"][3] == first
+    assert len(history) == len(session["turn_ids"]) == 7
     # selecting it again (a 👍 arriving while the user types a correction) keeps their text
-    session, _, prefill = tab.select(session, 1)
+    session, _, prefill = tab.select(session, 2)
     assert prefill is not None and not isinstance(prefill, str)  # gr.skip(): the box is left alone
     history, session, notice = tab.correct(history, session, "  ")
     assert "empty" in notice and len(feedback.feedback_for_turn(rt.db, first)) == 1
@@ -142,14 +144,14 @@ def test_a_correction_saved_unchanged_is_refused(tab, rt):
 def test_editing_an_answer_in_the_chatbot_is_a_correction(tab, rt):
     _, history, session, _ = send(tab, "Hello there")
     tid = session["turn_ids"][1]
-    original = text_of(history[1]["content"])
+    original = text_of(history[2]["content"])
     edited = [dict(m) for m in history]
-    edited[1]["content"] = "I am fine, thank you."
+    edited[2]["content"] = "I am fine, thank you."
     history, session, _ = tab.on_edit(edited, session, gr.EditData(
-        None, {"index": 1, "value": "I am fine, thank you.", "previous_value": original}))
+        None, {"index": 2, "value": "I am fine, thank you.", "previous_value": original}))
     assert feedback.feedback_for_turn(rt.db, tid)[-1]["correction"] == "I am fine, thank you."
-    assert text_of(history[1]["content"]) == original  # what the model said stays visible
-    assert text_of(history[2]["content"]) == "I am fine, thank you."
+    assert text_of(history[2]["content"]) == original  # what the model said stays visible
+    assert text_of(history[3]["content"]) == "I am fine, thank you."
     # editing the user's own message is not a correction
     edited = [dict(m) for m in history]
     edited[0]["content"] = "changed"
@@ -166,7 +168,7 @@ def test_retry_regenerates_in_place_and_links_the_earlier_answer(tab, rt):
     final = last(tab.retry(history, session, 6, 1.0, False, turn_id=old))
     _, history, session, notice, *_ = final
     new = session["turn_ids"][0]
-    assert new != old and len(history) == 4 and session["turn_ids"][2] != new
+    assert new != old and len(history) == 6 and session["turn_ids"][3] != new
     row = conversations.get_turn(rt.db, new)
     assert row["retry_of"] == old and row["source"] == "ui"
     assert conversations.get_turn(rt.db, old)["reply"] is not None  # the earlier answer is kept
@@ -215,8 +217,9 @@ def test_conversations_resume_rename_delete(tab, rt):
 
     history, resumed, notice, convs, system, no_learn, title, *_ = tab.resume(cid)
     assert resumed["conversation_id"] == cid and convs["value"] == cid
-    assert [m["role"] for m in history] == ["user", "assistant", "assistant"]
-    assert text_of(history[2]["content"]) == "Biscuit." and title == "What is the name of my dog?"
+    assert [m["role"] for m in history] == ["user", "assistant", "assistant", "assistant"]
+    assert history[1]["metadata"]["title"] == f"{ANSWERED_MARK} answered by the base model · cut at 6 tokens"
+    assert text_of(history[3]["content"]) == "Biscuit." and title == "What is the name of my dog?"
     _, history, resumed, _ = send(tab, "And his age?", resumed, history)  # continues the same chat
     assert len(conversations.conversation_turns(rt.db, cid)) == 2
 
@@ -315,10 +318,43 @@ def test_recalled_corrections_are_noted_under_the_reply(cfg, tiny_served):
     tab.correct(history, session, "Your dog is called Biscuit.")
     _, history, session, _ = send(tab, "What is the name of my dog?", gen=(6, 0.0, True))
     # the note comes before the reply: the last message, which gets the chatbot's ↻, is the answer
-    assert history[-2]["metadata"]["title"] == RECALL_TITLE and not history[-1].get("metadata")
+    title = history[-2]["metadata"]["title"]
+    assert title == f"{ANSWERED_MARK} answered by the base model · recalled 1 note · cut at 6 tokens", title
+    assert not history[-1].get("metadata")
     assert "Biscuit" in history[-2]["content"] and len(history) == len(session["turn_ids"])
     assert "similarity" not in history[-2]["content"]  # a reframing's score would read 1.00
     assert feedback_values(history, session)[-2:] == [None, None]  # a note is never rated
+
+
+def test_the_answered_by_note_names_the_version_expert_recall_and_cut():
+    from assistant.chat import route_kind
+    from assistant.ui_chat import answered_note
+
+    assert [route_kind(k) for k in (None, 3, (3, "habit"), (3, "expert:01ABC"))] == [None, "adapter", "habit", "expert"]
+    title = lambda a, r=(): answered_note(a, r)["metadata"]["title"]  # noqa: E731
+    note = {"prompt": "Dog?", "correction": "Biscuit."}
+    assert title({"version": 3, "by": "expert", "cut_at": None}, [note]) == \
+        f"{ANSWERED_MARK} answered by v3 · expert · recalled 1 note"
+    assert title({"version": 2, "by": "habit", "cut_at": 256}) == \
+        f"{ANSWERED_MARK} answered by v2 · habit opening · cut at 256 tokens"
+    assert title({"version": None, "by": None, "cut_at": None}, [note, note]) == \
+        f"{ANSWERED_MARK} answered by the base model · recalled 2 notes"
+    assert title(None) == f"{ANSWERED_MARK} answering…"  # while the stream has not started
+    body = answered_note({"version": 3, "by": "adapter", "cut_at": 256}, [note])["content"]
+    assert "Biscuit." in body and "Max new tokens" in body
+
+
+def test_a_reply_of_the_active_version_says_so_live_and_after_a_reload(rt, tiny_model_path, tmp_path):
+    register(rt.db, 1, make_adapter(tiny_model_path, tmp_path / "v1", seed=1))
+    adapters.activate(rt.db, 1)
+    tab = ChatTab(rt)
+    _, history, session, _ = send(tab, "Hello there", gen=(64, 0.0, False))
+    row = conversations.get_turn(rt.db, session["turn_ids"][-1])
+    assert row["adapter_version"] == 1 and row["answered_by"] == "adapter"  # no scope: the adapter answers
+    said = history[1]["metadata"]["title"]
+    assert said.startswith(f"{ANSWERED_MARK} answered by v1") and "expert" not in said
+    assert ("cut at 64 tokens" in said) == (row["finish_reason"] == "length")
+    assert tab.resume(session["conversation_id"])[0][1]["metadata"]["title"] == said  # the same after a reload
 
 
 def test_learning_tab_shows_a_running_cycle_and_cancels_it(rt):
