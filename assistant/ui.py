@@ -10,7 +10,8 @@ import inspect
 
 import gradio as gr
 
-from assistant import ui_knows, ui_learning, ui_versions
+from assistant import configure, ui_knows, ui_learning, ui_versions
+from assistant.config import MAX_TEMPERATURE
 from assistant.ui_chat import SELECT_HINT, feedback_values, new_session
 from assistant.ui_conversations import ChatTab
 from store import open_db
@@ -100,11 +101,12 @@ def _chat_tab(ui: gr.Blocks, chat: ChatTab) -> None:
                 cfg = chat.rt.cfg
                 max_new = gr.Slider(1, max(1024, cfg.default_max_new_tokens), value=cfg.default_max_new_tokens, step=1,
                                     label="Max new tokens", elem_id="max-new-tokens")
-                temperature = gr.Slider(0.0, 1.5, value=cfg.default_temperature, step=0.05,
-                                        label="Temperature (0 = always the same answer)")
-                recall = gr.Checkbox(value=cfg.recall, label="Recall past corrections")
+                temperature = gr.Slider(0.0, MAX_TEMPERATURE, value=cfg.default_temperature, step=0.05,
+                                        label="Temperature (0 = always the same answer)", elem_id="temperature")
+                recall = gr.Checkbox(value=cfg.recall, label="Recall past corrections", elem_id="recall")
 
     gen = [max_new, temperature, recall]
+    _stored_settings(ui, chat.rt, gen, notice)
     stream_out = [msg, chatbot, session, notice, convs, target, correction]
     view_out = [chatbot, session, notice, convs, system, no_learn, title, target, correction]
     for trigger in (msg.submit, send_btn.click):
@@ -144,6 +146,21 @@ def _chat_tab(ui: gr.Blocks, chat: ChatTab) -> None:
     ui.load(chat.api_conversations, None, [api_convs, api_box])
     new_btn.click(chat.api_conversations, None, [api_convs, api_box])
     api_convs.input(_with_votes(chat.resume, 0), [api_convs, session], view_out)
+
+
+def _stored_settings(ui: gr.Blocks, runtime, gen: list, notice) -> None:
+    """The chat's generation settings stay: each change is stored (configure.CHAT_FIELDS, in
+    that order), and a page load shows the stored ones, not those the page was built with."""
+    for widget, name in zip(gen, configure.CHAT_FIELDS, strict=True):
+        event = widget.input if isinstance(widget, gr.Checkbox) else widget.release
+        event(functools.partial(configure.save_chat_setting, runtime, name), widget, notice,
+              show_progress="hidden")
+
+    def load():
+        tokens, temp, recall = configure.chat_values(runtime)
+        return gr.update(value=tokens, maximum=max(1024, tokens)), temp, recall
+
+    ui.load(load, None, gen)
 
 
 def _with_votes(handler, at: int):
@@ -198,6 +215,18 @@ def _learning_tab(ui: gr.Blocks, runtime) -> None:
     # Polling, not pushing: the learner is another process and writes its progress to the jobs table.
     timer.tick(refresh, None, status_out, show_progress="hidden", queue=False)
     ui.load(refresh, None, status_out)
+    with gr.Accordion("Schedule and gate", open=False, elem_id="learn-settings"):
+        gr.Markdown("When a cycle starts by itself, and what a new version must show to go live. "
+                    "Also `assistant config show` / `assistant config set KEY VALUE`.")
+        boxes = [gr.Number(label=f"{section}.{name}", info=configure.summary(configure.SECTIONS[section].cls, name),
+                           elem_id=f"setting-{section}-{name}".replace("_", "-"))
+                 for section, name in configure.PAGE_FIELDS]
+        save_btn = gr.Button("Save schedule and gate", size="sm", elem_id="learn-settings-save")
+        saved = gr.Markdown("", elem_id="learn-settings-notice")
+    db = lambda: runtime.db  # noqa: E731 - one connection per handler thread
+    save_btn.click(lambda *v: configure.save_page(db(), *v), boxes, saved) \
+        .then(lambda: configure.page_values(db()), None, boxes)
+    ui.load(lambda: configure.page_values(db()), None, boxes)
 
 
 def _versions_tab(runtime, tab) -> None:

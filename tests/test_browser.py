@@ -232,3 +232,35 @@ def test_issue_27_feedback_notes_versions_and_what_it_knows(server, browser):
     assert turn["id"] not in table.inner_text()
     assert "today" in table.inner_text()  # the browser's own clock, readable
     page.screenshot(path="/tmp/assistant-ui-knows.png", full_page=True)
+
+
+def test_settings_stay_after_a_reload(server, browser):
+    """Issue 27 item 4: the chat's recall toggle and the learning schedule survive a page reload."""
+    from assistant import configure
+
+    srv, runtime = server
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.goto(srv.url)
+    page.locator("#settings").get_by_text("Settings").click()
+    recall = page.locator("#recall input[type=checkbox]")
+    wait_for(lambda: recall.is_checked(), what="the stored settings to load")
+    recall.uncheck()
+    wait_for(lambda: configure.stored(runtime.db, configure.SECTIONS["chat"]).get("recall") is False,
+             what="the toggle to be stored")
+    page.get_by_role("tab", name="Learning").click()
+    page.locator("#learn-settings").get_by_text("Schedule and gate").click()
+    box = page.locator("#setting-learn-min-new-feedback input")
+    wait_for(lambda: box.input_value() == "10", what="the schedule to load")
+    box.fill("3")
+    page.locator("#learn-settings-save").click()
+    wait_for(lambda: "Saved: learn.min_new_feedback" in page.locator("#learn-settings-notice").inner_text(),
+             what="the schedule to be saved")
+
+    page.reload()
+    page.locator("#settings").get_by_text("Settings").click()
+    page.locator("#chatbot").wait_for()
+    wait_for(lambda: not page.locator("#recall input[type=checkbox]").is_checked(), what="recall off after reload")
+    page.get_by_role("tab", name="Learning").click()
+    page.locator("#learn-settings").get_by_text("Schedule and gate").click()
+    wait_for(lambda: page.locator("#setting-learn-min-new-feedback input").input_value() == "3",
+             what="the schedule after reload")
