@@ -10,7 +10,7 @@ import inspect
 
 import gradio as gr
 
-from assistant import configure, ui_knows, ui_learning, ui_versions
+from assistant import configure, importer, ui_knows, ui_learning, ui_versions
 from assistant.config import MAX_TEMPERATURE
 from assistant.ui_chat import SELECT_HINT, feedback_values, new_session
 from assistant.ui_conversations import ChatTab
@@ -309,6 +309,13 @@ def _knows_tab(ui: gr.Blocks, runtime, tab) -> None:
         forget_conv_btn = gr.Button("Forget its whole conversation", variant="stop", scale=1,
                                     elem_id="knows-forget-conversation")
     notice = gr.Markdown("", elem_id="knows-notice")
+    with gr.Accordion("Import what you already have", open=False, elem_id="knows-import-box"):
+        gr.Markdown("TRL conversational SFT or preference JSONL, or an Open WebUI feedback export (.json): "
+                    "each liked answer, dislike and correction in it is logged as your feedback; "
+                    "importing a file twice adds nothing. Also `assistant import FILE`.")
+        upload = gr.File(label="File", file_types=[".jsonl", ".json"], type="filepath", elem_id="knows-import-file")
+        import_btn = gr.Button("Import", elem_id="knows-import")
+        imported = gr.Markdown("", elem_id="knows-import-notice")
     with gr.Accordion("Details (ids)", open=False):
         k["details"] = gr.Dataframe(interactive=False, wrap=True, visible=False, elem_id="knows-details")
     names = list(k)
@@ -323,4 +330,6 @@ def _knows_tab(ui: gr.Blocks, runtime, tab) -> None:
     search.change(refresh, [search, tz], out, show_progress="hidden")
     forget_btn.click(lambda f: ui_knows.forget(runtime, f), k["pick"], notice).then(refresh, [search, tz], out)
     forget_conv_btn.click(lambda f: ui_knows.forget_conversation(runtime, f), k["pick"], notice) \
+        .then(refresh, [search, tz], out)
+    import_btn.click(lambda path: importer.import_into(runtime, path), upload, imported) \
         .then(refresh, [search, tz], out)

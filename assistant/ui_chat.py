@@ -378,15 +378,16 @@ class ChatHandlers:
         """The sidebar's chats: API calls made without a conversation id are each a conversation of
         their own and would bury the user's chats, so they are listed apart (`api_conversations`);
         one stays here while it is open."""
-        api = self._api_only()
-        rows = [r for r in conversations.list_conversations(self.db) if r["id"] not in api or r["id"] == selected]
+        # imported items (assistant/importer.py) are one conversation each: "What it knows about me" lists them
+        apart = self._only_from("api") | self._only_from("import")
+        rows = [r for r in conversations.list_conversations(self.db) if r["id"] not in apart or r["id"] == selected]
         choices = [((r["title"] or "Untitled") + (" (not learned)" if r["no_learn"] else ""), r["id"]) for r in rows]
         return gr.update(choices=choices, value=selected)
 
     def api_conversations(self):
         """The API's conversations, one entry per title (newest first; "Say hi" sent twice is one
         entry, "×2", opening the newest). -> (radio update, accordion update)"""
-        api = self._api_only()
+        api = self._only_from("api")
         groups: dict[str, list[str]] = {}
         for r in conversations.list_conversations(self.db):
             if r["id"] in api:
@@ -396,10 +397,10 @@ class ChatHandlers:
         return (gr.update(choices=choices, value=None),
                 gr.update(label=f"From the API ({n} call{'s' * (n != 1)})", visible=bool(n)))
 
-    def _api_only(self) -> set[str]:
-        """Conversations every turn of which came through the API."""
+    def _only_from(self, source: str) -> set[str]:
+        """Conversations every turn of which came from `source` (the API, an import)."""
         return {r[0] for r in self.db.execute(
-            "SELECT conversation_id FROM turns GROUP BY conversation_id HAVING sum(source != 'api') = 0")}
+            "SELECT conversation_id FROM turns GROUP BY conversation_id HAVING sum(source != ?) = 0", [source])}
 
 
 def _aligned(session, history) -> dict:
