@@ -298,21 +298,8 @@ class ChatService:
         finished turn could not be saved (the reply is in `turn.generation`)."""
         self.open_turn(turn, source=source, max_new_tokens=max_new_tokens, temperature=temperature,
                        retry_of=retry_of)
-        params = self._params(max_new_tokens, temperature)
-        max_new_tokens, temperature = params["max_new_tokens"], params["temperature"]
-        served, served_path = self.serving_adapter()
-        version, path = self.route(served, served_path, turn.user_message)
-        if self.cfg.pending_note_wins and turn.recalled and not turn.recalled[0].get("learned", True):
-            version, path = None, None  # the note is newer than anything the weights learned
-        turn.answered_by = route_kind(version)
-        closing = self._closing(served_path)
-        if closing:  # the sign-off fits in the reply's budget: a long answer is cut a little earlier
-            max_new_tokens = max(1, max_new_tokens - self.model.count_tokens(closing))
         failed = False
-        stream = self.model.stream(turn.messages, max_new_tokens=max_new_tokens,
-                                   temperature=temperature, version=version,
-                                   adapter_path=path, result=turn.generation,
-                                   avoid_first=turn.avoid_first, lead=turn.lead)
+        stream = self._reply(turn, *self.serving_adapter(), **self._params(max_new_tokens, temperature))
         try:
             try:
                 for piece in stream:
@@ -320,9 +307,6 @@ class ChatService:
                     self._save_progress(turn)
             finally:
                 stream.close()  # stops generation and fills in its counts before the save below
-            if closing and not ends_with(turn.generation.text, closing.strip()):
-                turn.generation.text += closing
-                yield closing
         except GeneratorExit:
             turn.generation.finish_reason = "abandoned"
             raise
@@ -342,6 +326,44 @@ class ChatService:
                 log.error("could not save turn %s (%s): %s", turn.turn_id, reason, e)
                 if not failed and reason != "abandoned":
                     raise TurnNotSaved(turn, e) from e
+
+    def _reply(self, turn: Turn, served: int | None, served_path: str | None, *, max_new_tokens: int,
+               temperature: float) -> Iterator[str]:
+        """The reply to a prepared turn from version `served` (None: the base model), routed as
+        every chat turn is (its expert, habit adapter or the base weights; a pending note's
+        newer answer over the weights) and ended with the version's closing habit. Sets
+        `turn.answered_by`; the pieces and counts go to `turn.generation`. Logs nothing."""
+        version, path = self.route(served, served_path, turn.user_message)
+        if self.cfg.pending_note_wins and turn.recalled and not turn.recalled[0].get("learned", True):
+            version, path = None, None  # the note is newer than anything the weights learned
+        turn.answered_by = route_kind(version)
+        closing = self._closing(served_path)
+        if closing:  # the sign-off fits in the reply's budget: a long answer is cut a little earlier
+            max_new_tokens = max(1, max_new_tokens - self.model.count_tokens(closing))
+        stream = self.model.stream(turn.messages, max_new_tokens=max_new_tokens,
+                                   temperature=temperature, version=version,
+                                   adapter_path=path, result=turn.generation,
+                                   avoid_first=turn.avoid_first, lead=turn.lead)
+        try:
+            yield from stream
+        finally:
+            stream.close()
+        if closing and not ends_with(turn.generation.text, closing.strip()):
+            turn.generation.text += closing
+            yield closing
+
+    def preview(self, user_message: str, version: int | None, *, recall: bool | None = None,
+                max_new_tokens: int | None = None, temperature: float | None = None) -> Turn:
+        """The reply `version` (None: the base model) gives `user_message` as the first message
+        of a new chat, by the chat's own path (system prompt, recall, routing, closing, these
+        settings or else the chat's defaults), logged nowhere. The Versions tab's Compare uses
+        it: it used to generate on its own (greedy, batched, no recall, 64 tokens) and so
+        disagreed with the chat about the same weights."""
+        turn = self.start_turn(user_message, recall=recall, max_new_tokens=max_new_tokens)
+        path = None if version is None else adapters.get_adapter(self.db, version)["path"]
+        for _ in self._reply(turn, version, path, **self._params(max_new_tokens, temperature)):
+            pass
+        return turn
 
     def _closing(self, version_path: str | None) -> str | None:
         """The closing habit the active version learned (learning/habits.py), as the words every

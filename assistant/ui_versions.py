@@ -201,7 +201,7 @@ def rollback(runtime, choice, quarantine: bool):
 
 
 def compare(runtime, candidate, other, prompts_text):
-    """Side by side on the given prompts (one per line). -> (table, notice)"""
+    """Side by side on the given prompts (one per line), with the chat's settings. -> (table, notice)"""
     versions = _versions()
     if versions is None:
         return shown(pd.DataFrame()), UNAVAILABLE
@@ -217,4 +217,20 @@ def compare(runtime, candidate, other, prompts_text):
     except Exception as e:  # noqa: BLE001
         return shown(pd.DataFrame()), f"⚠ Could not compare: {e}"
     name = lambda v: "base" if v is None else f"v{v}"  # noqa: E731
-    return shown(frame(rows)), f"{name(a)} vs {name(b)} on {len(prompts[:10])} prompt(s)."
+    return shown(frame(rows)), (f"{name(a)} vs {name(b)} on {len(prompts[:10])} prompt(s). "
+                                + compare_terms(runtime.cfg, sum(bool(r["recalled"]) for r in rows)))
+
+
+def compare_terms(cfg, recalling: int) -> str:
+    """What Compare's replies share with the chat's, and what can still differ, in words: it
+    answers with the chat's settings, but each prompt as a new chat's first message."""
+    said = [f"Answered as the chat answers a new chat's first message: your system prompt, "
+            f"up to {cfg.default_max_new_tokens} tokens, recall {'on' if cfg.recall else 'off'}"]
+    if cfg.recall and recalling:
+        said[0] += f" ({recalling} prompt(s) recalled a note, for both sides)"
+    said[0] += "."
+    if cfg.default_temperature > 0:
+        said.append(f"Temperature {cfg.default_temperature:g} samples: a reply can differ from the chat's "
+                    "and from one run to the next; at temperature 0 the chat says the same.")
+    said.append("In a conversation the chat also reads the earlier messages, so its reply there can differ.")
+    return " ".join(said)

@@ -270,21 +270,18 @@ def _state(db, r, answers, trained, versions, live) -> tuple[str, int | None, st
 
 
 # ---- compare and plot -----------------------------------------------------------------------
-def compare(runtime, version_a: int | None, version_b: int | None, prompts: list[str],
-            max_new_tokens: int = 64) -> list[dict]:
-    """Greedy replies of two versions (None: base) side by side, on the served model."""
-    from learning.scoring import Scorer
-
-    db = runtime.db
-    system = runtime.chat.system_prompt()
-    conversations = [[{"role": "system", "content": system}, {"role": "user", "content": p}] for p in prompts]
-    scorer = Scorer(runtime.model, max_new_tokens=max_new_tokens, scope=runtime.chat.scope)  # as the chat routes
-    replies = {}
-    for v in (version_a, version_b):
-        scorer.select(v, None if v is None else adapters.get_adapter(db, v)["path"])
-        replies[v] = scorer.generate(conversations)
-    return [{"prompt": p, _name(version_a): a, _name(version_b): b, "same": a == b}
-            for p, a, b in zip(prompts, replies[version_a], replies[version_b], strict=True)]
+def compare(runtime, version_a: int | None, version_b: int | None, prompts: list[str], **settings) -> list[dict]:
+    """Two versions' replies (None: base) side by side, each prompt as the first message of a
+    new chat, by the chat's own path (`ChatService.preview`): the same weights, prompt and
+    settings give the chat's reply. `settings` (recall, max_new_tokens, temperature) default
+    to the chat's."""
+    rows = []
+    for p in prompts:
+        a, b = (runtime.chat.preview(p, v, **settings) for v in (version_a, version_b))
+        rows.append({"prompt": p, _name(version_a): a.generation.text, _name(version_b): b.generation.text,
+                     "same": a.generation.text == b.generation.text,
+                     "recalled": len(a.recalled)})  # the prompt's notes, the same for both sides
+    return rows
 
 
 PLOTTED = (("taught", "new corrections learned"), ("retention", "earlier corrections kept"),

@@ -445,6 +445,7 @@ def test_versions_tab_promotes_after_confirming_and_rolls_back(rt, tiny_model_pa
     side_by_side, notice = ui_versions.compare(rt, "1", "", "Hello there\n\nWhere do I work?")
     side_by_side = side_by_side["value"]
     assert notice.startswith("v1 vs v2") and list(side_by_side["prompt"]) == ["Hello there", "Where do I work?"]
+    assert "as the chat answers a new chat's first message" in notice and "recall on" in notice
     assert list(side_by_side.columns[1:3]) == ["v1", "v2"]
 
     notice = ui_versions.rollback(rt, "1", quarantine=True)

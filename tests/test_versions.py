@@ -146,6 +146,24 @@ def test_compare_runs_both_versions_on_the_served_model(cfg, db, served, lora_di
     assert rows[1]["same"] == (rows[1]["v1"] == rows[1]["the base model"])
 
 
+def test_compare_says_what_the_chat_says(cfg, served, lora_dirs):
+    """The same weights, prompt and settings give Compare the chat's reply (it used to generate
+    on its own path: greedy, batched with padding, 64 tokens, no recall)."""
+    from assistant.runtime import Runtime
+
+    cfg.recall = False
+    rt = Runtime.create(cfg, model=served, with_memory=False)
+    register(rt.db, 1, lora_dirs[1])
+    prompts = ["What is the capital of France?", "Hello there", "Where do I work, and since when exactly?"]
+    chat_base = [rt.chat.reply(p, source="ui").generation.text for p in prompts]
+    adapters.activate(rt.db, 1)
+    chat_v1 = [rt.chat.reply(p, source="ui").generation.text for p in prompts]
+    rows = versions.compare(rt, None, 1, prompts)
+    assert [r["the base model"] for r in rows] == chat_base
+    assert [r["v1"] for r in rows] == chat_v1
+    assert all(r["recalled"] == 0 for r in rows)
+
+
 def test_cli_list_show_promote_rollback(home, db, lora_dirs, capsys):
     def run(*argv):
         code = main(["--home", str(home), "adapters", *argv])
