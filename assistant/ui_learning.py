@@ -43,7 +43,7 @@ def learn_now(runtime) -> str:
 
 
 def cancel(runtime) -> str:
-    return _act(lambda c: "Cancel requested: the cycle stops at its next checkpoint."
+    return _act(lambda c: "Cancel requested: the cycle stops within a few seconds; nothing it did so far is kept."
                 if c.cancel(runtime.db) else "No learning cycle is running.", "cancel")
 
 

@@ -2,7 +2,7 @@
 
 `start_cycle(cfg)` spawns `python -m learning.learner --home ...` as its own process (so the chat
 keeps answering while it trains) and returns the id of its job row; `status(db)` reads the latest
-job; `cancel(db)` asks the running cycle to stop at its next step; `AutoTrigger(cfg)` is a thread
+job; `cancel(db)` asks the running cycle to stop (within a second, learning/cancel.py); `AutoTrigger(cfg)` is a thread
 that starts a cycle when enough new feedback has accumulated (thresholds from LearnConfig).
 """
 import datetime as dt
@@ -80,7 +80,7 @@ def status(db) -> dict | None:
 
 
 def cancel(db) -> bool:
-    """Ask the running cycle to stop between two training steps. False when none runs."""
+    """Ask the running cycle to stop (its CancelWatch interrupts it). False when none runs."""
     job = _running_job(db)
     if job is None:
         return False

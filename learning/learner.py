@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from learning import datasets
+from learning.cancel import CancelWatch, Interrupt
 from learning.config import LearnConfig, load_learn_config, shape_is_stored
 from learning.neighbours import neighbour_rows
 from learning.train import Cancelled, TrainJob, adapter_shape, clean_stale_dirs, train_candidate
@@ -219,6 +220,7 @@ def run_cycle(cfg, learn_cfg: LearnConfig | None = None, force: bool = False,
         job_id = job_id or jobs.start_job(db)
         jobs.update_job(db, job_id, pid=os.getpid(), status="running")
         track = Tracker(db, job_id, progress)
+        watch = CancelWatch(cfg.db_path, job_id).start()  # a cancel stops any stage before the gate
         try:
             # ---- data -------------------------------------------------------------------
             track.stage("preparing data")
@@ -263,7 +265,10 @@ def run_cycle(cfg, learn_cfg: LearnConfig | None = None, force: bool = False,
                 extra_meta={"data": data.counts(), "refit": refit,
                             "replayed_rows": len(data.sft) - len(sft_new) if refit else len(replay),
                             "data_s": round(data_s, 2),
-                            "superseded": data.superseded, "job_id": job_id}))
+                            "superseded": data.superseded, "job_id": job_id,
+                            # every feedback id its rows carry: a refit relearns old feedback it does
+                            # not link (learning/held.py: what a rollback to it brings back)
+                            "trained_on": sorted({f for r in sft_rows + pairs for f in r.get("feedback_ids", ())})}))
             meta = _read_meta(path)
             n_corr = sum(r["source"] == "correction" for r in sft_new)
             adapters.register_candidate(db, version, str(path), parent and parent["version"], meta, new_ids,
@@ -282,6 +287,7 @@ def run_cycle(cfg, learn_cfg: LearnConfig | None = None, force: bool = False,
             ev = evaluate(cfg, db, version, parent and parent["version"], new_ids, progress=track.evaluation,
                           scope=AdapterScope(embedder))
             track.stage("gate")
+            watch.disarm()  # the decision and what follows take milliseconds: never half done
             decision = decide(ev["candidate"], ev["incumbent"], gate_config(db))
             adapters.set_metrics(db, version, ev["candidate"])
             adapters.record_decision(db, new_id(), version, parent and parent["version"], decision.passed,
@@ -299,12 +305,27 @@ def run_cycle(cfg, learn_cfg: LearnConfig | None = None, force: bool = False,
                           message=f"v{version} {verdict}: " + "; ".join(decision.reasons),
                           weights_deleted=_prune(db, lcfg.keep_versions))
             return _finish(db, job_id, "succeeded", result)
-        except Cancelled as e:
-            _finish(db, job_id, "cancelled", {"message": str(e)}, error=str(e))
+        except (Cancelled, Interrupt) as e:
+            watch.disarm()
+            _cancelled(db, job_id, str(e) if isinstance(e, Cancelled) else f"cancelled during {track.stage_name}")
+            if isinstance(e, Interrupt):
+                raise Cancelled(f"cancelled during {track.stage_name}") from None
             raise
         except BaseException as e:
+            watch.disarm()
             _finish(db, job_id, "failed", {"message": f"{type(e).__name__}: {e}"}, error=f"{type(e).__name__}: {e}")
             raise
+        finally:
+            watch.disarm()
+
+
+def _cancelled(db, job_id: str, what: str) -> None:
+    """Record a cancelled cycle as the user's choice, not an error, and reject a candidate it
+    had already registered (its evaluation was cut short) instead of leaving it for the next cycle."""
+    _finish(db, job_id, "cancelled", {"message": f"{what}: nothing changed, the previous version keeps answering"})
+    dropped = drop_abandoned_candidates(db)
+    if dropped:
+        log.info("cancelled cycle's candidates rejected: %s", dropped)
 
 
 def _prune(db, keep: int | None) -> list[int]:
@@ -405,6 +426,9 @@ def main(argv: list[str] | None = None) -> int:
     use_learner_threads(cfg)
     try:
         result = run_cycle(cfg, force=args.force, job_id=args.job_id)
+    except Cancelled as e:  # the user's choice, already recorded on the job row
+        log.info("%s", e)
+        return 1
     except CycleRunning as e:
         if args.job_id:  # the row start_cycle made for us must not stay 'running'
             jobs.finish_job(open_db(cfg.db_path), args.job_id, "failed", error=str(e))

@@ -1,6 +1,7 @@
 """A learning cycle on the tiny model: registry, job row, gate wiring, lock, crash recovery,
 the background process, cancellation and the auto-trigger rule."""
 import os
+import threading
 import time
 from types import SimpleNamespace
 
@@ -58,6 +59,7 @@ def test_cycle_without_gate_leaves_a_candidate(cfg, db, no_gate):
     assert row["status"] == "candidate" and adapters.active_version(db) is None
     assert adapters.lineage_feedback(db, row["version"]) == sorted(fids)
     assert row["meta"]["feedback_ids"] == sorted(fids) and (cfg.adapters_dir / "v1" / "meta.json").exists()
+    assert set(row["meta"]["trained_on"]) == set(fids)  # learning/held.py reads it
     job = jobs.get_job(db, result["job_id"])
     assert job["status"] == "succeeded" and job["losses"] and job["ended_at"]
     assert {s["stage"] for s in states} >= {"preparing data", "SFT", "experts"}
@@ -257,6 +259,42 @@ def test_cancel_stops_between_steps(cfg, db, no_gate, monkeypatch):
         cycle(cfg, job_id=job_id)
     assert jobs.get_job(db, job_id)["status"] == "cancelled"
     assert not any(cfg.adapters_dir.iterdir())
+
+
+def test_cancel_stops_a_long_step_within_seconds(cfg, db, no_gate):
+    """A cancel ends the cycle within 5 s even inside a step that would run a minute (one SFT
+    step on a shared CPU took 28 s, and the trainers look for a cancel only between steps),
+    and the job reads cancelled, not failed, with no error."""
+    teach(db, n=4)
+    job_id = jobs.start_job(db)
+    in_step, outcome = threading.Event(), {}
+
+    def long_step(state):
+        if state["stage"] != "preparing data" and not in_step.is_set():  # the first training step
+            in_step.set()
+            end = time.monotonic() + 60
+            while time.monotonic() < end:  # a long step is many short operations
+                time.sleep(0.01)
+
+    def run():
+        try:
+            cycle(cfg, job_id=job_id, progress=long_step)
+        except learner.Cancelled as e:
+            outcome["cancelled"] = str(e)
+        finally:
+            outcome["at"] = time.monotonic()
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    assert in_step.wait(180)
+    asked = time.monotonic()
+    assert control.cancel(db)
+    worker.join(30)
+    assert outcome["at"] - asked < 5 and outcome["cancelled"].startswith("cancelled during")
+    job = jobs.get_job(db, job_id)
+    assert job["status"] == "cancelled" and job["error"] is None
+    assert "cancelled during" in job["result"]["message"] and "nothing changed" in job["result"]["message"]
+    assert adapters.list_adapters(db) == [] and not any(cfg.adapters_dir.iterdir())
 
 
 def test_start_cycle_runs_in_its_own_process(cfg, db):
