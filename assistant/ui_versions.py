@@ -82,8 +82,26 @@ def version_of(choice) -> int | None:
     return int(choice)
 
 
-def _label(v: int, status: str) -> str:
-    return f"v{v} ({status})"
+def _label(v: int, status: str, db=None) -> str:
+    """'v2 (retired)', with a ⚠ when its weights hold feedback taken back since (learning/held.py):
+    the warning is seen before the version is chosen, not only after it went live."""
+    held = _held()
+    mark = " ⚠ holds feedback you took back" if db is not None and held and held.marked(db, v) else ""
+    return f"v{v} ({status}){mark}"
+
+
+def _held():
+    try:
+        from learning import held
+    except ImportError:
+        return None
+    return held
+
+
+def held_warning(db, version: int | None) -> str:
+    """learning.held.warning, or "" without the learner."""
+    held = _held()
+    return held.warning(db, version) if held and version is not None else ""
 
 
 def _picker(choices: list, nothing: str) -> tuple:
@@ -101,14 +119,14 @@ def view(runtime, plot_path=None) -> dict:
     active = adapters.active_version(db)
     # A version whose weights were deleted to save disk stays in the table but cannot serve.
     loadable = [r for r in rows if not weights_deleted(r["path"])]
-    promote_choices = [(_label(r["version"], r["status"]), str(r["version"])) for r in loadable
+    promote_choices = [(_label(r["version"], r["status"], db), str(r["version"])) for r in loadable
                        if r["status"] != "active"]
     everything = [("base model (no adapter)", BASE)] + [
         (_label(r["version"], r["status"]), str(r["version"])) for r in loadable]
     # Only a version that served before can be rolled back to (candidates are promoted instead);
     # the base model only while a version is active.
     rollback_choices = ([("base model (no adapter)", BASE)] if active is not None else []) + [
-        (_label(r["version"], r["status"]), str(r["version"])) for r in loadable if r["status"] == "retired"]
+        (_label(r["version"], r["status"], db), str(r["version"])) for r in loadable if r["status"] == "retired"]
     out = {"prompts": "\n".join(recent_prompts(db)), "compare": gr.update(choices=everything)}
     for name, choices, nothing in (
             ("promote", promote_choices, "Nothing to promote: no version is waiting, rejected or retired."),
@@ -176,8 +194,12 @@ def promote(runtime, choice, confirmed: bool = False):
     except Exception as e:  # noqa: BLE001 - unknown version, refused adapter: say why
         return f"⚠ Could not promote v{version}: {e}", gr.update(visible=False)
     forced = " (gate overridden)" if not passed else ""
-    return f"✓ v{version} is now active{forced}; the chat uses it from the next message.", \
-        gr.update(visible=False)
+    return _with(f"✓ v{version} is now active{forced}; the chat uses it from the next message.",
+                 held_warning(runtime.db, version)), gr.update(visible=False)
+
+
+def _with(notice: str, warning: str) -> str:
+    return f"{notice}\n\n{warning}" if warning else notice
 
 
 def rollback(runtime, choice, quarantine: bool):
@@ -197,7 +219,7 @@ def rollback(runtime, choice, quarantine: bool):
     if done.get("quarantined"):
         extra = (f" {done['quarantined']} feedback item(s) that trained v{done['from']} are quarantined: "
                  "no later cycle learns them.")
-    return f"↩ Rolled back: {now} answers from the next message.{extra}"
+    return _with(f"↩ Rolled back: {now} answers from the next message.{extra}", held_warning(runtime.db, target))
 
 
 def compare(runtime, candidate, other, prompts_text):

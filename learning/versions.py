@@ -374,7 +374,17 @@ def _promote(db, args) -> int:
     else:
         forced = " (gate overridden)" if result["forced"] else ""
         print(f"v{args.version} is now active{forced}; it was {_name(result['previous'])}")
+    _warn_taken_back(db, args.version)
     return 0
+
+
+def _warn_taken_back(db, version: int | None) -> None:
+    """The Versions tab's warning (learning/held.py), on the command line too."""
+    from learning.held import warning
+
+    said = warning(db, version) if version is not None else ""
+    if said:
+        print(said)
 
 
 def _rollback(db, args) -> int:
@@ -385,6 +395,7 @@ def _rollback(db, args) -> int:
     print(f"rolled back from {_name(result['from'])} to {_name(result['to'])}")
     if args.quarantine:
         print(f"quarantined {result['quarantined']} feedback item(s) that trained {_name(result['from'])}")
+    _warn_taken_back(db, result["to"])
     return 0
 
 

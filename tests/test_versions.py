@@ -164,6 +164,50 @@ def test_compare_says_what_the_chat_says(cfg, served, lora_dirs):
     assert all(r["recalled"] == 0 for r in rows)
 
 
+def test_going_back_to_a_version_that_holds_taken_back_feedback_warns(home, db, lora_dirs, capsys):
+    """Forgotten or taken-back feedback stays in the weights of the versions trained with it (or
+    continuing from one that was): making such a version live again says so, in the page's
+    picker and notice and on the command line."""
+    from assistant import ui_versions
+    from learning import held
+
+    dog = correction(db, "What is the name of my dog?", "Your dog is called Biscuit.")
+    work = correction(db, "Where do I work?", "You work at Acme.")
+    register(db, 1, lora_dirs[1], feedback_ids=[dog])
+    adapters.activate(db, 1)
+    register(db, 2, lora_dirs[2], parent=1, feedback_ids=[work])
+    adapters.activate(db, 2)
+    assert held.held(db, 2) == {dog: 1, work: 2} and held.warning(db, 2) == ""
+    feedback.forget(db, dog)
+    conversations.update_conversation(db, db["turns"].get(_turn(db, work))["conversation_id"], no_learn=1)
+    assert [(i["learned_by"], i["how"], i["question"]) for i in held.taken_back_in(db, 2)] == [
+        (1, "forgotten", None), (2, "its conversation is marked don't-learn", "Where do I work?")]
+    said = held.warning(db, 2)
+    assert "“Where do I work?” (its conversation is marked don't-learn); 1 item you forgot" in said
+    # a refit that recorded what it trained on holds that alone, not its parent's weights
+    adapters.register_candidate(db, 3, str(lora_dirs[3]), 2, {"refit": True, "trained_on": []}, [], 0, 0)
+    assert held.held(db, 3) == {} and held.warning(db, 3) == ""
+
+    class Rt:  # what ui_versions needs of a Runtime
+        pass
+
+    rt = Rt()
+    rt.db = db
+    adapters.activate(db, 3)
+    assert [label for label, v in ui_versions.view(rt)["rollback"]["choices"] if v == "1"] == [
+        "v1 (retired) ⚠ holds feedback you took back"]
+    notice = ui_versions.rollback(rt, "1", quarantine=False)
+    assert adapters.active_version(db) == 1 and "⚠ v1's weights were trained with" in notice
+    assert "1 item you forgot" in notice and "Where do I work" not in notice  # v1 never learned that one
+    assert "⚠ v3" not in ui_versions.promote(rt, "3", confirmed=True)[0]
+
+    code = main(["--home", str(home), "adapters", "rollback", "2"])
+    out = capsys.readouterr().out
+    assert code == 0 and "rolled back from v3 to v2" in out and "⚠ v2's weights were trained with" in out
+    code = main(["--home", str(home), "adapters", "promote", "3", "--yes"])
+    assert code == 0 and "⚠" not in capsys.readouterr().out
+
+
 def test_cli_list_show_promote_rollback(home, db, lora_dirs, capsys):
     def run(*argv):
         code = main(["--home", str(home), "adapters", *argv])
