@@ -304,10 +304,14 @@ def _knows_tab(ui: gr.Blocks, runtime, tab) -> None:
          "empty": gr.Markdown(ui_knows.EMPTY, elem_id="knows-empty"),
          "table": gr.Dataframe(interactive=False, wrap=True, visible=False, elem_id="knows-table")}
     with gr.Row():
-        k["pick"] = gr.Dropdown(label="Forget an item", choices=[], scale=3, elem_id="knows-pick")
+        k["pick"] = gr.Dropdown(label="Choose an item to edit or forget", choices=[], scale=3, elem_id="knows-pick")
         forget_btn = gr.Button("Forget this item", variant="stop", scale=1, elem_id="knows-forget")
         forget_conv_btn = gr.Button("Forget its whole conversation", variant="stop", scale=1,
                                     elem_id="knows-forget-conversation")
+    with gr.Row():
+        edit_box = gr.Textbox(label="What it should answer (edit, then save)", lines=2, scale=4,
+                              elem_id="knows-edit")
+        edit_btn = gr.Button("Save the edit", scale=1, elem_id="knows-save-edit")
     notice = gr.Markdown("", elem_id="knows-notice")
     with gr.Accordion("Import what you already have", open=False, elem_id="knows-import-box"):
         gr.Markdown("TRL conversational SFT or preference JSONL, or an Open WebUI feedback export (.json): "
@@ -329,6 +333,9 @@ def _knows_tab(ui: gr.Blocks, runtime, tab) -> None:
     tab.select(refresh, [search, tz], out)
     search.change(refresh, [search, tz], out, show_progress="hidden")
     forget_btn.click(lambda f: ui_knows.forget(runtime, f), k["pick"], notice).then(refresh, [search, tz], out)
+    k["pick"].change(lambda f: ui_knows.answer_of(runtime, f), k["pick"], edit_box)
+    edit_btn.click(lambda f, t: ui_knows.edit(runtime, f, t), [k["pick"], edit_box], notice) \
+        .then(refresh, [search, tz], out)
     forget_conv_btn.click(lambda f: ui_knows.forget_conversation(runtime, f), k["pick"], notice) \
         .then(refresh, [search, tz], out)
     import_btn.click(lambda path: importer.import_into(runtime, path), upload, imported) \

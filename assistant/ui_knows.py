@@ -1,6 +1,6 @@
 """The "What it knows about me" tab: every correction and liked answer the assistant learns
 from, newest first, searchable, each with its state in words; forget one item or its whole
-conversation.
+conversation; edit one.
 
 Contract: plain functions of a Runtime (tests call them directly), like the other ui_* modules.
 The states of corrections come from `learning.versions.correction_states` (imported inside:
@@ -12,7 +12,9 @@ Forgetting an item deletes that feedback fact (`store.feedback.forget`): recall 
 at once (its index re-reads the store on the next turn) and later cycles build their data
 without it. Adapter versions already trained with it keep it in their weights; the notice
 names them. Forgetting a conversation marks it don't-learn, which recall, training and the
-states already honour.
+states already honour. Editing writes a new correction of the same answer through
+`Runtime.record_feedback`, the chat's own path: it supersedes the earlier correction (listed as
+such) and recall uses it at once; an edited liked answer is a correction now, so the like goes.
 """
 import datetime as dt
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -210,3 +212,35 @@ def forget_conversation(runtime, feedback_id) -> str:
     title = conversations.get_conversation(db, cid)["title"]
     return (f"The conversation “{_clip(title)}” is marked don't-learn: recall no longer uses anything in it "
             "and no later cycle learns from it." + _versions_words(versions, db))
+
+
+def answer_of(runtime, feedback_id) -> str:
+    """The chosen item's answer, for the edit box (the user changes it, as in the chat)."""
+    item = next((i for i in items(runtime.db) if i["id"] == feedback_id), None) if feedback_id else None
+    return item["answer"] or "" if item else ""
+
+
+def edit(runtime, feedback_id, text) -> str:
+    """Write what the chosen item's answer should say now. -> notice"""
+    if not feedback_id:
+        return "⚠ Choose the item to edit."
+    db = runtime.db
+    item = next((i for i in items(db) if i["id"] == feedback_id), None)
+    if item is None:
+        return "⚠ That item is already gone."
+    text = str(text or "").strip()
+    if not text:
+        return "⚠ The new answer is empty: write what it should answer."
+    if " ".join(text.split()) == " ".join((item["answer"] or "").split()):
+        return "⚠ That is the answer as it is: change it, then save."
+    try:
+        runtime.record_feedback(item["turn_id"], "correction", correction=text)
+    except (ValueError, conversations.NotFound) as e:
+        return f"⚠ Not saved: {e}"
+    liked = item["kind"] == "up"
+    if liked:  # one answer, liked and corrected, would teach both
+        feedback.forget(db, feedback_id)
+        _sync_recall(runtime)
+    return (f"✎ Saved: “{_clip(item['question'])}” → “{_clip(text)}”. Recall uses it from the next message "
+            "and the next learning cycle learns it; " + ("the like is taken back." if liked else
+                                                          "the earlier correction is superseded."))

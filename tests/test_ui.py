@@ -524,3 +524,37 @@ def test_what_it_knows_lists_states_searches_and_forgets(cfg, tiny_served, tiny_
     state = {i["id"]: i["state"] for i in ui_knows.items(rt.db)}[tokyo]
     assert state == "not learned: the conversation is marked don't-learn"
     assert "Choose" in ui_knows.forget(rt, None)
+
+
+def test_what_it_knows_edits_an_item_as_a_new_correction(cfg, tiny_served):
+    """Editing writes a correction through the chat's own path (Runtime.record_feedback): the old
+    one is listed as superseded, recall answers with the new one at once, and an edited liked
+    answer is a correction now."""
+    pytest.importorskip("learning.versions")
+    from assistant import ui_knows
+    from assistant.memory import Memory
+
+    tiny_served.use(None)
+    rt = Runtime.create(cfg, model=tiny_served, memory=Memory(cfg, embedder=WordEmbedder()))
+    rt.superseder = None  # the tiny model's judgement would link unrelated corrections
+    tab = ChatTab(rt)
+    _, history, session, _ = send(tab, "Where do I work?")
+    old = rt.record_feedback(session["turn_ids"][-1], "correction", correction="You work at Acme.")
+    _, _, other, _ = send(tab, "How do I boil an egg?")
+    liked = rt.record_feedback(other["turn_ids"][-1], "up")
+
+    assert ui_knows.answer_of(rt, old) == "You work at Acme."  # the edit box starts from it
+    assert "as it is" in ui_knows.edit(rt, old, " You work at  Acme. ")  # unchanged: refused
+    assert "empty" in ui_knows.edit(rt, old, "  ") and "Choose" in ui_knows.edit(rt, None, "x")
+    notice = ui_knows.edit(rt, old, "You work at Halvorsen Robotics.")
+    assert notice.startswith("✎ Saved") and "superseded" in notice
+    states = {i["answer"]: i["state"] for i in ui_knows.items(rt.db)}
+    assert states["You work at Halvorsen Robotics."] == "waiting for the next learning cycle"
+    assert states["You work at Acme."].startswith("superseded by a later correction") and "Halvorsen" in \
+        states["You work at Acme."]
+    assert [r["correction"] for r in rt.memory.recall("Where do I work?")][:1] == ["You work at Halvorsen Robotics."]
+
+    notice = ui_knows.edit(rt, liked, "Simmer it for eight minutes.")
+    assert "the like is taken back" in notice
+    kinds = {i["question"]: i["kind"] for i in ui_knows.items(rt.db)}
+    assert kinds["How do I boil an egg?"] == "correction" and liked not in [i["id"] for i in ui_knows.items(rt.db)]
