@@ -100,6 +100,7 @@ def test_chat_stream_like_and_correct_in_the_browser(server, browser):
     assert said.startswith("ⓘ answered by the base model"), said
     assert ("cut at 48 tokens" in said) == (ui_turns(db)[0]["finish_reason"] == "length")
     assert not page.locator("#chatbot .thought-group .content").first.is_visible()  # folded
+    page.locator("#chatbot").screenshot(path="/tmp/assistant-ui-answered-by.png")  # docs/ screenshots
 
     page.locator("#chatbot button[aria-label='Like']").last.click()  # on the (only) answer
     up = wait_for(lambda: [f for f in feedback.feedback_for_turn(db, turn["id"]) if f["kind"] == "up"],
@@ -175,10 +176,11 @@ def test_the_chatbots_own_retry_edit_and_dislike_buttons(server, browser):
                       if f["kind"] == "down"] == ["too terse"], what="the reason on the same vote")
 
 
-def test_issue_27_feedback_notes_versions_and_what_it_knows(server, browser):
+def test_issue_27_feedback_notes_versions_and_what_it_knows(server, browser, tmp_path):
     """The page's visible fixes of issue 27 in one page load: an unchanged correction is refused,
     the flag's reasons say what they recorded, notes carry no buttons, the edit box is wide, the
-    Versions tab shows sentences before any cycle, and "What it knows about me" lists the correction."""
+    Versions tab shows sentences before any cycle, and "What it knows about me" lists the correction,
+    edits it (the old one superseded) and imports a file."""
     srv, runtime = server
     db = runtime.db
     page = browser.new_page(viewport={"width": 1280, "height": 1000})
@@ -233,6 +235,28 @@ def test_issue_27_feedback_notes_versions_and_what_it_knows(server, browser):
     assert "today" in table.inner_text()  # the browser's own clock, readable
     page.screenshot(path="/tmp/assistant-ui-knows.png", full_page=True)
 
+    # editing an item writes a new correction; the old one reads superseded
+    page.locator("#knows-pick input").click()
+    page.get_by_role("option").first.click()
+    edit = page.locator("#knows-edit textarea")
+    wait_for(lambda: edit.input_value() == "Your dog is called Biscuit.", what="the item's answer in the edit box")
+    edit.fill("Your dog is called Rex.")
+    page.locator("#knows-save-edit").click()
+    wait_for(lambda: "Saved" in page.locator("#knows-notice").inner_text(), what="the edit to be saved")
+    wait_for(lambda: "superseded by a later correction" in table.inner_text(), what="the old one superseded")
+
+    # the Import box: a TRL preference line is logged as a correction
+    page.locator("#knows-import-box").get_by_text("Import what you already have").click()
+    upload = tmp_path / "my-feedback.jsonl"
+    upload.write_text('{"prompt": [{"role": "user", "content": "What tea do I like?"}], '
+                      '"chosen": [{"role": "assistant", "content": "Lapsang souchong."}], '
+                      '"rejected": [{"role": "assistant", "content": "Earl Grey."}]}\n')
+    page.locator("#knows-import-file input[type=file]").set_input_files(str(upload))
+    page.locator("#knows-import").click()
+    wait_for(lambda: "1" in page.locator("#knows-import-notice").inner_text(), what="the import report")
+    wait_for(lambda: "Lapsang souchong." in table.inner_text(), what="the imported correction in the list")
+    page.locator("#knows-import-box").screenshot(path="/tmp/assistant-ui-import.png")
+
 
 def test_settings_stay_after_a_reload(server, browser):
     """Issue 27 item 4: the chat's recall toggle and the learning schedule survive a page reload."""
@@ -255,6 +279,7 @@ def test_settings_stay_after_a_reload(server, browser):
     page.locator("#learn-settings-save").click()
     wait_for(lambda: "Saved: learn.min_new_feedback" in page.locator("#learn-settings-notice").inner_text(),
              what="the schedule to be saved")
+    page.locator("#learn-settings").screenshot(path="/tmp/assistant-ui-schedule.png")  # docs/ screenshots
 
     page.reload()
     page.locator("#settings").get_by_text("Settings").click()
