@@ -150,3 +150,16 @@ def test_a_failing_or_missing_fit_check_keeps_every_match():
 
     assert fitting(Failing("x", "x"), "q", pairs) == [True, True]
     assert fitting(Fits("x", misfit="Hospital"), "q", pairs) == [False, True]  # a pair missing its question is kept
+
+
+def test_the_embedded_model_tells_an_answer_about_another_thing(embedded_model_dir):
+    """On the real chat model (a pair from bench/recall_dev.jsonl, never a scenario probe): the
+    houseplant's name does not fit a question about the cat; the cat's does, asked another way."""
+    from assistant.model import ServedModel
+
+    reranker = ModelReranker(ServedModel(str(embedded_model_dir)))
+    corrected = [("What did I name my houseplant?", "Your houseplant is named Gerald."),
+                 ("What is my cat's name?", "Your cat is called Pemberton.")]
+    assert reranker.fits("What do I call my cat?", corrected) == [False, True]
+    assert reranker.fits("What did I name my houseplant?", corrected[:1]) == [True]  # its own question
+    assert ModelReranker(reranker.served, fit_tolerance=None).fits("What do I call my cat?", corrected) == [True, True]
