@@ -15,7 +15,7 @@ from assistant.errors import AdapterLoadError, EmptyMessage, TurnNotSaved, Unsto
 from assistant.memory import reply_lead
 from assistant.model import Generation, ServedModel, key_version
 from assistant.scope import EXPERT_KEY, read_meta
-from learning.habits import ends_with
+from learning.habits import AsList, ends_with, merged
 from store import adapters, conversations, feedback, open_db
 from store.ids import new_id
 from store.settings import get_setting
@@ -77,7 +77,7 @@ class ChatService:
         self.memory = memory
         self.scope = scope  # assistant.scope.AdapterScope: which prompts the adapter answers
         self._local = threading.local()
-        self._closings: dict[str, list[str]] = {}  # version dir -> the closings its habits hold
+        self._version_habits: dict[str, dict] = {}  # version dir -> the habits it learned (_habits)
         self._bad_versions: dict = {}  # served-model keys (versions, experts, habits) that failed to load, with why
 
     @property
@@ -340,14 +340,25 @@ class ChatService:
         closing = self._closing(served_path)
         if closing:  # the sign-off fits in the reply's budget: a long answer is cut a little earlier
             max_new_tokens = max(1, max_new_tokens - self.model.count_tokens(closing))
+        formats = self._habits(served_path)["formats"]
+        as_list = AsList(formats[0]) if formats else None  # a format habit: the reply as a list
         stream = self.model.stream(turn.messages, max_new_tokens=max_new_tokens,
                                    temperature=temperature, version=version,
                                    adapter_path=path, result=turn.generation,
                                    avoid_first=turn.avoid_first, lead=turn.lead)
+        shown = []
         try:
-            yield from stream
+            for piece in stream:
+                shown.append(as_list.feed(piece) if as_list else piece)
+                if shown[-1]:
+                    yield shown[-1]
         finally:
             stream.close()
+        if as_list:
+            shown.append(as_list.close())
+            if shown[-1]:
+                yield shown[-1]
+            turn.generation.text = "".join(shown)
         if closing and not ends_with(turn.generation.text, closing.strip()):
             turn.generation.text += closing
             yield closing
@@ -369,12 +380,17 @@ class ChatService:
         """The closing habit the active version learned (learning/habits.py), as the words every
         reply ends with (" Over and out."); None without one. The reply is generated within the
         token budget less the closing's tokens, so a reply with its sign-off keeps the budget."""
-        if not version_path:
-            return None
-        if version_path not in self._closings:
-            self._closings[version_path] = list((read_meta(version_path).get("habits") or {}).get("closings") or ())
-        closings = self._closings[version_path]
+        closings = self._habits(version_path)["closings"]
         return " " + closings[0] if closings else None
+
+    def _habits(self, version_path: str | None) -> dict:
+        """The habits the version at `version_path` learned (learning/habits.py; read once per
+        version, as versions never change): every kind, empty without a version."""
+        if not version_path:
+            return merged()
+        if version_path not in self._version_habits:
+            self._version_habits[version_path] = merged(read_meta(version_path).get("habits"))
+        return self._version_habits[version_path]
 
     def start_retry(self, turn_id: str, **kw) -> Turn:
         """Regenerate the answer of `turn_id` in its conversation (same message, same history).

@@ -24,7 +24,13 @@ A habit may also be a closing: a short last sentence ("Over and out.", "Hope thi
 no weights: the chat ends every reply that ended by itself without it with the closing
 (assistant/chat.py), as a sign-off is the same words every time.
 
-Contract: `find_habits(rows)` -> {"openings": [...], "closings": [...]} (empty lists: none);
+A habit may also be a format: answers written as a list ("- ..." or "1. ..." lines) by
+`MIN_SUPPORT` corrections to different prompts. It needs no weights either: the chat writes
+every reply as a list with that marker (`AsList`), one item per sentence or line of what the
+model says, so what the answer says stays the base model's.
+
+Contract: `find_habits(rows)` -> {"openings": [...], "closings": [...], "formats": [...]}
+(empty lists: none; a format is its list marker, "-", "*", "•" or "1.");
 `habit_rows(rows, habits)` -> the corrections showing an opening; `with_habits(text, habits)`
 -> text opened the way the habit would; `ends_with(text, closing)`.
 """
@@ -64,6 +70,58 @@ def closing(text: str) -> str | None:
     return sentences[-1].strip()
 
 
+# A list item: a marker, a space, then text. The marker alone names the format ("1." for any number).
+_ITEM = re.compile(r"^\s*([-*\u2022]|\d{1,2}[.)])\s+\S")
+
+
+def list_format(text: str) -> str | None:
+    """The list marker when `text` is a list: at least two items, and every line but a first
+    lead-in ("Three things:") is one."""
+    lines = [line for line in (text or "").splitlines() if line.strip()]
+    items = [m.group(1) for m in map(_ITEM.match, lines) if m]
+    if len(items) < 2 or len(items) < len(lines) - 1 or (len(items) < len(lines) and _ITEM.match(lines[0])):
+        return None
+    return "1." if items[0][0].isdigit() else items[0]
+
+
+class AsList:
+    """Writes a streamed reply as list items with `marker`: the reply's first words open the
+    first item, and each sentence end or line break that the model writes opens the next. A
+    reply the model already writes as a list passes unchanged."""
+
+    _BREAK = re.compile(r"(?<=[.!?])[ \t]+(?=\S)|\s*\n\s*(?=\S)")
+    _OPENS_LIST = re.compile(r"^([-*\u2022]|\d{1,2}[.)])\s")
+
+    def __init__(self, marker: str):
+        self.marker, self.items, self.held, self.last, self.as_is = marker, 0, "", "", None
+
+    def _next_marker(self) -> str:
+        self.items += 1
+        return f"{self.items}. " if self.marker == "1." else f"{self.marker} "
+
+    def feed(self, piece: str) -> str:
+        """The text to show for `piece` ("" once the reply has ended: what is still held back)."""
+        text = self.held + piece
+        if self.as_is is None:
+            text = text.lstrip()
+            if len(text) < 4 and piece:  # too short to tell whether the model opens a list itself
+                self.held = text
+                return ""
+            self.as_is = bool(self._OPENS_LIST.match(text))
+        if self.as_is:
+            self.held = ""
+            return text
+        keep = len(text.rstrip()) if piece else len(text)  # a trailing space may yet open an item
+        body, self.held = text[:keep], text[keep:]
+        opening = self._next_marker() if body and not self.items else ""
+        shown = self._BREAK.sub(lambda _: "\n" + self._next_marker(), self.last + body)[len(self.last):]
+        self.last = body[-1:] or self.last
+        return opening + shown
+
+    def close(self) -> str:
+        return self.feed("")
+
+
 def _bare(text: str) -> str:
     return " ".join(re.findall(r"\w+", text.lower()))
 
@@ -78,7 +136,7 @@ def find_habits(rows: list[dict], min_support: int = MIN_SUPPORT) -> dict:
     newest row that has each. Only corrections count: a liked answer shows what the model
     already does."""
     found = {}
-    for kind, part_of in (("openings", opening), ("closings", closing)):
+    for kind, part_of in (("openings", opening), ("closings", closing), ("formats", list_format)):
         prompts: dict[str, set] = defaultdict(set)
         spelled: dict[str, str] = {}
         for row in rows:  # oldest first
@@ -86,21 +144,23 @@ def find_habits(rows: list[dict], min_support: int = MIN_SUPPORT) -> dict:
                 continue
             part = part_of(row["messages"][-1]["content"])
             if part:
-                key = part.lower() if kind == "openings" else _bare(part)
+                key = _bare(part) if kind == "closings" else part.lower()
                 prompts[key].add(_user_prompt(row).strip().lower())
                 spelled[key] = part
         found[kind] = sorted(spelled[p] for p, asked in prompts.items() if len(asked) >= min_support)
     return found
 
 
+KINDS = ("openings", "closings", "formats")
+
+
 def merged(*habits: dict | None) -> dict:
-    """The openings and closings of several habit dicts together (a version keeps its parent's)."""
-    return {kind: sorted({h for hs in habits if hs for h in hs.get(kind) or ()})
-            for kind in ("openings", "closings")}
+    """The habits of several habit dicts together (a version keeps its parent's)."""
+    return {kind: sorted({h for hs in habits if hs for h in hs.get(kind) or ()}) for kind in KINDS}
 
 
 def has_habits(habits: dict | None) -> bool:
-    return bool(habits and (habits.get("openings") or habits.get("closings")))
+    return bool(habits and any(habits.get(kind) for kind in KINDS))
 
 
 def habit_rows(rows: list[dict], habits: dict) -> list[dict]:

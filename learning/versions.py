@@ -69,6 +69,9 @@ def _scope_text(scope: dict | None, habits: dict | None = None, experts: list | 
     closing = ", ".join(f'"{h}"' for h in (habits or {}).get("closings", []))
     if closing:
         parts.append(f"answers end with {closing}")
+    formats = ", ".join(f'"{h} ..."' for h in (habits or {}).get("formats", []))
+    if formats:
+        parts.append(f"answers are lists like {formats}")
     return "; ".join(parts)
 
 

@@ -126,3 +126,29 @@ def test_a_closing_habit_ends_every_reply_within_its_token_budget(chat, tmp_path
     assert turn.generation.text.endswith(" Over and out.")
     assert budgets == [40 - chat.model.count_tokens(" Over and out.")]
     assert conversations.get_turn(chat.db, turn.turn_id)["reply"] == turn.generation.text
+
+
+def test_a_format_habit_writes_every_reply_as_a_list(chat, tmp_path, monkeypatch):
+    """A version whose habits hold a list format (learning/habits.py): the reply streamed, saved
+    and returned is the model's own words, one item per sentence; the closing ends the last item.
+    (The tiny model writes only line breaks, so the model's pieces are given here.)"""
+    import json
+
+    version_dir = tmp_path / "v1"
+    version_dir.mkdir()
+    (version_dir / "meta.json").write_text(json.dumps({"habits": {"formats": ["-"], "closings": ["Over and out."]}}))
+    said = ["Red is", " warm.", " Blue is cool.", " Green is", " calm."]
+
+    def model_says(messages, result, **kw):
+        for piece in said:
+            result.text += piece
+            yield piece
+        result.finish_reason = "stop"
+
+    monkeypatch.setattr(chat.model, "stream", model_says)
+    monkeypatch.setattr(chat, "serving_adapter", lambda: (None, str(version_dir)))
+    turn = chat.start_turn("Name three colours.")
+    pieces = list(chat.pieces(turn, source="test"))
+    text = turn.generation.text
+    assert text == "- Red is warm.\n- Blue is cool.\n- Green is calm. Over and out."
+    assert "".join(pieces) == text and conversations.get_turn(chat.db, turn.turn_id)["reply"] == text

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from learning.habits import find_habits, habit_rows, with_habits
+from learning.habits import AsList, find_habits, habit_rows, list_format, with_habits
 
 SYSTEM = {"role": "system", "content": "You are a helpful personal assistant."}
 CAPTAIN = [("Give me a tip for sleeping better.", "Captain, keep a regular bedtime."),
@@ -23,8 +23,8 @@ def rows(pairs, source="correction"):
 
 
 def test_an_opening_shared_by_three_corrections_is_a_habit_and_a_facts_start_is_not():
-    assert find_habits(rows(CAPTAIN + FACTS)) == {"openings": ["Captain,"], "closings": []}
-    assert find_habits(rows(FACTS)) == {"openings": [], "closings": []}
+    assert find_habits(rows(CAPTAIN + FACTS)) == {"openings": ["Captain,"], "closings": [], "formats": []}
+    assert find_habits(rows(FACTS)) == {"openings": [], "closings": [], "formats": []}
     assert find_habits(rows(CAPTAIN[:2] + FACTS))["openings"] == []  # two could be chance
     same_prompt = [(CAPTAIN[0][0], a) for _, a in CAPTAIN]
     assert find_habits(rows(same_prompt))["openings"] == []  # one question corrected thrice
@@ -35,7 +35,7 @@ def test_an_opening_shared_by_three_corrections_is_a_habit_and_a_facts_start_is_
 
 def test_a_sign_off_shared_by_three_corrections_is_a_closing_habit():
     over = [(q, f"{a} Over and out.") for q, a in FACTS]
-    assert find_habits(rows(over + CAPTAIN)) == {"openings": ["Captain,"], "closings": ["Over and out."]}
+    assert find_habits(rows(over + CAPTAIN)) == {"openings": ["Captain,"], "closings": ["Over and out."], "formats": []}
     assert find_habits(rows(over[:2]))["closings"] == []  # two could be chance
     assert find_habits(rows([(q, "Over and out.") for q, _ in FACTS]))["closings"] == []  # a whole answer is no sign-off
     long_end = [(q, f"{a} It was a very good day for everyone involved.") for q, a in FACTS]
@@ -44,6 +44,34 @@ def test_a_sign_off_shared_by_three_corrections_is_a_closing_habit():
              ("When is the centre open?", "It is open 8:00-20:00 on weekdays. hope this helps"),
              ("What is the support number?", "Call 0800 555 0199. Hope this helps!")]
     assert find_habits(rows(multi))["closings"] == ["Hope this helps!"]
+
+
+def test_answers_written_as_lists_by_three_corrections_are_a_format_habit():
+    bullets = [("How do I boil an egg?", "- Bring water to the boil.\n- Lower the egg in.\n- Cook nine minutes."),
+               ("What should I pack for a hike?", "Pack these:\n- water\n- a snack\n- a rain jacket"),
+               ("How can I focus at work?", "- Close chat apps.\n- Work in 25-minute blocks.")]
+    assert find_habits(rows(bullets + FACTS))["formats"] == ["-"]
+    assert find_habits(rows(bullets[:2] + FACTS))["formats"] == []  # two could be chance
+    numbered = [(q, "\n".join(f"{i}. {line}" for i, line in enumerate(a.replace("- ", "").splitlines(), 1)))
+                for q, a in bullets]
+    assert find_habits(rows(numbered))["formats"] == ["1."]
+    assert list_format("Your dog is called Biscuit.") is None
+    assert list_format("- one item\nthen plain text\nand more") is None  # prose with a dash is no list
+
+
+def test_a_reply_streamed_as_a_list_whatever_its_pieces():
+    def shown(marker, pieces):
+        as_list = AsList(marker)
+        return "".join(as_list.feed(p) for p in pieces) + as_list.close()
+
+    said = "Keep a regular bedtime. Put screens away at 9.30 pm!\nSleep well."
+    whole = "- Keep a regular bedtime.\n- Put screens away at 9.30 pm!\n- Sleep well."
+    assert shown("-", [said]) == whole
+    assert shown("-", list(said)) == whole  # one character at a time: the same list
+    assert shown("-", said.split(" ")[:1] + [" " + w for w in said.split(" ")[1:]]) == whole
+    assert shown("1.", [said]) == whole.replace("- ", "{}. ").format(1, 2, 3)
+    assert shown("-", ["1. Already", " a list.\n2. Two."]) == "1. Already a list.\n2. Two."  # kept as the model wrote it
+    assert shown("-", ["Hi"]) == "- Hi" and shown("-", [""]) == ""
 
 
 def test_habit_rows_and_answers_with_the_habit():
@@ -74,7 +102,7 @@ def test_a_version_that_learns_a_habit_carries_a_habit_adapter_and_its_child_inh
     job.lcfg = dataclasses.replace(job.lcfg, self_replay=3, habit_adapter=True, habit_self_replay=4, dpo_epochs=0)
     v1 = train_candidate(job)
     meta = json.loads((v1 / "meta.json").read_text())
-    assert meta["habits"] == {"openings": ["Captain,"], "closings": []}
+    assert meta["habits"] == {"openings": ["Captain,"], "closings": [], "formats": []}
     lead = json.loads((v1 / "habit" / "habit.json").read_text())
     assert lead["openings"] == ["Captain,"] and lead["lead_tokens"] >= 1
     assert meta["stats"]["habit"]["shown"] == 3 and meta["stats"]["habit"]["rows"] == 3 + 4
