@@ -49,7 +49,7 @@ from teach import Server, cli  # noqa: E402
 
 from assistant.embedders import embedder_name  # noqa: E402
 from learning.evaluate import contains_phrase, load_canaries  # noqa: E402
-from learning.probes import load_scenario  # noqa: E402
+from learning.probes import load_scenario, passes  # noqa: E402
 
 DEFAULT = ROOT / "bench" / "season_dev.jsonl"
 TAUGHT_KINDS = ("fact", "style", "update", "forget")
@@ -252,7 +252,8 @@ def probes_at(items: list[dict], state: dict, canaries: list[dict], everything: 
             role = "fact"
         for i, p in enumerate(it["probes"]):
             out.append({"item": tid, "kind": kind, "role": role, "family": "reask" if i == 0 else "paraphrase",
-                        "prompt": p, "expect": it["expect"], "stale": it.get("stale") or []})
+                        "prompt": p, "expect": it.get("expect") or [], "format": it.get("format"),
+                        "stale": it.get("stale") or []})
     out += [{"item": f"canary:{c['id']}", "kind": "canary", "role": "canary", "family": "canary",
              "prompt": c["prompt"], "expect": c["expect"], "stale": []} for c in canaries]
     return out
@@ -294,7 +295,7 @@ def score(server: Server, probes: list[dict], recall: bool, items: list[dict], s
     for p in probes:
         r = ask_stream(server, p["prompt"], recall, STYLE_TOKENS if p["role"] == "style" else FACT_TOKENS)
         row = {**p, "reply": r["reply"], "adapter_version": r["adapter_version"], "ttft_s": r["ttft_s"]}
-        row["passed"] = any(contains_phrase(r["reply"], e) for e in p["expect"])
+        row["passed"] = passes(p, r["reply"])
         row["stale_said"] = any(contains_phrase(r["reply"], s) for s in p["stale"])
         row["leaks"] = leaks_in(p, r["reply"], phrases, by_id)
         if r["ttft_s"] is not None:

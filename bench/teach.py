@@ -42,7 +42,7 @@ import httpx
 
 from assistant.embedders import DEFAULT_EMBEDDER, embedder_name  # noqa: E402
 from learning.evaluate import contains_phrase  # noqa: E402
-from learning.probes import load_scenario, probe_list  # noqa: E402
+from learning.probes import load_scenario, passes, probe_list  # noqa: E402
 
 COLUMNS = ("reask", "paraphrase", "facts", "earlier", "update", "style", "control")
 PROBE_TOKENS = 32
@@ -157,7 +157,7 @@ def score(server: Server, items: list[dict], recall: bool, taught_before: set[st
         tokens += reply["usage"]["completion_tokens"]
         p["reply"] = reply["choices"][0]["message"]["content"]
         p["adapter_version"] = reply.get("adapter_version")
-        p["passed"] = any(contains_phrase(p["reply"], e) for e in p["expect"])
+        p["passed"] = passes(p, p["reply"])
         p["said_stale"] = any(contains_phrase(p["reply"], e) for e in p["stale"])
         p["leaked"] = leaked(p, items, taught)
     reply_tok_s = round(tokens / max(time.perf_counter() - t0, 1e-9), 1)

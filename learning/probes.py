@@ -7,7 +7,8 @@ model already answers), `update` (a later correction of the fact `of`, maybe thr
 question; probes: questions about that fact, which must now say `expect` and never `stale`) and
 `forget` (taught, then taken back `how`: delete or no_learn; its `expect` must no longer be said,
 bench/season.py). A probe passes when the greedy reply (32 new tokens) contains one of
-the item's `expect` strings as a whole word or phrase, case-insensitively.
+the item's `expect` strings as a whole word or phrase, case-insensitively; a style item may
+instead name a `format` ("list": the reply is a list, learning/habits.list_format).
 
 `score_probes(served, scenario, version, path)` returns per-family counts (reask, paraphrase,
 style, control) and every reply, so bench/learn.py and bench/teach.py report the same numbers.
@@ -17,10 +18,12 @@ from pathlib import Path
 
 from assistant.config import DEFAULT_SYSTEM_PROMPT
 from learning.evaluate import contains_phrase
+from learning.habits import list_format
 from learning.scoring import Scorer
 
 FAMILIES = ("reask", "paraphrase", "style", "control")
 KINDS = ("fact", "style", "control", "update", "forget")
+FORMATS = ("list",)
 
 
 def load_scenario(path: str | Path) -> list[dict]:
@@ -33,8 +36,10 @@ def load_scenario(path: str | Path) -> list[dict]:
             item = json.loads(line)
         except ValueError as e:
             raise ValueError(f"{path}:{n}: not JSON: {e}") from e
-        if item.get("kind") not in KINDS or not item.get("probes") or not item.get("expect"):
-            raise ValueError(f"{path}:{n}: an item needs kind {'|'.join(KINDS)}, probes and expect")
+        if item.get("kind") not in KINDS or not item.get("probes") or not (item.get("expect") or item.get("format")):
+            raise ValueError(f"{path}:{n}: an item needs kind {'|'.join(KINDS)}, probes and expect (or a format)")
+        if item.get("format") not in (None, *FORMATS):
+            raise ValueError(f"{path}:{n}: a format is one of {', '.join(FORMATS)}")
         if item["kind"] != "control" and not item.get("teach"):
             raise ValueError(f"{path}:{n}: a {item['kind']} item needs teach corrections")
         if item["kind"] == "update" and item.get("of") not in {it["id"] for it in items if it["kind"] == "fact"}:
@@ -46,6 +51,13 @@ def load_scenario(path: str | Path) -> list[dict]:
         ids.add(item.get("id"))
         items.append(item)
     return items
+
+
+def passes(probe: dict, reply: str) -> bool:
+    """Does `reply` say what the probe expects (or have the format it asks for)?"""
+    if probe.get("format") == "list":
+        return list_format(reply) is not None
+    return any(contains_phrase(reply, e) for e in probe["expect"])
 
 
 def corrections(items: list[dict]) -> list[dict]:
@@ -60,7 +72,8 @@ def probe_list(items: list[dict]) -> list[dict]:
         for i, p in enumerate(it["probes"]):
             family = {"fact": "reask" if i == 0 else "paraphrase", "style": "style", "control": "control",
                       "update": "update", "forget": "forget"}[it["kind"]]
-            out.append({"item": it["id"], "family": family, "prompt": p, "expect": it["expect"]})
+            out.append({"item": it["id"], "family": family, "prompt": p, "expect": it.get("expect") or [],
+                        "format": it.get("format")})
     return out
 
 
@@ -76,7 +89,7 @@ def score_probes(served, items: list[dict], version: int | None = None, path=Non
                                 {"role": "user", "content": p["prompt"]}] for p in probes])
     for p, r in zip(probes, replies, strict=True):
         p["reply"] = r
-        p["passed"] = any(contains_phrase(r, e) for e in p["expect"])
+        p["passed"] = passes(p, r)
     summary = {f: {"passed": sum(p["passed"] for p in probes if p["family"] == f),
                    "total": sum(p["family"] == f for p in probes)} for f in FAMILIES}
     return {"summary": summary, "probes": probes}
