@@ -87,14 +87,22 @@ def fitting(reranker, question: str, corrected: list[tuple[str | None, str | Non
     ok = [True] * len(corrected)
     if not known or reranker is None or not hasattr(reranker, "fits"):
         return ok
-    try:
-        found = reranker.fits(question, [corrected[i] for i in known])
-    except Exception as e:  # noqa: BLE001 - e.g. out of memory: MiniLM's matches stand
-        log.warning("answer fit not checked: %s", e)
+    found = _asked(lambda: reranker.fits(question, [corrected[i] for i in known]), "answer fit not checked")
+    if found is None:  # MiniLM's matches stand
         return ok
     for i, fits in zip(known, found, strict=True):
         ok[i] = bool(fits)
     return ok
+
+
+def _asked(call, skipped: str):
+    """What the model says, or None (logged as `skipped`) when asking fails, e.g. out of memory:
+    the model only refines what MiniLM found, so a turn never fails for it."""
+    try:
+        return call()
+    except Exception as e:  # noqa: BLE001 - see above
+        log.warning("%s: %s", skipped, e)
+        return None
 
 
 def reranked(question: str, similarities: list[float], answers: list[str | None],
@@ -107,10 +115,8 @@ def reranked(question: str, similarities: list[float], answers: list[str | None]
     ranks = [float(s) for s in similarities]
     if reranker is None or len(scored) < 2:
         return ranks
-    try:
-        found = reranker.likelihoods(question, [answers[i] for i in scored])
-    except Exception as e:  # noqa: BLE001 - e.g. out of memory: MiniLM's order stands
-        log.warning("reranking skipped: %s", e)
+    found = _asked(lambda: reranker.likelihoods(question, [answers[i] for i in scored]), "reranking skipped")
+    if found is None:  # MiniLM's order stands
         return ranks
     best = max(found)
     for i, likelihood in zip(scored, found, strict=True):
