@@ -172,6 +172,28 @@ def check_adapter_weights(path: Path, base) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def store_half_precision(adapter_dir) -> bool:
+    """Rewrite a saved adapter's float32 tensors as float16, in place and atomically. False (and
+    the file unchanged) when there is no such file, nothing is float32, a tensor would not stay
+    finite, or the file is hard-linked (an expert a later version shares with its parent:
+    rewriting it would store it twice)."""
+    from safetensors.torch import load_file, save_file
+
+    file = Path(adapter_dir) / "adapter_model.safetensors"
+    if not file.exists() or file.stat().st_nlink > 1:
+        return False
+    tensors = load_file(str(file))
+    if not any(t.dtype == torch.float32 for t in tensors.values()):
+        return False
+    half = {k: t.half() if t.dtype == torch.float32 else t for k, t in tensors.items()}
+    if not all(torch.isfinite(t).all() for t in half.values()):
+        return False
+    tmp = file.with_name(file.name + ".half")
+    save_file(half, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, file)
+    return True
+
+
 def _unwrap_lora_layers(model) -> None:
     """Undo a half-done first injection: put each module's original layer back."""
     for name, module in list(model.named_modules()):

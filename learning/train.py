@@ -376,6 +376,11 @@ def train_candidate(job: TrainJob) -> Path:
             **job.extra_meta,
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        if job.lcfg.half_precision_files:
+            from assistant.model import store_half_precision
+
+            for weights in tmp.rglob("adapter_model.safetensors"):
+                store_half_precision(weights.parent)
         _fsync_dir(tmp)
         tmp.rename(final)  # the one visible step: the directory appears complete or not at all
         _fsync_dir(job.adapters_dir)

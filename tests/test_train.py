@@ -34,12 +34,12 @@ LIKED_ROW = {"messages": [SYSTEM, {"role": "user", "content": "How do I boil an 
              "feedback_ids": ["f9"], "source": "liked"}
 
 
-def _job(path, adapters_dir, version=1, **kw):
+def _job(path, adapters_dir, version=1, lcfg_overrides=None, **kw):
     """Two corrections (each gets an expert) and a liked answer (the shared adapter's to learn)."""
     sft, pairs = _rows()
     sft = sft + [LIKED_ROW]
     lcfg = LearnConfig(lora_r=4, lora_alpha=8, sft_epochs=2, dpo_epochs=1, sft_batch_size=2, dpo_batch_size=2,
-                       sft_max_length=64, dpo_max_length=64)
+                       sft_max_length=64, dpo_max_length=64, **(lcfg_overrides or {}))
     return TrainJob(base_path=str(path), adapters_dir=adapters_dir, version=version, sft_rows=sft, pairs=pairs,
                     lcfg=lcfg, feedback_ids=["f0", "f1"], data_hash="abc", **kw)
 
@@ -81,6 +81,27 @@ def test_continue_from_parent_and_base_in_memory_untouched(tiny_model_path, tmp_
     assert set(w1) == set(w2)
     assert any(not torch.equal(w1[k], w2[k]) for k in w1)
     assert json.loads((v2 / "meta.json").read_text())["parent_version"] == 1
+
+
+def test_every_adapter_a_cycle_writes_is_stored_in_half_precision(tiny_model_path, tmp_path, tiny_served):
+    """learning/config.py half_precision_files: the shared adapter and each expert on disk are
+    float16, half the bytes, and load back into the served model's float32 layers."""
+    from safetensors.torch import load_file
+
+    from assistant.model import store_half_precision
+
+    v1 = train_candidate(_job(tiny_model_path, tmp_path / "adapters"))
+    files = list(v1.rglob("adapter_model.safetensors"))
+    assert len(files) >= 2  # the version's adapter and its experts
+    assert {t.dtype for f in files for t in load_file(str(f)).values()} == {torch.float16}
+    assert not store_half_precision(v1)  # nothing float32 is left: the file stays as it is
+    tiny_served.use(1, v1)
+    assert {p.dtype for n, p in tiny_served.model.named_parameters() if "lora_" in n} == {torch.float32}
+    full = train_candidate(_job(tiny_model_path, tmp_path / "full", lcfg_overrides={"half_precision_files": False}))
+    def tensor_bytes(path):
+        return sum(t.numel() * t.element_size() for t in _weights(path).values())
+
+    assert tensor_bytes(full) == 2 * tensor_bytes(v1)
 
 
 def test_a_refit_starts_from_a_fresh_lora_not_the_parents(tiny_model_path, tmp_path):
