@@ -7,25 +7,20 @@ import httpx
 import openai
 import pytest
 
-from assistant.config import Config
 from assistant.runtime import Runtime
 from assistant.server import start_server
 from store import adapters, conversations, feedback
+from tests.tiny_server import serving, tiny_runtime
 
 
 @pytest.fixture(scope="module")
 def runtime(tmp_path_factory, tiny_model_path, tiny_served):
-    home = tmp_path_factory.mktemp("api-home")
-    cfg = Config(home=home, model=str(tiny_model_path), default_max_new_tokens=8)
-    tiny_served.use(None)
-    return Runtime.create(cfg, model=tiny_served, with_memory=False)
+    return tiny_runtime(tmp_path_factory.mktemp("api-home"), tiny_model_path, tiny_served, max_new_tokens=8)
 
 
 @pytest.fixture(scope="module")
 def server(runtime):
-    running = start_server(runtime)
-    yield running
-    running.stop()
+    yield from serving(runtime)
 
 
 @pytest.fixture

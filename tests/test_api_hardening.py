@@ -11,21 +11,17 @@ import pytest
 from assistant.config import Config
 from assistant.runtime import Runtime
 from assistant.server import start_server
+from tests.tiny_server import serving, tiny_runtime
 
 
 @pytest.fixture(scope="module")
 def runtime(tmp_path_factory, tiny_model_path, tiny_served):
-    home = tmp_path_factory.mktemp("hardening-home")
-    cfg = Config(home=home, model=str(tiny_model_path), default_max_new_tokens=4)
-    tiny_served.use(None)
-    return Runtime.create(cfg, model=tiny_served, with_memory=False)
+    return tiny_runtime(tmp_path_factory.mktemp("hardening-home"), tiny_model_path, tiny_served, max_new_tokens=4)
 
 
 @pytest.fixture(scope="module")
-def server(runtime):
-    running = start_server(runtime)  # with the web UI: unknown paths must not fall through to it
-    yield running
-    running.stop()
+def server(runtime):  # with the web UI: unknown paths must not fall through to it
+    yield from serving(runtime)
 
 
 def chat_body(content="Hi", **extra) -> dict:
