@@ -91,6 +91,7 @@ class AsList:
 
     _BREAK = re.compile(r"(?<=[.!?])[ \t]+(?=\S)|\s*\n\s*(?=\S)")
     _OPENS_LIST = re.compile(r"^([-*\u2022]|\d{1,2}[.)])\s")
+    _OWN_ITEM = re.compile(r"\n\s*([-*\u2022]|\d{1,2}[.)])\s")
 
     def __init__(self, marker: str):
         self.marker, self.items, self.held, self.last, self.as_is = marker, 0, "", "", None
@@ -112,11 +113,19 @@ class AsList:
             self.held = ""
             return text
         keep = len(text.rstrip()) if piece else len(text)  # a trailing space may yet open an item
+        line = text.rfind("\n")
+        if piece and line >= 0 and len(text) - line <= 5:
+            keep = min(keep, line)  # a line that may yet open with a list marker of the model's own
         body, self.held = text[:keep], text[keep:]
+        own = self._OWN_ITEM.search(body)
+        if own:  # the model starts a list of its own: its lines stay as they are from here on
+            body, rest, self.as_is = body[:own.start()], body[own.start():], True
+        else:
+            rest = ""
         opening = self._next_marker() if body and not self.items else ""
         shown = self._BREAK.sub(lambda _: "\n" + self._next_marker(), self.last + body)[len(self.last):]
         self.last = body[-1:] or self.last
-        return opening + shown
+        return opening + shown + rest
 
     def close(self) -> str:
         return self.feed("")

@@ -72,6 +72,9 @@ def test_a_reply_streamed_as_a_list_whatever_its_pieces():
     assert shown("1.", [said]) == whole.replace("- ", "{}. ").format(1, 2, 3)
     assert shown("-", ["1. Already", " a list.\n2. Two."]) == "1. Already a list.\n2. Two."  # kept as the model wrote it
     assert shown("-", ["Hi"]) == "- Hi" and shown("-", [""]) == ""
+    own = "Prepare well. An outline:\n1. **Research**: the firm.\n2. Questions to ask."
+    kept = "- Prepare well.\n- An outline:\n1. **Research**: the firm.\n2. Questions to ask."
+    assert shown("-", [own]) == shown("-", list(own)) == kept  # the model's own list, once begun, stays its own
 
 
 def test_habit_rows_and_answers_with_the_habit():
