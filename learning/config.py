@@ -104,8 +104,10 @@ class LearnConfig:
     """Scoped adapters (assistant/scope.py): the adapter answers only prompts whose embedding
     similarity to a prompt it was trained on (its own or an ancestor's) reaches this value; every
     other prompt is answered by the base weights, untouched by training. None: the adapter
-    answers everything. 0.5 is recall's threshold, chosen on bench/recall_dev.jsonl for the same
-    question (is this prompt about a corrected one?)."""
+    answers everything. 0.5 was recall's threshold when scopes were introduced, chosen on
+    bench/recall_dev.jsonl for the same question (is this prompt about a corrected one?); recall
+    has since moved to 0.45 (memory.DEFAULT_THRESHOLD, with its first-person guard), the scope has
+    not been re-measured at 0.45."""
     scope_margin: float | None = 0.1
     """A prompt below `scope_threshold` is in scope too when its similarity to the scope is at
     least this much above its similarity to ordinary requests (assistant/memory.py `relevant`,
