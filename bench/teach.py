@@ -27,6 +27,7 @@ import datetime as dt
 import json
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -143,6 +144,37 @@ def leaked(probe: dict, items: list[dict], taught: set[str]) -> list[str]:
                    if e.lower() not in own and contains_phrase(probe["reply"], e)})
 
 
+ECHO_WORDS = 5  # a run of this many words of another correction, said verbatim, is its content
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", (text or "").lower())
+
+
+def _runs(text: str) -> set[tuple[str, ...]]:
+    w = _words(text)
+    return {tuple(w[i:i + ECHO_WORDS]) for i in range(len(w) - ECHO_WORDS + 1)}
+
+
+def echoed(probe: dict, items: list[dict], taught: set[str]) -> list[str]:
+    """The taught items whose correction the probe's reply repeats ECHO_WORDS words of, verbatim:
+    content a correction taught reaching another question ("How do I keep my laptop running
+    fast?" getting the wifi correction's advice). Facts, updates and style items count, a style
+    item's own probes included (its corrections answer other prompts); not the probe's own fact
+    (or the fact it updates), nor a habit (a run two corrections of a style item share)."""
+    mine = {probe["item"]} | {it["of"] for it in items if it["id"] == probe["item"] and it.get("of")} | \
+        {it["id"] for it in items if it.get("of") == probe["item"]}
+    said, found = _runs(probe["reply"]), set()
+    for it in items:
+        if it["id"] not in taught or (it["id"] in mine and it["kind"] != "style"):
+            continue
+        runs = [_runs(t["correction"]) for t in it.get("teach", [])]
+        habit = {r for i, a in enumerate(runs) for b in runs[i + 1:] for r in a & b}
+        if any((r - habit) & said for r in runs):
+            found.add(it["id"])
+    return sorted(found)
+
+
 def score(server: Server, items: list[dict], recall: bool, taught_before: set[str],
           first_batch: set[str], taught: set[str] | None = None, only: set[str] | None = None) -> dict:
     """The probes that count (`scored_probes`) through the API; accuracy per column. `earlier`:
@@ -160,6 +192,7 @@ def score(server: Server, items: list[dict], recall: bool, taught_before: set[st
         p["passed"] = passes(p, p["reply"])
         p["said_stale"] = any(contains_phrase(p["reply"], e) for e in p["stale"])
         p["leaked"] = leaked(p, items, taught)
+        p["echoed"] = echoed(p, items, taught)
     reply_tok_s = round(tokens / max(time.perf_counter() - t0, 1e-9), 1)
     kind = {it["id"]: it["kind"] for it in items}
 
@@ -177,6 +210,7 @@ def score(server: Server, items: list[dict], recall: bool, taught_before: set[st
         "update": acc(lambda p: p["family"] == "update"),
         "stale": sum(p["said_stale"] for p in probes),
         "leaks": sum(bool(p["leaked"]) for p in probes),
+        "echoes": sum(bool(p["echoed"]) for p in probes),
         "style": acc(lambda p: p["family"] == "style"),
         "control": acc(lambda p: p["family"] == "control"),
         "reply_tok_s": reply_tok_s,
@@ -195,10 +229,11 @@ def markdown(run: dict) -> str:
              "through the API, one at a time: how fast this machine ran (cycle 0, the base model, is the "
              "reference to compare runs on different machines by). `update`: updated facts, the new value "
              "said; `stale`: replies saying an updated fact's old value; `leaks`: replies saying another "
-             "taught item's answer; `at once`: the batch's updates right after they were taught, with recall, "
+             "taught item's answer; `echoes`: replies repeating 5 words in a row of another taught item's "
+             "correction, style items' included; `at once`: the batch's updates right after they were taught, with recall, "
              "before the cycle (new value said / stale).", ""]
     head = ("| cycle | mode | active | " + " | ".join(COLUMNS + ("first",))
-            + " | stale | leaks | at once | reply tok/s | cycle wall s |")
+            + " | stale | leaks | echoes | at once | reply tok/s | cycle wall s |")
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
     for row in run["rows"]:
         for mode in ("weights", "recall"):
@@ -207,7 +242,7 @@ def markdown(run: dict) -> str:
             at_once = row.get("at_once") if mode == "recall" else None
             once = f"{frac(at_once)} / {at_once['stale']}" if at_once and at_once["total"] else "-"
             lines.append(f"| {row['cycle']} | {mode} | {row['active']} | " + " | ".join(cells)
-                         + f" | {s.get('stale', '-')} | {s.get('leaks', '-')} | {once}"
+                         + f" | {s.get('stale', '-')} | {s.get('leaks', '-')} | {s.get('echoes', '-')} | {once}"
                          + f" | {s.get('reply_tok_s', '-')} | {row.get('cycle_s') or '-'} |")
     lines += ["", "Learner output per cycle:", ""]
     lines += [f"- cycle {r['cycle']}: {r.get('learn_summary', '-')}" for r in run["rows"] if r["cycle"]]
@@ -238,6 +273,22 @@ def plot(run: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def rescore(path: Path) -> None:
+    """Count `echoes` in a saved run that predates them (its replies and scenario are in the
+    JSON), and write its Markdown again."""
+    run = json.loads(path.read_text())
+    items = load_scenario(run["scenario"])
+    batches = schedule(items, run["cycles"])
+    for row in run["rows"]:
+        taught = {it["id"] for batch in batches[:row["cycle"]] for it in batch}
+        for mode in ("weights", "recall"):
+            for p in row[mode]["probes"]:
+                p["echoed"] = echoed(p, items, taught)
+            row[mode]["echoes"] = sum(bool(p["echoed"]) for p in row[mode]["probes"])
+    path.write_text(json.dumps(run, indent=1))
+    path.with_suffix(".md").write_text(markdown(run))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scenario", default=str(DEFAULT_SCENARIO))
@@ -245,7 +296,13 @@ def main(argv=None) -> int:
     ap.add_argument("--cycles", type=int, default=3)
     ap.add_argument("--home", help="assistant home to use (default: a fresh temp dir)")
     ap.add_argument("--out", default="teach", help="stem of the result files (default %(default)s)")
+    ap.add_argument("--rescore", type=Path, nargs="+", metavar="JSON",
+                    help="only count echoes in saved runs (their .json) and rewrite their .md")
     args = ap.parse_args(argv)
+    if args.rescore:
+        for path in args.rescore:
+            rescore(path)
+        return 0
 
     items = load_scenario(args.scenario)
     home = Path(args.home or tempfile.mkdtemp(prefix="teach-bench-"))
