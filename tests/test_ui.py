@@ -476,17 +476,23 @@ def test_versions_tab_before_any_cycle_shows_words_not_empty_tables(rt):
     assert table["visible"] is False and "prompt" in notice
 
 
-def test_what_it_knows_lists_states_searches_and_forgets(cfg, tiny_served, tiny_model_path, tmp_path):
-    pytest.importorskip("learning.versions")
-    import datetime as dt
-
-    from assistant import ui_knows
+def _knows_chat(cfg, tiny_served):
+    """A runtime with recall on the stand-in embedder, and its chat tab, for the knows-tab tests."""
     from assistant.memory import Memory
 
     tiny_served.use(None)
     rt = Runtime.create(cfg, model=tiny_served, memory=Memory(cfg, embedder=WordEmbedder()))
     rt.superseder = None  # the tiny model's judgement would link unrelated corrections
-    tab = ChatTab(rt)
+    return rt, ChatTab(rt)
+
+
+def test_what_it_knows_lists_states_searches_and_forgets(cfg, tiny_served, tiny_model_path, tmp_path):
+    pytest.importorskip("learning.versions")
+    import datetime as dt
+
+    from assistant import ui_knows
+
+    rt, tab = _knows_chat(cfg, tiny_served)
     _, history, session, _ = send(tab, "What is the name of my dog?")
     dog = rt.record_feedback(session["turn_ids"][-1], "correction", correction="Your dog is called Biscuit.")
     _, history, session, _ = send(tab, "Where do I work?", session, history)
@@ -532,12 +538,8 @@ def test_what_it_knows_edits_an_item_as_a_new_correction(cfg, tiny_served):
     answer is a correction now."""
     pytest.importorskip("learning.versions")
     from assistant import ui_knows
-    from assistant.memory import Memory
 
-    tiny_served.use(None)
-    rt = Runtime.create(cfg, model=tiny_served, memory=Memory(cfg, embedder=WordEmbedder()))
-    rt.superseder = None  # the tiny model's judgement would link unrelated corrections
-    tab = ChatTab(rt)
+    rt, tab = _knows_chat(cfg, tiny_served)
     _, history, session, _ = send(tab, "Where do I work?")
     old = rt.record_feedback(session["turn_ids"][-1], "correction", correction="You work at Acme.")
     _, _, other, _ = send(tab, "How do I boil an egg?")
