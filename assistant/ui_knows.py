@@ -177,6 +177,11 @@ def _versions_words(versions: list[int], db) -> str:
             "rolling back to one of them brings it back.")
 
 
+def _chosen(db, feedback_id) -> dict | None:
+    """The listed item with id `feedback_id`; None once it is gone."""
+    return next((i for i in items(db) if i["id"] == feedback_id), None)
+
+
 def _sync_recall(runtime) -> None:
     memory = getattr(runtime, "memory", None)
     if memory is not None:
@@ -188,7 +193,7 @@ def forget(runtime, feedback_id) -> str:
     if not feedback_id:
         return "⚠ Choose the item to forget."
     db = runtime.db
-    item = next((i for i in items(db) if i["id"] == feedback_id), None)
+    item = _chosen(db, feedback_id)
     if item is None:
         return "⚠ That item is already gone."
     versions = feedback.forget(db, feedback_id)
@@ -202,10 +207,10 @@ def forget_conversation(runtime, feedback_id) -> str:
     if not feedback_id:
         return "⚠ Choose an item of the conversation to forget."
     db = runtime.db
-    mine = [i for i in items(db) if i["id"] == feedback_id]
-    if not mine:
+    item = _chosen(db, feedback_id)
+    if item is None:
         return "⚠ That item is already gone."
-    cid = mine[0]["conversation_id"]
+    cid = item["conversation_id"]
     conversations.update_conversation(db, cid, no_learn=1)
     _sync_recall(runtime)
     versions = sorted({v for i in items(db) if i["conversation_id"] == cid for v in i["versions"]})
@@ -216,7 +221,7 @@ def forget_conversation(runtime, feedback_id) -> str:
 
 def answer_of(runtime, feedback_id) -> str:
     """The chosen item's answer, for the edit box (the user changes it, as in the chat)."""
-    item = next((i for i in items(runtime.db) if i["id"] == feedback_id), None) if feedback_id else None
+    item = _chosen(runtime.db, feedback_id) if feedback_id else None
     return item["answer"] or "" if item else ""
 
 
@@ -225,7 +230,7 @@ def edit(runtime, feedback_id, text) -> str:
     if not feedback_id:
         return "⚠ Choose the item to edit."
     db = runtime.db
-    item = next((i for i in items(db) if i["id"] == feedback_id), None)
+    item = _chosen(db, feedback_id)
     if item is None:
         return "⚠ That item is already gone."
     text = str(text or "").strip()

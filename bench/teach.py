@@ -132,12 +132,17 @@ def scored_probes(items: list[dict], taught: set[str]) -> list[dict]:
     return [{**p, "stale": stale[p["item"]]} for p in probe_list(live)]
 
 
+def same_fact(probe: dict, items: list[dict]) -> set[str]:
+    """The probe's own item, the fact it updates and the updates of it: one fact's family."""
+    return {probe["item"]} | {it["of"] for it in items if it["id"] == probe["item"] and it.get("of")} | \
+        {it["id"] for it in items if it.get("of") == probe["item"]}
+
+
 def leaked(probe: dict, items: list[dict], taught: set[str]) -> list[str]:
     """What other taught facts or updates expect that the probe's reply says: a taught answer given
     to a question about something else. The probe's own item and the fact it updates (or that
     updates it) do not count, nor phrases the probe's item expects too."""
-    related = {probe["item"]} | {it["of"] for it in items if it["id"] == probe["item"] and it.get("of")} | \
-        {it["id"] for it in items if it.get("of") == probe["item"]}
+    related = same_fact(probe, items)
     own = {e.lower() for e in probe["expect"]}
     return sorted({e for it in items if it["kind"] in ("fact", "update") and it["id"] in taught
                    and it["id"] not in related for e in it["expect"]
@@ -162,8 +167,7 @@ def echoed(probe: dict, items: list[dict], taught: set[str]) -> list[str]:
     fast?" getting the wifi correction's advice). Facts, updates and style items count, a style
     item's own probes included (its corrections answer other prompts); not the probe's own fact
     (or the fact it updates), nor a habit (a run two corrections of a style item share)."""
-    mine = {probe["item"]} | {it["of"] for it in items if it["id"] == probe["item"] and it.get("of")} | \
-        {it["id"] for it in items if it.get("of") == probe["item"]}
+    mine = same_fact(probe, items)
     said, found = _runs(probe["reply"]), set()
     for it in items:
         if it["id"] not in taught or (it["id"] in mine and it["kind"] != "style"):
