@@ -58,6 +58,7 @@ from typing import Protocol
 import numpy as np
 
 from assistant.embedders import SentenceEmbedder, make_embedder
+from assistant.questions import reframings, replay_prompts
 from assistant.rerank import Reranker, fitting, reranked
 from store import open_db
 from store.settings import get_setting
@@ -78,7 +79,7 @@ DEFAULT_TOP_K = 3
 # alone too), with recall_dev.jsonl unchanged at 62/64 (bench/results/memory.dev-margin*.md).
 DEFAULT_MARGIN = 0.05
 # Each correction is found by its prompt and by its prompt's content asked in other frames
-# (learning/augment.py `reframings`: "Remind me what my cat's name is.", "What's my cat called?").
+# (assistant/questions.py `reframings`: "Remind me what my cat's name is.", "What's my cat called?").
 # On both dev sets a paraphrase's best match rose from 45/48 to 47/48 with the first 4, and no
 # unrelated question was recalled that the prompt alone did not recall (same threshold).
 REFRAMED_KEYS = 4
@@ -220,8 +221,6 @@ class OrdinaryRequests:
         """Embed the prompts now (about 0.25 s with MiniLM on this CPU) rather than in a turn."""
         with self._lock:
             if self._matrix is None:
-                from learning.augment import replay_prompts
-
                 self._matrix = unit_rows(self.embedder.encode(replay_prompts()))
             return self._matrix
 
@@ -260,8 +259,6 @@ def relevant(scores: np.ndarray, threshold: float, ordinary: float, margin: floa
 def search_keys(prompt: str, answer: str | None = None) -> list[str]:
     """The texts a correction is found by: its prompt and the first REFRAMED_KEYS reframings
     (and with ANSWER_KEY, the prompt followed by its corrected answer)."""
-    from learning.augment import reframings
-
     qa = [answer_key(prompt, answer)] if ANSWER_KEY and answer else []
     return [prompt] + reframings(prompt)[:REFRAMED_KEYS] + qa
 

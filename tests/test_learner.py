@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from assistant.questions import replay_prompts
 from learning import control, learner
-from learning.augment import replay_prompts
 from learning.config import SETTINGS_KEY, SHAPE_FIELDS, LearnConfig
 from learning.train import IncompatibleParent
 from store import adapters, feedback, jobs

@@ -21,8 +21,8 @@ from assistant.memory import (
     reply_lead,
     search_keys,
 )
+from assistant.questions import replay_prompts
 from assistant.runtime import Runtime
-from learning.augment import replay_prompts
 from store import adapters, conversations, feedback, open_db
 from store.settings import set_setting
 
@@ -175,7 +175,7 @@ ORDINARY = ["How do I learn to play the piano?", "What is the capital of France?
 
 
 def test_a_weaker_match_counts_when_clearly_nearer_than_ordinary_requests(cfg, db, monkeypatch):
-    monkeypatch.setattr("learning.augment.replay_prompts", lambda: ORDINARY)
+    monkeypatch.setattr("assistant.memory.replay_prompts", lambda: ORDINARY)
     fid = correct(db, "Who is my piano teacher?", "Your piano teacher is Mrs Gerald.")
     relative = Memory(cfg, embedder=HashEmbedder(), threshold=0.9, relative_margin=0.1)
     absolute = Memory(cfg, embedder=HashEmbedder(), threshold=0.9, relative_margin=None)
@@ -188,7 +188,7 @@ def test_a_weaker_match_counts_when_clearly_nearer_than_ordinary_requests(cfg, d
 def test_recall_and_scopes_on_one_embedder_embed_the_ordinary_requests_once(cfg, monkeypatch):
     from assistant.scope import AdapterScope
 
-    monkeypatch.setattr("learning.augment.replay_prompts", lambda: ORDINARY)
+    monkeypatch.setattr("assistant.memory.replay_prompts", lambda: ORDINARY)
     embedder = HashEmbedder()
     memory, scope = Memory(cfg, embedder=embedder), AdapterScope(embedder)
     assert memory._ordinary is scope._ordinary

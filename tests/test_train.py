@@ -205,7 +205,8 @@ def test_short_answers_train_the_told_name_after_the_question_itself():
     ("What am I allergic to?", ["Remind me what I am allergic to."]),
 ])
 def test_reframings_ask_the_same_content_in_other_frames(question, expected):
-    from learning.augment import reframings, rewrites
+    from assistant.questions import reframings
+    from learning.augment import rewrites
 
     frames = reframings(question)
     assert set(expected) <= set(frames)
@@ -213,7 +214,8 @@ def test_reframings_ask_the_same_content_in_other_frames(question, expected):
 
 
 def test_reframings_leave_questions_they_cannot_parse_alone():
-    from learning.augment import reframings, rewrites
+    from assistant.questions import reframings
+    from learning.augment import rewrites
 
     assert reframings("Tell me a joke about cats.") == [] and reframings("Is it going to rain?") == []
     assert rewrites("Is it going to rain?", limit=3)  # the surface rewrites still apply
