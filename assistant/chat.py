@@ -182,8 +182,8 @@ class ChatService:
 
     def _taken_back(self, path: str, expert_key: str) -> bool:
         """Was the correction this expert learned taken back since (its conversation deleted or
-        marked don't-learn, quarantined)? Then the base weights answer at once: the next version
-        drops the expert (learning/experts.py), but a deletion alone starts no cycle. The
+        marked don't-learn, quarantined)? Then the base weights answer at once, until the next
+        version drops the expert (learning/experts.py; a take-back starts that cycle). The
         version's shared adapter is no fallback here, since it may have learned the correction too."""
         ids = self.scope.expert_feedback(path, expert_key.removeprefix(EXPERT_KEY))
         try:

@@ -14,6 +14,7 @@ import sys
 import threading
 from pathlib import Path
 
+from learning import held
 from learning.config import LearnConfig, load_learn_config
 from store import jobs, open_db
 
@@ -120,6 +121,9 @@ def should_start(db, lcfg: LearnConfig) -> tuple[bool, str]:
         return False, "a cycle is running"
     if latest and _age_s(latest["started_at"]) < lcfg.min_gap_s:
         return False, f"the last cycle started less than {lcfg.min_gap_s:.0f} s ago"
+    taken_back = held.unacted(db)
+    if taken_back:  # forgetting is not batched: what the user took back leaves the weights soon
+        return True, f"{len(taken_back)} taken-back item(s) the active version still holds"
     if new >= lcfg.min_new_feedback:
         return True, f"{new} new feedback items (threshold {lcfg.min_new_feedback})"
     if new and _age_s(_oldest_new_feedback_at(db, last_ok["id"] if last_ok else None)) >= lcfg.interval_s:

@@ -12,7 +12,9 @@ Taken back: forgotten (the fact deleted, its words gone), its conversation delet
 don't-learn, quarantined by a rollback, or replaced by a later correction
 (`store.feedback.taken_back`, the rule the chat uses to stop a correction's expert).
 """
-from store import adapters, feedback
+from store import adapters, feedback, jobs
+
+REPLACED = "replaced by a later correction"
 
 
 def held(db, version: int | None) -> dict[str, int]:
@@ -46,7 +48,7 @@ def _how(db, feedback_id: str) -> tuple[str, str | None]:
     if no_learn:
         return "its conversation is marked don't-learn", question
     if superseded:
-        return "replaced by a later correction", question
+        return REPLACED, question
     return "taken back", question
 
 
@@ -58,6 +60,24 @@ def taken_back_in(db, version: int | None) -> list[dict]:
     out = [{"feedback_id": f, "learned_by": holds[f], **dict(zip(("how", "question"), _how(db, f), strict=True))}
            for f in gone]
     return sorted(out, key=lambda x: (x["learned_by"], x["feedback_id"]))
+
+
+def taken_back_ids(db) -> list[str]:
+    """The feedback ids the active version's weights hold that were taken back since."""
+    return sorted(i["feedback_id"] for i in taken_back_in(db, adapters.active_version(db)))
+
+
+def unacted(db) -> list[str]:
+    """`taken_back_ids` that no cycle has acted on yet: a take-back is something to learn, so it
+    starts a cycle even without new feedback (learning/control.py), and that cycle drops the
+    experts it concerns and refits or continues the shared adapter without it. Every finished
+    cycle records the ids it saw (its result's "taken_back_seen"), so a take-back the shared
+    adapter keeps holding (a continued LoRA cannot unlearn) does not start cycle after cycle."""
+    last = jobs.last_successful_job(db)
+    seen = set(((last or {}).get("result") or {}).get("taken_back_seen", ()))
+    # a replaced correction comes with its replacement, new feedback that waits for the usual batch
+    return [i["feedback_id"] for i in taken_back_in(db, adapters.active_version(db))
+            if i["feedback_id"] not in seen and i["how"] != REPLACED]
 
 
 def _clip(text: str, limit: int = 50) -> str:

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from learning import datasets
+from learning import datasets, held
 from learning.cancel import CancelWatch, Interrupt
 from learning.config import LearnConfig, load_learn_config, shape_is_stored
 from learning.neighbours import neighbour_rows
@@ -231,11 +231,19 @@ def run_cycle(cfg, learn_cfg: LearnConfig | None = None, force: bool = False,
             data = datasets.build(db, lcfg, system_prompt=system, embedder=embedder)
             learned = accepted_feedback(db)
             sft_new, pairs_new, replay = split_new(data, learned, lcfg, lcfg.seed, pending_feedback(db))
+            seen = {"taken_back_seen": held.taken_back_ids(db)}  # see held.unacted
             if not sft_new and not pairs_new:
-                if not force:
+                if force:
+                    sft_new, pairs_new, replay = data.sft, data.pairs, []
+                elif not held.unacted(db):
                     return _finish(db, job_id, "succeeded", {"skipped": True, "message": "nothing new to learn "
-                                   "since the active version and pending candidates", "data": data.counts()})
-                sft_new, pairs_new, replay = data.sft, data.pairs, []
+                                   "since the active version and pending candidates", "data": data.counts(), **seen})
+                elif not data.sft and not data.pairs:
+                    return _finish(db, job_id, "succeeded", {"skipped": True, "data": data.counts(), **seen,
+                                   "message": "everything the active version learned was taken back: roll back "
+                                   "to the base model to stop it answering from those weights"})
+                else:  # a cycle for what was taken back: it drops their experts, and a refit their rows
+                    replay = replay or data.sft[:1]  # a continued shared adapter needs a row to step on
             new_ids = sorted({f for r in sft_new + pairs_new for f in r["feedback_ids"]})
             refit = refits(data, lcfg)
             sft_rows, pairs = (data.sft, data.pairs) if refit else (sft_new + replay, pairs_new)
@@ -275,7 +283,7 @@ def run_cycle(cfg, learn_cfg: LearnConfig | None = None, force: bool = False,
                                         n_corrections=n_corr, n_votes=len(new_ids) - n_corr)
 
             # ---- evaluate and gate ------------------------------------------------------
-            result = {"version": version, "parent_version": parent and parent["version"],
+            result = {"version": version, "parent_version": parent and parent["version"], **seen,
                       "feedback_ids": len(new_ids), "timings": {"data_s": round(data_s, 2), **meta["timings"]}}
             gate = _gate()
             if gate is None:

@@ -53,3 +53,39 @@ def test_short_cycle_on_the_embedded_model(home, embedded_model_dir, monkeypatch
                                   version=(row["version"], f"expert:{dog['name']}"),
                                   adapter_path=Path(row["path"]) / "experts" / dog["name"])
     assert not (expert == tuned).all() and not (expert == base).all()
+
+
+def test_a_forgotten_fact_is_not_said_at_once_nor_after_the_next_cycle(home, embedded_model_dir, monkeypatch):
+    """Issue 27: forgetting one item in the page removes it from recall at once and from the
+    weights at the next cycle, which the take-back alone starts; weights alone and with recall,
+    on the real embedded model and MiniLM. The other fact taught with it stays learned."""
+    from assistant import ui_knows
+    from learning import control
+
+    cfg = Config(home=home, model=str(embedded_model_dir))
+    runtime = Runtime.create(cfg, model=ServedModel(str(embedded_model_dir)))
+    taught = {}
+    for prompt, fix in [("What is the name of my dog?", "Your dog is called Biscuit."),
+                        ("Where do I work?", "You work at Halvorsen Robotics in Trondheim.")]:
+        turn = runtime.chat.reply(prompt, max_new_tokens=16, recall=False)
+        taught[prompt] = runtime.record_feedback(turn.turn_id, "correction", correction=fix)
+    monkeypatch.setattr(learner, "_gate", lambda: None)  # the gate's own e2e test covers it
+
+    def says(prompt, word, recall):
+        return word in runtime.chat.reply(prompt, max_new_tokens=24, recall=recall).generation.text.lower()
+
+    adapters.activate(runtime.db, learner.run_cycle(cfg, SHORT)["version"])
+    assert says("What is the name of my dog?", "biscuit", recall=False)  # learned: the test can fail
+
+    notice = ui_knows.forget(runtime, taught["What is the name of my dog?"])
+    assert "v1" in notice  # the page says which version still holds it
+    assert not runtime.memory.recall("What is the name of my dog?")
+    assert not says("What is the name of my dog?", "biscuit", recall=True)  # at once: its expert stops too
+    assert control.should_start(runtime.db, LearnConfig(min_gap_s=0))[0]  # the take-back starts a cycle
+
+    second = learner.run_cycle(cfg, SHORT)
+    adapters.activate(runtime.db, second["version"])
+    for prompt in ("What is the name of my dog?", "What's my dog called?"):
+        for recall in (False, True):
+            assert not says(prompt, "biscuit", recall), (prompt, recall)
+    assert says("Where do I work?", "halvorsen", recall=False)

@@ -147,6 +147,32 @@ def test_a_deleted_conversation_takes_its_expert_out_of_the_next_version(cfg, db
     assert v2["meta"]["stats"]["experts"]["forgotten"] == 1
 
 
+@pytest.mark.parametrize("refit_corrections", [24, 0])
+def test_a_forgotten_correction_starts_a_cycle_that_drops_its_expert_once(cfg, db, monkeypatch, refit_corrections):
+    """Forgetting leaves the weights at the next cycle even when nothing new was taught: the
+    take-back starts it (the auto-trigger's rule too), and once a cycle has acted on it, it
+    starts no other (a continued shared adapter may still hold it)."""
+    from assistant.scope import read_experts
+
+    monkeypatch.setattr(learner, "_gate", fake_gate(True))
+    lcfg = LearnConfig(**TINY, refit_corrections=refit_corrections)
+    kept, forgotten = teach(db, n=2)
+    learner.run_cycle(cfg, lcfg, embedder=stand_in_embedder)
+    assert control.should_start(db, LearnConfig(min_gap_s=0))[0] is False  # nothing new, nothing taken back
+    feedback.forget(db, forgotten)
+    go, why = control.should_start(db, LearnConfig(min_gap_s=0))
+    assert go and why == "1 taken-back item(s) the active version still holds"
+
+    result = learner.run_cycle(cfg, lcfg, embedder=stand_in_embedder)
+
+    assert result["status"] == "active" and result["taken_back_seen"] == [forgotten]
+    v2 = adapters.get_adapter(db, 2)
+    assert [e["feedback_ids"] for e in read_experts(v2["path"])] == [[kept]]
+    assert v2["meta"]["refit"] is bool(refit_corrections)
+    assert control.should_start(db, LearnConfig(min_gap_s=0))[0] is False
+    assert learner.run_cycle(cfg, lcfg, embedder=stand_in_embedder)["skipped"]
+
+
 @pytest.mark.parametrize("refit_corrections", [3, 2])
 def test_a_small_history_is_refit_on_everything_from_a_fresh_lora(cfg, db, monkeypatch, refit_corrections):
     monkeypatch.setattr(learner, "_gate", fake_gate(True))
