@@ -1,5 +1,5 @@
 """What applying the LM head only where an answer token is predicted saves in training
-(learning/train.py `answer_logits_only`).
+(learning/trainers.py `answer_logits_only`).
 
 One correction's expert as the learner trains it (the correction and its 9 rewrites, 6 epochs
 at the expert's learning rate, rank 16 on the embedded model), trained twice per round on the
@@ -22,7 +22,7 @@ from benchkit import RESULTS, ROOT  # noqa: F401 - sets the environment up first
 # isort: split
 
 from assistant.model import convert_embedded  # noqa: E402
-from learning import train  # noqa: E402
+from learning import train, trainers  # noqa: E402
 from learning.augment import augment_sft  # noqa: E402
 from learning.config import LearnConfig  # noqa: E402
 
@@ -49,17 +49,17 @@ def main() -> None:
                                sft_epochs=lcfg.expert_epochs, sft_lr=lcfg.expert_lr)
     job = train.TrainJob(base_path=str(base), adapters_dir=work, version=1, sft_rows=rows, pairs=[], lcfg=lcfg)
     model, tok, device = train.load_trainable(job)
-    sliced = train.slices_logits
+    sliced = trainers.slices_logits
     seconds: dict[str, list[float]] = {"every position": [], "answer positions": []}
     tokens = 0
     for r in range(args.rounds):
         for mode in (list(seconds) if r % 2 == 0 else list(seconds)[::-1]):
-            train.slices_logits = sliced if mode == "answer positions" else (lambda m: False)
+            trainers.slices_logits = sliced if mode == "answer positions" else (lambda m: False)
             t0 = time.perf_counter()
-            tokens = train.run_sft(model, tok, rows, job, device, work / "w", [], stage="expert")["tokens"]
+            tokens = trainers.run_sft(model, tok, rows, job, device, work / "w", [], stage="expert")["tokens"]
             seconds[mode].append(round(time.perf_counter() - t0, 2))
             print(f"round {r + 1}: LM head on {mode}: {seconds[mode][-1]} s", flush=True)
-    train.slices_logits = sliced
+    trainers.slices_logits = sliced
     best = {m: min(s) for m, s in seconds.items()}
     ratio = round(best["answer positions"] / best["every position"], 3)
     run = {"date": time.strftime("%Y-%m-%d %H:%M"), "command": "python bench/answer_head.py", "rows": len(rows),

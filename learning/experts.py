@@ -146,7 +146,7 @@ def train_experts(model, tok, job, plan: ExpertPlan | None, device: str, work: P
     from peft import LoraConfig
 
     from learning.augment import augment_sft
-    from learning.train import run_dpo, run_sft
+    from learning.trainers import run_dpo, run_sft
 
     if plan is None:
         return None

@@ -10,10 +10,10 @@ from learning.train import (
     Cancelled,
     IncompatibleParent,
     TrainJob,
-    _common_args,
     clean_stale_dirs,
     train_candidate,
 )
+from learning.trainers import _common_args
 
 SYSTEM = {"role": "system", "content": "You are a helpful personal assistant."}
 
@@ -312,7 +312,8 @@ def test_sft_loss_is_trls_loss_on_the_answer_only(tiny_model_path, tmp_path):
     and the prompt tokens carry no loss."""
     from trl import SFTTrainer
 
-    from learning.train import build_sft_trainer, load_trainable
+    from learning.train import load_trainable
+    from learning.trainers import build_sft_trainer
 
     job = _job(tiny_model_path, tmp_path / "adapters")
     job.sft_rows = job.sft_rows[:job.lcfg.sft_batch_size]  # one batch
@@ -337,7 +338,8 @@ def test_the_lm_head_runs_only_where_an_answer_token_is_predicted(tiny_model_pat
     head applied to one position per answer token instead of every position."""
     from transformers import Trainer
 
-    from learning.train import build_sft_trainer, load_trainable, slices_logits
+    from learning.train import load_trainable
+    from learning.trainers import build_sft_trainer, slices_logits
 
     job = _job(tiny_model_path, tmp_path / "adapters")
     model, tok, device = load_trainable(job)
