@@ -27,7 +27,7 @@ from pathlib import Path
 
 from assistant.errors import storable_problem
 from store import conversations, feedback
-from store.db import write_transaction
+from store.transactions import write_transaction
 
 SOURCE = "import"
 FORMATS = {"trl-sft": "TRL conversational SFT JSONL", "trl-preference": "TRL preference JSONL",

@@ -7,7 +7,8 @@ unique index makes two active versions impossible even if two processes race.
 import json
 
 from store.conversations import NotFound
-from store.db import now_iso, write_transaction
+from store.db import now_iso
+from store.transactions import write_transaction
 
 STATUSES = ("candidate", "active", "rejected", "retired")
 MAX_VERSION = 2**63 - 1  # SQLite's largest INTEGER

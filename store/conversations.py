@@ -2,8 +2,9 @@
 import json
 from typing import Any, Iterable
 
-from store.db import now_iso, write_transaction
+from store.db import now_iso
 from store.ids import new_id
+from store.transactions import write_transaction
 
 
 class NotFound(LookupError):

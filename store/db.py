@@ -1,5 +1,4 @@
 """Open the database: WAL mode, foreign keys, migrations applied on open."""
-import contextlib
 import datetime as dt
 import sqlite3
 import time
@@ -8,35 +7,11 @@ from pathlib import Path
 import sqlite_utils
 
 from store.migrations import apply_migrations
+from store.transactions import write_transaction as write_transaction  # re-exported for callers of store.db
 
 
 def now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
-
-
-@contextlib.contextmanager
-def write_transaction(db: sqlite_utils.Database):
-    """BEGIN IMMEDIATE: take the write lock before reading, so a read-check-write sequence
-    cannot interleave with another process (no lost update, no double migration).
-    sqlite-utils calls inside nest as savepoints, and so does a write_transaction inside another.
-
-    Every write transaction of the store goes through here, never a deferred BEGIN (sqlite-utils'
-    `db.atomic()`): sqlite-utils reads the table's schema before an insert, which starts a read
-    snapshot, and if another connection commits before the insert, SQLite refuses to upgrade the
-    stale snapshot to a write at once ("database is locked", without waiting out busy_timeout).
-    Two chat turns finishing together lost one's log that way (tests/test_store.py)."""
-    if db.conn.in_transaction:
-        with db.atomic():  # a savepoint in the outer (write) transaction
-            yield db
-        return
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield db
-    except BaseException:
-        if db.conn.in_transaction:
-            db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
 
 
 def _enable_wal(db: sqlite_utils.Database, deadline_s: float = 30.0) -> None:

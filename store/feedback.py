@@ -8,9 +8,10 @@ question (`question_key`) itself; `assistant/supersede.py` links corrections of 
 about the same thing, by meaning, through `supersede`.
 """
 from store.conversations import NotFound, get_turn
-from store.db import now_iso, write_transaction
+from store.db import now_iso
 from store.ids import new_id
 from store.text import question_key
+from store.transactions import write_transaction
 
 KINDS = ("up", "down", "correction", "retry")
 MAX_TEXT = 20_000

@@ -8,6 +8,7 @@ from typing import Callable
 import sqlite_utils
 
 from store.text import question_key
+from store.transactions import write_transaction
 
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = []
 
@@ -169,8 +170,6 @@ def apply_migrations(db: sqlite_utils.Database) -> list[str]:
     for name, fn in MIGRATIONS:
         if name in done:
             continue
-        from store.db import write_transaction  # store.db imports this module
-
         # One transaction per migration: it lands whole or not at all. Re-checked under the
         # write lock, because two processes may open a fresh database at the same moment.
         with write_transaction(db):

@@ -127,7 +127,7 @@ def test_concurrent_first_opens_migrate_once(home):
 
 
 def test_a_failed_write_transaction_leaves_nothing(db):
-    from store.db import write_transaction
+    from store.transactions import write_transaction
 
     with pytest.raises(RuntimeError):
         with write_transaction(db):
@@ -163,7 +163,7 @@ def test_turns_logged_at_the_same_moment_by_two_connections_are_both_kept(home):
 
 
 def test_a_write_transaction_inside_another_is_a_savepoint(db):
-    from store.db import write_transaction
+    from store.transactions import write_transaction
 
     with write_transaction(db):
         create_conversation(db, "kept")
