@@ -111,24 +111,28 @@ def _age_s(iso: str | None) -> float:
 def should_start(db, lcfg: LearnConfig) -> tuple[bool, str]:
     """The trigger rule: enough new feedback, or some new feedback has waited `interval_s`;
     never closer than min_gap_s to the previous cycle. Returns (start?, why).
+    Something the user took back that the active version still holds counts as new feedback
+    (learning/held.py `unacted`), waiting since the last cycle ended (when it was taken back is
+    not recorded): the cycle drops it from the weights.
     A job row left 'running' by a learner that died (killed, crashed) is marked failed first:
     otherwise it would read as "a cycle is running" for ever and automatic learning would stop."""
     jobs.mark_orphans(db)
     last_ok = jobs.last_successful_job(db)
     latest = jobs.latest_job(db)
-    new = new_feedback_items(db, last_ok["id"] if last_ok else None)
+    after = last_ok["id"] if last_ok else None
+    taken_back = len(held.unacted(db))
+    new = new_feedback_items(db, after) + taken_back
     if latest and latest["status"] == "running":
         return False, "a cycle is running"
     if latest and _age_s(latest["started_at"]) < lcfg.min_gap_s:
         return False, f"the last cycle started less than {lcfg.min_gap_s:.0f} s ago"
-    taken_back = held.unacted(db)
-    if taken_back:  # forgetting is not batched: what the user took back leaves the weights soon
-        return True, f"{len(taken_back)} taken-back item(s) the active version still holds"
+    what = f"{new} new feedback items" + (f" ({taken_back} taken back)" if taken_back else "")
     if new >= lcfg.min_new_feedback:
-        return True, f"{new} new feedback items (threshold {lcfg.min_new_feedback})"
-    if new and _age_s(_oldest_new_feedback_at(db, last_ok["id"] if last_ok else None)) >= lcfg.interval_s:
-        return True, f"{new} new feedback items, the oldest waiting {lcfg.interval_s:.0f} s or more"
-    return False, f"{new} new feedback items, waiting for {lcfg.min_new_feedback}"
+        return True, f"{what} (threshold {lcfg.min_new_feedback})"
+    waiting_since = [t for t in (_oldest_new_feedback_at(db, after), taken_back and last_ok["ended_at"]) if t]
+    if new and _age_s(min(waiting_since)) >= lcfg.interval_s:
+        return True, f"{what}, the oldest waiting {lcfg.interval_s:.0f} s or more"
+    return False, f"{what}, waiting for {lcfg.min_new_feedback}"
 
 
 class AutoTrigger:

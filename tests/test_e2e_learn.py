@@ -81,7 +81,7 @@ def test_a_forgotten_fact_is_not_said_at_once_nor_after_the_next_cycle(home, emb
     assert "v1" in notice  # the page says which version still holds it
     assert not runtime.memory.recall("What is the name of my dog?")
     assert not says("What is the name of my dog?", "biscuit", recall=True)  # at once: its expert stops too
-    assert control.should_start(runtime.db, LearnConfig(min_gap_s=0))[0]  # the take-back starts a cycle
+    assert control.should_start(runtime.db, LearnConfig(min_gap_s=0, min_new_feedback=1))[0]  # it counts as new
 
     second = learner.run_cycle(cfg, SHORT)
     adapters.activate(runtime.db, second["version"])

@@ -158,10 +158,12 @@ def test_a_forgotten_correction_starts_a_cycle_that_drops_its_expert_once(cfg, d
     lcfg = LearnConfig(**TINY, refit_corrections=refit_corrections)
     kept, forgotten = teach(db, n=2)
     learner.run_cycle(cfg, lcfg, embedder=stand_in_embedder)
-    assert control.should_start(db, LearnConfig(min_gap_s=0))[0] is False  # nothing new, nothing taken back
+    eager = LearnConfig(min_gap_s=0, min_new_feedback=1)
+    assert control.should_start(db, eager)[0] is False  # nothing new, nothing taken back
     feedback.forget(db, forgotten)
-    go, why = control.should_start(db, LearnConfig(min_gap_s=0))
-    assert go and why == "1 taken-back item(s) the active version still holds"
+    assert control.should_start(db, eager) == (True, "1 new feedback items (1 taken back) (threshold 1)")
+    # a take-back waits for the schedule as new feedback does
+    assert control.should_start(db, LearnConfig(min_gap_s=0, min_new_feedback=2))[0] is False
 
     result = learner.run_cycle(cfg, lcfg, embedder=stand_in_embedder)
 
@@ -169,7 +171,7 @@ def test_a_forgotten_correction_starts_a_cycle_that_drops_its_expert_once(cfg, d
     v2 = adapters.get_adapter(db, 2)
     assert [e["feedback_ids"] for e in read_experts(v2["path"])] == [[kept]]
     assert v2["meta"]["refit"] is bool(refit_corrections)
-    assert control.should_start(db, LearnConfig(min_gap_s=0))[0] is False
+    assert control.should_start(db, eager)[0] is False
     assert learner.run_cycle(cfg, lcfg, embedder=stand_in_embedder)["skipped"]
 
 
