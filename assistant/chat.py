@@ -79,6 +79,7 @@ class ChatService:
         self._local = threading.local()
         self._version_habits: dict[str, dict] = {}  # version dir -> the habits it learned (_habits)
         self._bad_versions: dict = {}  # served-model keys (versions, experts, habits) that failed to load, with why
+        self.threads = None  # assistant.threads.ThreadBudget: `assistant serve` shares the cores with a cycle
 
     @property
     def db(self):
@@ -342,6 +343,8 @@ class ChatService:
             max_new_tokens = max(1, max_new_tokens - self.model.count_tokens(closing))
         formats = self._habits(served_path)["formats"]
         as_list = AsList(formats[0]) if formats else None  # a format habit: the reply as a list
+        if self.threads is not None:
+            self.threads.apply(self.db)
         stream = self.model.stream(turn.messages, max_new_tokens=max_new_tokens,
                                    temperature=temperature, version=version,
                                    adapter_path=path, result=turn.generation,

@@ -133,12 +133,14 @@ def cmd_serve(cfg: Config, args) -> int:
     import torch
 
     from assistant.runtime import Runtime
+    from assistant.threads import ThreadBudget
 
     torch.set_num_threads(cfg.chat_threads)  # explicit: a learning cycle beside it has its own budget
     print(f"Loading the model ({cfg.model}); the first run converts the embedded model once...",
           file=sys.stderr, flush=True)
     started = time.perf_counter()
     runtime = Runtime.create(cfg)
+    runtime.chat.threads = ThreadBudget(cfg)
     print(f"Model ready in {time.perf_counter() - started:.1f} s; database {cfg.db_path}",
           file=sys.stderr, flush=True)
     running = start_server(runtime, host=cfg.host, port=cfg.port)

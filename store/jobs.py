@@ -65,6 +65,12 @@ def mark_orphans(db, alive_pids: set[int] | None = None) -> int:
     return n
 
 
+def learner_running(db) -> bool:
+    """Is a cycle running now: a job row says so and its process is alive (a dead learner's row
+    reads running until `mark_orphans`)?"""
+    return any(_pid_alive(pid) for (pid,) in db.execute("SELECT pid FROM jobs WHERE status = 'running'"))
+
+
 def last_successful_job(db) -> dict | None:
     row = db.execute("SELECT id FROM jobs WHERE status = 'succeeded' ORDER BY id DESC LIMIT 1").fetchone()
     return get_job(db, row[0]) if row else None
