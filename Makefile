@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 PORT    ?= 7860
 export ASSISTANT_HOME ?= $(HOME)/.assistant
 
-.PHONY: install install-mpnet run test test-fast e2e lint bench bench-chat bench-loops bench-learn bench-swap bench-memory bench-teach bench-routing bench-season bench-projection bench-faults bench-multilingual browser clean
+.PHONY: install install-mpnet run test test-fast e2e lint bench bench-chat bench-loops bench-learn bench-swap bench-memory bench-teach bench-routing bench-season bench-projection bench-faults bench-multilingual bench-cosched browser clean
 
 $(STAMP): pyproject.toml requirements-models.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -65,6 +65,9 @@ bench-faults: install
 	$(PY) bench/faults.py
 bench-multilingual: install
 	$(PY) bench/multilingual.py
+# Training beside chat (issue 29): chat latency during a cycle, and the cycle's time with chat; about 15 min.
+bench-cosched: install
+	$(PY) bench/cosched.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

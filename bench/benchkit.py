@@ -26,3 +26,29 @@ def frac(c: dict) -> str:
     share = 100 * c["passed"] / c["total"]
     return f"{c['passed']}/{c['total']} ({share:.0f}%)" if share == int(share) else \
         f"{c['passed']}/{c['total']} ({share:.1f}%)"
+
+
+def manual_learning(home: Path, learn: list[str] | None = None) -> dict:
+    """Store the benchmark's learning settings in a fresh home: the benchmark decides when
+    cycles run, so the server's auto-trigger must not start one of its own in between (it would
+    race with `assistant learn`); `learn` adds LearnConfig fields as KEY=VALUE (VALUE read as
+    JSON, else as text), refused before any server starts if LearnConfig refuses them.
+    Returns what was stored."""
+    import json
+
+    from learning.config import SETTINGS_KEY, LearnConfig
+    from store import open_db
+    from store.settings import set_setting
+
+    stored: dict = {"min_new_feedback": 1_000_000, "interval_s": 10**9}
+    for item in learn or ():
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--learn wants KEY=VALUE, got {item!r}")
+        try:
+            stored[key] = json.loads(value)
+        except json.JSONDecodeError:
+            stored[key] = value
+    LearnConfig.from_dict(stored)
+    set_setting(open_db(home / "assistant.db"), SETTINGS_KEY, stored)
+    return stored

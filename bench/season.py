@@ -40,7 +40,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchkit import RESULTS, ROOT, frac  # noqa: F401 - sets the environment up first
+from benchkit import RESULTS, ROOT, frac, manual_learning  # noqa: F401 - sets the environment up first
 
 # isort: split
 
@@ -91,7 +91,7 @@ def corrections_of(it: dict) -> int:
 
 # ---- talking to the server ------------------------------------------------------------------------
 def ask_stream(server: Server, prompt: str, recall: bool, max_tokens: int) -> dict:
-    """One streamed reply: text, adapter version, seconds to the first content chunk and in all."""
+    """One streamed reply: text, adapter version, content chunks, seconds to the first and in all."""
     body = {"model": "assistant", "messages": [{"role": "user", "content": prompt}], "stream": True,
             "max_tokens": max_tokens, "temperature": 0, "recall": recall}
     text, version, ttft = [], None, None
@@ -111,7 +111,7 @@ def ask_stream(server: Server, prompt: str, recall: bool, max_tokens: int) -> di
                     if ttft is None:
                         ttft = time.perf_counter() - t0
                     text.append(piece)
-    return {"reply": "".join(text), "adapter_version": version, "ttft_s": ttft,
+    return {"reply": "".join(text), "adapter_version": version, "ttft_s": ttft, "pieces": len(text),
             "total_s": time.perf_counter() - t0}
 
 
@@ -448,6 +448,8 @@ def main(argv=None) -> int:
     ap.add_argument("--home", help="assistant home to use (default: a fresh temp dir)")
     ap.add_argument("--no-canaries", action="store_true", help="skip the 40 canary questions (learning/canaries.jsonl)")
     ap.add_argument("--base-facts", action="store_true", help="cycle 0 also scores every fact (the base reference)")
+    ap.add_argument("--learn", action="append", metavar="KEY=VALUE",
+                    help="a LearnConfig field for this run's home (repeatable), e.g. expert_r=4")
     ap.add_argument("--out", default="season", help="stem of the result files (default %(default)s)")
     args = ap.parse_args(argv)
 
@@ -472,11 +474,7 @@ def main(argv=None) -> int:
             (RESULTS / f"{name}.md").write_text(md)
             plot(run, RESULTS / f"{name}.png")
 
-    # The benchmark decides when cycles run (as bench/teach.py): no auto-trigger in between.
-    from store import open_db
-    from store.settings import set_setting
-
-    set_setting(open_db(home / "assistant.db"), "learn_config", {"min_new_feedback": 1_000_000, "interval_s": 10**9})
+    run["learn_config"] = manual_learning(home, args.learn)
     server = Server(env, args.model)
     conversations: dict[str, list[str]] = {}
     given = 0

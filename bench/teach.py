@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchkit import DEFAULT_SCENARIO, RESULTS, ROOT, frac  # noqa: E402,F401 - sets the environment up first
+from benchkit import DEFAULT_SCENARIO, RESULTS, ROOT, frac, manual_learning  # noqa: E402,F401 - sets the environment up first
 
 # isort: split
 
@@ -222,10 +222,17 @@ def score(server: Server, items: list[dict], recall: bool, taught_before: set[st
     }
 
 
+def learn_overrides(run: dict) -> str:
+    """", LearnConfig expert_r=4" for the fields a run set with --learn (the schedule is always set)."""
+    extra = {k: v for k, v in (run.get("learn_config") or {}).items() if k not in ("min_new_feedback", "interval_s")}
+    return ", LearnConfig " + ", ".join(f"{k}={v}" for k, v in extra.items()) if extra else ""
+
+
 def markdown(run: dict) -> str:
     lines = [f"# Teaching benchmark — {run['stamp']}", "",
              f"Scenario `{run['scenario']}`, model `{run['model']}`, "
-             f"sentence embedder `{run.get('embedder', DEFAULT_EMBEDDER)}`, {run['cycles']} cycles. "
+             f"sentence embedder `{run.get('embedder', DEFAULT_EMBEDDER)}`, {run['cycles']} cycles"
+             f"{learn_overrides(run)}. "
              "`earlier`: facts taught in earlier cycles (retention); `first`: facts of cycle 1. `weights`: "
              "recall off, so nothing is added to the prompt; the active adapter answers the prompts inside "
              "its scope (near a prompt it was trained on, assistant/scope.py) and the base weights the rest. "
@@ -299,6 +306,8 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="embedded")
     ap.add_argument("--cycles", type=int, default=3)
     ap.add_argument("--home", help="assistant home to use (default: a fresh temp dir)")
+    ap.add_argument("--learn", action="append", metavar="KEY=VALUE",
+                    help="a LearnConfig field for this run's home (repeatable), e.g. expert_r=4")
     ap.add_argument("--out", default="teach", help="stem of the result files (default %(default)s)")
     ap.add_argument("--rescore", type=Path, nargs="+", metavar="JSON",
                     help="only count echoes in saved runs (their .json) and rewrite their .md")
@@ -324,13 +333,7 @@ def main(argv=None) -> int:
             (RESULTS / f"{name}.md").write_text(md)
         plot(run, RESULTS / f"{args.out}-latest.png")
 
-    # The benchmark decides when cycles run: the server's auto-trigger must not start one of its
-    # own in between (it would race with `assistant learn`). A user setting, in the fresh home.
-    from store import open_db
-    from store.settings import set_setting
-
-    set_setting(open_db(home / "assistant.db"), "learn_config", {"min_new_feedback": 1_000_000,
-                                                                 "interval_s": 10**9})
+    run["learn_config"] = manual_learning(home, args.learn)
     server = Server(env, args.model)
     try:
         taught: set[str] = set()
