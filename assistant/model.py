@@ -339,6 +339,10 @@ class ServedModel:
         self.previous = None  # the one before it, kept loaded for an instant rollback
         self.adapter_config: dict | None = None  # the first adapter's LoRA shape; later ones must match
         self.stop_loops = True  # end a reply that repeats itself (stop_on_loop)
+        # side adapters (experts, habit adapters) kept loaded besides the current and previous key;
+        # one evicted costs about 300 ms when asked again (bench/results/experts.md: cold vs warm)
+        self.max_side_adapters = 16
+        self._side_use: dict = {}  # side adapter keys, least recently used first
         self._worker = GenerationWorker()
 
     # ---- adapters -------------------------------------------------------------------------
@@ -402,7 +406,9 @@ class ServedModel:
         At most three versions stay loaded, each with its habit adapter if it has one: the
         current one, the previous one (instant rollback) and one spare whose layers the next
         new version reuses. Moving between a version and its own habit adapter (the chat does
-        so turn by turn) is not a change of version: the previous one stays."""
+        so turn by turn) is not a change of version: the previous one stays. A version's
+        experts and habit adapter (keys `(version, name)`) stay loaded up to
+        `max_side_adapters`, the least recently used going first (`_evict_side_adapters`)."""
         with self.lock:
             if version is not None:
                 if version not in self.loaded:
@@ -410,6 +416,10 @@ class ServedModel:
                         raise AdapterLoadError(f"adapter v{version} is not loaded and no path was given")
                     self.load_adapter(version, path)
                 self.model.set_adapter(self.loaded[version])
+                if isinstance(version, tuple):
+                    self._side_use.pop(version, None)
+                    self._side_use[version] = None  # the most recently used last
+                    self._evict_side_adapters()
             # Evict only on a real switch: re-selecting the current version must keep the
             # previous one (instant rollback) and an adapter preloaded for the next switch.
             if version != self.current:
@@ -420,6 +430,18 @@ class ServedModel:
                 for k in spares[:-1]:  # keep the most recently loaded spare
                     self._forget(self.loaded.pop(k))
                     self.leads.pop(k, None)
+
+    def _evict_side_adapters(self) -> None:
+        """Unload the least recently used side adapters (experts, habit adapters) past
+        `max_side_adapters`, never the current or previous key: a home with hundreds of
+        corrections must not hold every expert it was ever asked about in memory."""
+        for k in [k for k in self._side_use if k not in self.loaded]:  # unloaded with their version
+            self._side_use.pop(k)
+        side = [k for k in self._side_use if k not in (self.current, self.previous)]
+        for k in side[:max(0, len(side) - self.max_side_adapters)]:
+            self._forget(self.loaded.pop(k))
+            self.leads.pop(k, None)
+            self._side_use.pop(k)
 
     def _in_use(self) -> set:
         """The versions of the current and the previous key."""

@@ -56,10 +56,15 @@ def run(name: str, overrides: dict) -> dict:
         row = adapters.get_adapter(runtime.db, result["version"])
         scored = probes.score_probes(runtime.model, probes.load_scenario(DEV), version=row["version"],
                                      path=row["path"], scope=runtime.chat.scope)
+        files = [f for f in Path(row["path"]).rglob("*") if f.is_file()]
+        experts_mb = sum(f.stat().st_size for f in files if "experts" in f.parts) / 1e6
+        version_mb = sum(f.stat().st_size for f in files) / 1e6
     finally:
         shutil.rmtree(home, ignore_errors=True)
     return {"name": name, "set": overrides, "date": time.strftime("%Y-%m-%d %H:%M"),
             "cycle_s": cycle_s, "reasons": result.get("reasons"), "summary": scored["summary"],
+            "experts_mb": round(experts_mb, 1), "version_mb": round(version_mb, 1),
+            "stages_s": {k: round(v, 1) for k, v in (result.get("timings") or {}).items()},
             "misses": [{k: p[k] for k in ("family", "prompt", "reply")} for p in scored["probes"] if not p["passed"]]}
 
 
@@ -68,12 +73,14 @@ def markdown(rows: list[dict]) -> str:
              "`python bench/learn_dev.py NAME FIELD=VALUE...`: one cycle (gate included) from the same fed "
              "home; the gate's verdicts, then the dev probes with the candidate alone (recall off). Base model: "
              "re-asks 0/16, paraphrases 0/48, style 0/4, controls 15/20; canaries 40/40.", "",
-             "| run | overrides | gate | dev probes (weights alone) | cycle s |", "|---|---|---|---|---|"]
+             "| run | overrides | gate | dev probes (weights alone) | cycle s | experts MB / version MB |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
         s = r["summary"]
         lines.append(f"| {r['name']} | `{json.dumps(r['set'])}` | {'; '.join(r['reasons'] or [])} | "
                      + " ".join(f"{f} {s[f]['passed']}/{s[f]['total']}" for f in probes.FAMILIES)
-                     + f" | {r['cycle_s']}{'*' if r.get('cycle_s_with_scoring') else ''} |")
+                     + f" | {r['cycle_s']}{'*' if r.get('cycle_s_with_scoring') else ''} | "
+                     + (f"{r['experts_mb']} / {r['version_mb']} |" if "experts_mb" in r else "- |"))
     if any(r.get("cycle_s_with_scoring") for r in rows):
         lines += ["", "\\* measured with the dev probe scoring included (about 40 s)."]
     return "\n".join(lines) + "\n"

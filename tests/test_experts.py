@@ -6,6 +6,7 @@ import json
 import torch
 
 from assistant.chat import ChatService
+from assistant.model import ServedModel
 from assistant.scope import EXPERTS_DIR, AdapterScope, read_experts, read_scope
 from learning.experts import expert_groups
 from learning.scoring import Scorer
@@ -342,3 +343,27 @@ def test_a_correction_the_gate_found_unlearned_gets_a_new_expert(tiny_model_path
     job.feedback_ids = ["f0"]
     trained_in = {e["prompt"]: e["trained_in"] for e in read_experts(train_candidate(job))}
     assert trained_in == {DOG: 2, WORK: 1}
+
+
+def test_at_most_max_side_adapters_experts_stay_loaded_the_least_recently_used_go(tiny_model_path, tmp_path):
+    """A home with hundreds of corrections must not hold every expert it was asked about."""
+    served = ServedModel(str(tiny_model_path))
+    served.max_side_adapters = 2
+    version = tmp_path / "v1"
+    make_adapter(tiny_model_path, version, seed=1)
+    keys = {}
+    for i in range(4):
+        keys[i] = (1, f"expert:v1-{i}")
+        make_adapter(tiny_model_path, version / EXPERTS_DIR / f"v1-{i}", seed=10 + i)
+    served.use(1, version)
+    for i in (0, 1, 2, 0, 3):
+        served.use(keys[i], version / EXPERTS_DIR / f"v1-{i}")
+    # the current key (expert 3) and the 2 side adapters used last (0, asked again, and 2) stay
+    assert set(served.loaded) == {1, keys[0], keys[2], keys[3]}
+    assert len(served.model.peft_config) == 4
+    first = served.logits([{"role": "user", "content": DOG}], version=keys[1],
+                          adapter_path=version / EXPERTS_DIR / "v1-1")  # reloaded when asked again
+    served.use(keys[3])
+    again = served.logits([{"role": "user", "content": DOG}], version=keys[1],
+                          adapter_path=version / EXPERTS_DIR / "v1-1")
+    assert torch.equal(first, again) and set(served.loaded) == {1, keys[0], keys[1], keys[3]}
