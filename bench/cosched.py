@@ -18,7 +18,7 @@ while idle and, during a cycle, the cores the learner leaves (assistant/threads.
 Targets on 2 cores: chat TTFT p95 during a cycle <= 2x idle; the cycle with chat <= 1.3x alone.
 Results: bench/results/cosched.{json,md}.
 
-    python bench/cosched.py [--facts 4] [--requests 12] [--gap 5] [--max-tokens 48]
+    python bench/cosched.py [--facts 8] [--requests 12] [--gap 5] [--max-tokens 48]
 """
 import argparse
 import datetime as dt
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scenario", default=str(DEV_SCENARIO))
     ap.add_argument("--model", default="embedded")
-    ap.add_argument("--facts", type=int, default=4)
+    ap.add_argument("--facts", type=int, default=8)
     ap.add_argument("--requests", type=int, default=12, help="idle chat requests")
     ap.add_argument("--gap", type=float, default=5.0, help="seconds between chat requests during the cycle")
     ap.add_argument("--max-tokens", type=int, default=48)
@@ -132,7 +132,8 @@ def main(argv=None) -> int:
         teach(server, facts)
         chat_once(server, prompts[-1], args.max_tokens)  # warm-up
         print("chat alone", flush=True)
-        run["chat_idle"] = summary([chat_once(server, p, args.max_tokens) for p in prompts[:args.requests]])
+        run["requests_idle"] = [chat_once(server, p, args.max_tokens) for p in prompts[:args.requests]]
+        run["chat_idle"] = summary(run["requests_idle"])
         print("cycle alone", flush=True)
         run["cycle_alone"] = learn(env_a)
     finally:
@@ -154,6 +155,7 @@ def main(argv=None) -> int:
             learner.join(args.gap)
         run["cycle_with_chat"] = box
         inside = [r for r in requests if box and box["start"] <= r["start"] and r["end"] <= box["end"]]
+        run["requests_during_cycle"] = inside
         run["chat_during_cycle"] = summary(inside)
     finally:
         server.stop()

@@ -36,6 +36,7 @@ from store.ids import new_id
 
 log = logging.getLogger(__name__)
 LOCK_NAME = "learner.lock"
+LEARNER_NICENESS = 10  # CFS weight about a tenth of the server's: replies win a contended core
 # Share of the whole cycle each stage takes (for the progress bar and the ETA).
 STAGES = {"preparing data": (0.0, 0.05), "SFT": (0.05, 0.4), "DPO": (0.4, 0.5),
           "habit": (0.5, 0.6), "experts": (0.6, 0.78), "evaluating": (0.78, 0.97), "gate": (0.97, 1.0)}
@@ -361,13 +362,20 @@ def _read_meta(path: Path) -> dict:
     return json.loads((Path(path) / "meta.json").read_text())
 
 
-def use_learner_threads(cfg) -> None:
-    """The cycle's torch thread budget (Config.learner_threads): set in the learner's own process,
-    spawned by learning.control or `assistant learn`, so the server's replies keep theirs."""
+def yield_to_chat(cfg) -> None:
+    """Share the machine with the server, set in the learner's own process (spawned by
+    learning.control or `assistant learn`): the cycle's torch thread budget
+    (Config.learner_threads), so the server's replies keep theirs, and a lower CPU priority
+    (LEARNER_NICENESS), so a reply wins a core the two contend for (the server's recall, its
+    HTTP threads, the learner's own helper threads) and the cycle waits the few seconds instead."""
     import torch
 
     torch.set_num_threads(cfg.learner_threads)
-    log.info("learning with %d torch thread(s)", cfg.learner_threads)
+    try:
+        os.nice(LEARNER_NICENESS)
+    except OSError as e:  # not allowed here: the thread budget alone shares the cores
+        log.warning("could not lower the learner's priority: %s", e)
+    log.info("learning with %d torch thread(s), niceness %d", cfg.learner_threads, os.nice(0))
 
 
 def cmd_learn(cfg, args) -> int:
@@ -387,7 +395,7 @@ def cmd_learn(cfg, args) -> int:
         bar.set_postfix_str(f"{loss} {eta}".strip())
         bar.refresh()
 
-    use_learner_threads(cfg)
+    yield_to_chat(cfg)
     try:
         result = _run_after_running_cycle(cfg, getattr(args, "force", False), show, bar)
     except Cancelled as e:
@@ -431,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = Config(home=Path(args.home).expanduser())
     if args.model:
         cfg.model = args.model
-    use_learner_threads(cfg)
+    yield_to_chat(cfg)
     try:
         result = run_cycle(cfg, force=args.force, job_id=args.job_id)
     except Cancelled as e:  # the user's choice, already recorded on the job row

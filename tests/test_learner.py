@@ -374,6 +374,7 @@ def test_assistant_learn_cli(cfg, db, capsys, monkeypatch):
     from assistant.cli import main
 
     monkeypatch.setattr(learner, "_gate", lambda: None)
+    monkeypatch.setattr(learner, "LEARNER_NICENESS", 0)  # the foreground cycle runs in the test process
     set_setting(db, SETTINGS_KEY, TINY)
     teach(db, n=1)
     argv = ["--home", str(cfg.home), "--model", cfg.model, "learn"]

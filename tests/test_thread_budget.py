@@ -15,21 +15,23 @@ def threads_set(monkeypatch):
 
     calls = []
     monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    monkeypatch.setattr(os, "nice", lambda n: calls.append(f"nice {n}") or n)  # never renice the tests
     monkeypatch.setattr(learner, "run_cycle", lambda cfg, **kw: {"message": "stand-in cycle"})
     return calls
 
 
-def test_the_learner_process_leaves_a_core_to_the_chat(home, threads_set, monkeypatch):
+def test_the_learner_process_leaves_a_core_to_the_chat_and_yields_a_contended_one(home, threads_set, monkeypatch):
     monkeypatch.delenv("ASSISTANT_LEARNER_THREADS", raising=False)
     assert learner.main(["--home", str(home)]) == 0
-    assert threads_set == [max(1, cores() - 1)]
+    assert threads_set[:2] == [max(1, cores() - 1), f"nice {learner.LEARNER_NICENESS}"]
+    assert learner.LEARNER_NICENESS > 0
 
 
 def test_the_budgets_can_be_set(home, threads_set, monkeypatch):
     monkeypatch.setenv("ASSISTANT_LEARNER_THREADS", "3")
     monkeypatch.setenv("ASSISTANT_CHAT_THREADS", "2")
     assert learner.main(["--home", str(home)]) == 0
-    assert threads_set == [3] and Config().chat_threads == 2
+    assert threads_set[0] == 3 and Config().chat_threads == 2
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "two", "١"])
