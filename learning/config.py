@@ -41,11 +41,6 @@ class LearnConfig:
     """Peak learning rate of SFT (linear decay)."""
     sft_batch_size: int = 8
     """Rows per SFT step."""
-    sft_neftune_alpha: float | None = None
-    """NEFTune: uniform noise of this scale on the input embeddings during SFT (TRL/transformers
-    `neftune_noise_alpha`), reported to help instruction tuning generalise. Off: on our dev
-    scenario (bench/results/learn-dev.md) alpha 5 taught 40/48 paraphrases, alpha 15 35/48,
-    off 39/48: within noise at best, and the misses stay the same synonyms."""
     sft_max_length: int = 128
     """Token cap of one SFT row (prompt + answer); longer rows are cut at the end."""
 
@@ -329,7 +324,9 @@ SETTINGS_KEY = "learn_config"
 # Fields older homes may have stored that no longer mean anything; read as absent.
 # scrub_pii: training learns what the user taught verbatim (their phone numbers, dates, codes);
 # scrubbing happens where data leaves the machine, `assistant export`.
-RETIRED_FIELDS = frozenset({"scrub_pii"})
+# sft_neftune_alpha: NEFTune noise on the input embeddings during SFT; measured not to help
+# (alpha 5: 40/48 paraphrases, 15: 35/48, off 39/48; bench/results/learn-dev.md).
+RETIRED_FIELDS = frozenset({"scrub_pii", "sft_neftune_alpha"})
 
 
 SHAPE_FIELDS = ("lora_r", "lora_alpha", "lora_dropout", "lora_targets")

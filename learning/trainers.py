@@ -94,8 +94,7 @@ def build_sft_trainer(model, tok, rows: list[dict], job, device: str, work: Path
                             for r in map(strip_meta, rows)])
     args = SFTConfig(**_common_args(lcfg, work / "sft", device, model.dtype), num_train_epochs=lcfg.sft_epochs,
                      learning_rate=lcfg.sft_lr, per_device_train_batch_size=lcfg.sft_batch_size,
-                     max_length=lcfg.sft_max_length, completion_only_loss=True, packing=False,
-                     neftune_noise_alpha=lcfg.sft_neftune_alpha)
+                     max_length=lcfg.sft_max_length, completion_only_loss=True, packing=False)
     anchor = None
     replay = anchor_rows(job, model, tok) if stage == "SFT" else []
     if replay:

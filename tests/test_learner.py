@@ -370,6 +370,13 @@ def test_config_checks_name_the_offending_values():
         LearnConfig.from_dict({"lora_rank": 8})
 
 
+def test_a_stored_config_with_retired_fields_loads_as_the_defaults():
+    """Options measured not to help were removed; a home that stored them still loads."""
+    stored = {"scrub_pii": True, "sft_neftune_alpha": 5.0}
+    assert LearnConfig.from_dict(stored) == LearnConfig()
+    assert LearnConfig.from_dict({**stored, "sft_lr": 5e-4}) == LearnConfig(sft_lr=5e-4)
+
+
 def test_assistant_learn_cli(cfg, db, capsys, monkeypatch):
     from assistant.cli import main
 
