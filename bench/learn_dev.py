@@ -6,7 +6,7 @@ probes (weights alone) are appended to bench/results/learn-dev.jsonl and the tab
 bench/results/learn-dev.md is rewritten from all rows.
 
     python bench/learn_dev.py --prepare                      # once: fresh home, corrections fed
-    python bench/learn_dev.py NAME [FIELD=VALUE ...]         # e.g. anchor1 anchor_weight=1.0
+    python bench/learn_dev.py NAME [FIELD=VALUE ...]         # e.g. rank32 lora_r=32 lora_alpha=64
 """
 import argparse
 import json

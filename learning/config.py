@@ -87,14 +87,6 @@ class LearnConfig:
     self_replay: int = 24
     """How many of the base model's own greedy answers to generic prompts
     (learning/replay_prompts.jsonl) are mixed into SFT, against forgetting; 0 disables."""
-    anchor_weight: float = 0.0
-    """Weight of the distillation anchor (learning/anchor.py): with > 0 the self-replay answers
-    are not SFT rows but a KL anchor to the base model's next-token distribution, added to every
-    SFT step. 0 trains them as plain SFT rows. Measured on our dev scenario
-    (bench/results/learn-dev.md): weight 1 or 5 kept as many canaries as plain self-replay rows
-    (31/40), so it stays off by default."""
-    anchor_batch_size: int = 4
-    """Self-replay answers in the anchor term of one SFT step."""
     scope_threshold: float | None = 0.5
     """Scoped adapters (assistant/scope.py): the adapter answers only prompts whose embedding
     similarity to a prompt it was trained on (its own or an ancestor's) reaches this value; every
@@ -256,9 +248,6 @@ class LearnConfig:
                             f"(got {self.neighbour_rewrites}, {self.short_answers})")
         if self.augment_rewrites < 0:
             problems.append(f"augment_rewrites must be >= 0 (got {self.augment_rewrites})")
-        if self.anchor_weight < 0 or self.anchor_batch_size < 1:
-            problems.append(f"anchor_weight must be >= 0 and anchor_batch_size >= 1 "
-                            f"(got {self.anchor_weight}, {self.anchor_batch_size})")
         if self.dpo_sft_weight < 0:
             problems.append(f"dpo_sft_weight must be >= 0 (got {self.dpo_sft_weight})")
         for name in ("sft_batch_size", "dpo_batch_size", "logging_steps"):
@@ -326,7 +315,10 @@ SETTINGS_KEY = "learn_config"
 # scrubbing happens where data leaves the machine, `assistant export`.
 # sft_neftune_alpha: NEFTune noise on the input embeddings during SFT; measured not to help
 # (alpha 5: 40/48 paraphrases, 15: 35/48, off 39/48; bench/results/learn-dev.md).
-RETIRED_FIELDS = frozenset({"scrub_pii", "sft_neftune_alpha"})
+# anchor_weight, anchor_batch_size: a KL distillation anchor to the base model on its self-replay
+# answers; measured not to help (weight 1 or 5 kept 31/40 canaries, as plain self-replay rows;
+# bench/results/learn-dev.md).
+RETIRED_FIELDS = frozenset({"scrub_pii", "sft_neftune_alpha", "anchor_weight", "anchor_batch_size"})
 
 
 SHAPE_FIELDS = ("lora_r", "lora_alpha", "lora_dropout", "lora_targets")

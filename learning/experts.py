@@ -155,8 +155,7 @@ def train_experts(model, tok, job, plan: ExpertPlan | None, device: str, work: P
         _link_tree(Path(job.parent_path) / EXPERTS_DIR / e["name"], out / EXPERTS_DIR / e["name"])
     expert_lora = LoraConfig(r=lcfg.expert_r, lora_alpha=2 * lcfg.expert_r, lora_dropout=0.0,
                              target_modules=list(lcfg.lora_targets), task_type="CAUSAL_LM")
-    expert_cfg = dataclasses.replace(lcfg, sft_epochs=lcfg.expert_epochs, sft_lr=lcfg.expert_lr,
-                                     anchor_weight=0.0)
+    expert_cfg = dataclasses.replace(lcfg, sft_epochs=lcfg.expert_epochs, sft_lr=lcfg.expert_lr)
     trained, t0 = [], time.perf_counter()
     for i, group in enumerate(new.values()):
         name = f"v{job.version}-{i}"

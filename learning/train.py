@@ -71,8 +71,7 @@ def training_rows(job: TrainJob, model, tok, answered=frozenset()) -> tuple[list
     rows of the corrections an expert answers (`answered`, ExpertPlan.answered: the scope routes
     their prompts to the expert, never to the shared adapter, so training it on them would only
     cost time), plus, when anything is left, the base model's own answers to generic prompts
-    against forgetting (self-replay; with `anchor_weight` > 0 those feed the distillation anchor
-    instead, `anchor_rows`)."""
+    against forgetting (self-replay)."""
     from learning.augment import augment_sft, self_replay_rows
 
     rows = list(job.sft_rows)
@@ -88,9 +87,6 @@ def training_rows(job: TrainJob, model, tok, answered=frozenset()) -> tuple[list
         model.train()
     counts = {"given": len(rows), "augment": len(extra), "to_experts": len(learned) - len(shared),
               "self_replay": len(replay)}
-    if job.lcfg.anchor_weight > 0:
-        counts["anchor"] = counts.pop("self_replay")
-        return learned, shared, counts
     return learned, shared + replay, counts
 
 

@@ -21,19 +21,6 @@ class Cancelled(Exception):
     """The user asked the running cycle to stop."""
 
 
-def anchor_rows(job, model, tok) -> list[dict]:
-    """The base model's self-replay answers, for the distillation anchor (cached, so cheap)."""
-    from learning.augment import self_replay_rows
-
-    if not (job.lcfg.anchor_weight > 0 and job.lcfg.self_replay and job.cache_dir is not None):
-        return []
-    model.eval()
-    with model.disable_adapter():
-        rows = self_replay_rows(model, tok, job.system_prompt, job.cache_dir, job.lcfg.self_replay)
-    model.train()
-    return rows
-
-
 def _callback(stage: str, job, losses: list[dict]):
     from transformers import TrainerCallback
 
@@ -73,13 +60,11 @@ def run_sft(model, tok, rows: list[dict], job, device: str, work: Path, losses: 
             stage: str = "SFT") -> dict:
     lcfg = job.lcfg
     trainer = build_sft_trainer(model, tok, rows, job, device, work, losses, stage)
-    anchor = trainer.anchor
     tokens = sum(len(x) for x in trainer.train_dataset["input_ids"]) * lcfg.sft_epochs
     t0 = time.perf_counter()
     trainer.train()
     dt = time.perf_counter() - t0
-    tokens += anchor.tokens_seen if anchor else 0
-    return {"rows": len(rows), "anchor_rows": len(anchor) if anchor else 0, "steps": trainer.state.global_step,
+    return {"rows": len(rows), "steps": trainer.state.global_step,
             "tokens": int(tokens), "seconds": dt, "tokens_per_s": tokens / dt if dt else None}
 
 
@@ -95,44 +80,27 @@ def build_sft_trainer(model, tok, rows: list[dict], job, device: str, work: Path
     args = SFTConfig(**_common_args(lcfg, work / "sft", device, model.dtype), num_train_epochs=lcfg.sft_epochs,
                      learning_rate=lcfg.sft_lr, per_device_train_batch_size=lcfg.sft_batch_size,
                      max_length=lcfg.sft_max_length, completion_only_loss=True, packing=False)
-    anchor = None
-    replay = anchor_rows(job, model, tok) if stage == "SFT" else []
-    if replay:
-        from learning.anchor import DistillationAnchor
-
-        anchor = DistillationAnchor(model, tok, replay, batch_size=lcfg.anchor_batch_size,
-                                    max_length=lcfg.sft_max_length, seed=lcfg.seed)
-    trainer = sft_trainer_class(SFTTrainer)(
+    return sft_trainer_class(SFTTrainer)(
         model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[_callback(stage, job, losses)])
-    trainer.anchor, trainer.anchor_weight = anchor, lcfg.anchor_weight
-    return trainer
 
 
 def sft_trainer_class(base):
-    """`base` (TRL's SFTTrainer) with three changes to its training loss:
+    """`base` (TRL's SFTTrainer) with two changes to its training loss:
 
     - the plain causal-LM loss of the model on TRL's labels (prompt tokens already -100, so
       the loss is on the answer only, exactly TRL's loss value). TRL's own path runs the LM head
       "fused" and computes entropy and top-1 accuracy for its logs at every step; measured on
       the embedded model on CPU that costs a quarter of the step time (bench/learn.py:
       TRL vs a bare PyTorch loop);
-    - the LM head applied only where an answer token is predicted (`answer_logits_only`);
-    - plus `anchor_weight * anchor.loss(model)` when a distillation anchor is set."""
+    - the LM head applied only where an answer token is predicted (`answer_logits_only`)."""
     from transformers import Trainer
 
     class PlainLossSFTTrainer(base):
-        anchor = None
-        anchor_weight = 0.0
-
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if not return_outputs and slices_logits(model):
                 inputs = answer_logits_only(inputs)
-            out = Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
-                                       num_items_in_batch=num_items_in_batch)
-            if self.anchor is None or not model.training:
-                return out
-            extra = self.anchor_weight * self.anchor.loss(model)
-            return (out[0] + extra, *out[1:]) if return_outputs else out + extra
+            return Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
 
     return PlainLossSFTTrainer
 

@@ -262,51 +262,6 @@ def test_self_replay_is_generated_once_and_cached(tiny_model_path, tmp_path, mon
     assert more[:len(rows)] == rows
 
 
-def test_distillation_anchor_is_minimal_at_the_base_model_and_pulls_back(tiny_model_path):
-    """A fresh LoRA is the base model: the anchor loss is then the base's own top-k entropy;
-    moving the adapter raises it, and its gradient reaches the LoRA weights."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from learning.anchor import DistillationAnchor
-
-    tok = AutoTokenizer.from_pretrained(tiny_model_path)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_path),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
-    rows = [{"messages": [SYSTEM, {"role": "user", "content": q}, {"role": "assistant", "content": a}]}
-            for q, a in [("What is 2 plus 2?", "It is four."), ("Name a colour.", "Blue is a colour.")]]
-    anchor = DistillationAnchor(model, tok, rows, top_k=8, batch_size=2)
-    assert len(anchor) == 2
-    entropy = sum(float(-(it["top_p"] * it["top_p"].log()).sum() - (it["tail_p"] * it["tail_p"].log()).sum())
-                  for it in anchor.items)
-    count = sum(it["n_answer"] for it in anchor.items)
-    at_base = anchor.loss(model)
-    assert at_base.item() == pytest.approx(entropy / count, rel=1e-4)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.add_(torch.randn_like(p) * 0.5)
-    moved = anchor.loss(model)
-    assert moved.item() > at_base.item()
-    moved.backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_" in n)
-
-
-def test_training_with_the_anchor_writes_a_candidate(tiny_model_path, tmp_path, monkeypatch):
-    import dataclasses
-
-    from learning import augment
-
-    # the tiny random model's greedy answers are blank lines; give the replay prompts real answers
-    monkeypatch.setattr(augment, "greedy_answers", lambda model, tok, convs, *a, **k: ["It is fine."] * len(convs))
-
-    job = _job(tiny_model_path, tmp_path / "adapters", cache_dir=tmp_path / "cache")
-    job.lcfg = dataclasses.replace(job.lcfg, anchor_weight=1.0, self_replay=3, dpo_epochs=0)
-    meta = json.loads((train_candidate(job) / "meta.json").read_text())
-    assert meta["stats"]["sft_rows"]["anchor"] > 0 and "self_replay" not in meta["stats"]["sft_rows"]
-    assert meta["stats"]["sft"]["anchor_rows"] == meta["stats"]["sft_rows"]["anchor"]
-
-
 def test_sft_loss_is_trls_loss_on_the_answer_only(tiny_model_path, tmp_path):
     """The trainer's plain causal-LM loss (faster on CPU) equals TRL's own loss on the same batch,
     and the prompt tokens carry no loss."""
