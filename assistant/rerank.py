@@ -64,6 +64,8 @@ GAP: float | None = 0.1
 # likelihood, so MiniLM's order stands. Keeps a huge message from costing a long forward pass
 # or running past the model's context.
 MAX_TOKENS = 256
+# The same for a question and answer scored together (answer fit, supersession): one forward pass's cost.
+PAIR_MAX_TOKENS = 384
 # How much less likely (mean log-probability per answer token, under the base weights) a matched
 # correction's answer may be after the question than after the question it corrected. Chosen on
 # the dev sets (never a scenario's probes): over the seven sets, every paraphrase paired with its
@@ -209,7 +211,7 @@ def chat_reranker(served, cfg) -> "ModelReranker | None":
 
 
 def answer_logprobs(served, system_prompt: str, pairs: list[tuple[str, str]],
-                    max_tokens: int = 384) -> list[float]:
+                    max_tokens: int = PAIR_MAX_TOKENS) -> list[float]:
     """Per (question, answer): the mean log-probability per token of the answer after the question
     in the chat template, under the base weights; 0.0 for every pair when one is longer than
     `max_tokens` (alike, so no pair stands out for its length)."""

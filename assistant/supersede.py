@@ -32,11 +32,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from assistant.memory import answer_key, unit_rows
-from assistant.rerank import TEMPLATE, answer_logprobs, mean_logprobs
+from assistant.rerank import PAIR_MAX_TOKENS, TEMPLATE, answer_logprobs, mean_logprobs
 from store import feedback
 
 log = logging.getLogger(__name__)
-MAX_TOKENS = 384  # a longer question + answer is not scored (the cost of one forward pass)
 
 
 @dataclass(frozen=True)
@@ -122,11 +121,11 @@ class ModelJudge:
 
     def answer_logprobs(self, pairs: list[tuple[str, str]]) -> list[float]:
         """Per (question, answer): the answer after the question in the chat template."""
-        return answer_logprobs(self.served, self.system_prompt, pairs, MAX_TOKENS)
+        return answer_logprobs(self.served, self.system_prompt, pairs)
 
     def question_logprobs(self, pairs: list[tuple[str, str]]) -> list[float]:
         """Per (answer, question): the question after TEMPLATE(answer) (assistant/rerank.py)."""
         tok = self.served.tokenizer
         return mean_logprobs(self.served, [(tok(TEMPLATE.format(answer=a.strip()), add_special_tokens=False)["input_ids"],
                                             tok(" " + q.strip(), add_special_tokens=False)["input_ids"])
-                                           for a, q in pairs], MAX_TOKENS)
+                                           for a, q in pairs], PAIR_MAX_TOKENS)
