@@ -104,30 +104,6 @@ def short_answer(question: str, answer: str) -> str | None:
     return rest if lead and rest else None
 
 
-def _words(text: str) -> set[str]:
-    return set(re.findall(r"[\w']+", text.lower()))
-
-
-def contrast_pairs(rows: list[dict]) -> list[dict]:
-    """Preference pairs against mixing facts up: for each corrected prompt, its correction is
-    preferred over the correction of the most similar OTHER corrected prompt (word overlap of
-    the two prompts). Measured on our dev scenario, most wrong paraphrase answers were another
-    taught fact ("You write code in Oona."), the answer of a question worded alike."""
-    corrections = [r for r in rows if r.get("source") == "correction"]
-    out = []
-    for row in corrections:
-        *prompt, answer = row["messages"]
-        mine = _words(prompt[-1]["content"])
-        others = [o for o in corrections if o["messages"][-1]["content"] != answer["content"]]
-        if not others:
-            continue
-        other = max(others, key=lambda o: len(mine & _words(o["messages"][-2]["content"]))
-                    / (len(mine | _words(o["messages"][-2]["content"])) or 1))
-        out.append({"prompt": prompt, "chosen": [answer], "rejected": [other["messages"][-1]],
-                    "feedback_ids": row.get("feedback_ids", []), "source": "contrast"})
-    return out
-
-
 # ---- self-replay ----------------------------------------------------------------------------
 def _trim(text: str) -> str:
     """Cut a length-capped answer after its last full sentence, so training never teaches the

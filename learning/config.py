@@ -101,10 +101,6 @@ class LearnConfig:
     DEFAULT_RELATIVE_MARGIN, the same rule as recall's). None: the threshold alone. On our dev
     scenario (bench/results/learn-dev.md, seed 0) it taught 45/48 paraphrases instead of 44/48:
     "Where does my team file tickets?" reached the adapter; controls stayed 15/20, canaries 40/40."""
-    contrast: bool = False
-    """Add DPO pairs that prefer each correction over the correction of the most similar other
-    corrected prompt (learning/augment.py `contrast_pairs`). Off: on our dev scenario it taught
-    33/48 paraphrases against 38/48 without (bench/results/learn-dev.md) and doubled DPO time."""
     experts: bool = True
     """Train one small LoRA per correction next to the version's adapter (learning/experts.py):
     a prompt in the version's scope whose nearest trained prompt is a correction's (its own
@@ -318,7 +314,10 @@ SETTINGS_KEY = "learn_config"
 # anchor_weight, anchor_batch_size: a KL distillation anchor to the base model on its self-replay
 # answers; measured not to help (weight 1 or 5 kept 31/40 canaries, as plain self-replay rows;
 # bench/results/learn-dev.md).
-RETIRED_FIELDS = frozenset({"scrub_pii", "sft_neftune_alpha", "anchor_weight", "anchor_batch_size"})
+# contrast: DPO pairs preferring each correction over the most similar other corrected prompt's;
+# measured not to help (33/48 paraphrases against 38/48 without, twice the DPO time;
+# bench/results/learn-dev.md).
+RETIRED_FIELDS = frozenset({"scrub_pii", "sft_neftune_alpha", "anchor_weight", "anchor_batch_size", "contrast"})
 
 
 SHAPE_FIELDS = ("lora_r", "lora_alpha", "lora_dropout", "lora_targets")

@@ -163,12 +163,7 @@ def train_candidate(job: TrainJob) -> Path:
             timings["sft_s"] = stats["sft"]["seconds"]
         else:
             _skipped(job, "SFT")
-        pairs = list(job.pairs)
-        if job.lcfg.contrast:
-            from learning.augment import contrast_pairs
-
-            pairs += contrast_pairs(job.sft_rows)
-        pairs = [p for p in pairs if feedback_key(p) not in answered]  # the experts' DPO
+        pairs = [p for p in job.pairs if feedback_key(p) not in answered]  # the experts' DPO
         if pairs and job.lcfg.dpo_epochs > 0:
             stats["dpo"] = run_dpo(model, tok, pairs, job, device, work, losses)
             timings["dpo_s"] = stats["dpo"]["seconds"]

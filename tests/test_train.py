@@ -222,22 +222,6 @@ def test_reframings_leave_questions_they_cannot_parse_alone():
     assert not any("how again" in r for r in reframings("How do I boil an egg?"))
 
 
-def test_contrast_pairs_prefer_each_correction_over_its_most_similar_neighbours():
-    from learning.augment import contrast_pairs
-
-    facts = [("What is my cat's name?", "Your cat is called Pemberton."),
-             ("What is my wife's name?", "Your wife is named Oona."),
-             ("Which gym do I go to?", "You go to Ironbark Gym.")]
-    rows = [{"messages": [SYSTEM, {"role": "user", "content": q}, {"role": "assistant", "content": a}],
-             "feedback_ids": [f"f{i}"], "source": "correction"} for i, (q, a) in enumerate(facts)]
-    pairs = contrast_pairs(rows + [{**rows[0], "source": "liked"}])
-    assert [(p["prompt"][-1]["content"], p["rejected"][0]["content"]) for p in pairs] == [
-        (facts[0][0], facts[1][1]), (facts[1][0], facts[0][1]), (facts[2][0], facts[0][1])]
-    assert [p["chosen"][0]["content"] for p in pairs] == [a for _, a in facts]
-    assert [p["feedback_ids"] for p in pairs] == [["f0"], ["f1"], ["f2"]]
-    assert contrast_pairs(rows[:1]) == []  # one correction: nothing to tell it apart from
-
-
 def test_self_replay_is_generated_once_and_cached(tiny_model_path, tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
