@@ -162,12 +162,6 @@ class LearnConfig:
     """Rewrites per corrected prompt (reframings first, learning/augment.py). On our dev scenario
     (bench/results/learn-dev.md) 9 taught 38/48 paraphrases, 6 32/48; before reframings 6
     taught 30/48 and 4 27/48."""
-    neighbour_rewrites: int = 0
-    """Rewrites per corrected prompt with a content word swapped for a near word of the embedding
-    model's vocabulary ("my bike" -> "my bicycle"), kept only when the question stays near the
-    original and nearer to it than to any other corrected prompt (learning/neighbours.py). Off:
-    on our dev scenario (bench/results/learn-dev.md, seeds 0/1/2) 3 per prompt taught 42, 43 and
-    42 of 48 paraphrases against 45, 44 and 41 without."""
     short_answers: int = 0
     """Questions per correction (the corrected prompt, then its rewrites) also trained with the
     correction's short form, from the first name or number it tells ("Halvorsen Robotics in
@@ -239,9 +233,8 @@ class LearnConfig:
             problems.append(f"experts_budget_s must be positive or None (got {self.experts_budget_s})")
         if self.refit_corrections < 0:
             problems.append(f"refit_corrections must be >= 0 (got {self.refit_corrections})")
-        if self.neighbour_rewrites < 0 or self.short_answers < 0:
-            problems.append(f"neighbour_rewrites and short_answers must be >= 0 "
-                            f"(got {self.neighbour_rewrites}, {self.short_answers})")
+        if self.short_answers < 0:
+            problems.append(f"short_answers must be >= 0 (got {self.short_answers})")
         if self.augment_rewrites < 0:
             problems.append(f"augment_rewrites must be >= 0 (got {self.augment_rewrites})")
         if self.dpo_sft_weight < 0:
@@ -317,7 +310,11 @@ SETTINGS_KEY = "learn_config"
 # contrast: DPO pairs preferring each correction over the most similar other corrected prompt's;
 # measured not to help (33/48 paraphrases against 38/48 without, twice the DPO time;
 # bench/results/learn-dev.md).
-RETIRED_FIELDS = frozenset({"scrub_pii", "sft_neftune_alpha", "anchor_weight", "anchor_batch_size", "contrast"})
+# neighbour_rewrites: rewrites of corrected prompts with a content word swapped for a near word of
+# the embedder's vocabulary; measured not to help (3 per prompt: 42, 43, 42 of 48 paraphrases
+# against 45, 44, 41 without, seeds 0-2; bench/results/learn-dev.md).
+RETIRED_FIELDS = frozenset({"scrub_pii", "sft_neftune_alpha", "anchor_weight", "anchor_batch_size", "contrast",
+                            "neighbour_rewrites"})
 
 
 SHAPE_FIELDS = ("lora_r", "lora_alpha", "lora_dropout", "lora_targets")

@@ -29,7 +29,6 @@ from typing import Callable
 from learning import datasets, held
 from learning.cancel import CancelWatch, Interrupt
 from learning.config import LearnConfig, load_learn_config, shape_is_stored
-from learning.neighbours import neighbour_rows
 from learning.train import Cancelled, TrainJob, adapter_shape, clean_stale_dirs, train_candidate
 from store import adapters, jobs, open_db
 from store.ids import new_id
@@ -248,11 +247,6 @@ def run_cycle(cfg, learn_cfg: LearnConfig | None = None, force: bool = False,
             new_ids = sorted({f for r in sft_new + pairs_new for f in r["feedback_ids"]})
             refit = refits(data, lcfg)
             sft_rows, pairs = (data.sft, data.pairs) if refit else (sft_new + replay, pairs_new)
-            if lcfg.neighbour_rewrites:
-                track.stage("preparing data", 0.5)  # the word vectors take ~10 s once
-                corrected = [r["messages"][-2]["content"] for r in data.sft if r["source"] == "correction"]
-                sft_rows = sft_rows + neighbour_rows(sft_rows, corrected, embedder, lcfg.neighbour_rewrites,
-                                                     cfg.home / "cache")
             data_s = time.perf_counter() - t0
 
             # ---- train ------------------------------------------------------------------
