@@ -13,7 +13,6 @@ import json
 import re
 from pathlib import Path
 
-from assistant.memory import split_at_told
 from assistant.questions import reframings, replay_prompts
 
 ALT_SYSTEM_PROMPTS = ("You are a helpful assistant.", "You are a friendly assistant who knows the user well.")
@@ -67,41 +66,22 @@ def rewrites(question: str, limit: int = 6) -> list[str]:
     return result[:limit]
 
 
-def augment_sft(rows: list[dict], n_rewrites: int = 4, vary_system: bool = True,
-                short_answers: int = 0) -> list[dict]:
+def augment_sft(rows: list[dict], n_rewrites: int = 4, vary_system: bool = True) -> list[dict]:
     """Extra SFT rows for corrections: the same answer under rewritten questions and, once,
-    under a different system prompt; with `short_answers`, the question and its first rewrites
-    (that many questions in all) answered with the correction's short form too (`short_answer`).
-    Each extra row keeps the feedback ids of its source."""
+    under a different system prompt. Each extra row keeps the feedback ids of its source."""
     extra = []
     for row in rows:
         if row.get("source") != "correction":
             continue
         *prompt, answer = row["messages"]
         *context, user = prompt
-        asked = rewrites(user["content"], max(n_rewrites, short_answers - 1))
-        for k, q in enumerate(asked[:n_rewrites]):
+        for k, q in enumerate(rewrites(user["content"], n_rewrites)):
             ctx = context
             if vary_system and context and context[0]["role"] == "system" and k < len(ALT_SYSTEM_PROMPTS):
                 ctx = [{"role": "system", "content": ALT_SYSTEM_PROMPTS[k]}] + context[1:]
             extra.append({**row, "messages": ctx + [{"role": "user", "content": q}, answer],
                           "source": "augment"})
-        short = short_answer(user["content"], answer["content"]) if short_answers else None
-        if short:
-            extra += [{**row, "messages": context + [{"role": "user", "content": q},
-                                                     {"role": "assistant", "content": short}],
-                       "source": "augment-short"}
-                      for q in [user["content"], *asked][:short_answers]]
     return extra
-
-
-def short_answer(question: str, answer: str) -> str | None:
-    """The answer from the first name or number it tells on ("You work at Halvorsen Robotics in
-    Trondheim." -> "Halvorsen Robotics in Trondheim."): the fact without the sentence that
-    carried it, so the name follows the question itself and not only the corrected wording's
-    opening. None when the answer tells no name or number, or opens with one."""
-    lead, rest = split_at_told(question, answer)
-    return rest if lead and rest else None
 
 
 # ---- self-replay ----------------------------------------------------------------------------

@@ -162,12 +162,6 @@ class LearnConfig:
     """Rewrites per corrected prompt (reframings first, learning/augment.py). On our dev scenario
     (bench/results/learn-dev.md) 9 taught 38/48 paraphrases, 6 32/48; before reframings 6
     taught 30/48 and 4 27/48."""
-    short_answers: int = 0
-    """Questions per correction (the corrected prompt, then its rewrites) also trained with the
-    correction's short form, from the first name or number it tells ("Halvorsen Robotics in
-    Trondheim."; learning/augment.py `short_answer`): the name then follows the question itself,
-    not only the corrected answer's opening. Off: on our dev scenario (bench/results/learn-dev.md,
-    seeds 0/1/2) 3 per correction taught 45, 44 and 41 of 48 paraphrases, as many as without."""
     max_history_messages: int = 2
     """Earlier messages of the conversation kept in front of the corrected prompt."""
     max_prompt_chars: int = 2000
@@ -233,8 +227,6 @@ class LearnConfig:
             problems.append(f"experts_budget_s must be positive or None (got {self.experts_budget_s})")
         if self.refit_corrections < 0:
             problems.append(f"refit_corrections must be >= 0 (got {self.refit_corrections})")
-        if self.short_answers < 0:
-            problems.append(f"short_answers must be >= 0 (got {self.short_answers})")
         if self.augment_rewrites < 0:
             problems.append(f"augment_rewrites must be >= 0 (got {self.augment_rewrites})")
         if self.dpo_sft_weight < 0:
@@ -313,8 +305,10 @@ SETTINGS_KEY = "learn_config"
 # neighbour_rewrites: rewrites of corrected prompts with a content word swapped for a near word of
 # the embedder's vocabulary; measured not to help (3 per prompt: 42, 43, 42 of 48 paraphrases
 # against 45, 44, 41 without, seeds 0-2; bench/results/learn-dev.md).
+# short_answers: corrections also trained with their short form ("Halvorsen Robotics in Trondheim.");
+# measured not to help (3 per correction: 45, 44, 41 of 48, as without; bench/results/learn-dev.md).
 RETIRED_FIELDS = frozenset({"scrub_pii", "sft_neftune_alpha", "anchor_weight", "anchor_batch_size", "contrast",
-                            "neighbour_rewrites"})
+                            "neighbour_rewrites", "short_answers"})
 
 
 SHAPE_FIELDS = ("lora_r", "lora_alpha", "lora_dropout", "lora_targets")

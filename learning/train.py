@@ -75,8 +75,7 @@ def training_rows(job: TrainJob, model, tok, answered=frozenset()) -> tuple[list
     from learning.augment import augment_sft, self_replay_rows
 
     rows = list(job.sft_rows)
-    extra = augment_sft(rows, n_rewrites=job.lcfg.augment_rewrites,
-                        short_answers=job.lcfg.short_answers) if job.lcfg.augment else []
+    extra = augment_sft(rows, n_rewrites=job.lcfg.augment_rewrites) if job.lcfg.augment else []
     learned = rows + extra
     shared = [r for r in learned if feedback_key(r) not in answered]
     replay = []

@@ -373,7 +373,8 @@ def test_config_checks_name_the_offending_values():
 def test_a_stored_config_with_retired_fields_loads_as_the_defaults():
     """Options measured not to help were removed; a home that stored them still loads."""
     stored = {"scrub_pii": True, "sft_neftune_alpha": 5.0, "anchor_weight": 1.0, "anchor_batch_size": 4,
-              "contrast": True, "neighbour_rewrites": 3}
+              "contrast": True, "neighbour_rewrites": 3,
+              "short_answers": 3}
     assert LearnConfig.from_dict(stored) == LearnConfig()
     assert LearnConfig.from_dict({**stored, "sft_lr": 5e-4}) == LearnConfig(sft_lr=5e-4)
 

@@ -169,25 +169,6 @@ def test_rewrites_and_augmented_rows_keep_answer_and_ids():
     assert any(r["messages"][0]["content"] != SYSTEM["content"] for r in extra)  # the system prompt varies
 
 
-def test_short_answers_train_the_told_name_after_the_question_itself():
-    from learning.augment import augment_sft, short_answer
-
-    assert short_answer("Where do I work?", "You work at Halvorsen Robotics in Trondheim.") == \
-        "Halvorsen Robotics in Trondheim."
-    assert short_answer("Any tip for a rainy day?", "Bake bread and watch an old film.") is None  # tells no name
-    assert short_answer("What is my dog called?", "Biscuit is your dog.") is None  # already opens with it
-    row = {"messages": [SYSTEM, {"role": "user", "content": "Where do I work?"},
-                        {"role": "assistant", "content": "You work at Halvorsen Robotics in Trondheim."}],
-           "feedback_ids": ["f0"], "source": "correction"}
-    extra = augment_sft([row], n_rewrites=2, short_answers=3)
-    short = [r for r in extra if r["source"] == "augment-short"]
-    assert [r["messages"][1]["content"] for r in short] == ["Where do I work?", "Remind me where I work.",
-                                                            "I work where again?"]
-    assert all(r["messages"][-1]["content"] == "Halvorsen Robotics in Trondheim." and r["feedback_ids"] == ["f0"]
-               and r["messages"][0] == SYSTEM for r in short)
-    assert len(extra) == 2 + 3 and augment_sft([row], n_rewrites=2) == extra[:2]  # off by default
-
-
 @pytest.mark.parametrize("question, expected", [
     ("What is the name of my dog?", ["Remind me what the name of my dog is.", "The name of my dog is what again?",
                                      "Tell me the name of my dog.", "What's my dog called?",
