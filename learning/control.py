@@ -121,7 +121,8 @@ def should_start(db, lcfg: LearnConfig) -> tuple[bool, str]:
     latest = jobs.latest_job(db)
     after = last_ok["id"] if last_ok else None
     taken_back = len(held.unacted(db))
-    new = new_feedback_items(db, after) + taken_back
+    given = new_feedback_items(db, after)
+    new = given + taken_back
     if latest and latest["status"] == "running":
         return False, "a cycle is running"
     if latest and _age_s(latest["started_at"]) < lcfg.min_gap_s:
@@ -129,8 +130,10 @@ def should_start(db, lcfg: LearnConfig) -> tuple[bool, str]:
     what = f"{new} new feedback items" + (f" ({taken_back} taken back)" if taken_back else "")
     if new >= lcfg.min_new_feedback:
         return True, f"{what} (threshold {lcfg.min_new_feedback})"
-    waiting_since = [t for t in (_oldest_new_feedback_at(db, after), taken_back and last_ok["ended_at"]) if t]
-    if new and _age_s(min(waiting_since)) >= lcfg.interval_s:
+    waited = [_age_s(_oldest_new_feedback_at(db, after))] if given else []
+    if taken_back:  # since the last cycle ended; with no cycle on record, since ever
+        waited.append(_age_s(last_ok and last_ok["ended_at"]))
+    if waited and max(waited) >= lcfg.interval_s:
         return True, f"{what}, the oldest waiting {lcfg.interval_s:.0f} s or more"
     return False, f"{what}, waiting for {lcfg.min_new_feedback}"
 

@@ -62,21 +62,22 @@ def taken_back_in(db, version: int | None) -> list[dict]:
     return sorted(out, key=lambda x: (x["learned_by"], x["feedback_id"]))
 
 
-def taken_back_ids(db) -> list[str]:
-    """The feedback ids the active version's weights hold that were taken back since."""
-    return sorted(i["feedback_id"] for i in taken_back_in(db, adapters.active_version(db)))
+def taken_back_now(db) -> list[dict]:
+    """`taken_back_in` the active version."""
+    return taken_back_in(db, adapters.active_version(db))
 
 
-def unacted(db) -> list[str]:
-    """`taken_back_ids` that no cycle has acted on yet: a take-back is something to learn, so it
-    starts a cycle even without new feedback (learning/control.py), and that cycle drops the
-    experts it concerns and refits or continues the shared adapter without it. Every finished
-    cycle records the ids it saw (its result's "taken_back_seen"), so a take-back the shared
-    adapter keeps holding (a continued LoRA cannot unlearn) does not start cycle after cycle."""
+def unacted(db, now: list[dict] | None = None) -> list[str]:
+    """The ids of `now` (`taken_back_now`, read when not given) that no cycle has acted on yet: a
+    take-back is something to learn, so it starts a cycle even without new feedback
+    (learning/control.py), and that cycle drops the experts it concerns and refits or continues
+    the shared adapter without it. Every finished cycle records the ids it saw (its result's
+    "taken_back_seen"), so a take-back the shared adapter keeps holding (a continued LoRA cannot
+    unlearn) does not start cycle after cycle."""
     last = jobs.last_successful_job(db)
     seen = set(((last or {}).get("result") or {}).get("taken_back_seen", ()))
     # a replaced correction comes with its replacement, new feedback that waits for the usual batch
-    return [i["feedback_id"] for i in taken_back_in(db, adapters.active_version(db))
+    return [i["feedback_id"] for i in (taken_back_now(db) if now is None else now)
             if i["feedback_id"] not in seen and i["how"] != REPLACED]
 
 

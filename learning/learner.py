@@ -231,11 +231,12 @@ def run_cycle(cfg, learn_cfg: LearnConfig | None = None, force: bool = False,
             data = datasets.build(db, lcfg, system_prompt=system, embedder=embedder)
             learned = accepted_feedback(db)
             sft_new, pairs_new, replay = split_new(data, learned, lcfg, lcfg.seed, pending_feedback(db))
-            seen = {"taken_back_seen": held.taken_back_ids(db)}  # see held.unacted
+            taken_back = held.taken_back_now(db)
+            seen = {"taken_back_seen": sorted(i["feedback_id"] for i in taken_back)}  # see held.unacted
             if not sft_new and not pairs_new:
                 if force:
                     sft_new, pairs_new, replay = data.sft, data.pairs, []
-                elif not held.unacted(db):
+                elif not held.unacted(db, taken_back):
                     return _finish(db, job_id, "succeeded", {"skipped": True, "message": "nothing new to learn "
                                    "since the active version and pending candidates", "data": data.counts(), **seen})
                 elif not data.sft and not data.pairs:

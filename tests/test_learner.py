@@ -175,6 +175,19 @@ def test_a_forgotten_correction_starts_a_cycle_that_drops_its_expert_once(cfg, d
     assert learner.run_cycle(cfg, lcfg, embedder=stand_in_embedder)["skipped"]
 
 
+def test_a_take_back_with_no_cycle_on_record_has_waited_since_ever(cfg, db, monkeypatch):
+    """A live version whose cycle left no successful job row (promoted by hand, rows pruned): a
+    take-back it holds still starts a cycle on the interval rule instead of failing the check."""
+    monkeypatch.setattr(learner, "_gate", fake_gate(True))
+    _, forgotten = teach(db, n=2)
+    cycle(cfg)
+    with db.conn:
+        db.execute("DELETE FROM jobs")
+    feedback.forget(db, forgotten)
+    go, why = control.should_start(db, LearnConfig(min_gap_s=0, min_new_feedback=3))
+    assert go and why.startswith("2 new feedback items (1 taken back), the oldest waiting")
+
+
 @pytest.mark.parametrize("refit_corrections", [3, 2])
 def test_a_small_history_is_refit_on_everything_from_a_fresh_lora(cfg, db, monkeypatch, refit_corrections):
     monkeypatch.setattr(learner, "_gate", fake_gate(True))
