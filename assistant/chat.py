@@ -14,10 +14,11 @@ from assistant.config import DEFAULT_SYSTEM_PROMPT, Config
 from assistant.errors import AdapterLoadError, EmptyMessage, TurnNotSaved, UnstorableText, storable_problem
 from assistant.memory import reply_lead
 from assistant.model import Generation, ServedModel, key_version
-from assistant.scope import EXPERT_KEY, read_meta
+from assistant.scope import EXPERT_KEY
 from learning.habits import AsList, ends_with, merged
 from store import adapters, conversations, feedback, open_db
 from store.ids import new_id
+from store.manifest import read_meta
 from store.settings import get_setting
 
 log = logging.getLogger(__name__)

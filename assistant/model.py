@@ -23,6 +23,7 @@ import torch
 
 from assistant import adapter_slots
 from assistant.errors import AdapterLoadError, AdapterWeightsDeleted, ModelLoadError
+from store.manifest import LEAD_FILE, WEIGHT_FILES, WEIGHTS_DELETED, read_lead, weights_deleted  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -93,17 +94,6 @@ def pick_device() -> tuple[str, torch.dtype]:
     if torch.cuda.is_available():
         return "cuda", (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
     return "cpu", torch.float32
-
-
-# Written into a version's directory before its weights are deleted (learning.versions.prune_weights);
-# the directory keeps its configs and meta.json, so what the version learned stays readable.
-WEIGHTS_DELETED = "weights-deleted.json"
-WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")  # what peft saves the LoRA tensors as
-
-
-def weights_deleted(path) -> bool:
-    """Were this version's weights deleted to save disk?"""
-    return (Path(path) / WEIGHTS_DELETED).exists()
 
 
 def validate_adapter_dir(path: Path) -> dict:
@@ -244,21 +234,6 @@ def stop_on_loop(start: int):
             return torch.tensor([loops(row) for row in input_ids[:, start:].tolist()], device=input_ids.device)
 
     return _StopOnLoop()
-
-
-LEAD_FILE = "habit.json"  # in a habit adapter: {"openings", "lead_tokens"} (learning/train.py)
-
-
-def read_lead(adapter_path) -> tuple[int, tuple[str, ...]] | None:
-    """(tokens, openings) of an adapter that leads (a habit adapter, learning/habits.py): it
-    writes at most `tokens` tokens, of which only an opening they start with is kept. None: the
-    adapter writes whole answers (every other adapter), or its habit.json is unreadable."""
-    try:
-        lead = json.loads((Path(adapter_path) / LEAD_FILE).read_text())
-        tokens, openings = int(lead["lead_tokens"]), tuple(str(o) for o in lead["openings"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return (tokens, openings) if tokens > 0 and openings else None
 
 
 def key_version(key) -> int | None:

@@ -29,7 +29,6 @@ model, assistant/rerank.py),
 its habit adapter (key `(version, "habit")`) or the base weights (None, None).
 Scopes are read once per directory (versions never change after they are written).
 """
-import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,24 +50,15 @@ from assistant.memory import (
     words,
 )
 from assistant.rerank import fitting, reranked
+from store.manifest import EXPERTS_DIR, habit_path, read_experts, read_scope
+from store.text import (
+    question_and_answer,
+    scope_prompts,  # noqa: F401  (re-exported: bench/gpu.py imports it from here)
+)
 
-EXPERTS_DIR = "experts"  # a version's per-correction experts (learning/experts.py)
 EXPERT_KEY = "expert:"  # served-model keys of experts: (version, "expert:<name>")
 EXPERT_ANSWER_KEYS = True  # route by each expert's prompt + answer too (_routing_keys)
 RERANK_CANDIDATES = DEFAULT_TOP_K  # experts reranked, as many as recall reranks notes
-
-
-def question_and_answer(row: dict) -> tuple[str | None, str]:
-    """The last user message of a training row (SFT row or preference pair) and its answer."""
-    messages = row.get("messages") or row.get("prompt") or []
-    users = [m["content"] for m in messages if m.get("role") == "user"]
-    answers = [m["content"] for m in (row.get("chosen") or messages) if m.get("role") == "assistant"]
-    return (users[-1] if users else None), (answers[-1] if answers else "")
-
-
-def scope_prompts(rows: list[dict]) -> list[str]:
-    """The last user message of each training row (SFT rows and preference pairs)."""
-    return [q for q, _ in map(question_and_answer, rows) if q is not None]
 
 
 def scope_told(rows: list[dict]) -> list[str]:
@@ -95,51 +85,6 @@ def scope_personal(rows: list[dict]) -> list[str]:
             questions.setdefault(tuple(row.get("feedback_ids") or (q,)), []).append(q)
     return sorted({q for qs in questions.values() if any(about_user(words(q)) for q in qs)
                    for q in qs if not about_user(words(q))})
-
-
-def habit_path(path) -> Path | None:
-    """The habit adapter inside the version directory `path`, if it has one."""
-    from assistant.model import read_lead
-
-    habit = Path(path) / "habit"
-    # without a readable lead it would write whole answers, which it must not (learning/habits.py)
-    return habit if (habit / "adapter_config.json").exists() and read_lead(habit) else None
-
-
-def read_meta(path) -> dict:
-    """An adapter directory's meta.json, or {} when it is missing or unreadable."""
-    try:
-        meta = json.loads((Path(path) / "meta.json").read_text())
-    except (OSError, ValueError, TypeError):
-        return {}
-    return meta if isinstance(meta, dict) else {}
-
-
-def read_experts(path) -> list[dict]:
-    """The experts a version directory holds (meta.json "experts", learning/experts.py), those whose adapter files
-    are all there; [] for a version without experts or an unreadable meta.json."""
-    from assistant.model import WEIGHT_FILES, weights_deleted
-
-    if path is None or weights_deleted(path):
-        return []
-    found = []
-    for e in read_meta(path).get("experts") or []:
-        where = Path(path) / EXPERTS_DIR / str(e.get("name", ""))
-        if e.get("name") and (where / "adapter_config.json").exists() and any(
-                (where / f).exists() for f in WEIGHT_FILES):
-            found.append(e)
-    return found
-
-
-def read_scope(path) -> dict | None:
-    """`{"threshold", "margin", "prompts", "told", "personal"}` from an adapter directory's meta.json,
-    or None (no scope). "told", "margin" and "personal" are missing from versions written before
-    them: nothing told, the threshold alone decides, and a prompt's own words say whether it is
-    about the user."""
-    scope = read_meta(path).get("scope")
-    if not scope or scope.get("threshold") is None or not scope.get("prompts"):
-        return None
-    return scope
 
 
 class AdapterScope:

@@ -27,7 +27,8 @@ import shutil
 import time
 from pathlib import Path
 
-from assistant.scope import EXPERTS_DIR, question_and_answer, read_experts, read_meta, scope_prompts
+from store.manifest import EXPERTS_DIR, read_experts, read_meta
+from store.text import question_and_answer, scope_prompts
 
 
 def feedback_key(item: dict) -> tuple:

@@ -220,10 +220,9 @@ def train_habit_adapter(model, tok, job: TrainJob, device: str, work: Path, loss
     parent's habit adapter if it has one), copied unchanged from the parent when they do not,
     absent when neither has one. Only scoped versions have one: an unscoped adapter answers
     every prompt itself. Returns the habits it follows (None: no habit adapter)."""
-    from assistant.model import LEAD_FILE
-    from assistant.scope import read_meta
     from learning.augment import self_replay_rows
     from learning.habits import find_habits, habit_rows, has_habits, merged, with_habits
+    from store.manifest import LEAD_FILE, read_meta
 
     if not job.lcfg.habit_adapter or job.lcfg.scope_threshold is None:
         return None
@@ -278,16 +277,9 @@ def adapter_scope(job: TrainJob, sft_rows: list[dict], experts: list[dict] | Non
     the next cycle (ChatService._taken_back). So do the names it told (unless a kept expert
     or this job's rows tell them too): they would let questions naming them past the
     first-person guard."""
-    from assistant.scope import (
-        question_and_answer,
-        read_experts,
-        read_scope,
-        scope_personal,
-        scope_prompts,
-        scope_told,
-        told_by_answers,
-    )
-    from store.text import question_key
+    from assistant.scope import scope_personal, scope_told, told_by_answers
+    from store.manifest import read_experts, read_scope
+    from store.text import question_and_answer, question_key, scope_prompts
 
     if job.lcfg.scope_threshold is None:
         return None
