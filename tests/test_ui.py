@@ -11,8 +11,9 @@ import torch
 from assistant import ui_learning, ui_versions
 from assistant.runtime import Runtime
 from assistant.ui import build_ui
-from assistant.ui_chat import ANSWERED_MARK, CORRECTION_TITLE, feedback_values, new_session, text_of
+from assistant.ui_chat import feedback_values, new_session
 from assistant.ui_conversations import ChatTab
+from assistant.ui_messages import ANSWERED_MARK, CORRECTION_TITLE, text_of
 from store import adapters, conversations, feedback, jobs
 from tests.lora import make_adapter, register
 
@@ -328,7 +329,7 @@ def test_recalled_corrections_are_noted_under_the_reply(cfg, tiny_served):
 
 def test_the_answered_by_note_names_the_version_expert_recall_and_cut():
     from assistant.chat import route_kind
-    from assistant.ui_chat import answered_note
+    from assistant.ui_messages import answered_note
 
     assert [route_kind(k) for k in (None, 3, (3, "habit"), (3, "expert:01ABC"))] == [None, "adapter", "habit", "expert"]
     title = lambda a, r=(): answered_note(a, r)["metadata"]["title"]  # noqa: E731
