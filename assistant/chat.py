@@ -18,7 +18,7 @@ from assistant.scope import EXPERT_KEY
 from learning.habits import AsList, ends_with, merged
 from store import adapters, conversations, feedback, open_db
 from store.ids import new_id
-from store.manifest import read_meta
+from store.manifest import read_manifest
 from store.settings import get_setting
 
 log = logging.getLogger(__name__)
@@ -393,7 +393,7 @@ class ChatService:
         if not version_path:
             return merged()
         if version_path not in self._version_habits:
-            self._version_habits[version_path] = merged(read_meta(version_path).get("habits"))
+            self._version_habits[version_path] = merged(read_manifest(version_path).habits)
         return self._version_habits[version_path]
 
     def start_retry(self, turn_id: str, **kw) -> Turn:

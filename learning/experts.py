@@ -27,7 +27,7 @@ import shutil
 import time
 from pathlib import Path
 
-from store.manifest import EXPERTS_DIR, read_experts, read_meta
+from store.manifest import EXPERTS_DIR, read_experts, read_manifest
 from store.text import question_and_answer, scope_prompts
 
 
@@ -73,10 +73,7 @@ def expert_pace(parent_path) -> float | None:
     trained none carries over); None when unknown: no parent, none trained yet, unreadable."""
     if not parent_path:
         return None
-    try:
-        pace = ((read_meta(parent_path).get("stats") or {}).get("experts") or {}).get("seconds_each")
-    except AttributeError:  # "stats" or "experts" that is not an object
-        return None
+    pace = read_manifest(parent_path).stat("experts", "seconds_each")
     return float(pace) if isinstance(pace, (int, float)) and pace > 0 else None
 
 

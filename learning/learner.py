@@ -32,6 +32,7 @@ from learning.config import LearnConfig, load_learn_config, shape_is_stored
 from learning.train import Cancelled, TrainJob, adapter_shape, clean_stale_dirs, train_candidate
 from store import adapters, jobs, open_db
 from store.ids import new_id
+from store.manifest import read_manifest
 
 log = logging.getLogger(__name__)
 LOCK_NAME = "learner.lock"
@@ -273,14 +274,14 @@ def run_cycle(cfg, learn_cfg: LearnConfig | None = None, force: bool = False,
                             # every feedback id its rows carry: a refit relearns old feedback it does
                             # not link (learning/held.py: what a rollback to it brings back)
                             "trained_on": sorted({f for r in sft_rows + pairs for f in r.get("feedback_ids", ())})}))
-            meta = _read_meta(path)
+            manifest = read_manifest(path)
             n_corr = sum(r["source"] == "correction" for r in sft_new)
-            adapters.register_candidate(db, version, str(path), parent and parent["version"], meta, new_ids,
+            adapters.register_candidate(db, version, str(path), parent and parent["version"], manifest.to_dict(), new_ids,
                                         n_corrections=n_corr, n_votes=len(new_ids) - n_corr)
 
             # ---- evaluate and gate ------------------------------------------------------
             result = {"version": version, "parent_version": parent and parent["version"], **seen,
-                      "feedback_ids": len(new_ids), "timings": {"data_s": round(data_s, 2), **meta["timings"]}}
+                      "feedback_ids": len(new_ids), "timings": {"data_s": round(data_s, 2), **manifest.timings}}
             gate = _gate()
             if gate is None:
                 result.update(status="candidate", message=f"v{version} trained; the gate is not available, "
@@ -349,12 +350,6 @@ def _prune(db, keep: int | None) -> list[int]:
 def _finish(db, job_id, status, result, error=None) -> dict:
     jobs.finish_job(db, job_id, status, error=error, result=result)
     return {"job_id": job_id, "job_status": status, **result}
-
-
-def _read_meta(path: Path) -> dict:
-    import json
-
-    return json.loads((Path(path) / "meta.json").read_text())
 
 
 def yield_to_chat(cfg) -> None:

@@ -7,7 +7,7 @@ DPO (sigmoid + an SFT term on the chosen answer, against collapse), each on the 
 of the version answers (a correction with an expert is learned by it, learning/experts.py, and
 the scope never routes its prompts to the shared adapter), and writes the adapter
 ATOMICALLY: a temp dir inside the adapters dir, renamed to `adapters/vN` once complete, with a
-`meta.json` (resolved config, parent version, feedback ids, data hash, package version,
+`meta.json` (store/manifest.py Manifest: resolved config, parent version, feedback ids, data hash, package version,
 timings, losses, tokens/s). Base weights are never modified. A crash leaves at most a
 `.tmp-*` dir, removed by `clean_stale_dirs` at the next start.
 
@@ -29,6 +29,16 @@ from learning.config import LearnConfig
 from learning.experts import expert_groups, feedback_key, no_longer_held, plan_experts, train_experts
 from learning.trainers import Cancelled as Cancelled  # re-exported for learning/learner.py
 from learning.trainers import run_dpo, run_sft
+from store.manifest import (
+    ADAPTER_CONFIG,
+    HABIT_DIR,
+    LEAD_FILE,
+    Manifest,
+    Scope,
+    expert_entries,
+    read_manifest,
+    write_manifest,
+)
 
 Progress = Callable[[str, int, int, float | None], None]  # (stage, step, total, loss); total 0: stage skipped
 
@@ -118,7 +128,7 @@ def load_trainable(job: TrainJob):
 
 def adapter_shape(path: str | Path) -> dict:
     """The LoRA shape of a saved adapter, as LearnConfig.lora_shape gives it."""
-    pcfg = json.loads((Path(path) / "adapter_config.json").read_text())
+    pcfg = json.loads((Path(path) / ADAPTER_CONFIG).read_text())
     return {"r": pcfg.get("r"), "lora_alpha": pcfg.get("lora_alpha"), "lora_dropout": pcfg.get("lora_dropout"),
             "target_modules": sorted(pcfg.get("target_modules") or [])}
 
@@ -182,17 +192,16 @@ def train_candidate(job: TrainJob) -> Path:
         if experts is not None:
             timings["experts_s"] = time.perf_counter() - t0
         shutil.rmtree(work, ignore_errors=True)
-        meta = {
-            "version": job.version, "parent_version": job.parent_version, "base_model": job.base_path,
-            "config": job.lcfg.to_dict(), "feedback_ids": sorted(set(job.feedback_ids)),
-            "data_hash": job.data_hash, "package_version": _package_version(), "device": device,
-            "torch": torch.__version__, "timings": timings, "losses": losses, "stats": stats,
-            "rows": {"sft": len(job.sft_rows), "pairs": len(job.pairs)},
-            "scope": adapter_scope(job, learned, experts),
-            "habits": habits, "experts": experts,
-            **job.extra_meta,
-        }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        write_manifest(tmp, Manifest(
+            version=job.version, parent_version=job.parent_version, base_model=job.base_path,
+            config=job.lcfg.to_dict(), feedback_ids=sorted(set(job.feedback_ids)),
+            data_hash=job.data_hash, package_version=_package_version(), device=device,
+            torch=torch.__version__, timings=timings, losses=losses, stats=stats,
+            rows={"sft": len(job.sft_rows), "pairs": len(job.pairs)},
+            scope=Scope.from_dict(adapter_scope(job, learned, experts)),
+            habits=habits, experts=None if experts is None else expert_entries(experts),
+            extra=dict(job.extra_meta),
+        ))
         if job.lcfg.half_precision_files:
             from assistant.model import store_half_precision
 
@@ -222,13 +231,12 @@ def train_habit_adapter(model, tok, job: TrainJob, device: str, work: Path, loss
     every prompt itself. Returns the habits it follows (None: no habit adapter)."""
     from learning.augment import self_replay_rows
     from learning.habits import find_habits, habit_rows, has_habits, merged, with_habits
-    from store.manifest import LEAD_FILE, read_meta
 
     if not job.lcfg.habit_adapter or job.lcfg.scope_threshold is None:
         return None
-    parent = Path(job.parent_path) / "habit" if job.parent_path else None
-    parent = parent if parent is not None and (parent / "adapter_config.json").exists() else None
-    habits = merged(find_habits(job.sft_rows), read_meta(job.parent_path).get("habits") if job.parent_path else None)
+    parent = Path(job.parent_path) / HABIT_DIR if job.parent_path else None
+    parent = parent if parent is not None and (parent / ADAPTER_CONFIG).exists() else None
+    habits = merged(find_habits(job.sft_rows), read_manifest(job.parent_path).habits if job.parent_path else None)
     if not has_habits(habits):
         return None
     if not habits["openings"]:  # a closing needs no weights: the chat adds it (assistant/chat.py)
@@ -236,7 +244,7 @@ def train_habit_adapter(model, tok, job: TrainJob, device: str, work: Path, loss
     shown = habit_rows(job.sft_rows, habits)
     if not shown:  # nothing new to learn: the parent's habit adapter goes on unchanged
         if parent:
-            shutil.copytree(parent, out / "habit")
+            shutil.copytree(parent, out / HABIT_DIR)
         return habits
     base_answers = []
     if job.lcfg.habit_self_replay and job.cache_dir is not None:
@@ -256,13 +264,13 @@ def train_habit_adapter(model, tok, job: TrainJob, device: str, work: Path, loss
     habit_job = dataclasses.replace(job, lcfg=dataclasses.replace(job.lcfg, sft_lr=job.lcfg.habit_lr))
     stats["habit"] = run_sft(model, tok, rows, habit_job, device, work / "habit", losses, stage="habit")
     stats["habit"]["shown"] = len(shown)
-    model.save_pretrained(str(out), selected_adapters=["habit"])  # peft writes it to out/habit
+    model.save_pretrained(str(out), selected_adapters=["habit"])  # peft writes it to out/habit (HABIT_DIR)
     model.set_adapter("default")
     # The served model lets this adapter write only the opening (its tokens, and two to spare:
     # tokenisation at the start of a reply may differ) and keeps it only if it is one of the
     # habit's openings; the base weights write the answer (assistant/model.py generate_led).
     lead = max(len(tok(o, add_special_tokens=False)["input_ids"]) for o in habits["openings"]) + 2
-    (out / "habit" / LEAD_FILE).write_text(json.dumps({"openings": habits["openings"], "lead_tokens": lead}))
+    (out / HABIT_DIR / LEAD_FILE).write_text(json.dumps({"openings": habits["openings"], "lead_tokens": lead}))
     return habits
 
 

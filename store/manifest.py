@@ -2,12 +2,24 @@
 
 Contract: this module only touches files (no torch, no peft, no database), so the chat side
 (assistant/) and the training side (learning/) share it without importing each other.
+`read_manifest(path)` -> a `Manifest`: every field of meta.json typed and checked, a field of the
+wrong type treated as absent (and logged), never an error; the fields a file written by an older
+version lacks (scope, margin, told, personal, habits, experts, stats, ...) get their defaults, and keys
+this code does not know are kept in `extra` (a newer version's file loads, and is written back whole).
+A missing or unreadable meta.json is an empty Manifest. `write_manifest(path, manifest)` writes it
+(learning/train.py, the one writer); `Manifest.from_dict` reads the copy the database keeps
+(store/adapters.py "meta").
 `read_meta(path)` -> the raw meta.json dict ({} when missing or unreadable);
-`read_scope(path)`, `read_experts(path)`, `habit_path(path)`, `read_lead(path)`,
-`weights_deleted(path)`: what serving needs from a version directory.
+`read_scope(path)` (a dict, or None: no scope), `read_experts(path)` (dicts, those whose files are
+there), `habit_path(path)`, `read_lead(path)`, `weights_deleted(path)`: what serving needs from a
+version directory.
 """
 import json
+import logging
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 META_FILE = "meta.json"  # the manifest learning/train.py writes into every version directory
 # Written into a version's directory before its weights are deleted (learning.versions.prune_weights);
@@ -64,19 +76,181 @@ def read_experts(path) -> list[dict]:
     are all there; [] for a version without experts or an unreadable meta.json."""
     if path is None or weights_deleted(path):
         return []
-    found = []
-    for e in read_meta(path).get("experts") or []:
-        if e.get("name") and has_weights(Path(path) / EXPERTS_DIR / str(e.get("name", ""))):
-            found.append(e)
-    return found
+    return [e.to_dict() for e in read_manifest(path).experts or [] if has_weights(Path(path) / EXPERTS_DIR / e.name)]
 
 
 def read_scope(path) -> dict | None:
     """`{"threshold", "margin", "prompts", "told", "personal"}` from an adapter directory's meta.json,
     or None (no scope). "told", "margin" and "personal" are missing from versions written before
     them: nothing told, the threshold alone decides, and a prompt's own words say whether it is
-    about the user."""
-    scope = read_meta(path).get("scope")
-    if not scope or scope.get("threshold") is None or not scope.get("prompts"):
-        return None
-    return scope
+    about the user (they read as None, [] and [])."""
+    scope = read_manifest(path).scope
+    return None if scope is None or not scope.prompts else scope.to_dict()
+
+
+# ---- the typed manifest ----------------------------------------------------------------------
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _strings(v) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _optional(check):
+    return lambda v: v is None or check(v)
+
+
+def _kind(kind):
+    return lambda v: isinstance(v, kind)
+
+
+def _typed(cls, raw: dict, where: str) -> dict:
+    """The keyword arguments of dataclass `cls` from `raw`: each known field whose value passes its
+    check (`metadata["check"]`); a value that does not is left out (its default), and logged. The
+    keys `cls` does not know go to `extra`."""
+    known, extra = {}, {}
+    names = {f.name: f for f in fields(cls) if f.name != "extra"}
+    for key, value in raw.items():
+        f = names.get(key)
+        if f is None:
+            extra[key] = value
+        elif f.metadata["check"](value):
+            known[key] = value
+        else:
+            log.warning("%s: %r is a %s, not what it should be; read as absent", where, key, type(value).__name__)
+    return {**known, "extra": extra}
+
+
+def _field(check, default=None, factory=None):
+    if factory is not None:
+        return field(default_factory=factory, metadata={"check": check})
+    return field(default=default, metadata={"check": check})
+
+
+@dataclass
+class Scope:
+    """meta.json "scope" (assistant/scope.py): the prompts a version answers and how near a prompt must be."""
+    threshold: float | None = _field(_optional(_number))  # None: no scope
+    prompts: list[str] = _field(_strings, factory=list)
+    margin: float | None = _field(_optional(_number))  # None: written before it, the threshold alone decides
+    told: list[str] = _field(_strings, factory=list)  # [] for versions written before it
+    personal: list[str] = _field(_strings, factory=list)  # [] for versions written before it
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, raw, where: str = "scope") -> "Scope | None":
+        """None when `raw` is no scope: not an object, or without a (numeric) threshold."""
+        if not isinstance(raw, dict):
+            return None
+        scope = cls(**_typed(cls, raw, where))
+        return None if scope.threshold is None else scope
+
+    def to_dict(self) -> dict:
+        return _as_dict(self)
+
+
+@dataclass
+class ExpertEntry:
+    """One of meta.json "experts" (learning/experts.py): a correction's own adapter, `experts/<name>`."""
+    name: str = _field(_kind(str), default="")
+    feedback_ids: list[str] = _field(_strings, factory=list)
+    prompt: str | None = _field(_optional(_kind(str)))  # the corrected question
+    answer: str = _field(_kind(str), default="")  # the corrected answer
+    prompts: list[str] = _field(_strings, factory=list)  # every prompt it was trained on
+    trained_in: int | None = _field(_optional(_int))  # the version that trained it
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, raw, where: str = "experts") -> "ExpertEntry | None":
+        """None (and logged) when `raw` names no expert: not an object, or no name."""
+        entry = cls(**_typed(cls, raw, where)) if isinstance(raw, dict) else None
+        if entry is None or not entry.name:
+            log.warning("%s: an entry without a name is ignored", where)
+            return None
+        return entry
+
+    def to_dict(self) -> dict:
+        return _as_dict(self)
+
+
+def expert_entries(raw: list, where: str = "experts") -> list[ExpertEntry]:
+    """The entries of a meta.json "experts" list that name an expert (the others logged and left out)."""
+    return [e for e in (ExpertEntry.from_dict(r, where) for r in raw) if e is not None]
+
+
+def _scope(v) -> bool:
+    return v is None or isinstance(v, dict)
+
+
+def _experts(v) -> bool:
+    return v is None or isinstance(v, list)
+
+
+@dataclass
+class Manifest:
+    """An adapter version's meta.json (learning/train.py writes it; module docstring)."""
+    version: int | None = _field(_optional(_int))
+    parent_version: int | None = _field(_optional(_int))
+    base_model: str | None = _field(_optional(_kind(str)))
+    config: dict = _field(_kind(dict), factory=dict)  # the resolved LearnConfig
+    feedback_ids: list[str] = _field(_strings, factory=list)
+    data_hash: str | None = _field(_optional(_kind(str)))
+    package_version: str | None = _field(_optional(_kind(str)))
+    device: str | None = _field(_optional(_kind(str)))
+    torch: str | None = _field(_optional(_kind(str)))
+    timings: dict = _field(_kind(dict), factory=dict)  # stage -> seconds ("<stage>_s")
+    losses: list = _field(_kind(list), factory=list)
+    stats: dict = _field(_kind(dict), factory=dict)  # stage -> its numbers
+    rows: dict = _field(_kind(dict), factory=dict)  # {"sft", "pairs"}: how many it trained on
+    scope: Scope | None = _field(_scope)  # None: answers every prompt
+    habits: dict | None = _field(_optional(_kind(dict)))  # learning/habits.py; None: no habit
+    experts: list[ExpertEntry] | None = _field(_experts)  # None: experts off
+    extra: dict = field(default_factory=dict)  # every other key (learning/learner.py's job_id, trained_on, ...)
+
+    @classmethod
+    def from_dict(cls, raw, where: str = "meta.json") -> "Manifest":
+        """The typed manifest of a meta.json's dict (anything else: an empty one)."""
+        if not isinstance(raw, dict):
+            return cls()
+        known = _typed(cls, raw, where)
+        if "scope" in known:
+            known["scope"] = Scope.from_dict(known["scope"], f"{where} scope")
+        if known.get("experts") is not None:
+            known["experts"] = expert_entries(known["experts"], f"{where} experts")
+        return cls(**known)
+
+    def to_dict(self) -> dict:
+        """The dict meta.json holds: `Manifest.from_dict(m.to_dict()) == m`."""
+        out = _as_dict(self)
+        out["scope"] = None if self.scope is None else self.scope.to_dict()
+        out["experts"] = None if self.experts is None else [e.to_dict() for e in self.experts]
+        return out
+
+    def stat(self, *keys):
+        """`stats[k1][k2]...`, or None where a level is missing or not an object."""
+        value = self.stats
+        for k in keys:
+            if not isinstance(value, dict):
+                return None
+            value = value.get(k)
+        return value
+
+
+def _as_dict(obj) -> dict:
+    return {**{f.name: getattr(obj, f.name) for f in fields(obj) if f.name != "extra"}, **obj.extra}
+
+
+def read_manifest(path) -> Manifest:
+    """The typed manifest of the adapter directory `path` (module docstring); empty when its
+    meta.json is missing or unreadable."""
+    return Manifest.from_dict(read_meta(path), str(Path(path) / META_FILE))
+
+
+def write_manifest(path, manifest: Manifest) -> None:
+    """Write `manifest` as `path`/meta.json (learning/train.py, inside the version's temp directory)."""
+    (Path(path) / META_FILE).write_text(json.dumps(manifest.to_dict(), indent=1))
