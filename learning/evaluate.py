@@ -203,26 +203,19 @@ def _preference(side: dict, pairs: list[dict], base: dict | None) -> dict:
 
 def evaluate(cfg, db, candidate_version: int, incumbent_version: int | None,
              taught_feedback_ids: list[str], progress: Callable[[float], None] | None = None,
-             model=None, *, max_new_tokens: int = MAX_NEW_TOKENS, scope=None) -> dict:
+             model=None, *, max_new_tokens: int = MAX_NEW_TOKENS, scope=None, embedder=None) -> dict:
     """Score candidate and incumbent (None: base) on the same items; see the module docstring.
 
     `progress(fraction)` is called after every batch with the share of work done (0..1).
     `model` is a ServedModel to reuse (its adapters are switched); by default one is loaded.
     `scope` (assistant.scope.AdapterScope) routes each prompt as the chat would: a scoped
-    adapter is judged on what it would really answer; by default one with MiniLM."""
+    adapter is judged on what it would really answer; by default one with `embedder` (None: MiniLM),
+    all three wired as the chat wires them (assistant/serving.py build_served)."""
+    from assistant.serving import build_served
+
     start = time.perf_counter()
-    if model is None:
-        from assistant.model import ServedModel, resolve_model
-
-        model = ServedModel(resolve_model(cfg.model, cfg.models_dir))
-    if scope is None:
-        from assistant.scope import AdapterScope
-
-        scope = AdapterScope()
-    if scope.reranker is None and cfg.rerank:  # route as the chat does (assistant/runtime.py)
-        from assistant.rerank import chat_reranker
-
-        scope.reranker = chat_reranker(model, cfg)
+    served = build_served(cfg, model, embedder=embedder, scope=scope)  # route as the chat does
+    model, scope = served.model, served.scope
     base_replies = BaseReplies(Path(cfg.home) / "cache" / BASE_REPLIES_FILE, model)
     scorer = Scorer(model, max_new_tokens=max_new_tokens, scope=scope, base_replies=base_replies)
     system = get_setting(db, "system_prompt", DEFAULT_SYSTEM_PROMPT)

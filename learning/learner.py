@@ -208,7 +208,6 @@ def run_cycle(cfg, learn_cfg: LearnConfig | None = None, force: bool = False,
     another cycle runs, Cancelled if cancelled, any training error after recording it."""
     from assistant.config import DEFAULT_SYSTEM_PROMPT
     from assistant.model import resolve_model
-    from assistant.scope import AdapterScope
     from store.settings import get_setting
 
     db = open_db(cfg.db_path)
@@ -290,7 +289,7 @@ def run_cycle(cfg, learn_cfg: LearnConfig | None = None, force: bool = False,
             evaluate, decide, gate_config = gate
             track.stage("evaluating")
             ev = evaluate(cfg, db, version, parent and parent["version"], new_ids, progress=track.evaluation,
-                          scope=AdapterScope(embedder))
+                          embedder=embedder)
             track.stage("gate")
             watch.disarm()  # the decision and what follows take milliseconds: never half done
             decision = decide(ev["candidate"], ev["incumbent"], gate_config(db))

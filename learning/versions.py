@@ -16,10 +16,11 @@ import logging
 from pathlib import Path
 
 from assistant.errors import AdapterLoadError
-from assistant.model import WEIGHT_FILES, WEIGHTS_DELETED, validate_adapter_dir, weights_deleted
+from assistant.model import validate_adapter_dir
 from store import adapters, feedback
 from store.conversations import NotFound
 from store.db import now_iso
+from store.manifest import WEIGHT_FILES, WEIGHTS_DELETED, weights_deleted
 
 BASE_NAMES = (0, "0", "base")
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """Where the embedded model's GGUF file is found (no model is loaded here)."""
 import pytest
 
-from assistant import model
+from assistant import model_loading as model
 from assistant.errors import ModelLoadError
 
 
