@@ -27,13 +27,15 @@ import assistant.scope as scope_mod
 from assistant.config import DEFAULT_SYSTEM_PROMPT, Config
 from assistant.embedders import installed_embedders, make_embedder
 from assistant.memory import Memory
-from assistant.scope import EXPERTS_DIR, AdapterScope, scope_personal, scope_prompts, scope_told
+from assistant.scope import AdapterScope, scope_personal, scope_told
 from learning.augment import augment_sft
 from learning.config import LearnConfig
 from learning.probes import probe_list
 from store import open_db
 from store.conversations import create_conversation, log_turn
 from store.feedback import add_feedback
+from store.manifest import EXPERTS_DIR, META_FILE
+from store.text import scope_prompts
 
 DEV_SETS = [ROOT / "bench" / name for name in
             ("recall_dev.jsonl", "recall_dev_confusable.jsonl", "recall_dev_related.jsonl", "recall_dev_implicit.jsonl",
@@ -95,7 +97,7 @@ def write_version(where: Path, facts: list[dict], lcfg: LearnConfig) -> tuple[di
     scope = {"threshold": lcfg.scope_threshold, "margin": lcfg.scope_margin,
              "prompts": list(dict.fromkeys(scope_prompts(rows_all))), "told": scope_told(rows_all),
              "personal": scope_personal(rows_all)}
-    (where / "meta.json").write_text(json.dumps({"scope": scope, "experts": experts}))
+    (where / META_FILE).write_text(json.dumps({"scope": scope, "experts": experts}))
     return owner, len(scope["prompts"])
 
 

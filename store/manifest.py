@@ -101,6 +101,10 @@ def _strings(v) -> bool:
     return isinstance(v, list) and all(isinstance(x, str) for x in v)
 
 
+def _ids(v) -> bool:  # feedback ids: strings (store/ids.py), numbers in hand-made versions (bench/routing.py)
+    return isinstance(v, list) and all(isinstance(x, str) or _int(x) for x in v)
+
+
 def _optional(check):
     return lambda v: v is None or check(v)
 
@@ -158,7 +162,7 @@ class Scope:
 class ExpertEntry:
     """One of meta.json "experts" (learning/experts.py): a correction's own adapter, `experts/<name>`."""
     name: str = _field(_kind(str), default="")
-    feedback_ids: list[str] = _field(_strings, factory=list)
+    feedback_ids: list = _field(_ids, factory=list)
     prompt: str | None = _field(_optional(_kind(str)))  # the corrected question
     answer: str = _field(_kind(str), default="")  # the corrected answer
     prompts: list[str] = _field(_strings, factory=list)  # every prompt it was trained on
@@ -198,7 +202,7 @@ class Manifest:
     parent_version: int | None = _field(_optional(_int))
     base_model: str | None = _field(_optional(_kind(str)))
     config: dict = _field(_kind(dict), factory=dict)  # the resolved LearnConfig
-    feedback_ids: list[str] = _field(_strings, factory=list)
+    feedback_ids: list = _field(_ids, factory=list)
     data_hash: str | None = _field(_optional(_kind(str)))
     package_version: str | None = _field(_optional(_kind(str)))
     device: str | None = _field(_optional(_kind(str)))

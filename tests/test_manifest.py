@@ -42,7 +42,7 @@ def test_an_old_scope_without_margin_told_or_personal_gets_their_defaults(tmp_pa
 
 def test_a_wrong_typed_field_is_ignored_not_fatal(tmp_path, caplog):
     _write(tmp_path, {"version": "one", "timings": [1, 2], "habits": "Captain", "stats": {"experts": 3},
-                      "scope": {"threshold": "near", "prompts": ["q"]}, "feedback_ids": ["f1", 2],
+                      "scope": {"threshold": "near", "prompts": ["q"]}, "feedback_ids": ["f1", 2.5],
                       "experts": [{"name": "v1-0", "prompt": "q", "trained_in": "v1"}, {"prompt": "no name"}, 7],
                       "parent_version": 1})
     with caplog.at_level(logging.WARNING, logger="store.manifest"):
