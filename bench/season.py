@@ -50,6 +50,7 @@ from teach import Server, cli  # noqa: E402
 from assistant.embedders import embedder_name  # noqa: E402
 from learning.evaluate import contains_phrase, load_canaries  # noqa: E402
 from learning.probes import load_scenario, passes  # noqa: E402
+from store.manifest import Manifest  # noqa: E402
 
 DEFAULT = ROOT / "bench" / "season_dev.jsonl"
 TAUGHT_KINDS = ("fact", "style", "update", "forget")
@@ -199,16 +200,16 @@ def stages(adapters: dict, version: int | None, learn_s: float, span: float | No
     job row say; `evaluate_gate_s` is the job's time left after data and training (evaluation,
     gate, pruning), `startup_s` the `assistant learn` process's time outside the job."""
     row = next((a for a in adapters.get("data") or [] if a.get("version") == version), None)
-    meta = (row or {}).get("meta") or {}
-    timings = dict(meta.get("timings") or {})
-    out = {"data_s": meta.get("data_s"), **{k: round(v, 1) for k, v in timings.items() if isinstance(v, int | float)}}
+    meta = Manifest.from_dict((row or {}).get("meta"))
+    out = {"data_s": meta.extra.get("data_s"),
+           **{k: round(v, 1) for k, v in meta.timings.items() if isinstance(v, int | float)}}
     measured = sum(v for v in out.values() if isinstance(v, int | float))
     if span is not None:
         out["evaluate_gate_s"] = round(max(span - measured, 0.0), 1)
         out["startup_s"] = round(max(learn_s - span, 0.0), 1)
     else:
         out["evaluate_gate_startup_s"] = round(max(learn_s - measured, 0.0), 1)
-    out["experts"] = len(meta.get("experts") or []) if isinstance(meta.get("experts"), list) else None
+    out["experts"] = None if meta.experts is None else len(meta.experts)
     out["status"] = (row or {}).get("status")
     return out
 
