@@ -24,10 +24,11 @@ class Runtime:
     def create(cls, cfg: Config, model: ServedModel | None = None, memory=None,
                with_memory: bool = True) -> "Runtime":
         cfg.home.mkdir(parents=True, exist_ok=True)
-        opens = memory is None and with_memory
-        served = build_served(cfg, model, embedder=memory.embedder if memory is not None else None,
-                              open_memory=(lambda reranker: _open_memory(cfg, reranker)) if opens else None)
-        model, memory = served.model, memory if memory is not None else served.memory
+        # recall opens with the chat's reranker, and the scope routes with recall's embedder
+        open_memory = (lambda reranker: _open_memory(cfg, reranker)) if memory is None and with_memory else None
+        served = build_served(cfg, model, embedder=None if memory is None else memory.embedder,
+                              open_memory=open_memory)
+        model, memory = served.model, served.memory if memory is None else memory
         chat = ChatService(cfg, model, memory, served.scope)
         superseder = None
         if memory is not None and cfg.supersede_by_meaning:
