@@ -12,8 +12,8 @@ from typing import Iterator, Protocol
 
 from assistant.config import DEFAULT_SYSTEM_PROMPT, Config
 from assistant.errors import AdapterLoadError, EmptyMessage, TurnNotSaved, UnstorableText, storable_problem
-from assistant.memory import reply_lead
 from assistant.model import Generation, ServedModel, key_version
+from assistant.notes import reply_lead
 from assistant.scope import EXPERT_KEY
 from learning.habits import AsList, ends_with, merged
 from store import adapters, conversations, feedback, open_db

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from assistant.memory import answer_key, unit_rows
+from assistant.matching import answer_key, unit_rows
 from assistant.rerank import PAIR_MAX_TOKENS, TEMPLATE, answer_logprobs, mean_logprobs
 from store import feedback
 
@@ -44,7 +44,7 @@ class SupersedePolicy:
     """Earlier corrections considered: the nearest by MiniLM."""
     min_similarity: float = 0.45
     """MiniLM similarity (question to question, or question + answer to question + answer) an
-    earlier correction needs to be considered; recall's own threshold (memory.DEFAULT_THRESHOLD)."""
+    earlier correction needs to be considered; recall's own threshold (matching.RECALL_POLICY)."""
     tolerance: float = 0.4
     """`answer_shift + question_shift` at most this (mean log-probabilities per token). On the dev
     set (23 updates, 27 pairs of different facts) 0.4 links 11 updates and merges no different

@@ -21,7 +21,7 @@ from routing import DEV_SETS, dev_items, shown
 
 from assistant.config import DEFAULT_SYSTEM_PROMPT, Config
 from assistant.embedders import make_embedder
-from assistant.memory import DEFAULT_THRESHOLD, search_keys, unit_rows
+from assistant.matching import RECALL_POLICY, search_keys, unit_rows
 from assistant.model import ServedModel, resolve_model
 from assistant.rerank import FIT_TOLERANCE, answer_logprobs
 
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
             q, answer = corrections[a["correction"]]
             rows.append({**a, "corrected": q, "answer": answer, "shift": round(own[a["correction"]] - lp, 4)})
         print(f"{dev.name}: {len(asked)} pairs", flush=True)
-    matched = [r for r in rows if r["similarity"] >= DEFAULT_THRESHOLD]
+    matched = [r for r in rows if r["similarity"] >= RECALL_POLICY.threshold]
     own, other = [r for r in matched if r["own"]], [r for r in matched if not r["own"]]
     table = [{"tolerance": t, "own_kept": sum(r["shift"] <= t for r in own), "own": len(own),
               "other_turned_away": sum(r["shift"] > t for r in other), "other": len(other)} for t in TOLERANCES]
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     lines = ["# Does a matched correction's answer fit the question? (dev sets only)", "",
              f"Command: `python bench/answer_fit.py --out {args.out}`; sets: "
              + ", ".join(f"`{shown(s)}`" for s in args.sets) + ".  ",
-             f"Pairs MiniLM matches (similarity >= {DEFAULT_THRESHOLD}): each paraphrase with its own correction "
+             f"Pairs MiniLM matches (similarity >= {RECALL_POLICY.threshold}): each paraphrase with its own correction "
              f"and its {NEAREST} nearest others. Shipped tolerance: {FIT_TOLERANCE}.", "",
              "| tolerance | own answers kept | other answers turned away |", "|---|---|---|"]
     lines += [f"| {t['tolerance']} | {t['own_kept']}/{t['own']} | {t['other_turned_away']}/{t['other']} |" for t in table]

@@ -24,6 +24,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from benchkit import DEFAULT_SCENARIO, RESULTS, ROOT  # noqa: E402,F401 - sets the environment up first
@@ -34,8 +35,10 @@ from benchkit import frac as pct  # noqa: E402 - "47/48 (97.9%)", never rounded 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from assistant import matching, notes  # noqa: E402
 from assistant import memory as memory_mod  # noqa: E402
 from assistant.config import DEFAULT_SYSTEM_PROMPT, Config  # noqa: E402
+from assistant.matching import RECALL_POLICY  # noqa: E402
 from assistant.model import ServedModel, resolve_model  # noqa: E402
 from assistant.rerank import chat_reranker  # noqa: E402
 from assistant.runtime import Runtime  # noqa: E402
@@ -46,6 +49,7 @@ from learning.scoring import Scorer  # noqa: E402
 SCENARIO = DEFAULT_SCENARIO
 DEV = ROOT / "bench" / "recall_dev.jsonl"
 MAX_NEW_TOKENS = 32
+recall_policy = RECALL_POLICY  # main() may change it (--answer-key)
 
 
 # ---- scoring and batched generation: LEARNER's, so every bench scores probes the same way ----------
@@ -77,8 +81,8 @@ def open_runtime(model_spec: str | None, threshold: float | None = None, **kw) -
     home = Path(tempfile.mkdtemp(prefix="bench-memory-"))
     cfg = Config(home=home, model=model_spec or "embedded", default_max_new_tokens=MAX_NEW_TOKENS)
     model = ServedModel(resolve_model(cfg.model, cfg.models_dir))
-    mem = memory_mod.Memory(cfg, threshold=memory_mod.DEFAULT_THRESHOLD if threshold is None else threshold,
-                            reranker=chat_reranker(model, cfg), **kw)  # as Runtime.create
+    mem = memory_mod.Memory(cfg, policy=recall_policy, threshold=recall_policy.threshold if threshold is None
+                            else threshold, reranker=chat_reranker(model, cfg), **kw)  # as Runtime.create
     return Runtime.create(cfg, model=model, memory=mem)
 
 
@@ -272,7 +276,7 @@ CANDIDATES = {
     "remember": lambda rs: "Remember: " + " ".join(r["correction"] for r in rs),
     # the best answer again as the last line ("notes_last" in memory.FORMS is notes_after + this)
     "lines_repeat": lambda rs: _lines(rs) + "\n" + rs[0]["correction"],
-    "notes_repeat": lambda rs: memory_mod.render(rs, "notes") + "\n" + rs[0]["correction"],
+    "notes_repeat": lambda rs: notes.render(rs, "notes") + "\n" + rs[0]["correction"],
     "notes_after_answer": lambda rs: _lines(rs) + AFTER + "\nAnswer: " + rs[0]["correction"],
     "words_after_repeat": lambda rs: _lines(rs, "Answer", "Question") + AFTER + "\n" + rs[0]["correction"],
     "transcript_after_repeat": lambda rs: _lines(rs, "You", "User") + AFTER + "\n" + rs[0]["correction"],
@@ -288,13 +292,13 @@ def form_messages(form: str, recalled: list[dict], question: str) -> list[dict]:
     if sel == "top1":
         recalled = recalled[:1]
     elif sel.startswith("m"):
-        recalled = memory_mod.select(recalled, float(sel[1:]))
+        recalled = notes.select(recalled, float(sel[1:]))
     system = DEFAULT_SYSTEM_PROMPT
     base, _, extra = form.partition("+")
     if base == "exchange":
         return exchange_messages(system, recalled, question)
     if base != "none" and recalled:
-        system += "\n\n" + (CANDIDATES[base](recalled) if base in CANDIDATES else memory_mod.render(recalled, base))
+        system += "\n\n" + (CANDIDATES[base](recalled) if base in CANDIDATES else notes.render(recalled, base))
     if extra == "exchange":
         return exchange_messages(system, recalled[:1], question)
     return [{"role": "system", "content": system}, {"role": "user", "content": question}]
@@ -302,7 +306,7 @@ def form_messages(form: str, recalled: list[dict], question: str) -> list[dict]:
 
 def recalled_at(q: dict, threshold: float, relative_margin: float | None) -> list[dict]:
     """The candidates of question `q` that Memory.recall would keep (memory.relevant)."""
-    keep = memory_mod.relevant([c["score"] for c in q["candidates"]], threshold, q["ordinary"], relative_margin)
+    keep = matching.relevant([c["score"] for c in q["candidates"]], threshold, q["ordinary"], relative_margin)
     return [c for c, k in zip(q["candidates"], keep, strict=True) if k]
 
 
@@ -339,11 +343,11 @@ def cached_generate(model, prompts: list[tuple[list[dict], int | None, str | Non
 
 def run_dev(model_spec: str | None, threshold: float, forms: list[str] | None = None,
             cache: Path | None = None, dev: Path = DEV,
-            relative_margin: float | None = memory_mod.DEFAULT_RELATIVE_MARGIN) -> dict:
+            relative_margin: float | None = RECALL_POLICY.relative_margin) -> dict:
     items = load_jsonl(dev)
     # keep every candidate (top-k); the threshold and the margin are applied below
-    rt = open_runtime(model_spec, threshold=-1.0, margin=None, relative_margin=None)
-    ordinary = memory_mod.ordinary_requests(rt.memory.embedder)
+    rt = open_runtime(model_spec, threshold=-1.0, gap=None, relative_margin=None)
+    ordinary = matching.ordinary_requests(rt.memory.embedder)
     fact_of = {}
     for item in items:
         if item["kind"] == "fact":
@@ -356,7 +360,7 @@ def run_dev(model_spec: str | None, threshold: float, forms: list[str] | None = 
             cands = rt.memory.recall(q)
             for c in cands:
                 c["item"] = fact_of[c["feedback_id"]]
-            query = memory_mod.unit_rows(rt.memory.embedder.encode([q]))[0]
+            query = matching.unit_rows(rt.memory.embedder.encode([q]))[0]
             questions.append({"item": item["id"], "kind": item["kind"], "question": q, "expect": item["expect"],
                               "ordinary": ordinary.similarity(query),
                               "type": item["kind"] if item["kind"] == "control" else ("re-ask" if i == 0 else "paraphrase"),
@@ -365,7 +369,7 @@ def run_dev(model_spec: str | None, threshold: float, forms: list[str] | None = 
     table = sweep(questions, grid, relative_margin)
 
     none_facts = not forms or "none" in forms  # facts with no recall: 0/64 whenever measured
-    forms = list(dict.fromkeys(["none", *(forms or [*memory_mod.FORMS, "exchange"])]))
+    forms = list(dict.fromkeys(["none", *(forms or [*notes.FORMS, "exchange"])]))
     prompts, index = [], {}
     for q in questions:
         q["recalled"] = recalled_at(q, threshold, relative_margin)
@@ -377,7 +381,7 @@ def run_dev(model_spec: str | None, threshold: float, forms: list[str] | None = 
             name, *flags = form.split("!")
             msgs = form_messages(name, q["recalled"], q["question"])
             avoid = "avoid" in flags and bool(q["recalled"])
-            lead = memory_mod.reply_lead(q["recalled"]) if "lead" in flags else None
+            lead = notes.reply_lead(q["recalled"]) if "lead" in flags else None
             prompt = (msgs, rt.model.first_token(q["question"]) if avoid else None, lead)
             key = json.dumps(prompt)
             if key not in index:
@@ -448,8 +452,8 @@ def scenario_markdown(res: dict) -> str:
             f"({t['recall_ms_p95']} ms p95) per turn: sync {t['sync_ms_median']} ms, query embedding "
             f"{t['query_embed_ms_median']} ms, the rest is the matrix product and bookkeeping. "
             f"One-off costs: embedding model load {t['model_load_s']} s, embedding the search keys of all "
-            f"{t['corrections']} corrections (each prompt, {memory_mod.REFRAMED_KEYS} reframings"
-            f"{' and the prompt with its answer' if memory_mod.ANSWER_KEY else ''}) "
+            f"{t['corrections']} corrections (each prompt, {RECALL_POLICY.reframed_keys} reframings"
+            f"{' and the prompt with its answer' if recall_policy.answer_key else ''}) "
             f"{t['index_build_s']} s (at the first recall; cached in memory and on disk: the first recall "
             f"after a restart took {t.get('index_after_restart_s', '?')} s); first recall after one new correction "
             f"{t['first_recall_after_new_correction_ms']} ms. torch threads: {t['torch_threads']}; load average "
@@ -472,8 +476,8 @@ def dev_markdown(res: dict, cmd: str) -> str:
     lines += ["", f"Forms at threshold {res['threshold']} (SmolLM2-135M-Instruct, greedy, {MAX_NEW_TOKENS} tokens; "
               f"{res['prompts_distinct']} distinct prompts, {res['prompts_generated']} generated in "
               f"{res['generate_s']} s, the rest from the --cache of earlier runs):", "",
-              f"In use: `{memory_mod.FORM}@m{memory_mod.DEFAULT_MARGIN}` (Memory.recall keeps the best match and "
-              f"those within {memory_mod.DEFAULT_MARGIN} of its score). A plain name shows every recalled "
+              f"In use: `{notes.FORM}@m{RECALL_POLICY.gap}` (Memory.recall keeps the best match and "
+              f"those within {RECALL_POLICY.gap} of its score). A plain name shows every recalled "
               "correction (top-3 at the threshold); `@top1` only the best, `@mX` the best and those within X "
               "of it; `A+exchange` is form A in the system prompt plus the best match as a prior user/assistant "
               "exchange; `!avoid`: the reply may not start with the question's first word (what a chat "
@@ -492,9 +496,9 @@ def main(argv=None) -> int:
     p.add_argument("--dev", action="store_true", help="threshold and form selection on bench/recall_dev.jsonl")
     p.add_argument("--dev-set", type=Path, default=DEV, help="--dev: the dev file (default %(default)s)")
     p.add_argument("--model", help="converted embedded model directory (default: convert into the fresh home)")
-    p.add_argument("--threshold", type=float, default=memory_mod.DEFAULT_THRESHOLD)
+    p.add_argument("--threshold", type=float, default=RECALL_POLICY.threshold)
     p.add_argument("--relative-margin", type=lambda v: None if v == "off" else float(v),
-                   default=memory_mod.DEFAULT_RELATIVE_MARGIN, help="--dev: memory.relevant's margin, or 'off'")
+                   default=RECALL_POLICY.relative_margin, help="--dev: memory.relevant's margin, or 'off'")
     p.add_argument("--forms", help="--dev: comma-separated forms to measure, e.g. notes,lines@top1 "
                    "(see form_messages; default: every form; facts get 'none' only when listed)")
     p.add_argument("--cache", type=Path, help="--dev: JSON file of replies already generated (prompt -> "
@@ -503,16 +507,17 @@ def main(argv=None) -> int:
     p.add_argument("--answer-key", choices=("on", "off"), help="search by prompt + answer too "
                    "(memory.ANSWER_KEY; default: as the module has it)")
     p.add_argument("--lead-new-word", choices=("off", "before", "through"), help="how a note that tells no name "
-                   "or number leads the reply (memory.LEAD_NEW_WORD; default: as the module has it)")
+                   "or number leads the reply (notes.LEAD_NEW_WORD; default: as the module has it)")
     p.add_argument("--n-timing", type=int, default=10_000)
     p.add_argument("--part", choices=("all", "scenario", "timing"), default="all",
                    help="run one part only, keeping the other's figures in memory.json")
     args = p.parse_args(argv)
     cmd = "python bench/memory.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    global recall_policy
     if args.answer_key:
-        memory_mod.ANSWER_KEY = args.answer_key == "on"
+        recall_policy = replace(RECALL_POLICY, answer_key=args.answer_key == "on")
     if args.lead_new_word:
-        memory_mod.LEAD_NEW_WORD = args.lead_new_word
+        notes.LEAD_NEW_WORD = args.lead_new_word
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.dev:
         res = run_dev(args.model, args.threshold, args.forms.split(",") if args.forms else None, args.cache,
@@ -521,8 +526,8 @@ def main(argv=None) -> int:
     else:  # the scenario and the timing can run separately; each updates its part of memory.json
         stem, res = args.out or "memory", {}
         if args.part in ("all", "scenario"):
-            res.update(run_scenario(args.model), command=cmd, form=memory_mod.FORM,
-                       threshold=memory_mod.DEFAULT_THRESHOLD, top_k=memory_mod.DEFAULT_TOP_K)
+            res.update(run_scenario(args.model), command=cmd, form=notes.FORM,
+                       threshold=RECALL_POLICY.threshold, top_k=RECALL_POLICY.top_k)
         if args.part in ("all", "timing"):
             dev_questions = [q for it in load_jsonl(DEV) for q in it.get("paraphrases", it.get("probes", []))]
             res["timing"] = retrieval_timing(args.n_timing, dev_questions[:20])

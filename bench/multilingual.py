@@ -27,6 +27,9 @@ import numpy as np  # noqa: E402
 from assistant import memory as memory_mod  # noqa: E402
 from assistant.config import Config  # noqa: E402
 from assistant.embedders import installed_embedders, make_embedder  # noqa: E402
+from assistant.language import about_user, words  # noqa: E402
+from assistant.matching import search_keys, unit_rows  # noqa: E402
+from assistant.notes import reply_lead  # noqa: E402
 from store import conversations, feedback, open_db  # noqa: E402
 
 DEV = ROOT / "bench" / "recall_dev_multilingual.jsonl"
@@ -50,9 +53,9 @@ def teach(db, prompt: str, answer: str) -> str:
 
 def raw_best(mem: memory_mod.Memory, text: str, prompt: str, answer: str) -> float:
     """Cosine of `text` to the best search key of one correction (no rule applied)."""
-    keys = memory_mod.search_keys(prompt, answer)
-    vecs = memory_mod.unit_rows(mem.embedder.encode(keys))
-    q = memory_mod.unit_rows(mem.embedder.encode([text]))[0]
+    keys = search_keys(prompt, answer)
+    vecs = unit_rows(mem.embedder.encode(keys))
+    q = unit_rows(mem.embedder.encode([text]))[0]
     return float(np.max(vecs @ q))
 
 
@@ -73,7 +76,7 @@ def run(embedder_name: str, rows: list[dict]) -> dict:
                            "recalled": [g["feedback_id"] for g in got], "ok": bool(got) and got[0]["feedback_id"] == ids[f["id"]],
                            "top_score": got[0]["score"] if got else None,
                            "raw_best": round(raw_best(mem, text, f["teach"]["prompt"], f["teach"]["correction"]), 3),
-                           "lead": memory_mod.reply_lead(got) if got else None})
+                           "lead": reply_lead(got) if got else None})
     for c in (r for r in rows if r["kind"] == "control"):
         for text in c["probes"]:
             got = mem.recall(text)
@@ -85,7 +88,7 @@ def run(embedder_name: str, rows: list[dict]) -> dict:
         probes.append({"lang": lang, "id": "cross-en-cat", "kind": "cross", "text": text,
                        "recalled": [g["feedback_id"] for g in got], "ok": bool(got) and got[0]["feedback_id"] == cross_id,
                        "raw_best": round(raw_best(mem, text, CROSS["teach"]["prompt"], CROSS["teach"]["correction"]), 3),
-                       "guard_personal": memory_mod.about_user(memory_mod.words(text))})
+                       "guard_personal": about_user(words(text))})
     return {"embedder": embedder_name, "threshold": mem.threshold, "n_probes": len(probes),
             "seconds": round(time.perf_counter() - started, 1), "probes": probes, "summary": summarise(probes)}
 

@@ -13,12 +13,13 @@ bench/advice_dev.jsonl ask what to do about things the dev facts name ("What sho
 cat?"): a fact's expert or recalled note answers them with the fact, so both are counted.
 
 Run: make bench-routing, or python bench/routing.py [--embedders minilm,mpnet] [--answer-keys on|off] [--rerank on|off]
-[--out routing]
+[--same-thing on|off] [--out routing]
 """
 import argparse
 import json
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from benchkit import RESULTS, ROOT
@@ -26,6 +27,7 @@ from benchkit import RESULTS, ROOT
 import assistant.scope as scope_mod
 from assistant.config import DEFAULT_SYSTEM_PROMPT, Config
 from assistant.embedders import installed_embedders, make_embedder
+from assistant.matching import RECALL_POLICY, ROUTING_POLICY
 from assistant.memory import Memory
 from assistant.scope import AdapterScope, scope_personal, scope_told
 from learning.augment import augment_sft
@@ -42,6 +44,7 @@ DEV_SETS = [ROOT / "bench" / name for name in
              "recall_dev_pairs.jsonl",
              "teach_dev.jsonl")]
 ADVICE = ROOT / "bench" / "advice_dev.jsonl"
+POLICIES = {"routing": ROUTING_POLICY, "recall": RECALL_POLICY}  # as shipped unless main() is told otherwise
 
 
 def shown(path: Path) -> str:
@@ -112,7 +115,7 @@ def recall_memory(home: Path, facts: list[dict], embedder, reranker=None, **sett
                             source="bench", model="none", adapter_version=None, prompt_tokens=0,
                             completion_tokens=0, ttft_ms=None, duration_ms=0.0)
             add_feedback(db, turn, "correction", correction=correction)
-    return Memory(cfg, embedder, reranker=reranker, **settings)
+    return Memory(cfg, embedder, reranker=reranker, policy=POLICIES["recall"], **settings)
 
 
 def model_reranker(answer_fit: bool = True):
@@ -133,7 +136,7 @@ def left_out(facts: list[dict], embedder, lcfg: LearnConfig, reranker, where: Pa
         others = facts[:k] + facts[k + 1:]
         version = where / f"without-{k}" / "v1"
         owner, _ = write_version(version, others, lcfg)
-        scope = AdapterScope(embedder, reranker)
+        scope = AdapterScope(embedder, reranker, POLICIES["routing"])
         memory = recall_memory(where / f"without-{k}" / "home", others, embedder, reranker)
         for q in fact["paraphrases"]:
             key, _ = scope.route(1, version, q)
@@ -151,7 +154,7 @@ def measure(embedder_name: str, dev: Path, lcfg: LearnConfig, reranker=None, lea
     with tempfile.TemporaryDirectory() as tmp:
         version = Path(tmp) / "v1"
         owner, n_prompts = write_version(version, facts, lcfg)
-        scope = AdapterScope(embedder, reranker)
+        scope = AdapterScope(embedder, reranker, POLICIES["routing"])
         t0 = time.perf_counter()
         scope.warm(version)
         warm_s = time.perf_counter() - t0
@@ -258,18 +261,22 @@ def main(argv=None) -> int:
     p.add_argument("--embedders", default=",".join(installed_embedders()),
                    help="comma-separated (default: those installed, %(default)s; mpnet needs make install-mpnet)")
     p.add_argument("--answer-keys", choices=("on", "off"), default="on",
-                   help="route by each expert's prompt + answer too (assistant/scope.py EXPERT_ANSWER_KEYS)")
+                   help="route by each expert's prompt + answer too (assistant/matching.py MatchPolicy.answer_key)")
     p.add_argument("--rerank", choices=("on", "off"), default="on",
                    help="rerank close matches by the chat model (assistant/rerank.py; loads the embedded model)")
     p.add_argument("--fit", choices=("on", "off"), default="on",
                    help="with --rerank on: a match answers only if its answer fits the question (Config.answer_fit)")
+    p.add_argument("--same-thing", choices=("on", "off"), default="on",
+                   help="the same-thing check of recall and routing (assistant/matching.py MatchPolicy.same_thing)")
     p.add_argument("--leave-one-out", action="store_true",
                    help="also ask each fact's paraphrases with that fact left out (untaught questions; slower)")
     p.add_argument("--sets", type=lambda v: [Path(x).resolve() for x in v.split(",")], default=DEV_SETS,
                    help="comma-separated scenario files (default: the six dev sets)")
     p.add_argument("--out", default="routing", help="file stem under bench/results")
     args = p.parse_args(argv)
-    scope_mod.EXPERT_ANSWER_KEYS = args.answer_keys == "on"
+    same_thing = RECALL_POLICY.same_thing if args.same_thing == "on" else None
+    POLICIES["routing"] = replace(ROUTING_POLICY, answer_key=args.answer_keys == "on", same_thing=same_thing)
+    POLICIES["recall"] = replace(RECALL_POLICY, same_thing=same_thing)
     lcfg = LearnConfig()
     reranker = model_reranker(args.fit == "on") if args.rerank == "on" else None
     results = []
@@ -287,7 +294,7 @@ def main(argv=None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     sets = "" if args.sets == DEV_SETS else " --sets " + ",".join(map(shown, args.sets))
     cmd = (f"python bench/routing.py --embedders {args.embedders} --answer-keys {args.answer_keys} "
-           f"--rerank {args.rerank} --fit {args.fit}{' --leave-one-out' if args.leave_one_out else ''}{sets} --out {args.out}")
+           f"--rerank {args.rerank} --fit {args.fit} --same-thing {args.same_thing}{' --leave-one-out' if args.leave_one_out else ''}{sets} --out {args.out}")
     (RESULTS / f"{args.out}.json").write_text(json.dumps(results, indent=1))
     (RESULTS / f"{args.out}.md").write_text(markdown(results, cmd))
     print(f"wrote bench/results/{args.out}.md")

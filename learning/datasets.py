@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from assistant.embedders import make_embedder
-from assistant.memory import Embedder, unit_rows  # one embedder interface: .encode(texts)
+from assistant.matching import Embedder, unit_rows  # one embedder interface: .encode(texts)
 from learning.config import LearnConfig
 from store.text import question_key
 

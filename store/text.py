@@ -3,11 +3,18 @@ training row (SFT row or preference pair, learning/datasets.py) asks and answers
 import re
 
 
+def tokens(text: str | None) -> list[str]:
+    """The project's one tokenizer: lower-case words and numbers in order, in any script
+    ("What's" -> "what", "s"; "Tromsø" -> "tromsø"). The language rules (assistant/language.py)
+    and the same-question key below both read text through it."""
+    return re.findall(r"\w+", (text or "").lower())
+
+
 def question_key(text: str | None) -> str:
-    """Two messages ask 'the same question' when they differ only in case, spacing and punctuation
-    ("So, who is my manager?" and "so who is my manager"); a later correction of the same
-    question replaces the earlier one (store/feedback.py)."""
-    return " ".join(re.sub(r"[^\w\s']", " ", (text or "").lower()).split())
+    """Two messages ask 'the same question' when they have the same `tokens`: they differ only in
+    case, spacing and punctuation ("So, who is my manager?" and "so who is my manager"); a later
+    correction of the same question replaces the earlier one (store/feedback.py)."""
+    return " ".join(tokens(text))
 
 
 def question_and_answer(row: dict) -> tuple[str | None, str]:

@@ -233,8 +233,8 @@ def test_a_habit_adapter_that_cannot_load_leaves_the_prompt_to_the_base_weights(
     assert chat.route(1, str(path), "How many legs does a spider have?") == (None, None)  # not the version
 
 
-def test_a_paraphrase_near_what_an_expert_answered_is_routed_to_it(tiny_model_path, tmp_path, monkeypatch):
-    import assistant.scope as scope_mod
+def test_a_paraphrase_near_what_an_expert_answered_is_routed_to_it(tiny_model_path, tmp_path):
+    from assistant.matching import ROUTING_POLICY
 
     path = _version_with_experts(tiny_model_path, tmp_path / "v1")
     meta = json.loads((path / "meta.json").read_text())
@@ -243,8 +243,8 @@ def test_a_paraphrase_near_what_an_expert_answered_is_routed_to_it(tiny_model_pa
     question = "Is Halvorsen Robotics in Trondheim my employer?"  # no word of the prompt "Where do I work?"
     work = ((1, "expert:v1-1"), str(path / EXPERTS_DIR / "v1-1"))
     assert AdapterScope(Embedder()).route(1, path, question) == work
-    monkeypatch.setattr(scope_mod, "EXPERT_ANSWER_KEYS", False)
-    assert AdapterScope(Embedder()).route(1, path, question) == (None, None)  # the prompts alone: outside
+    prompts_alone = dataclasses.replace(ROUTING_POLICY, answer_key=False)
+    assert AdapterScope(Embedder(), policy=prompts_alone).route(1, path, question) == (None, None)  # the prompts alone: outside
 
 
 def test_the_expert_of_a_correction_taken_back_is_not_kept(tiny_model_path, tmp_path):

@@ -45,10 +45,10 @@ def test_recall_lists_the_reranked_order_and_keeps_the_similarity(cfg, db):
     correct(db, "Which hospital is my workplace?", HOSPITAL)
     correct(db, "Which university is my school?", SCHOOL)
     question = "What is my school workplace?"  # equally near both by words
-    plain = Memory(cfg, embedder=HashEmbedder(), threshold=0.3, margin=None).recall(question)
+    plain = Memory(cfg, embedder=HashEmbedder(), threshold=0.3, gap=None).recall(question)
     assert len(plain) == 2
     for word in ("study", "Hospital"):
-        found = Memory(cfg, embedder=HashEmbedder(), threshold=0.3, margin=None,
+        found = Memory(cfg, embedder=HashEmbedder(), threshold=0.3, gap=None,
                        reranker=Prefers(word)).recall(question)
         assert word in found[0]["correction"]
         assert found[0]["rank"] > found[1]["rank"]
@@ -124,12 +124,12 @@ def test_an_answer_that_does_not_fit_the_question_is_not_recalled(cfg, db):
     correct(db, "Which university is my school?", SCHOOL)
     question = "What is my school workplace?"
     fits = Fits("Hospital", misfit="Hospital")
-    found = Memory(cfg, embedder=HashEmbedder(), threshold=0.3, margin=None, reranker=fits).recall(question)
+    found = Memory(cfg, embedder=HashEmbedder(), threshold=0.3, gap=None, reranker=fits).recall(question)
     assert [r["correction"] for r in found] == [SCHOOL]  # preferred by likelihood, but its answer does not fit
     assert sorted(a for _, a in fits.asked[0]) == sorted([HOSPITAL, SCHOOL])  # asked with its corrected question
     assert ("Which hospital is my workplace?", HOSPITAL) in fits.asked[0]
     none_fit = Fits("study", misfit="You")
-    assert Memory(cfg, embedder=HashEmbedder(), threshold=0.3, margin=None, reranker=none_fit).recall(question) == []
+    assert Memory(cfg, embedder=HashEmbedder(), threshold=0.3, gap=None, reranker=none_fit).recall(question) == []
 
 
 def test_routing_skips_an_expert_whose_answer_does_not_fit(tmp_path):

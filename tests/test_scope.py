@@ -118,7 +118,7 @@ def test_a_question_naming_the_users_thing_with_the_reaches_its_prompt(tmp_path)
 def test_a_prompt_clearly_nearer_the_scope_than_ordinary_requests_is_covered(tmp_path, monkeypatch):
     from tests.test_memory import ORDINARY
 
-    monkeypatch.setattr("assistant.memory.replay_prompts", lambda: ORDINARY)
+    monkeypatch.setattr("assistant.matching.replay_prompts", lambda: ORDINARY)
     scope = AdapterScope(Embedder())
     with_margin = scoped(tmp_path / "new", ["Who is my piano teacher?"], threshold=0.9, margin=0.1)
     older = scoped(tmp_path / "old", ["Who is my piano teacher?"], threshold=0.9)  # written without a margin

@@ -1,0 +1,182 @@
+"""The English rules matching uses, in one place: may something learned from one question answer
+another? Recall (assistant/memory.py) and expert routing (assistant/scope.py) both apply them
+through `assistant/matching.py`; the learner never does.
+
+Contract: pure functions of text, no model. One tokenizer (`store.text.tokens`, the one the
+store's same-question key uses too) and these rules:
+- `about_user` (FIRST_PERSON): a correction of a question about the user answers only questions
+  about the user, or ones naming something it told (`told_words`). Kept by
+  bench/results/memory.dev-confusable.md (general questions on the user's topics).
+- `asks_way` (HOW_QUANTITIES, ADVICE_MODALS, ADVICE_SUBJECTS): a question asking how, or what to
+  do, is not answered by a fact. Kept by bench/results/routing-before-advice.md against routing.md.
+- `referred` / `named_things` (REFERRING, NAMING_DETERMINERS, GENERIC_MODIFIERS, PHRASE_ENDS): a
+  question naming the user's thing with "the" ("the family boat") may reach what the user taught
+  about it. Kept by bench/results/routing-refers.md against routing-before-refers.md.
+- `owned_things` (OWNING_DETERMINERS): the things a question names as the user's ("my wife", "our
+  boat"), which matching compares by the embedder (matching.SameThing). Kept by
+  bench/results/routing-things.md against routing-things-before.md.
+- `split_at_told` / `split_at_new_word` (LEAD_FRAME_WORDS): where a recalled answer's reply lead
+  ends. Kept by bench/results/memory.dev-leadcontent-*.md.
+The measurements behind each rule are in bench/HISTORY.md ("Language rules").
+"""
+import re
+
+from store.text import tokens
+
+FIRST_PERSON = frozenset("i me my mine myself we us our ours ourselves".split())
+HOW_QUANTITIES = frozenset("many much old tall big large long far heavy".split())  # "how many" asks a quantity
+ADVICE_MODALS = frozenset("should shall ought can could".split())
+ADVICE_SUBJECTS = frozenset("i we my our".split())  # "Should I ...?" asks what to do; "Can you ...?" does not
+# Words that frame an answer rather than tell something ("Your cat is called ...").
+LEAD_FRAME_WORDS = frozenset(
+    "a an the is are was were am be been being has have had do does did you your yours i my me we our us "
+    "it its this that these those of to in on at for by as with from and or s called named name yes no".split())
+# A capitalised function word ("The" of "The Paper Kites") is not something an answer told.
+FUNCTION_WORDS = LEAD_FRAME_WORDS - {"called", "named", "name", "yes", "no"}
+REFERRING = frozenset({"the"})
+NAMING_DETERMINERS = frozenset({"my", "our", "the"})
+OWNING_DETERMINERS = frozenset({"my", "our", "your"})
+WH_KINDS = {"who": "who", "whom": "who", "whose": "who", "when": "when", "where": "where", "why": "why",
+            "how": "how", "what": "what", "which": "what"}
+TIME_NOUNS = frozenset("time date day hour year month week".split())
+NAME_WORDS = frozenset({"name", "called", "named"})
+DO_FORMS = frozenset({"do", "does", "did"})
+# A phrase that picks one out of a kind speaks of the kind ("the most common blood type").
+GENERIC_MODIFIERS = frozenset("most least best worst common typical average usual normal ideal standard".split())
+# Where a named thing's phrase ends: function words (not the "s" of a possessive, "car's
+# registration number"), the words that ask for a name, question words and prepositions.
+PHRASE_ENDS = (FUNCTION_WORDS - {"s"}) | NAME_WORDS | set(WH_KINDS) | set(
+    "about into over under near after before during up down out off".split())
+
+
+def words(text: str) -> set[str]:
+    """Lower-case words ("Ingrid's" -> "ingrid", "s")."""
+    return set(tokens(text))
+
+
+def about_user(text_words: set[str]) -> bool:
+    """Does a question with these words ask about the user (a first-person word)?"""
+    return bool(text_words & FIRST_PERSON)
+
+
+def told_words(prompt: str, answer: str) -> set[str]:
+    """The names and numbers an answer told beyond its question ("Your sister Ingrid's birthday
+    is on 14 March." -> ingrid, 14, march): `naming` words except FUNCTION_WORDS. Plain words
+    ("called", "negative") would let any general question through."""
+    return naming(prompt, answer) - FUNCTION_WORDS
+
+
+def naming(prompt: str, answer: str) -> set[str]:
+    """The words of `answer` not in `prompt` with a capital not opening a sentence, or a digit."""
+    found = set()
+    for sentence in re.split(r"(?<=[.!?])\s+", answer or ""):
+        for i, w in enumerate(re.findall(r"\w+", sentence)):
+            if any(c.isdigit() for c in w) or (i and w[0].isupper()):
+                found.add(w.lower())
+    return found - words(prompt)
+
+
+def may_answer(asked: set[str], personal: bool, told: set[str], other_kind: bool = False,
+               refers: bool = False) -> bool:
+    """The FIRST_PERSON guard: may something learned from a question (about the user or not,
+    having told `told`) answer a question with the words `asked`? `other_kind`: the question asks
+    for a way (`asks_way`) and the learned one did not, which only naming something told excuses.
+    `refers`: the question names a thing the learned one named, with "the" (`referred`)."""
+    return (not personal or bool(asked & told) or (about_user(asked) and not other_kind)
+            or (refers and not other_kind))
+
+
+def answer_kinds(text: str) -> frozenset[str]:
+    """What kind of answer a question asks for, by its first question word: who, what, when
+    (also "what time/date/day ..."), where, why or how; a name may be a person's or a thing's
+    ("What's the name of ...?": who or what). Empty for a question without one ("Is ...?")."""
+    found = tokens(text)
+    at = next((i for i, t in enumerate(found) if t in WH_KINDS), None)
+    if at is None:
+        return frozenset()
+    kind = WH_KINDS[found[at]]
+    if kind == "what" and TIME_NOUNS & set(found[at + 1:at + 3]):
+        return frozenset({"when"})
+    if kind == "what" and NAME_WORDS & set(found):
+        return frozenset({"what", "who"})
+    return frozenset({kind})
+
+
+def named_phrases(text: str, determiners: frozenset[str]) -> list[list[str]]:
+    """The words after each of `determiners` up to PHRASE_ENDS ("our new app" -> [new, app]).
+    After do/does/did the phrase is the subject and the verb follows it: "What time does my gym
+    class start?" -> [gym, class]."""
+    words_in_order, phrases, phrase = tokens(text), [], None
+    for i, t in enumerate(words_in_order):
+        if t in determiners:
+            phrase = []
+            phrases.append((words_in_order[i - 1] if i else "", phrase))
+        elif phrase is not None and t == "s":
+            continue
+        elif phrase is not None and t not in PHRASE_ENDS:
+            phrase.append(t)
+        else:
+            phrase = None
+    return [p[:-1] if before in DO_FORMS and len(p) > 1 else p for before, p in phrases if p]
+
+
+def named_things(learned_question: str) -> frozenset[tuple[str, str]]:
+    """(answer kind, head noun) for each thing a learned question named after my/our/the
+    ("What is the name of our family boat?" -> (what, boat), (who, boat), (what, name)...)."""
+    kinds = answer_kinds(learned_question)
+    return frozenset((k, p[-1]) for p in named_phrases(learned_question, NAMING_DETERMINERS) for k in kinds)
+
+
+def owned_things(text: str) -> tuple[str, ...]:
+    """The things `text` names as someone's own, each as its phrase ("What's my brother's son
+    called?" -> ("brother son",); "Who do I work for?" -> ())."""
+    return tuple(dict.fromkeys(" ".join(p) for p in named_phrases(text, OWNING_DETERMINERS)))
+
+
+def referred(question: str) -> frozenset[tuple[str, str]]:
+    """(answer kind, word) for each word of a phrase `question` opens with "the" (not one that
+    speaks of a kind, `generic`): a learned question's `named_things` it meets are what it
+    names the way the user did. See REFERRING."""
+    kinds = answer_kinds(question)
+    return frozenset((k, w) for p in named_phrases(question, REFERRING) if not generic(p) for w in p for k in kinds)
+
+
+def generic(phrase: list[str]) -> bool:
+    """Does a phrase speak of a kind rather than one thing (GENERIC_MODIFIERS, "-est")?"""
+    return any(w in GENERIC_MODIFIERS or (len(w) > 4 and w.endswith("est")) for w in phrase)
+
+
+def asks_way(text: str) -> bool:
+    """Does `text` ask for a way: how (not a quantity: HOW_QUANTITIES), or what the user should or
+    can do (ADVICE_MODALS before ADVICE_SUBJECTS)?"""
+    found = tokens(text)
+    if not found:  # no letter or digit (emoji, "???"): no "how"
+        return False
+    return any((t == "how" and nxt not in HOW_QUANTITIES) or (t in ADVICE_MODALS and nxt in ADVICE_SUBJECTS)
+               for t, nxt in zip(found, [*found[1:], ""], strict=True))
+
+
+def split_at_told(prompt: str, answer: str) -> tuple[str, str]:
+    """`answer` cut before the first name or number it told beyond `prompt` (`told_words`, with
+    a name's capitalised "The"): ("Your team writes the backend in", "Elixir."); ("", answer) when
+    it tells none."""
+    named = naming(prompt, answer)
+    for m in re.finditer(r"\w+", answer):
+        if m.group().lower() in named and not m.group().islower():  # "The", not an earlier "the"
+            return answer[:m.start()].rstrip(), answer[m.start():].strip()
+    return "", answer
+
+
+def split_at_new_word(prompt: str, answer: str, through: bool = True) -> tuple[str, str]:
+    """`answer` cut after (`through`) or before its first word that is neither in `prompt` nor
+    one of LEAD_FRAME_WORDS: ("You are learning the cello", ".") after "Which instrument am I
+    learning?"; ("", answer) when there is none or the answer opens with it."""
+    asked = words(prompt)
+    for m in re.finditer(r"\w+", answer):
+        w = m.group().lower()
+        if w not in asked and w not in LEAD_FRAME_WORDS:
+            if m.start() == 0:
+                break
+            cut = m.end() if through else m.start()
+            return answer[:cut].rstrip(), answer[cut:].strip()
+    return "", answer

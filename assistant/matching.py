@@ -1,0 +1,293 @@
+"""Matching a question against what was learned: the one mechanism recall (assistant/memory.py)
+and expert routing (assistant/scope.py) share.
+
+Contract:
+- `MatchPolicy`: every number matching uses, in one documented dataclass. Recall uses
+  `RECALL_POLICY`; a version's scope stores its own threshold and margin in meta.json
+  (learning/config.py scope_threshold, scope_margin), applied over `ROUTING_POLICY`.
+- `KeyIndex(matrix, owners, learned)`: unit vectors of search keys, each owned by an entry (a
+  correction, an expert, or None for the shared adapter) and described by a `Learned` (what the
+  question it came from asks, told and named). `.candidates(text, query, policy, ...)` -> the
+  best matching key per owner, best first: similarity at least the threshold (or the relative
+  margin above ordinary requests, `OrdinaryRequests`), and the guards passed (`allowed`).
+- `rank(text, candidates, reranker, pairs)`: the candidates whose answer fits the question
+  (assistant/rerank.py), ordered by the chat model's likelihood where a reranker is given.
+- `allowed(asked, learned, same_thing)`: the guards, in one place: the language rules
+  (assistant/language.py `may_answer`) and, by the embedder, whether a question naming a thing of
+  the user's own names the same thing the learned question did (`SameThing`).
+- `search_keys(prompt, answer, policy)`: the texts a correction is found by.
+"""
+import threading
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from assistant.language import (
+    about_user,
+    asks_way,
+    may_answer,
+    named_things,
+    owned_things,
+    referred,
+    told_words,
+    words,
+)
+from assistant.questions import reframings, replay_prompts
+from assistant.rerank import fitting, reranked
+
+
+class Embedder(Protocol):
+    def encode(self, texts: list[str]) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class MatchPolicy:
+    """How close is close enough. Every value was chosen on the dev sets, never on a scenario's
+    probes (bench/HISTORY.md, "Matching policy"):
+    - `threshold`: cosine similarity a key must reach (recall: bench/results/memory.dev*.md).
+    - `relative_margin`: or this much above the question's similarity to ordinary requests
+      (memory.dev-relative*.md); None: the threshold alone.
+    - `top_k`: at most this many matches go on (recalled notes; experts reranked).
+    - `gap`: a recalled note weaker than the best by more than this leaves the prompt
+      (memory.dev-margin*.md); None: all of the top k stay.
+    - `same_thing`: a question naming a thing of the user's own ("my wife") matches a learned
+      question naming one ("my cat") only when the embedder puts the two phrases at least this
+      close (routing-things.md); None: no such check.
+    - `reframed_keys`: how many reframings of a corrected prompt are search keys
+      (assistant/questions.py; memory.dev*.md).
+    - `answer_key`: the corrected prompt followed by its answer is a search key too
+      (memory.dev-answerkey-*.md, routing.md).
+    """
+    threshold: float = 0.45
+    relative_margin: float | None = 0.1
+    top_k: int = 3
+    gap: float | None = 0.05
+    same_thing: float | None = 0.45
+    reframed_keys: int = 4
+    answer_key: bool = True
+
+
+RECALL_POLICY = MatchPolicy()
+ROUTING_POLICY = MatchPolicy(threshold=0.5)  # a version's meta.json threshold and margin replace these
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def readable(embedder, text: str) -> bool:
+    """May `text` be matched by its embedding at all (SentenceEmbedder.readable)? Embedders
+    without that check (tests' stand-ins) read everything."""
+    check = getattr(embedder, "readable", None)
+    return True if check is None else check(text)
+
+
+def answer_key(prompt: str, answer: str) -> str:
+    """A correction found by what its answer says (MatchPolicy.answer_key)."""
+    return f"{prompt} {answer}"
+
+
+def search_keys(prompt: str, answer: str | None = None, policy: MatchPolicy = RECALL_POLICY) -> list[str]:
+    """The texts a correction is found by: its prompt, its first `reframed_keys` reframings and,
+    with `answer_key`, the prompt followed by its corrected answer."""
+    qa = [answer_key(prompt, answer)] if policy.answer_key and answer else []
+    return [prompt] + reframings(prompt)[:policy.reframed_keys] + qa
+
+
+def relevant(scores: np.ndarray, threshold: float, ordinary: float, margin: float | None) -> np.ndarray:
+    """Which similarities count as a match: at least `threshold`, or (with a `margin`) at least
+    `margin` above the query's similarity to ordinary requests."""
+    scores = np.asarray(scores)
+    hit = scores >= threshold
+    return hit if margin is None else hit | (scores - ordinary >= margin)
+
+
+class OrdinaryRequests:
+    """How near a text is to what users ask in general: its best cosine similarity to the generic
+    prompts of learning/replay_prompts.jsonl (capitals, recipes, "How do I plant a tree?"), which
+    no correction wrote and no test set chose. Embedded once, on first use (144 prompts)."""
+
+    def __init__(self, embedder: Embedder):
+        self.embedder = embedder
+        self._lock = threading.Lock()
+        self._matrix: np.ndarray | None = None
+
+    def warm(self) -> np.ndarray:
+        """Embed the prompts now (about 0.25 s with MiniLM on this CPU) rather than in a turn."""
+        with self._lock:
+            if self._matrix is None:
+                self._matrix = unit_rows(self.embedder.encode(replay_prompts()))
+            return self._matrix
+
+    def similarity(self, query: np.ndarray) -> float:
+        """`query`: a unit vector from the same embedder."""
+        return float((self.warm() @ query).max())
+
+    def relevant(self, scores, query: np.ndarray, threshold: float, margin: float | None) -> np.ndarray:
+        """`relevant` for a query embedded as `query`; the prompts are embedded only when a
+        margin asks for them."""
+        return relevant(scores, threshold, self.similarity(query) if margin is not None else 0.0, margin)
+
+
+_ORDINARY: "weakref.WeakKeyDictionary[Embedder, OrdinaryRequests]" = weakref.WeakKeyDictionary()
+_ORDINARY_LOCK = threading.Lock()
+
+
+def ordinary_requests(embedder: Embedder) -> OrdinaryRequests:
+    """The one OrdinaryRequests of `embedder`: recall and the adapters' scope share the runtime's
+    embedder, and so the prompts are embedded once."""
+    with _ORDINARY_LOCK:
+        found = _ORDINARY.get(embedder)
+        if found is None:
+            found = _ORDINARY[embedder] = OrdinaryRequests(embedder)
+        return found
+
+
+class SameThing:
+    """Do two questions name the same thing of the user's own? MiniLM puts "What is my X's name?"
+    near "What is my Y's name?" whatever X and Y, so the sentences cannot tell; the phrases
+    alone can ("wife" and "spouse" are close, "wife" and "cat" are not). Phrase vectors are
+    kept (a few thousand short texts at most)."""
+
+    KEPT = 4096
+
+    def __init__(self, embedder: Embedder):
+        self.embedder = embedder
+        self._lock = threading.Lock()
+        self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def similarity(self, asked: tuple[str, ...], learned: tuple[str, ...]) -> float:
+        """The best cosine similarity between a phrase of `asked` and one of `learned`."""
+        a, b = self._embedded(asked), self._embedded(learned)
+        return float((a @ b.T).max())
+
+    def allows(self, asked: tuple[str, ...], learned: tuple[str, ...], threshold: float | None) -> bool:
+        """True unless both name things of their own and none of them is `threshold` close."""
+        if threshold is None or not asked or not learned or set(asked) & set(learned):
+            return True
+        return self.similarity(asked, learned) >= threshold
+
+    def _embedded(self, phrases: tuple[str, ...]) -> np.ndarray:
+        with self._lock:
+            todo = [p for p in dict.fromkeys(phrases) if p not in self._vectors]
+        if todo:
+            fresh = unit_rows(self.embedder.encode(todo))
+            with self._lock:
+                self._vectors.update(zip(todo, fresh, strict=True))
+                while len(self._vectors) > self.KEPT:
+                    self._vectors.popitem(last=False)
+        with self._lock:
+            return np.stack([self._vectors[p] for p in phrases])
+
+
+_SAME_THING: "weakref.WeakKeyDictionary[Embedder, SameThing]" = weakref.WeakKeyDictionary()
+
+
+def same_thing(embedder: Embedder) -> SameThing:
+    """The one SameThing of `embedder` (recall and routing share its phrase vectors)."""
+    with _ORDINARY_LOCK:
+        found = _SAME_THING.get(embedder)
+        if found is None:
+            found = _SAME_THING[embedder] = SameThing(embedder)
+        return found
+
+
+@dataclass(frozen=True)
+class Learned:
+    """What the guards know about a learned question (and the answer it was taught)."""
+    personal: bool  # about the user (language.about_user)
+    way: bool  # asks how or what to do (language.asks_way)
+    told: frozenset  # names and numbers its answer told (language.told_words)
+    things: frozenset  # (answer kind, head noun) it named (language.named_things)
+    owned: tuple  # the things it named as the user's own (language.owned_things)
+
+
+def learned(question: str, answer: str | None = None, *, personal: bool | None = None,
+            told: frozenset | None = None, also_named: tuple[str, ...] = ()) -> Learned:
+    """A `Learned` for `question`; `personal` and `told` where the caller knows better than the
+    question's own words (a keyword rewrite of a question about the user; a scope's told words),
+    `also_named`: questions of the same thing whose owned things count too (ones it replaced)."""
+    owned = tuple(dict.fromkeys(p for q in (question, *also_named) for p in owned_things(q)))
+    return Learned(personal=about_user(words(question)) if personal is None else personal,
+                   way=asks_way(question),
+                   told=frozenset(told_words(question, answer or "")) if told is None else frozenset(told),
+                   things=named_things(question), owned=owned)
+
+
+@dataclass(frozen=True)
+class Asked:
+    """The question being matched, read once."""
+    words: frozenset
+    way: bool
+    referred: frozenset
+    owned: tuple
+
+
+def asked(text: str) -> Asked:
+    return Asked(frozenset(words(text)), asks_way(text), referred(text), owned_things(text))
+
+
+def allowed(question: Asked, source: Learned, things: SameThing | None, policy: MatchPolicy) -> bool:
+    """May what was learned from `source` answer `question`? The language guard
+    (language.may_answer), then the same-thing check (`SameThing`, MatchPolicy.same_thing)."""
+    other_kind = question.way and not source.way
+    if not may_answer(set(question.words), source.personal, set(source.told), other_kind,
+                      bool(question.referred & source.things)):
+        return False
+    return things is None or things.allows(question.owned, source.owned, policy.same_thing)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    owner: object  # the KeyIndex owner: a correction's position, an expert's name, None
+    key: int  # the matched key's row
+    score: float
+
+
+class KeyIndex:
+    """Search keys as unit rows of one matrix; per row, its owner and its `Learned`. One matrix
+    product per question: 10,000 corrections (60,000 keys) cost a few milliseconds beyond
+    embedding the question."""
+
+    def __init__(self, matrix: np.ndarray, owners: list, sources: list[Learned]):
+        if not (len(matrix) == len(owners) == len(sources)):
+            raise ValueError(f"{len(matrix)} keys, {len(owners)} owners, {len(sources)} sources")
+        self.matrix, self.owners, self.sources = matrix, owners, sources
+
+    def __len__(self) -> int:
+        return len(self.owners)
+
+    def scores(self, query: np.ndarray) -> np.ndarray:
+        return self.matrix @ query if len(self.owners) else np.zeros(0, dtype=np.float32)
+
+    def candidates(self, text: str, query: np.ndarray, policy: MatchPolicy, ordinary: OrdinaryRequests,
+                   things: SameThing | None) -> list[Candidate]:
+        """The best matching key of each owner that may answer `text`, best first."""
+        scores = self.scores(query)
+        if not len(scores):
+            return []
+        hits = np.flatnonzero(ordinary.relevant(scores, query, policy.threshold, policy.relative_margin))
+        question, found, seen = asked(text), [], set()
+        for i in hits[np.argsort(-scores[hits], kind="stable")]:
+            owner = self.owners[i]
+            if owner in seen or not allowed(question, self.sources[i], things, policy):
+                continue
+            seen.add(owner)
+            found.append(Candidate(owner, int(i), float(scores[i])))
+        return found
+
+
+def rank(text: str, candidates: list[Candidate], pairs: list[tuple[str | None, str | None]],
+         reranker) -> list[tuple[Candidate, float]]:
+    """Of `candidates` (each with its learned (question, answer) in `pairs`), those whose answer
+    fits `text` (rerank.fitting), each with its rank (rerank.reranked: the chat model's
+    likelihood, or the score without a reranker), best first."""
+    fit = fitting(reranker, text, pairs)
+    kept = [(c, p) for c, p, ok in zip(candidates, pairs, fit, strict=True) if ok]
+    ranks = reranked(text, [c.score for c, _ in kept], [p[1] for _, p in kept], reranker)
+    return sorted(((c, float(r)) for (c, _), r in zip(kept, ranks, strict=True)), key=lambda cr: -cr[1])
