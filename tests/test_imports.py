@@ -157,3 +157,50 @@ def test_recall_and_routing_need_no_learning_module(recall):
     """Finding a correction (memory), routing to an adapter or expert (scope) and linking an
     update (supersede) are the serving side's own: learning/ may import them, not they it."""
     assert not sorted(m for m in reachable(import_graph(), recall) if m.split(".")[0] == "learning")
+
+
+# What learning/ may import from assistant/ (test_allowed_import_directions): the serving side's
+# public modules, each for a reason, and nothing else.
+LEARNING_MAY_IMPORT = {
+    "assistant.config",  # defaults (the system prompt) and the server's Config
+    "assistant.errors",  # the errors both sides raise and catch
+    "assistant.embedders",  # the sentence embedder recall and routing use
+    "assistant.questions",  # the generic prompts (self-replay, reframings)
+    "assistant.matching",  # unit_rows and the Embedder interface, as recall matches
+    "assistant.model",  # the served model (ServedModel, resolve_model, pick_device, adapter checks)
+    "assistant.scope",  # what a version's scope records (scope_told, scope_personal), as routing reads it
+    "assistant.serving",  # build_served: the model, reranker and scope wired as the chat wires them
+}
+
+
+def layering_violations(graph: dict[str, set[str]]) -> dict[str, list[str]]:
+    """Per module, the imports against the layering (test_allowed_import_directions)."""
+    wrong = {}
+    for module, deps in graph.items():
+        layer = module.split(".")[0]
+        if layer == "store":
+            bad = [d for d in deps if d.split(".")[0] in ("assistant", "learning")]
+        elif layer == "learning":
+            bad = [d for d in deps if d.split(".")[0] == "assistant" and d not in LEARNING_MAY_IMPORT]
+        else:
+            bad = []
+        if bad:
+            wrong[module] = sorted(bad)
+    return wrong
+
+
+def test_allowed_import_directions():
+    """The layers, lowest first: store/ imports neither assistant/ nor learning/ (files and the
+    database only; an adapter directory's layout and meta.json are store/manifest.py's);
+    learning/ imports from assistant/ only LEARNING_MAY_IMPORT: config, errors, embedders,
+    questions, matching, model, scope and serving, the public faces of the serving side, never its
+    internals (rerank, memory, chat, the UI, the API, the split-out parts of model.py); assistant/
+    may import learning/ (the UI and the CLI start and review learning cycles)."""
+    wrong = layering_violations(import_graph())
+    assert not wrong, f"imports against the layering (see the docstring): {wrong}"
+
+
+def test_the_layering_check_sees_a_wrong_import():
+    graph = {"store.db": {"assistant.chat", "store.text"}, "learning.train": {"assistant.rerank", "assistant.model"},
+             "assistant.ui": {"learning.learner"}}
+    assert layering_violations(graph) == {"store.db": ["assistant.chat"], "learning.train": ["assistant.rerank"]}
