@@ -112,11 +112,11 @@ def needed_texts(items: list[dict], lcfg: LearnConfig) -> list[str]:
     (taught items, canaries, dev probes). The corrections are logged as the feed logs them,
     with a stand-in answer (no model needed; answers are never embedded)."""
     from assistant.config import DEFAULT_SYSTEM_PROMPT
-    from assistant.scope import scope_prompts
     from learning import datasets
     from learning.augment import augment_sft
     from learning.evaluate import load_canaries
     from store import conversations, feedback, open_db
+    from store.text import scope_prompts
 
     seen: list[str] = []
 

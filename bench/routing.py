@@ -29,10 +29,11 @@ from assistant.config import DEFAULT_SYSTEM_PROMPT, Config
 from assistant.embedders import installed_embedders, make_embedder
 from assistant.matching import RECALL_POLICY, ROUTING_POLICY
 from assistant.memory import Memory
-from assistant.scope import AdapterScope, scope_personal, scope_told
+from assistant.scope import AdapterScope
 from learning.augment import augment_sft
 from learning.config import LearnConfig
 from learning.probes import probe_list
+from learning.scopes import scope_personal, scope_told
 from store import open_db
 from store.conversations import create_conversation, log_turn
 from store.feedback import add_feedback

@@ -285,7 +285,7 @@ def adapter_scope(job: TrainJob, sft_rows: list[dict], experts: list[dict] | Non
     the next cycle (ChatService._taken_back). So do the names it told (unless a kept expert
     or this job's rows tell them too): they would let questions naming them past the
     first-person guard."""
-    from assistant.scope import scope_personal, scope_told, told_by_answers
+    from learning.scopes import scope_personal, scope_told, told_by_answers
     from store.manifest import read_experts, read_scope
     from store.text import question_and_answer, question_key, scope_prompts
 

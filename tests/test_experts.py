@@ -7,11 +7,12 @@ import torch
 
 from assistant.chat import ChatService
 from assistant.model import ServedModel
-from assistant.scope import EXPERTS_DIR, AdapterScope, read_experts, read_scope
+from assistant.scope import AdapterScope
 from learning.experts import expert_groups
 from learning.scoring import Scorer
 from learning.train import TrainJob, train_candidate
 from store import adapters, conversations, feedback
+from store.manifest import EXPERTS_DIR, read_experts, read_scope
 from tests.lora import corrupt_adapter, make_adapter, register
 from tests.test_datasets import turn
 from tests.test_memory import HashEmbedder as Embedder

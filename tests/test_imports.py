@@ -167,8 +167,8 @@ LEARNING_MAY_IMPORT = {
     "assistant.embedders",  # the sentence embedder recall and routing use
     "assistant.questions",  # the generic prompts (self-replay, reframings)
     "assistant.matching",  # unit_rows and the Embedder interface, as recall matches
+    "assistant.language",  # the rules a scope's records are computed by (learning/scopes.py), as routing reads them
     "assistant.model",  # the served model (ServedModel, resolve_model, pick_device, adapter checks)
-    "assistant.scope",  # what a version's scope records (scope_told, scope_personal), as routing reads it
     "assistant.serving",  # build_served: the model, reranker and scope wired as the chat wires them
 }
 
@@ -193,7 +193,7 @@ def test_allowed_import_directions():
     """The layers, lowest first: store/ imports neither assistant/ nor learning/ (files and the
     database only; an adapter directory's layout and meta.json are store/manifest.py's);
     learning/ imports from assistant/ only LEARNING_MAY_IMPORT: config, errors, embedders,
-    questions, matching, model, scope and serving, the public faces of the serving side, never its
+    questions, matching, language, model and serving, the public faces of the serving side, never its
     internals (rerank, memory, chat, the UI, the API, the split-out parts of model.py); assistant/
     may import learning/ (the UI and the CLI start and review learning cycles)."""
     wrong = layering_violations(import_graph())

@@ -130,8 +130,8 @@ def test_a_version_that_learned_part_of_its_corrections_goes_live_and_the_rest_i
 
 
 def test_a_deleted_conversation_takes_its_expert_out_of_the_next_version(cfg, db, monkeypatch):
-    from assistant.scope import read_experts
     from store import conversations
+    from store.manifest import read_experts
 
     monkeypatch.setattr(learner, "_gate", fake_gate(True))
     teach(db, n=2)
@@ -152,7 +152,7 @@ def test_a_forgotten_correction_starts_a_cycle_that_drops_its_expert_once(cfg, d
     """Forgetting leaves the weights at the next cycle even when nothing new was taught: the
     take-back starts it (the auto-trigger's rule too), and once a cycle has acted on it, it
     starts no other (a continued shared adapter may still hold it)."""
-    from assistant.scope import read_experts
+    from store.manifest import read_experts
 
     monkeypatch.setattr(learner, "_gate", fake_gate(True))
     lcfg = LearnConfig(**TINY, refit_corrections=refit_corrections)

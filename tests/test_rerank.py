@@ -6,7 +6,8 @@ import pytest
 
 from assistant.memory import Memory
 from assistant.rerank import GAP, WEIGHT, ModelReranker, fitting, reranked
-from assistant.scope import EXPERTS_DIR, AdapterScope
+from assistant.scope import AdapterScope
+from store.manifest import EXPERTS_DIR
 from tests.lora import make_adapter
 from tests.test_memory import HashEmbedder, correct
 

@@ -5,11 +5,14 @@ import json
 import pytest
 
 from assistant.chat import ChatService
-from assistant.scope import EXPERTS_DIR, AdapterScope, read_scope, scope_personal, scope_prompts, scope_told
+from assistant.scope import AdapterScope
 from learning.augment import augment_sft
 from learning.config import LearnConfig
+from learning.scopes import scope_personal, scope_told
 from learning.scoring import Scorer
 from store import adapters, conversations
+from store.manifest import EXPERTS_DIR, read_scope
+from store.text import scope_prompts
 from tests.lora import make_adapter, register
 from tests.test_memory import HashEmbedder as Embedder
 
