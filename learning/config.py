@@ -93,12 +93,13 @@ class LearnConfig:
     other prompt is answered by the base weights, untouched by training. None: the adapter
     answers everything. 0.5 was recall's threshold when scopes were introduced, chosen on
     bench/recall_dev.jsonl for the same question (is this prompt about a corrected one?); recall
-    has since moved to 0.45 (memory.DEFAULT_THRESHOLD, with its first-person guard), the scope has
-    not been re-measured at 0.45."""
+    has since moved to 0.45 (assistant/matching.py RECALL_POLICY, with its first-person guard), the
+    scope has not been re-measured at 0.45. Written into each version's meta.json, where routing
+    reads it (matching.ROUTING_POLICY holds the rest of the routing policy)."""
     scope_margin: float | None = 0.1
     """A prompt below `scope_threshold` is in scope too when its similarity to the scope is at
-    least this much above its similarity to ordinary requests (assistant/memory.py `relevant`,
-    DEFAULT_RELATIVE_MARGIN, the same rule as recall's). None: the threshold alone. On our dev
+    least this much above its similarity to ordinary requests (assistant/matching.py `relevant`,
+    MatchPolicy.relative_margin, the same rule as recall's). None: the threshold alone. On our dev
     scenario (bench/results/learn-dev.md, seed 0) it taught 45/48 paraphrases instead of 44/48:
     "Where does my team file tickets?" reached the adapter; controls stayed 15/20, canaries 40/40."""
     experts: bool = True
