@@ -46,7 +46,7 @@ class Config:
     recall: bool = True
     """Put past corrections similar to the message into the prompt, so an answer is right before it is learned."""
     # A reply with a recalled correction starts with that correction's opening words
-    # (assistant/memory.py reply_lead). Chosen on our dev sets (bench/results/memory.dev-lead*.md):
+    # (assistant/notes.py reply_lead). Chosen on our dev sets (bench/results/memory.dev-lead*.md):
     # facts answered 64/64 instead of 62/64 on recall_dev.jsonl, 55/64 instead of 48/64 on
     # recall_dev_confusable.jsonl, no control reply changed. A note that tells no name or number
     # leads through the first word of its own (memory.LEAD_NEW_WORD).
