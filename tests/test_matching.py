@@ -1,0 +1,100 @@
+"""The one matcher of recall and routing (assistant/matching.py): the key index, the policy, the
+guards in one place. Stand-in vectors, so each case says exactly which similarity it sets up;
+tests/test_memory.py runs the shipped policy against the real MiniLM."""
+import numpy as np
+import pytest
+
+from assistant.matching import (
+    RECALL_POLICY,
+    ROUTING_POLICY,
+    KeyIndex,
+    MatchPolicy,
+    SameThing,
+    allowed,
+    asked,
+    learned,
+    unit_rows,
+)
+
+
+class Ordinary:
+    """OrdinaryRequests at a fixed similarity."""
+
+    def __init__(self, similarity: float):
+        self.value = similarity
+
+    def relevant(self, scores, query, threshold, margin):
+        scores = np.asarray(scores)
+        return scores >= threshold if margin is None else (scores >= threshold) | (scores - self.value >= margin)
+
+
+class Phrases:
+    """Phrase vectors by a table: equal phrases 1.0, a listed pair its value, others 0."""
+
+    def __init__(self, close: dict[frozenset, float]):
+        self.close, self.slots = close, {}
+
+    def encode(self, texts):
+        out = np.zeros((len(texts), 64), dtype=np.float32)
+        for i, t in enumerate(texts):
+            out[i, self.slots.setdefault(t, len(self.slots))] = 1.0
+            for pair, sim in self.close.items():
+                if t in pair:  # a shared direction worth `sim` of the pair's cosine once normalised
+                    out[i, 63] = np.sqrt(sim / (1 - sim))
+        return out
+
+
+def index_of(sims: list[float], sources: list, owners: list | None = None) -> tuple[KeyIndex, np.ndarray]:
+    """Keys at the given similarities to the query (unit vectors in 2-D)."""
+    keys = unit_rows(np.array([[s, np.sqrt(max(1 - s * s, 0.0))] for s in sims]))
+    return KeyIndex(keys, owners or list(range(len(sims))), sources), np.array([1.0, 0.0], dtype=np.float32)
+
+
+def test_the_policies_hold_every_number_in_one_place():
+    assert RECALL_POLICY.threshold == 0.45 and ROUTING_POLICY.threshold == 0.5
+    assert RECALL_POLICY.relative_margin == ROUTING_POLICY.relative_margin == 0.1
+    assert RECALL_POLICY.same_thing == ROUTING_POLICY.same_thing == 0.45
+    with pytest.raises(AttributeError):
+        RECALL_POLICY.threshold = 0.3  # frozen: a bench or a test makes its own, never edits the shipped one
+
+
+def test_candidates_are_the_best_key_of_each_owner_above_the_threshold_best_first():
+    general = learned("What is the capital of France?")
+    index, query = index_of([0.9, 0.7, 0.6, 0.3], [general] * 4, owners=["a", "b", "a", "c"])
+    found = index.candidates("What is the capital of France?", query, MatchPolicy(threshold=0.5, relative_margin=None),
+                             Ordinary(0.0), None)
+    assert [(c.owner, c.key) for c in found] == [("a", 0), ("b", 1)]
+    assert found[0].score == pytest.approx(0.9)
+
+
+def test_a_weaker_key_counts_when_clearly_nearer_than_ordinary_requests():
+    index, query = index_of([0.4], [learned("Who is my piano teacher?")])
+    policy = MatchPolicy(threshold=0.5, relative_margin=0.1)
+    assert index.candidates("Who is my piano teacher now?", query, policy, Ordinary(0.25), None)
+    assert not index.candidates("Who is my piano teacher now?", query, policy, Ordinary(0.35), None)
+
+
+def test_the_guards_keep_a_personal_correction_from_a_general_question():
+    mine = learned("What is my blood type?", "Your blood type is O negative.")
+    policy = MatchPolicy(same_thing=None)
+    assert allowed(asked("What's my blood group?"), mine, None, policy)
+    assert not allowed(asked("What is the most common blood type?"), mine, None, policy)
+    assert allowed(asked("Is O negative rare?"), mine, None, policy)  # names what it told
+    assert not allowed(asked("How do I find out my blood type?"), mine, None, policy)  # asks a way
+
+
+def test_the_same_thing_check_tells_the_users_things_apart_by_their_phrases():
+    things = SameThing(Phrases({frozenset({"wife", "spouse"}): 0.8}))
+    cat = learned("What is my cat's name?", "Your cat is called Pemberton.")
+    wife = learned("What is my wife's name?", "Your wife is named Oona.")
+    policy = MatchPolicy(same_thing=0.45)
+    assert allowed(asked("What do I call my cat?"), cat, things, policy)  # the same phrase
+    assert allowed(asked("Tell me my spouse's name."), wife, things, policy)  # 0.8
+    assert not allowed(asked("What's my wife called?"), cat, things, policy)  # 0.0
+    assert allowed(asked("Who am I married to?"), cat, things, policy)  # names nothing: not checked
+    assert allowed(asked("What's my wife called?"), cat, things, MatchPolicy(same_thing=None))
+
+
+def test_a_replaced_questions_things_count_as_the_replacements_own():
+    car = learned("Which car do I own now?", "You own a green Volvo.", also_named=("What colour is my car?",))
+    assert car.owned == ("car",) and learned("Which car do I own now?").owned == ()
