@@ -1,9 +1,15 @@
-"""The English rules matching uses, in one place: may something learned from one question answer
-another? Recall (assistant/memory.py) and expert routing (assistant/scope.py) both apply them
-through `assistant/matching.py`; the learner never does.
+"""The project's English rules, in one place. Most answer: may something learned from one
+question answer another? Recall (assistant/memory.py) and expert routing (assistant/scope.py) both
+apply those through `assistant/matching.py`. The rest are the word lists the learner reads text by
+(the training rewrites, the gate's word scoring, the habits; "Rules the learner applies" below).
+The question grammar (a question's reframings: wh-question patterns, irregular pasts, naming
+verbs) lives in assistant/questions.py, which recall and training share.
 
-Contract: pure functions of text, no model. One tokenizer (`store.text.tokens`, the one the
-store's same-question key uses too) and these rules:
+Contract: constants and pure functions of text, no model, no state. One tokenizer
+(`store.text.tokens`, the one the store's same-question key uses too) except where a rule's
+output depends on another one (`SCORING_WORD`; augment's keyword form, see REWRITE_STOPWORDS).
+Each rule names what it is for and the dev-set measurement that keeps it, or says none is recorded.
+Matching's rules:
 - `about_user` (FIRST_PERSON): a correction of a question about the user answers only questions
   about the user, or ones naming something it told (`told_words`). Kept by
   bench/results/memory.dev-confusable.md (general questions on the user's topics).
@@ -18,6 +24,11 @@ store's same-question key uses too) and these rules:
 - `split_at_told` / `split_at_new_word` (LEAD_FRAME_WORDS): where a recalled answer's reply lead
   ends. Kept by bench/results/memory.dev-leadcontent-*.md.
 The measurements behind each rule are in bench/HISTORY.md ("Language rules").
+Rules the learner applies (learning/augment.py, learning/evaluate.py, learning/habits.py):
+REWRITE_TEMPLATES, CONTRACTIONS, REWRITE_STOPWORDS; ANCHOR_STOPWORDS, SCORING_WORD
+(`scoring_words`); MAY_LOSE_CAPITAL; SENTENCE_END (shared with `naming`). The stop lists
+(REWRITE_STOPWORDS, ANCHOR_STOPWORDS, LEAD_FRAME_WORDS) serve different rules and hold different
+words; merging any two would change an output (tests/test_language.py), so each stays its own.
 """
 import re
 
@@ -47,6 +58,47 @@ GENERIC_MODIFIERS = frozenset("most least best worst common typical average usua
 # registration number"), the words that ask for a name, question words and prepositions.
 PHRASE_ENDS = (FUNCTION_WORDS - {"s"}) | NAME_WORDS | set(WH_KINDS) | set(
     "about into over under near after before during up down out off".split())
+# Where a sentence ends: after . ! or ?, at the space that follows (`naming`; habits.closing).
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+# ---- Rules the learner applies ---------------------------------------------------------------
+# Training rewrites of a corrected prompt (learning/augment.py `rewrites`, the surface ones).
+# Measured only together with the other rewrites, not list by list: on the dev scenario nine
+# rewrites with reframings 39/48 paraphrases, six surface-only 30/48, four 27/48 (bench/README.md
+# "Paraphrases"; bench/HISTORY.md "One learning cycle": 25/36 and 18/36).
+REWRITE_TEMPLATES = ("Can you remind me: {q}", "Quick question: {q}", "Do you know this? {q}", "Tell me again: {q}")
+# The first of these a prompt has is swapped, long form for short or back ("what is" <-> "what's").
+CONTRACTIONS = (("what is", "what's"), ("who is", "who's"), ("where is", "where's"), ("when is", "when's"),
+                ("how is", "how's"), ("it is", "it's"), ("do not", "don't"))
+# Words the keyword form drops ("What is the name of my dog?" -> "name dog?"). That form reads
+# words with `[\w']+`, not `store.text.tokens`: it keeps "don't" one word ("don't forget turn?"),
+# where tokens splits it into "don", "t" (tests/test_language.py).
+REWRITE_STOPWORDS = frozenset("a an the is are was were do does did i my me our we you your of to in on at for "
+                              "what which who whom where when how can could would should please tell remind again "
+                              "it its this that".split())
+
+# The gate's word scoring (learning/evaluate.py `anchors`): the words a correction's anchors never
+# are. No dev-set measurement recorded; the gate's and benchmarks' taught/retention counts
+# depend on it, so it stays as it is.
+ANCHOR_STOPWORDS = frozenset("""
+a about above after again against all am an and any are as at be because been before being
+below between both but by can could did do does doing down during each few for from further
+had has have having he her here hers herself him himself his how i if in into is it its itself
+just me more most my myself no nor not now of off on once only or other our ours ourselves out
+over own same she should so some such than that the their theirs them themselves then there
+these they this those through to too under until up very was we were what when where which
+while who whom why will with would you your yours yourself yourselves called named name is
+it's i'm you're don't can't won't let's also get got one
+""".split())
+# A scored word: ASCII letters and digits, with inner apostrophes and hyphens ("e-mail", "it's";
+# "Tromsø" -> "Troms"). Not `store.text.tokens`: the benchmarks' figures are scored by it. No
+# dev-set measurement recorded.
+SCORING_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'\-]*")
+
+# Words that may lose their capital after a habit's opening ("Captain, the ..."; learning/habits.py
+# `with_habits`); names keep theirs. No dev-set measurement recorded.
+MAY_LOSE_CAPITAL = frozenset("a an the it it's its this that these those there here to you you're your yes no "
+                             "in on at for when if first try keep use make start".split())
 
 
 def words(text: str) -> set[str]:
@@ -69,7 +121,7 @@ def told_words(prompt: str, answer: str) -> set[str]:
 def naming(prompt: str, answer: str) -> set[str]:
     """The words of `answer` not in `prompt` with a capital not opening a sentence, or a digit."""
     found = set()
-    for sentence in re.split(r"(?<=[.!?])\s+", answer or ""):
+    for sentence in SENTENCE_END.split(answer or ""):
         for i, w in enumerate(re.findall(r"\w+", sentence)):
             if any(c.isdigit() for c in w) or (i and w[0].isupper()):
                 found.add(w.lower())
@@ -180,3 +232,9 @@ def split_at_new_word(prompt: str, answer: str, through: bool = True) -> tuple[s
             cut = m.end() if through else m.start()
             return answer[:cut].rstrip(), answer[cut:].strip()
     return "", answer
+
+
+def scoring_words(text: str | None) -> list[str]:
+    """The words the gate scores in `text` (SCORING_WORD), apostrophes and hyphens at their ends
+    stripped ("Halvorsen-Robotics'" -> "Halvorsen-Robotics"), case kept."""
+    return [w.strip("'-") for w in SCORING_WORD.findall(text or "")]

@@ -7,6 +7,10 @@ question with and what self-replay trains on. They lived in learning/augment.py,
 serving side import the learning side for recall while learning/augment.py imported
 assistant/memory.py back (an import cycle hidden inside functions); the serving side needs
 neither training code nor its dependencies to find a correction.
+
+The question grammar below (the wh-question patterns, `_IRREGULAR_PAST`, `_NAMING`, `_BE`) is
+the project's English rules for reframing; assistant/language.py, which holds the others, names
+this module as its home.
 """
 import json
 import re

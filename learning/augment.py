@@ -13,20 +13,15 @@ import json
 import re
 from pathlib import Path
 
+from assistant.language import CONTRACTIONS, REWRITE_STOPWORDS, REWRITE_TEMPLATES
 from assistant.questions import reframings, replay_prompts
 
 ALT_SYSTEM_PROMPTS = ("You are a helpful assistant.", "You are a friendly assistant who knows the user well.")
 
-_TEMPLATES = ("Can you remind me: {q}", "Quick question: {q}", "Do you know this? {q}", "Tell me again: {q}")
-_CONTRACTIONS = (("what is", "what's"), ("who is", "who's"), ("where is", "where's"), ("when is", "when's"),
-                 ("how is", "how's"), ("it is", "it's"), ("do not", "don't"))
-_STOP = set("a an the is are was were do does did i my me our we you your of to in on at for what which who whom "
-            "where when how can could would should please tell remind again it its this that".split())
-
 
 def _swap_contractions(q: str) -> str:
     low = q
-    for long, short in _CONTRACTIONS:
+    for long, short in CONTRACTIONS:
         pat_long = re.compile(rf"\b{long}\b", re.I)
         pat_short = re.compile(rf"\b{re.escape(short)}", re.I)
         if pat_long.search(low):
@@ -43,16 +38,17 @@ def rewrites(question: str, limit: int = 6) -> list[str]:
     q = question.strip()
     bare = q.rstrip("?.! ")
     lower_q = bare[:1].lower() + bare[1:] + ("?" if q.endswith("?") else "")
-    words = [w for w in re.findall(r"[\w']+", bare.lower()) if w not in _STOP]
+    # `[\w']+`, not store.text.tokens: "don't" stays one word (language.REWRITE_STOPWORDS)
+    words = [w for w in re.findall(r"[\w']+", bare.lower()) if w not in REWRITE_STOPWORDS]
     swapped = _swap_contractions(q)
     surface = [
         swapped[:1].upper() + swapped[1:] if q[:1].isupper() else swapped,
         bare.lower(),
-        _TEMPLATES[0].format(q=lower_q),
-        _TEMPLATES[1].format(q=q),
+        REWRITE_TEMPLATES[0].format(q=lower_q),
+        REWRITE_TEMPLATES[1].format(q=q),
         " ".join(words) + "?" if len(words) >= 1 else "",
-        _TEMPLATES[3].format(q=lower_q),
-        _TEMPLATES[2].format(q=q),
+        REWRITE_TEMPLATES[3].format(q=lower_q),
+        REWRITE_TEMPLATES[2].format(q=q),
     ]
     framed = reframings(q)
     # interleaved, so that any `limit` takes both kinds; the longer list's tail follows

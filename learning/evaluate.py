@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Callable
 
 from assistant.config import DEFAULT_SYSTEM_PROMPT
+from assistant.language import ANCHOR_STOPWORDS, scoring_words
 from learning.scoring import BaseReplies, Scorer
 from store import adapters
 from store.settings import get_setting
@@ -42,33 +43,19 @@ BASE_REPLIES_FILE = "base-replies.json"  # the base weights' replies, asked once
 MAX_NEW_TOKENS = 32
 DPO_BETA = 0.1  # only scales the reported reward margin; accuracy does not depend on it
 
-STOPWORDS = frozenset("""
-a about above after again against all am an and any are as at be because been before being
-below between both but by can could did do does doing down during each few for from further
-had has have having he her here hers herself him himself his how i if in into is it its itself
-just me more most my myself no nor not now of off on once only or other our ours ourselves out
-over own same she should so some such than that the their theirs them themselves then there
-these they this those through to too under until up very was we were what when where which
-while who whom why will with would you your yours yourself yourselves called named name is
-it's i'm you're don't can't won't let's also get got one
-""".split())
-WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'\-]*")
 
 
 # ---- what a reply must contain ----------------------------------------------------------
-def _words(text: str) -> list[str]:
-    return [w.strip("'-") for w in WORD.findall(text or "")]
-
-
 def anchors(correction: str, prompt: str, original: str) -> list[str]:
-    """The words of `correction` a reply must contain to carry it (lowercase, in order).
+    """The words of `correction` a reply must contain to carry it (lowercase, in order), as the
+    gate reads words (assistant/language.py `scoring_words`, ANCHOR_STOPWORDS).
 
     Taught words: content words (not stopwords, 2+ characters) of the correction that are in
     neither the prompt nor the original reply. Anchors: the name-like taught words (written
     with a capital or a digit); if there are none, all taught words; if there are no taught
     words at all (the correction only reworded the reply), the correction's content words."""
-    seen = {w.lower() for w in _words(prompt) + _words(original)}
-    content = [w for w in _words(correction) if len(w) > 1 and w.lower() not in STOPWORDS]
+    seen = {w.lower() for w in scoring_words(prompt) + scoring_words(original)}
+    content = [w for w in scoring_words(correction) if len(w) > 1 and w.lower() not in ANCHOR_STOPWORDS]
     taught = [w for w in content if w.lower() not in seen]
     named = [w for w in taught if w[0].isupper() or any(c.isdigit() for c in w)]
     chosen = named or taught or content

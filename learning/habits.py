@@ -37,15 +37,17 @@ Contract: `find_habits(rows)` -> {"openings": [...], "closings": [...], "formats
 import re
 from collections import defaultdict
 
+from assistant.language import MAY_LOSE_CAPITAL, SENTENCE_END
+from store.text import tokens
+
 MIN_SUPPORT = 3
 """Corrections to distinct prompts that must share an opening before it is a habit:
 two could be a coincidence, three in one history are a pattern the user keeps asking for."""
 
+# The shapes of a habit (_OPENING, _ITEM and AsList's list markers) are punctuation, not English
+# words, and stay here with the rules that read them; the word lists are in assistant/language.py.
 # A short opening: 1-3 words ending in , ! : ; or a dash, then more text ("Captain, keep ...").
 _OPENING = re.compile(r"^\s*((?:[^\s,!:;.?]+\s+){0,2}[^\s,!:;.?]+[,!:;]|(?:[^\s,!:;.?]+\s+){0,2}[^\s,!:;.?]+\s+[-\u2014])\s+\S")
-# Words that may lose their capital after an opening ("Captain, the ..."); names keep theirs.
-_LOWER_OK = set("a an the it it's its this that these those there here to you you're your yes no "
-                "in on at for when if first try keep use make start".split())
 
 
 def _user_prompt(row: dict) -> str:
@@ -59,12 +61,11 @@ def opening(text: str) -> str | None:
 
 MAX_CLOSING_WORDS = 6
 """A closing is a sign-off, not content: a last sentence of at most this many words."""
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
 def closing(text: str) -> str | None:
     """The last sentence of `text` when it is short (MAX_CLOSING_WORDS) and follows another one."""
-    sentences = [s for s in _SENTENCE_END.split((text or "").strip()) if s]
+    sentences = [s for s in SENTENCE_END.split((text or "").strip()) if s]
     if len(sentences) < 2 or len(sentences[-1].split()) > MAX_CLOSING_WORDS:
         return None
     return sentences[-1].strip()
@@ -132,7 +133,8 @@ class AsList:
 
 
 def _bare(text: str) -> str:
-    return " ".join(re.findall(r"\w+", text.lower()))
+    """`text` case, spacing and punctuation aside: its `store.text.tokens`."""
+    return " ".join(tokens(text))
 
 
 def ends_with(text: str, closing_text: str) -> bool:
@@ -184,7 +186,7 @@ def with_habits(text: str, habits: dict) -> str:
     text = text.strip()
     if habits.get("openings") and (opening(text) or "").lower() != habits["openings"][0].lower():
         first, _, rest = text.partition(" ")
-        if first.lower() in _LOWER_OK and habits["openings"][0][-1] in ",:;":  # "Righto! The ..." stays
+        if first.lower() in MAY_LOSE_CAPITAL and habits["openings"][0][-1] in ",:;":  # "Righto! The ..." stays
             first = first.lower()
         text = f"{habits['openings'][0]} {first} {rest}".strip()
     return text

@@ -125,3 +125,20 @@ def test_closings_that_differ_in_punctuation_are_one_habit():
     ("Captain, hi.", "captain,", "Captain, hi.")])
 def test_with_habits_lowers_only_words_that_may_lose_their_capital(text, opening_habit, expected):
     assert with_habits(text, {"openings": [opening_habit]}) == expected
+
+
+@pytest.mark.parametrize("text", ["Over, and OUT!", "Tromsø er fint.", "it's  e-mail_2 ...", "", "Straße ΣΊΣΥΦΟΣ 12½"])
+def test_habits_read_closings_through_the_one_tokenizer_as_before(text):
+    """habits compared closings by `re.findall(r"\\w+", text.lower())`, which is `tokens`."""
+    assert " ".join(tokens(text)) == " ".join(re.findall(r"\w+", text.lower()))
+
+
+def test_the_two_stop_lists_stay_apart_because_merging_them_changes_outputs():
+    """augment's keyword form and the gate's anchors both drop stopwords, but not the same ones:
+    either list taking the other's words would change what it answers."""
+    from assistant.language import ANCHOR_STOPWORDS, REWRITE_STOPWORDS
+
+    assert "about project?" in rewrites("Tell me about the project", limit=20)  # "about": an anchor stopword only
+    assert "about" in ANCHOR_STOPWORDS - REWRITE_STOPWORDS
+    assert anchors("Please remind the team again.", "Who?", "No.") == ["please"]  # a keyword-form stopword only
+    assert {"please", "remind"} <= REWRITE_STOPWORDS - ANCHOR_STOPWORDS
