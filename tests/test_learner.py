@@ -37,8 +37,8 @@ def no_gate(monkeypatch):
 
 
 def fake_gate(passed):
-    def evaluate(cfg, db, cand, inc, taught, progress=None, scope=None):
-        assert scope is not None  # the gate judges what the chat would really answer
+    def evaluate(cfg, db, cand, inc, taught, progress=None, embedder=None):
+        assert embedder is not None  # the gate routes what the chat would really answer (build_served)
         progress(1.0)
         return {"candidate": {"taught": len(taught)}, "incumbent": {"taught": 0}, "items": []}
 
@@ -115,7 +115,7 @@ def test_a_version_that_learned_part_of_its_corrections_goes_live_and_the_rest_i
 
     first, second = teach(db)
 
-    def evaluate(cfg, db, cand, inc, taught, progress=None, scope=None):
+    def evaluate(cfg, db, cand, inc, taught, progress=None, embedder=None):
         items = [{"kind": "taught", "id": f, "candidate": {"passed": f == first}} for f in (first, second)]
         return {"candidate": {"taught": {"passed": 1, "total": 2}}, "incumbent": {}, "items": items}
 
