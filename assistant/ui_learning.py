@@ -11,8 +11,6 @@ import html
 import gradio as gr
 
 UNAVAILABLE = "⚠ The learner is not available in this installation (learning.control could not be imported)."
-# As learning/learner.py STAGES (not imported: that pulls in the training stack).
-STAGES = ("preparing data", "SFT", "DPO", "habit", "experts", "evaluating", "gate")
 OPTIONAL = ("habit", "experts")  # listed only in cycles that reach them
 
 
@@ -65,6 +63,8 @@ def status_view(runtime):
 
 
 def status_markdown(st: dict) -> str:
+    from learning.progress import STAGES  # the cycle's stages, in order (no training library)
+
     status = st.get("status") or "unknown"
     result = st.get("result") or {}
     stage = st.get("stage") or "starting"

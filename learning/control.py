@@ -16,10 +16,10 @@ from pathlib import Path
 
 from learning import held
 from learning.config import LearnConfig, load_learn_config
+from learning.progress import LOCK_NAME  # the file learning.learner holds for a whole cycle
 from store import jobs, open_db
 
 log = logging.getLogger(__name__)
-LOCK_NAME = "learner.lock"  # the same file learning.learner holds for a whole cycle
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from assistant.questions import replay_prompts
-from learning import control, learner
+from learning import control, learner, progress
 from learning.config import SETTINGS_KEY, SHAPE_FIELDS, LearnConfig
 from learning.train import IncompatibleParent
 from store import adapters, feedback, jobs
@@ -68,15 +68,15 @@ def test_cycle_without_gate_leaves_a_candidate(cfg, db, no_gate):
 
 def test_skipped_stages_give_their_share_of_the_bar_to_the_later_ones(db):
     states = []
-    track = learner.Tracker(db, jobs.start_job(db), states.append)
+    track = progress.Tracker(db, jobs.start_job(db), states.append)
     track.stage("preparing data", 1.0)
     track.train_step("SFT", 0, 0, None)  # every correction has its expert: no shared SFT, no DPO
     track.train_step("DPO", 0, 0, None)
     track.stage("habit", 0.0)
     habit, experts = track.ranges["habit"], track.ranges["experts"]
-    assert habit[0] == states[0]["progress"] == learner.STAGES["preparing data"][1]
+    assert habit[0] == states[0]["progress"] == progress.STAGES["preparing data"][1]
     # the later stages keep their proportions and end at 1
-    was = {s: learner.STAGES[s][1] - learner.STAGES[s][0] for s in ("habit", "experts")}
+    was = {s: progress.STAGES[s][1] - progress.STAGES[s][0] for s in ("habit", "experts")}
     assert (experts[1] - experts[0]) / (habit[1] - habit[0]) == pytest.approx(was["experts"] / was["habit"])
     assert track.ranges["gate"][1] == pytest.approx(1.0)
     for stage, fraction in (("experts", 0.5), ("evaluating", 1.0), ("gate", 1.0)):
@@ -253,8 +253,8 @@ def test_gate_fail_rejects(cfg, db, monkeypatch):
 
 def test_second_cycle_is_refused_while_one_runs(cfg, db, no_gate):
     teach(db)
-    with learner.cycle_lock(cfg.home):
-        with pytest.raises(learner.CycleRunning, match="already running"):
+    with progress.cycle_lock(cfg.home):
+        with pytest.raises(progress.CycleRunning, match="already running"):
             cycle(cfg)
         assert control.lock_held(cfg.home)
         with pytest.raises(control.AlreadyRunning):

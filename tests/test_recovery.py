@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from learning import control, learner, versions
+from learning import control, learner, recovery, versions
 from learning.config import LearnConfig
 from store import adapters, feedback, jobs
 from tests.test_datasets import turn
@@ -67,7 +67,7 @@ def test_a_candidate_whose_cycle_died_is_rejected_and_its_feedback_learned_again
     assert reason.startswith("FAILED:") and job_id in reason
     assert result["version"] == 2 and result["status"] == "active"
     assert set(taught) <= set(adapters.lineage_feedback(db, 2))  # learned again, not "pending" for ever
-    assert learner.abandoned_candidates(db) == []
+    assert recovery.abandoned_candidates(db) == []
 
 
 def test_a_candidate_whose_cycle_died_after_a_passing_decision_is_not_stuck(cfg, db, monkeypatch):
@@ -96,7 +96,7 @@ def test_a_candidate_left_on_purpose_without_a_gate_is_kept(cfg, db, monkeypatch
     teach(db)
     monkeypatch.setattr(learner, "_gate", lambda: None)
     assert cycle(cfg)["status"] == "candidate"  # its job succeeded: it waits for a person
-    assert learner.abandoned_candidates(db) == []
+    assert recovery.abandoned_candidates(db) == []
 
 
 def test_promoting_a_version_the_gate_never_judged_needs_the_override(cfg, db, monkeypatch, capsys):
