@@ -266,8 +266,9 @@ class KeyIndex:
         return self.matrix @ query if len(self.owners) else np.zeros(0, dtype=np.float32)
 
     def candidates(self, text: str, query: np.ndarray, policy: MatchPolicy, ordinary: OrdinaryRequests,
-                   things: SameThing | None) -> list[Candidate]:
-        """The best matching key of each owner that may answer `text`, best first."""
+                   things: SameThing | None, limit: int | None = None) -> list[Candidate]:
+        """The best matching key of each owner that may answer `text`, best first; at most `limit`
+        owners (the guards, which may embed a phrase, run only until that many are found)."""
         scores = self.scores(query)
         if not len(scores):
             return []
@@ -279,6 +280,8 @@ class KeyIndex:
                 continue
             seen.add(owner)
             found.append(Candidate(owner, int(i), float(scores[i])))
+            if limit is not None and len(found) >= limit:
+                break
         return found
 
 

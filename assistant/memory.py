@@ -276,7 +276,7 @@ class Memory:
         if not len(index) or k <= 0:
             return []
         query = unit_rows(self.embedder.encode([text]))[0]
-        top = index.candidates(text, query, self.policy, self._ordinary, self._things)[:k]
+        top = index.candidates(text, query, self.policy, self._ordinary, self._things, limit=k)
         rows = [self._eligible[c.owner] for c in top]
         ranked = rank(text, top, [(r["user_message"], r["correction"]) for r in rows], self.reranker)
         found = [{"feedback_id": r["id"], "prompt": r["user_message"], "correction": r["correction"],

@@ -138,8 +138,8 @@ class AdapterScope:
         outside the scope or no answer fits."""
         if not readable(self.embedder, text):
             return None
-        found = scope.index.candidates(text, self._query(text), scope.policy, self._ordinary, self._things)
-        top = found[:scope.policy.top_k]
+        top = scope.index.candidates(text, self._query(text), scope.policy, self._ordinary, self._things,
+                                     limit=scope.policy.top_k)
         ranked = rank(text, top, [scope.pairs.get(c.owner, (None, None)) for c in top], self.reranker)
         return ranked[0][0] if ranked else None
 

@@ -65,6 +65,9 @@ def test_candidates_are_the_best_key_of_each_owner_above_the_threshold_best_firs
                              Ordinary(0.0), None)
     assert [(c.owner, c.key) for c in found] == [("a", 0), ("b", 1)]
     assert found[0].score == pytest.approx(0.9)
+    first = index.candidates("What is the capital of France?", query, MatchPolicy(threshold=0.5, relative_margin=None),
+                             Ordinary(0.0), None, limit=1)
+    assert [(c.owner, c.key) for c in first] == [("a", 0)]  # the guards stop once the top k are found
 
 
 def test_a_weaker_key_counts_when_clearly_nearer_than_ordinary_requests():
