@@ -60,6 +60,10 @@ class MatchPolicy:
       (assistant/questions.py; memory.dev*.md).
     - `answer_key`: the corrected prompt followed by its answer is a search key too
       (memory.dev-answerkey-*.md, routing.md).
+    - `rerank_weight`: a reranked candidate's rank is its similarity plus this much times its
+      log-likelihood behind the best one (assistant/rerank.py; routing.py --rerank on|off).
+    - `rerank_gap`: candidates further than this behind the nearest are not scored by the model
+      (the same ranks as 0.1 needed a quarter of the forward passes); None: all are.
     """
     threshold: float = 0.45
     relative_margin: float | None = 0.1
@@ -68,6 +72,8 @@ class MatchPolicy:
     same_thing: float | None = 0.45
     reframed_keys: int = 4
     answer_key: bool = True
+    rerank_weight: float = 0.02
+    rerank_gap: float | None = 0.1
 
 
 RECALL_POLICY = MatchPolicy()
@@ -286,11 +292,12 @@ class KeyIndex:
 
 
 def rank(text: str, candidates: list[Candidate], pairs: list[tuple[str | None, str | None]],
-         reranker) -> list[tuple[Candidate, float]]:
+         reranker, policy: MatchPolicy) -> list[tuple[Candidate, float]]:
     """Of `candidates` (each with its learned (question, answer) in `pairs`), those whose answer
     fits `text` (rerank.fitting), each with its rank (rerank.reranked: the chat model's
     likelihood, or the score without a reranker), best first."""
     fit = fitting(reranker, text, pairs)
     kept = [(c, p) for c, p, ok in zip(candidates, pairs, fit, strict=True) if ok]
-    ranks = reranked(text, [c.score for c, _ in kept], [p[1] for _, p in kept], reranker)
+    ranks = reranked(text, [c.score for c, _ in kept], [p[1] for _, p in kept], reranker,
+                     weight=policy.rerank_weight, gap=policy.rerank_gap)
     return sorted(((c, float(r)) for (c, _), r in zip(kept, ranks, strict=True)), key=lambda cr: -cr[1])

@@ -278,7 +278,7 @@ class Memory:
         query = unit_rows(self.embedder.encode([text]))[0]
         top = index.candidates(text, query, self.policy, self._ordinary, self._things, limit=k)
         rows = [self._eligible[c.owner] for c in top]
-        ranked = rank(text, top, [(r["user_message"], r["correction"]) for r in rows], self.reranker)
+        ranked = rank(text, top, [(r["user_message"], r["correction"]) for r in rows], self.reranker, self.policy)
         found = [{"feedback_id": r["id"], "prompt": r["user_message"], "correction": r["correction"],
                   "score": round(c.score, 4), "rank": round(rk, 4), "learned": r["learned"]}
                  for c, rk in ranked for r in [self._eligible[c.owner]]]

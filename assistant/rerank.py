@@ -10,12 +10,11 @@ language-model retrieval): log P(question | TEMPLATE(answer)), under the base we
 
 The model only reorders what MiniLM matched: whether anything matches is still MiniLM's
 threshold and guards, so a question nothing matched stays unmatched. A candidate's rank is its
-similarity plus WEIGHT times its log-likelihood minus the best candidate's (so <= 0): a clearly
+similarity plus `weight` times its log-likelihood minus the best candidate's (so <= 0): a clearly
 less likely question costs a candidate a few hundredths, a similarity lead larger than that
-stands. A candidate more than GAP behind the nearest is not scored at all.
-
-Chosen on our dev sets only (`python bench/routing.py --rerank on|off`, never the scenario's
-probes); see WEIGHT.
+stands. A candidate more than `gap` behind the nearest is not scored at all. Both numbers are
+the matching policy's (assistant/matching.py MatchPolicy.rerank_weight, rerank_gap), chosen on
+our dev sets only (`python bench/routing.py --rerank on|off`, never the scenario's probes).
 
 Whether a candidate may answer at all is MiniLM's too, with one check by the model: a matched
 correction's answer must fit the question (`fits`). A question about another thing of the same
@@ -28,8 +27,8 @@ than after its own corrected question answers nothing (recall drops the note, ro
 Contract: a reranker is anything with `likelihoods(question, answers) -> list[float]` and
 optionally `fits(question, corrected) -> list[bool]`; `ModelReranker(served)` uses a ServedModel's
 base weights and remembers what it scored.
-`reranked(question, similarities, answers, reranker)` -> the ranks, in the same order (answers
-may be None: such a candidate is not scored and keeps its similarity).
+`reranked(question, similarities, answers, reranker, weight=, gap=)` -> the ranks, in the same
+order (answers may be None: such a candidate is not scored and keeps its similarity).
 `fitting(reranker, question, corrected)` -> per (corrected question, answer), whether the answer
 fits `question` (True when there is no model to ask).
 """
@@ -41,25 +40,9 @@ from typing import Protocol
 
 from assistant.config import DEFAULT_SYSTEM_PROMPT
 
-# The context a question is scored after. Of three wordings tried on the dev sets, this one
-# (and "Q: <question> A: <answer> The same question in other words:") reordered without a loss.
+# The context a question is scored after (of three wordings tried on the dev sets, one of the two
+# that reordered without a loss; bench/HISTORY.md, "Reranking").
 TEMPLATE = "Here is something the user told me: {answer}\nA question the user might ask about it:"
-# Rank = similarity + WEIGHT * (log-likelihood - best log-likelihood). Chosen on the six dev sets
-# with the code the chat runs (`python bench/routing.py --rerank on|off`, 264 paraphrases): the
-# own expert reached / own note recalled first, without -> with reranking, by weight:
-# 0.015: 249 -> 252 / 249 -> 249; 0.02: 249 -> 252 / 249 -> 251; 0.03 and 0.04: 251 / 249, having
-# lost "My sister's boy is named what?" to the son and "Who edits my novel?" to the publisher.
-# No weight made an unrelated question, ordinary request or advice question reach an expert or
-# a note. bench/recall_dev_pairs.jsonl was written for this, before measuring on it; a first
-# look at five sets (MiniLM's 3 nearest corrections, no guards) gave the same picture: 0.01 to
-# 0.02 gained 2 of 228 and lost none, 0.04 lost the sister's boy.
-WEIGHT = 0.02
-# Candidates further than GAP behind the nearest are not scored (they keep their similarity, so
-# they stay behind): the model's forward pass is the reranker's whole cost. On the six dev sets
-# (every paraphrase, unrelated, ordinary and advice question, recall and routing) 0.1 needed 30
-# forward passes instead of 122 with the same routes and recalls; 0.05 needed 12 and lost "What's
-# the name of my son's trainer?" in recall (bench/routing.py --rerank on, GAP set by hand).
-GAP: float | None = 0.1
 # A longer question or answer (in tokens) is not scored: every candidate then gets the same
 # likelihood, so MiniLM's order stands. Keeps a huge message from costing a long forward pass
 # or running past the model's context.
@@ -67,11 +50,8 @@ MAX_TOKENS = 256
 # The same for a question and answer scored together (answer fit, supersession): one forward pass's cost.
 PAIR_MAX_TOKENS = 384
 # How much less likely (mean log-probability per answer token, under the base weights) a matched
-# correction's answer may be after the question than after the question it corrected. Chosen on
-# the dev sets (never a scenario's probes): over the seven sets, every paraphrase paired with its
-# own correction and with MiniLM's nearest other corrections (`python bench/answer_fit.py`,
-# bench/results/answer-fit.md), 2.25 kept every one of 287 paraphrases' own answers that MiniLM
-# matched and turned away 9 of 121 matched other answers; 2.0 turned away 16 and lost 4 own.
+# correction's answer may be after the question than after the question it corrected; chosen on
+# the dev sets so that no own paraphrase is lost (bench/results/answer-fit.md; bench/HISTORY.md).
 FIT_TOLERANCE = 2.25
 
 log = logging.getLogger(__name__)
@@ -108,12 +88,12 @@ def _asked(call, skipped: str):
 
 
 def reranked(question: str, similarities: list[float], answers: list[str | None],
-             reranker: Reranker | None) -> list[float]:
+             reranker: Reranker | None, *, weight: float, gap: float | None) -> list[float]:
     """Each candidate's rank (see the module docstring); the similarities themselves when there is
-    no reranker, fewer than two candidates with an answer within GAP of the nearest, or the
+    no reranker, fewer than two candidates with an answer within `gap` of the nearest, or the
     reranker fails (reranking only refines: a turn never fails for it)."""
     lead = max(similarities, default=0.0)
-    scored = [i for i, a in enumerate(answers) if a and (GAP is None or similarities[i] >= lead - GAP)]
+    scored = [i for i, a in enumerate(answers) if a and (gap is None or similarities[i] >= lead - gap)]
     ranks = [float(s) for s in similarities]
     if reranker is None or len(scored) < 2:
         return ranks
@@ -122,7 +102,7 @@ def reranked(question: str, similarities: list[float], answers: list[str | None]
         return ranks
     best = max(found)
     for i, likelihood in zip(scored, found, strict=True):
-        ranks[i] += WEIGHT * (likelihood - best)
+        ranks[i] += weight * (likelihood - best)
     return ranks
 
 

@@ -140,7 +140,7 @@ class AdapterScope:
             return None
         top = scope.index.candidates(text, self._query(text), scope.policy, self._ordinary, self._things,
                                      limit=scope.policy.top_k)
-        ranked = rank(text, top, [scope.pairs.get(c.owner, (None, None)) for c in top], self.reranker)
+        ranked = rank(text, top, [scope.pairs.get(c.owner, (None, None)) for c in top], self.reranker, scope.policy)
         return ranked[0][0] if ranked else None
 
 

@@ -4,12 +4,21 @@ import json
 
 import pytest
 
+from assistant.matching import RECALL_POLICY
 from assistant.memory import Memory
-from assistant.rerank import GAP, WEIGHT, ModelReranker, fitting, reranked
+from assistant.rerank import ModelReranker, fitting
+from assistant.rerank import reranked as reranked_by
 from assistant.scope import AdapterScope
 from store.manifest import EXPERTS_DIR
 from tests.lora import make_adapter
 from tests.test_memory import HashEmbedder, correct
+
+WEIGHT, GAP = RECALL_POLICY.rerank_weight, RECALL_POLICY.rerank_gap
+
+
+def reranked(question, similarities, answers, reranker):
+    """`rerank.reranked` with the shipped policy's weight and gap."""
+    return reranked_by(question, similarities, answers, reranker, weight=WEIGHT, gap=GAP)
 
 SCHOOL = "You study at the University of Bergen."
 HOSPITAL = "You work at Haukeland Hospital in Bergen."
