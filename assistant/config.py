@@ -45,11 +45,9 @@ class Config:
     """Sampling temperature of replies unless a request asks otherwise; 0 always gives the same answer."""
     recall: bool = True
     """Put past corrections similar to the message into the prompt, so an answer is right before it is learned."""
-    # A reply with a recalled correction starts with that correction's opening words
-    # (assistant/notes.py reply_lead). Chosen on our dev sets (bench/results/memory.dev-lead*.md):
-    # facts answered 64/64 instead of 62/64 on recall_dev.jsonl, 55/64 instead of 48/64 on
-    # recall_dev_confusable.jsonl, no control reply changed. A note that tells no name or number
-    # leads through the first word of its own (memory.LEAD_NEW_WORD).
+    # A reply with a recalled correction starts with that correction's opening words (assistant/notes.py
+    # reply_lead; a note with no name or number leads through its first own word, notes.LEAD_NEW_WORD).
+    # On: more dev facts answered (bench/results/memory.dev-lead*.md; bench/HISTORY.md 'Config defaults').
     recall_lead: bool = True
     # Recall and expert routing reorder close matches by the chat model's likelihood of the
     # question after each match's answer (assistant/rerank.py). Costs a forward pass over up to
@@ -60,17 +58,17 @@ class Config:
     # (a question about another of a company's plans does not get the support number). Off: every
     # match answers.
     answer_fit: bool = True
-    # A new correction replaces earlier ones about the same thing asked another way, decided by
-    # the chat model's likelihood (assistant/supersede.py; bench/results/supersede.md: 10 of 20
-    # updates, none of 22 different facts merged). Off: only a correction of the same question
-    # replaces one. Costs a forward pass over up to three short pairs when a correction is saved.
+    # A new correction replaces earlier ones about the same thing asked another way, decided by the chat
+    # model's likelihood (assistant/supersede.py). Off: only a correction of the same question replaces
+    # one. Costs a forward pass over up to three short pairs when a correction is saved
+    # (bench/results/supersede.md; bench/HISTORY.md 'Config defaults').
     supersede_by_meaning: bool = True
     # A recalled correction the active version has not learned yet outranks the weights: the
     # base model answers with its note, not an adapter or expert that may hold an older value.
     pending_note_wins: bool = True
-    # Torch CPU threads of the server (its replies) and of a learning cycle. The learner runs
-    # beside the server (the auto-trigger), and two processes each using every core thrash: on 2
-    # cores one expert took 304 s instead of 17.8 s. So a cycle leaves one core to the chat.
+    # Torch CPU threads of the server (its replies) and of a learning cycle. The learner runs beside the
+    # server (the auto-trigger), so a cycle leaves one core to the chat: two processes each using every
+    # core thrash (bench/HISTORY.md 'Config defaults').
     chat_threads: int = field(default_factory=lambda: threads_from_env("ASSISTANT_CHAT_THREADS", cores()))
     learner_threads: int = field(
         default_factory=lambda: threads_from_env("ASSISTANT_LEARNER_THREADS", max(1, cores() - 1)))

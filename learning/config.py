@@ -2,10 +2,12 @@
 
 The LoRA shape (r, alpha, dropout, target modules) is FIXED across versions: a cycle past
 `refit_corrections` continues from the active adapter, so changing it would make the new adapter
-incompatible with its parent (and the served model refuses a shape change, refits included). A home whose stored settings name no shape keeps
-the one its versions have when the default changes (learner.run_cycle). Everything else may
-change between cycles.
+incompatible with its parent (and the served model refuses a shape change, refits included). A home
+whose stored settings name no shape keeps the one its versions have when the default changes
+(learner.run_cycle). Everything else may change between cycles.
 Invalid combinations fail at construction with the offending values in the message.
+Each field's docstring says why its default, in a clause; the measurements behind them are in
+bench/HISTORY.md, 'Config defaults: the measurements behind them'.
 """
 from dataclasses import asdict, dataclass, field, replace
 
@@ -16,11 +18,9 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 class LearnConfig:
     # ---- LoRA shape: fixed across versions -----------------------------------------------
     lora_r: int = 64
-    """LoRA rank. On our dev scenario (bench/results/learn-dev.md, three seeds each, canaries
-    40/40 in every run) rank 64 taught 42, 45 and 39 of 48 paraphrases where rank 16 taught 39,
-    39 and 38 (rank 32: 42 and 38), for about 15% more cycle time at 3 epochs and an adapter
-    four times the size (about 75 MB in float32, twice per version with a habit adapter). A home
-    keeps the shape its first version was trained with (learner.run_cycle)."""
+    """LoRA rank. 64: on the dev scenario it taught more paraphrases than 16 or 32, for about 15% more cycle
+    time and an adapter four times the size (bench/results/learn-dev.md; bench/HISTORY.md 'Config defaults').
+    A home keeps the shape its first version was trained with (learner.run_cycle)."""
     lora_alpha: int = 128
     """LoRA scaling numerator (scale = alpha / r, 2 at every rank measured)."""
     lora_dropout: float = 0.0
@@ -30,13 +30,9 @@ class LearnConfig:
 
     # ---- SFT -------------------------------------------------------------------------------
     sft_epochs: float = 2.0
-    """Passes over the SFT rows (corrections, liked answers, augmentations, replay). Measured on
-    the embedded model: 1 epoch (each correction seen 5 times with its rewrites) learns the answer's
-    shape ("Your dog is called ...") but not the name itself; at rank 16, 3 epochs gave each
-    correction the ~15 exposures with which a plain fine-tune memorises its re-ask. At rank 64, 2
-    epochs taught as much on our dev scenario as 3 (paraphrases 44 and 43 of 48 against 42 and 45,
-    seeds 0 and 1; re-asks 16/16, canaries 40/40) in about 20% less cycle time (254-263 s
-    against 324-328 s, bench/results/learn-dev.md); the habit adapter trains for as many epochs."""
+    """Passes over the SFT rows (corrections, liked answers, augmentations, replay); the habit adapter trains
+    for as many. 2: at rank 64 it taught as much as 3 on the dev scenario in about 20% less cycle time
+    (bench/results/learn-dev.md; bench/HISTORY.md 'Config defaults')."""
     sft_lr: float = 1e-3
     """Peak learning rate of SFT (linear decay)."""
     sft_batch_size: int = 8
@@ -61,97 +57,55 @@ class LearnConfig:
 
     # ---- data ------------------------------------------------------------------------------
     replay_fraction: float = 1.0
-    """Size of the replay sample (rows that trained earlier accepted versions) relative to the
-    new SFT rows; 0 disables replay of earlier rows. 1.0: as many earlier rows as new ones, so
-    every earlier correction while the history is small. With 0.3 a cycle of 9 new corrections
-    replayed 3 of 8 earlier ones, lost 2 of them, and the gate's retention check rejected it."""
+    """Size of the replay sample (rows that trained earlier accepted versions) relative to the new SFT rows; 0
+    disables replay of earlier rows. 1.0 replays every earlier correction while the history is small; 0.3 lost
+    earlier corrections and failed the gate's retention check (bench/HISTORY.md 'Config defaults')."""
     refit_corrections: int = 24
-    """While the user's corrections number at most this many, each cycle trains a FRESH LoRA on
-    all of them (every correction's rows and pairs: a refit) instead of continuing from the
-    active adapter on the new ones plus a replay sample. Continuing stacks each cycle's updates
-    on the last, and the facts bleed into each other ("Which town is my hometown?" -> "Your
-    hometown is named Okafor.", the dentist's name). Our dev scenario taught in three cycles
-    (`python bench/teach.py --scenario bench/teach_dev.jsonl --out teach-dev`,
-    bench/results/teach-dev-20261126-*.md): paraphrases 44/48 refitting against 40/48 continuing, facts
-    of cycle 1 22/24 against 21/24, with recall 64/64 against 60/64; canaries 40/40 both. A
-    refit costs time in proportion to the history (there: 104, 142 and 284 s for 6, 12 and 21
-    corrections, about 6.5 s each on this CPU, against 105, 119 and 229 s continuing), so
-    beyond this many corrections a cycle continues from the active adapter, to stay within 10
-    minutes. 32 before experts (about 350 s); with experts the same dev run's third cycle took
-    462 s for 21 corrections and 9 new experts, so 24 corrections and the most experts a cycle
-    trains (`experts_per_cycle`, 12: 3 more, about 17 s each) come to about 540 s.
-    Since then the shared adapter trains only on what no expert answers (learning/train.py
-    `training_rows`): liked answers and corrections whose expert waits; a refit whose corrections
-    all have experts trains none of them, and the cost above is the experts'.
-    0: always continue."""
+    """While the user's corrections number at most this many, each cycle trains a FRESH LoRA on all of them (a
+    refit) instead of continuing from the active adapter, which lets facts bleed into each other; 0: always
+    continue. 24 keeps a refit cycle, with its experts, within 10 minutes (bench/HISTORY.md
+    'Config defaults')."""
     self_replay: int = 24
     """How many of the base model's own greedy answers to generic prompts
     (learning/replay_prompts.jsonl) are mixed into SFT, against forgetting; 0 disables."""
     scope_threshold: float | None = 0.5
-    """Scoped adapters (assistant/scope.py): the adapter answers only prompts whose embedding
-    similarity to a prompt it was trained on (its own or an ancestor's) reaches this value; every
-    other prompt is answered by the base weights, untouched by training. None: the adapter
-    answers everything. 0.5 was recall's threshold when scopes were introduced, chosen on
-    bench/recall_dev.jsonl for the same question (is this prompt about a corrected one?); recall
-    has since moved to 0.45 (assistant/matching.py RECALL_POLICY, with its first-person guard), the
-    scope has not been re-measured at 0.45. Written into each version's meta.json, where routing
-    reads it (matching.ROUTING_POLICY holds the rest of the routing policy)."""
+    """Scoped adapters (assistant/scope.py): the adapter answers only prompts whose cosine similarity to one
+    it or an ancestor trained on reaches this ([-1, 1]; None: every prompt), the base weights the rest; stored
+    in each version's meta.json for routing. 0.5: recall's threshold when scopes came in, not re-measured
+    (bench/HISTORY.md 'Config defaults')."""
     scope_margin: float | None = 0.1
-    """A prompt below `scope_threshold` is in scope too when its similarity to the scope is at
-    least this much above its similarity to ordinary requests (assistant/matching.py `relevant`,
-    MatchPolicy.relative_margin, the same rule as recall's). None: the threshold alone. On our dev
-    scenario (bench/results/learn-dev.md, seed 0) it taught 45/48 paraphrases instead of 44/48:
-    "Where does my team file tickets?" reached the adapter; controls stayed 15/20, canaries 40/40."""
+    """A prompt below `scope_threshold` is in scope too when its similarity to the scope beats its similarity
+    to ordinary requests by this much (matching.py `relevant`; [0, 2], None: the threshold alone). 0.1 taught
+    one more dev paraphrase (bench/results/learn-dev.md; bench/HISTORY.md 'Config defaults')."""
     experts: bool = True
-    """Train one small LoRA per correction next to the version's adapter (learning/experts.py):
-    a prompt in the version's scope whose nearest trained prompt is a correction's (its own
-    wording or a rewrite) is answered by that correction's expert, so facts taught together
-    cannot bleed into each other. An expert is trained once, when its correction is new, and
-    later versions keep it. On our dev scenario (one cycle, weights alone) a rank 16 expert per
-    correction, 6 epochs at 2e-3, answered 16/16 re-asks and 47/48 paraphrases against 16/16
-    and 45, 44, 41 of 48 (seeds 0-2) for the shared adapter alone, controls 15/20 as the base;
-    rank 8, 3 epochs at 1e-3 learned too little (5/16 re-asks). The price: 15-18 s of
-    training per new correction on this CPU, and 20 MB of weights each (hard-linked, not copied,
-    into later versions)."""
+    """Train one small LoRA per correction (learning/experts.py), once, kept by later versions; it answers
+    in-scope prompts nearest its correction, so facts taught together cannot bleed into each other. On: more
+    dev paraphrases than the shared adapter alone (bench/HISTORY.md 'Config defaults')."""
     half_precision_files: bool = True
-    """Store every adapter a cycle writes (shared, habit, experts) as float16 on disk; loading
-    copies the tensors back into the model's float32 LoRA layers. Halves the disk a version and
-    each expert take (an expert 19.6 -> 9.8 MB). On the embedded model, a rank-16 expert on
-    every linear layer gave the same greedy replies to 5 of 5 prompts and next-token logits
-    within 0.0006 of the float32 file's (on a scale of 26; bench/HISTORY.md)."""
+    """Store every adapter a cycle writes (shared, habit, experts) as float16 on disk, loaded back into the
+    model's float32 LoRA layers: half the disk (an expert 19.6 -> 9.8 MB), the same greedy replies where
+    checked (bench/HISTORY.md 'Adapters stored in half precision', 'Config defaults')."""
     experts_per_cycle: int = 12
-    """At most this many new experts per cycle (219 s on the faster of our machines, 356 s on the slower
-    one, bench/results/learn.md), so that a cycle stays
-    within 10 minutes however many corrections wait; the rest get theirs in the next cycles
-    (oldest first) and the shared adapter, which trains on them meanwhile, answers them."""
+    """At most this many new experts per cycle; the rest get theirs in the next cycles (oldest first) and the
+    shared adapter, which trains on them meanwhile, answers them. 12 keeps a cycle within 10 minutes
+    (bench/results/learn.md; bench/HISTORY.md 'Config defaults')."""
     experts_budget_s: float | None = 360.0
-    """Seconds the experts' stage of a cycle may plan for. The seconds one new expert took in the
-    last cycle that trained any (recorded in the active version's meta.json, so on this machine
-    and model) turn it into a count: at most budget / that many new experts (at least one, and
-    at most `experts_per_cycle`); the rest wait, as past `experts_per_cycle`, and the shared
-    adapter answers them meanwhile. `experts_per_cycle` was sized on the embedded model; with a
-    bigger model, or a slower machine, an expert takes longer and the count alone would let a
-    cycle run far past 10 minutes. 360 s leaves about 240 s of a 10-minute cycle for the rest
-    (the habit adapter about 130 s, the gate 50-130 s, loading) on the slower of our machines,
-    where an expert took 28-34 s (the experts' stage of teach-20261127-062129: 137, 126 and 249 s
-    for 4, 4 and 9 experts): 10-12 experts there, so the judged scenario's 4, 4 and 9 new
-    corrections all get theirs. None: counts only."""
+    """Seconds the experts' stage may plan for: divided by the last new expert's seconds (meta.json) it caps
+    new experts (at least one, at most `experts_per_cycle`), so a bigger model or slower machine stays within
+    10 minutes; None: counts only. 360 leaves about 240 s for the rest of a cycle on our slower machine
+    (bench/HISTORY.md 'Config defaults')."""
     expert_r: int = 16
-    """LoRA rank of each correction's expert (alpha twice the rank, the shared adapter's scale).
-    Rank 4 stores a quarter of the disk (2.5 MB an expert in float16, against 9.8) in the same
-    training time, and on our dev scenario lost 2 of 96 paraphrases over two seeds (92/96 against
-    94/96; bench/results/learn-dev.md, experts-r4*): 16 keeps the accuracy, 4 suits a home short
-    of disk."""
+    """LoRA rank of each correction's expert (alpha twice the rank, the shared adapter's scale). 16 keeps the
+    accuracy; 4 takes a quarter of the disk and lost 2 of 96 dev paraphrases, for a home short of disk
+    (bench/results/learn-dev.md, experts-r4*; bench/HISTORY.md 'Config defaults')."""
     expert_epochs: float = 6.0
     """SFT epochs of an expert over its correction and the correction's rewrites (10 rows)."""
     expert_lr: float = 2e-3
     """Peak SFT learning rate of an expert (DPO then runs on its one pair at `dpo_lr`)."""
     habit_adapter: bool = True
-    """Train a habit adapter (learning/habits.py) when corrections show a habit (an opening 3+
-    corrections to different prompts share); it chooses the opening of answers to prompts
-    outside the scope, and the base weights answer them as before. On our dev scenario
-    (bench/results/learn-dev.md): style 4/4, canaries 40/40, controls as the base. Writing
-    whole answers, or letting the base continue after its opening, lost 8/40 canaries."""
+    """Train a habit adapter (learning/habits.py) when corrections show a habit (an opening 3+ corrections to
+    different prompts share); it chooses the opening of answers to prompts outside the scope, and the base
+    weights answer them as before (bench/results/learn-dev.md; bench/HISTORY.md 'Config defaults')."""
     habit_lr: float = 1e-3
     """Peak learning rate of the habit adapter, trained for `sft_epochs` (2e-4 taught no habit)."""
     habit_self_replay: int = 48
@@ -160,9 +114,8 @@ class LearnConfig:
     augment: bool = True
     """Add generic rewrites of each corrected prompt (templates, casing, contractions)."""
     augment_rewrites: int = 9
-    """Rewrites per corrected prompt (reframings first, learning/augment.py). On our dev scenario
-    (bench/results/learn-dev.md) 9 taught 38/48 paraphrases, 6 32/48; before reframings 6
-    taught 30/48 and 4 27/48."""
+    """Rewrites per corrected prompt (reframings first, learning/augment.py). 9 taught more dev paraphrases
+    than 6 (bench/results/learn-dev.md; bench/HISTORY.md 'Config defaults')."""
     max_history_messages: int = 2
     """Earlier messages of the conversation kept in front of the corrected prompt."""
     max_prompt_chars: int = 2000
