@@ -10,9 +10,9 @@ Contract:
   question it came from asks, told and named). `.candidates(text, query, policy, ...)` -> the
   best matching key per owner, best first: similarity at least the threshold (or the relative
   margin above ordinary requests, `OrdinaryRequests`), and the guards passed (`allowed`).
-- `rank(text, candidates, reranker, pairs)`: the candidates whose answer fits the question
+- `rank(text, candidates, pairs, reranker, policy)`: the candidates whose answer fits the question
   (assistant/rerank.py), ordered by the chat model's likelihood where a reranker is given.
-- `allowed(asked, learned, same_thing)`: the guards, in one place: the language rules
+- `allowed(question, source, things, policy)`: the guards, in one place: the language rules
   (assistant/language.py `may_answer`) and, by the embedder, whether a question naming a thing of
   the user's own names the same thing the learned question did (`SameThing`).
 - `search_keys(prompt, answer, policy)`: the texts a correction is found by.
@@ -46,7 +46,7 @@ class Embedder(Protocol):
 @dataclass(frozen=True)
 class MatchPolicy:
     """How close is close enough. Every value was chosen on the dev sets, never on a scenario's
-    probes (bench/HISTORY.md, "Matching policy"):
+    probes (bench/HISTORY.md, "Language rules and the matching policy" and "Reranking"):
     - `threshold`: cosine similarity a key must reach (recall: bench/results/memory.dev*.md).
     - `relative_margin`: or this much above the question's similarity to ordinary requests
       (memory.dev-relative*.md); None: the threshold alone.
@@ -63,7 +63,7 @@ class MatchPolicy:
     - `rerank_weight`: a reranked candidate's rank is its similarity plus this much times its
       log-likelihood behind the best one (assistant/rerank.py; routing.py --rerank on|off).
     - `rerank_gap`: candidates further than this behind the nearest are not scored by the model
-      (the same ranks as 0.1 needed a quarter of the forward passes); None: all are.
+      (0.1 gave the ranks of no gap with a quarter of the forward passes); None: all are.
     """
     threshold: float = 0.45
     relative_margin: float | None = 0.1
