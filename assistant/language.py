@@ -31,6 +31,7 @@ REWRITE_TEMPLATES, CONTRACTIONS, REWRITE_STOPWORDS; ANCHOR_STOPWORDS, SCORING_WO
 words; merging any two would change an output (tests/test_language.py), so each stays its own.
 """
 import re
+from collections.abc import Set as AbstractSet
 
 from store.text import tokens
 
@@ -128,7 +129,7 @@ def naming(prompt: str, answer: str) -> set[str]:
     return found - words(prompt)
 
 
-def may_answer(asked: set[str], personal: bool, told: set[str], other_kind: bool = False,
+def may_answer(asked: AbstractSet[str], personal: bool, told: AbstractSet[str], other_kind: bool = False,
                refers: bool = False) -> bool:
     """The FIRST_PERSON guard: may something learned from a question (about the user or not,
     having told `told`) answer a question with the words `asked`? `other_kind`: the question asks

@@ -140,18 +140,22 @@ class OrdinaryRequests:
         return relevant(scores, threshold, self.similarity(query) if margin is not None else 0.0, margin)
 
 
-_ORDINARY: "weakref.WeakKeyDictionary[Embedder, OrdinaryRequests]" = weakref.WeakKeyDictionary()
-_ORDINARY_LOCK = threading.Lock()
+_SHARED: "weakref.WeakKeyDictionary[Embedder, dict]" = weakref.WeakKeyDictionary()
+_SHARED_LOCK = threading.Lock()
+
+
+def _one_per_embedder(embedder: Embedder, kind: type):
+    """The one `kind(embedder)` of `embedder`: recall and the adapters' scope share the runtime's
+    embedder, and so what it embeds for them (ordinary requests, phrases) is embedded once."""
+    with _SHARED_LOCK:
+        made = _SHARED.setdefault(embedder, {})
+        if kind not in made:
+            made[kind] = kind(embedder)
+        return made[kind]
 
 
 def ordinary_requests(embedder: Embedder) -> OrdinaryRequests:
-    """The one OrdinaryRequests of `embedder`: recall and the adapters' scope share the runtime's
-    embedder, and so the prompts are embedded once."""
-    with _ORDINARY_LOCK:
-        found = _ORDINARY.get(embedder)
-        if found is None:
-            found = _ORDINARY[embedder] = OrdinaryRequests(embedder)
-        return found
+    return _one_per_embedder(embedder, OrdinaryRequests)
 
 
 class SameThing:
@@ -191,16 +195,8 @@ class SameThing:
             return np.stack([self._vectors[p] for p in phrases])
 
 
-_SAME_THING: "weakref.WeakKeyDictionary[Embedder, SameThing]" = weakref.WeakKeyDictionary()
-
-
 def same_thing(embedder: Embedder) -> SameThing:
-    """The one SameThing of `embedder` (recall and routing share its phrase vectors)."""
-    with _ORDINARY_LOCK:
-        found = _SAME_THING.get(embedder)
-        if found is None:
-            found = _SAME_THING[embedder] = SameThing(embedder)
-        return found
+    return _one_per_embedder(embedder, SameThing)
 
 
 @dataclass(frozen=True)
@@ -242,7 +238,7 @@ def allowed(question: Asked, source: Learned, things: SameThing | None, policy: 
     """May what was learned from `source` answer `question`? The language guard
     (language.may_answer), then the same-thing check (`SameThing`, MatchPolicy.same_thing)."""
     other_kind = question.way and not source.way
-    if not may_answer(set(question.words), source.personal, set(source.told), other_kind,
+    if not may_answer(question.words, source.personal, source.told, other_kind,
                       bool(question.referred & source.things)):
         return False
     return things is None or things.allows(question.owned, source.owned, policy.same_thing)
