@@ -86,8 +86,11 @@ class AdapterScope:
         keys, owners = _routing_keys(experts, scope["prompts"], self.policy.answer_key)
         sources = _sources(keys, owners, experts, scope.get("personal") or (), scope.get("told") or ())
         policy = replace(self.policy, threshold=float(scope["threshold"]), relative_margin=scope.get("margin"))
+        feedback: dict[str, list[str]] = {}
+        for e in experts:  # an adapter a group of corrections shares answers for all of them
+            feedback.setdefault(e["adapter"], []).extend(e.get("feedback_ids") or ())
         return _Scope(policy, KeyIndex(unit_rows(self.embedder.encode(keys)), owners, sources),
-                      {e["name"]: list(e.get("feedback_ids") or ()) for e in experts},
+                      {e["name"]: e["adapter"] for e in experts}, feedback,
                       {e["name"]: (e.get("prompt") or None, e.get("answer") or None) for e in experts})
 
     def warm(self, path) -> None:
@@ -112,7 +115,8 @@ class AdapterScope:
             return version, path
         best = self._match(scope, text)
         if best is not None:
-            expert = best.owner  # the nearest trained prompt is a correction's: its expert
+            # the nearest trained prompt is a correction's: the expert adapter that learned it
+            expert = scope.adapters.get(best.owner)
             return (version, path) if expert is None else (
                 (version, f"{EXPERT_KEY}{expert}"), str(Path(path) / EXPERTS_DIR / expert))
         key = str(path)
@@ -124,7 +128,8 @@ class AdapterScope:
         return ((version, "habit"), habit) if habit else (None, None)
 
     def expert_feedback(self, path, name: str) -> list[str]:
-        """The feedback ids of the correction the expert `name` of the version at `path` learned."""
+        """The feedback ids of the corrections the expert adapter `name` of the version at `path`
+        learned (one correction's, or its group's: LearnConfig.expert_group)."""
         scope = self._scope(path)
         return [] if scope is None else scope.expert_feedback.get(name, [])
 
@@ -180,5 +185,6 @@ def _sources(keys: list[str], owners: list[str | None], experts: list[dict], per
 class _Scope:
     policy: MatchPolicy  # the scope's threshold and margin over AdapterScope.policy
     index: KeyIndex  # one key per scope prompt, then per expert's answer key (_routing_keys)
-    expert_feedback: dict[str, list[str]]  # expert name -> the feedback ids it learned
+    adapters: dict[str, str]  # a correction's expert name -> the adapter directory that learned it
+    expert_feedback: dict[str, list[str]]  # adapter directory -> the feedback ids it learned
     pairs: dict[str, tuple]  # expert name -> (the question it corrected, the answer it learned), for rerank

@@ -150,15 +150,21 @@ def take_back(server: Server, home: Path, conversation_id: str, how: str) -> str
 # ---- costs ----------------------------------------------------------------------------------------
 def disk_mb(home: Path) -> dict:
     """Bytes on disk under the home, split: adapters (every kept version), database (with its WAL),
-    cache, models (the converted embedded model), other."""
+    cache, models (the converted embedded model), other. A file hard-linked into several versions
+    (an expert or adapter a version kept unchanged) counts once, as the disk holds it once."""
     parts = {"adapters": 0, "database": 0, "cache": 0, "models": 0, "other": 0}
+    seen = set()
     for root, _, files in os.walk(home):
         rel = Path(root).relative_to(home).parts
         for f in files:
             try:
-                size = os.lstat(os.path.join(root, f)).st_size
+                st = os.lstat(os.path.join(root, f))
             except OSError:
                 continue
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            size = st.st_size
             if rel and rel[0] in ("adapters", "cache", "models"):
                 parts[rel[0]] += size
             elif not rel and f.startswith("assistant.db"):

@@ -98,6 +98,11 @@ class LearnConfig:
     """LoRA rank of each correction's expert (alpha twice the rank, the shared adapter's scale). 16 keeps the
     accuracy; 4 takes a quarter of the disk and lost 2 of 96 dev paraphrases, for a home short of disk
     (bench/results/learn-dev.md, experts-r4*; bench/HISTORY.md 'Config defaults')."""
+    expert_group: int = 1
+    """How many of a cycle's new corrections share one expert adapter (trained together, each still routed
+    to by its own prompts): 1, one adapter per correction; more divides the experts' disk by about that
+    much. A correction taken back or superseded drops its group's adapter, and the rest of the group is
+    trained anew in the next cycle (bench/results/learn-dev.md, experts-group*)."""
     expert_epochs: float = 6.0
     """SFT epochs of an expert over its correction and the correction's rewrites (10 rows)."""
     expert_lr: float = 2e-3
@@ -173,6 +178,8 @@ class LearnConfig:
                             f"(got {self.scope_threshold})")
         if self.scope_margin is not None and not 0 <= self.scope_margin <= 2:
             problems.append(f"scope_margin must be in [0, 2] or None (got {self.scope_margin})")
+        if self.expert_group < 1:
+            problems.append(f"expert_group must be >= 1 (got {self.expert_group})")
         if self.expert_r < 1 or self.experts_per_cycle < 0 or self.expert_epochs <= 0 or self.expert_lr <= 0:
             problems.append(f"expert_r must be >= 1, experts_per_cycle >= 0, expert_epochs and expert_lr "
                             f"positive (got {self.expert_r}, {self.experts_per_cycle}, {self.expert_epochs}, "

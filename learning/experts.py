@@ -22,12 +22,10 @@ Layout: `<version>/experts/<name>/` (a peft adapter directory) and, in the versi
 meta.json, "experts": [{"name", "feedback_ids", "prompt", "answer", "prompts", "trained_in"}].
 """
 import dataclasses
-import os
-import shutil
 import time
 from pathlib import Path
 
-from store.manifest import EXPERTS_DIR, read_experts, read_manifest
+from store.manifest import EXPERTS_DIR, link_tree, read_experts, read_manifest
 from store.text import question_and_answer, scope_prompts
 
 
@@ -48,17 +46,6 @@ def expert_groups(sft_rows: list[dict], pairs: list[dict]) -> dict[tuple, dict]:
         if key in groups:
             groups[key]["pairs"].append(pair)
     return groups
-
-
-def _link_tree(src: Path, dst: Path) -> None:
-    """Hard-link every file of `src` into `dst` (a copy where the filesystem cannot link)."""
-    dst.mkdir(parents=True)
-    for f in src.iterdir():
-        if f.is_file():
-            try:
-                os.link(f, dst / f.name)
-            except OSError:
-                shutil.copy2(f, dst / f.name)
 
 
 def no_longer_held(experts: list[dict], groups: dict) -> list[dict]:
@@ -114,24 +101,28 @@ def plan_experts(job) -> ExpertPlan | None:
     if not lcfg.experts or lcfg.scope_threshold is None:
         return None
     groups = expert_groups(*(job.corrections or (job.sft_rows, job.pairs)))
+    relearn = set(job.feedback_ids or ())
+    parents = read_experts(job.parent_path)
     # an expert of a correction that is new again (the gate found its version did not learn it,
     # store/adapters.unlearn_feedback) is trained anew
-    relearn = set(job.feedback_ids or ())
-    inherited = [e for e in read_experts(job.parent_path) if not set(feedback_key(e)) <= relearn]
-    have = {feedback_key(e) for e in inherited}
+    inherited = [e for e in parents if not set(feedback_key(e)) <= relearn]
+    # a newer correction of a prompt retires the old one's expert at once, even while its own
+    # waits (the shared adapter, trained on the newer one, answers meanwhile)
+    fresh = [k for k in groups if k not in {feedback_key(e) for e in inherited}]
+    replaced = {question_key(question_and_answer(r)[0]) for k in fresh for r in groups[k]["sft"]}
+    # an expert is a separable piece of the weights, so what the user took back is forgotten
+    # exactly, even when the shared adapter (continued from its parent) cannot forget it
+    gone = {e["name"] for e in (no_longer_held(inherited, groups) if job.corrections is not None else [])}
+    retired = gone | {e["name"] for e in inherited if question_key(e["prompt"]) in replaced}
+    # a group's adapter holds all of its corrections: when one leaves, the others are trained anew
+    dropped = {e["adapter"] for e in parents if e["name"] in retired or e not in inherited}
+    kept = [e for e in inherited if e["adapter"] not in dropped]
+    have = {feedback_key(e) for e in kept}
     waiting = [k for k in groups if k not in have]
     pace = expert_pace(job.parent_path)
     new = {k: groups[k] for k in sorted(waiting, key=lambda k: k[0])[:experts_this_cycle(lcfg, pace)]}  # oldest first
-    # a newer correction of a prompt retires the old one's expert at once, even while its own
-    # waits (the shared adapter, trained on the newer one, answers meanwhile)
-    replaced = {question_key(question_and_answer(r)[0]) for k in waiting for r in groups[k]["sft"]}
-    # an expert is a separable piece of the weights, so what the user took back is forgotten
-    # exactly, even when the shared adapter (continued from its parent) cannot forget it
-    gone = [] if job.corrections is None else [e["name"] for e in no_longer_held(inherited, groups)]
-    current = [e for e in inherited if e["name"] not in gone]
-    kept = [e for e in current if question_key(e["prompt"]) not in replaced]
-    return ExpertPlan(kept=kept, new=new, waiting=len(waiting) - len(new), forgotten=len(inherited) - len(current),
-                      pace_s=pace)
+    forgotten = len([e for e in inherited if e["name"] in gone])
+    return ExpertPlan(kept=kept, new=new, waiting=len(waiting) - len(new), forgotten=forgotten, pace_s=pace)
 
 
 def train_experts(model, tok, job, plan: ExpertPlan | None, device: str, work: Path, losses: list, stats: dict,
@@ -149,36 +140,41 @@ def train_experts(model, tok, job, plan: ExpertPlan | None, device: str, work: P
     if plan is None:
         return None
     lcfg, kept, new = job.lcfg, plan.kept, plan.new
-    for e in kept:
-        _link_tree(Path(job.parent_path) / EXPERTS_DIR / e["name"], out / EXPERTS_DIR / e["name"])
+    for adapter in dict.fromkeys(e["adapter"] for e in kept):
+        link_tree(Path(job.parent_path) / EXPERTS_DIR / adapter, out / EXPERTS_DIR / adapter)
     expert_lora = LoraConfig(r=lcfg.expert_r, lora_alpha=2 * lcfg.expert_r, lora_dropout=0.0,
                              target_modules=list(lcfg.lora_targets), task_type="CAUSAL_LM")
     expert_cfg = dataclasses.replace(lcfg, sft_epochs=lcfg.expert_epochs, sft_lr=lcfg.expert_lr)
+    batches = [list(new.values())[i:i + lcfg.expert_group] for i in range(0, len(new), lcfg.expert_group)]
     trained, t0 = [], time.perf_counter()
-    for i, group in enumerate(new.values()):
+    for i, batch in enumerate(batches):
         name = f"v{job.version}-{i}"
-        rows = group["sft"] + (augment_sft(group["sft"], n_rewrites=lcfg.augment_rewrites) if lcfg.augment else [])
+        rows_of = [g["sft"] + (augment_sft(g["sft"], n_rewrites=lcfg.augment_rewrites) if lcfg.augment else [])
+                   for g in batch]
 
-        def progress(stage, step, total, loss, i=i):  # one stage for all experts: i of len(new) done
+        def progress(stage, step, total, loss, i=i):  # one stage for all experts: i of len(batches) done
             if job.progress:
-                job.progress("experts", round(1000 * (i + step / max(total, 1)) / len(new)), 1000, loss)
+                job.progress("experts", round(1000 * (i + step / max(total, 1)) / len(batches)), 1000, loss)
 
         sub = dataclasses.replace(job, lcfg=expert_cfg, progress=progress)
         torch.manual_seed(lcfg.seed * 1000 + job.version * 100 + i)  # the new LoRA's init
         model.add_adapter(name, expert_lora)
         model.set_adapter(name)
         try:
-            run_sft(model, tok, rows, sub, device, work / name, losses, stage="expert")
-            if group["pairs"] and lcfg.dpo_epochs > 0:
-                run_dpo(model, tok, group["pairs"], sub, device, work / name, losses, stage="expert DPO")
+            run_sft(model, tok, [r for rows in rows_of for r in rows], sub, device, work / name, losses, stage="expert")
+            pairs = [p for g in batch for p in g["pairs"]]
+            if pairs and lcfg.dpo_epochs > 0:
+                run_dpo(model, tok, pairs, sub, device, work / name, losses, stage="expert DPO")
             model.save_pretrained(str(out / EXPERTS_DIR), selected_adapters=[name])  # -> experts/<name>/
         finally:
             model.set_adapter("default")
             model.delete_adapter(name)
-        question, answer = question_and_answer(group["sft"][0])
-        trained.append({"name": name, "feedback_ids": list(group["sft"][0]["feedback_ids"]), "prompt": question,
-                        "answer": answer, "prompts": list(dict.fromkeys(scope_prompts(rows))),
-                        "trained_in": job.version})
+        for j, (group, rows) in enumerate(zip(batch, rows_of, strict=True)):
+            question, answer = question_and_answer(group["sft"][0])
+            trained.append({"name": name if len(batch) == 1 else f"{name}.{j}", "adapter": name,
+                            "feedback_ids": list(group["sft"][0]["feedback_ids"]), "prompt": question,
+                            "answer": answer, "prompts": list(dict.fromkeys(scope_prompts(rows))),
+                            "trained_in": job.version})
     seconds = time.perf_counter() - t0
     stats["experts"] = {"kept": len(kept), "trained": len(trained), "waiting": plan.waiting,
                         "forgotten": plan.forgotten, "seconds": round(seconds, 1),

@@ -36,6 +36,7 @@ from store.manifest import (
     Manifest,
     Scope,
     expert_entries,
+    link_tree,
     read_manifest,
     write_manifest,
 )
@@ -178,12 +179,15 @@ def train_candidate(job: TrainJob) -> Path:
             timings["dpo_s"] = stats["dpo"]["seconds"]
         else:
             _skipped(job, "DPO")
-        model.save_pretrained(str(tmp), selected_adapters=["default"])
+        if shared_rows or pairs or not (job.parent_path and job.from_parent):
+            model.save_pretrained(str(tmp), selected_adapters=["default"])
+        else:  # nothing trained the shared adapter: the parent's files, linked, not a copy
+            link_tree(job.parent_path, tmp)
         t0 = time.perf_counter()
         habits = train_habit_adapter(model, tok, job, device, work, losses, stats, tmp)
         if habits is not None:  # its self-replay answers, training and saving
             timings["habit_s"] = time.perf_counter() - t0
-        if "habit" not in stats:  # none trained: copied from the parent, or none at all
+        if "habit" not in stats:  # none trained: linked from the parent, or none at all
             _skipped(job, "habit")
         if not (plan and plan.new):
             _skipped(job, "experts")
@@ -244,7 +248,7 @@ def train_habit_adapter(model, tok, job: TrainJob, device: str, work: Path, loss
     shown = habit_rows(job.sft_rows, habits)
     if not shown:  # nothing new to learn: the parent's habit adapter goes on unchanged
         if parent:
-            shutil.copytree(parent, out / HABIT_DIR)
+            link_tree(parent, out / HABIT_DIR)
         return habits
     base_answers = []
     if job.lcfg.habit_self_replay and job.cache_dir is not None:

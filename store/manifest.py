@@ -16,6 +16,8 @@ version directory.
 """
 import json
 import logging
+import os
+import shutil
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -41,6 +43,21 @@ def has_weights(path) -> bool:
     """Does the adapter directory `path` hold a config and LoRA weights?"""
     path = Path(path)
     return (path / ADAPTER_CONFIG).exists() and any((path / f).exists() for f in WEIGHT_FILES)
+
+
+def link_tree(src, dst) -> None:
+    """Hard-link the files of the adapter directory `src` (not its subdirectories) into `dst`,
+    created if needed (a copy where the filesystem cannot link): a later version keeps weights it
+    did not change at no cost in disk. Safe because adapter files are never written again once
+    their version exists (store_half_precision leaves a linked file alone)."""
+    src, dst = Path(src), Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.is_file() and f.name not in (META_FILE, WEIGHTS_DELETED):  # the new version writes its own
+            try:
+                os.link(f, dst / f.name)
+            except OSError:
+                shutil.copy2(f, dst / f.name)
 
 
 def read_lead(adapter_path) -> tuple[int, tuple[str, ...]] | None:
@@ -73,10 +90,12 @@ def read_meta(path) -> dict:
 
 def read_experts(path) -> list[dict]:
     """The experts a version directory holds (meta.json "experts", learning/experts.py), those whose adapter files
-    are all there; [] for a version without experts or an unreadable meta.json."""
+    are all there, each with its "adapter" directory filled in; [] for a version without experts or an
+    unreadable meta.json."""
     if path is None or weights_deleted(path):
         return []
-    return [e.to_dict() for e in read_manifest(path).experts or [] if has_weights(Path(path) / EXPERTS_DIR / e.name)]
+    return [{**e.to_dict(), "adapter": e.directory} for e in read_manifest(path).experts or []
+            if has_weights(Path(path) / EXPERTS_DIR / e.directory)]
 
 
 def read_scope(path) -> dict | None:
@@ -167,7 +186,14 @@ class ExpertEntry:
     answer: str = _field(_kind(str), default="")  # the corrected answer
     prompts: list[str] = _field(_strings, factory=list)  # every prompt it was trained on
     trained_in: int | None = _field(_optional(_int))  # the version that trained it
+    adapter: str = _field(_kind(str), default="")  # its directory under experts/ when shared with the
+    # other corrections of its group (LearnConfig.expert_group); "" (files before groups): `name`
     extra: dict = field(default_factory=dict)
+
+    @property
+    def directory(self) -> str:
+        """The adapter directory under experts/ that holds this correction's weights."""
+        return self.adapter or self.name
 
     @classmethod
     def from_dict(cls, raw, where: str = "experts") -> "ExpertEntry | None":
@@ -179,7 +205,10 @@ class ExpertEntry:
         return entry
 
     def to_dict(self) -> dict:
-        return _as_dict(self)
+        out = _as_dict(self)
+        if not out["adapter"]:  # an entry written before groups reads back as it was
+            del out["adapter"]
+        return out
 
 
 def expert_entries(raw: list, where: str = "experts") -> list[ExpertEntry]:

@@ -368,3 +368,40 @@ def test_at_most_max_side_adapters_experts_stay_loaded_the_least_recently_used_g
     again = served.logits([{"role": "user", "content": DOG}], version=keys[1],
                           adapter_path=version / EXPERTS_DIR / "v1-1")
     assert torch.equal(first, again) and set(served.loaded) == {1, keys[0], keys[1], keys[3]}
+
+
+def test_a_group_of_corrections_shares_one_adapter_and_is_retrained_when_one_is_taken_back(tiny_model_path,
+                                                                                            tmp_path):
+    """LearnConfig.expert_group: the cycle's corrections train one adapter together; each keeps its
+    own entry and routing prompts; the shared adapter nothing retrained is linked, not copied."""
+    job = _job(tiny_model_path, tmp_path / "adapters")
+    job.lcfg = dataclasses.replace(job.lcfg, expert_group=2)
+    v1 = train_candidate(job)
+    first = read_experts(v1)
+    assert [(e["name"], e["adapter"], e["feedback_ids"]) for e in first] == [
+        ("v1-0.0", "v1-0", ["f0"]), ("v1-0.1", "v1-0", ["f1"])]
+    assert sorted(p.name for p in (v1 / EXPERTS_DIR).iterdir() if p.is_dir()) == ["v1-0"]
+    scope = AdapterScope(embedder=Embedder())
+    assert scope.route(1, str(v1), DOG)[1] == str(v1 / EXPERTS_DIR / "v1-0")
+    assert sorted(scope.expert_feedback(str(v1), "v1-0")) == ["f0", "f1"]
+    # f1's conversation was deleted: the group's adapter still holds it, so f0 is trained anew alone
+    sft = [r for r in job.sft_rows if "f1" not in (r.get("feedback_ids") or ())]
+    pairs = [p for p in job.pairs if "f1" not in p["feedback_ids"]]
+    v2 = train_candidate(dataclasses.replace(job, version=2, parent_version=1, parent_path=str(v1), sft_rows=sft,
+                                             pairs=pairs, corrections=(sft, pairs), feedback_ids=[]))
+    assert [(e["feedback_ids"], e["adapter"], e["trained_in"]) for e in read_experts(v2)] == [(["f0"], "v2-0", 2)]
+    assert sorted(p.name for p in (v2 / EXPERTS_DIR).iterdir() if p.is_dir()) == ["v2-0"]
+    stats = json.loads((v2 / "meta.json").read_text())["stats"]["experts"]
+    assert {k: stats[k] for k in ("kept", "trained", "forgotten")} == {"kept": 0, "trained": 1, "forgotten": 1}
+
+
+def test_a_version_that_trains_no_shared_rows_links_its_parents_shared_adapter(tiny_model_path, tmp_path):
+    job = _job(tiny_model_path, tmp_path / "adapters")
+    v1 = train_candidate(job)
+    corrections = [r for r in job.sft_rows if r.get("source") == "correction"]  # nothing liked this cycle
+    v2 = train_candidate(dataclasses.replace(job, version=2, parent_version=1, parent_path=str(v1),
+                                             sft_rows=corrections, feedback_ids=[]))
+    assert "sft_s" not in json.loads((v2 / "meta.json").read_text())["timings"]  # every correction has its expert
+    files = [v / "adapter_model.safetensors" for v in (v1, v2)]
+    assert files[0].stat().st_ino == files[1].stat().st_ino
+    assert json.loads((v1 / "meta.json").read_text())["version"] == 1  # the parent's manifest untouched

@@ -100,4 +100,20 @@ def test_what_train_writes_round_trips(tmp_path):
     assert read_experts(tmp_path) == []  # its files are not there
     for name in ("adapter_config.json", WEIGHT_FILES[0]):
         (tmp_path / EXPERTS_DIR / "v2-0" / name).write_text("{}")
-    assert read_experts(tmp_path) == meta["experts"] and read_scope(tmp_path) == meta["scope"]
+    # read with its adapter directory filled in: its own name, as in files written before groups
+    assert read_experts(tmp_path) == [{**meta["experts"][0], "adapter": "v2-0"}]
+    assert read_scope(tmp_path) == meta["scope"]
+
+
+def test_corrections_of_one_group_share_the_adapter_directory_they_name(tmp_path):
+    """LearnConfig.expert_group: each correction keeps its entry (its routing prompts, its feedback),
+    the weights live once, under the group's adapter directory."""
+    entries = [{"name": f"v3-0.{i}", "adapter": "v3-0", "feedback_ids": [f"f{i}"], "prompt": f"Q{i}?",
+                "answer": f"A{i}.", "prompts": [f"Q{i}?"], "trained_in": 3} for i in range(2)]
+    _write(tmp_path, {"experts": entries})
+    assert read_experts(tmp_path) == []
+    (tmp_path / EXPERTS_DIR / "v3-0").mkdir(parents=True)
+    for name in ("adapter_config.json", WEIGHT_FILES[0]):
+        (tmp_path / EXPERTS_DIR / "v3-0" / name).write_text("{}")
+    assert read_experts(tmp_path) == entries
+    assert [e.directory for e in read_manifest(tmp_path).experts] == ["v3-0", "v3-0"]
