@@ -236,10 +236,13 @@ def state_at(items: list[dict], n: int) -> dict:
     return {"taught": taught, "back": back, "updated": updated}
 
 
-def probes_at(items: list[dict], state: dict, canaries: list[dict], everything: bool = False) -> list[dict]:
+def probes_at(items: list[dict], state: dict, canaries: list[dict], everything: bool = False,
+              per_item: int | None = None, cycle: int = 0) -> list[dict]:
     """The probes scored after a cycle, each with its role: fact (a live taught fact: a fact not
     updated, an update, a forget item not yet taken back), back (taken back), style, control,
-    canary; `everything`: also the facts not taught yet (role "untaught", the base reference)."""
+    canary; `everything`: also the facts not taught yet (role "untaught", the base reference).
+    `per_item`: at most this many probes of each item, taken in turn by `cycle` (cycle n starts
+    at its n-th probe), so every item is scored every cycle and every probe over the cycles."""
     out = []
     for it in items:
         tid, kind = it["id"], it["kind"]
@@ -257,13 +260,22 @@ def probes_at(items: list[dict], state: dict, canaries: list[dict], everything: 
             continue  # its update's probes are scored instead
         else:
             role = "fact"
-        for i, p in enumerate(it["probes"]):
+        for i, p in rotation(it["probes"], per_item, cycle):
             out.append({"item": tid, "kind": kind, "role": role, "family": "reask" if i == 0 else "paraphrase",
                         "prompt": p, "expect": it.get("expect") or [], "format": it.get("format"),
                         "stale": it.get("stale") or []})
     out += [{"item": f"canary:{c['id']}", "kind": "canary", "role": "canary", "family": "canary",
              "prompt": c["prompt"], "expect": c["expect"], "stale": []} for c in canaries]
     return out
+
+
+def rotation(values: list, n: int | None, cycle: int) -> list[tuple[int, object]]:
+    """(index, value) of `n` of `values` starting at position `cycle` and wrapping (all when n is
+    None or covers them), in index order."""
+    if n is None or n >= len(values):
+        return list(enumerate(values))
+    picked = sorted((cycle + k) % len(values) for k in range(n))
+    return [(i, values[i]) for i in picked]
 
 
 def leak_phrases(items: list[dict], state: dict) -> list[tuple[str, str, str]]:
@@ -342,7 +354,11 @@ def markdown(run: dict) -> str:
              f"Scenario `{run['scenario']}`, model `{run['model']}`, sentence embedder `{run['embedder']}`, "
              f"{run['cycles_done']} of {run['cycles']} cycles. Command: `{run['command']}`. "
              "Columns: bench/README.md (\"A season of use\"). `w`: recall off (weights alone), `r`: recall on. "
-             "`stale` and `taken back`, `leaks`: how many replies said it (lower is better).", "",
+             "`stale` and `taken back`, `leaks`: how many replies said it (lower is better)."
+             + ("" if not (run.get("probes_per_item") or run.get("canaries_per_cycle")) else
+                f" Before the last cycle each item is scored on {run.get('probes_per_item') or 'all'} of its "
+                f"probes and {run.get('canaries_per_cycle') or 'all'} canaries are asked, in turn; the last "
+                "cycle scores everything."), "",
              "| cycle | corrections (new) | facts w | facts r | first 3 cycles w | first 3 r | updated w | "
              "updated r | stale w | stale r | taken back said w | taken back said r | control w | control r | "
              "canary w | canary r | style w | style r | leaks w | leaks r |",
@@ -455,6 +471,11 @@ def main(argv=None) -> int:
     ap.add_argument("--home", help="assistant home to use (default: a fresh temp dir)")
     ap.add_argument("--no-canaries", action="store_true", help="skip the 40 canary questions (learning/canaries.jsonl)")
     ap.add_argument("--base-facts", action="store_true", help="cycle 0 also scores every fact (the base reference)")
+    ap.add_argument("--probes-per-item", type=int, metavar="N",
+                    help="score at most N probes of each item per cycle, in turn (default: all); the last "
+                         "cycle scores all")
+    ap.add_argument("--canaries-per-cycle", type=int, metavar="N",
+                    help="score N of the canaries per cycle, in turn (default: all); the last cycle scores all")
     ap.add_argument("--learn", action="append", metavar="KEY=VALUE",
                     help="a LearnConfig field for this run's home (repeatable), e.g. expert_r=4")
     ap.add_argument("--out", default="season", help="stem of the result files (default %(default)s)")
@@ -471,7 +492,8 @@ def main(argv=None) -> int:
     run = {"stamp": stamp, "scenario": str(scenario.relative_to(ROOT) if scenario.is_relative_to(ROOT) else scenario),
            "model": args.model, "embedder": embedder_name(), "cycles": cycles, "cycles_done": 0,
            "command": "python bench/season.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "home": str(home), "cpus": os.cpu_count(), "rows": []}
+           "home": str(home), "cpus": os.cpu_count(), "probes_per_item": args.probes_per_item,
+           "canaries_per_cycle": args.canaries_per_cycle, "rows": []}
     RESULTS.mkdir(parents=True, exist_ok=True)
 
     def save():
@@ -532,7 +554,10 @@ def main(argv=None) -> int:
                    "learn_summary": (learn.stdout.strip().splitlines() or [learn.stderr.strip()[-300:]])[-1]}
             row["disk_mb"] = disk_mb(home)
             state = state_at(items, n)
-            probes = probes_at(items, state, canaries)
+            last = n == todo
+            probes = probes_at(items, state, [c for _, c in rotation(
+                canaries, None if last else args.canaries_per_cycle, n * (args.canaries_per_cycle or 0))],
+                per_item=None if last else args.probes_per_item, cycle=n)
             row["weights"] = score(server, probes, False, items, state)
             row["recall"] = score(server, probes, True, items, state)
             row["rss_mb"] = rss_mb(server.proc.pid)  # with every expert asked about loaded

@@ -20,9 +20,9 @@ in it as whole words, case-insensitively. Only the corrected content counts, not
 
 Both versions run on one base model with peft adapters switched in place (no reload), with
 batched greedy generation and batched log-likelihood scoring (learning/scoring.py). What the
-base weights reply (the incumbent before any version, prompts outside a scope) is generated once
-per home and kept in `cache/base-replies.json` (scoring.BaseReplies): the canaries are asked
-again every cycle.
+base weights, an expert or a shared adapter a version kept unchanged reply is generated once per
+home and kept in `cache/replies.json` (scoring.Replies): the canaries and earlier corrections are
+asked again every cycle.
 """
 import dataclasses
 import json
@@ -34,12 +34,12 @@ from typing import Callable
 
 from assistant.config import DEFAULT_SYSTEM_PROMPT
 from assistant.language import ANCHOR_STOPWORDS, scoring_words
-from learning.scoring import BaseReplies, Scorer
+from learning.scoring import Replies, Scorer
 from store import adapters
 from store.settings import get_setting
 
 CANARIES_PATH = Path(__file__).with_name("canaries.jsonl")
-BASE_REPLIES_FILE = "base-replies.json"  # the base weights' replies, asked once (scoring.BaseReplies)
+REPLIES_FILE = "replies.json"  # replies of weights asked before (scoring.Replies)
 MAX_NEW_TOKENS = 32
 DPO_BETA = 0.1  # only scales the reported reward margin; accuracy does not depend on it
 
@@ -203,8 +203,8 @@ def evaluate(cfg, db, candidate_version: int, incumbent_version: int | None,
     start = time.perf_counter()
     served = build_served(cfg, model, embedder=embedder, scope=scope)  # route as the chat does
     model, scope = served.model, served.scope
-    base_replies = BaseReplies(Path(cfg.home) / "cache" / BASE_REPLIES_FILE, model)
-    scorer = Scorer(model, max_new_tokens=max_new_tokens, scope=scope, base_replies=base_replies)
+    replies = Replies(Path(cfg.home) / "cache" / REPLIES_FILE, model)
+    scorer = Scorer(model, max_new_tokens=max_new_tokens, scope=scope, replies=replies)
     system = get_setting(db, "system_prompt", DEFAULT_SYSTEM_PROMPT)
     items = taught_items(db, taught_feedback_ids) + retention_items(db, taught_feedback_ids)
     items += [{"kind": "canary", **c} for c in load_canaries()]
@@ -226,7 +226,7 @@ def evaluate(cfg, db, candidate_version: int, incumbent_version: int | None,
 
     cand = score(candidate_version, items)
     inc = score(incumbent_version, items)
-    base_replies.save()
+    replies.save()
     # The base model is the reference of the DPO reward margin; scored separately only if
     # neither side already is the base.
     base = score(None, []) if need_base else (inc if incumbent_version is None else cand)

@@ -19,24 +19,28 @@ from typing import Callable, Iterable
 
 import torch
 
+from store.manifest import ADAPTER_CONFIG, WEIGHT_FILES
+
 
 def _chunks(seq: list, size: int) -> Iterable[list]:
     for i in range(0, len(seq), size):
         yield seq[i:i + size]
 
 
-class BaseReplies:
-    """The base weights' greedy replies, kept in a JSON file between evaluations.
+class Replies:
+    """Greedy replies kept in a JSON file between evaluations, by the weights that gave them.
 
-    Why: every cycle's gate asks the canaries again, of the incumbent and, outside its scope,
-    of the candidate, and most of them go to the base weights, which never change: on this CPU
-    that was a third of a cycle's evaluation. A reply is looked up by everything it depends on:
-    the model (its config and where it came from), the code that generates it (this module and
-    assistant/model.py, by content: an upgrade starts afresh), the conversation, its lead and
-    first-token guard, and the token budget. Both sides of a gate then also get the very same
-    reply from the base weights, whatever other prompts shared its batch."""
+    Why: every cycle's gate asks the canaries and every earlier correction again, of the
+    incumbent and of the candidate, and most of them reach weights that did not change: the base
+    weights, an expert or shared adapter a version kept by hard link (learning/experts.py). On
+    this CPU that was most of a cycle's evaluation, growing with every correction. A reply is
+    looked up by everything it depends on: the model (its config and where it came from), the
+    code that generates it (this module and assistant/model.py, by content: an upgrade starts
+    afresh), the adapter's files (by content; "base" for the base weights), the conversation, its
+    lead and first-token guard, and the token budget. Both sides of a gate then also get the very
+    same reply from the same weights, whatever other prompts shared its batch."""
 
-    LIMIT = 4000  # replies kept, the newest: a file of a few MB at most
+    LIMIT = 20000  # replies kept, the newest: a few MB at most
 
     def __init__(self, path, served):
         self.path = Path(path)
@@ -52,9 +56,28 @@ class BaseReplies:
             stored = {}
         ok = isinstance(stored, dict) and stored.get("salt") == self.salt and isinstance(stored.get("replies"), dict)
         self.replies: dict[str, str] = stored["replies"] if ok else {}
+        self._weights: dict[tuple, str | None] = {}
 
-    def key(self, conversation: list[dict], lead, avoid_first, max_new_tokens: int) -> str:
-        return hashlib.sha256(json.dumps([conversation, lead, avoid_first, max_new_tokens]).encode()).hexdigest()
+    def weights(self, path) -> str | None:
+        """What identifies the adapter files at `path` (None: the base weights, "base"): a hash of
+        their content, computed once per file; None when they cannot be read (not cached then)."""
+        if path is None:
+            return "base"
+        files = [Path(path) / f for f in (ADAPTER_CONFIG, *WEIGHT_FILES)]
+        try:
+            stamp = tuple((f.stat().st_ino, f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.exists())
+            if stamp not in self._weights:
+                digest = hashlib.sha256()
+                for f in files:
+                    if f.exists():
+                        digest.update(f.read_bytes())
+                self._weights[stamp] = digest.hexdigest() if len(stamp) > 1 else None
+        except OSError:
+            return None
+        return self._weights[stamp]
+
+    def key(self, weights: str, conversation: list[dict], lead, avoid_first, max_new_tokens: int) -> str:
+        return hashlib.sha256(json.dumps([weights, conversation, lead, avoid_first, max_new_tokens]).encode()).hexdigest()
 
     def save(self) -> None:
         """Write the file atomically (a full disk loses the cache, never the evaluation)."""
@@ -70,10 +93,10 @@ class BaseReplies:
 
 class Scorer:
     def __init__(self, served, batch_size: int = 16, max_new_tokens: int = 32,
-                 max_completion_tokens: int = 160, scope=None, base_replies: BaseReplies | None = None):
+                 max_completion_tokens: int = 160, scope=None, replies: Replies | None = None):
         self.served = served
         self.scope = scope  # assistant.scope.AdapterScope: route prompts as the chat does
-        self.base_replies = base_replies  # the base weights' replies asked before (None: ask every time)
+        self.replies = replies  # replies asked before, by the weights that gave them (None: ask every time)
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.max_completion_tokens = max_completion_tokens
@@ -129,16 +152,19 @@ class Scorer:
         return replies
 
     def _generate(self, conversations, on_batch, avoid_first, leads=None) -> list[str]:
-        if self.version is None and self.base_replies is not None:
-            return self._base_generate(conversations, on_batch, avoid_first, leads)
-        return self._batched_generate(conversations, on_batch, avoid_first, leads)
+        unknown = self.replies is None or (self.version is not None and self.path is None)
+        weights = None if unknown else self.replies.weights(None if self.version is None else self.path)
+        if weights is None:
+            return self._batched_generate(conversations, on_batch, avoid_first, leads)
+        return self._cached_generate(weights, conversations, on_batch, avoid_first, leads)
 
-    def _base_generate(self, conversations, on_batch, avoid_first, leads) -> list[str]:
-        """The base weights' replies: those asked before from `base_replies`, the others generated."""
-        cache = self.base_replies
+    def _cached_generate(self, weights: str, conversations, on_batch, avoid_first, leads) -> list[str]:
+        """Replies of the selected weights: those asked before from `replies`, the others generated."""
+        cache = self.replies
         leads = leads or [None] * len(conversations)
         avoid = avoid_first or [None] * len(conversations)
-        keys = [cache.key(c, lead, a, self.max_new_tokens) for c, lead, a in zip(conversations, leads, avoid, strict=True)]
+        keys = [cache.key(weights, c, lead, a, self.max_new_tokens)
+                for c, lead, a in zip(conversations, leads, avoid, strict=True)]
         todo = [keys.index(k) for k in dict.fromkeys(keys) if k not in cache.replies]
         if todo:
             out = self._batched_generate([conversations[i] for i in todo], on_batch,

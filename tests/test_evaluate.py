@@ -113,9 +113,10 @@ def test_evaluate_scores_both_sides_on_the_same_items(cfg, db, served, world):
     assert strip(again["candidate"]) == strip(cand) and strip(again["incumbent"]) == strip(inc)
 
 
-def test_the_base_weights_reply_once_per_home(cfg, db, served, world, monkeypatch):
-    """scoring.BaseReplies: a second evaluation takes the base weights' replies from the home's
-    cache and generates only the adapter's; an unreadable cache is asked again."""
+def test_the_same_weights_reply_once_per_home(cfg, db, served, world, monkeypatch):
+    """scoring.Replies: a second evaluation takes the replies of weights asked before (the base's,
+    an unchanged adapter's) from the home's cache and generates nothing; other weights, another
+    budget or an unreadable cache are asked again."""
     first = evaluate(cfg, db, 1, None, [], model=served, max_new_tokens=4)
     generated, real = [], Scorer._batched_generate
 
@@ -125,14 +126,17 @@ def test_the_base_weights_reply_once_per_home(cfg, db, served, world, monkeypatc
 
     monkeypatch.setattr(Scorer, "_batched_generate", spy)
     again = evaluate(cfg, db, 1, None, [], model=served, max_new_tokens=4)
-    assert generated and {v for v, _ in generated} == {1}  # v1's replies again, none of the base's
+    assert generated == []  # v1's files and the base weights did not change
     replies = lambda ev: [(i["candidate"]["reply"], i["incumbent"]["reply"]) for i in ev["items"] if "reply" in i["incumbent"]]  # noqa: E731
     assert replies(again) == replies(first)
     generated.clear()
     evaluate(cfg, db, 1, None, [], model=served, max_new_tokens=5)  # another budget: other replies
     assert None in {v for v, _ in generated}
     generated.clear()
-    (cfg.home / "cache" / ev_mod.BASE_REPLIES_FILE).write_text("{not json")
+    evaluate(cfg, db, 2, 1, [], model=served, max_new_tokens=4)  # v1's replies known: v2's weights only
+    assert {v for v, _ in generated} == {2}
+    generated.clear()
+    (cfg.home / "cache" / ev_mod.REPLIES_FILE).write_text("{not json")
     assert replies(evaluate(cfg, db, 1, None, [], model=served, max_new_tokens=4)) == replies(first)
     assert None in {v for v, _ in generated}
 
