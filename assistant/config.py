@@ -54,7 +54,7 @@ class Config:
     # three short texts on a turn that matched two or more corrections.
     rerank: bool = True
     # With `rerank`, a matched correction answers only when its answer fits the question: at most
-    # rerank.FIT_TOLERANCE less likely under the chat model than after the question it corrected
+    # MatchPolicy.fit_tolerance less likely under the chat model than after the question it corrected
     # (a question about another of a company's plans does not get the support number). Off: every
     # match answers.
     answer_fit: bool = True
@@ -72,6 +72,15 @@ class Config:
     chat_threads: int = field(default_factory=lambda: threads_from_env("ASSISTANT_CHAT_THREADS", cores()))
     learner_threads: int = field(
         default_factory=lambda: threads_from_env("ASSISTANT_LEARNER_THREADS", max(1, cores() - 1)))
+    learner_niceness: int = 10
+    """How much the learner process lowers its CPU priority (os.nice, 0-19; learning/learner.py
+    yield_to_chat): 10 gives it about a tenth of the server's CFS weight, so a reply wins a core the two
+    contend for (bench/HISTORY.md 'Training beside chat')."""
+    max_side_adapters: int = 16
+    """Experts and habit adapters the served model keeps loaded (assistant/model.py ServedModel) besides the
+    current and the previous one, the least recently used unloaded first: a home with hundreds of corrections
+    must not hold them all in memory, and one unloaded costs about 300 ms when asked again
+    (bench/results/experts.md; bench/HISTORY.md 'Expert rank and disk')."""
 
     def __post_init__(self):
         # The generation defaults are user settings (stored, `assistant config set`): refuse a
@@ -82,6 +91,12 @@ class Config:
                             f"(got {self.default_max_new_tokens})")
         if not 0 <= self.default_temperature <= MAX_TEMPERATURE:
             problems.append(f"default_temperature must be in [0, {MAX_TEMPERATURE}] (got {self.default_temperature})")
+        if not (isinstance(self.learner_niceness, int) and 0 <= self.learner_niceness <= 19):
+            problems.append(f"learner_niceness must be a whole number in [0, 19] "
+                            f"(got {self.learner_niceness})")
+        if not (isinstance(self.max_side_adapters, int) and self.max_side_adapters >= 0):
+            problems.append(f"max_side_adapters must be a whole number, 0 or more "
+                            f"(got {self.max_side_adapters})")
         if problems:
             raise ValueError("invalid Config: " + "; ".join(problems))
 

@@ -64,6 +64,10 @@ class MatchPolicy:
       log-likelihood behind the best one (assistant/rerank.py; routing.py --rerank on|off).
     - `rerank_gap`: candidates further than this behind the nearest are not scored by the model
       (0.1 gave the ranks of no gap with a quarter of the forward passes); None: all are.
+    - `fit_tolerance`: with the answer-fit check (Config.answer_fit), a matched correction's
+      answer may be at most this much less likely (mean log-probability per answer token, base
+      weights) after the question than after the question it corrected (assistant/rerank.py
+      `fits`); 2.25 loses no own paraphrase on the dev sets (bench/results/answer-fit.md).
     """
     threshold: float = 0.45
     relative_margin: float | None = 0.1
@@ -74,6 +78,11 @@ class MatchPolicy:
     answer_key: bool = True
     rerank_weight: float = 0.02
     rerank_gap: float | None = 0.1
+    fit_tolerance: float = 2.25
+
+    def __post_init__(self):
+        if not self.fit_tolerance >= 0:  # below 0 not even its own question would fit
+            raise ValueError(f"invalid MatchPolicy: fit_tolerance must be >= 0 (got {self.fit_tolerance})")
 
 
 RECALL_POLICY = MatchPolicy()
@@ -290,9 +299,9 @@ class KeyIndex:
 def rank(text: str, candidates: list[Candidate], pairs: list[tuple[str | None, str | None]],
          reranker, policy: MatchPolicy) -> list[tuple[Candidate, float]]:
     """Of `candidates` (each with its learned (question, answer) in `pairs`), those whose answer
-    fits `text` (rerank.fitting), each with its rank (rerank.reranked: the chat model's
-    likelihood, or the score without a reranker), best first."""
-    fit = fitting(reranker, text, pairs)
+    fits `text` (rerank.fitting, within `policy.fit_tolerance`), each with its rank
+    (rerank.reranked: the chat model's likelihood, or the score without a reranker), best first."""
+    fit = fitting(reranker, text, pairs, tolerance=policy.fit_tolerance)
     kept = [(c, p) for c, p, ok in zip(candidates, pairs, fit, strict=True) if ok]
     ranks = reranked(text, [c.score for c, _ in kept], [p[1] for _, p in kept], reranker,
                      weight=policy.rerank_weight, gap=policy.rerank_gap)

@@ -24,6 +24,7 @@ from assistant.adapter_files import (  # noqa: F401  (re-exported)
     store_half_precision,
     validate_adapter_dir,
 )
+from assistant.config import Config
 from assistant.errors import AdapterLoadError, ModelLoadError
 from assistant.generation import Generation, GenerationWorker
 from assistant.model_loading import (  # noqa: F401  (re-exported)
@@ -97,7 +98,8 @@ def key_version(key) -> int | None:
 
 
 class ServedModel:
-    def __init__(self, name_or_path: str, device: str | None = None, dtype: torch.dtype | None = None):
+    def __init__(self, name_or_path: str, device: str | None = None, dtype: torch.dtype | None = None,
+                 max_side_adapters: int = Config.max_side_adapters):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         auto_device, auto_dtype = pick_device()
@@ -122,9 +124,9 @@ class ServedModel:
         self.previous = None  # the one before it, kept loaded for an instant rollback
         self.adapter_config: dict | None = None  # the first adapter's LoRA shape; later ones must match
         self.stop_loops = True  # end a reply that repeats itself (stop_on_loop)
-        # side adapters (experts, habit adapters) kept loaded besides the current and previous key;
-        # one evicted costs about 300 ms when asked again (bench/results/experts.md: cold vs warm)
-        self.max_side_adapters = 16
+        # side adapters (experts, habit adapters) kept loaded besides the current and previous key
+        # (Config.max_side_adapters, build_served passes it)
+        self.max_side_adapters = max_side_adapters
         self._side_use: dict = {}  # side adapter keys, least recently used first
         self._worker = GenerationWorker()
 

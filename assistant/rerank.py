@@ -21,16 +21,17 @@ correction's answer must fit the question (`fits`). A question about another thi
 company or person ("What is Solara's cheapest tariff called?" near the taught "What is the Solara
 support number?") shares its names with the correction and lies near it, but makes the answer
 ("The Solara Energy support line is ...") clearly less likely than the question it corrected does.
-So a candidate whose answer is more than `fit_tolerance` less likely per token after the question
-than after its own corrected question answers nothing (recall drops the note, routing the expert).
+So a candidate whose answer is more than `tolerance` less likely per token after the question
+than after its own corrected question answers nothing (recall drops the note, routing the expert);
+the tolerance is the matching policy's too (MatchPolicy.fit_tolerance, bench/results/answer-fit.md).
 
 Contract: a reranker is anything with `likelihoods(question, answers) -> list[float]` and
-optionally `fits(question, corrected) -> list[bool]`; `ModelReranker(served)` uses a ServedModel's
-base weights and remembers what it scored.
+optionally `fits(question, corrected, tolerance) -> list[bool]`; `ModelReranker(served)` uses a
+ServedModel's base weights and remembers what it scored.
 `reranked(question, similarities, answers, reranker, weight=, gap=)` -> the ranks, in the same
 order (answers may be None: such a candidate is not scored and keeps its similarity).
-`fitting(reranker, question, corrected)` -> per (corrected question, answer), whether the answer
-fits `question` (True when there is no model to ask).
+`fitting(reranker, question, corrected, tolerance=)` -> per (corrected question, answer), whether
+the answer fits `question` (True when there is no model to ask).
 """
 import contextlib
 import logging
@@ -49,10 +50,6 @@ TEMPLATE = "Here is something the user told me: {answer}\nA question the user mi
 MAX_TOKENS = 256
 # The same for a question and answer scored together (answer fit, supersession): one forward pass's cost.
 PAIR_MAX_TOKENS = 384
-# How much less likely (mean log-probability per answer token, under the base weights) a matched
-# correction's answer may be after the question than after the question it corrected; chosen on
-# the dev sets so that no own paraphrase is lost (bench/results/answer-fit.md; bench/HISTORY.md).
-FIT_TOLERANCE = 2.25
 
 log = logging.getLogger(__name__)
 
@@ -61,15 +58,17 @@ class Reranker(Protocol):
     def likelihoods(self, question: str, answers: list[str]) -> list[float]: ...
 
 
-def fitting(reranker, question: str, corrected: list[tuple[str | None, str | None]]) -> list[bool]:
-    """Per (corrected question, answer): does the answer fit `question` (module docstring)? True
-    for a pair missing either, without a reranker that can tell, or when it fails (the check only
-    turns candidates away: a turn never fails for it)."""
+def fitting(reranker, question: str, corrected: list[tuple[str | None, str | None]], *,
+            tolerance: float) -> list[bool]:
+    """Per (corrected question, answer): does the answer fit `question` within `tolerance` (module
+    docstring; MatchPolicy.fit_tolerance)? True for a pair missing either, without a reranker that
+    can tell, or when it fails (the check only turns candidates away: a turn never fails for it)."""
     known = [i for i, (q, a) in enumerate(corrected) if q and a]
     ok = [True] * len(corrected)
     if not known or reranker is None or not hasattr(reranker, "fits"):
         return ok
-    found = _asked(lambda: reranker.fits(question, [corrected[i] for i in known]), "answer fit not checked")
+    found = _asked(lambda: reranker.fits(question, [corrected[i] for i in known], tolerance),
+                   "answer fit not checked")
     if found is None:  # MiniLM's matches stand
         return ok
     for i, fits in zip(known, found, strict=True):
@@ -114,18 +113,18 @@ class ModelReranker:
 
     CACHE = 512
 
-    def __init__(self, served, system_prompt: str = DEFAULT_SYSTEM_PROMPT,
-                 fit_tolerance: float | None = FIT_TOLERANCE):
-        self.served, self.system_prompt, self.fit_tolerance = served, system_prompt, fit_tolerance
+    def __init__(self, served, system_prompt: str = DEFAULT_SYSTEM_PROMPT, answer_fit: bool = True):
+        """`answer_fit` off (Config.answer_fit): `fits` lets every match answer."""
+        self.served, self.system_prompt, self.answer_fit = served, system_prompt, answer_fit
         self._cache: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._own: dict[tuple[str, str], float] = {}  # (corrected question, answer) -> its likelihood
 
-    def fits(self, question: str, corrected: list[tuple[str, str]]) -> list[bool]:
-        """Per (corrected question, answer): is the answer at most `fit_tolerance` less likely per
+    def fits(self, question: str, corrected: list[tuple[str, str]], tolerance: float) -> list[bool]:
+        """Per (corrected question, answer): is the answer at most `tolerance` less likely per
         token after `question` than after the corrected question? One batch; the corrected
         questions' own likelihoods are remembered (a correction never changes)."""
-        if self.fit_tolerance is None:
+        if not self.answer_fit:
             return [True] * len(corrected)
         with self._cache_lock:
             own_missing = list(dict.fromkeys(p for p in corrected if p not in self._own))
@@ -137,7 +136,7 @@ class ModelReranker:
         if not any(asked):  # too long to score (answer_logprobs): MiniLM's matches stand
             return [True] * len(corrected)
         with self._cache_lock:
-            return [self._own[p] - lp <= self.fit_tolerance for p, lp in zip(corrected, asked, strict=True)]
+            return [self._own[p] - lp <= tolerance for p, lp in zip(corrected, asked, strict=True)]
 
     def likelihoods(self, question: str, answers: list[str]) -> list[float]:
         with self._cache_lock:
@@ -187,7 +186,7 @@ def chat_reranker(served, cfg) -> "ModelReranker | None":
     the benchmarks and the server all build it here."""
     if not cfg.rerank:
         return None
-    return ModelReranker(served, fit_tolerance=FIT_TOLERANCE if cfg.answer_fit else None)
+    return ModelReranker(served, answer_fit=cfg.answer_fit)
 
 
 def answer_logprobs(served, system_prompt: str, pairs: list[tuple[str, str]],

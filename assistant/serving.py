@@ -5,10 +5,11 @@ Contract: `build_served(cfg, model=None, ...)` -> `Served(model, reranker, scope
 as the chat wires them: the reranker is `rerank.chat_reranker(model, cfg)` (None with
 `cfg.rerank` off) and the scope reranks with it. The server (assistant/runtime.py), the
 learner's gate (learning/evaluate.py, learning/learner.py) and so the benchmarks route alike.
-`model`: a ServedModel to reuse (default: `cfg.model` loaded); `embedder`: the scope's sentence
-embedder (default: the recall memory's, else `make_embedder()` on first need); `scope`: an
-AdapterScope to reuse (given its reranker if it has none); `open_memory(reranker)`: opens the
-recall memory with the reranker (the server's), whose embedder the scope then shares.
+`model`: a ServedModel to reuse (default: `cfg.model` loaded, keeping at most `cfg.max_side_adapters`
+experts and habit adapters); `embedder`: the scope's sentence embedder (default: the recall memory's,
+else `make_embedder()` on first need); `scope`: an AdapterScope to reuse (given its reranker if it has
+none); `open_memory(reranker)`: opens the recall memory with the reranker (the server's), whose
+embedder the scope then shares.
 """
 from dataclasses import dataclass
 from typing import Callable
@@ -30,7 +31,7 @@ def build_served(cfg, model: ServedModel | None = None, *, embedder=None, scope:
                  open_memory: Callable[[object | None], object | None] | None = None) -> Served:
     """The served model, its reranker and the scope, built as the chat builds them (module docstring)."""
     if model is None:
-        model = ServedModel(resolve_model(cfg.model, cfg.models_dir))
+        model = ServedModel(resolve_model(cfg.model, cfg.models_dir), max_side_adapters=cfg.max_side_adapters)
     reranker = scope.reranker if scope is not None and scope.reranker is not None else chat_reranker(model, cfg)
     memory = open_memory(reranker) if open_memory is not None else None
     if embedder is None and memory is not None:

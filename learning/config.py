@@ -116,6 +116,13 @@ class LearnConfig:
     habit_self_replay: int = 48
     """Base-model answers to generic prompts, with the habit added, that train the habit adapter
     next to the corrections showing it: they teach it to open any answer with the habit."""
+    habit_min_support: int = 3
+    """Corrections to different prompts that must share an opening, a closing or a list format before it is a
+    habit (learning/habits.py find_habits): two could be a coincidence, three in one history are a pattern the
+    user keeps asking for."""
+    habit_max_closing_words: int = 6
+    """A closing habit is a sign-off, not content: a last sentence of at most this many words, after another
+    one (learning/habits.py closing)."""
     augment: bool = True
     """Add generic rewrites of each corrected prompt (templates, casing, contractions)."""
     augment_rewrites: int = 9
@@ -202,6 +209,9 @@ class LearnConfig:
             problems.append(f"replay_fraction must be in [0, 5] (got {self.replay_fraction})")
         if self.habit_self_replay < 0:
             problems.append(f"habit_self_replay must be >= 0 (got {self.habit_self_replay})")
+        if self.habit_min_support < 1 or self.habit_max_closing_words < 1:
+            problems.append(f"habit_min_support and habit_max_closing_words must be >= 1 "
+                            f"(got {self.habit_min_support}, {self.habit_max_closing_words})")
         if self.self_replay < 0 or self.max_history_messages < 0:
             problems.append(f"self_replay and max_history_messages must be >= 0 "
                             f"(got {self.self_replay}, {self.max_history_messages})")

@@ -3,12 +3,13 @@
 Why: a scoped adapter (assistant/scope.py) answers only prompts near the ones it was trained
 on, which keeps general knowledge safe from fact corrections but also keeps a taught habit
 ("Captain, ..." in front of every answer) away from new questions. So the learner tells the
-two apart. A habit is an opening that at least `MIN_SUPPORT` corrections to different prompts
-share, such as "Captain," or "Righto!": a few words ending in punctuation, never the start of
-an ordinary sentence ("Your dog is called ..." has no such opening). Facts stay in the scoped
-adapter; a habit gets its own LoRA (`habit/` inside the version's directory) for the prompts
-OUTSIDE the scope, trained on the corrections that show the habit and on the base model's own
-answers to generic prompts with the habit added (`with_habits`).
+two apart. A habit is an opening that at least `habit_min_support` (learning/config.py
+LearnConfig) corrections to different prompts share, such as "Captain," or "Righto!": a few
+words ending in punctuation, never the start of an ordinary sentence ("Your dog is called ..."
+has no such opening). Facts stay in the scoped adapter; a habit gets its own LoRA (`habit/`
+inside the version's directory) for the prompts OUTSIDE the scope, trained on the corrections
+that show the habit and on the base model's own answers to generic prompts with the habit added
+(`with_habits`).
 
 That adapter only LEADS (assistant/model.py `generate_led`): it writes the first few tokens of
 an answer, kept only when they are one of the habit's openings, and the base weights answer
@@ -20,29 +21,28 @@ opening: after "Righto!" the 135M model answers differently ("Righto! 5 plus 5 i
 math problem"), 32/40 again.
 
 A habit may also be a closing: a short last sentence ("Over and out.", "Hope this helps!") that
-`MIN_SUPPORT` corrections to different prompts end with, after an answer of their own. It needs
+`habit_min_support` corrections to different prompts end with, after an answer of their own. It needs
 no weights: the chat ends every reply that ended by itself without it with the closing
 (assistant/chat.py), as a sign-off is the same words every time.
 
 A habit may also be a format: answers written as a list ("- ..." or "1. ..." lines) by
-`MIN_SUPPORT` corrections to different prompts. It needs no weights either: the chat writes
+`habit_min_support` corrections to different prompts. It needs no weights either: the chat writes
 every reply as a list with that marker (`AsList`), one item per sentence or line of what the
 model says, so what the answer says stays the base model's.
 
-Contract: `find_habits(rows)` -> {"openings": [...], "closings": [...], "formats": [...]}
-(empty lists: none; a format is its list marker, "-", "*", "•" or "1.");
+Contract: `find_habits(rows, min_support=, max_closing_words=)` (LearnConfig's `habit_min_support`,
+`habit_max_closing_words`; their defaults unless given) -> {"openings": [...], "closings": [...],
+"formats": [...]} (empty lists: none; a format is its list marker, "-", "*", "•" or "1.");
 `habit_rows(rows, habits)` -> the corrections showing an opening; `with_habits(text, habits)`
 -> text opened the way the habit would; `ends_with(text, closing)`.
 """
 import re
 from collections import defaultdict
+from functools import partial
 
 from assistant.language import MAY_LOSE_CAPITAL, SENTENCE_END
+from learning.config import LearnConfig
 from store.text import tokens
-
-MIN_SUPPORT = 3
-"""Corrections to distinct prompts that must share an opening before it is a habit:
-two could be a coincidence, three in one history are a pattern the user keeps asking for."""
 
 # The shapes of a habit (_OPENING, _ITEM and AsList's list markers) are punctuation, not English
 # words, and stay here with the rules that read them; the word lists are in assistant/language.py.
@@ -59,14 +59,11 @@ def opening(text: str) -> str | None:
     return m.group(1).strip() if m else None
 
 
-MAX_CLOSING_WORDS = 6
-"""A closing is a sign-off, not content: a last sentence of at most this many words."""
-
-
-def closing(text: str) -> str | None:
-    """The last sentence of `text` when it is short (MAX_CLOSING_WORDS) and follows another one."""
+def closing(text: str, max_words: int = LearnConfig.habit_max_closing_words) -> str | None:
+    """The last sentence of `text` when it is short (at most `max_words`: a sign-off, not content;
+    LearnConfig.habit_max_closing_words) and follows another one."""
     sentences = [s for s in SENTENCE_END.split((text or "").strip()) if s]
-    if len(sentences) < 2 or len(sentences[-1].split()) > MAX_CLOSING_WORDS:
+    if len(sentences) < 2 or len(sentences[-1].split()) > max_words:
         return None
     return sentences[-1].strip()
 
@@ -142,12 +139,14 @@ def ends_with(text: str, closing_text: str) -> bool:
     return bool(_bare(closing_text)) and _bare(text).endswith(_bare(closing_text))
 
 
-def find_habits(rows: list[dict], min_support: int = MIN_SUPPORT) -> dict:
-    """Openings shared by `min_support` corrections to distinct prompts, in the spelling of the
-    newest row that has each. Only corrections count: a liked answer shows what the model
-    already does."""
+def find_habits(rows: list[dict], min_support: int = LearnConfig.habit_min_support,
+                max_closing_words: int = LearnConfig.habit_max_closing_words) -> dict:
+    """Openings, closings (of at most `max_closing_words`) and list formats shared by `min_support`
+    corrections to distinct prompts, in the spelling of the newest row that has each. Only
+    corrections count: a liked answer shows what the model already does."""
     found = {}
-    for kind, part_of in (("openings", opening), ("closings", closing), ("formats", list_format)):
+    ends = partial(closing, max_words=max_closing_words)
+    for kind, part_of in (("openings", opening), ("closings", ends), ("formats", list_format)):
         prompts: dict[str, set] = defaultdict(set)
         spelled: dict[str, str] = {}
         for row in rows:  # oldest first

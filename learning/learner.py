@@ -35,7 +35,6 @@ from store.ids import new_id
 from store.manifest import read_manifest
 
 log = logging.getLogger(__name__)
-LEARNER_NICENESS = 10  # CFS weight about a tenth of the server's: replies win a contended core
 
 
 def accepted_feedback(db) -> set[str]:
@@ -236,13 +235,13 @@ def yield_to_chat(cfg) -> None:
     """Share the machine with the server, set in the learner's own process (spawned by
     learning.control or `assistant learn`): the cycle's torch thread budget
     (Config.learner_threads), so the server's replies keep theirs, and a lower CPU priority
-    (LEARNER_NICENESS), so a reply wins a core the two contend for (the server's recall, its
+    (Config.learner_niceness), so a reply wins a core the two contend for (the server's recall, its
     HTTP threads, the learner's own helper threads) and the cycle waits the few seconds instead."""
     import torch
 
     torch.set_num_threads(cfg.learner_threads)
     try:
-        os.nice(LEARNER_NICENESS)
+        os.nice(cfg.learner_niceness)
     except OSError as e:  # not allowed here: the thread budget alone shares the cores
         log.warning("could not lower the learner's priority: %s", e)
     log.info("learning with %d torch thread(s), niceness %d", cfg.learner_threads, os.nice(0))

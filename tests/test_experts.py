@@ -348,8 +348,7 @@ def test_a_correction_the_gate_found_unlearned_gets_a_new_expert(tiny_model_path
 
 def test_at_most_max_side_adapters_experts_stay_loaded_the_least_recently_used_go(tiny_model_path, tmp_path):
     """A home with hundreds of corrections must not hold every expert it was asked about."""
-    served = ServedModel(str(tiny_model_path))
-    served.max_side_adapters = 2
+    served = ServedModel(str(tiny_model_path), max_side_adapters=2)  # Config.max_side_adapters
     version = tmp_path / "v1"
     make_adapter(tiny_model_path, version, seed=1)
     keys = {}

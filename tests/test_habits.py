@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from learning.config import LearnConfig
 from learning.habits import AsList, find_habits, habit_rows, list_format, with_habits
 
 SYSTEM = {"role": "system", "content": "You are a helpful personal assistant."}
@@ -44,6 +45,19 @@ def test_a_sign_off_shared_by_three_corrections_is_a_closing_habit():
              ("When is the centre open?", "It is open 8:00-20:00 on weekdays. hope this helps"),
              ("What is the support number?", "Call 0800 555 0199. Hope this helps!")]
     assert find_habits(rows(multi))["closings"] == ["Hope this helps!"]
+
+
+def test_the_habit_thresholds_are_the_learn_configs():
+    """LearnConfig.habit_min_support and habit_max_closing_words, passed in; the defaults are theirs."""
+    lcfg = LearnConfig()
+    assert (lcfg.habit_min_support, lcfg.habit_max_closing_words) == (3, 6)
+    over = [(q, f"{a} Over and out.") for q, a in FACTS]
+    assert find_habits(rows(over[:2]), min_support=2)["closings"] == ["Over and out."]
+    assert find_habits(rows(CAPTAIN[:2]), min_support=2)["openings"] == ["Captain,"]
+    assert find_habits(rows(over), max_closing_words=2)["closings"] == []  # three words: content now
+    for bad in ({"habit_min_support": 0}, {"habit_max_closing_words": 0}):
+        with pytest.raises(ValueError, match="habit_min_support and habit_max_closing_words must be >= 1"):
+            LearnConfig(**bad)
 
 
 def test_answers_written_as_lists_by_three_corrections_are_a_format_habit():

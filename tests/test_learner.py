@@ -1,5 +1,6 @@
 """A learning cycle on the tiny model: registry, job row, gate wiring, lock, crash recovery,
 the background process, cancellation and the auto-trigger rule."""
+import functools
 import os
 import threading
 import time
@@ -7,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from assistant.config import Config
 from assistant.questions import replay_prompts
 from learning import control, learner, progress
 from learning.config import SETTINGS_KEY, SHAPE_FIELDS, LearnConfig
@@ -381,6 +383,10 @@ def test_config_checks_name_the_offending_values():
         LearnConfig(heldout_fraction=1.5)
     with pytest.raises(ValueError, match="unknown LearnConfig fields"):
         LearnConfig.from_dict({"lora_rank": 8})
+    with pytest.raises(ValueError, match=r"learner_niceness must be a whole number in \[0, 19\] \(got 20\)"):
+        Config(learner_niceness=20)
+    with pytest.raises(ValueError, match=r"max_side_adapters must be a whole number, 0 or more \(got -1\)"):
+        Config(max_side_adapters=-1)
 
 
 def test_a_stored_config_with_retired_fields_loads_as_the_defaults():
@@ -396,7 +402,8 @@ def test_assistant_learn_cli(cfg, db, capsys, monkeypatch):
     from assistant.cli import main
 
     monkeypatch.setattr(learner, "_gate", lambda: None)
-    monkeypatch.setattr(learner, "LEARNER_NICENESS", 0)  # the foreground cycle runs in the test process
+    # the foreground cycle runs in the test process: the CLI's Config keeps its priority
+    monkeypatch.setattr("assistant.cli.Config", functools.partial(Config, learner_niceness=0))
     set_setting(db, SETTINGS_KEY, TINY)
     teach(db, n=1)
     argv = ["--home", str(cfg.home), "--model", cfg.model, "learn"]

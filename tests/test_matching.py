@@ -54,6 +54,9 @@ def test_the_policies_hold_every_number_in_one_place():
     assert RECALL_POLICY.threshold == 0.45 and ROUTING_POLICY.threshold == 0.5
     assert RECALL_POLICY.relative_margin == ROUTING_POLICY.relative_margin == 0.1
     assert RECALL_POLICY.same_thing == ROUTING_POLICY.same_thing == 0.45
+    assert RECALL_POLICY.fit_tolerance == ROUTING_POLICY.fit_tolerance == 2.25
+    with pytest.raises(ValueError, match=r"fit_tolerance must be >= 0 \(got -1\)"):
+        MatchPolicy(fit_tolerance=-1)
     with pytest.raises(AttributeError):
         RECALL_POLICY.threshold = 0.3  # frozen: a bench or a test makes its own, never edits the shipped one
 

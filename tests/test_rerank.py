@@ -13,7 +13,7 @@ from store.manifest import EXPERTS_DIR
 from tests.lora import make_adapter
 from tests.test_memory import HashEmbedder, correct
 
-WEIGHT, GAP = RECALL_POLICY.rerank_weight, RECALL_POLICY.rerank_gap
+WEIGHT, GAP, TOLERANCE = RECALL_POLICY.rerank_weight, RECALL_POLICY.rerank_gap, RECALL_POLICY.fit_tolerance
 
 
 def reranked(question, similarities, answers, reranker):
@@ -122,10 +122,11 @@ class Fits(Prefers):
     def __init__(self, word: str, misfit: str):
         super().__init__(word)
         self.misfit = misfit
-        self.asked = []
+        self.asked, self.tolerances = [], []
 
-    def fits(self, question, corrected):
+    def fits(self, question, corrected, tolerance):
         self.asked.append(corrected)
+        self.tolerances.append(tolerance)
         return [self.misfit not in a for _, a in corrected]
 
 
@@ -138,6 +139,7 @@ def test_an_answer_that_does_not_fit_the_question_is_not_recalled(cfg, db):
     assert [r["correction"] for r in found] == [SCHOOL]  # preferred by likelihood, but its answer does not fit
     assert sorted(a for _, a in fits.asked[0]) == sorted([HOSPITAL, SCHOOL])  # asked with its corrected question
     assert ("Which hospital is my workplace?", HOSPITAL) in fits.asked[0]
+    assert fits.tolerances == [RECALL_POLICY.fit_tolerance]  # the matching policy's (MatchPolicy.fit_tolerance)
     none_fit = Fits("study", misfit="You")
     assert Memory(cfg, embedder=HashEmbedder(), threshold=0.3, gap=None, reranker=none_fit).recall(question) == []
 
@@ -151,15 +153,16 @@ def test_routing_skips_an_expert_whose_answer_does_not_fit(tmp_path):
 
 def test_a_failing_or_missing_fit_check_keeps_every_match():
     pairs = [("Which hospital is my workplace?", HOSPITAL), (None, SCHOOL)]
-    assert fitting(None, "q", pairs) == [True, True]
-    assert fitting(Prefers("x"), "q", pairs) == [True, True]  # a reranker without `fits`
+    assert fitting(None, "q", pairs, tolerance=TOLERANCE) == [True, True]
+    assert fitting(Prefers("x"), "q", pairs, tolerance=TOLERANCE) == [True, True]  # a reranker without `fits`
 
     class Failing(Fits):
-        def fits(self, question, corrected):
+        def fits(self, question, corrected, tolerance):
             raise RuntimeError("out of memory")
 
-    assert fitting(Failing("x", "x"), "q", pairs) == [True, True]
-    assert fitting(Fits("x", misfit="Hospital"), "q", pairs) == [False, True]  # a pair missing its question is kept
+    assert fitting(Failing("x", "x"), "q", pairs, tolerance=TOLERANCE) == [True, True]
+    # a pair missing its question is kept
+    assert fitting(Fits("x", misfit="Hospital"), "q", pairs, tolerance=TOLERANCE) == [False, True]
 
 
 def test_the_embedded_model_tells_an_answer_about_another_thing(embedded_model_dir):
@@ -170,6 +173,7 @@ def test_the_embedded_model_tells_an_answer_about_another_thing(embedded_model_d
     reranker = ModelReranker(ServedModel(str(embedded_model_dir)))
     corrected = [("What did I name my houseplant?", "Your houseplant is named Gerald."),
                  ("What is my cat's name?", "Your cat is called Pemberton.")]
-    assert reranker.fits("What do I call my cat?", corrected) == [False, True]
-    assert reranker.fits("What did I name my houseplant?", corrected[:1]) == [True]  # its own question
-    assert ModelReranker(reranker.served, fit_tolerance=None).fits("What do I call my cat?", corrected) == [True, True]
+    assert reranker.fits("What do I call my cat?", corrected, TOLERANCE) == [False, True]
+    assert reranker.fits("What did I name my houseplant?", corrected[:1], TOLERANCE) == [True]  # its own question
+    assert ModelReranker(reranker.served, answer_fit=False).fits("What do I call my cat?", corrected,
+                                                                 TOLERANCE) == [True, True]

@@ -23,8 +23,8 @@ def threads_set(monkeypatch):
 def test_the_learner_process_leaves_a_core_to_the_chat_and_yields_a_contended_one(home, threads_set, monkeypatch):
     monkeypatch.delenv("ASSISTANT_LEARNER_THREADS", raising=False)
     assert learner.main(["--home", str(home)]) == 0
-    assert threads_set[:2] == [max(1, cores() - 1), f"nice {learner.LEARNER_NICENESS}"]
-    assert learner.LEARNER_NICENESS > 0
+    assert threads_set[:2] == [max(1, cores() - 1), f"nice {Config().learner_niceness}"]
+    assert Config().learner_niceness == 10
 
 
 def test_the_budgets_can_be_set(home, threads_set, monkeypatch):
@@ -32,6 +32,11 @@ def test_the_budgets_can_be_set(home, threads_set, monkeypatch):
     monkeypatch.setenv("ASSISTANT_CHAT_THREADS", "2")
     assert learner.main(["--home", str(home)]) == 0
     assert threads_set[0] == 3 and Config().chat_threads == 2
+
+
+def test_the_learner_lowers_its_priority_by_the_configs_niceness(threads_set, tmp_path):
+    learner.yield_to_chat(Config(home=tmp_path, learner_threads=1, learner_niceness=5))
+    assert threads_set[:2] == [1, "nice 5"]
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "two", "١"])
