@@ -1,5 +1,5 @@
 """Does a matched correction's answer fit the question? The measurement behind
-assistant/rerank.py's FIT_TOLERANCE, on our dev sets only (never a teaching scenario's probes).
+the match policy's fit_tolerance (assistant/matching.py), on our dev sets only (never a teaching scenario's probes).
 
 For every paraphrase of a dev fact: its own correction and MiniLM's nearest other corrections of
 the same set (by each correction's search keys, as recall finds them). For each pair, the answer
@@ -23,7 +23,7 @@ from assistant.config import DEFAULT_SYSTEM_PROMPT, Config
 from assistant.embedders import make_embedder
 from assistant.matching import RECALL_POLICY, search_keys, unit_rows
 from assistant.model import ServedModel, resolve_model
-from assistant.rerank import FIT_TOLERANCE, answer_logprobs
+from assistant.rerank import answer_logprobs
 
 NEAREST = 3  # other corrections paired with each paraphrase
 TOLERANCES = (0.5, 1.0, 1.5, 2.0, 2.25, 2.5, 3.0)
@@ -82,14 +82,14 @@ def main(argv=None) -> int:
              f"Command: `python bench/answer_fit.py --out {args.out}`; sets: "
              + ", ".join(f"`{shown(s)}`" for s in args.sets) + ".  ",
              f"Pairs MiniLM matches (similarity >= {RECALL_POLICY.threshold}): each paraphrase with its own correction "
-             f"and its {NEAREST} nearest others. Shipped tolerance: {FIT_TOLERANCE}.", "",
+             f"and its {NEAREST} nearest others. Shipped tolerance: {RECALL_POLICY.fit_tolerance}.", "",
              "| tolerance | own answers kept | other answers turned away |", "|---|---|---|"]
     lines += [f"| {t['tolerance']} | {t['own_kept']}/{t['own']} | {t['other_turned_away']}/{t['other']} |" for t in table]
     lines += ["", "Own answers turned away at the shipped tolerance:", ""]
-    lines += [f"- \"{r['question']}\" -> \"{r['answer']}\" (shift {r['shift']})" for r in own if r["shift"] > FIT_TOLERANCE]
+    lines += [f"- \"{r['question']}\" -> \"{r['answer']}\" (shift {r['shift']})" for r in own if r["shift"] > RECALL_POLICY.fit_tolerance]
     lines += ["", "Other answers still matched at the shipped tolerance, nearest first:", ""]
     lines += [f"- \"{r['question']}\" -> \"{r['answer']}\" (shift {r['shift']}, similarity {r['similarity']})"
-              for r in sorted(other, key=lambda r: -r["similarity"]) if r["shift"] <= FIT_TOLERANCE]
+              for r in sorted(other, key=lambda r: -r["similarity"]) if r["shift"] <= RECALL_POLICY.fit_tolerance]
     (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
     print(f"wrote bench/results/{args.out}.md")
     return 0

@@ -240,7 +240,8 @@ def train_habit_adapter(model, tok, job: TrainJob, device: str, work: Path, loss
         return None
     parent = Path(job.parent_path) / HABIT_DIR if job.parent_path else None
     parent = parent if parent is not None and (parent / ADAPTER_CONFIG).exists() else None
-    habits = merged(find_habits(job.sft_rows), read_manifest(job.parent_path).habits if job.parent_path else None)
+    found = find_habits(job.sft_rows, job.lcfg.habit_min_support, job.lcfg.habit_max_closing_words)
+    habits = merged(found, read_manifest(job.parent_path).habits if job.parent_path else None)
     if not has_habits(habits):
         return None
     if not habits["openings"]:  # a closing needs no weights: the chat adds it (assistant/chat.py)
