@@ -1,20 +1,21 @@
 """One chat turn: build the prompt (system prompt, history, recalled corrections), stream the
 reply from the served model with the active adapter, and log the finished turn.
 
-UI, API and CLI all go through `ChatService.reply`, so every turn is logged the same way.
+UI, API and CLI all go through `ChatService.reply`, so every turn is logged the same way. Which
+weights answer (the active version, its scope's routing, the fallbacks) is
+assistant/chat_routing.py's, mixed into ChatService.
 """
 import logging
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Iterator, Protocol
 
+from assistant.chat_routing import AdapterRouting, route_kind
 from assistant.config import DEFAULT_SYSTEM_PROMPT, Config
-from assistant.errors import AdapterLoadError, EmptyMessage, TurnNotSaved, UnstorableText, storable_problem
-from assistant.model import Generation, ServedModel, key_version
+from assistant.errors import EmptyMessage, TurnNotSaved, UnstorableText, storable_problem
+from assistant.model import Generation, ServedModel
 from assistant.notes import reply_lead
-from assistant.scope import EXPERT_KEY
 from learning.habits import AsList, ends_with, merged
 from store import adapters, conversations, feedback, open_db
 from store.ids import new_id
@@ -71,7 +72,7 @@ class Turn:
         return TRUNCATION_NOTICE if self.truncated else None
 
 
-class ChatService:
+class ChatService(AdapterRouting):
     def __init__(self, cfg: Config, model: ServedModel, memory: Recaller | None = None, scope=None):
         self.cfg = cfg
         self.model = model
@@ -135,90 +136,6 @@ class ChatService:
             truncated = True
             messages = build(history, user_message)
         return messages, user_message, truncated
-
-    # ---- adapters -------------------------------------------------------------------------
-    def serving_adapter(self) -> tuple[int | None, str | None]:
-        """The active version from the registry; if it cannot be loaded, the last good one."""
-        row = adapters.active_adapter(self.db)
-        if row is None:
-            return None, None
-        version = row["version"]
-        if version in self._bad_versions:
-            return key_version(self.model.current), None
-        try:
-            self.model.load_adapter(version, row["path"])
-        except AdapterLoadError as e:
-            self._bad_versions[version] = str(e)
-            log.error("%s; still serving %s", e,
-                      "base model" if self.model.current is None else f"v{key_version(self.model.current)}")
-            return key_version(self.model.current), None
-        return version, row["path"]
-
-    def route(self, version: int | None, path: str | None, user_message: str) -> tuple:
-        """The adapter answers only prompts within its scope; its habit adapter, or else the base
-        weights, answer the rest (assistant/scope.py). Without a scope, or when it cannot be
-        computed, the adapter answers. Returns the served model's key and the adapter's path."""
-        if version is None or self.scope is None:
-            return version, path
-        path = path or (adapters.get_adapter(self.db, version) or {}).get("path")
-        try:
-            key, routed = self.scope.route(version, path, user_message)
-        except Exception as e:  # noqa: BLE001 - a missing embedding model must not stop the chat
-            log.warning("adapter scope unavailable (%s): v%s answers every prompt", e, version)
-            return version, path
-        if isinstance(key, tuple) and key[1].startswith(EXPERT_KEY) and self._taken_back(path, key[1]):
-            return None, None
-        if key is None or key == version or key in self.model.loaded:
-            return key, routed
-        # a habit adapter or an expert (assistant/scope.py): load it now, or fall back: an
-        # expert's prompt to the version, a habit's to the base (tried once per key, like versions)
-        fallback = (None, None) if key == (version, "habit") else (version, path)
-        if key not in self._bad_versions:
-            try:
-                self.model.load_adapter(key, routed)
-                return key, routed
-            except AdapterLoadError as e:
-                self._bad_versions[key] = str(e)
-                log.error("%s; answering with %s", e, "the base model" if fallback[0] is None else f"v{version}")
-        return fallback
-
-    def _taken_back(self, path: str, expert_key: str) -> bool:
-        """Was the correction this expert learned taken back since (its conversation deleted or
-        marked don't-learn, quarantined)? Then the base weights answer at once, until the next
-        version drops the expert (learning/experts.py; a take-back starts that cycle). The
-        version's shared adapter is no fallback here, since it may have learned the correction too."""
-        ids = self.scope.expert_feedback(path, expert_key.removeprefix(EXPERT_KEY))
-        try:
-            gone = feedback.taken_back(self.db, ids)
-        except sqlite3.Error as e:  # a locked or broken database must not stop the chat
-            log.warning("could not check expert %s's feedback (%s); it answers", expert_key, e)
-            return False
-        if gone:
-            log.info("expert %s learned feedback taken back since (%s): the base model answers", expert_key,
-                     ", ".join(gone))
-        return bool(gone)
-
-    def watch_adapters(self, interval_s: float = 0.1):
-        """Preload each newly activated adapter (and embed its scope) in the background, so the
-        first request after a promotion does not pay the disk read (the switch itself still
-        happens per request, between requests). Returns a function that stops the watcher."""
-        stop = threading.Event()
-
-        def run():
-            seen = object()
-            while not stop.wait(interval_s):
-                try:
-                    version = adapters.active_version(self.db)
-                    if version != seen:
-                        _, path = self.serving_adapter()  # loads (once) without switching
-                        if self.scope is not None and path:
-                            self.scope.warm(path)
-                        seen = version
-                except Exception:  # noqa: BLE001 - a watcher must outlive a bad poll
-                    log.exception("adapter watcher")
-
-        threading.Thread(target=run, daemon=True, name="adapter-watch").start()
-        return stop.set
 
     # ---- a turn ---------------------------------------------------------------------------
     def start_turn(self, user_message: str, *, conversation_id: str | None = None,
@@ -411,15 +328,6 @@ class ChatService:
                              retry_of=kw.get("retry_of"), **gen_kw):
             pass
         return turn
-
-
-def route_kind(key) -> str | None:
-    """What a served-model key (`route`'s) names, in the words `Turn.answered_by` keeps."""
-    if key is None:
-        return None
-    if not isinstance(key, tuple):
-        return "adapter"
-    return "expert" if str(key[1]).startswith(EXPERT_KEY) else "habit"
 
 
 def check_text(text: str, what: str = "message") -> None:

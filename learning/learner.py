@@ -213,11 +213,11 @@ def _cancelled(db, job_id: str, what: str) -> None:
 
 
 def _prune(db, keep: int | None) -> list[int]:
-    """Delete old versions' weights (learning/versions.py). The cycle has succeeded by now: a
+    """Delete old versions' weights (learning/pruning.py). The cycle has succeeded by now: a
     failure here (a read-only file, say) is logged and retried after the next cycle."""
     if keep is None:
         return []
-    from learning.versions import prune_weights
+    from learning.pruning import prune_weights
 
     try:
         return prune_weights(db, keep)

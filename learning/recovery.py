@@ -33,7 +33,7 @@ def drop_abandoned_candidates(db) -> list[int]:
     """Reject each abandoned candidate with a recorded reason and delete its weights. Its
     feedback is then neither pending nor learned, so this cycle learns it again; re-gating
     instead would spend an evaluation on weights trained from older data."""
-    from learning.versions import delete_weights
+    from learning.pruning import delete_weights
 
     dropped = []
     for a in abandoned_candidates(db):

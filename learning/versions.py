@@ -8,22 +8,18 @@ of the active version (or the base model) or to any version that served before, 
 quarantine the feedback that trained the version rolled back from. Refusals raise
 `VersionError` (a ValueError) with the reason in words; a broken adapter directory raises
 `AdapterLoadError` before anything changes (`AdapterWeightsDeleted` for a version whose weights
-`prune_weights` deleted). The base model is version None (0 or "base" in `rollback` and on the
-command line).
+`prune_weights` deleted; deleting old versions' weights is learning/pruning.py's). The base
+model is version None (0 or "base" in `rollback` and on the command line).
 """
-import json
-import logging
 from pathlib import Path
 
 from assistant.errors import AdapterLoadError
 from assistant.model import validate_adapter_dir
+from learning.pruning import prune_weights, weights_text
 from store import adapters, feedback
 from store.conversations import NotFound
-from store.db import now_iso
-from store.manifest import WEIGHT_FILES, WEIGHTS_DELETED, weights_deleted
 
 BASE_NAMES = (0, "0", "base")
-log = logging.getLogger(__name__)
 
 
 class VersionError(ValueError):
@@ -86,7 +82,7 @@ def versions_table(db) -> list[dict]:
         timings = (a["meta"] or {}).get("timings") or {}
         rows.append({
             "version": a["version"], "status": a["status"], "parent": a["parent_version"],
-            "created_at": a["created_at"], "weights": _weights_text(Path(a["path"])),
+            "created_at": a["created_at"], "weights": weights_text(Path(a["path"])),
             "train_s": round(sum(v for k, v in timings.items() if k.endswith("_s")), 1) if timings else None,
             "n_corrections": a["n_corrections"], "n_votes": a["n_votes"],
             "scope": _scope_text(*((a["meta"] or {}).get(k) for k in ("scope", "habits", "experts"))),
@@ -141,67 +137,6 @@ def rollback(db, version: int | str | None = None, quarantine: bool = False) -> 
         if quarantine and before is not None:
             quarantined = feedback.quarantine(db, adapters.lineage_feedback(db, before))
     return {"from": before, "to": target, "quarantined": quarantined}
-
-
-# ---- disk: deleting the weights of old versions ------------------------------------------
-def versions_to_prune(db, keep: int) -> list[int]:
-    """Versions whose weights may go: every one that still has weights except the newest `keep`,
-    the active one, its parent (the default rollback target) and candidates (a decision may
-    still be pending)."""
-    return [r["version"] for r in _prunable(db, keep)]
-
-
-def _prunable(db, keep: int) -> list[dict]:
-    """The adapter rows `versions_to_prune` names."""
-    rows = adapters.list_adapters(db)
-    active = adapters.active_adapter(db)
-    kept = {r["version"] for r in rows[-keep:]} if keep > 0 else set()
-    if active is not None:
-        kept |= {active["version"], active["parent_version"]}
-    return [r for r in rows if r["version"] not in kept and r["status"] != "candidate"
-            and _weight_files(Path(r["path"]))]
-
-
-def _weight_files(path: Path) -> list[Path]:
-    return [p for p in path.rglob("*") if p.name in WEIGHT_FILES] if path.is_dir() else []
-
-
-def _weights_text(path: Path) -> str:
-    """'deleted', or the weights' size on disk ('75.3 MB'), for the table."""
-    if weights_deleted(path):
-        return "deleted"
-    size = sum(f.stat().st_size for f in _weight_files(path))
-    return f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
-
-
-def prune_weights(db, keep: int) -> list[int]:
-    """Delete the weight files of the versions `versions_to_prune` names; returns those versions.
-
-    A version keeps its directory (adapter_config.json, meta.json: what it learned, its scope)
-    and its rows and feedback links in the store, so the table, the correction states and the
-    plot still show it; only promoting or rolling back to it is refused (AdapterWeightsDeleted).
-    Why: at rank 64 a version's weights take 75-150 MB and a cycle adds one version, so a
-    long-lived home would grow without bound. The marker is written before any file goes, so an
-    interrupted prune leaves a version that refuses to load, never a half-deleted one that loads;
-    the next prune finishes the job."""
-    pruned = []
-    for row in _prunable(db, keep):
-        delete_weights(row, f"only the newest {keep} versions, the active one and its parent keep their weights")
-        pruned.append(row["version"])
-    return pruned
-
-
-def delete_weights(row: dict, reason: str) -> None:
-    """Delete one version's weight files, the marker (with `reason`) first: see prune_weights."""
-    path = Path(row["path"])
-    marker = path / WEIGHTS_DELETED
-    if path.is_dir() and not marker.exists():
-        tmp = path / (WEIGHTS_DELETED + ".tmp")
-        tmp.write_text(json.dumps({"deleted_at": now_iso(), "reason": reason}))
-        tmp.replace(marker)
-    for f in _weight_files(path):
-        f.unlink()
-    log.info("deleted the weights of v%d (%s): %s", row["version"], path, reason)
 
 
 # ---- corrections --------------------------------------------------------------------------

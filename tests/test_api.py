@@ -275,7 +275,7 @@ def test_adapters_listed_activated_and_corrupt_ones_refused(cfg, served, tiny_mo
         assert httpx.post(url + "/1/activate").json()["active"] == 1
         assert httpx.post(url + "/x/activate").status_code == 400
         # a version whose weights were deleted to save disk is listed, but cannot serve again
-        from learning.versions import prune_weights
+        from learning.pruning import prune_weights
 
         assert prune_weights(db, keep=0) == [3]
         assert [a["weights_deleted"] for a in httpx.get(url).json()["data"]] == [False, False, True]

@@ -328,7 +328,7 @@ def test_recalled_corrections_are_noted_under_the_reply(cfg, tiny_served):
 
 
 def test_the_answered_by_note_names_the_version_expert_recall_and_cut():
-    from assistant.chat import route_kind
+    from assistant.chat_routing import route_kind
     from assistant.ui_messages import answered_note
 
     assert [route_kind(k) for k in (None, 3, (3, "habit"), (3, "expert:01ABC"))] == [None, "adapter", "habit", "expert"]
@@ -455,7 +455,7 @@ def test_versions_tab_promotes_after_confirming_and_rolls_back(rt, tiny_model_pa
     notice = ui_versions.rollback(rt, "base", quarantine=False)
     assert adapters.active_version(rt.db) is None, notice
     # weights deleted to save disk: still in the table, gone from the choices that would load it
-    from learning.versions import prune_weights
+    from learning.pruning import prune_weights
 
     assert prune_weights(rt.db, keep=0) == [1, 2]
     parts = ui_versions.view(rt)

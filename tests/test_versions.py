@@ -6,7 +6,7 @@ import pytest
 from assistant.cli import main
 from assistant.errors import AdapterLoadError, AdapterWeightsDeleted
 from assistant.model import WEIGHTS_DELETED, validate_adapter_dir
-from learning import versions
+from learning import pruning, versions
 from learning.versions import VersionError
 from store import adapters, conversations, feedback
 from store.ids import new_id
@@ -248,12 +248,12 @@ def test_prune_deletes_old_weights_keeps_records_and_refuses_to_serve_them(home,
     with pytest.raises(AdapterWeightsDeleted):
         validate_adapter_dir(dirs[2])  # its weights are still there, but it no longer loads
 
-    assert versions.versions_to_prune(db, keep=1) == [1, 2, 3]
-    assert versions.prune_weights(db, keep=1) == [1, 2, 3]
+    assert pruning.versions_to_prune(db, keep=1) == [1, 2, 3]
+    assert pruning.prune_weights(db, keep=1) == [1, 2, 3]
     assert [weight_files(dirs[v]) for v in (1, 2, 3)] == [[], [], []]
     assert weight_files(dirs[4]) == ["adapter_model.safetensors"] and weight_files(dirs[6])
     assert (dirs[1] / "adapter_config.json").exists() and (dirs[2] / "habit" / "adapter_config.json").exists()
-    assert versions.prune_weights(db, keep=1) == []  # nothing left to do
+    assert pruning.prune_weights(db, keep=1) == []  # nothing left to do
     rows = versions.versions_table(db)
     size = sum(f.stat().st_size for f in dirs[4].rglob("adapter_model.*"))
     assert [r["weights"] for r in rows] == ["deleted"] * 3 + [f"{size / 1e3:.0f} kB"] * 3

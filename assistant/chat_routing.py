@@ -1,0 +1,126 @@
+"""Which weights answer a chat turn: the active version from the registry, and within it the
+adapter, expert, habit adapter or base weights its scope routes a prompt to.
+
+Contract: `AdapterRouting` is a mixin of `assistant.chat.ChatService`; it reads the host's `db`
+(a store connection), `model` (the ServedModel), `scope` (assistant.scope.AdapterScope or None)
+and `_bad_versions` (served-model key -> why it failed to load; each key is tried once).
+`serving_adapter()` -> (version, path) of the active version, loaded, or the last good one
+(None, None: the base model); `route(version, path, user_message)` -> the served model's key and
+the adapter path that answer the prompt, loading a habit adapter or an expert on first use and
+falling back (an expert to the version, a habit to the base) when it cannot be loaded; an
+expert whose correction was taken back since gives (None, None). `watch_adapters()` preloads
+each newly activated version in a background thread and returns the function that stops it.
+`route_kind(key)` names a key as `Turn.answered_by` keeps it. Nothing here raises on a broken
+adapter, a missing embedding model or a locked database: each is logged and the chat answers
+with what it can.
+
+Separate from assistant/chat.py (the prompt, the turn, streaming and logging it) because the
+choice of weights is its own concern with its own failure handling, and chat.py had outgrown
+one module.
+"""
+import logging
+import sqlite3
+import threading
+
+from assistant.errors import AdapterLoadError
+from assistant.model import key_version
+from assistant.scope import EXPERT_KEY
+from store import adapters, feedback
+
+log = logging.getLogger(__name__)
+
+
+class AdapterRouting:
+    """ChatService's choice of weights; the host sets `db`, `model`, `scope` and `_bad_versions`."""
+
+    def serving_adapter(self) -> tuple[int | None, str | None]:
+        """The active version from the registry; if it cannot be loaded, the last good one."""
+        row = adapters.active_adapter(self.db)
+        if row is None:
+            return None, None
+        version = row["version"]
+        if version in self._bad_versions:
+            return key_version(self.model.current), None
+        try:
+            self.model.load_adapter(version, row["path"])
+        except AdapterLoadError as e:
+            self._bad_versions[version] = str(e)
+            log.error("%s; still serving %s", e,
+                      "base model" if self.model.current is None else f"v{key_version(self.model.current)}")
+            return key_version(self.model.current), None
+        return version, row["path"]
+
+    def route(self, version: int | None, path: str | None, user_message: str) -> tuple:
+        """The adapter answers only prompts within its scope; its habit adapter, or else the base
+        weights, answer the rest (assistant/scope.py). Without a scope, or when it cannot be
+        computed, the adapter answers. Returns the served model's key and the adapter's path."""
+        if version is None or self.scope is None:
+            return version, path
+        path = path or (adapters.get_adapter(self.db, version) or {}).get("path")
+        try:
+            key, routed = self.scope.route(version, path, user_message)
+        except Exception as e:  # noqa: BLE001 - a missing embedding model must not stop the chat
+            log.warning("adapter scope unavailable (%s): v%s answers every prompt", e, version)
+            return version, path
+        if isinstance(key, tuple) and key[1].startswith(EXPERT_KEY) and self._taken_back(path, key[1]):
+            return None, None
+        if key is None or key == version or key in self.model.loaded:
+            return key, routed
+        # a habit adapter or an expert (assistant/scope.py): load it now, or fall back: an
+        # expert's prompt to the version, a habit's to the base (tried once per key, like versions)
+        fallback = (None, None) if key == (version, "habit") else (version, path)
+        if key not in self._bad_versions:
+            try:
+                self.model.load_adapter(key, routed)
+                return key, routed
+            except AdapterLoadError as e:
+                self._bad_versions[key] = str(e)
+                log.error("%s; answering with %s", e, "the base model" if fallback[0] is None else f"v{version}")
+        return fallback
+
+    def _taken_back(self, path: str, expert_key: str) -> bool:
+        """Was the correction this expert learned taken back since (its conversation deleted or
+        marked don't-learn, quarantined)? Then the base weights answer at once, until the next
+        version drops the expert (learning/experts.py; a take-back starts that cycle). The
+        version's shared adapter is no fallback here, since it may have learned the correction too."""
+        ids = self.scope.expert_feedback(path, expert_key.removeprefix(EXPERT_KEY))
+        try:
+            gone = feedback.taken_back(self.db, ids)
+        except sqlite3.Error as e:  # a locked or broken database must not stop the chat
+            log.warning("could not check expert %s's feedback (%s); it answers", expert_key, e)
+            return False
+        if gone:
+            log.info("expert %s learned feedback taken back since (%s): the base model answers", expert_key,
+                     ", ".join(gone))
+        return bool(gone)
+
+    def watch_adapters(self, interval_s: float = 0.1):
+        """Preload each newly activated adapter (and embed its scope) in the background, so the
+        first request after a promotion does not pay the disk read (the switch itself still
+        happens per request, between requests). Returns a function that stops the watcher."""
+        stop = threading.Event()
+
+        def run():
+            seen = object()
+            while not stop.wait(interval_s):
+                try:
+                    version = adapters.active_version(self.db)
+                    if version != seen:
+                        _, path = self.serving_adapter()  # loads (once) without switching
+                        if self.scope is not None and path:
+                            self.scope.warm(path)
+                        seen = version
+                except Exception:  # noqa: BLE001 - a watcher must outlive a bad poll
+                    log.exception("adapter watcher")
+
+        threading.Thread(target=run, daemon=True, name="adapter-watch").start()
+        return stop.set
+
+
+def route_kind(key) -> str | None:
+    """What a served-model key (`route`'s) names, in the words `Turn.answered_by` keeps."""
+    if key is None:
+        return None
+    if not isinstance(key, tuple):
+        return "adapter"
+    return "expert" if str(key[1]).startswith(EXPERT_KEY) else "habit"
