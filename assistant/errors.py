@@ -42,7 +42,7 @@ class AdapterLoadError(AssistantError):
 
 
 class AdapterWeightsDeleted(AdapterLoadError):
-    """A version whose weights were deleted to save disk (learning.versions.prune_weights): its
+    """A version whose weights were deleted to save disk (learning.pruning.prune_weights): its
     record stays, it can no longer be loaded."""
 
 

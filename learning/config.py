@@ -152,7 +152,7 @@ class LearnConfig:
     # ---- disk ------------------------------------------------------------------------------
     keep_versions: int | None = 5
     """After each cycle, delete the weights of all but the newest this many versions (the active
-    one and its parent always keep theirs; learning/versions.py `prune_weights`). A version's
+    one and its parent always keep theirs; learning/pruning.py `prune_weights`). A version's
     record, what it learned and its figures stay. None keeps every version's weights, which at
     rank 64 grows the home by 75-150 MB per cycle."""
 

@@ -24,7 +24,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 META_FILE = "meta.json"  # the manifest learning/train.py writes into every version directory
-# Written into a version's directory before its weights are deleted (learning.versions.prune_weights);
+# Written into a version's directory before its weights are deleted (learning.pruning.prune_weights);
 # the directory keeps its configs and meta.json, so what the version learned stays readable.
 WEIGHTS_DELETED = "weights-deleted.json"
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")  # what peft saves the LoRA tensors as
