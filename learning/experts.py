@@ -112,16 +112,21 @@ def plan_experts(job) -> ExpertPlan | None:
     replaced = {question_key(question_and_answer(r)[0]) for k in fresh for r in groups[k]["sft"]}
     # an expert is a separable piece of the weights, so what the user took back is forgotten
     # exactly, even when the shared adapter (continued from its parent) cannot forget it
-    gone = {e["name"] for e in (no_longer_held(inherited, groups) if job.corrections is not None else [])}
-    retired = gone | {e["name"] for e in inherited if question_key(e["prompt"]) in replaced}
-    # a group's adapter holds all of its corrections: when one leaves, the others are trained anew
-    dropped = {e["adapter"] for e in parents if e["name"] in retired or e not in inherited}
-    kept = [e for e in inherited if e["adapter"] not in dropped]
+    held_no_longer = no_longer_held(inherited, groups) if job.corrections is not None else []
+    superseded = set(job.superseded or ())
+    taken_back = {e["name"] for e in held_no_longer if not set(feedback_key(e)) <= superseded}
+    retired = {e["name"] for e in held_no_longer} | {e["name"] for e in inherited
+                                                     if question_key(e["prompt"]) in replaced}
+    # a group's adapter (LearnConfig.expert_group) holds all its corrections: one taken back takes
+    # the adapter with it and the rest of the group is trained anew; a correction superseded, or
+    # found unlearned by the gate, only stops being routed to it (the newer one's expert answers)
+    dropped = {e["adapter"] for e in inherited if e["name"] in taken_back}
+    kept = [e for e in inherited if e["adapter"] not in dropped and e["name"] not in retired]
     have = {feedback_key(e) for e in kept}
     waiting = [k for k in groups if k not in have]
     pace = expert_pace(job.parent_path)
     new = {k: groups[k] for k in sorted(waiting, key=lambda k: k[0])[:experts_this_cycle(lcfg, pace)]}  # oldest first
-    forgotten = len([e for e in inherited if e["name"] in gone])
+    forgotten = len(taken_back)
     return ExpertPlan(kept=kept, new=new, waiting=len(waiting) - len(new), forgotten=forgotten, pace_s=pace)
 
 

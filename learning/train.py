@@ -72,6 +72,7 @@ class TrainJob:
     # expert whose correction is gone (deleted, quarantined, superseded, its conversation marked
     # don't-learn) is dropped. None: the job's own rows, and every inherited expert is kept.
     corrections: tuple[list[dict], list[dict]] | None = None
+    superseded: list[str] = field(default_factory=list)  # feedback ids a newer correction replaced
 
 
 def training_rows(job: TrainJob, model, tok, answered=frozenset()) -> tuple[list[dict], list[dict], dict]:

@@ -404,3 +404,21 @@ def test_a_version_that_trains_no_shared_rows_links_its_parents_shared_adapter(t
     files = [v / "adapter_model.safetensors" for v in (v1, v2)]
     assert files[0].stat().st_ino == files[1].stat().st_ino
     assert json.loads((v1 / "meta.json").read_text())["version"] == 1  # the parent's manifest untouched
+
+
+def test_a_superseded_correction_leaves_its_group_without_retraining_the_others(tiny_model_path, tmp_path):
+    """A correction a newer one replaced only stops being routed to its group's adapter: the rest
+    of the group keeps the adapter (linked), where a take-back retrains them."""
+    job = _job(tiny_model_path, tmp_path / "adapters")
+    job.lcfg = dataclasses.replace(job.lcfg, expert_group=2)
+    v1 = train_candidate(job)
+    sft = [r for r in job.sft_rows if "f1" not in (r.get("feedback_ids") or ())]
+    pairs = [p for p in job.pairs if "f1" not in p["feedback_ids"]]
+    v2 = train_candidate(dataclasses.replace(job, version=2, parent_version=1, parent_path=str(v1), sft_rows=sft,
+                                             pairs=pairs, corrections=(sft, pairs), superseded=["f1"],
+                                             feedback_ids=[]))
+    assert [(e["name"], e["adapter"], e["trained_in"]) for e in read_experts(v2)] == [("v1-0.0", "v1-0", 1)]
+    kept = [v / EXPERTS_DIR / "v1-0" / "adapter_model.safetensors" for v in (v1, v2)]
+    assert kept[0].stat().st_ino == kept[1].stat().st_ino
+    stats = json.loads((v2 / "meta.json").read_text())["stats"]["experts"]
+    assert {k: stats[k] for k in ("kept", "trained", "forgotten")} == {"kept": 1, "trained": 0, "forgotten": 0}
