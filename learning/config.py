@@ -98,11 +98,12 @@ class LearnConfig:
     """LoRA rank of each correction's expert (alpha twice the rank, the shared adapter's scale). 16 keeps the
     accuracy; 4 takes a quarter of the disk and lost 2 of 96 dev paraphrases, for a home short of disk
     (bench/results/learn-dev.md, experts-r4*; bench/HISTORY.md 'Config defaults')."""
-    expert_group: int = 1
+    expert_group: int = 4
     """How many of a cycle's new corrections share one expert adapter (trained together, each still routed
-    to by its own prompts): 1, one adapter per correction; more divides the experts' disk by about that
-    much. A correction taken back or superseded drops its group's adapter, and the rest of the group is
-    trained anew in the next cycle (bench/results/learn-dev.md, experts-group*)."""
+    to by its own prompts). 4 learned the dev scenario as one per correction did (paraphrases 47/48 against
+    46/48 and 48/48) in a quarter of the disk (bench/results/learn-dev.md, experts-group4). A correction
+    taken back drops its group's adapter (the rest is trained anew next cycle); one superseded only stops
+    being routed to it."""
     expert_epochs: float = 6.0
     """SFT epochs of an expert over its correction and the correction's rewrites (10 rows)."""
     expert_lr: float = 2e-3

@@ -112,8 +112,13 @@ def test_the_chat_answers_with_the_expert_and_falls_back_to_the_version_when_it_
     assert set(used) == {1, (1, "expert:v1-0")}
 
 
+def _one_each(job: TrainJob) -> TrainJob:
+    """The job with one expert adapter per correction (LearnConfig.expert_group 1)."""
+    return dataclasses.replace(job, lcfg=dataclasses.replace(job.lcfg, expert_group=1))
+
+
 def test_experts_are_trained_once_kept_by_links_and_replaced_by_a_newer_correction(tiny_model_path, tmp_path):
-    v1 = train_candidate(_job(tiny_model_path, tmp_path / "adapters"))
+    v1 = train_candidate(_one_each(_job(tiny_model_path, tmp_path / "adapters")))
     first = read_experts(v1)
     assert [(e["prompt"], e["trained_in"]) for e in first] == [(DOG, 1), (WORK, 1)]
     assert DOG in first[0]["prompts"] and len(first[0]["prompts"]) > 1  # its rewrites too
@@ -123,7 +128,7 @@ def test_experts_are_trained_once_kept_by_links_and_replaced_by_a_newer_correcti
             for name, weights in (("expert", w[0]), ("shared", _weights(v1)))}
     assert rank == {"expert": {16}, "shared": {4}}  # its own LoRA of rank expert_r
 
-    job = _job(tiny_model_path, tmp_path / "adapters", version=2, parent_version=1, parent_path=str(v1))
+    job = _one_each(_job(tiny_model_path, tmp_path / "adapters", version=2, parent_version=1, parent_path=str(v1)))
     job.sft_rows[1] = {**job.sft_rows[1], "feedback_ids": ["f2"],
                        "messages": job.sft_rows[1]["messages"][:2] + [{"role": "assistant", "content": "At Acme."}]}
     job.pairs[1] = {**job.pairs[1], "feedback_ids": ["f2"]}
@@ -249,9 +254,7 @@ def test_a_paraphrase_near_what_an_expert_answered_is_routed_to_it(tiny_model_pa
 
 
 def test_the_expert_of_a_correction_taken_back_is_not_kept(tiny_model_path, tmp_path):
-    import dataclasses
-
-    job = _job(tiny_model_path, tmp_path / "adapters")
+    job = _one_each(_job(tiny_model_path, tmp_path / "adapters"))
     v1 = train_candidate(job)
     assert [e["feedback_ids"] for e in read_experts(v1)] == [["f0"], ["f1"]]
     # the conversation of f1 was deleted: the learner's data no longer holds it
