@@ -86,8 +86,8 @@ class LearnConfig:
     model's float32 LoRA layers: half the disk (an expert 19.6 -> 9.8 MB), the same greedy replies where
     checked (bench/HISTORY.md 'Adapters stored in half precision', 'Config defaults')."""
     experts_per_cycle: int = 12
-    """At most this many new experts per cycle; the rest get theirs in the next cycles (oldest first) and the
-    shared adapter, which trains on them meanwhile, answers them. 12 keeps a cycle within 10 minutes
+    """At most this many corrections get their expert (in groups of `expert_group`) per cycle; the rest get
+    theirs in the next cycles (oldest first) and the shared adapter, which trains on them meanwhile, answers them. 12 keeps a cycle within 10 minutes
     (bench/results/learn.md; bench/HISTORY.md 'Config defaults')."""
     experts_budget_s: float | None = 360.0
     """Seconds the experts' stage may plan for: divided by the last new expert's seconds (meta.json) it caps
