@@ -50,8 +50,8 @@ def test_short_cycle_on_the_embedded_model(home, embedded_model_dir, monkeypatch
     assert not (base == tuned).all()
     dog = meta["experts"][0]  # its expert loads too, and answers differently from the shared adapter
     expert = runtime.model.logits([{"role": "user", "content": "What is the name of my dog?"}],
-                                  version=(row["version"], f"expert:{dog['name']}"),
-                                  adapter_path=Path(row["path"]) / "experts" / dog["name"])
+                                  version=(row["version"], f"expert:{dog['adapter']}"),
+                                  adapter_path=Path(row["path"]) / "experts" / dog["adapter"])
     assert not (expert == tuned).all() and not (expert == base).all()
 
 
