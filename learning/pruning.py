@@ -48,11 +48,19 @@ def _weight_files(path: Path) -> list[Path]:
 
 
 def weights_text(path: Path) -> str:
-    """'deleted', or the weights' size on disk ('75.3 MB'), for the table."""
+    """'deleted', or the weights' size on disk ('75.3 MB'), for the table; with the part no other
+    version shares ('75.3 MB, 12.0 MB its own') where a later or earlier version links the rest
+    (kept experts, an unchanged shared or habit adapter): what deleting its weights would free."""
     if weights_deleted(path):
         return "deleted"
-    size = sum(f.stat().st_size for f in _weight_files(path))
-    return f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
+    files = [f.stat() for f in _weight_files(path)]
+    size, own = sum(f.st_size for f in files), sum(f.st_size for f in files if f.st_nlink == 1)
+    text = _size(size)
+    return text if own == size else f"{text}, {_size(own)} its own"
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
 
 
 def prune_weights(db, keep: int) -> list[int]:

@@ -1,4 +1,5 @@
 """learning.versions: the table, promote/rollback rules, correction states, plot, compare, CLI."""
+import os
 import shutil
 
 import pytest
@@ -258,6 +259,11 @@ def test_prune_deletes_old_weights_keeps_records_and_refuses_to_serve_them(home,
     size = sum(f.stat().st_size for f in dirs[4].rglob("adapter_model.*"))
     assert [r["weights"] for r in rows] == ["deleted"] * 3 + [f"{size / 1e3:.0f} kB"] * 3
     assert [s["state"] for s in versions.correction_states(db)] == ["learned"]  # the record stays
+    # a later version that links v4's weights (an unchanged adapter): both say what is their own
+    (dirs[6] / "habit").mkdir(exist_ok=True)
+    os.link(dirs[4] / "adapter_model.safetensors", dirs[6] / "habit" / "adapter_model.safetensors")
+    texts = {r["version"]: r["weights"] for r in versions.versions_table(db)}
+    assert texts[4] == f"{size / 1e3:.0f} kB, 0 kB its own" and texts[6].endswith(" its own")
     with pytest.raises(AdapterWeightsDeleted, match="deleted to save disk.*newest 1 versions"):
         versions.rollback(db, 1)
     with pytest.raises(AdapterWeightsDeleted):
