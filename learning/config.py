@@ -112,6 +112,9 @@ class LearnConfig:
     """Train a habit adapter (learning/habits.py) when corrections show a habit (an opening 3+ corrections to
     different prompts share); it chooses the opening of answers to prompts outside the scope, and the base
     weights answer them as before (bench/results/learn-dev.md; bench/HISTORY.md 'Config defaults')."""
+    habit_r: int | None = None
+    """LoRA rank of a new habit adapter (alpha twice the rank); None: the shared adapter's `lora_r`. It only
+    writes an opening of a few tokens, so a low rank may do (bench/results/learn-dev.md, habit-r*)."""
     habit_lr: float = 1e-3
     """Peak learning rate of the habit adapter, trained for `sft_epochs` (2e-4 taught no habit)."""
     habit_self_replay: int = 48
@@ -208,6 +211,8 @@ class LearnConfig:
                             f"dpo {self.dpo_max_length})")
         if not 0 <= self.replay_fraction <= 5:
             problems.append(f"replay_fraction must be in [0, 5] (got {self.replay_fraction})")
+        if self.habit_r is not None and self.habit_r < 1:
+            problems.append(f"habit_r must be >= 1 or None (got {self.habit_r})")
         if self.habit_self_replay < 0:
             problems.append(f"habit_self_replay must be >= 0 (got {self.habit_self_replay})")
         if self.habit_min_support < 1 or self.habit_max_closing_words < 1:

@@ -135,8 +135,22 @@ def test_a_version_that_learns_a_habit_carries_a_habit_adapter_and_its_child_inh
     child.lcfg = job.lcfg
     v2 = train_candidate(child)
     assert json.loads((v2 / "meta.json").read_text())["habits"] == meta["habits"]
-    assert (v2 / "habit" / "adapter_model.safetensors").read_bytes() == \
-        (v1 / "habit" / "adapter_model.safetensors").read_bytes()
+    assert (v2 / "habit" / "adapter_model.safetensors").stat().st_ino == \
+        (v1 / "habit" / "adapter_model.safetensors").stat().st_ino  # linked, not copied
+
+
+def test_a_new_habit_adapter_takes_habit_r(tiny_model_path, tmp_path, replayed):
+    from learning.train import train_candidate
+    from tests.test_train import _job
+
+    job = _job(tiny_model_path, tmp_path / "adapters", cache_dir=tmp_path / "cache")
+    job.sft_rows = job.sft_rows + rows(CAPTAIN)
+    job.lcfg = dataclasses.replace(job.lcfg, self_replay=3, habit_adapter=True, habit_self_replay=4, dpo_epochs=0,
+                                   habit_r=2)
+    v1 = train_candidate(job)
+    habit = json.loads((v1 / "habit" / "adapter_config.json").read_text())
+    assert (habit["r"], habit["lora_alpha"]) == (2, 4)
+    assert json.loads((v1 / "adapter_config.json").read_text())["r"] == job.lcfg.lora_r
 
 
 @pytest.mark.parametrize("style, enabled", [(False, True), (True, False)])
