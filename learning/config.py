@@ -85,10 +85,12 @@ class LearnConfig:
     """Store every adapter a cycle writes (shared, habit, experts) as float16 on disk, loaded back into the
     model's float32 LoRA layers: half the disk (an expert 19.6 -> 9.8 MB), the same greedy replies where
     checked (bench/HISTORY.md 'Adapters stored in half precision', 'Config defaults')."""
-    experts_per_cycle: int = 12
+    experts_per_cycle: int = 24
     """At most this many corrections get their expert (in groups of `expert_group`) per cycle; the rest get
-    theirs in the next cycles (oldest first) and the shared adapter, which trains on them meanwhile, answers them. 12 keeps a cycle within 10 minutes
-    (bench/results/learn.md; bench/HISTORY.md 'Config defaults')."""
+    theirs in the next cycles (oldest first) and the shared adapter, which trains on them meanwhile, answers
+    them. `experts_budget_s` is the limit that binds on a CPU. 12 let a backlog grow in a season of 10-16
+    corrections a cycle (4, 5, 8, 12 waiting after cycles 2-5) until a candidate whose shared adapter
+    carried 12 of them lost 2 and was rejected (bench/results/season-20261204-012251.md)."""
     experts_budget_s: float | None = 360.0
     """Seconds the experts' stage may plan for: divided by the last new expert's seconds (meta.json) it caps
     new experts (at least one, at most `experts_per_cycle`), so a bigger model or slower machine stays within
