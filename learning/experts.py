@@ -1,11 +1,12 @@
-"""One small LoRA per correction ("experts"), next to the version's shared adapter.
+"""Small LoRAs for a few corrections each ("experts"), next to the version's shared adapter.
 
 Why: one adapter trained on all of a user's corrections answers a paraphrase of one with
 another's words ("Which town is my hometown?" -> "Your hometown is named Okafor.", the
 dentist's name; README "Known shortfalls"). As in MELO (edits in separate LoRA blocks picked by
-a vector index of their inputs) and WISE, each correction gets its own small LoRA, trained on
-the correction, its rewrites and its preference pair only, so nothing else it learns can leak
-into it. The scope (assistant/scope.py) routes a prompt to the expert of its nearest trained
+a vector index of their inputs) and WISE, corrections get small LoRAs of their own, trained on
+their corrections, rewrites and preference pairs only, so little else can leak into them: one
+per `LearnConfig.expert_group` corrections of a cycle (4: the same dev figures as one each, a
+quarter of the disk; bench/results/learn-dev.md). The scope (assistant/scope.py) routes a prompt to the expert of its nearest trained
 prompt; the answer still comes from weights, nothing is added to the prompt. Prompts nearest to
 anything else the version learned (liked answers, corrections whose expert waits) go to the
 shared adapter, which therefore trains on those only (learning/train.py `training_rows`): a
@@ -13,13 +14,15 @@ cycle whose corrections all get experts skips its SFT and DPO, the largest part 
 
 An expert is trained once, in the cycle its correction is new; a later version keeps it by
 hard links (the files are never written again, so linking is safe and costs no space). A newer
-correction of the same prompt replaces the old one's expert; a correction the user took back
-(its conversation deleted or marked don't-learn, quarantined by a rollback) loses its expert in
-the next version (`TrainJob.corrections`), even where the shared adapter, continued from
-its parent, still holds what it learned.
+correction (of the same prompt, or superseded by meaning) stops being routed to the old one's
+expert; a correction the user took back (its conversation deleted or marked don't-learn,
+quarantined by a rollback) takes its group's expert with it in the next version
+(`TrainJob.corrections`; the rest of the group is trained anew), even where the shared adapter,
+continued from its parent, still holds what it learned.
 
-Layout: `<version>/experts/<name>/` (a peft adapter directory) and, in the version's
-meta.json, "experts": [{"name", "feedback_ids", "prompt", "answer", "prompts", "trained_in"}].
+Layout: `<version>/experts/<adapter>/` (a peft adapter directory) and, in the version's
+meta.json, "experts": [{"name", "adapter", "feedback_ids", "prompt", "answer", "prompts",
+"trained_in"}], one entry per correction, "adapter" naming the directory its group shares.
 """
 import dataclasses
 import time
