@@ -111,7 +111,8 @@ def plan_experts(job) -> ExpertPlan | None:
     inherited = [e for e in parents if not set(feedback_key(e)) <= relearn]
     # a newer correction of a prompt retires the old one's expert at once, even while its own
     # waits (the shared adapter, trained on the newer one, answers meanwhile)
-    fresh = [k for k in groups if k not in {feedback_key(e) for e in inherited}]
+    had = {feedback_key(e) for e in inherited}
+    fresh = [k for k in groups if k not in had]
     replaced = {question_key(question_and_answer(r)[0]) for k in fresh for r in groups[k]["sft"]}
     # an expert is a separable piece of the weights, so what the user took back is forgotten
     # exactly, even when the shared adapter (continued from its parent) cannot forget it
@@ -129,8 +130,7 @@ def plan_experts(job) -> ExpertPlan | None:
     waiting = [k for k in groups if k not in have]
     pace = expert_pace(job.parent_path)
     new = {k: groups[k] for k in sorted(waiting, key=lambda k: k[0])[:experts_this_cycle(lcfg, pace)]}  # oldest first
-    forgotten = len(taken_back)
-    return ExpertPlan(kept=kept, new=new, waiting=len(waiting) - len(new), forgotten=forgotten, pace_s=pace)
+    return ExpertPlan(kept=kept, new=new, waiting=len(waiting) - len(new), forgotten=len(taken_back), pace_s=pace)
 
 
 def train_experts(model, tok, job, plan: ExpertPlan | None, device: str, work: Path, losses: list, stats: dict,
@@ -153,7 +153,8 @@ def train_experts(model, tok, job, plan: ExpertPlan | None, device: str, work: P
     expert_lora = LoraConfig(r=lcfg.expert_r, lora_alpha=2 * lcfg.expert_r, lora_dropout=0.0,
                              target_modules=list(lcfg.lora_targets), task_type="CAUSAL_LM")
     expert_cfg = dataclasses.replace(lcfg, sft_epochs=lcfg.expert_epochs, sft_lr=lcfg.expert_lr)
-    batches = [list(new.values())[i:i + lcfg.expert_group] for i in range(0, len(new), lcfg.expert_group)]
+    todo = list(new.values())
+    batches = [todo[i:i + lcfg.expert_group] for i in range(0, len(todo), lcfg.expert_group)]
     trained, t0 = [], time.perf_counter()
     for i, batch in enumerate(batches):
         name = f"v{job.version}-{i}"

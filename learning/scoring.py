@@ -63,15 +63,14 @@ class Replies:
         their content, computed once per file; None when they cannot be read (not cached then)."""
         if path is None:
             return "base"
-        files = [Path(path) / f for f in (ADAPTER_CONFIG, *WEIGHT_FILES)]
+        files = [f for f in (Path(path) / n for n in (ADAPTER_CONFIG, *WEIGHT_FILES)) if f.exists()]
         try:
-            stamp = tuple((f.stat().st_ino, f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.exists())
+            stamp = tuple((st.st_ino, st.st_size, st.st_mtime_ns) for st in (f.stat() for f in files))
             if stamp not in self._weights:
                 digest = hashlib.sha256()
                 for f in files:
-                    if f.exists():
-                        digest.update(f.read_bytes())
-                self._weights[stamp] = digest.hexdigest() if len(stamp) > 1 else None
+                    digest.update(f.read_bytes())
+                self._weights[stamp] = digest.hexdigest() if len(stamp) > 1 else None  # config and weights
         except OSError:
             return None
         return self._weights[stamp]

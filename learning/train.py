@@ -266,8 +266,8 @@ def train_habit_adapter(model, tok, job: TrainJob, device: str, work: Path, loss
         model.load_adapter(str(parent), adapter_name="habit", is_trainable=True)
     else:  # a parent's habit adapter goes on in its own shape; a new one takes `habit_r`
         rank = job.lcfg.habit_r
-        model.add_adapter("habit", fresh_lora(job.lcfg) if rank is None else fresh_lora(
-            dataclasses.replace(job.lcfg, lora_r=rank, lora_alpha=2 * rank)))
+        shape = job.lcfg if rank is None else dataclasses.replace(job.lcfg, lora_r=rank, lora_alpha=2 * rank)
+        model.add_adapter("habit", fresh_lora(shape))
     model.set_adapter("habit")
     habit_job = dataclasses.replace(job, lcfg=dataclasses.replace(job.lcfg, sft_lr=job.lcfg.habit_lr))
     stats["habit"] = run_sft(model, tok, rows, habit_job, device, work / "habit", losses, stage="habit")
