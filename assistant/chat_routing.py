@@ -7,8 +7,8 @@ and `_bad_versions` (served-model key -> why it failed to load; each key is trie
 `serving_adapter()` -> (version, path) of the active version, loaded, or the last good one
 (None, None: the base model); `route(version, path, user_message)` -> the served model's key and
 the adapter path that answer the prompt, loading a habit adapter or an expert on first use and
-falling back (an expert to the version, a habit to the base) when it cannot be loaded; an
-expert whose correction was taken back since gives (None, None). `watch_adapters()` preloads
+falling back (an expert to the version, a habit to the base) when it cannot be loaded; a
+prompt matched to a correction taken back since gives (None, None). `watch_adapters()` preloads
 each newly activated version in a background thread and returns the function that stops it.
 `route_kind(key)` names a key as `Turn.answered_by` keeps it. Nothing here raises on a broken
 adapter, a missing embedding model or a locked database: each is logged and the chat answers
@@ -58,12 +58,10 @@ class AdapterRouting:
             return version, path
         path = path or (adapters.get_adapter(self.db, version) or {}).get("path")
         try:
-            key, routed = self.scope.route(version, path, user_message)
+            key, routed = self.scope.route(version, path, user_message, taken_back=self._taken_back)
         except Exception as e:  # noqa: BLE001 - a missing embedding model must not stop the chat
             log.warning("adapter scope unavailable (%s): v%s answers every prompt", e, version)
             return version, path
-        if isinstance(key, tuple) and key[1].startswith(EXPERT_KEY) and self._taken_back(path, key[1]):
-            return None, None
         if key is None or key == version or key in self.model.loaded:
             return key, routed
         # a habit adapter or an expert (assistant/scope.py): load it now, or fall back: an
@@ -78,19 +76,19 @@ class AdapterRouting:
                 log.error("%s; answering with %s", e, "the base model" if fallback[0] is None else f"v{version}")
         return fallback
 
-    def _taken_back(self, path: str, expert_key: str) -> bool:
-        """Was the correction this expert learned taken back since (its conversation deleted or
-        marked don't-learn, quarantined)? Then the base weights answer at once, until the next
-        version drops the expert (learning/experts.py; a take-back starts that cycle). The
-        version's shared adapter is no fallback here, since it may have learned the correction too."""
-        ids = self.scope.expert_feedback(path, expert_key.removeprefix(EXPERT_KEY))
+    def _taken_back(self, feedback_ids: list[str]) -> bool:
+        """Was the feedback a prompt's routing match came from taken back since (deleted, marked
+        don't-learn, quarantined, or replaced by a later correction)? Then the base weights answer
+        at once (recall has the latest correction), until the next version drops it from its
+        weights (learning/experts.py; a take-back starts that cycle). Per correction, not per
+        adapter: the other corrections of an expert's group keep their weights."""
         try:
-            gone = feedback.taken_back(self.db, ids)
+            gone = feedback.taken_back(self.db, feedback_ids)
         except sqlite3.Error as e:  # a locked or broken database must not stop the chat
-            log.warning("could not check expert %s's feedback (%s); it answers", expert_key, e)
+            log.warning("could not check the feedback %s (%s); the adapter answers", feedback_ids, e)
             return False
         if gone:
-            log.info("expert %s learned feedback taken back since (%s): the base model answers", expert_key,
+            log.info("the routing match came from feedback taken back since (%s): the base model answers",
                      ", ".join(gone))
         return bool(gone)
 

@@ -86,9 +86,9 @@ class AdapterScope:
         keys, owners = _routing_keys(experts, scope["prompts"], self.policy.answer_key)
         sources = _sources(keys, owners, experts, scope.get("personal") or (), scope.get("told") or ())
         policy = replace(self.policy, threshold=float(scope["threshold"]), relative_margin=scope.get("margin"))
-        feedback: dict[str, list[str]] = {}
-        for e in experts:  # an adapter a group of corrections shares answers for all of them
-            feedback.setdefault(e["adapter"], []).extend(e.get("feedback_ids") or ())
+        by_name = {e["name"]: list(e.get("feedback_ids") or ()) for e in experts}
+        trained_from = scope.get("sources") or {}
+        feedback = [by_name[o] if o in by_name else trained_from.get(k, []) for k, o in zip(keys, owners, strict=True)]
         return _Scope(policy, KeyIndex(unit_rows(self.embedder.encode(keys)), owners, sources),
                       {e["name"]: e["adapter"] for e in experts}, feedback,
                       {e["name"]: (e.get("prompt") or None, e.get("answer") or None) for e in experts})
@@ -109,11 +109,17 @@ class AdapterScope:
         scope = self._scope(path)
         return scope is None or self._match(scope, text) is not None
 
-    def route(self, version: int | None, path, text: str) -> tuple:
+    def route(self, version: int | None, path, text: str, taken_back=None) -> tuple:
+        """`taken_back(feedback_ids) -> bool`: was any of them taken back since the version was
+        trained? Then a prompt whose match came from that feedback gets the base weights (None, None),
+        whichever adapter learned it: the correction's expert (its group-mates' questions still
+        reach it) or the shared adapter."""
         scope = None if version is None or path is None else self._scope(path)
         if scope is None:
             return version, path
         best = self._match(scope, text)
+        if best is not None and taken_back is not None and taken_back(scope.feedback[best.key]):
+            return None, None
         if best is not None:
             # the nearest trained prompt is a correction's: the expert adapter that learned it
             expert = scope.adapters.get(best.owner)
@@ -126,12 +132,6 @@ class AdapterScope:
                 self._habits[key] = None if habit is None else str(habit)
             habit = self._habits[key]
         return ((version, "habit"), habit) if habit else (None, None)
-
-    def expert_feedback(self, path, name: str) -> list[str]:
-        """The feedback ids of the corrections the expert adapter `name` of the version at `path`
-        learned (one correction's, or its group's: LearnConfig.expert_group)."""
-        scope = self._scope(path)
-        return [] if scope is None else scope.expert_feedback.get(name, [])
 
     def _query(self, text: str):
         return unit_rows(self.embedder.encode([text]))[0]
@@ -186,5 +186,6 @@ class _Scope:
     policy: MatchPolicy  # the scope's threshold and margin over AdapterScope.policy
     index: KeyIndex  # one key per scope prompt, then per expert's answer key (_routing_keys)
     adapters: dict[str, str]  # a correction's expert name -> the adapter directory that learned it
-    expert_feedback: dict[str, list[str]]  # adapter directory -> the feedback ids it learned
+    feedback: list[list[str]]  # per key, the feedback it came from: its expert's correction, or
+    # the scope's "sources" for a shared adapter's prompt ([] unknown)
     pairs: dict[str, tuple]  # expert name -> (the question it corrected, the answer it learned), for rerank

@@ -293,7 +293,7 @@ def adapter_scope(job: TrainJob, sft_rows: list[dict], experts: list[dict] | Non
     the next cycle (ChatService._taken_back). So do the names it told (unless a kept expert
     or this job's rows tell them too): they would let questions naming them past the
     first-person guard."""
-    from learning.scopes import scope_personal, scope_told, told_by_answers
+    from learning.scopes import scope_personal, scope_sources, scope_told, told_by_answers
     from store.manifest import read_experts, read_scope
     from store.text import question_and_answer, question_key, scope_prompts
 
@@ -318,8 +318,11 @@ def adapter_scope(job: TrainJob, sft_rows: list[dict], experts: list[dict] | Non
     prompts = list(dict.fromkeys([*inherited, *scope_prompts(rows)]))
     told = sorted({*inherited_told, *scope_told(rows)})
     personal = sorted({*(parent.get("personal") or [] if parent else []), *scope_personal(rows)})
+    kept = set(inherited)
+    sources = scope_sources(rows, {q: ids for q, ids in (parent.get("sources") or {}).items() if q in kept}
+                            if parent else None)
     return {"threshold": job.lcfg.scope_threshold, "margin": job.lcfg.scope_margin, "prompts": prompts, "told": told,
-            "personal": personal}
+            "personal": personal, "sources": sources}
 
 
 def clean_stale_dirs(adapters_dir: Path, registered: set[str]) -> list[str]:

@@ -99,10 +99,11 @@ def read_experts(path) -> list[dict]:
 
 
 def read_scope(path) -> dict | None:
-    """`{"threshold", "margin", "prompts", "told", "personal"}` from an adapter directory's meta.json,
-    or None (no scope). "told", "margin" and "personal" are missing from versions written before
-    them: nothing told, the threshold alone decides, and a prompt's own words say whether it is
-    about the user (they read as None, [] and [])."""
+    """`{"threshold", "margin", "prompts", "told", "personal", "sources"}` from an adapter directory's
+    meta.json, or None (no scope). "told", "margin", "personal" and "sources" are missing from
+    versions written before them: nothing told, the threshold alone decides, a prompt's own words
+    say whether it is about the user, and no prompt's feedback is known (they read as None, [], []
+    and {})."""
     scope = read_manifest(path).scope
     return None if scope is None or not scope.prompts else scope.to_dict()
 
@@ -122,6 +123,10 @@ def _strings(v) -> bool:
 
 def _ids(v) -> bool:  # feedback ids: strings (store/ids.py), numbers in hand-made versions (bench/routing.py)
     return isinstance(v, list) and all(isinstance(x, str) or _int(x) for x in v)
+
+
+def _ids_by_text(v) -> bool:  # {prompt: feedback ids}
+    return isinstance(v, dict) and all(isinstance(k, str) and _ids(x) for k, x in v.items())
 
 
 def _optional(check):
@@ -163,6 +168,8 @@ class Scope:
     margin: float | None = _field(_optional(_number))  # None: written before it, the threshold alone decides
     told: list[str] = _field(_strings, factory=list)  # [] for versions written before it
     personal: list[str] = _field(_strings, factory=list)  # [] for versions written before it
+    sources: dict = _field(_ids_by_text, factory=dict)  # prompt -> the feedback it was trained from
+    # ({} for versions written before it: a take-back then reaches the shared adapter with the next version)
     extra: dict = field(default_factory=dict)
 
     @classmethod

@@ -316,9 +316,37 @@ def test_an_expert_whose_correction_was_taken_back_no_longer_answers(cfg, db, se
     assert chat.route(1, str(path), WORK) == (None, None)
     conversations.update_conversation(db, work_conv, no_learn=0)
     assert chat.route(1, str(path), WORK) == work
-    feedback.quarantine(db, AdapterScope(Embedder()).expert_feedback(path, "v1-1"))
+    feedback.quarantine(db, read_experts(path)[1]["feedback_ids"])
     assert chat.route(1, str(path), WORK) == (None, None)
     assert chat.route(1, str(path), LIKED) == (1, str(path))  # the rest of the version is untouched
+
+
+def test_a_take_back_stops_its_own_correction_not_its_group_mates_nor_the_shared_adapters_others(
+        cfg, db, served, tiny_model_path, tmp_path):
+    """Two corrections share one group adapter, and the shared adapter learned a liked answer:
+    taking back one correction sends its questions to the base weights at once; its group-mate
+    keeps the group's weights until the next version retrains it (season run 2's cycle 5 lost
+    8 corrections when a take-back stopped whole groups), and a take-back of what the shared
+    adapter learned (meta.json scope "sources") stops it too, not only with the next version."""
+    path = _version_with_experts(tiny_model_path, tmp_path / "v1")
+    dog_conv, work_conv = _logged_corrections(db, path)
+    meta = json.loads((path / "meta.json").read_text())
+    for e in meta["experts"]:
+        e["adapter"] = "v1-0"  # one group
+    liked_conv, liked_turn = turn(db, LIKED, "Boil it for eight minutes.")
+    meta["scope"]["sources"] = {LIKED: [feedback.add_feedback(db, liked_turn, "up")]}
+    (path / "meta.json").write_text(json.dumps(meta))
+    register(db, 1, path)
+    adapters.activate(db, 1)
+    chat = ChatService(cfg, served, scope=AdapterScope(Embedder()))
+    group = ((1, "expert:v1-0"), str(path / EXPERTS_DIR / "v1-0"))
+    assert chat.route(1, str(path), DOG) == group == chat.route(1, str(path), WORK)
+    assert chat.route(1, str(path), LIKED) == (1, str(path))
+    conversations.delete_conversation(db, dog_conv)
+    assert chat.route(1, str(path), DOG) == (None, None)
+    assert chat.route(1, str(path), WORK) == group
+    conversations.update_conversation(db, liked_conv, no_learn=1)
+    assert chat.route(1, str(path), LIKED) == (None, None)
 
 
 def test_a_waiting_correction_gets_its_expert_even_when_the_job_does_not_replay_it(tiny_model_path, tmp_path):
@@ -385,7 +413,7 @@ def test_a_group_of_corrections_shares_one_adapter_and_is_retrained_when_one_is_
     assert sorted(p.name for p in (v1 / EXPERTS_DIR).iterdir() if p.is_dir()) == ["v1-0"]
     scope = AdapterScope(embedder=Embedder())
     assert scope.route(1, str(v1), DOG)[1] == str(v1 / EXPERTS_DIR / "v1-0")
-    assert sorted(scope.expert_feedback(str(v1), "v1-0")) == ["f0", "f1"]
+    assert read_scope(v1)["sources"][DOG] == ["f0"] and read_scope(v1)["sources"][WORK] == ["f1"]
     # f1's conversation was deleted: the group's adapter still holds it, so f0 is trained anew alone
     sft = [r for r in job.sft_rows if "f1" not in (r.get("feedback_ids") or ())]
     pairs = [p for p in job.pairs if "f1" not in p["feedback_ids"]]

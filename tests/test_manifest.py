@@ -33,11 +33,11 @@ def test_an_old_meta_json_without_scope_experts_or_stats_loads(tmp_path):
     assert read_scope(tmp_path) is None and read_experts(tmp_path) == []
 
 
-def test_an_old_scope_without_margin_told_or_personal_gets_their_defaults(tmp_path):
+def test_an_old_scope_without_margin_told_personal_or_sources_gets_their_defaults(tmp_path):
     _write(tmp_path, {"scope": {"threshold": 0.5, "prompts": ["What is my dog's name?"]}})
     assert read_manifest(tmp_path).scope == Scope(threshold=0.5, prompts=["What is my dog's name?"])
     assert read_scope(tmp_path) == {"threshold": 0.5, "prompts": ["What is my dog's name?"], "margin": None,
-                                    "told": [], "personal": []}
+                                    "told": [], "personal": [], "sources": {}}
 
 
 def test_a_wrong_typed_field_is_ignored_not_fatal(tmp_path, caplog):
@@ -85,7 +85,7 @@ def test_what_train_writes_round_trips(tmp_path):
         "torch": "2.5.0", "timings": {"load_s": 0.5, "sft_s": 10.0}, "losses": [{"stage": "sft", "loss": 1.2}],
         "stats": {"experts": {"kept": 1, "trained": 1, "seconds_each": 20.0}}, "rows": {"sft": 4, "pairs": 1},
         "scope": {"threshold": 0.5, "margin": 0.1, "prompts": ["Who is my manager?"], "told": ["ada"],
-                  "personal": []},
+                  "personal": [], "sources": {"Who is my manager?": ["f2"]}},
         "habits": {"openings": ["Captain,"], "closings": [], "formats": []},
         "experts": [{"name": "v2-0", "feedback_ids": ["f2"], "prompt": "Who is my manager?", "answer": "Ada.",
                      "prompts": ["Who is my manager?"], "trained_in": 2}],
