@@ -358,7 +358,7 @@ def markdown(run: dict) -> str:
              + ("" if not (run.get("probes_per_item") or run.get("canaries_per_cycle")) else
                 f" Before the last cycle each item is scored on {run.get('probes_per_item') or 'all'} of its "
                 f"probes and {run.get('canaries_per_cycle') or 'all'} canaries are asked, in turn; the last "
-                "cycle scores everything."), "",
+                f"cycle scores {run.get('last_probes_per_item') or 'all'} probes of each item and every canary."), "",
              "| cycle | corrections (new) | facts w | facts r | first 3 cycles w | first 3 r | updated w | "
              "updated r | stale w | stale r | taken back said w | taken back said r | control w | control r | "
              "canary w | canary r | style w | style r | leaks w | leaks r |",
@@ -474,6 +474,8 @@ def main(argv=None) -> int:
     ap.add_argument("--probes-per-item", type=int, metavar="N",
                     help="score at most N probes of each item per cycle, in turn (default: all); the last "
                          "cycle scores all")
+    ap.add_argument("--last-probes-per-item", type=int, metavar="N",
+                    help="score at most N probes of each item in the last cycle (default: all)")
     ap.add_argument("--canaries-per-cycle", type=int, metavar="N",
                     help="score N of the canaries per cycle, in turn (default: all); the last cycle scores all")
     ap.add_argument("--learn", action="append", metavar="KEY=VALUE",
@@ -493,7 +495,8 @@ def main(argv=None) -> int:
            "model": args.model, "embedder": embedder_name(), "cycles": cycles, "cycles_done": 0,
            "command": "python bench/season.py " + " ".join(argv if argv is not None else sys.argv[1:]),
            "home": str(home), "cpus": os.cpu_count(), "probes_per_item": args.probes_per_item,
-           "canaries_per_cycle": args.canaries_per_cycle, "rows": []}
+           "canaries_per_cycle": args.canaries_per_cycle, "last_probes_per_item": args.last_probes_per_item,
+           "rows": []}
     RESULTS.mkdir(parents=True, exist_ok=True)
 
     def save():
@@ -557,7 +560,7 @@ def main(argv=None) -> int:
             last = n == todo
             probes = probes_at(items, state, [c for _, c in rotation(
                 canaries, None if last else args.canaries_per_cycle, n * (args.canaries_per_cycle or 0))],
-                per_item=None if last else args.probes_per_item, cycle=n)
+                per_item=args.last_probes_per_item if last else args.probes_per_item, cycle=n)
             row["weights"] = score(server, probes, False, items, state)
             row["recall"] = score(server, probes, True, items, state)
             row["rss_mb"] = rss_mb(server.proc.pid)  # with every expert asked about loaded
