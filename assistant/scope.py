@@ -93,6 +93,13 @@ class AdapterScope:
                       {e["name"]: e["adapter"] for e in experts}, feedback,
                       {e["name"]: (e.get("prompt") or None, e.get("answer") or None) for e in experts})
 
+    def forget(self, path) -> None:
+        """Read the scope at `path` again when next asked: a candidate's meta.json was rewritten
+        before its gate (learning/repair.py); versions never change once live."""
+        with self._lock:
+            self._cache.pop(str(path), None)
+            self._habits.pop(str(path), None)
+
     def warm(self, path) -> None:
         """Read and embed the scope of the adapter at `path` now (the server's adapter watcher
         does this on promotion, so the first request after a swap does not pay for it)."""

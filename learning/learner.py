@@ -29,6 +29,7 @@ from learning.cancel import CancelWatch, Interrupt
 from learning.config import LearnConfig, load_learn_config, shape_is_stored
 from learning.progress import CycleRunning, Tracker, cycle_lock
 from learning.recovery import drop_abandoned_candidates
+from learning.repair import keep_incumbent_experts, lost_corrections
 from learning.train import Cancelled, TrainJob, adapter_shape, clean_stale_dirs, train_candidate
 from store import adapters, jobs, open_db
 from store.ids import new_id
@@ -88,6 +89,7 @@ def run_cycle(cfg, learn_cfg: LearnConfig | None = None, force: bool = False,
     another cycle runs, Cancelled if cancelled, any training error after recording it."""
     from assistant.config import DEFAULT_SYSTEM_PROMPT
     from assistant.model import resolve_model
+    from assistant.serving import build_served
     from store.settings import get_setting
 
     db = open_db(cfg.db_path)
@@ -169,11 +171,21 @@ def run_cycle(cfg, learn_cfg: LearnConfig | None = None, force: bool = False,
                 return _finish(db, job_id, "succeeded", result)
             evaluate, decide, gate_config = gate
             track.stage("evaluating")
+            served = build_served(cfg, embedder=embedder)  # one model and scope for both evaluations
             ev = evaluate(cfg, db, version, parent and parent["version"], new_ids, progress=track.evaluation,
-                          embedder=embedder)
+                          model=served.model, scope=served.scope)
+            kept = keep_incumbent_experts(db, path, parent and parent["path"], lost_corrections(ev["items"]))
+            if kept:  # the replies of unchanged weights come from the cache: only the kept ones are new
+                served.scope.forget(path)
+                adapters.set_meta(db, version, read_manifest(path).to_dict())
+                ev = evaluate(cfg, db, version, parent and parent["version"], new_ids, model=served.model,
+                              scope=served.scope)
             track.stage("gate")
             watch.disarm()  # the decision and what follows take milliseconds: never half done
             decision = decide(ev["candidate"], ev["incumbent"], gate_config(db))
+            if kept:
+                decision.reasons.append(f"kept v{parent['version']}'s expert for {len(kept)} earlier "
+                                        f"correction(s) the retrained weights lost")
             adapters.set_metrics(db, version, ev["candidate"])
             adapters.record_decision(db, new_id(), version, parent and parent["version"], decision.passed,
                                      list(decision.reasons), {"candidate": ev["candidate"],

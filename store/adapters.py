@@ -52,6 +52,12 @@ def register_candidate(db, version: int, path: str, parent_version: int | None, 
     return version
 
 
+def set_meta(db, version: int, meta: dict) -> None:
+    """Replace a candidate's recorded meta.json (learning/repair.py rewrote it before the gate)."""
+    with write_transaction(db):
+        db.execute("UPDATE adapters SET meta_json = ? WHERE version = ?", [json.dumps(meta), version])
+
+
 def unlearn_feedback(db, version: int, feedback_ids: list[str]) -> int:
     """The gate found `version` did not learn `feedback_ids`: they are no longer among what it
     learned, so they stay pending (recalled) and the next cycle teaches them again."""

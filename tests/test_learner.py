@@ -1,9 +1,11 @@
 """A learning cycle on the tiny model: registry, job row, gate wiring, lock, crash recovery,
 the background process, cancellation and the auto-trigger rule."""
+import dataclasses
 import functools
 import os
 import threading
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -39,8 +41,8 @@ def no_gate(monkeypatch):
 
 
 def fake_gate(passed):
-    def evaluate(cfg, db, cand, inc, taught, progress=None, embedder=None):
-        assert embedder is not None  # the gate routes what the chat would really answer (build_served)
+    def evaluate(cfg, db, cand, inc, taught, progress=None, model=None, scope=None):
+        assert scope is not None  # the gate routes what the chat would really answer (build_served)
         progress(1.0)
         return {"candidate": {"taught": len(taught)}, "incumbent": {"taught": 0}, "items": []}
 
@@ -117,7 +119,7 @@ def test_a_version_that_learned_part_of_its_corrections_goes_live_and_the_rest_i
 
     first, second = teach(db)
 
-    def evaluate(cfg, db, cand, inc, taught, progress=None, embedder=None):
+    def evaluate(cfg, db, cand, inc, taught, **kw):
         items = [{"kind": "taught", "id": f, "candidate": {"passed": f == first}} for f in (first, second)]
         return {"candidate": {"taught": {"passed": 1, "total": 2}}, "incumbent": {}, "items": items}
 
@@ -415,3 +417,70 @@ def test_assistant_learn_cli(cfg, db, capsys, monkeypatch):
     assert main(["--home", str(cfg.home), "--model", str(cfg.home / "no-such-model"), "learn"]) == 1
     assert "learning cycle failed" in capsys.readouterr().err
     assert jobs.latest_job(db)["status"] == "failed"
+
+
+def test_a_candidate_that_lost_an_earlier_correction_keeps_the_incumbents_expert_for_it(cfg, db, monkeypatch):
+    """learning/repair.py: the gate's first evaluation finds an earlier correction the candidate's
+    retrained weights lost; the candidate's entry for it is pointed at the incumbent's adapter and
+    the candidate is evaluated again, so it goes live with both."""
+    from learning.gate import decide
+    from store.manifest import read_experts
+
+    monkeypatch.setattr(learner, "_gate", fake_gate(True))
+    first, second = teach(db)
+    cycle(cfg)
+    incumbent = read_experts(adapters.get_adapter(db, 1)["path"])
+    taught = teach(db, n=1, start=5)
+    calls = []
+
+    def evaluate(cfg, db, cand, inc, new, **kw):
+        entry = next(e for e in read_experts(adapters.get_adapter(db, cand)["path"]) if first in e["feedback_ids"])
+        calls.append(entry["adapter"])
+        kept = entry["adapter"] == incumbent[0]["adapter"]  # the incumbent's weights answer it right
+        items = [{"kind": "retention", "id": first, "incumbent": {"passed": True}, "candidate": {"passed": kept}},
+                 {"kind": "taught", "id": taught[0], "incumbent": {"passed": False}, "candidate": {"passed": True}}]
+        return {"candidate": {"taught": {"passed": 1, "total": 1}, "retention": {"passed": int(kept), "total": 1,
+                                                                                "lost": int(not kept)}},
+                "incumbent": {}, "items": items}
+
+    monkeypatch.setattr(learner, "_gate", lambda: (evaluate, decide, lambda db: None))
+    # the second cycle retrains fact 0 (as a take-back of a group-mate would): a new adapter for it
+    real = learner.train_candidate
+
+    def retrain_first(job):
+        return real(dataclasses.replace(job, feedback_ids=[*job.feedback_ids, first]))
+
+    monkeypatch.setattr(learner, "train_candidate", retrain_first)
+    result = cycle(cfg)
+    assert calls[0] != incumbent[0]["adapter"] and calls[1] == incumbent[0]["adapter"]
+    assert result["status"] == "active", result["message"]
+    assert "kept v1's expert for 1 earlier correction(s)" in result["message"]
+    v2 = adapters.get_adapter(db, 2)
+    assert v2["meta"]["stats"]["experts"]["kept_from_incumbent"] == [first]
+    linked = [Path(a["path"]) / "experts" / incumbent[0]["adapter"] / "adapter_model.safetensors"
+              for a in (adapters.get_adapter(db, 1), v2)]
+    assert linked[0].stat().st_ino == linked[1].stat().st_ino
+
+
+def test_an_incumbent_adapter_that_learned_feedback_taken_back_since_is_not_reused(cfg, db, monkeypatch, tmp_path):
+    """Its weights still hold the taken-back feedback: the lost correction waits for the next cycle."""
+    import json
+    import shutil
+
+    from learning.repair import keep_incumbent_experts
+    from store import conversations
+
+    monkeypatch.setattr(learner, "_gate", fake_gate(True))
+    first, second = teach(db)
+    cycle(cfg)
+    incumbent = adapters.get_adapter(db, 1)["path"]
+    candidate = tmp_path / "v2"
+    shutil.copytree(incumbent, candidate)
+    meta = json.loads((candidate / "meta.json").read_text())
+    shutil.copytree(candidate / "experts" / meta["experts"][0]["adapter"], candidate / "experts" / "retrained")
+    meta["experts"][0]["adapter"] = "retrained"
+    (candidate / "meta.json").write_text(json.dumps(meta))
+    turn_id = db.execute("SELECT turn_id FROM feedback WHERE id = ?", [second]).fetchone()[0]
+    conversations.delete_conversation(db, conversations.get_turn(db, turn_id)["conversation_id"])
+    assert keep_incumbent_experts(db, candidate, incumbent, [first]) == []
+    assert json.loads((candidate / "meta.json").read_text())["experts"][0]["adapter"] == "retrained"
