@@ -34,6 +34,7 @@ order (answers may be None: such a candidate is not scored and keeps its similar
 the answer fits `question` (True when there is no model to ask).
 """
 import contextlib
+import json
 import logging
 import threading
 from collections import OrderedDict
@@ -119,6 +120,9 @@ class ModelReranker:
         self._cache: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._own: dict[tuple[str, str], float] = {}  # (corrected question, answer) -> its likelihood
+        # what the model said before, kept between processes by a learner's evaluation
+        # (learning/scoring.Likelihoods: the gate asks about every earlier correction each cycle)
+        self.memo: dict | None = None
 
     def fits(self, question: str, corrected: list[tuple[str, str]], tolerance: float) -> list[bool]:
         """Per (corrected question, answer): is the answer at most `tolerance` less likely per
@@ -129,10 +133,10 @@ class ModelReranker:
         with self._cache_lock:
             own_missing = list(dict.fromkeys(p for p in corrected if p not in self._own))
         if own_missing:  # a batch of its own: a long question must not spoil what is remembered
-            own = answer_logprobs(self.served, self.system_prompt, own_missing)
+            own = self._memoized("answer", own_missing, self._answer_logprobs)
             with self._cache_lock:
                 self._own.update(zip(own_missing, own, strict=True))
-        asked = answer_logprobs(self.served, self.system_prompt, [(question, a) for _, a in corrected])
+        asked = self._memoized("answer", [(question, a) for _, a in corrected], self._answer_logprobs)
         if not any(asked):  # too long to score (answer_logprobs): MiniLM's matches stand
             return [True] * len(corrected)
         with self._cache_lock:
@@ -142,7 +146,8 @@ class ModelReranker:
         with self._cache_lock:
             missing = list(dict.fromkeys(a for a in answers if (question, a) not in self._cache))
         if missing:
-            found = self._score(question, missing)
+            found = self._memoized("question", [(question, a) for a in missing],
+                                   lambda pairs: self._score(question, [a for _, a in pairs]))
             with self._cache_lock:
                 for a, value in zip(missing, found, strict=True):
                     self._cache[(question, a)] = value
@@ -150,6 +155,20 @@ class ModelReranker:
                     self._cache.popitem(last=False)
         with self._cache_lock:
             return [self._cache[(question, a)] for a in answers]
+
+    def _memoized(self, kind: str, pairs: list[tuple[str, str]], compute) -> list[float]:
+        """`compute(pairs)` -> one value per (question, answer), asked only for the pairs `memo`
+        lacks (all of them without a memo)."""
+        if self.memo is None:
+            return compute(pairs)
+        keys = [json.dumps([kind, self.system_prompt, q, a]) for q, a in pairs]
+        missing = [keys.index(k) for k in dict.fromkeys(keys) if k not in self.memo]
+        if missing:
+            self.memo.update(zip([keys[i] for i in missing], compute([pairs[i] for i in missing]), strict=True))
+        return [self.memo[k] for k in keys]
+
+    def _answer_logprobs(self, pairs: list[tuple[str, str]]) -> list[float]:
+        return answer_logprobs(self.served, self.system_prompt, pairs)
 
     def _score(self, question: str, answers: list[str]) -> list[float]:
         tok = self.served.tokenizer

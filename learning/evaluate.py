@@ -22,7 +22,8 @@ Both versions run on one base model with peft adapters switched in place (no rel
 batched greedy generation and batched log-likelihood scoring (learning/scoring.py). What the
 base weights, an expert or a shared adapter a version kept unchanged reply is generated once per
 home and kept in `cache/replies.json` (scoring.Replies): the canaries and earlier corrections are
-asked again every cycle.
+asked again every cycle. So is what routing asks the base weights about them (the reranker's and
+the answer-fit check's likelihoods, `cache/likelihoods.json`, scoring.Likelihoods).
 """
 import dataclasses
 import json
@@ -34,12 +35,13 @@ from typing import Callable
 
 from assistant.config import DEFAULT_SYSTEM_PROMPT
 from assistant.language import ANCHOR_STOPWORDS, scoring_words
-from learning.scoring import Replies, Scorer
+from learning.scoring import Likelihoods, Replies, Scorer
 from store import adapters
 from store.settings import get_setting
 
 CANARIES_PATH = Path(__file__).with_name("canaries.jsonl")
 REPLIES_FILE = "replies.json"  # replies of weights asked before (scoring.Replies)
+LIKELIHOODS_FILE = "likelihoods.json"  # what routing asked the base weights before (scoring.Likelihoods)
 MAX_NEW_TOKENS = 32
 DPO_BETA = 0.1  # only scales the reported reward margin; accuracy does not depend on it
 
@@ -204,6 +206,9 @@ def evaluate(cfg, db, candidate_version: int, incumbent_version: int | None,
     served = build_served(cfg, model, embedder=embedder, scope=scope)  # route as the chat does
     model, scope = served.model, served.scope
     replies = Replies(Path(cfg.home) / "cache" / REPLIES_FILE, model)
+    likelihoods = Likelihoods(Path(cfg.home) / "cache" / LIKELIHOODS_FILE, model)
+    if served.reranker is not None:
+        served.reranker.memo = likelihoods.values
     scorer = Scorer(model, max_new_tokens=max_new_tokens, scope=scope, replies=replies)
     system = get_setting(db, "system_prompt", DEFAULT_SYSTEM_PROMPT)
     items = taught_items(db, taught_feedback_ids) + retention_items(db, taught_feedback_ids)
@@ -227,6 +232,7 @@ def evaluate(cfg, db, candidate_version: int, incumbent_version: int | None,
     cand = score(candidate_version, items)
     inc = score(incumbent_version, items)
     replies.save()
+    likelihoods.save()
     # The base model is the reference of the DPO reward margin; scored separately only if
     # neither side already is the base.
     base = score(None, []) if need_base else (inc if incumbent_version is None else cand)

@@ -27,35 +27,55 @@ def _chunks(seq: list, size: int) -> Iterable[list]:
         yield seq[i:i + size]
 
 
-class Replies:
-    """Greedy replies kept in a JSON file between evaluations, by the weights that gave them.
+class Kept:
+    """Values kept in a JSON file between evaluations (`values`: key -> value), valid while the
+    model (its config and where it came from) and the code that computes them (`code`: module
+    files, by content: an upgrade starts afresh) are the same. The newest LIMIT are kept: a few MB
+    at most. A missing or unreadable file starts empty; `save` writes atomically, and a full disk
+    loses the file, never the evaluation."""
+
+    LIMIT = 20000
+
+    def __init__(self, path, served, code: tuple[str, ...]):
+        self.path = Path(path)
+        config = served.model.config
+        self.salt = hashlib.sha256(b"".join(Path(f).read_bytes() for f in code) + json.dumps(
+            [getattr(config, "_name_or_path", ""), config.to_json_string()]).encode()).hexdigest()
+        try:
+            stored = json.loads(self.path.read_text())
+        except (OSError, ValueError):  # none yet, or unreadable: compute again
+            stored = {}
+        ok = isinstance(stored, dict) and stored.get("salt") == self.salt and isinstance(stored.get("values"), dict)
+        self.values: dict = stored["values"] if ok else {}
+
+    def save(self) -> None:
+        values = dict(list(self.values.items())[-self.LIMIT:])
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"salt": self.salt, "values": values}))
+            tmp.replace(self.path)
+        except OSError:
+            pass
+
+
+class Replies(Kept):
+    """Greedy replies kept between evaluations, by the weights that gave them.
 
     Why: every cycle's gate asks the canaries and every earlier correction again, of the
     incumbent and of the candidate, and most of them reach weights that did not change: the base
     weights, an expert or shared adapter a version kept by hard link (learning/experts.py). On
     this CPU that was most of a cycle's evaluation, growing with every correction. A reply is
-    looked up by everything it depends on: the model (its config and where it came from), the
-    code that generates it (this module and assistant/model.py, by content: an upgrade starts
-    afresh), the adapter's files (by content; "base" for the base weights), the conversation, its
-    lead and first-token guard, and the token budget. Both sides of a gate then also get the very
-    same reply from the same weights, whatever other prompts shared its batch."""
-
-    LIMIT = 20000  # replies kept, the newest: a few MB at most
+    looked up by everything it depends on: the model, the code that generates it (this module and
+    assistant/model.py), the adapter's files (by content; "base" for the base weights), the
+    conversation, its lead and first-token guard, and the token budget. Both sides of a gate then
+    also get the very same reply from the same weights, whatever other prompts shared its batch."""
 
     def __init__(self, path, served):
-        self.path = Path(path)
         from assistant import model as model_module
 
-        code = b"".join(Path(f).read_bytes() for f in (model_module.__file__, __file__))
-        config = served.model.config
-        self.salt = hashlib.sha256(code + json.dumps([getattr(config, "_name_or_path", ""),
-                                                      config.to_json_string()]).encode()).hexdigest()
-        try:
-            stored = json.loads(self.path.read_text())
-        except (OSError, ValueError):  # none yet, or unreadable: ask again
-            stored = {}
-        ok = isinstance(stored, dict) and stored.get("salt") == self.salt and isinstance(stored.get("replies"), dict)
-        self.replies: dict[str, str] = stored["replies"] if ok else {}
+        super().__init__(path, served, (model_module.__file__, __file__))
+        self.replies: dict[str, str] = self.values
         self._weights: dict[tuple, str | None] = {}
 
     def weights(self, path) -> str | None:
@@ -78,16 +98,18 @@ class Replies:
     def key(self, weights: str, conversation: list[dict], lead, avoid_first, max_new_tokens: int) -> str:
         return hashlib.sha256(json.dumps([weights, conversation, lead, avoid_first, max_new_tokens]).encode()).hexdigest()
 
-    def save(self) -> None:
-        """Write the file atomically (a full disk loses the cache, never the evaluation)."""
-        replies = dict(list(self.replies.items())[-self.LIMIT:])
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"salt": self.salt, "replies": replies}))
-            tmp.replace(self.path)
-        except OSError:
-            pass
+
+class Likelihoods(Kept):
+    """What the chat model's base weights make of a question and a learned answer (the reranker's
+    query likelihood, the answer-fit check: assistant/rerank.py ModelReranker.memo), kept between
+    evaluations. Why: the gate routes every earlier correction's question for both versions each
+    cycle, and each route asked the model again: the gate's time grew with every correction kept
+    (bench/results/season-latest.md). The base weights never change, so neither do these."""
+
+    def __init__(self, path, served):
+        from assistant import rerank
+
+        super().__init__(path, served, (rerank.__file__,))
 
 
 class Scorer:

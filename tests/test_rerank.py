@@ -177,3 +177,33 @@ def test_the_embedded_model_tells_an_answer_about_another_thing(embedded_model_d
     assert reranker.fits("What did I name my houseplant?", corrected[:1], TOLERANCE) == [True]  # its own question
     assert ModelReranker(reranker.served, answer_fit=False).fits("What do I call my cat?", corrected,
                                                                  TOLERANCE) == [True, True]
+
+
+def test_a_learners_memo_keeps_what_the_model_said_across_processes(served, tmp_path, monkeypatch):
+    """learning/scoring.Likelihoods: the gate's routing asks the base weights about every earlier
+    correction each cycle; with a memo the second evaluation (another process) asks nothing again,
+    and a changed model or rerank code starts afresh."""
+    from assistant import rerank
+    from learning.scoring import Likelihoods
+
+    corrected = [("What is my cat called?", "Your cat is Pemberton."), ("Where do I work?", "At Haukeland.")]
+    path = tmp_path / "likelihoods.json"
+    first = ModelReranker(served)
+    first.memo = Likelihoods(path, served).values
+    fits = first.fits("What do I call my cat?", corrected, 2.25)
+    liked = first.likelihoods("What do I call my cat?", [a for _, a in corrected])
+    kept = Likelihoods(path, served)
+    kept.values.update(first.memo)
+    kept.save()
+
+    def asked(*a, **k):
+        raise AssertionError("the model was asked again")
+
+    monkeypatch.setattr(rerank, "answer_logprobs", asked)
+    monkeypatch.setattr(rerank, "target_logprobs", asked)
+    again = ModelReranker(served)
+    again.memo = Likelihoods(path, served).values
+    assert again.fits("What do I call my cat?", corrected, 2.25) == fits
+    assert again.likelihoods("What do I call my cat?", [a for _, a in corrected]) == liked
+    monkeypatch.setattr(served.model.config, "vocab_size", served.model.config.vocab_size + 1)
+    assert Likelihoods(path, served).values == {}  # another model: nothing kept applies
