@@ -109,15 +109,16 @@ def reranked(question: str, similarities: list[float], answers: list[str | None]
 class ModelReranker:
     """log P(question | TEMPLATE(answer)) under a ServedModel's base weights (adapters off: a
     candidate's answer must not be favoured because an adapter learned it), one batch per call,
-    under the model's lock so no reply is generated meanwhile. Remembers the last CACHE pairs:
-    a chat turn asks for the same question twice (recall, then the expert's routing)."""
+    under the model's lock so no reply is generated meanwhile. Remembers the last CACHE values it
+    computed (likelihoods and answer fits): a chat turn asks about the same question twice
+    (recall, then the expert's routing); a learner's evaluation gives it a `memo` to keep instead."""
 
     CACHE = 512
 
     def __init__(self, served, system_prompt: str = DEFAULT_SYSTEM_PROMPT, answer_fit: bool = True):
         """`answer_fit` off (Config.answer_fit): `fits` lets every match answer."""
         self.served, self.system_prompt, self.answer_fit = served, system_prompt, answer_fit
-        self._cache: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._cache: OrderedDict[str, float] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._own: dict[tuple[str, str], float] = {}  # (corrected question, answer) -> its likelihood
         # what the model said before, kept between processes by a learner's evaluation
@@ -133,39 +134,34 @@ class ModelReranker:
         with self._cache_lock:
             own_missing = list(dict.fromkeys(p for p in corrected if p not in self._own))
         if own_missing:  # a batch of its own: a long question must not spoil what is remembered
-            own = self._memoized("answer", own_missing, self._answer_logprobs)
+            own = self._remembered("answer", own_missing, self._answer_logprobs)
             with self._cache_lock:
                 self._own.update(zip(own_missing, own, strict=True))
-        asked = self._memoized("answer", [(question, a) for _, a in corrected], self._answer_logprobs)
+        asked = self._remembered("answer", [(question, a) for _, a in corrected], self._answer_logprobs)
         if not any(asked):  # too long to score (answer_logprobs): MiniLM's matches stand
             return [True] * len(corrected)
         with self._cache_lock:
             return [self._own[p] - lp <= tolerance for p, lp in zip(corrected, asked, strict=True)]
 
     def likelihoods(self, question: str, answers: list[str]) -> list[float]:
-        with self._cache_lock:
-            missing = list(dict.fromkeys(a for a in answers if (question, a) not in self._cache))
-        if missing:
-            found = self._memoized("question", [(question, a) for a in missing],
-                                   lambda pairs: self._score(question, [a for _, a in pairs]))
-            with self._cache_lock:
-                for a, value in zip(missing, found, strict=True):
-                    self._cache[(question, a)] = value
-                while len(self._cache) > self.CACHE:
-                    self._cache.popitem(last=False)
-        with self._cache_lock:
-            return [self._cache[(question, a)] for a in answers]
+        return self._remembered("question", [(question, a) for a in answers],
+                                lambda pairs: self._score(question, [a for _, a in pairs]))
 
-    def _memoized(self, kind: str, pairs: list[tuple[str, str]], compute) -> list[float]:
-        """`compute(pairs)` -> one value per (question, answer), asked only for the pairs `memo`
-        lacks (all of them without a memo)."""
-        if self.memo is None:
-            return compute(pairs)
+    def _remembered(self, kind: str, pairs: list[tuple[str, str]], compute) -> list[float]:
+        """`compute(pairs)` -> one value per (question, answer), asked only for the pairs not
+        remembered: in `memo` when one is set, else among the last CACHE values."""
         keys = [json.dumps([kind, self.system_prompt, q, a]) for q, a in pairs]
-        missing = [keys.index(k) for k in dict.fromkeys(keys) if k not in self.memo]
-        if missing:
-            self.memo.update(zip([keys[i] for i in missing], compute([pairs[i] for i in missing]), strict=True))
-        return [self.memo[k] for k in keys]
+        with self._cache_lock:
+            store = self._cache if self.memo is None else self.memo
+            known = {k: store[k] for k in keys if k in store}
+        todo = [k for k in dict.fromkeys(keys) if k not in known]
+        if todo:
+            known.update(zip(todo, compute([pairs[keys.index(k)] for k in todo]), strict=True))
+            with self._cache_lock:
+                store.update((k, known[k]) for k in todo)
+                while store is self._cache and len(store) > self.CACHE:
+                    store.popitem(last=False)
+        return [known[k] for k in keys]
 
     def _answer_logprobs(self, pairs: list[tuple[str, str]]) -> list[float]:
         return answer_logprobs(self.served, self.system_prompt, pairs)

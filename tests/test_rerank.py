@@ -207,3 +207,22 @@ def test_a_learners_memo_keeps_what_the_model_said_across_processes(served, tmp_
     assert again.likelihoods("What do I call my cat?", [a for _, a in corrected]) == liked
     monkeypatch.setattr(served.model.config, "vocab_size", served.model.config.vocab_size + 1)
     assert Likelihoods(path, served).values == {}  # another model: nothing kept applies
+
+
+def test_a_turn_asks_the_model_about_a_question_and_answer_once(served, monkeypatch):
+    """Recall and then routing check the same question against the same answers in one turn: the
+    second check is remembered (the last CACHE values), not asked of the model again."""
+    from assistant import rerank
+
+    reranker = ModelReranker(served)
+    corrected = [("What is my cat called?", "Your cat is Pemberton.")]
+    fits = reranker.fits("What do I call my cat?", corrected, 2.25)
+    liked = reranker.likelihoods("What do I call my cat?", ["Your cat is Pemberton.", "At Haukeland."])
+
+    def asked(*a, **k):
+        raise AssertionError("the model was asked again")
+
+    monkeypatch.setattr(rerank, "answer_logprobs", asked)
+    monkeypatch.setattr(rerank, "target_logprobs", asked)
+    assert reranker.fits("What do I call my cat?", corrected, 2.25) == fits
+    assert reranker.likelihoods("What do I call my cat?", ["At Haukeland."]) == liked[1:]
