@@ -97,6 +97,10 @@ def _check_retention(cand: dict, inc: dict, cfg: GateConfig) -> tuple[bool, str]
     text = f"kept {passed}/{total} earlier ones"
     if lost:
         text += f", lost {lost} the incumbent still knew (allowed {cfg.max_retention_lost})"
+    relearning = int((cand.get("retention") or {}).get("relearning", 0))
+    if relearning:  # learning/repair.py: retrained after a take-back, not held against the candidate
+        text += (f"; {relearning} retrained because a correction sharing its expert was taken back is "
+                 "not relearned yet (recalled meanwhile, trained again next cycle)")
     return ok, text if ok else "FAILED: " + text
 
 

@@ -29,7 +29,7 @@ from learning.cancel import CancelWatch, Interrupt
 from learning.config import LearnConfig, load_learn_config, shape_is_stored
 from learning.progress import CycleRunning, Tracker, cycle_lock
 from learning.recovery import drop_abandoned_candidates
-from learning.repair import keep_incumbent_experts, lost_corrections
+from learning.repair import excuse_relearning, lost_corrections, repair_lost
 from learning.train import Cancelled, TrainJob, adapter_shape, clean_stale_dirs, train_candidate
 from store import adapters, jobs, open_db
 from store.ids import new_id
@@ -174,17 +174,18 @@ def run_cycle(cfg, learn_cfg: LearnConfig | None = None, force: bool = False,
             served = build_served(cfg, embedder=embedder)  # one model and scope for both evaluations
             ev = evaluate(cfg, db, version, parent and parent["version"], new_ids, progress=track.evaluation,
                           model=served.model, scope=served.scope)
-            kept = keep_incumbent_experts(db, path, parent and parent["path"], lost_corrections(ev["items"]))
-            if kept:  # the replies of unchanged weights come from the cache: only the kept ones are new
+            fix = repair_lost(db, path, parent and parent["path"], lost_corrections(ev["items"]))
+            if fix:  # the replies of unchanged weights come from the cache: only the changed routes are new
                 served.scope.forget(path)
                 adapters.set_meta(db, version, read_manifest(path).to_dict())
                 ev = evaluate(cfg, db, version, parent and parent["version"], new_ids, model=served.model,
                               scope=served.scope)
+                excuse_relearning(ev["candidate"], ev["items"], fix.relearning)
             track.stage("gate")
             watch.disarm()  # the decision and what follows take milliseconds: never half done
             decision = decide(ev["candidate"], ev["incumbent"], gate_config(db))
-            if kept:
-                decision.reasons.append(f"kept v{parent['version']}'s expert for {len(kept)} earlier "
+            if fix.kept:
+                decision.reasons.append(f"kept v{parent['version']}'s expert for {len(fix.kept)} earlier "
                                         f"correction(s) the retrained weights lost")
             adapters.set_metrics(db, version, ev["candidate"])
             adapters.record_decision(db, new_id(), version, parent and parent["version"], decision.passed,

@@ -463,11 +463,14 @@ def test_a_candidate_that_lost_an_earlier_correction_keeps_the_incumbents_expert
 
 
 def test_an_incumbent_adapter_that_learned_feedback_taken_back_since_is_not_reused(cfg, db, monkeypatch, tmp_path):
-    """Its weights still hold the taken-back feedback: the lost correction waits for the next cycle."""
+    """Its weights still hold the taken-back feedback. The correction the candidate retrained for
+    that take-back and lost is trained anew next cycle (its entry dropped), and the gate does not
+    hold it against the candidate: rejecting it would keep the taken-back feedback live."""
     import json
     import shutil
 
-    from learning.repair import keep_incumbent_experts
+    from learning.gate import GateConfig, decide
+    from learning.repair import Repair, excuse_relearning, repair_lost
     from store import conversations
 
     monkeypatch.setattr(learner, "_gate", fake_gate(True))
@@ -477,10 +480,18 @@ def test_an_incumbent_adapter_that_learned_feedback_taken_back_since_is_not_reus
     candidate = tmp_path / "v2"
     shutil.copytree(incumbent, candidate)
     meta = json.loads((candidate / "meta.json").read_text())
-    shutil.copytree(candidate / "experts" / meta["experts"][0]["adapter"], candidate / "experts" / "retrained")
-    meta["experts"][0]["adapter"] = "retrained"
+    shutil.copytree(candidate / "experts" / meta["experts"][0]["adapter"], candidate / "experts" / "v2-0")
+    meta["version"] = 2
+    meta["experts"] = [{**meta["experts"][0], "name": "v2-0", "adapter": "v2-0", "trained_in": 2}]  # retrained alone
     (candidate / "meta.json").write_text(json.dumps(meta))
     turn_id = db.execute("SELECT turn_id FROM feedback WHERE id = ?", [second]).fetchone()[0]
     conversations.delete_conversation(db, conversations.get_turn(db, turn_id)["conversation_id"])
-    assert keep_incumbent_experts(db, candidate, incumbent, [first]) == []
-    assert json.loads((candidate / "meta.json").read_text())["experts"][0]["adapter"] == "retrained"
+    assert repair_lost(db, candidate, incumbent, [first]) == Repair(kept=[], relearning=[first])
+    assert json.loads((candidate / "meta.json").read_text())["experts"] == []  # trained anew next cycle
+
+    evidence = [{"kind": "retention", "id": first, "incumbent": {"passed": True}, "candidate": {"passed": False}}]
+    metrics = {"taught": {"passed": 1, "total": 1, "lost": 0}, "retention": {"passed": 0, "total": 1, "lost": 1}}
+    assert not decide(metrics, {}, GateConfig()).passed
+    excuse_relearning(metrics, evidence, [first])
+    decision = decide(metrics, {}, GateConfig())
+    assert decision.passed and "1 retrained because a correction sharing its expert was taken back" in decision.summary()
