@@ -30,6 +30,7 @@ REWRITE_TEMPLATES, CONTRACTIONS, REWRITE_STOPWORDS; ANCHOR_STOPWORDS, SCORING_WO
 (REWRITE_STOPWORDS, ANCHOR_STOPWORDS, LEAD_FRAME_WORDS) serve different rules and hold different
 words; merging any two would change an output (tests/test_language.py), so each stays its own.
 """
+import calendar
 import re
 from collections.abc import Set as AbstractSet
 
@@ -61,6 +62,8 @@ PHRASE_ENDS = (FUNCTION_WORDS - {"s"}) | NAME_WORDS | set(WH_KINDS) | set(
     "about into over under near after before during up down out off".split())
 # Where a sentence ends: after . ! or ?, at the space that follows (`naming`; habits.closing).
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+CALENDAR_NAMES = frozenset(n.lower() for n in (*calendar.day_name, *calendar.day_abbr, *calendar.month_name,
+                                               *calendar.month_abbr) if n)
 
 # ---- Rules the learner applies ---------------------------------------------------------------
 # Training rewrites of a corrected prompt (learning/augment.py `rewrites`, the surface ones).
@@ -121,12 +124,24 @@ def told_words(prompt: str, answer: str) -> set[str]:
 
 def naming(prompt: str, answer: str) -> set[str]:
     """The words of `answer` not in `prompt` with a capital not opening a sentence, or a digit."""
+    return _marked(answer, digits=True) - words(prompt)
+
+
+def names(text: str) -> set[str]:
+    """The names a text uses: words with a capital not opening a sentence ("How much does a kWh
+    cost on Fixed 24?" -> fixed), not "I" and not the calendar's day and month names, which
+    English capitalises without naming a thing ("Is the centre open on Saturday?"). Numbers are
+    not names here: a question often checks a value ("Is the refund window 30 days?")."""
+    return _marked(text, digits=False) - FUNCTION_WORDS - FIRST_PERSON - CALENDAR_NAMES
+
+
+def _marked(text: str, digits: bool) -> set[str]:
     found = set()
-    for sentence in SENTENCE_END.split(answer or ""):
+    for sentence in SENTENCE_END.split(text or ""):
         for i, w in enumerate(re.findall(r"\w+", sentence)):
-            if any(c.isdigit() for c in w) or (i and w[0].isupper()):
+            if (digits and any(c.isdigit() for c in w)) or (i and w[0].isupper()):
                 found.add(w.lower())
-    return found - words(prompt)
+    return found
 
 
 def may_answer(asked: AbstractSet[str], personal: bool, told: AbstractSet[str], other_kind: bool = False,

@@ -30,6 +30,7 @@ from assistant.language import (
     asks_way,
     may_answer,
     named_things,
+    names,
     owned_things,
     referred,
     told_words,
@@ -56,6 +57,10 @@ class MatchPolicy:
     - `same_thing`: a question naming a thing of the user's own ("my wife") matches a learned
       question naming one ("my cat") only when the embedder puts the two phrases at least this
       close (routing-things.md); None: no such check.
+    - `same_names`: a question using a name (a capital not opening a sentence: "Fixed 24",
+      "Warm Home Discount"; language.names) matches only what was learned from a question or
+      answer that mentions it (bench/results/routing-names-on.md against -off.md); off: names
+      are MiniLM's alone.
     - `reframed_keys`: how many reframings of a corrected prompt are search keys
       (assistant/questions.py; memory.dev*.md).
     - `answer_key`: the corrected prompt followed by its answer is a search key too
@@ -74,6 +79,7 @@ class MatchPolicy:
     top_k: int = 3
     gap: float | None = 0.05
     same_thing: float | None = 0.45
+    same_names: bool = True
     reframed_keys: int = 4
     answer_key: bool = True
     rerank_weight: float = 0.02
@@ -216,6 +222,7 @@ class Learned:
     told: frozenset  # names and numbers its answer told (language.told_words)
     things: frozenset  # (answer kind, head noun) it named (language.named_things)
     owned: tuple  # the things it named as the user's own (language.owned_things)
+    mentions: frozenset = frozenset()  # every word of the question and its answer (MatchPolicy.same_names)
 
 
 def learned(question: str, answer: str | None = None, *, personal: bool | None = None,
@@ -224,10 +231,10 @@ def learned(question: str, answer: str | None = None, *, personal: bool | None =
     question's own words (a keyword rewrite of a question about the user; a scope's told words),
     `also_named`: questions of the same thing whose owned things count too (ones it replaced)."""
     owned = tuple(dict.fromkeys(p for q in (question, *also_named) for p in owned_things(q)))
+    told = frozenset(told_words(question, answer or "")) if told is None else frozenset(told)
     return Learned(personal=about_user(words(question)) if personal is None else personal,
-                   way=asks_way(question),
-                   told=frozenset(told_words(question, answer or "")) if told is None else frozenset(told),
-                   things=named_things(question), owned=owned)
+                   way=asks_way(question), told=told, things=named_things(question), owned=owned,
+                   mentions=frozenset(words(question) | words(answer or "") | told))
 
 
 @dataclass(frozen=True)
@@ -237,18 +244,22 @@ class Asked:
     way: bool
     referred: frozenset
     owned: tuple
+    names: frozenset = frozenset()  # language.names
 
 
 def asked(text: str) -> Asked:
-    return Asked(frozenset(words(text)), asks_way(text), referred(text), owned_things(text))
+    return Asked(frozenset(words(text)), asks_way(text), referred(text), owned_things(text), frozenset(names(text)))
 
 
 def allowed(question: Asked, source: Learned, things: SameThing | None, policy: MatchPolicy) -> bool:
     """May what was learned from `source` answer `question`? The language guard
-    (language.may_answer), then the same-thing check (`SameThing`, MatchPolicy.same_thing)."""
+    (language.may_answer), the same-names check (MatchPolicy.same_names), then the same-thing
+    check (`SameThing`, MatchPolicy.same_thing)."""
     other_kind = question.way and not source.way
     if not may_answer(question.words, source.personal, source.told, other_kind,
                       bool(question.referred & source.things)):
+        return False
+    if policy.same_names and question.names - source.mentions:
         return False
     return things is None or things.allows(question.owned, source.owned, policy.same_thing)
 

@@ -104,3 +104,17 @@ def test_the_same_thing_check_tells_the_users_things_apart_by_their_phrases():
 def test_a_replaced_questions_things_count_as_the_replacements_own():
     car = learned("Which car do I own now?", "You own a green Volvo.", also_named=("What colour is my car?",))
     assert car.owned == ("car",) and learned("Which car do I own now?").owned == ()
+
+
+def test_a_question_naming_a_name_matches_only_what_mentions_it():
+    """MatchPolicy.same_names: "Fixed 24" and "Warm Home Discount" are named by no word of the
+    Sunny Export correction, so a question naming them is about something else of the company."""
+    export = learned("What does the Sunny Export tariff pay for solar power?", "Sunny Export pays 15p per kWh exported.")
+    policy = MatchPolicy(same_thing=None)
+    assert allowed(asked("How much does Sunny Export pay per exported kWh?"), export, None, policy)
+    assert allowed(asked("What do I get paid for solar power I export?"), export, None, policy)  # "I" names nothing
+    assert allowed(asked("Is it 15p per unit?"), export, None, policy)  # its answer told it
+    assert not allowed(asked("How much does a kWh cost on Fixed 24?"), export, None, policy)
+    assert not allowed(asked("Who is eligible for the Warm Home Discount?"), export, None, policy)
+    assert allowed(asked("How much does a kWh cost on Fixed 24?"), export, None, MatchPolicy(same_thing=None,
+                                                                                           same_names=False))
