@@ -206,8 +206,9 @@ def evaluate(cfg, db, candidate_version: int, incumbent_version: int | None,
     served = build_served(cfg, model, embedder=embedder, scope=scope)  # route as the chat does
     model, scope = served.model, served.scope
     replies = Replies(Path(cfg.home) / "cache" / REPLIES_FILE, model)
-    likelihoods = Likelihoods(Path(cfg.home) / "cache" / LIKELIHOODS_FILE, model)
+    likelihoods = None
     if served.reranker is not None:
+        likelihoods = Likelihoods(Path(cfg.home) / "cache" / LIKELIHOODS_FILE, model, served.reranker)
         served.reranker.memo = likelihoods.values
     scorer = Scorer(model, max_new_tokens=max_new_tokens, scope=scope, replies=replies)
     system = get_setting(db, "system_prompt", DEFAULT_SYSTEM_PROMPT)
@@ -232,7 +233,8 @@ def evaluate(cfg, db, candidate_version: int, incumbent_version: int | None,
     cand = score(candidate_version, items)
     inc = score(incumbent_version, items)
     replies.save()
-    likelihoods.save()
+    if likelihoods is not None:
+        likelihoods.save()
     # The base model is the reference of the DPO reward margin; scored separately only if
     # neither side already is the base.
     base = score(None, []) if need_base else (inc if incumbent_version is None else cand)

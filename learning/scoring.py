@@ -106,10 +106,11 @@ class Likelihoods(Kept):
     cycle, and each route asked the model again: the gate's time grew with every correction kept
     (bench/results/season-latest.md). The base weights never change, so neither do these."""
 
-    def __init__(self, path, served):
-        from assistant import rerank
+    def __init__(self, path, served, reranker):
+        """`reranker`: the one whose values these are (its module's code salts them)."""
+        import inspect
 
-        super().__init__(path, served, (rerank.__file__,))
+        super().__init__(path, served, (inspect.getfile(type(reranker)),))
 
 
 class Scorer:

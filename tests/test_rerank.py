@@ -189,10 +189,10 @@ def test_a_learners_memo_keeps_what_the_model_said_across_processes(served, tmp_
     corrected = [("What is my cat called?", "Your cat is Pemberton."), ("Where do I work?", "At Haukeland.")]
     path = tmp_path / "likelihoods.json"
     first = ModelReranker(served)
-    first.memo = Likelihoods(path, served).values
+    first.memo = Likelihoods(path, served, first).values
     fits = first.fits("What do I call my cat?", corrected, 2.25)
     liked = first.likelihoods("What do I call my cat?", [a for _, a in corrected])
-    kept = Likelihoods(path, served)
+    kept = Likelihoods(path, served, first)
     kept.values.update(first.memo)
     kept.save()
 
@@ -202,11 +202,11 @@ def test_a_learners_memo_keeps_what_the_model_said_across_processes(served, tmp_
     monkeypatch.setattr(rerank, "answer_logprobs", asked)
     monkeypatch.setattr(rerank, "target_logprobs", asked)
     again = ModelReranker(served)
-    again.memo = Likelihoods(path, served).values
+    again.memo = Likelihoods(path, served, first).values
     assert again.fits("What do I call my cat?", corrected, 2.25) == fits
     assert again.likelihoods("What do I call my cat?", [a for _, a in corrected]) == liked
     monkeypatch.setattr(served.model.config, "vocab_size", served.model.config.vocab_size + 1)
-    assert Likelihoods(path, served).values == {}  # another model: nothing kept applies
+    assert Likelihoods(path, served, first).values == {}  # another model: nothing kept applies
 
 
 def test_a_turn_asks_the_model_about_a_question_and_answer_once(served, monkeypatch):
