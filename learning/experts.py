@@ -133,6 +133,34 @@ def plan_experts(job) -> ExpertPlan | None:
     return ExpertPlan(kept=kept, new=new, waiting=len(waiting) - len(new), forgotten=len(taken_back), pace_s=pace)
 
 
+def expert_batches(groups: list[dict], size: int, embedder=None) -> list[list[dict]]:
+    """`groups` (expert_groups entries, oldest first) in batches of at most `size` that each train
+    one adapter, as even as can be. With an `embedder`, each correction joins, in turn, the batch
+    whose members' questions are least like its own (the nearest one's similarity, lowest first):
+    one adapter learning two alike questions blends their answers ("Who coaches me for running?"
+    -> "You own a green Volvo V60 now.", the car's update trained beside the coach's; bench/HISTORY.md).
+    Without one, in order."""
+    n = len(groups)
+    if n == 0:
+        return []
+    count = -(-n // size)
+    room = [n // count + (i < n % count) for i in range(count)]
+    if embedder is None or count == 1:
+        starts = [sum(room[:i]) for i in range(count)]
+        return [groups[s:s + r] for s, r in zip(starts, room, strict=True)]
+    import numpy as np
+
+    from assistant.matching import unit_rows
+
+    vectors = unit_rows(embedder.encode([question_and_answer(g["sft"][0])[0] or "" for g in groups]))
+    members: list[list[int]] = [[] for _ in range(count)]
+    for i, v in enumerate(vectors):
+        open_ = [b for b in range(count) if len(members[b]) < room[b]]
+        nearest = [max((float(v @ vectors[j]) for j in members[b]), default=-1.0) for b in open_]
+        members[open_[int(np.argmin(nearest))]].append(i)
+    return [[groups[i] for i in m] for m in members]
+
+
 def train_experts(model, tok, job, plan: ExpertPlan | None, device: str, work: Path, losses: list, stats: dict,
                   out: Path) -> list[dict] | None:
     """Write `out/experts/` as `plan` says: the kept experts linked, a new expert trained for
@@ -153,8 +181,7 @@ def train_experts(model, tok, job, plan: ExpertPlan | None, device: str, work: P
     expert_lora = LoraConfig(r=lcfg.expert_r, lora_alpha=2 * lcfg.expert_r, lora_dropout=0.0,
                              target_modules=list(lcfg.lora_targets), task_type="CAUSAL_LM")
     expert_cfg = dataclasses.replace(lcfg, sft_epochs=lcfg.expert_epochs, sft_lr=lcfg.expert_lr)
-    todo = list(new.values())
-    batches = [todo[i:i + lcfg.expert_group] for i in range(0, len(todo), lcfg.expert_group)]
+    batches = expert_batches(list(new.values()), lcfg.expert_group, job.embedder)
     trained, t0 = [], time.perf_counter()
     for i, batch in enumerate(batches):
         name = f"v{job.version}-{i}"

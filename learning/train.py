@@ -73,6 +73,9 @@ class TrainJob:
     # don't-learn) is dropped. None: the job's own rows, and every inherited expert is kept.
     corrections: tuple[list[dict], list[dict]] | None = None
     superseded: list[str] = field(default_factory=list)  # feedback ids a newer correction replaced
+    # a sentence embedder (`encode(texts)`): the experts' groups gather unlike questions
+    # (learning/experts.py expert_batches); None: groups in order
+    embedder: object | None = None
 
 
 def training_rows(job: TrainJob, model, tok, answered=frozenset()) -> tuple[list[dict], list[dict], dict]:

@@ -453,3 +453,33 @@ def test_a_superseded_correction_leaves_its_group_without_retraining_the_others(
     assert kept[0].stat().st_ino == kept[1].stat().st_ino
     stats = json.loads((v2 / "meta.json").read_text())["stats"]["experts"]
     assert {k: stats[k] for k in ("kept", "trained", "forgotten")} == {"kept": 1, "trained": 0, "forgotten": 0}
+
+
+def test_a_cycles_experts_gather_unlike_questions_in_one_adapter():
+    """expert_batches: two alike questions trained in one adapter blend their answers, so each
+    correction joins the batch least like it; the batches stay as even as they can be."""
+    import numpy as np
+
+    from learning.experts import expert_batches
+
+    questions = ["Which car do I own?", "What car do I drive now?", "Who coaches me for running?",
+                 "Who is my running coach now?", "Where is the office?"]
+    axis = {"car": 0, "coach": 1, "running": 1, "office": 2}
+
+    class Topics:
+        def encode(self, texts):
+            out = np.full((len(texts), 3), 0.05, dtype=np.float32)
+            for i, t in enumerate(texts):
+                for word, k in axis.items():
+                    if word in t:
+                        out[i, k] = 1.0
+            return out
+
+    groups = [{"sft": [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": "A."}]}],
+               "pairs": []} for q in questions]
+    asked = lambda batch: [g["sft"][0]["messages"][0]["content"] for g in batch]  # noqa: E731
+    diverse = [asked(b) for b in expert_batches(groups, 3, Topics())]
+    assert [len(b) for b in diverse] == [3, 2]
+    assert all(sum("car" in q for q in b) == 1 and sum("coach" in q for q in b) == 1 for b in diverse)
+    assert [asked(b) for b in expert_batches(groups, 3)] == [questions[:3], questions[3:]]  # no embedder: in order
+    assert expert_batches([], 4, Topics()) == []
