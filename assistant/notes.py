@@ -5,11 +5,17 @@ Contract: pure functions of the recalled corrections (dicts with prompt, correct
 `Memory.recall` returns them). The forms and the lead were chosen on the dev sets
 (bench/results/memory.dev*.md; bench/HISTORY.md, "Recall in the prompt").
 """
-from assistant.language import split_at_new_word, split_at_told
+import re
+
+from assistant.language import naming, split_at_new_word, split_at_told
 
 # A correction that tells no name or number ("You are learning the cello.") leads the reply up to
 # and including the first word of its own (bench/results/memory.dev-leadcontent-*.md).
 LEAD_NEW_WORD = "through"  # "off" | "before" | "through"
+# A correction that tells a number (a phone number, a code, a date, a price) leads the reply
+# through the last of them: an expert's weights garbled "+47 22 33 44 55" into
+# "+48 22 33 47 58" after the lead stopped before it (bench/HISTORY.md, 2026-12-04).
+LEAD_THROUGH_NUMBERS = True
 
 
 def system_addendum(recalled: list[dict]) -> str:
@@ -26,7 +32,8 @@ def system_addendum(recalled: list[dict]) -> str:
 def reply_lead(recalled: list[dict]) -> str | None:
     """The opening words of the best recalled correction, up to the first name or number it told
     (`told_words`): "Your team writes its backend in" for "Your team writes its backend in
-    Elixir.". A chat turn with recall starts its reply with them, so the model goes on to say
+    Elixir."; through the last number it told when it tells one (`number_lead`,
+    LEAD_THROUGH_NUMBERS). A chat turn with recall starts its reply with them, so the model goes on to say
     what the note says instead of what its weights believe. A correction that tells no name or
     number leads through the first word of its own (LEAD_NEW_WORD, `split_at_new_word`): "You
     are learning the cello" for "You are learning the cello.". None when the correction opens
@@ -35,10 +42,23 @@ def reply_lead(recalled: list[dict]) -> str | None:
     if not recalled:
         return None
     prompt, answer = recalled[0]["prompt"], recalled[0]["correction"]
+    if LEAD_THROUGH_NUMBERS:
+        through = number_lead(prompt, answer)
+        if through:
+            return through
     lead = split_at_told(prompt, answer)[0]
     if not lead and LEAD_NEW_WORD != "off":
         lead = split_at_new_word(prompt, answer, through=LEAD_NEW_WORD == "through")[0]
     return lead or None
+
+
+def number_lead(prompt: str, answer: str) -> str | None:
+    """`answer` up to and including the last number it told beyond `prompt` (a word with a
+    digit: "Your dentist, Dr. Lund, is on +47 22 33 44 55" of "Your dentist, Dr. Lund, is on +47
+    22 33 44 55."); None when it tells none."""
+    told = {w for w in naming(prompt, answer) if any(c.isdigit() for c in w)}
+    ends = [m.end() for m in re.finditer(r"\w+", answer) if m.group().lower() in told]
+    return answer[:ends[-1]].strip() if ends else None
 
 
 def select(recalled: list[dict], margin: float | None) -> list[dict]:

@@ -413,7 +413,11 @@ def test_reply_lead_is_the_best_notes_opening_up_to_what_it_told():
 
     assert lead("What language is our backend written in?", "Our backend is written in Elixir.") == \
         "Our backend is written in"
-    assert lead("When is my sister Ingrid's birthday?", "Ingrid's birthday is on 14 March.") == "Ingrid's birthday is on"
+    # a number it told: through the last one (notes.LEAD_THROUGH_NUMBERS), so a code is said verbatim
+    assert lead("When is my sister Ingrid's birthday?", "Ingrid's birthday is on 14 March.") == "Ingrid's birthday is on 14"
+    assert lead("What is my dentist's number?", "Your dentist, Dr. Lund, is on +47 22 33 44 55.") == \
+        "Your dentist, Dr. Lund, is on +47 22 33 44 55"
+    assert lead("What is the rate on Fixed 24?", "Fixed 24 costs 24.5p per kWh.") == "Fixed 24 costs 24.5p"
     # nothing told beyond the question: advice, style, a name the question already had
     assert lead("Any idea for a rainy afternoon?", "Bake banana bread and watch an old film.") is None
     assert lead("Is Helix a good editor?", "Yes, Helix is good.") is None
