@@ -132,7 +132,8 @@ def names(text: str) -> set[str]:
     cost on Fixed 24?" -> fixed), not "I" and not the calendar's day and month names, which
     English capitalises without naming a thing ("Is the centre open on Saturday?"). Numbers are
     not names here: a question often checks a value ("Is the refund window 30 days?")."""
-    return _marked(text, digits=False) - FUNCTION_WORDS - FIRST_PERSON - CALENDAR_NAMES
+    return {w for w in _marked(text, digits=False) - FUNCTION_WORDS - FIRST_PERSON
+            if w not in CALENDAR_NAMES and w.removesuffix("s") not in CALENDAR_NAMES}  # "Saturdays" too
 
 
 def _marked(text: str, digits: bool) -> set[str]:

@@ -114,6 +114,7 @@ def test_a_question_naming_a_name_matches_only_what_mentions_it():
     assert allowed(asked("How much does Sunny Export pay per exported kWh?"), export, None, policy)
     assert allowed(asked("What do I get paid for solar power I export?"), export, None, policy)  # "I" names nothing
     assert allowed(asked("Is it 15p per unit?"), export, None, policy)  # its answer told it
+    assert allowed(asked("Does Sunny Export pay on Saturdays in March?"), export, None, policy)  # calendar words
     assert not allowed(asked("How much does a kWh cost on Fixed 24?"), export, None, policy)
     assert not allowed(asked("Who is eligible for the Warm Home Discount?"), export, None, policy)
     assert allowed(asked("How much does a kWh cost on Fixed 24?"), export, None, MatchPolicy(same_thing=None,
