@@ -105,10 +105,11 @@ def taught_items(db, feedback_ids: list[str]) -> list[dict]:
 
 
 def retention_items(db, exclude_ids: list[str]) -> list[dict]:
-    """Earlier corrections learned by an accepted version: not quarantined, not taught now,
-    and not superseded by a later correction (that one is what counts, store/feedback.py)."""
+    """Earlier corrections learned by an accepted version: not quarantined, not from a
+    conversation marked don't-learn (taken back: the candidate must forget it, not keep it), not
+    taught now, and not superseded by a later correction (that one is what counts, store/feedback.py)."""
     rows = _correction_rows(
-        db, "f.quarantined = 0 AND f.superseded_by IS NULL AND f.id IN (SELECT af.feedback_id FROM "
+        db, "f.quarantined = 0 AND c.no_learn = 0 AND f.superseded_by IS NULL AND f.id IN (SELECT af.feedback_id FROM "
             "adapter_feedback af JOIN adapters a USING (version) WHERE a.status IN ('active', 'retired'))", [])
     taught = set(exclude_ids)
     return [_correction_item("retention", r) for r in rows if r["id"] not in taught]

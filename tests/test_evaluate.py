@@ -191,3 +191,18 @@ def test_a_given_lead_opens_the_reply_the_same_way_streamed_and_batched(served):
     scorer.select(None)
     assert scorer.generate(msgs, avoid_first=[served.first_token("Which"), None],
                            leads=["Our backend is written in", None]) == [led.text, free.text]
+
+
+def test_a_correction_taken_back_is_no_retention_item(db, world):
+    """Season run 3's cycle 5: a candidate that forgot a correction whose conversation was marked
+    don't-learn was rejected for losing it. Taken back, it must be forgotten, not kept."""
+    from learning.evaluate import retention_items
+
+    assert [i["id"] for i in retention_items(db, [])] == [world["earlier"]]
+    cid = db.execute("SELECT t.conversation_id FROM feedback f JOIN turns t ON t.id = f.turn_id WHERE f.id = ?",
+                     [world["earlier"]]).fetchone()[0]
+    conversations.update_conversation(db, cid, no_learn=1)
+    assert retention_items(db, []) == []
+    conversations.update_conversation(db, cid, no_learn=0)
+    feedback.quarantine(db, [world["earlier"]])
+    assert retention_items(db, []) == []
