@@ -57,10 +57,12 @@ class MatchPolicy:
     - `same_thing`: a question naming a thing of the user's own ("my wife") matches a learned
       question naming one ("my cat") only when the embedder puts the two phrases at least this
       close (routing-things.md); None: no such check.
-    - `same_names`: a question using a name (a capital not opening a sentence: "Fixed 24",
-      "Warm Home Discount"; language.names) matches only what was learned from a question or
-      answer that mentions it (bench/results/routing-names-on.md against -off.md); off: names
-      are MiniLM's alone.
+    - `same_names`: two questions that each use a name the other's side does not mention are
+      about two different named things ("How much does a kWh cost on Fixed 24?" and "What does
+      the Sunny Export tariff pay?"; a name: a capital not opening a sentence, language.names),
+      and do not match; a name only the asked question uses ("... at Solara?") does not count
+      against a learned question that names nothing (bench/results/routing-names-on.md against
+      -off.md). Off: names are MiniLM's alone.
     - `reframed_keys`: how many reframings of a corrected prompt are search keys
       (assistant/questions.py; memory.dev*.md).
     - `answer_key`: the corrected prompt followed by its answer is a search key too
@@ -223,6 +225,7 @@ class Learned:
     things: frozenset  # (answer kind, head noun) it named (language.named_things)
     owned: tuple  # the things it named as the user's own (language.owned_things)
     mentions: frozenset = frozenset()  # every word of the question and its answer (MatchPolicy.same_names)
+    names: frozenset = frozenset()  # the names its question used (language.names): what it is about
 
 
 def learned(question: str, answer: str | None = None, *, personal: bool | None = None,
@@ -234,7 +237,8 @@ def learned(question: str, answer: str | None = None, *, personal: bool | None =
     told = frozenset(told_words(question, answer or "")) if told is None else frozenset(told)
     return Learned(personal=about_user(words(question)) if personal is None else personal,
                    way=asks_way(question), told=told, things=named_things(question), owned=owned,
-                   mentions=frozenset(words(question) | words(answer or "") | told))
+                   mentions=frozenset(words(question) | words(answer or "") | told),
+                   names=frozenset(names(question)))
 
 
 @dataclass(frozen=True)
@@ -259,7 +263,7 @@ def allowed(question: Asked, source: Learned, things: SameThing | None, policy: 
     if not may_answer(question.words, source.personal, source.told, other_kind,
                       bool(question.referred & source.things)):
         return False
-    if policy.same_names and question.names - source.mentions:
+    if policy.same_names and question.names - source.mentions and source.names - question.words:
         return False
     return things is None or things.allows(question.owned, source.owned, policy.same_thing)
 

@@ -116,6 +116,11 @@ def test_a_question_naming_a_name_matches_only_what_mentions_it():
     assert allowed(asked("Is it 15p per unit?"), export, None, policy)  # its answer told it
     assert allowed(asked("Does Sunny Export pay on Saturdays in March?"), export, None, policy)  # calendar words
     assert not allowed(asked("How much does a kWh cost on Fixed 24?"), export, None, policy)
-    assert not allowed(asked("Who is eligible for the Warm Home Discount?"), export, None, policy)
+    fixed = learned("What is the unit rate on the Fixed 24 tariff?", "Fixed 24 costs 24.5p per kWh.")
+    assert allowed(asked("Is the Sunny Export rate the same as Fixed 24's?"), fixed, None, policy)  # names both
+    # a name only the asked question uses, against a question that names nothing: the company the
+    # user adds ("... at Solara?") to a correction that never said it
+    refund = learned("How long is the refund window for smart meters?", "Smart meter refunds: 30 days.")
+    assert allowed(asked("How long is the refund window for Solara smart meters?"), refund, None, policy)
     assert allowed(asked("How much does a kWh cost on Fixed 24?"), export, None, MatchPolicy(same_thing=None,
                                                                                            same_names=False))
