@@ -75,7 +75,6 @@ class Replies(Kept):
         from assistant import model as model_module
 
         super().__init__(path, served, (model_module.__file__, __file__))
-        self.replies: dict[str, str] = self.values
         self._weights: dict[tuple, str | None] = {}
 
     def weights(self, path) -> str | None:
@@ -187,15 +186,15 @@ class Scorer:
         avoid = avoid_first or [None] * len(conversations)
         keys = [cache.key(weights, c, lead, a, self.max_new_tokens)
                 for c, lead, a in zip(conversations, leads, avoid, strict=True)]
-        todo = [keys.index(k) for k in dict.fromkeys(keys) if k not in cache.replies]
+        todo = [keys.index(k) for k in dict.fromkeys(keys) if k not in cache.values]
         if todo:
             out = self._batched_generate([conversations[i] for i in todo], on_batch,
                                          [avoid[i] for i in todo] if avoid_first else None, [leads[i] for i in todo])
-            cache.replies.update((keys[i], r) for i, r in zip(todo, out, strict=True))
+            cache.values.update((keys[i], r) for i, r in zip(todo, out, strict=True))
         for _ in range(self.batches(len(conversations)) - self.batches(len(todo))):  # progress as if generated
             if on_batch:
                 on_batch()
-        return [cache.replies[k] for k in keys]
+        return [cache.values[k] for k in keys]
 
     def _batched_generate(self, conversations, on_batch, avoid_first, leads=None) -> list[str]:
         from transformers import LogitsProcessorList
