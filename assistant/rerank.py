@@ -209,6 +209,16 @@ def answer_logprobs(served, system_prompt: str, pairs: list[tuple[str, str]],
     """Per (question, answer): the mean log-probability per token of the answer after the question
     in the chat template, under the base weights; 0.0 for every pair when one is longer than
     `max_tokens` (alike, so no pair stands out for its length)."""
+    found = answer_token_logprobs(served, system_prompt, pairs, max_tokens)
+    if found is None:
+        return [0.0] * len(pairs)
+    return [sum(f) / len(f) if f else 0.0 for f in found]
+
+
+def answer_token_logprobs(served, system_prompt: str, pairs: list[tuple[str, str]],
+                          max_tokens: int = PAIR_MAX_TOKENS) -> list[list[float]] | None:
+    """Per (question, answer): the log-probability of each answer token after the question in the
+    chat template, under the base weights; None when a pair is longer than `max_tokens`."""
     tok = served.tokenizer
     rows = []
     for question, answer in pairs:
@@ -217,15 +227,7 @@ def answer_logprobs(served, system_prompt: str, pairs: list[tuple[str, str]],
                                           tokenize=False, add_generation_prompt=True)
         rows.append((tok(context, add_special_tokens=False)["input_ids"],
                      tok(answer, add_special_tokens=False)["input_ids"]))
-    return mean_logprobs(served, rows, max_tokens)
-
-
-def mean_logprobs(served, rows: list[tuple[list[int], list[int]]], max_tokens: int) -> list[float]:
-    """`target_logprobs` averaged per row; 0.0 for every row when one is too long."""
-    found = target_logprobs(served, rows, max_tokens) if rows else []
-    if found is None:
-        return [0.0] * len(rows)
-    return [sum(f) / len(f) if f else 0.0 for f in found]
+    return target_logprobs(served, rows, max_tokens) if rows else []
 
 
 def _base_weights(served):

@@ -8,23 +8,31 @@ recorded, so that recall, routing and training all read one decision (`supersede
 
 How: MiniLM proposes the nearest earlier live corrections (question and question + answer, as
 recall finds them); the chat model decides, under its base weights, by likelihood:
-- `answer_shift`: how much less likely each correction's answer is after the other question
+- `answer` shift: how much less likely each correction's answer is after the other question
   than after its own (per answer token, the worse of the two directions). Two questions about
   one thing leave an answer about as likely; a question about another thing (the mother's
   birthday, not the sister's; the Premium plan, not the Basic one) makes the other answer,
   which names what it is about, clearly less likely.
-- `question_shift`: how much less likely the new question is after the old answer than after
+- `question` shift: how much less likely the new question is after the old answer than after
   the new one (query likelihood, assistant/rerank.py's TEMPLATE, per question token).
-Their sum must stay within the policy's tolerance. Merging two different facts loses one of
-them for good, missing an update leaves the old answer beside the new one, so the tolerance was
-chosen on a dev set of both kinds written before measuring (bench/supersede_dev.jsonl,
-`python bench/supersede.py`, bench/results/supersede.md) for no wrong merge, at the cost of
-missed updates.
+- `worst_token`: the most any single answer token loses after the other question (either
+  direction). A different fact's answer names what it is about ("return flight", "mother"), and
+  that one word becomes far less likely after the other question, while an update's answer about
+  the same thing loses little anywhere, even when its wording changes ("You own a green Volvo V60"
+  after "What car do I drive?"): the mean dilutes that one word over the sentence, the worst token
+  does not.
+A pair is one fact when the two mean shifts sum within the policy's `tolerance`, or when no answer
+token loses more than its `token_tolerance`. Merging two different facts loses one of them for
+good, missing an update leaves the old answer beside the new one, so both were chosen on dev sets
+of both kinds written before measuring (bench/supersede_dev.jsonl and every earlier correction
+MiniLM proposes in the dev scenarios, `python bench/supersede.py`, bench/results/supersede*.md)
+for no wrong merge, at the cost of missed updates.
 
 Contract: `Superseder(embedder, judge, policy).decide(new, earlier)` -> the ids of `earlier`
-that `new` replaces; `supersede_by_meaning(db, feedback_id, superseder)` decides for a stored
-correction and records it. A judge is anything with `answer_logprobs(pairs)` and
-`question_logprobs(pairs)` (mean log-probabilities, see `ModelJudge`).
+that `new` replaces; `.shifts(new, old)` -> the `Shifts` it decided by;
+`supersede_by_meaning(db, feedback_id, superseder)` decides for a stored correction and records
+it. A judge is anything with `answer_logprobs(pairs)` and `question_logprobs(pairs)`: per pair,
+the log-probability of each of its target's tokens, or None when too long to score (`ModelJudge`).
 """
 import logging
 from dataclasses import dataclass
@@ -32,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from assistant.matching import answer_key, unit_rows
-from assistant.rerank import PAIR_MAX_TOKENS, TEMPLATE, answer_logprobs, mean_logprobs
+from assistant.rerank import PAIR_MAX_TOKENS, TEMPLATE, answer_token_logprobs, target_logprobs
 from store import feedback
 
 log = logging.getLogger(__name__)
@@ -46,14 +54,25 @@ class SupersedePolicy:
     """MiniLM similarity (question to question, or question + answer to question + answer) an
     earlier correction needs to be considered; recall's own threshold (matching.RECALL_POLICY)."""
     tolerance: float = 0.4
-    """`answer_shift + question_shift` at most this (mean log-probabilities per token). On the dev
-    set (23 updates, 27 pairs of different facts) 0.4 links 11 updates and merges no different
-    facts. The nearest different pairs sum 0.56 (closing a bank account, a multi-sentence answer,
-    and the card line's number: the long answer names the company so often that the new question
-    is no less likely after it) and 0.58 (guest and staff wifi passwords); the updates sum 0 to
-    2.9, and 0.5 would also link those at 0.43 and 0.46. A wrong merge loses a fact for good, so
-    the margin is kept: a held-out run merged a contract's cancellation procedure into the support
-    e-mail's update at 0.44 (bench/HISTORY.md)."""
+    """`answer + question` shifts at most this (mean log-probabilities per token) makes one
+    fact. On the dev set (23 updates, 27 pairs of different facts) 0.4 alone links 11 updates and
+    merges no different facts; the nearest different pairs sum 0.56 and 0.58, and a held-out run
+    once merged a contract's cancellation procedure into the support e-mail's update at 0.44
+    (bench/HISTORY.md), so the margin is kept."""
+    token_tolerance: float | None = 3.0
+    """Or `worst_token` at most this (a log-probability: no answer token 20 times less likely
+    after the other question). On the same dev set the different pairs' worst tokens start at
+    3.55 (outbound and return flight), among 147 pairs MiniLM proposes in the dev scenarios at
+    4.15; 3.0 links 16 of the 23 updates (bench/results/supersede.md). None: the mean shifts alone."""
+
+
+@dataclass(frozen=True)
+class Shifts:
+    """How much less likely each side of a pair is after the other's question or answer
+    (log-probabilities, >= 0; infinite when too long to score: never merged by meaning)."""
+    answer: float  # per answer token on average, the worse direction
+    question: float  # per question token on average
+    worst_token: float  # the most any one answer token loses, either direction
 
 
 @dataclass
@@ -79,21 +98,27 @@ class Superseder:
         order = [i for i in np.argsort(-sims, kind="stable") if sims[i] >= self.policy.min_similarity]
         return [earlier[i] for i in order[:self.policy.candidates]]
 
-    def shifts(self, new: Correction, old: Correction) -> tuple[float, float]:
-        """(answer_shift, question_shift) of the pair; see the module docstring. >= 0 each."""
+    def shifts(self, new: Correction, old: Correction) -> Shifts:
+        """See the module docstring."""
         a = self.judge.answer_logprobs([(old.prompt, new.answer), (new.prompt, new.answer),
                                         (new.prompt, old.answer), (old.prompt, old.answer)])
         q = self.judge.question_logprobs([(old.answer, new.prompt), (new.answer, new.prompt)])
-        if a == [0.0] * 4:  # too long to score: never merged by meaning
-            return float("inf"), float("inf")
-        return max(a[1] - a[0], a[3] - a[2], 0.0), max(q[1] - q[0], 0.0)
+        if a is None or q is None or not all(a + q):
+            return Shifts(float("inf"), float("inf"), float("inf"))
+        new_drops = [own - other for other, own in zip(a[0], a[1], strict=True)]
+        old_drops = [own - other for other, own in zip(a[2], a[3], strict=True)]
+        mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+        return Shifts(answer=max(mean(new_drops), mean(old_drops), 0.0),
+                      question=max(mean(q[1]) - mean(q[0]), 0.0),
+                      worst_token=max(max(new_drops), max(old_drops), 0.0))
+
+    def same_fact(self, shifts: Shifts) -> bool:
+        p = self.policy
+        return (shifts.answer + shifts.question <= p.tolerance
+                or (p.token_tolerance is not None and shifts.worst_token <= p.token_tolerance))
 
     def decide(self, new: Correction, earlier: list[Correction]) -> list[str]:
-        found = []
-        for old in self.candidates(new, earlier):
-            if sum(self.shifts(new, old)) <= self.policy.tolerance:
-                found.append(old.id)
-        return found
+        return [old.id for old in self.candidates(new, earlier) if self.same_fact(self.shifts(new, old))]
 
 
 def supersede_by_meaning(db, feedback_id: str, superseder: Superseder) -> list[str]:
@@ -114,18 +139,19 @@ def supersede_by_meaning(db, feedback_id: str, superseder: Superseder) -> list[s
 
 
 class ModelJudge:
-    """Mean log-probabilities per token under a ServedModel's base weights (rerank.target_logprobs)."""
+    """Log-probabilities of each target token under a ServedModel's base weights
+    (rerank.target_logprobs); None for a batch with a pair longer than PAIR_MAX_TOKENS."""
 
     def __init__(self, served, system_prompt: str):
         self.served, self.system_prompt = served, system_prompt
 
-    def answer_logprobs(self, pairs: list[tuple[str, str]]) -> list[float]:
-        """Per (question, answer): the answer after the question in the chat template."""
-        return answer_logprobs(self.served, self.system_prompt, pairs)
+    def answer_logprobs(self, pairs: list[tuple[str, str]]) -> list[list[float]] | None:
+        """Per (question, answer): the answer's tokens after the question in the chat template."""
+        return answer_token_logprobs(self.served, self.system_prompt, pairs)
 
-    def question_logprobs(self, pairs: list[tuple[str, str]]) -> list[float]:
-        """Per (answer, question): the question after TEMPLATE(answer) (assistant/rerank.py)."""
+    def question_logprobs(self, pairs: list[tuple[str, str]]) -> list[list[float]] | None:
+        """Per (answer, question): the question's tokens after TEMPLATE(answer) (assistant/rerank.py)."""
         tok = self.served.tokenizer
-        return mean_logprobs(self.served, [(tok(TEMPLATE.format(answer=a.strip()), add_special_tokens=False)["input_ids"],
-                                            tok(" " + q.strip(), add_special_tokens=False)["input_ids"])
-                                           for a, q in pairs], PAIR_MAX_TOKENS)
+        return target_logprobs(self.served, [(tok(TEMPLATE.format(answer=a.strip()), add_special_tokens=False)["input_ids"],
+                                              tok(" " + q.strip(), add_special_tokens=False)["input_ids"])
+                                             for a, q in pairs], PAIR_MAX_TOKENS)

@@ -1,11 +1,15 @@
-"""Supersession by meaning on its dev set: updates caught, different facts wrongly merged.
+"""Supersession by meaning on its dev sets: updates caught, different facts wrongly merged.
 
-Each line of the dev set is a pair of corrections (old, new) that either update one fact
-("same": true) or state two different facts. For every pair: MiniLM's candidate test, the chat
-model's answer and question shifts (assistant/supersede.py) and the decision of the policy in
-use. Targets: no wrong merge; as many updates as possible.
+Two kinds of input:
+- a pair set (`--pairs`): each line a pair of corrections (old, new) that either update one fact
+  ("same": true) or state two different facts;
+- teaching scenarios (`--scenarios`, bench/teach.py's shape): every correction in teaching order
+  against the earlier ones MiniLM proposes (assistant/supersede.py `candidates`), as the server
+  meets them; a pair is one fact when the new item is an update "of" the old one.
+For every pair: the chat model's shifts (assistant/supersede.py `Shifts`) and the decision of the
+policy in use. Targets: no wrong merge; as many updates as possible.
 
-    python bench/supersede.py [--dev-set bench/supersede_dev.jsonl]
+    python bench/supersede.py [--pairs bench/supersede_dev.jsonl] [--scenarios a.jsonl,b.jsonl] [--out supersede]
 """
 import argparse
 import json
@@ -22,44 +26,75 @@ from assistant.model import ServedModel, resolve_model  # noqa: E402
 from assistant.supersede import Correction, ModelJudge, Superseder  # noqa: E402
 
 
-def measure(rows: list[dict], superseder: Superseder) -> list[dict]:
-    out = []
-    for r in rows:
-        old, new = Correction("old", *r["old"]), Correction("new", *r["new"])
-        candidate = bool(superseder.candidates(new, [old]))
-        answer_shift, question_shift = superseder.shifts(new, old)
-        out.append({"id": r["id"], "same": r["same"], "candidate": candidate,
-                    "answer_shift": round(answer_shift, 3), "question_shift": round(question_shift, 3),
-                    "merged": superseder.decide(new, [old]) == ["old"]})
+def pair_set(path: str) -> list[tuple[str, bool, Correction, Correction]]:
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return [(r["id"], r["same"], Correction("old", *r["old"]), Correction("new", *r["new"])) for r in rows]
+
+
+def scenario_pairs(path: str, superseder: Superseder) -> list[tuple[str, bool, Correction, Correction]]:
+    """Each taught correction against the earlier ones MiniLM proposes, in teaching order (a
+    scenario's cycle, updates after the facts of their cycle)."""
+    items = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    items = [i for i in items if i.get("kind") in ("fact", "update", "forget")]
+    items.sort(key=lambda i: (i.get("cycle", 1), i.get("kind") == "update"))
+    taught, about, out = [], {}, []
+    for item in items:
+        for t in item["teach"] if isinstance(item["teach"], list) else [item["teach"]]:
+            new = Correction(item["id"], t["prompt"], t["correction"])
+            for old in superseder.candidates(new, taught):
+                same = item.get("of") is not None and item.get("of") in (old.id, about[old.id].get("of"))
+                out.append((f"{Path(path).stem}: {old.id} < {new.id}", same, old, new))
+            taught.append(new)
+            about[new.id] = item
     return out
 
 
-def markdown(found: list[dict], policy, dev_set: str) -> str:
+def measure(pairs, superseder: Superseder, candidates_only: bool) -> list[dict]:
+    out = []
+    for name, same, old, new in pairs:
+        s = superseder.shifts(new, old)
+        candidate = candidates_only or bool(superseder.candidates(new, [old]))
+        out.append({"id": name, "same": same, "candidate": candidate, "answer_shift": round(s.answer, 3),
+                    "question_shift": round(s.question, 3), "worst_token": round(s.worst_token, 3),
+                    "merged": candidate and superseder.same_fact(s)})
+    return out
+
+
+def markdown(found: list[dict], policy, source: str) -> str:
     updates = [f for f in found if f["same"]]
     others = [f for f in found if not f["same"]]
-    lines = [f"# Supersession by meaning — {dev_set}", "",
-             f"Policy: {policy}; sentence embedder `{embedder_name()}`. `answer shift`, `question shift`: how "
-             "much less likely (mean log-probability per token) under the base weights; see assistant/supersede.py.",
+    lines = [f"# Supersession by meaning — {source}", "",
+             f"Policy: {policy}; sentence embedder `{embedder_name()}`. Shifts: how much less likely "
+             "(log-probability) under the base weights, mean per token and the worst token; see assistant/supersede.py.",
              "", f"- updates caught: **{sum(f['merged'] for f in updates)}/{len(updates)}**",
              f"- different facts wrongly merged: **{sum(f['merged'] for f in others)}/{len(others)}** (target 0)", "",
-             "| pair | same fact | MiniLM candidate | answer shift | question shift | merged |", "|---|---|---|---|---|---|"]
-    for f in sorted(found, key=lambda f: (not f["same"], f["answer_shift"])):
+             "| pair | same fact | MiniLM candidate | answer shift | question shift | worst token | merged |",
+             "|---|---|---|---|---|---|---|"]
+    for f in sorted(found, key=lambda f: (not f["same"], f["worst_token"])):
         lines.append(f"| {f['id']} | {'yes' if f['same'] else 'no'} | {'yes' if f['candidate'] else 'no'} | "
-                     f"{f['answer_shift']:.2f} | {f['question_shift']:.2f} | {'**yes**' if f['merged'] else 'no'} |")
+                     f"{f['answer_shift']:.2f} | {f['question_shift']:.2f} | {f['worst_token']:.2f} | "
+                     f"{'**yes**' if f['merged'] else 'no'} |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--dev-set", default=str(Path(__file__).parent / "supersede_dev.jsonl"))
+    ap.add_argument("--pairs", default=str(Path(__file__).parent / "supersede_dev.jsonl"),
+                    help="a pair set; '' for none")
+    ap.add_argument("--scenarios", default="", help="comma-separated teaching scenarios")
     ap.add_argument("--out", default="supersede")
     args = ap.parse_args(argv)
-    rows = [json.loads(line) for line in Path(args.dev_set).read_text().splitlines() if line.strip()]
     cfg = Config()
     served = ServedModel(resolve_model(cfg.model, cfg.models_dir))
     superseder = Superseder(make_embedder(), ModelJudge(served, DEFAULT_SYSTEM_PROMPT))
-    found = measure(rows, superseder)
-    md = markdown(found, superseder.policy, Path(args.dev_set).name)
+    found, sources = [], []
+    if args.pairs:
+        found += measure(pair_set(args.pairs), superseder, candidates_only=False)
+        sources.append(Path(args.pairs).name)
+    for path in filter(None, args.scenarios.split(",")):
+        found += measure(scenario_pairs(path, superseder), superseder, candidates_only=True)
+        sources.append(Path(path).name)
+    md = markdown(found, superseder.policy, ", ".join(sources))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.out}.json").write_text(json.dumps(found, indent=1))
     (RESULTS / f"{args.out}.md").write_text(md)

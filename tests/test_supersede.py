@@ -61,16 +61,16 @@ def test_recall_finds_the_newest_answer_by_the_question_first_asked(db, cfg):
 
 
 class FixedJudge:
-    """Log-probabilities by table: (context, text) -> value; anything else -1.0."""
+    """Per-token log-probabilities by table: (context, text) -> list; anything else four tokens at -1.0."""
 
     def __init__(self, table):
         self.table = table
 
     def answer_logprobs(self, pairs):
-        return [self.table.get(p, -1.0) for p in pairs]
+        return [self.table.get(p, [-1.0] * 4) for p in pairs]
 
     def question_logprobs(self, pairs):
-        return [self.table.get(p, -1.0) for p in pairs]
+        return [self.table.get(p, [-1.0] * 4) for p in pairs]
 
 
 def test_the_superseder_merges_only_within_its_tolerance():
@@ -79,8 +79,32 @@ def test_the_superseder_merges_only_within_its_tolerance():
     unrelated = Correction("f0", "What is the capital of Peru?", "Lima.")
     same_everywhere = Superseder(HashEmbedder(), FixedJudge({}), SupersedePolicy(min_similarity=0.1))
     assert same_everywhere.decide(new, [unrelated, old]) == ["f1"]  # unrelated: never a candidate
-    shifted = FixedJudge({(old.prompt, new.answer): -1.6})  # the new answer is far less likely after the old question
-    assert Superseder(HashEmbedder(), shifted, SupersedePolicy(min_similarity=0.1)).decide(new, [old]) == []
+
+    def decide(new_answer_after_old_question, **policy):
+        judge = FixedJudge({(old.prompt, new.answer): new_answer_after_old_question})
+        return Superseder(HashEmbedder(), judge, SupersedePolicy(min_similarity=0.1, **policy)).decide(new, [old])
+
+    # every token far less likely after the old question: another fact
+    assert decide([-4.5] * 4) == []
+    # one token (what the answer is about) far less likely, the mean beyond tolerance: another fact
+    assert decide([-1.0, -1.0, -2.0, -4.5]) == []
+    assert decide([-1.0, -1.0, -1.0, -2.2]) == ["f1"]  # the mean within tolerance (0.3 per token): one fact
+    # the mean beyond tolerance (0.75 per token) but no token lost more than token_tolerance: one fact
+    assert decide([-1.0, -2.5, -2.5, -1.0]) == ["f1"]
+    assert decide([-1.0, -2.5, -2.5, -1.0], token_tolerance=None) == []  # the mean alone decides
+
+
+def test_a_pair_too_long_to_score_is_never_merged():
+    old = Correction("f1", "What is my running coach called?", "Your running coach is Aiko Tanaka.")
+    new = Correction("f2", "Who is my running coach now?", "Your running coach is Lars Eklund.")
+
+    class TooLong(FixedJudge):
+        def answer_logprobs(self, pairs):
+            return None
+
+    shifts = Superseder(HashEmbedder(), TooLong({}), SupersedePolicy(min_similarity=0.1)).shifts(new, old)
+    assert shifts.answer == shifts.worst_token == float("inf")
+    assert Superseder(HashEmbedder(), TooLong({}), SupersedePolicy(min_similarity=0.1)).decide(new, [old]) == []
 
 
 def test_supersede_by_meaning_records_the_decision(db):
