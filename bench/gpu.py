@@ -9,15 +9,18 @@
 4. The dev probes scored with the candidate alone (recall off), as bench/learn_dev.py does.
 
 MiniLM is not on that machine (its wheel is 88 MB). Its vectors for every text this run
-embeds (training-data dedup, the adapter's scope, the prompts routed through the scope) are
-computed here with `--make-vectors` (bench/gpu_vectors.npz) and looked up there, so the
-adapter answers exactly the prompts it would answer on the CPU. A text missing from the file
-gets an unrelated (random) vector: counted and listed under "embedder" in the results.
+embeds (training-data dedup, the ordinary requests, the scope's keys and the phrases its guards
+compare, the prompts routed through the scope: `needed_texts`) are computed here with
+`--make-vectors` (bench/gpu_vectors.npz, ignored by git: bench/gpu_device.sh carries it) and
+looked up there, so the adapter answers exactly the prompts it would answer on the CPU. A text
+missing from the file gets an unrelated (random) vector, which misroutes it: misses are counted
+and listed under "embedder" in the results, gpu.md warns and the run exits 2. `--check` says
+beforehand whether the file holds every text `needed_texts` foresees.
 
 Results: OUT/gpu.json, OUT/gpu.md (default OUT: bench/results), written also when a stage fails.
 
     python bench/gpu.py --make-vectors                          # here, once: needs MiniLM
-    python bench/gpu.py --check [--gguf F]                      # imports, versions, device; no model
+    python bench/gpu.py --check [--gguf F]      # imports, versions, device, vectors (exit 1: texts missing)
     python bench/gpu.py --gguf /tmp/smollm2/model.gguf --out "$OUT"   # the benchmark (bench/gpu_device.sh)
 """
 import argparse
@@ -45,9 +48,11 @@ from learning.config import LearnConfig  # noqa: E402
 DEV = ROOT / "bench" / "teach_dev.jsonl"
 VECTORS = ROOT / "bench" / "gpu_vectors.npz"
 ANSWER_TOKENS = 64  # max_tokens of the answers being corrected, as bench/learn_dev.py --prepare
-CPU_NOTE = ("CPU figure to compare: the `frames-did` row of bench/results/learn-dev.md, 312 s cycle (gate "
-            "included), dev probes reask 16/16 paraphrase 39/48 style 4/4 control 15/20, on this project's "
-            "2-core CPU (float32).")
+CPU_NOTE = ("CPU figures to compare (bench/results/learn-dev.md, one cycle of the same dev corrections, gate "
+            "included, on this project's 2-core CPU, float32): its `habit-r8` row, the nearest to the current "
+            "LearnConfig defaults (experts in groups of 4, a rank-8 habit adapter), a 432 s cycle and dev probes "
+            "reask 16/16 paraphrase 47/48 style 4/4 control 15/20; its other rows with experts in groups took "
+            "416-462 s (experts16, experts-group8, group4-epochs4-cap24).")
 
 
 # ---- embeddings ---------------------------------------------------------------------------
@@ -73,13 +78,16 @@ class FrozenEmbedder:
         return np.stack(rows) if rows else np.zeros((0, self.vectors.shape[1]), np.float32)
 
     def report(self) -> dict:
+        missed = list(dict.fromkeys(self.missed))
         return {"kind": "frozen MiniLM vectors", "file": str(VECTORS.relative_to(ROOT)), "texts": len(self.index),
-                "hits": self.hits, "misses": len(self.missed), "missed": list(dict.fromkeys(self.missed))[:50]}
+                "hits": self.hits, "misses": len(self.missed), "distinct_missed": len(missed), "missed": missed[:200]}
 
 
 def stray_vector(text: str, dim: int) -> np.ndarray:
-    """A unit vector unrelated to any sentence (cosine ~0 to all): a text with no stored vector
-    then counts as a near-duplicate of nothing and falls outside every adapter scope."""
+    """A unit vector unrelated to any sentence (cosine ~0 to all), for a text with no stored vector.
+    Not harmless: a prompt so embedded matches no key, but a key or ordinary request so embedded
+    changes what matches (with no ordinary request near, the scope's margin lets almost any prompt
+    in: "What is 5 plus 5?" -> "You have a Fairphone 5."). Hence misses fail the run (main)."""
     seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
     v = np.random.default_rng(seed).standard_normal(dim).astype(np.float32)
     return v / np.linalg.norm(v)
@@ -107,24 +115,49 @@ def pick_embedder(choice: str):
 
 
 def needed_texts(items: list[dict], lcfg: LearnConfig) -> list[str]:
-    """Every text the run embeds: the dedup texts of the training data, the scope's prompts
-    (the corrected prompts and their rewrites) and every prompt routed through the scope
-    (taught items, canaries, dev probes). The corrections are logged as the feed logs them,
-    with a stand-in answer (no model needed; answers are never embedded)."""
+    """Every text the run may ask the embedder for, made by the functions that make them there
+    (each kind below names the code that embeds it; a superset is harmless, a text left out
+    gets an unrelated vector there):
+    1. the dedup texts of the training data: learning/datasets.py `build`, recorded as it embeds
+       them, from the corrections logged as the feed logs them with a stand-in answer (the
+       model's own answers are never embedded: a pair's dedup text is its prompt and chosen
+       answer);
+    2. the ordinary requests: learning/replay_prompts.jsonl (assistant/matching.py
+       `OrdinaryRequests.warm`, for the scope's margin);
+    3. the scope's keys: assistant/scope.py `_routing_keys` over the experts the cycle can train
+       (each correction's trained prompts and rewrites, and its answer key,
+       matching.answer_key), the shared adapter's prompts (learning/train.py `adapter_scope`,
+       scope_prompts of the rows and their rewrites), and the experts' batching questions
+       (learning/experts.py `expert_batches`);
+    4. recall's and supersession's keys (matching.search_keys: reframings and the answer key;
+       assistant/memory.py, assistant/supersede.py): this run has no recall memory, so none are
+       asked for, but they cost little and keep the file right should it have one;
+    5. every prompt routed through the scope: the fed corrections (as logged and as trained),
+       the gate's taught items and canaries, the dev probes;
+    6. the phrases SameThing compares (assistant/matching.py `allowed`): the things of the
+       user's own that every key (matching.learned) and every routed prompt (matching.asked)
+       names.
+    Only a text the run itself makes could still miss: FrozenEmbedder counts and lists it, and
+    the run's gpu.md says so and it exits non-zero."""
     from assistant.config import DEFAULT_SYSTEM_PROMPT
+    from assistant.matching import OrdinaryRequests, answer_key, asked, learned, search_keys
+    from assistant.scope import _routing_keys
     from learning import datasets
     from learning.augment import augment_sft
     from learning.evaluate import load_canaries
+    from learning.experts import expert_groups
     from store import conversations, feedback, open_db
-    from store.text import scope_prompts
+    from store.text import question_and_answer, scope_prompts
 
-    seen: list[str] = []
+    recorded: list[str] = []
 
     class Recorder:
+        """Records what it is asked to embed; no two rows alike, so dedup keeps every row."""
+
         def encode(self, texts):
             texts = list(texts)
-            seen.extend(texts)
-            return np.eye(len(texts), dtype=np.float32)  # no near-duplicates: keep every row
+            recorded.extend(texts)
+            return np.eye(len(texts), max(len(texts), 1), dtype=np.float32)
 
     home = Path(tempfile.mkdtemp(prefix="gpu-vectors-"))
     try:
@@ -138,15 +171,32 @@ def needed_texts(items: list[dict], lcfg: LearnConfig) -> list[str]:
                                          ttft_ms=None, duration_ms=0.0)
             feedback.add_feedback(db, tid, "down")
             feedback.add_feedback(db, tid, "correction", correction=c["correction"])
-        data = datasets.build(db, lcfg, embedder=Recorder())
+        data = datasets.build(db, lcfg, embedder=Recorder())  # 1.
     finally:
         shutil.rmtree(home, ignore_errors=True)
-    extra = augment_sft(data.sft, n_rewrites=lcfg.augment_rewrites) if lcfg.augment else []
-    seen += scope_prompts(data.sft + extra + data.pairs)
-    seen += [c["prompt"] for c in probes.corrections(items)]
-    seen += [c["prompt"] for c in load_canaries()]
-    seen += [p["prompt"] for p in probes.probe_list(items)]
-    return list(dict.fromkeys(seen))
+    OrdinaryRequests(Recorder()).warm()  # 2.
+
+    # 3. the experts the cycle may train: one per correction (grouping changes no key)
+    groups = expert_groups(data.sft, data.pairs)
+
+    def rewritten(rows):
+        return rows + (augment_sft(rows, n_rewrites=lcfg.augment_rewrites) if lcfg.augment else [])
+
+    experts = []
+    for n, g in enumerate(groups.values()):
+        question, answer = question_and_answer(g["sft"][0])
+        experts.append({"name": f"e{n}", "prompt": question, "answer": answer,
+                        "prompts": list(dict.fromkeys(scope_prompts(rewritten(g["sft"]))))})
+    shared = scope_prompts(rewritten(data.sft) + data.pairs)
+    keys, _ = _routing_keys(experts, list(dict.fromkeys(shared + [q for e in experts for q in e["prompts"]])),
+                            answer_keys=True)
+    keys += [e["prompt"] or "" for e in experts]  # expert_batches
+    qa = [question_and_answer(r) for r in data.sft + data.pairs if r.get("source") == "correction"]
+    keys += [k for q, a in qa if q for k in search_keys(q, a) + [answer_key(q, a)]]  # 4.
+    routed = [c["prompt"] for c in probes.corrections(items)] + [q for q, _ in qa if q]  # 5.
+    routed += [c["prompt"] for c in load_canaries()] + [p["prompt"] for p in probes.probe_list(items)]
+    phrases = [p for k in keys for p in learned(k).owned] + [p for t in routed for p in asked(t).owned]  # 6.
+    return list(dict.fromkeys(recorded + keys + routed + phrases))
 
 
 def make_vectors(lcfg: LearnConfig) -> int:
@@ -325,6 +375,11 @@ def markdown(r: dict) -> str:
         e = r["embedder"]
         lines.append(f"| embedder | {e['kind']}" + (f": {e['hits']} hits, {e['misses']} misses" if "hits" in e else "")
                      + " |")
+    if (r.get("embedder") or {}).get("misses"):
+        e = r["embedder"]
+        lines += ["", f"**Warning**: {e.get('distinct_missed', e['misses'])} texts had no vector in {e['file']} and "
+                  "got unrelated ones, so their routing is not the CPU's: the figures above are not comparable "
+                  "(the texts: gpu.json \"embedder\" -> \"missed\"; add their kind to bench/gpu.py `needed_texts`)."]
     if r.get("error"):
         lines += ["", f"**Failed**: `{r['error'].strip().splitlines()[-1]}` (traceback in gpu.json)"]
     lines += ["", CPU_NOTE]
@@ -363,8 +418,12 @@ def main(argv=None) -> int:
         emb = pick_embedder(args.embedder)
         texts = needed_texts(probes.load_scenario(DEV), LearnConfig(**lcfg_overrides))
         emb.encode(texts)
-        print(json.dumps({"environment": environment(), "embedder": embedder_report(emb) | {"needed": len(texts)}},
-                         indent=1))
+        report = embedder_report(emb) | {"needed": len(texts)}
+        print(json.dumps({"environment": environment(), "embedder": report}, indent=1))
+        if report.get("misses"):
+            print(f"{report['misses']} of the {len(texts)} texts the run will embed are not in {VECTORS.name}: "
+                  "run --make-vectors", file=sys.stderr)
+            return 1
         return 0
 
     out_dir = Path(args.out)
@@ -391,6 +450,10 @@ def main(argv=None) -> int:
         (out_dir / "gpu.md").write_text(markdown(r))
         say(f"wrote {out_dir / 'gpu.json'} and {out_dir / 'gpu.md'}")
     print(markdown(r))
+    misses = (r.get("embedder") or {}).get("misses")
+    if misses and not status:
+        say(f"FAILED: {misses} embedder misses (texts without a stored vector): see gpu.md")
+        status = 2
     return status
 
 

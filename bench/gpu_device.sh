@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
 # The device side of bench/gpu.py, on a lent GPU machine (no network, no trl/gguf/sqlite-utils/
-# datasets, an older transformers and peft). Two calls, each under the 64 MiB a call may carry:
+# datasets, an older transformers and peft). A call may carry 64 MiB, the tracked files take about
+# 20 of them, and the GGUF (~93 MiB) is split in three pieces of at most ~38 MiB
+# (.devmodel/part1/smollm2.gguf.part00 and .part01, .devmodel/part2/smollm2.gguf.part02), so three
+# calls, back to back (a warm machine keeps /tmp only while idle less than ~30 s):
 #
-#   1. carry [".devmodel/part1"]:                        bash bench/gpu_device.sh part1
-#      (copies the first half of the GGUF to /tmp/gguf/, where the warm machine keeps it)
-#   2. carry [".whl", ".devmodel/part2", ".devmodel/SHA256"]:  bash bench/gpu_device.sh
+#   1. carry [".devmodel/part1/smollm2.gguf.part00"]:                 bash bench/gpu_device.sh part1
+#   2. carry [".devmodel/part1/smollm2.gguf.part01"]:                 bash bench/gpu_device.sh part1
+#      (each copies the pieces of .devmodel/part1/ it finds to /tmp/gguf/, where the warm machine keeps them)
+#   3. carry [".whl", ".devmodel/part2", ".devmodel/SHA256", "bench/gpu_vectors.npz"]:
+#                                                                     bash bench/gpu_device.sh
 #      (nvidia-smi; wheels into /tmp/site; the GGUF reassembled and checked; bench/gpu.py,
 #       results and log.txt in $OUT)
 #
-# .whl/ and .devmodel/ are ignored by git (.git/info/exclude); bench/gpu_vectors.npz (MiniLM
-# vectors, see bench/gpu.py) travels with the working tree.
+# .whl/ and .devmodel/ are ignored by git (.git/info/exclude, .gitignore), and so is
+# bench/gpu_vectors.npz (MiniLM vectors, `python bench/gpu.py --make-vectors`): each travels only
+# when `carry` names it. The last call refuses to start without the vectors or with too few pieces.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 trap 'echo "gpu_device.sh: FAILED (exit $?) at line $LINENO: $BASH_COMMAND" >&2' ERR
@@ -19,7 +25,7 @@ MODEL=/tmp/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf  # a folder of its own: the l
 
 if [ "${1:-}" = part1 ]; then
     step "copying .devmodel/part1 to $GGUF_PARTS"
-    ls .devmodel/part1/smollm2.gguf.part* >/dev/null
+    ls .devmodel/part1/smollm2.gguf.part* >/dev/null  # none carried: fails here
     mkdir -p "$GGUF_PARTS"
     cp -v .devmodel/part1/smollm2.gguf.part* "$GGUF_PARTS"/
     ls -l "$GGUF_PARTS"
@@ -29,6 +35,13 @@ fi
 
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT"
+[ -f bench/gpu_vectors.npz ] || {
+    echo "no bench/gpu_vectors.npz: carry it (it is ignored by git) in this call" >&2; exit 2; }
+for piece in part00 part01; do  # calls 1 and 2, on this warm machine
+    [ -f "$GGUF_PARTS/smollm2.gguf.$piece" ] || {
+        echo "no $GGUF_PARTS/smollm2.gguf.$piece: run 'bash bench/gpu_device.sh part1' carrying" \
+             ".devmodel/part1/smollm2.gguf.$piece first, on this warm machine" >&2; exit 2; }
+done
 
 step nvidia-smi
 nvidia-smi || echo "nvidia-smi failed (going on)"
@@ -72,7 +85,8 @@ EOF
 
 step "reassembling the GGUF into $MODEL"
 ls "$GGUF_PARTS"/smollm2.gguf.part* >/dev/null 2>&1 || {
-    echo "no $GGUF_PARTS/smollm2.gguf.part*: run 'bash bench/gpu_device.sh part1' (carry .devmodel/part1) first, on this warm machine" >&2
+    echo "no $GGUF_PARTS/smollm2.gguf.part*: run 'bash bench/gpu_device.sh part1' (carrying each piece of" \
+         ".devmodel/part1 in turn) first, on this warm machine" >&2
     exit 2; }
 mkdir -p "$(dirname "$MODEL")"
 cat "$GGUF_PARTS"/smollm2.gguf.part* .devmodel/part2/smollm2.gguf.part* > "$MODEL"

@@ -145,3 +145,22 @@ def test_a_learned_fact_corrected_through_another_question_is_answered_right_at_
     assert "30 days" in reply and "14" not in reply
     weights = rt.chat.reply("How long is the refund window?", max_new_tokens=24, recall=False).generation.text
     assert "14 days" not in weights  # the replaced correction's expert no longer answers
+
+
+@pytest.mark.e2e
+def test_the_real_judge_links_a_car_asked_another_way_and_keeps_two_flights_apart(embedded_model_dir):
+    """The embedded chat model and MiniLM, as the server decides: an update through another
+    question whose answer is reworded ("You own a green Volvo V60." for "What car do I drive?") is
+    one fact; the outbound and the return flight, the nearest different pair of the dev set, stay
+    two (bench/supersede_dev.jsonl; bench/results/supersede.md)."""
+    from assistant.config import DEFAULT_SYSTEM_PROMPT
+    from assistant.embedders import make_embedder
+    from assistant.model import ServedModel
+    from assistant.supersede import ModelJudge
+
+    superseder = Superseder(make_embedder(), ModelJudge(ServedModel(str(embedded_model_dir)), DEFAULT_SYSTEM_PROMPT))
+    car = Correction("car", "What car do I drive?", "You drive a white Skoda Octavia.")
+    assert superseder.decide(Correction("new", "Which car do I own these days?", "You own a green Volvo V60."), [car]) == ["car"]
+    outbound = Correction("out", "When is my flight to Lisbon?", "Your flight to Lisbon leaves on 27.11.2026 at 07:05.")
+    back = Correction("back", "When do I fly back from Lisbon?", "Your return flight from Lisbon is on 03.12.2026 at 18:40.")
+    assert superseder.decide(back, [outbound]) == []
