@@ -91,6 +91,11 @@ class ConversationUpdate(BaseModel):
     no_learn: bool  # "don't learn from this conversation": out of recall at once, out of the next version
 
 
+class ReplaceRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    feedback_ids: list[Text] = Field(min_length=1, max_length=20)  # the earlier corrections it replaces
+
+
 class ActivateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     force: bool = False  # promote a version the gate rejected

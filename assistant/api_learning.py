@@ -6,10 +6,15 @@ the key check):
                                        a correction only with rating "down", and then TWO facts
                                        are recorded, the 'down' vote (with the reason) and the
                                        'correction'; answers with the ids of the corrections it
-                                       replaced ("supersedes"). An unknown turn is a 404.
+                                       replaced ("supersedes") and those it may replace that
+                                       supersession by meaning could not decide ("may_replace",
+                                       for the user to confirm). An unknown turn is a 404.
   PATCH  /conversations/{id}           {"no_learn": true|false}: don't learn from it (or do again)
   DELETE /conversations/{id}           the conversation, its turns and their feedback
   GET    /corrections                  every correction, newest first, with its state in words
+  POST   /corrections/{id}/replaces    {"feedback_ids": [...]}: the user confirms that correction
+                                       {id} replaces those earlier live corrections; answers with
+                                       all it replaces. 404 unknown id, 400 not live or not earlier
   GET    /adapters                     the adapter registry, the active version, deleted weights
   POST   /adapters/{version}/activate  promote or roll back ("base": no adapter) after checking
                                        the version loads: 404 unknown, 409 corrupt or refused by
@@ -21,7 +26,7 @@ from pathlib import Path
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
-from assistant.api_bodies import ActivateRequest, ConversationUpdate, FeedbackRequest
+from assistant.api_bodies import ActivateRequest, ConversationUpdate, FeedbackRequest, ReplaceRequest
 from assistant.api_errors import ApiError, not_found
 from assistant.errors import AdapterLoadError, AdapterWeightsDeleted
 from assistant.model import validate_adapter_dir, weights_deleted
@@ -52,9 +57,11 @@ def add_learning_routes(router: APIRouter, runtime) -> None:
             raise not_found(e, "turn_not_found") from e
         except ValueError as e:
             raise ApiError(400, str(e), "invalid_feedback") from e
-        replaced = feedback.replaced_by(chat.db, ids[-1]) if body.correction is not None else []
+        corrected = body.correction is not None
+        replaced = feedback.replaced_by(chat.db, ids[-1]) if corrected else []
+        maybe = await run_in_threadpool(runtime.may_replace, ids[-1]) if corrected else []
         return {"object": "feedback", "turn_id": body.turn_id, "feedback_ids": ids,
-                "kinds": [kind for kind, _, _ in facts], "supersedes": replaced}
+                "kinds": [kind for kind, _, _ in facts], "supersedes": replaced, "may_replace": maybe}
 
     @router.patch("/conversations/{conversation_id}")
     def patch_conversation(conversation_id: str, body: ConversationUpdate):
@@ -80,6 +87,16 @@ def add_learning_routes(router: APIRouter, runtime) -> None:
         from learning.versions import correction_states
 
         return {"object": "list", "data": correction_states(chat.db)}
+
+    @router.post("/corrections/{feedback_id}/replaces")
+    async def post_replaces(feedback_id: str, body: ReplaceRequest):
+        try:
+            replaced = await run_in_threadpool(runtime.replace, feedback_id, list(body.feedback_ids))
+        except NotFound as e:
+            raise not_found(e, "correction_not_found") from e
+        except ValueError as e:
+            raise ApiError(400, str(e), "invalid_replacement", param="feedback_ids") from e
+        return {"object": "correction", "id": feedback_id, "supersedes": replaced}
 
     @router.get("/adapters")
     def get_adapters():

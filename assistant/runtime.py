@@ -8,6 +8,7 @@ from assistant.config import Config
 from assistant.model import ServedModel
 from assistant.serving import build_served
 from store import feedback, open_db
+from store.conversations import NotFound
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,46 @@ class Runtime:
         if kind == "correction" and self.memory is not None:
             self.memory.sync(self.db, wait_s=0)  # busy building its index: the next recall syncs
         return fid
+
+    def may_replace(self, feedback_id: str) -> list[dict]:
+        """The earlier corrections the correction `feedback_id` may replace, which supersession by
+        meaning could not decide (assistant/supersede.py `may_replace`): for the user to confirm
+        with `replace`. [] without a superseder, or when deciding fails (logged)."""
+        if self.superseder is None:
+            return []
+        from assistant.supersede import may_replace
+
+        try:
+            found = may_replace(self.db, feedback_id, self.superseder)
+        except Exception as e:  # noqa: BLE001 - only a suggestion: the correction is stored
+            log.warning("could not tell what correction %s may replace: %s", feedback_id, e)
+            return []
+        return [{"feedback_id": c.id, "prompt": c.prompt, "correction": c.answer} for c in found]
+
+    def replace(self, feedback_id: str, older_ids: list[str]) -> list[str]:
+        """The user says the correction `feedback_id` replaces the earlier corrections `older_ids`:
+        recorded as supersession by meaning would (recall, routing and training read it at once).
+        Raises NotFound for an unknown correction, ValueError for one that is not live or not
+        earlier. Returns every correction `feedback_id` now replaces."""
+        from assistant.supersede import live_corrections
+
+        known = {r["id"]: r for r in self.db.query(
+            f"SELECT id, kind FROM feedback WHERE id IN ({','.join('?' * (len(older_ids) + 1))})",
+            [feedback_id, *older_ids])}
+        missing = [f for f in [feedback_id, *older_ids] if f not in known or known[f]["kind"] != "correction"]
+        if missing:
+            raise NotFound(f"no correction with id {missing[0]}")
+        live = [c.id for c in live_corrections(self.db, feedback_id)]
+        if not live or live[-1] != feedback_id:
+            raise ValueError(f"correction {feedback_id} was replaced or taken back: it replaces nothing")
+        stale = [f for f in older_ids if f not in live[:-1]]
+        if stale:
+            raise ValueError(f"correction {stale[0]} is not a live correction made before {feedback_id}")
+        feedback.supersede(self.db, older_ids, feedback_id)
+        log.info("the user says correction %s replaces %s", feedback_id, ", ".join(older_ids))
+        if self.memory is not None:
+            self.memory.sync(self.db, wait_s=0)
+        return feedback.replaced_by(self.db, feedback_id)
 
 
 def _open_memory(cfg: Config, reranker=None):

@@ -64,6 +64,10 @@ class SupersedePolicy:
     after the other question). On the same dev set the different pairs' worst tokens start at
     3.55 (outbound and return flight), among 147 pairs MiniLM proposes in the dev scenarios at
     4.15; 3.0 links 16 of the 23 updates (bench/results/supersede.md). None: the mean shifts alone."""
+    ask_tolerance: float | None = 6.0
+    """A candidate that is not one fact by the two rules above but whose worst token is at most
+    this is offered to the user to confirm ("may replace", `may_replace`; POST
+    /v1/corrections/{id}/replaces): the user knows what the model cannot tell. None: never asked."""
 
 
 @dataclass(frozen=True)
@@ -117,25 +121,50 @@ class Superseder:
         return (shifts.answer + shifts.question <= p.tolerance
                 or (p.token_tolerance is not None and shifts.worst_token <= p.token_tolerance))
 
+    def unsure(self, shifts: Shifts) -> bool:
+        """Not one fact by the policy, yet close enough to ask the user (`ask_tolerance`)."""
+        p = self.policy
+        return (not self.same_fact(shifts) and p.ask_tolerance is not None
+                and shifts.worst_token <= p.ask_tolerance)
+
+    def judged(self, new: Correction, earlier: list[Correction]) -> list[tuple[Correction, Shifts]]:
+        """Each candidate of `earlier` (`candidates`) with its shifts against `new`."""
+        return [(old, self.shifts(new, old)) for old in self.candidates(new, earlier)]
+
     def decide(self, new: Correction, earlier: list[Correction]) -> list[str]:
-        return [old.id for old in self.candidates(new, earlier) if self.same_fact(self.shifts(new, old))]
+        return [old.id for old, s in self.judged(new, earlier) if self.same_fact(s)]
 
 
 def supersede_by_meaning(db, feedback_id: str, superseder: Superseder) -> list[str]:
     """Decide which live earlier corrections the correction `feedback_id` replaces and record it.
     Returns their ids (those the store already linked by the same question excluded)."""
-    rows = list(db.query(
-        "SELECT f.id, f.correction, t.user_message FROM feedback f JOIN turns t ON t.id = f.turn_id "
-        "JOIN conversations c ON c.id = t.conversation_id WHERE f.kind = 'correction' AND f.quarantined = 0 "
-        "AND c.no_learn = 0 AND f.superseded_by IS NULL AND f.id <= ? ORDER BY f.id", [feedback_id]))
-    if not rows or rows[-1]["id"] != feedback_id:
+    live = live_corrections(db, feedback_id)
+    if not live or live[-1].id != feedback_id:
         return []  # replaced already, taken back, or not a correction
-    new = Correction(feedback_id, rows[-1]["user_message"], rows[-1]["correction"])
-    earlier = [Correction(r["id"], r["user_message"], r["correction"]) for r in rows[:-1]]
+    new, earlier = live[-1], live[:-1]
     replaced = superseder.decide(new, earlier)
     if replaced:
         log.info("correction %s replaces %s", feedback_id, ", ".join(replaced))
     return feedback.supersede(db, replaced, feedback_id)
+
+
+def live_corrections(db, up_to: str) -> list[Correction]:
+    """The live corrections (not replaced, quarantined or in a don't-learn conversation) with ids
+    up to `up_to`, oldest first."""
+    rows = db.query(
+        "SELECT f.id, f.correction, t.user_message FROM feedback f JOIN turns t ON t.id = f.turn_id "
+        "JOIN conversations c ON c.id = t.conversation_id WHERE f.kind = 'correction' AND f.quarantined = 0 "
+        "AND c.no_learn = 0 AND f.superseded_by IS NULL AND f.id <= ? ORDER BY f.id", [up_to])
+    return [Correction(r["id"], r["user_message"], r["correction"]) for r in rows]
+
+
+def may_replace(db, feedback_id: str, superseder: Superseder) -> list[Correction]:
+    """The earlier live corrections the live correction `feedback_id` may replace but that the
+    policy could not decide (`Superseder.unsure`), nearest first: for the user to confirm."""
+    live = live_corrections(db, feedback_id)
+    if not live or live[-1].id != feedback_id:
+        return []
+    return [old for old, s in superseder.judged(live[-1], live[:-1]) if superseder.unsure(s)]
 
 
 class ModelJudge:

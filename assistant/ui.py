@@ -12,7 +12,7 @@ import gradio as gr
 
 from assistant import configure, importer, ui_knows, ui_learning, ui_versions
 from assistant.config import MAX_TEMPERATURE
-from assistant.ui_chat import SELECT_HINT, feedback_values, new_session
+from assistant.ui_chat import REPLACE_LABEL, SELECT_HINT, feedback_values, new_session
 from assistant.ui_conversations import ChatTab
 from store import open_db
 
@@ -92,6 +92,7 @@ def _chat_tab(ui: gr.Blocks, chat: ChatTab) -> None:
                                         elem_id="fb-correction")
                 correct_btn = gr.Button("✎ Save correction", size="sm", variant="primary",
                                         elem_id="fb-correct")
+                replace_btn = gr.Button(REPLACE_LABEL, size="sm", visible=False, elem_id="fb-replaces")
             with gr.Accordion("Settings", open=False, elem_id="settings"):
                 system = gr.Textbox(label="System prompt (the assistant's standing instructions)",
                                     value=chat.default_system_prompt, lines=3, elem_id="system-prompt")
@@ -118,7 +119,9 @@ def _chat_tab(ui: gr.Blocks, chat: ChatTab) -> None:
                     concurrency_limit=CHAT_LIMIT, concurrency_id="chat")
     chatbot.like(chat.on_like, [session], [session, notice, target, correction])
     chatbot.select(chat.on_select, [session], [session, target, correction])
-    chatbot.edit(_with_votes(chat.on_edit, 0), [chatbot, session], [chatbot, session, notice])
+    # an earlier correction offered as "may replace": the button shows until used or the next correction
+    offer = (lambda s: gr.update(visible=bool((s or {}).get("may_replace"))), [session], [replace_btn])
+    chatbot.edit(_with_votes(chat.on_edit, 0), [chatbot, session], [chatbot, session, notice]).then(*offer)
     chatbot.clear(_with_votes(chat.new_chat, 0), [session], view_out)
 
     def panel_vote(history, session, kind, why=""):  # the panel's buttons also light the thumbs
@@ -128,7 +131,8 @@ def _chat_tab(ui: gr.Blocks, chat: ChatTab) -> None:
     up_btn.click(lambda h, s: panel_vote(h, s, "up"), [chatbot, session], [chatbot, session, notice])
     down_btn.click(lambda h, s, r: panel_vote(h, s, "down", r), [chatbot, session, reason],
                    [chatbot, session, notice]).then(lambda: "", None, reason)
-    correct_btn.click(_with_votes(chat.correct, 0), [chatbot, session, correction], [chatbot, session, notice])
+    correct_btn.click(_with_votes(chat.correct, 0), [chatbot, session, correction], [chatbot, session, notice]).then(*offer)
+    replace_btn.click(chat.confirm_replace, [session], [session, notice]).then(*offer)
     no_learn.input(chat.set_no_learn, [session, no_learn], [session, notice])
 
     new_btn.click(_with_votes(chat.new_chat, 0), [session], view_out)

@@ -50,10 +50,14 @@ def feedback_values(history: list, session: dict) -> list:
             for i, m in enumerate(history) if m.get("role") == "assistant"]
 
 
+def _clip(text: str, limit: int = 80) -> str:
+    """`text` on one line, at most `limit` characters (an ellipsis marks a cut)."""
+    short = " ".join(text.split())
+    return short if len(short) <= limit else short[:limit - 1] + "…"
+
+
 def target_text(reply: str) -> str:
-    short = " ".join(reply.split())
-    short = short if len(short) <= 140 else short[:139] + "…"
-    return f"**Feedback on:** “{short}”"
+    return f"**Feedback on:** “{_clip(reply, 140)}”"
 
 
 def warn(message: str) -> str:
@@ -269,11 +273,33 @@ class ChatHandlers:
             return history, session, warn("That is the answer as it was given: change it to what it "
                                           "should have said, then save.")
         try:
-            self.rt.record_feedback(tid, "correction", correction=text)
+            fid = self.rt.record_feedback(tid, "correction", correction=text)
         except (ValueError, conversations.NotFound) as e:
             return history, session, warn(str(e))
         _show_correction(history, session, tid, text.strip())
-        return history, session, "✎ Correction saved: the assistant will learn from it."
+        notice = "✎ Correction saved: the assistant will learn from it."
+        replaced = feedback.replaced_by(self.db, fid)
+        if replaced:
+            notice += f" It replaces {_quoted(self.db, replaced)}."
+        maybe = self.rt.may_replace(fid)
+        session["may_replace"] = {"by": fid, "ids": [m["feedback_id"] for m in maybe]} if maybe else None
+        if maybe:
+            notice += (f" An earlier correction may say otherwise: {_quoted(self.db, session['may_replace']['ids'])}."
+                       f" If this one replaces it, press “{REPLACE_LABEL}”.")
+        return history, session, notice
+
+    def confirm_replace(self, session):
+        """The user says the correction just saved replaces the earlier one(s) offered
+        (`correct`'s "may replace"). -> (session, notice)"""
+        session = _aligned(session, None)
+        pending = session.pop("may_replace", None)
+        if not pending:
+            return session, warn("No earlier correction is waiting to be replaced.")
+        try:
+            replaced = self.rt.replace(pending["by"], pending["ids"])
+        except (ValueError, conversations.NotFound) as e:
+            return session, warn(str(e))
+        return session, f"↻ Replaced {_quoted(self.db, replaced)}: from now on the newer correction answers."
 
     def on_edit(self, history, session, evt: gr.EditData):
         """Editing an answer in the chatbot is a correction; the original stays visible above it.
@@ -327,6 +353,17 @@ class ChatHandlers:
         """Conversations every turn of which came from `source` (the API, an import)."""
         return {r[0] for r in self.db.execute(
             "SELECT conversation_id FROM turns GROUP BY conversation_id HAVING sum(source != ?) = 0", [source])}
+
+
+# The button that confirms an earlier correction is replaced (assistant/ui.py shows it when one is offered).
+REPLACE_LABEL = "↻ It replaces the earlier one"
+
+
+def _quoted(db, feedback_ids: list[str]) -> str:
+    """The corrections `feedback_ids` as the user wrote them, quoted and clipped."""
+    rows = {r["id"]: r["correction"] for r in db.query(
+        f"SELECT id, correction FROM feedback WHERE id IN ({','.join('?' * len(feedback_ids))})", feedback_ids)}
+    return ", ".join(f"“{_clip(rows.get(f) or '')}”" for f in feedback_ids)
 
 
 def _aligned(session, history) -> dict:

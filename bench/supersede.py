@@ -7,7 +7,8 @@ Two kinds of input:
   against the earlier ones MiniLM proposes (assistant/supersede.py `candidates`), as the server
   meets them; a pair is one fact when the new item is an update "of" the old one.
 For every pair: the chat model's shifts (assistant/supersede.py `Shifts`) and the decision of the
-policy in use. Targets: no wrong merge; as many updates as possible.
+policy in use (merged, offered to the user to confirm, or neither). Targets: no wrong merge; as
+many updates as possible.
 
     python bench/supersede.py [--pairs bench/supersede_dev.jsonl] [--scenarios a.jsonl,b.jsonl] [--out supersede]
 """
@@ -56,7 +57,7 @@ def measure(pairs, superseder: Superseder, candidates_only: bool) -> list[dict]:
         candidate = candidates_only or bool(superseder.candidates(new, [old]))
         out.append({"id": name, "same": same, "candidate": candidate, "answer_shift": round(s.answer, 3),
                     "question_shift": round(s.question, 3), "worst_token": round(s.worst_token, 3),
-                    "merged": candidate and superseder.same_fact(s)})
+                    "merged": candidate and superseder.same_fact(s), "asked": candidate and superseder.unsure(s)})
     return out
 
 
@@ -67,13 +68,15 @@ def markdown(found: list[dict], policy, source: str) -> str:
              f"Policy: {policy}; sentence embedder `{embedder_name()}`. Shifts: how much less likely "
              "(log-probability) under the base weights, mean per token and the worst token; see assistant/supersede.py.",
              "", f"- updates caught: **{sum(f['merged'] for f in updates)}/{len(updates)}**",
-             f"- different facts wrongly merged: **{sum(f['merged'] for f in others)}/{len(others)}** (target 0)", "",
+             f"- different facts wrongly merged: **{sum(f['merged'] for f in others)}/{len(others)}** (target 0)",
+             f"- offered to the user to confirm (`ask_tolerance`): updates {sum(f['asked'] for f in updates)}/"
+             f"{len(updates)}, different facts {sum(f['asked'] for f in others)}/{len(others)}", "",
              "| pair | same fact | MiniLM candidate | answer shift | question shift | worst token | merged |",
              "|---|---|---|---|---|---|---|"]
     for f in sorted(found, key=lambda f: (not f["same"], f["worst_token"])):
         lines.append(f"| {f['id']} | {'yes' if f['same'] else 'no'} | {'yes' if f['candidate'] else 'no'} | "
                      f"{f['answer_shift']:.2f} | {f['question_shift']:.2f} | {f['worst_token']:.2f} | "
-                     f"{'**yes**' if f['merged'] else 'no'} |")
+                     f"{'**yes**' if f['merged'] else 'asked' if f['asked'] else 'no'} |")
     return "\n".join(lines) + "\n"
 
 

@@ -334,3 +334,35 @@ def test_a_conversation_is_marked_dont_learn_or_deleted_through_the_api(server, 
     assert httpx.delete(server.url + f"/v1/conversations/{conv}").json()["deleted"] is True
     missing = httpx.delete(server.url + f"/v1/conversations/{conv}")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "conversation_not_found"
+
+
+def test_an_undecided_replacement_is_offered_and_the_user_confirms_it(server, client, runtime, monkeypatch):
+    """Supersession by meaning cannot decide (one answer token far less likely after the other
+    question: not one fact, yet close): the feedback answer offers the earlier correction under
+    "may_replace"; POST /v1/corrections/{id}/replaces records it as supersession would, and the list
+    shows it superseded. An unknown id is a 404; a later or replaced correction a 400."""
+    from tests.test_supersede import DESK, DIAL, undecided_superseder
+
+    def correct(question, answer):
+        turn = ask(client, question)
+        return httpx.post(server.url + "/v1/feedback", json={"turn_id": turn.id, "rating": "down",
+                                                           "correction": answer}).json()
+
+    monkeypatch.setattr(runtime, "superseder", undecided_superseder())
+    old, new = correct(*DESK), correct(*DIAL)
+    old_id, new_id = old["feedback_ids"][-1], new["feedback_ids"][-1]
+    assert new["supersedes"] == [] and new["may_replace"] == [
+        {"feedback_id": old_id, "prompt": DESK[0], "correction": DESK[1]}]
+
+    url = server.url + f"/v1/corrections/{new_id}/replaces"
+    assert httpx.post(url, json={"feedback_ids": ["f-unknown"]}).status_code == 404
+    assert httpx.post(server.url + "/v1/corrections/f-unknown/replaces", json={"feedback_ids": [old_id]}).status_code == 404
+    backwards = httpx.post(server.url + f"/v1/corrections/{old_id}/replaces", json={"feedback_ids": [new_id]})
+    assert backwards.status_code == 400 and backwards.json()["error"]["code"] == "invalid_replacement"
+    assert httpx.post(url, json={"feedback_ids": []}).status_code == 400
+
+    confirmed = httpx.post(url, json={"feedback_ids": [old_id]})
+    assert confirmed.status_code == 200 and confirmed.json()["supersedes"] == [old_id]
+    listed = {c["feedback_id"]: c for c in httpx.get(server.url + "/v1/corrections").json()["data"]}
+    assert listed[old_id]["state"] == "superseded" and listed[old_id]["superseded_by"] == new_id
+    assert httpx.post(url, json={"feedback_ids": [old_id]}).status_code == 400  # replaced already: not live

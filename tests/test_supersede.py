@@ -73,6 +73,33 @@ class FixedJudge:
         return [self.table.get(p, [-1.0] * 4) for p in pairs]
 
 
+class OwnPairsJudge(FixedJudge):
+    """Each correction's answer after its own question (and its question after its answer): likely;
+    any other pairing far less likely, except the table's pairs."""
+
+    def __init__(self, own, table):
+        super().__init__(table)
+        self.own = own
+
+    def answer_logprobs(self, pairs):
+        return [self.table.get(p, [-1.0] * 4 if p in self.own else [-9.0] * 4) for p in pairs]
+
+    def question_logprobs(self, pairs):
+        return [[-1.0] * 4 if (q, a) in self.own else [-9.0] * 4 for a, q in pairs]
+
+
+DESK = ("What is my desk extension?", "Your desk extension is 4471.")
+DIAL = ("What number do colleagues dial to reach me?", "Colleagues reach you on extension 5208.")
+
+
+def undecided_superseder() -> Superseder:
+    """A superseder that cannot decide whether DIAL replaces DESK (one answer token 4.5 less
+    likely after the other question: beyond token_tolerance, within ask_tolerance), and keeps
+    every other pair of corrections apart."""
+    judge = OwnPairsJudge({DESK, DIAL}, {(DESK[0], DIAL[1]): [-1.0, -1.0, -1.0, -5.5], (DIAL[0], DESK[1]): [-1.0] * 4})
+    return Superseder(HashEmbedder(), judge, SupersedePolicy(min_similarity=0.1))
+
+
 def test_the_superseder_merges_only_within_its_tolerance():
     old = Correction("f1", "What is my running coach called?", "Your running coach is Aiko Tanaka.")
     new = Correction("f2", "Who is my running coach now?", "Your running coach is Lars Eklund.")

@@ -109,6 +109,27 @@ def test_feedback_without_a_selected_answer_is_refused(tab, rt):
     assert "Click an answer" in notice and rt.db["feedback"].count == 0
 
 
+def test_a_correction_offers_an_earlier_one_it_may_replace_and_the_user_confirms(tab, rt, monkeypatch):
+    """When supersession by meaning cannot decide, the notice quotes the earlier correction and
+    the replace button confirms it: the older one is superseded by the newer."""
+    from tests.test_supersede import DESK, DIAL, undecided_superseder
+
+    monkeypatch.setattr(rt, "superseder", undecided_superseder())
+    ids = []
+    history, session = None, None
+    for question, answer in (DESK, DIAL):
+        _, history, session, _ = send(tab, question, session, history)
+        session, _, _ = tab.select(session, len(history) - 1)
+        history, session, notice = tab.correct(history, session, answer)
+        ids.append(feedback.feedback_for_turn(rt.db, session["selected"])[-1]["id"])
+    assert "may say otherwise" in notice and DESK[1] in notice
+    assert session["may_replace"] == {"by": ids[1], "ids": [ids[0]]}
+    session, notice = tab.confirm_replace(session)
+    assert "Replaced" in notice and feedback.superseded_by(rt.db, [ids[0]]) == {ids[0]: ids[1]}
+    session, notice = tab.confirm_replace(session)
+    assert "No earlier correction" in notice  # offered once
+
+
 def test_correcting_any_answer_records_a_correction_and_shows_it(tab, rt):
     _, history, session, _ = send(tab, "What is the name of my dog?")
     _, history, session, _ = send(tab, "Where do I work?", session, history)
