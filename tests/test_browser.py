@@ -121,6 +121,37 @@ def test_chat_stream_like_and_correct_in_the_browser(server, browser):
     page.screenshot(path=str(SCREENSHOT), full_page=True)
 
 
+def test_an_offered_replacement_is_confirmed_with_its_button(server, browser, monkeypatch):
+    """Supersession by meaning cannot decide whether the second correction replaces the first: the
+    page quotes the first in its notice and shows "↻ It replaces the earlier one"; a click records
+    it, and the button goes away."""
+    from tests.test_supersede import DESK, DIAL, undecided_superseder
+
+    srv, runtime = server
+    monkeypatch.setattr(runtime, "superseder", undecided_superseder())
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.goto(srv.url)
+    page.locator("#chatbot").wait_for()
+    button = page.locator("#fb-replaces")
+    for n, (question, answer) in enumerate((DESK, DIAL), start=1):
+        send(page, question)
+        wait_for(lambda n=n: len(ui_turns(runtime.db)) == n and page.locator(ANSWERS).count() == n
+                 and page.locator("#feedback-target").inner_text().startswith("Feedback on"),
+                 what=f"answer {n} to finish")
+        assert not button.is_visible()  # nothing offered yet
+        page.locator("#fb-correction textarea").fill(answer)
+        page.locator("#fb-correct").click()
+        wait_for(lambda answer=answer: "Correction saved" in page.locator("#notice").inner_text()
+                 and answer in page.locator("#chatbot").inner_text(), what=f"correction {n} saved")
+    wait_for(button.is_visible, what="the replace button after the second correction")
+    assert DESK[1] in page.locator("#notice").inner_text()
+    button.click()
+    old, new = (feedback.feedback_for_turn(runtime.db, t["id"])[-1]["id"] for t in ui_turns(runtime.db))
+    wait_for(lambda: feedback.superseded_by(runtime.db, [old]) == {old: new}, what="the replacement recorded")
+    wait_for(lambda: not button.is_visible(), what="the button to go")
+    assert "Replaced" in page.locator("#notice").inner_text()
+
+
 def test_two_browsers_chat_at_once(server, browser):
     srv, runtime = server
     pages = []
