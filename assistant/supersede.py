@@ -35,6 +35,8 @@ it. A judge is anything with `answer_logprobs(pairs)` and `question_logprobs(pai
 the log-probability of each of its target's tokens, or None when too long to score (`ModelJudge`).
 """
 import logging
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,7 +81,7 @@ class Shifts:
     worst_token: float  # the most any one answer token loses, either direction
 
 
-@dataclass
+@dataclass(frozen=True)
 class Correction:
     id: str
     prompt: str
@@ -87,8 +89,12 @@ class Correction:
 
 
 class Superseder:
+    KEPT = 256  # pairs whose shifts are remembered: saving a correction, then offering what it may replace
+
     def __init__(self, embedder, judge, policy: SupersedePolicy | None = None):
         self.embedder, self.judge, self.policy = embedder, judge, policy or SupersedePolicy()
+        self._kept: OrderedDict[tuple[Correction, Correction], Shifts] = OrderedDict()
+        self._lock = threading.Lock()
 
     def candidates(self, new: Correction, earlier: list[Correction]) -> list[Correction]:
         """The nearest `policy.candidates` of `earlier` at `policy.min_similarity` or more."""
@@ -103,7 +109,18 @@ class Superseder:
         return [earlier[i] for i in order[:self.policy.candidates]]
 
     def shifts(self, new: Correction, old: Correction) -> Shifts:
-        """See the module docstring."""
+        """See the module docstring. Remembered for the last KEPT pairs (a correction never changes)."""
+        with self._lock:
+            if (new, old) in self._kept:
+                return self._kept[(new, old)]
+        found = self._shifts(new, old)
+        with self._lock:
+            self._kept[(new, old)] = found
+            while len(self._kept) > self.KEPT:
+                self._kept.popitem(last=False)
+        return found
+
+    def _shifts(self, new: Correction, old: Correction) -> Shifts:
         a = self.judge.answer_logprobs([(old.prompt, new.answer), (new.prompt, new.answer),
                                         (new.prompt, old.answer), (old.prompt, old.answer)])
         q = self.judge.question_logprobs([(old.answer, new.prompt), (new.answer, new.prompt)])

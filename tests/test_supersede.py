@@ -191,3 +191,18 @@ def test_the_real_judge_links_a_car_asked_another_way_and_keeps_two_flights_apar
     outbound = Correction("out", "When is my flight to Lisbon?", "Your flight to Lisbon leaves on 27.11.2026 at 07:05.")
     back = Correction("back", "When do I fly back from Lisbon?", "Your return flight from Lisbon is on 03.12.2026 at 18:40.")
     assert superseder.decide(back, [outbound]) == []
+
+
+def test_a_pairs_shifts_are_asked_once():
+    """Saving a correction decides what it replaces; offering what it may replace asks about the
+    same pairs again: the judge is asked once."""
+    asked = []
+
+    class Counting(FixedJudge):
+        def answer_logprobs(self, pairs):
+            asked.append(pairs)
+            return super().answer_logprobs(pairs)
+
+    superseder = Superseder(HashEmbedder(), Counting({}), SupersedePolicy(min_similarity=0.1))
+    old, new = Correction("f1", *DESK), Correction("f2", *DIAL)
+    assert superseder.shifts(new, old) == superseder.shifts(new, old) and len(asked) == 1
