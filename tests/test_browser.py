@@ -294,18 +294,24 @@ def test_settings_stay_after_a_reload(server, browser):
     from assistant import configure
 
     srv, runtime = server
+    # Values that differ from what the page is built with: seeing them proves the page's load
+    # handlers ran, so a late one cannot overwrite what the test sets (it did once, under load).
+    configure.save_chat_setting(runtime, "default_temperature", 0.35)
+    configure.set_value(runtime.db, "learn.min_new_feedback", 7)
     page = browser.new_page(viewport={"width": 1280, "height": 1000})
     page.goto(srv.url)
     page.locator("#settings").get_by_text("Settings").click()
     recall = page.locator("#recall input[type=checkbox]")
-    wait_for(lambda: recall.is_checked(), what="the stored settings to load")
+    wait_for(lambda: page.locator("#temperature input[type=number]").input_value() == "0.35",
+             what="the stored chat settings to load")
+    assert recall.is_checked()
     recall.uncheck()
     wait_for(lambda: configure.stored(runtime.db, configure.SECTIONS["chat"]).get("recall") is False,
              what="the toggle to be stored")
     page.get_by_role("tab", name="Learning").click()
     page.locator("#learn-settings").get_by_text("Schedule and gate").click()
     box = page.locator("#setting-learn-min-new-feedback input")
-    wait_for(lambda: box.input_value() == "10", what="the schedule to load")
+    wait_for(lambda: box.input_value() == "7", what="the stored schedule to load")
     box.fill("3")
     page.locator("#learn-settings-save").click()
     wait_for(lambda: "Saved: learn.min_new_feedback" in page.locator("#learn-settings-notice").inner_text(),
