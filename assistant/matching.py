@@ -175,11 +175,9 @@ def ordinary_requests(embedder: Embedder) -> OrdinaryRequests:
     return _one_per_embedder(embedder, OrdinaryRequests)
 
 
-class SameThing:
-    """Do two questions name the same thing of the user's own? MiniLM puts "What is my X's name?"
-    near "What is my Y's name?" whatever X and Y, so the sentences cannot tell; the phrases
-    alone can ("wife" and "spouse" are close, "wife" and "cat" are not). Phrase vectors are
-    kept (a few thousand short texts at most)."""
+class KeptVectors:
+    """Unit vectors of texts by `embedder`, the last KEPT remembered (a text's vector never
+    changes): what the same-thing check and supersession embed again and again is embedded once."""
 
     KEPT = 4096
 
@@ -187,6 +185,31 @@ class SameThing:
         self.embedder = embedder
         self._lock = threading.Lock()
         self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def __call__(self, texts) -> np.ndarray:
+        """One unit row per text of `texts`, in order."""
+        texts = list(texts)
+        with self._lock:
+            found = {t: self._vectors[t] for t in texts if t in self._vectors}
+        todo = [t for t in dict.fromkeys(texts) if t not in found]
+        if todo:
+            found.update(zip(todo, unit_rows(self.embedder.encode(todo)), strict=True))
+            with self._lock:
+                self._vectors.update((t, found[t]) for t in todo)
+                while len(self._vectors) > self.KEPT:
+                    self._vectors.popitem(last=False)
+        return np.stack([found[t] for t in texts])
+
+
+class SameThing:
+    """Do two questions name the same thing of the user's own? MiniLM puts "What is my X's name?"
+    near "What is my Y's name?" whatever X and Y, so the sentences cannot tell; the phrases
+    alone can ("wife" and "spouse" are close, "wife" and "cat" are not). Phrase vectors are
+    kept (`KeptVectors`: a few thousand short texts at most)."""
+
+    def __init__(self, embedder: Embedder):
+        self.embedder = embedder
+        self._embedded = KeptVectors(embedder)
 
     def similarity(self, asked: tuple[str, ...], learned: tuple[str, ...]) -> float:
         """The best cosine similarity between a phrase of `asked` and one of `learned`."""
@@ -198,18 +221,6 @@ class SameThing:
         if threshold is None or not asked or not learned or set(asked) & set(learned):
             return True
         return self.similarity(asked, learned) >= threshold
-
-    def _embedded(self, phrases: tuple[str, ...]) -> np.ndarray:
-        with self._lock:
-            todo = [p for p in dict.fromkeys(phrases) if p not in self._vectors]
-        if todo:
-            fresh = unit_rows(self.embedder.encode(todo))
-            with self._lock:
-                self._vectors.update(zip(todo, fresh, strict=True))
-                while len(self._vectors) > self.KEPT:
-                    self._vectors.popitem(last=False)
-        with self._lock:
-            return np.stack([self._vectors[p] for p in phrases])
 
 
 def same_thing(embedder: Embedder) -> SameThing:

@@ -78,7 +78,7 @@ class Runtime:
         recorded as supersession by meaning would (recall, routing and training read it at once).
         Raises NotFound for an unknown correction, ValueError for one that is not live or not
         earlier. Returns every correction `feedback_id` now replaces."""
-        from assistant.supersede import live_corrections
+        from assistant.supersede import live_with_earlier
 
         known = {r["id"]: r for r in self.db.query(
             f"SELECT id, kind FROM feedback WHERE id IN ({','.join('?' * (len(older_ids) + 1))})",
@@ -86,10 +86,11 @@ class Runtime:
         missing = [f for f in [feedback_id, *older_ids] if f not in known or known[f]["kind"] != "correction"]
         if missing:
             raise NotFound(f"no correction with id {missing[0]}")
-        live = [c.id for c in live_corrections(self.db, feedback_id)]
-        if not live or live[-1] != feedback_id:
+        pending = live_with_earlier(self.db, feedback_id)
+        if pending is None:
             raise ValueError(f"correction {feedback_id} was replaced or taken back: it replaces nothing")
-        stale = [f for f in older_ids if f not in live[:-1]]
+        earlier = {c.id for c in pending[1]}
+        stale = [f for f in older_ids if f not in earlier]
         if stale:
             raise ValueError(f"correction {stale[0]} is not a live correction made before {feedback_id}")
         feedback.supersede(self.db, older_ids, feedback_id)

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from assistant.matching import answer_key, unit_rows
+from assistant.matching import KeptVectors, answer_key
 from assistant.rerank import PAIR_MAX_TOKENS, TEMPLATE, answer_token_logprobs, target_logprobs
 from store import feedback
 
@@ -93,6 +93,7 @@ class Superseder:
 
     def __init__(self, embedder, judge, policy: SupersedePolicy | None = None):
         self.embedder, self.judge, self.policy = embedder, judge, policy or SupersedePolicy()
+        self._embedded = KeptVectors(embedder)  # every earlier correction is a candidate again each time
         self._kept: OrderedDict[tuple[Correction, Correction], Shifts] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -103,7 +104,7 @@ class Superseder:
         texts = [new.prompt, answer_key(new.prompt, new.answer)]
         for c in earlier:
             texts += [c.prompt, answer_key(c.prompt, c.answer)]
-        v = unit_rows(self.embedder.encode(texts))
+        v = self._embedded(texts)
         sims = np.maximum(v[2::2] @ v[0], v[3::2] @ v[1])
         order = [i for i in np.argsort(-sims, kind="stable") if sims[i] >= self.policy.min_similarity]
         return [earlier[i] for i in order[:self.policy.candidates]]
@@ -155,11 +156,10 @@ class Superseder:
 def supersede_by_meaning(db, feedback_id: str, superseder: Superseder) -> list[str]:
     """Decide which live earlier corrections the correction `feedback_id` replaces and record it.
     Returns their ids (those the store already linked by the same question excluded)."""
-    live = live_corrections(db, feedback_id)
-    if not live or live[-1].id != feedback_id:
-        return []  # replaced already, taken back, or not a correction
-    new, earlier = live[-1], live[:-1]
-    replaced = superseder.decide(new, earlier)
+    pending = live_with_earlier(db, feedback_id)
+    if pending is None:
+        return []
+    replaced = superseder.decide(*pending)
     if replaced:
         log.info("correction %s replaces %s", feedback_id, ", ".join(replaced))
     return feedback.supersede(db, replaced, feedback_id)
@@ -178,10 +178,19 @@ def live_corrections(db, up_to: str) -> list[Correction]:
 def may_replace(db, feedback_id: str, superseder: Superseder) -> list[Correction]:
     """The earlier live corrections the live correction `feedback_id` may replace but that the
     policy could not decide (`Superseder.unsure`), nearest first: for the user to confirm."""
+    pending = live_with_earlier(db, feedback_id)
+    if pending is None:
+        return []
+    return [old for old, s in superseder.judged(*pending) if superseder.unsure(s)]
+
+
+def live_with_earlier(db, feedback_id: str) -> tuple[Correction, list[Correction]] | None:
+    """The live correction `feedback_id` and the live ones before it; None when it is not live
+    (replaced already, taken back, or not a correction)."""
     live = live_corrections(db, feedback_id)
     if not live or live[-1].id != feedback_id:
-        return []
-    return [old for old, s in superseder.judged(live[-1], live[:-1]) if superseder.unsure(s)]
+        return None
+    return live[-1], live[:-1]
 
 
 class ModelJudge:
