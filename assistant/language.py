@@ -51,6 +51,10 @@ NAMING_DETERMINERS = frozenset({"my", "our", "the"})
 OWNING_DETERMINERS = frozenset({"my", "our", "your"})
 WH_KINDS = {"who": "who", "whom": "who", "whose": "who", "when": "when", "where": "where", "why": "why",
             "how": "how", "what": "what", "which": "what"}
+# Words that are no thing a question or answer is about (frame words, question words, first
+# person): the same-thing check compares a question's own thing with a learned question's and
+# answer's other words where that question names none of its own (matching.SameThing).
+THING_STOPWORDS = LEAD_FRAME_WORDS | FIRST_PERSON | frozenset(WH_KINDS)
 TIME_NOUNS = frozenset("time date day hour year month week".split())
 NAME_WORDS = frozenset({"name", "called", "named"})
 DO_FORMS = frozenset({"do", "does", "did"})

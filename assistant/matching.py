@@ -26,6 +26,7 @@ from typing import Protocol
 import numpy as np
 
 from assistant.language import (
+    THING_STOPWORDS,
     about_user,
     asks_way,
     may_answer,
@@ -63,6 +64,10 @@ class MatchPolicy:
       and do not match; a name only the asked question uses ("... at Solara?") does not count
       against a learned question that names nothing (bench/results/routing-names-on.md against
       -off.md). Off: names are MiniLM's alone.
+    - `same_thing_words`: where only the asked question names a thing of its own ("Who is my
+      therapist?" and "Who do I report to now?"), that thing must be one of the learned
+      question's and answer's words (but language.THING_STOPWORDS) or at least this close to one
+      (routing-thingwords-*.md); None: such a pair is not checked.
     - `reframed_keys`: how many reframings of a corrected prompt are search keys
       (assistant/questions.py; memory.dev*.md).
     - `answer_key`: the corrected prompt followed by its answer is a search key too
@@ -82,6 +87,7 @@ class MatchPolicy:
     gap: float | None = 0.05
     same_thing: float | None = 0.45
     same_names: bool = True
+    same_thing_words: float | None = 0.4
     reframed_keys: int = 4
     answer_key: bool = True
     rerank_weight: float = 0.02
@@ -222,6 +228,17 @@ class SameThing:
             return True
         return self.similarity(asked, learned) >= threshold
 
+    def among(self, asked: tuple[str, ...], learned_words: tuple[str, ...], threshold: float | None) -> bool:
+        """For a learned question that names no thing of its own: True unless `asked` names things
+        of its own and none of them is one of `learned_words` (the learned question's and answer's
+        words) or `threshold` close to one ("my therapist" is none of "Who do I report to now?" /
+        "... you report to Declan Moore.")."""
+        if threshold is None or not asked or not learned_words:
+            return True
+        if {w for phrase in asked for w in phrase.split()} & set(learned_words):
+            return True
+        return self.similarity(asked, learned_words) >= threshold
+
 
 def same_thing(embedder: Embedder) -> SameThing:
     return _one_per_embedder(embedder, SameThing)
@@ -276,7 +293,11 @@ def allowed(question: Asked, source: Learned, things: SameThing | None, policy: 
         return False
     if policy.same_names and question.names - source.mentions and source.names - question.words:
         return False
-    return things is None or things.allows(question.owned, source.owned, policy.same_thing)
+    if things is None:
+        return True
+    if source.owned:
+        return things.allows(question.owned, source.owned, policy.same_thing)
+    return things.among(question.owned, tuple(sorted(source.mentions - THING_STOPWORDS)), policy.same_thing_words)
 
 
 @dataclass(frozen=True)

@@ -101,6 +101,19 @@ def test_the_same_thing_check_tells_the_users_things_apart_by_their_phrases():
     assert allowed(asked("What's my wife called?"), cat, things, MatchPolicy(same_thing=None))
 
 
+def test_a_thing_of_the_users_own_must_be_among_a_learned_question_that_names_none():
+    """MatchPolicy.same_thing_words: "Who do I report to now?" names no thing of the user's own,
+    so "my therapist" is compared with its question's and answer's words instead."""
+    things = SameThing(Phrases({frozenset({"boss", "report"}): 0.5}))
+    manager = learned("Who do I report to now?", "Since the reorganisation you report to Declan Moore.")
+    policy = MatchPolicy(same_thing=0.45, same_thing_words=0.4)
+    assert not allowed(asked("Who is my therapist?"), manager, things, policy)  # 0.0 to every word
+    assert allowed(asked("Who is my boss?"), manager, things, policy)  # 0.5 to "report"
+    assert allowed(asked("What is my reorganisation date?"), manager, things, policy)  # a word of the answer
+    assert allowed(asked("Who do I report to?"), manager, things, policy)  # names nothing: not checked
+    assert allowed(asked("Who is my therapist?"), manager, things, MatchPolicy(same_thing_words=None))
+
+
 def test_a_replaced_questions_things_count_as_the_replacements_own():
     car = learned("Which car do I own now?", "You own a green Volvo.", also_named=("What colour is my car?",))
     assert car.owned == ("car",) and learned("Which car do I own now?").owned == ()

@@ -522,6 +522,8 @@ def test_the_shipped_recall_policy_on_the_real_embedder(cfg, db, minilm):
     assert mem.recall("What's the name of my bank?")[0]["feedback_id"] == bank
     assert mem.recall("What is the capital of Norway?") == []
     assert mem.recall("What's my wife called?") == []
+    assert mem.recall("What's my insurer?") == []  # not among "Which bank do I use?"'s words (0.37)
+    assert Memory(cfg, embedder=minilm, same_thing_words=None).recall("What's my insurer?")
     assert Memory(cfg, embedder=minilm, same_thing=None).recall("What's my wife called?")  # MiniLM alone: the cat
 
 
