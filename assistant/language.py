@@ -20,7 +20,9 @@ Matching's rules:
   about it. Kept by bench/results/routing-refers.md against routing-before-refers.md.
 - `owned_things` (OWNING_DETERMINERS): the things a question names as the user's ("my wife", "our
   boat"), which matching compares by the embedder (matching.SameThing). Kept by
-  bench/results/routing-things.md against routing-things-before.md.
+  bench/results/routing-things.md against routing-things-before.md. Where a learned question
+  names none, the asked one's thing is compared with its words but THING_STOPWORDS (matching
+  `SameThing.among`). Kept by bench/results/routing-thingwords-0.4.md against -off.md.
 - `split_at_told` / `split_at_new_word` (LEAD_FRAME_WORDS): where a recalled answer's reply lead
   ends. Kept by bench/results/memory.dev-leadcontent-*.md.
 The measurements behind each rule are in bench/HISTORY.md ("Language rules").
