@@ -19,7 +19,6 @@ Contract:
 """
 import threading
 import weakref
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -37,6 +36,7 @@ from assistant.language import (
     told_words,
     words,
 )
+from assistant.memo import Kept
 from assistant.questions import reframings, replay_prompts
 from assistant.rerank import fitting, reranked
 
@@ -189,22 +189,11 @@ class KeptVectors:
 
     def __init__(self, embedder: Embedder):
         self.embedder = embedder
-        self._lock = threading.Lock()
-        self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._vectors = Kept(self.KEPT)
 
     def __call__(self, texts) -> np.ndarray:
         """One unit row per text of `texts`, in order."""
-        texts = list(texts)
-        with self._lock:
-            found = {t: self._vectors[t] for t in texts if t in self._vectors}
-        todo = [t for t in dict.fromkeys(texts) if t not in found]
-        if todo:
-            found.update(zip(todo, unit_rows(self.embedder.encode(todo)), strict=True))
-            with self._lock:
-                self._vectors.update((t, found[t]) for t in todo)
-                while len(self._vectors) > self.KEPT:
-                    self._vectors.popitem(last=False)
-        return np.stack([found[t] for t in texts])
+        return np.stack(self._vectors.values(texts, lambda todo: list(unit_rows(self.embedder.encode(todo)))))
 
 
 class SameThing:

@@ -37,10 +37,10 @@ import contextlib
 import json
 import logging
 import threading
-from collections import OrderedDict
 from typing import Protocol
 
 from assistant.config import DEFAULT_SYSTEM_PROMPT
+from assistant.memo import Kept
 
 # The context a question is scored after (of three wordings tried on the dev sets, one of the two
 # that reordered without a loss; bench/HISTORY.md, "Reranking").
@@ -118,8 +118,8 @@ class ModelReranker:
     def __init__(self, served, system_prompt: str = DEFAULT_SYSTEM_PROMPT, answer_fit: bool = True):
         """`answer_fit` off (Config.answer_fit): `fits` lets every match answer."""
         self.served, self.system_prompt, self.answer_fit = served, system_prompt, answer_fit
-        self._cache: OrderedDict[str, float] = OrderedDict()
-        self._cache_lock = threading.Lock()
+        self._kept = Kept(self.CACHE)
+        self._own_lock = threading.Lock()
         self._own: dict[tuple[str, str], float] = {}  # (corrected question, answer) -> its likelihood
         # what the model said before, kept between processes by a learner's evaluation
         # (learning/scoring.Likelihoods: the gate asks about every earlier correction each cycle)
@@ -131,16 +131,16 @@ class ModelReranker:
         questions' own likelihoods are remembered (a correction never changes)."""
         if not self.answer_fit:
             return [True] * len(corrected)
-        with self._cache_lock:
+        with self._own_lock:
             own_missing = list(dict.fromkeys(p for p in corrected if p not in self._own))
         if own_missing:  # a batch of its own: a long question must not spoil what is remembered
             own = self._remembered("answer", own_missing, self._answer_logprobs)
-            with self._cache_lock:
+            with self._own_lock:
                 self._own.update(zip(own_missing, own, strict=True))
         asked = self._remembered("answer", [(question, a) for _, a in corrected], self._answer_logprobs)
         if not any(asked):  # too long to score (answer_logprobs): MiniLM's matches stand
             return [True] * len(corrected)
-        with self._cache_lock:
+        with self._own_lock:
             return [self._own[p] - lp <= tolerance for p, lp in zip(corrected, asked, strict=True)]
 
     def likelihoods(self, question: str, answers: list[str]) -> list[float]:
@@ -151,17 +151,8 @@ class ModelReranker:
         """`compute(pairs)` -> one value per (question, answer), asked only for the pairs not
         remembered: in `memo` when one is set, else among the last CACHE values."""
         keys = [json.dumps([kind, self.system_prompt, q, a]) for q, a in pairs]
-        with self._cache_lock:
-            store = self._cache if self.memo is None else self.memo
-            known = {k: store[k] for k in keys if k in store}
-        todo = [k for k in dict.fromkeys(keys) if k not in known]
-        if todo:
-            known.update(zip(todo, compute([pairs[keys.index(k)] for k in todo]), strict=True))
-            with self._cache_lock:
-                store.update((k, known[k]) for k in todo)
-                while store is self._cache and len(store) > self.CACHE:
-                    store.popitem(last=False)
-        return [known[k] for k in keys]
+        by_key = dict(zip(keys, pairs, strict=True))
+        return self._kept.values(keys, lambda todo: compute([by_key[k] for k in todo]), store=self.memo)
 
     def _answer_logprobs(self, pairs: list[tuple[str, str]]) -> list[float]:
         return answer_logprobs(self.served, self.system_prompt, pairs)

@@ -35,13 +35,12 @@ it. A judge is anything with `answer_logprobs(pairs)` and `question_logprobs(pai
 the log-probability of each of its target's tokens, or None when too long to score (`ModelJudge`).
 """
 import logging
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 
 from assistant.matching import KeptVectors, answer_key
+from assistant.memo import Kept
 from assistant.rerank import PAIR_MAX_TOKENS, TEMPLATE, answer_token_logprobs, target_logprobs
 from store import feedback
 
@@ -94,8 +93,7 @@ class Superseder:
     def __init__(self, embedder, judge, policy: SupersedePolicy | None = None):
         self.embedder, self.judge, self.policy = embedder, judge, policy or SupersedePolicy()
         self._embedded = KeptVectors(embedder)  # every earlier correction is a candidate again each time
-        self._kept: OrderedDict[tuple[Correction, Correction], Shifts] = OrderedDict()
-        self._lock = threading.Lock()
+        self._kept = Kept(self.KEPT)
 
     def candidates(self, new: Correction, earlier: list[Correction]) -> list[Correction]:
         """The nearest `policy.candidates` of `earlier` at `policy.min_similarity` or more."""
@@ -111,15 +109,7 @@ class Superseder:
 
     def shifts(self, new: Correction, old: Correction) -> Shifts:
         """See the module docstring. Remembered for the last KEPT pairs (a correction never changes)."""
-        with self._lock:
-            if (new, old) in self._kept:
-                return self._kept[(new, old)]
-        found = self._shifts(new, old)
-        with self._lock:
-            self._kept[(new, old)] = found
-            while len(self._kept) > self.KEPT:
-                self._kept.popitem(last=False)
-        return found
+        return self._kept.values([(new, old)], lambda todo: [self._shifts(*pair) for pair in todo])[0]
 
     def _shifts(self, new: Correction, old: Correction) -> Shifts:
         a = self.judge.answer_logprobs([(old.prompt, new.answer), (new.prompt, new.answer),
