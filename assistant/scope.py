@@ -28,6 +28,8 @@ with a reranker, the nearest `MatchPolicy.top_k` experts that matched are reorde
 chat model, assistant/rerank.py),
 its habit adapter (key `(version, "habit")`) or the base weights (None, None).
 Scopes are read once per directory (versions never change after they are written).
+`routing_keys(experts, prompts, answer_keys)` -> the search keys and their owners a scope routes
+by (bench/gpu.py embeds the same list ahead of a GPU run).
 """
 import threading
 from dataclasses import dataclass, replace
@@ -83,7 +85,7 @@ class AdapterScope:
         if scope is None:
             return None
         experts = read_experts(path)
-        keys, owners = _routing_keys(experts, scope["prompts"], self.policy.answer_key)
+        keys, owners = routing_keys(experts, scope["prompts"], self.policy.answer_key)
         sources = _sources(keys, owners, experts, scope.get("personal") or (), scope.get("told") or ())
         policy = replace(self.policy, threshold=float(scope["threshold"]), relative_margin=scope.get("margin"))
         by_name = {e["name"]: list(e.get("feedback_ids") or ()) for e in experts}
@@ -156,7 +158,7 @@ class AdapterScope:
         return ranked[0][0] if ranked else None
 
 
-def _routing_keys(experts: list[dict], prompts: list[str], answer_keys: bool = True
+def routing_keys(experts: list[dict], prompts: list[str], answer_keys: bool = True
                   ) -> tuple[list[str], list[str | None]]:
     """The texts a prompt is matched against and, per text, the expert that answers it (None: the
     version's shared adapter): the scope's prompts, owned by the expert trained on them (the
@@ -191,7 +193,7 @@ def _sources(keys: list[str], owners: list[str | None], experts: list[dict], per
 @dataclass
 class _Scope:
     policy: MatchPolicy  # the scope's threshold and margin over AdapterScope.policy
-    index: KeyIndex  # one key per scope prompt, then per expert's answer key (_routing_keys)
+    index: KeyIndex  # one key per scope prompt, then per expert's answer key (routing_keys)
     adapters: dict[str, str]  # a correction's expert name -> the adapter directory that learned it
     feedback: list[list[str]]  # per key, the feedback it came from: its expert's correction, or
     # the scope's "sources" for a shared adapter's prompt ([] unknown)

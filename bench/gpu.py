@@ -124,7 +124,7 @@ def needed_texts(items: list[dict], lcfg: LearnConfig) -> list[str]:
        answer);
     2. the ordinary requests: learning/replay_prompts.jsonl (assistant/matching.py
        `OrdinaryRequests.warm`, for the scope's margin);
-    3. the scope's keys: assistant/scope.py `_routing_keys` over the experts the cycle can train
+    3. the scope's keys: assistant/scope.py `routing_keys` over the experts the cycle can train
        (each correction's trained prompts and rewrites, and its answer key,
        matching.answer_key), the shared adapter's prompts (learning/train.py `adapter_scope`,
        scope_prompts of the rows and their rewrites), and the experts' batching questions
@@ -141,7 +141,7 @@ def needed_texts(items: list[dict], lcfg: LearnConfig) -> list[str]:
     the run's gpu.md says so and it exits non-zero."""
     from assistant.config import DEFAULT_SYSTEM_PROMPT
     from assistant.matching import OrdinaryRequests, answer_key, asked, learned, search_keys
-    from assistant.scope import _routing_keys
+    from assistant.scope import routing_keys
     from learning import datasets
     from learning.augment import augment_sft
     from learning.evaluate import load_canaries
@@ -188,7 +188,7 @@ def needed_texts(items: list[dict], lcfg: LearnConfig) -> list[str]:
         experts.append({"name": f"e{n}", "prompt": question, "answer": answer,
                         "prompts": list(dict.fromkeys(scope_prompts(rewritten(g["sft"]))))})
     shared = scope_prompts(rewritten(data.sft) + data.pairs)
-    keys, _ = _routing_keys(experts, list(dict.fromkeys(shared + [q for e in experts for q in e["prompts"]])),
+    keys, _ = routing_keys(experts, list(dict.fromkeys(shared + [q for e in experts for q in e["prompts"]])),
                             answer_keys=True)
     keys += [e["prompt"] or "" for e in experts]  # expert_batches
     qa = [question_and_answer(r) for r in data.sft + data.pairs if r.get("source") == "correction"]
