@@ -2,8 +2,8 @@
 adapter, expert, habit adapter or base weights its scope routes a prompt to.
 
 Contract: `AdapterRouting` is a mixin of `assistant.chat.ChatService`; it reads the host's `db`
-(a store connection), `model` (the ServedModel), `scope` (assistant.scope.AdapterScope or None)
-and `_bad_versions` (served-model key -> why it failed to load; each key is tried once).
+(a store connection), `model` (the ServedModel), `scope` (assistant.scope.AdapterScope or None),
+`memory` (assistant.memory.Memory or None: the search keys of corrections taken back) and `_bad_versions` (served-model key -> why it failed to load; each key is tried once).
 `serving_adapter()` -> (version, path) of the active version, loaded, or the last good one
 (None, None: the base model); `route(version, path, user_message)` -> the served model's key and
 the adapter path that answer the prompt, loading a habit adapter or an expert on first use and
@@ -58,7 +58,9 @@ class AdapterRouting:
             return version, path
         path = path or (adapters.get_adapter(self.db, version) or {}).get("path")
         try:
-            key, routed = self.scope.route(version, path, user_message, taken_back=self._taken_back)
+            gone = self.memory.taken_back_keys() if self.memory is not None else None
+            key, routed = self.scope.route(version, path, user_message, taken_back=self._taken_back,
+                                           taken_back_keys=gone)
         except Exception as e:  # noqa: BLE001 - a missing embedding model must not stop the chat
             log.warning("adapter scope unavailable (%s): v%s answers every prompt", e, version)
             return version, path

@@ -68,6 +68,10 @@ class MatchPolicy:
       therapist?" and "Who do I report to now?"), that thing must be one of the learned
       question's and answer's words (but language.THING_STOPWORDS) or at least this close to one
       (routing-thingwords-*.md); None: such a pair is not checked.
+    - `taken_back_floor`: a question nearer the search keys of a correction the user took back
+      (deleted, marked don't-learn, quarantined) than to a live correction's gets nothing from
+      that one: what the user took back is not answered with a neighbour's fact
+      (routing-takenback-*.md). Off: taken-back corrections are simply gone.
     - `reframed_keys`: how many reframings of a corrected prompt are search keys
       (assistant/questions.py; memory.dev*.md).
     - `answer_key`: the corrected prompt followed by its answer is a search key too
@@ -88,6 +92,7 @@ class MatchPolicy:
     same_thing: float | None = 0.45
     same_names: bool = True
     same_thing_words: float | None = 0.4
+    taken_back_floor: bool = True
     reframed_keys: int = 4
     answer_key: bool = True
     rerank_weight: float = 0.02
@@ -313,13 +318,18 @@ class KeyIndex:
         return self.matrix @ query if len(self.owners) else np.zeros(0, dtype=np.float32)
 
     def candidates(self, text: str, query: np.ndarray, policy: MatchPolicy, ordinary: OrdinaryRequests,
-                   things: SameThing | None, limit: int | None = None) -> list[Candidate]:
+                   things: SameThing | None, limit: int | None = None,
+                   taken_back: np.ndarray | None = None) -> list[Candidate]:
         """The best matching key of each owner that may answer `text`, best first; at most `limit`
-        owners (the guards, which may embed a phrase, run only until that many are found)."""
+        owners (the guards, which may embed a phrase, run only until that many are found).
+        `taken_back`: the search keys (unit rows) of corrections the user took back; with
+        `policy.taken_back_floor`, a key no nearer `text` than the nearest of them does not match."""
         scores = self.scores(query)
         if not len(scores):
             return []
         hits = np.flatnonzero(ordinary.relevant(scores, query, policy.threshold, policy.relative_margin))
+        if policy.taken_back_floor and taken_back is not None and len(taken_back) and len(hits):
+            hits = hits[scores[hits] > float((taken_back @ query).max())]
         question, found, seen = asked(text), [], set()
         for i in hits[np.argsort(-scores[hits], kind="stable")]:
             owner = self.owners[i]

@@ -20,6 +20,11 @@ Contract:
   chat model's likelihood of the question after each answer), the top-k are ordered and the gap
   applied by rank; without one, rank is the score.
   What it returns is what the prompt gets and what the UI lists under the reply.
+- `.taken_back_keys()` -> the search keys of the corrections the user took back, which no
+  longer answer anything but still keep a question about them from a neighbour's answer, in
+  recall and routing alike (MatchPolicy.taken_back_floor): those in a don't-learn conversation or
+  quarantined, from their text; deleted ones, from the vectors this memory had when they went
+  (kept in the store, store/taken_back.py: no text).
 - `.system_addendum(recalled)` is the text ChatService appends to the system prompt
   (assistant/notes.py, with `reply_lead`, the words the reply starts with).
 
@@ -38,6 +43,7 @@ Which corrections are eligible:
   covers paraphrases the weights did not generalise to). `drop_learned=` overrides the setting.
 """
 import logging
+import sqlite3
 import threading
 from contextlib import contextmanager
 from dataclasses import replace
@@ -62,7 +68,7 @@ from assistant.matching import (
 )
 from assistant.rerank import Reranker
 from assistant.vector_cache import VectorCache
-from store import open_db
+from store import open_db, taken_back
 from store.settings import get_setting
 
 log = logging.getLogger(__name__)
@@ -121,6 +127,9 @@ class Memory:
         self._cache: VectorCache | None = None
         self._eligible: list[dict] = []
         self._aliases: dict[str, list[dict]] = {}  # correction id -> the corrections it replaced
+        self._taken_back: list[dict] = []  # corrections taken back but still stored (don't-learn, quarantined)
+        self._deleted: list[np.ndarray] | None = None  # deleted corrections' keys (store/taken_back.py)
+        self._taken_back_keys: np.ndarray | None = None  # both, one matrix (MatchPolicy.taken_back_floor)
 
     # ---- keeping up with the store ---------------------------------------------------------
     def sync(self, db, wait_s: float | None = None) -> bool:
@@ -146,6 +155,7 @@ class Memory:
         if new is None:  # first sync, or rows changed in place / went away: re-read every flag
             self._rows = self._fetch(db, "")
             live = {r["id"] for r in self._rows}
+            self._keep_deleted(db, [v for k, v in self._vectors.items() if k not in live])
             self._vectors = {k: v for k, v in self._vectors.items() if k in live}
         self._last_id = self._rows[-1]["id"] if self._rows else ""
         self._select(db)
@@ -172,6 +182,7 @@ class Memory:
                 self._aliases.setdefault(r["superseded_by"], []).append(r)
         self._eligible = [r for r in self._rows if not r["superseded_by"] and not r["quarantined"]
                           and not r["no_learn"] and not (drop and r["learned"])]
+        self._taken_back = [r for r in self._rows if not r["superseded_by"] and (r["quarantined"] or r["no_learn"])]
         self._index = None  # rebuilt lazily
 
     def _ensure_index(self) -> KeyIndex:
@@ -180,6 +191,7 @@ class Memory:
         things they named count as its own."""
         if self._index is None:
             keyed = self._eligible + [old for r in self._eligible for old in self._aliases.get(r["id"], ())]
+            keyed += self._taken_back if self.policy.taken_back_floor else []
             missing = [r for r in keyed if r["id"] not in self._vectors]
             if missing:
                 self._embed(missing)
@@ -193,7 +205,37 @@ class Memory:
                 sources += [source] * len(block)
             matrix = np.concatenate(blocks) if blocks else np.zeros((0, 0), dtype=np.float32)
             self._index = KeyIndex(matrix, owners, sources)
+            gone = [self._vectors[r["id"]] for r in self._taken_back if r["id"] in self._vectors]
+            gone += self._deleted or []
+            self._taken_back_keys = np.concatenate(gone) if gone and self.policy.taken_back_floor else None
         return self._index
+
+    def taken_back_keys(self) -> np.ndarray | None:
+        """The search keys of the corrections the user took back (deleted since this memory first
+        synced or kept in the store, marked don't-learn, quarantined), as unit rows: routing
+        keeps questions nearer them than to a live correction from every expert
+        (MatchPolicy.taken_back_floor). None when there are none, or the index is busy."""
+        with self._held(self.busy_wait_s) as held:
+            if not held:
+                return None
+            self._sync(self._own_db())
+            self._ensure_index()
+            return self._taken_back_keys
+
+    def _keep_deleted(self, db, vectors: list[np.ndarray]) -> None:
+        """Remember the keys of corrections that went from the store (store/taken_back.py; only
+        for an embedder with a stable identity, else for this process's life)."""
+        model = getattr(self.embedder, "MODEL_ID", None) if isinstance(self.embedder, SentenceEmbedder) else None
+        if self._deleted is None:
+            self._deleted = [np.frombuffer(blob, dtype=np.float32).reshape(-1, dim)
+                             for dim, blob in (taken_back.kept(db, model) if model else [])]
+        for v in vectors:
+            self._deleted.append(v)
+            if model:
+                try:
+                    taken_back.keep(db, model, v.shape[1], np.ascontiguousarray(v, dtype=np.float32).tobytes())
+                except sqlite3.Error as e:  # a full disk or a locked store: kept for this process only
+                    log.warning("could not store a deleted correction's search keys: %s", e)
 
     def _embed(self, rows: list[dict]) -> None:
         """Search-key vectors for `rows`: from the on-disk cache where it has them, else embedded
@@ -276,7 +318,8 @@ class Memory:
         if not len(index) or k <= 0:
             return []
         query = unit_rows(self.embedder.encode([text]))[0]
-        top = index.candidates(text, query, self.policy, self._ordinary, self._things, limit=k)
+        top = index.candidates(text, query, self.policy, self._ordinary, self._things, limit=k,
+                               taken_back=self._taken_back_keys)
         rows = [self._eligible[c.owner] for c in top]
         ranked = rank(text, top, [(r["user_message"], r["correction"]) for r in rows], self.reranker, self.policy)
         found = [{"feedback_id": r["id"], "prompt": r["user_message"], "correction": r["correction"],

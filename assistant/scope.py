@@ -118,15 +118,16 @@ class AdapterScope:
         scope = self._scope(path)
         return scope is None or self._match(scope, text) is not None
 
-    def route(self, version: int | None, path, text: str, taken_back=None) -> tuple:
+    def route(self, version: int | None, path, text: str, taken_back=None, taken_back_keys=None) -> tuple:
         """`taken_back(feedback_ids) -> bool`: was any of them taken back since the version was
         trained? Then a prompt whose match came from that feedback gets the base weights (None, None),
         whichever adapter learned it: the correction's expert (its group-mates' questions still
-        reach it) or the shared adapter."""
+        reach it) or the shared adapter. `taken_back_keys`: the search keys of every correction
+        taken back (assistant/memory.py `Memory.taken_back_keys`; MatchPolicy.taken_back_floor)."""
         scope = None if version is None or path is None else self._scope(path)
         if scope is None:
             return version, path
-        best = self._match(scope, text)
+        best = self._match(scope, text, taken_back_keys)
         if best is not None and taken_back is not None and taken_back(scope.feedback[best.key]):
             return None, None
         if best is not None:
@@ -145,7 +146,7 @@ class AdapterScope:
     def _query(self, text: str):
         return unit_rows(self.embedder.encode([text]))[0]
 
-    def _match(self, scope: "_Scope", text: str):
+    def _match(self, scope: "_Scope", text: str, taken_back_keys=None):
         """The matching key (matching.Candidate) whose owner answers `text`: of the nearest
         `top_k` owners that match (threshold or margin, guards), the one that ranks first once
         those whose answer fits `text` are reranked (assistant/rerank.py); None when `text` is
@@ -153,7 +154,7 @@ class AdapterScope:
         if not readable(self.embedder, text):
             return None
         top = scope.index.candidates(text, self._query(text), scope.policy, self._ordinary, self._things,
-                                     limit=scope.policy.top_k)
+                                     limit=scope.policy.top_k, taken_back=taken_back_keys)
         ranked = rank(text, top, [scope.pairs.get(c.owner, (None, None)) for c in top], self.reranker, scope.policy)
         return ranked[0][0] if ranked else None
 

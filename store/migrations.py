@@ -160,6 +160,14 @@ def m004_turns_answered_by(db):
     db.execute("ALTER TABLE turns ADD COLUMN answered_by TEXT")
 
 
+
+@migration
+def m005_taken_back_keys(db):
+    """The search-key vectors of deleted corrections, per embedding model (store/taken_back.py)."""
+    db.execute("CREATE TABLE taken_back_keys (id INTEGER PRIMARY KEY, embedder TEXT NOT NULL, "
+               "dim INTEGER NOT NULL, vectors BLOB NOT NULL, created_at TEXT NOT NULL)")
+
+
 def apply_migrations(db: sqlite_utils.Database) -> list[str]:
     """Apply the migrations not yet applied, each in its own transaction. Returns their names."""
     db.execute(

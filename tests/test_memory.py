@@ -13,7 +13,7 @@ import pytest
 
 from assistant.embedders import MiniLMEmbedder
 from assistant.language import answer_kinds, asks_way, named_things
-from assistant.matching import RECALL_POLICY, search_keys
+from assistant.matching import RECALL_POLICY, search_keys, unit_rows
 from assistant.memory import SETTING_DROP_LEARNED, Memory
 from assistant.notes import reply_lead
 from assistant.questions import replay_prompts
@@ -542,3 +542,49 @@ def test_routing_on_the_real_embedder_sends_another_things_question_to_no_expert
     scope = AdapterScope(minilm)
     assert scope.route(1, version, "What do I call my cat?")[0] == (1, "expert:cat")
     assert scope.route(1, version, "What's my wife called?") == (None, None)
+    # the cat's correction taken back (its keys: assistant/memory.py Memory.taken_back_keys)
+    gone = unit_rows(minilm.encode(prompts))
+    assert scope.route(1, version, "What do I call my cat?", taken_back_keys=gone) == (None, None)
+
+
+def test_a_question_about_what_the_user_took_back_gets_no_neighbours_answer(cfg, db):
+    """MatchPolicy.taken_back_floor: once the staff code is taken back, a question about it is
+    nearer its search keys than to the paperless discount's, so it recalls nothing, whether the
+    correction was marked don't-learn or deleted; the paperless question still recalls its own."""
+    staff_chat = conversations.create_conversation(db)
+    correct(db, "Which discount code do staff use?", "Staff use the code KX88.", staff_chat)
+    paperless = correct(db, "Which discount does paperless billing give?", "Paperless billing takes 3 percent off.")
+    asked = "Staff discount code?"
+    memory = Memory(cfg, embedder=HashEmbedder(), threshold=0.25)  # the paperless key is 0.29 from it
+    assert [r["prompt"] for r in memory.recall(asked)][0] == "Which discount code do staff use?"
+    unfloored = Memory(cfg, embedder=HashEmbedder(), threshold=0.25, taken_back_floor=False)
+
+    conversations.update_conversation(db, staff_chat, no_learn=1)
+    assert memory.recall(asked) == [] and len(memory.taken_back_keys()) > 0
+    assert [r["feedback_id"] for r in unfloored.recall(asked)] == [paperless]  # the neighbour, without the floor
+    assert memory.recall("Which discount does paperless billing give?")[0]["feedback_id"] == paperless
+
+    conversations.update_conversation(db, staff_chat, no_learn=0)
+    memory.recall(asked)  # the keys are embedded while the correction is stored
+    conversations.delete_conversation(db, staff_chat)
+    assert memory.recall(asked) == []
+    assert [r["feedback_id"] for r in unfloored.recall(asked)] == [paperless]
+    assert db.execute("SELECT count(*) FROM taken_back_keys").fetchone()[0] == 0  # a stand-in embedder: not kept
+
+
+def test_a_deleted_corrections_keys_outlive_a_restart_on_the_real_embedder(cfg, db, minilm):
+    """The season's case (bench/season_dev.jsonl): the bank card PIN taken back, a question about
+    it recalled the library card's number. A deleted correction's search keys are kept in the
+    store as vectors (for an embedder with a model id), so a restarted memory turns it away too."""
+    pin_chat = conversations.create_conversation(db)
+    correct(db, "What's my bank card PIN?", "Your bank card PIN is 6093.", pin_chat)
+    library = correct(db, "What's my library card number?", "Your library card number is 2094 8831.")
+    asked = "What is the PIN for my debit card?"
+    first = Memory(cfg, embedder=minilm)
+    assert first.recall(asked)[0]["prompt"] == "What's my bank card PIN?"
+    conversations.delete_conversation(db, pin_chat)
+    assert first.recall(asked) == []
+    assert db.execute("SELECT count(*) FROM taken_back_keys").fetchone()[0] == 1
+    assert Memory(cfg, embedder=minilm).recall(asked) == []  # restarted
+    assert Memory(cfg, embedder=minilm, taken_back_floor=False).recall(asked)[0]["feedback_id"] == library
+    assert Memory(cfg, embedder=minilm).recall("What's my library card number?")[0]["feedback_id"] == library
