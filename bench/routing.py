@@ -35,7 +35,7 @@ from learning.config import LearnConfig
 from learning.probes import probe_list
 from learning.scopes import scope_personal, scope_told
 from store import open_db
-from store.conversations import create_conversation, log_turn
+from store.conversations import create_conversation, log_turn, update_conversation
 from store.feedback import add_feedback
 from store.manifest import EXPERTS_DIR, META_FILE
 from store.text import scope_prompts
@@ -105,17 +105,22 @@ def write_version(where: Path, facts: list[dict], lcfg: LearnConfig) -> tuple[di
     return owner, len(scope["prompts"])
 
 
-def recall_memory(home: Path, facts: list[dict], embedder, reranker=None, **settings) -> Memory:
+def recall_memory(home: Path, facts: list[dict], embedder, reranker=None, taken_back: list[dict] = (),
+                  **settings) -> Memory:
     """Recall over a fresh database holding every dev correction, stored as the chat stores them
-    (`settings`: Memory's threshold, margins and top_k, when not the chat's)."""
+    (`settings`: Memory's threshold, margins and top_k, when not the chat's); those of `taken_back`
+    in conversations then marked don't-learn (the user took them back)."""
     cfg = Config(home=home)
     db = open_db(cfg.db_path)
-    for fact in facts:
+    for fact in [*facts, *taken_back]:
         for prompt, correction in fact["teach"]:
-            turn = log_turn(db, create_conversation(db), user_message=prompt, messages=[], reply="",
+            conversation = create_conversation(db)
+            turn = log_turn(db, conversation, user_message=prompt, messages=[], reply="",
                             source="bench", model="none", adapter_version=None, prompt_tokens=0,
                             completion_tokens=0, ttft_ms=None, duration_ms=0.0)
             add_feedback(db, turn, "correction", correction=correction)
+            if fact in taken_back:
+                update_conversation(db, conversation, no_learn=1)
     return Memory(cfg, embedder, reranker=reranker, policy=POLICIES["recall"], **settings)
 
 
