@@ -206,7 +206,7 @@ class Memory:
             matrix = np.concatenate(blocks) if blocks else np.zeros((0, 0), dtype=np.float32)
             self._index = KeyIndex(matrix, owners, sources)
             gone = [self._vectors[r["id"]] for r in self._taken_back if r["id"] in self._vectors]
-            gone += self._deleted or []
+            gone += [g for g in self._deleted or [] if not blocks or g.shape[1] == matrix.shape[1]]
             self._taken_back_keys = np.concatenate(gone) if gone and self.policy.taken_back_floor else None
         return self._index
 
@@ -227,8 +227,12 @@ class Memory:
         for an embedder with a stable identity, else for this process's life)."""
         model = getattr(self.embedder, "MODEL_ID", None) if isinstance(self.embedder, SentenceEmbedder) else None
         if self._deleted is None:
-            self._deleted = [np.frombuffer(blob, dtype=np.float32).reshape(-1, dim)
-                             for dim, blob in (taken_back.kept(db, model) if model else [])]
+            self._deleted = []
+            for dim, blob in taken_back.kept(db, model) if model else []:
+                try:
+                    self._deleted.append(np.frombuffer(blob, dtype=np.float32).reshape(-1, dim))
+                except ValueError:  # a damaged row: that one correction's keys are lost, nothing else
+                    log.warning("skipping a damaged row of taken_back_keys (%d bytes, dim %s)", len(blob), dim)
         for v in vectors:
             self._deleted.append(v)
             if model:

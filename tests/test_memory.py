@@ -588,3 +588,12 @@ def test_a_deleted_corrections_keys_outlive_a_restart_on_the_real_embedder(cfg, 
     assert Memory(cfg, embedder=minilm).recall(asked) == []  # restarted
     assert Memory(cfg, embedder=minilm, taken_back_floor=False).recall(asked)[0]["feedback_id"] == library
     assert Memory(cfg, embedder=minilm).recall("What's my library card number?")[0]["feedback_id"] == library
+
+
+def test_damaged_taken_back_keys_cost_nothing_but_themselves(cfg, db, minilm):
+    from store import taken_back
+
+    taken_back.keep(db, minilm.MODEL_ID, 7, b"abc")  # not a whole row
+    taken_back.keep(db, minilm.MODEL_ID, 3, bytes(12))  # another width than the embedder's
+    library = correct(db, "What's my library card number?", "Your library card number is 2094 8831.")
+    assert Memory(cfg, embedder=minilm).recall("What number is on my library card?")[0]["feedback_id"] == library
