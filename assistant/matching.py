@@ -71,7 +71,7 @@ class MatchPolicy:
     - `taken_back_floor`: a question nearer the search keys of a correction the user took back
       (deleted, marked don't-learn, quarantined) than to a live correction's gets nothing from
       that one: what the user took back is not answered with a neighbour's fact
-      (routing-takenback-*.md). Off: taken-back corrections are simply gone.
+      (bench/results/taken-back-on.md against -off.md). Off: taken-back corrections are simply gone.
     - `reframed_keys`: how many reframings of a corrected prompt are search keys
       (assistant/questions.py; memory.dev*.md).
     - `answer_key`: the corrected prompt followed by its answer is a search key too
@@ -328,7 +328,8 @@ class KeyIndex:
         if not len(scores):
             return []
         hits = np.flatnonzero(ordinary.relevant(scores, query, policy.threshold, policy.relative_margin))
-        if policy.taken_back_floor and taken_back is not None and len(taken_back) and len(hits):
+        if (policy.taken_back_floor and taken_back is not None and len(taken_back) and len(hits)
+                and taken_back.shape[1] == len(query)):  # another embedder's keys mean nothing here
             hits = hits[scores[hits] > float((taken_back @ query).max())]
         question, found, seen = asked(text), [], set()
         for i in hits[np.argsort(-scores[hits], kind="stable")]:

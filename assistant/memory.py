@@ -45,6 +45,7 @@ Which corrections are eligible:
 import logging
 import sqlite3
 import threading
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -206,7 +207,10 @@ class Memory:
             matrix = np.concatenate(blocks) if blocks else np.zeros((0, 0), dtype=np.float32)
             self._index = KeyIndex(matrix, owners, sources)
             gone = [self._vectors[r["id"]] for r in self._taken_back if r["id"] in self._vectors]
-            gone += [g for g in self._deleted or [] if not blocks or g.shape[1] == matrix.shape[1]]
+            deleted = self._deleted or []
+            width = (next(iter(self._vectors.values())).shape[1] if self._vectors else
+                     Counter(g.shape[1] for g in deleted).most_common(1)[0][0] if deleted else None)
+            gone += [g for g in deleted if g.shape[1] == width]  # a damaged row's width is another
             self._taken_back_keys = np.concatenate(gone) if gone and self.policy.taken_back_floor else None
         return self._index
 

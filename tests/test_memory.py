@@ -595,5 +595,6 @@ def test_damaged_taken_back_keys_cost_nothing_but_themselves(cfg, db, minilm):
 
     taken_back.keep(db, minilm.MODEL_ID, 7, b"abc")  # not a whole row
     taken_back.keep(db, minilm.MODEL_ID, 3, bytes(12))  # another width than the embedder's
+    assert Memory(cfg, embedder=minilm).recall("What number is on my library card?") == []  # nothing stored yet
     library = correct(db, "What's my library card number?", "Your library card number is 2094 8831.")
     assert Memory(cfg, embedder=minilm).recall("What number is on my library card?")[0]["feedback_id"] == library
