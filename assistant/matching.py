@@ -291,7 +291,9 @@ def allowed(question: Asked, source: Learned, things: SameThing | None, policy: 
         return True
     if source.owned:
         return things.allows(question.owned, source.owned, policy.same_thing)
-    return things.among(question.owned, tuple(sorted(source.mentions - THING_STOPWORDS)), policy.same_thing_words)
+    # a question naming what the answer told is about it, whatever else it names (as may_answer)
+    return bool(question.words & source.told) or things.among(
+        question.owned, tuple(sorted(source.mentions - THING_STOPWORDS)), policy.same_thing_words)
 
 
 @dataclass(frozen=True)
