@@ -133,12 +133,16 @@ class Memory:
         self._taken_back_keys: np.ndarray | None = None  # both, one matrix (MatchPolicy.taken_back_floor)
 
     # ---- keeping up with the store ---------------------------------------------------------
-    def sync(self, db, wait_s: float | None = None) -> bool:
+    def sync(self, db, wait_s: float | None = None, embed: bool = False) -> bool:
         """Bring the index up to date with `db` (see the module docstring for the cost). With
-        `wait_s`, give up (False) if the index stays busy that long; recall syncs anyway."""
+        `wait_s`, give up (False) if the index stays busy that long; recall syncs anyway. With
+        `embed`, compute the new corrections' search keys now, not at the next recall: a
+        correction just saved has keys to keep should the user delete it at once."""
         with self._held(wait_s) as held:
             if held:
                 self._sync(db)
+                if embed:
+                    self._ensure_index()
         return held
 
     def _sync(self, db) -> None:  # the caller holds the lock

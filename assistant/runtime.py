@@ -55,7 +55,7 @@ class Runtime:
             except Exception as e:  # noqa: BLE001 - the correction is stored; only the same question replaces
                 log.warning("could not decide what correction %s replaces: %s", fid, e)
         if kind == "correction" and self.memory is not None:
-            self.memory.sync(self.db, wait_s=0)  # busy building its index: the next recall syncs
+            self.memory.sync(self.db, wait_s=0, embed=True)  # busy building its index: the next recall syncs
         return fid
 
     def may_replace(self, feedback_id: str) -> list[dict]:

@@ -598,3 +598,19 @@ def test_damaged_taken_back_keys_cost_nothing_but_themselves(cfg, db, minilm):
     assert Memory(cfg, embedder=minilm).recall("What number is on my library card?") == []  # nothing stored yet
     library = correct(db, "What's my library card number?", "Your library card number is 2094 8831.")
     assert Memory(cfg, embedder=minilm).recall("What number is on my library card?")[0]["feedback_id"] == library
+
+
+def test_a_correction_deleted_right_after_it_was_saved_still_keeps_its_neighbours_away(cfg, db, tiny_served):
+    """Runtime.record_feedback embeds the new correction's keys at once, so deleting its
+    conversation before any recall still leaves them (MatchPolicy.taken_back_floor)."""
+    tiny_served.use(None)
+    memory = Memory(cfg, embedder=HashEmbedder(), threshold=0.25)  # the paperless key is 0.29 from the question
+    runtime = Runtime.create(cfg, model=tiny_served, memory=memory)
+    staff_chat = conversations.create_conversation(db)
+    runtime.record_feedback(log(db, "Which discount code do staff use?", staff_chat), "correction",
+                            correction="Staff use the code KX88.")
+    paperless = correct(db, "Which discount does paperless billing give?", "Paperless billing takes 3 percent off.")
+    conversations.delete_conversation(db, staff_chat)
+    unfloored = Memory(cfg, embedder=HashEmbedder(), threshold=0.25, taken_back_floor=False)
+    assert [r["feedback_id"] for r in unfloored.recall("Staff discount code?")] == [paperless]  # the neighbour
+    assert memory.recall("Staff discount code?") == []
