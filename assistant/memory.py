@@ -137,11 +137,13 @@ class Memory:
         """Bring the index up to date with `db` (see the module docstring for the cost). With
         `wait_s`, give up (False) if the index stays busy that long; recall syncs anyway. With
         `embed`, compute the new corrections' search keys now, not at the next recall: a
-        correction just saved has keys to keep should the user delete it at once."""
+        correction just saved has keys to keep should the user delete it at once. Only once the
+        index was built (the server's warm-up): before, that would embed every correction."""
         with self._held(wait_s) as held:
             if held:
+                built = self._index is not None or bool(self._vectors)  # then only the new ones are embedded
                 self._sync(db)
-                if embed:
+                if embed and built:
                     self._ensure_index()
         return held
 

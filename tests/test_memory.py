@@ -606,6 +606,7 @@ def test_a_correction_deleted_right_after_it_was_saved_still_keeps_its_neighbour
     tiny_served.use(None)
     memory = Memory(cfg, embedder=HashEmbedder(), threshold=0.25)  # the paperless key is 0.29 from the question
     runtime = Runtime.create(cfg, model=tiny_served, memory=memory)
+    memory.warm().join(10)  # as the server does at start
     staff_chat = conversations.create_conversation(db)
     runtime.record_feedback(log(db, "Which discount code do staff use?", staff_chat), "correction",
                             correction="Staff use the code KX88.")
