@@ -615,3 +615,35 @@ def test_a_correction_deleted_right_after_it_was_saved_still_keeps_its_neighbour
     unfloored = Memory(cfg, embedder=HashEmbedder(), threshold=0.25, taken_back_floor=False)
     assert [r["feedback_id"] for r in unfloored.recall("Staff discount code?")] == [paperless]  # the neighbour
     assert memory.recall("Staff discount code?") == []
+
+
+def test_through_the_api_a_deleted_fact_is_not_answered_with_its_neighbour(cfg, tiny_served, minilm):
+    """The product's path: corrections through POST /v1/feedback, the conversation deleted with
+    DELETE /v1/conversations/{id}, then the same question asked another way recalls no note."""
+    import httpx
+    import openai
+
+    from assistant.server import start_server
+
+    tiny_served.use(None)
+    running = start_server(Runtime.create(cfg, model=tiny_served, memory=Memory(cfg, embedder=minilm)), ui=False)
+    try:
+        client = openai.OpenAI(base_url=running.url + "/v1", api_key="x", max_retries=0)
+
+        def ask(text):
+            return client.chat.completions.create(model="assistant", max_tokens=4,
+                                                  messages=[{"role": "user", "content": text}])
+
+        def correct(question, answer):
+            turn = ask(question)
+            httpx.post(running.url + "/v1/feedback", json={"turn_id": turn.id, "rating": "down", "correction": answer})
+            return turn.model_extra["conversation_id"]
+
+        pin_chat = correct("What's my bank card PIN?", "Your bank card PIN is 6093.")
+        correct("What's my library card number?", "Your library card number is 2094 8831.")
+        assert ask("What is the PIN for my debit card?").model_extra["recalled"] == 1  # the PIN
+        assert httpx.delete(running.url + f"/v1/conversations/{pin_chat}").json()["deleted"] is True
+        assert ask("What is the PIN for my debit card?").model_extra["recalled"] == 0  # not the library card
+        assert ask("What number is on my library card?").model_extra["recalled"] == 1
+    finally:
+        running.stop()
