@@ -212,13 +212,20 @@ class Memory:
                 sources += [source] * len(block)
             matrix = np.concatenate(blocks) if blocks else np.zeros((0, 0), dtype=np.float32)
             self._index = KeyIndex(matrix, owners, sources)
-            gone = [self._vectors[r["id"]] for r in self._taken_back if r["id"] in self._vectors]
-            deleted = self._deleted or []
-            width = (next(iter(self._vectors.values())).shape[1] if self._vectors else
-                     Counter(g.shape[1] for g in deleted).most_common(1)[0][0] if deleted else None)
-            gone += [g for g in deleted if g.shape[1] == width]  # a damaged row's width is another
-            self._taken_back_keys = np.concatenate(gone) if gone and self.policy.taken_back_floor else None
+            self._taken_back_keys = self._taken_back_matrix() if self.policy.taken_back_floor else None
         return self._index
+
+    def _taken_back_matrix(self) -> np.ndarray | None:
+        """The keys of the corrections taken back, still stored or deleted, as one matrix (None:
+        none); a deleted one's of another width than the embedder's (a damaged row) left out."""
+        gone = [self._vectors[r["id"]] for r in self._taken_back if r["id"] in self._vectors]
+        deleted = self._deleted or []
+        if self._vectors:
+            width = next(iter(self._vectors.values())).shape[1]
+        else:  # nothing embedded yet: the width most deleted rows have
+            width = Counter(g.shape[1] for g in deleted).most_common(1)[0][0] if deleted else None
+        gone += [g for g in deleted if g.shape[1] == width]
+        return np.concatenate(gone) if gone else None
 
     def taken_back_keys(self) -> np.ndarray | None:
         """The search keys of the corrections the user took back (deleted since this memory first
