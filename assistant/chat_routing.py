@@ -3,7 +3,8 @@ adapter, expert, habit adapter or base weights its scope routes a prompt to.
 
 Contract: `AdapterRouting` is a mixin of `assistant.chat.ChatService`; it reads the host's `db`
 (a store connection), `model` (the ServedModel), `scope` (assistant.scope.AdapterScope or None),
-`memory` (assistant.memory.Memory or None: the search keys of corrections taken back) and `_bad_versions` (served-model key -> why it failed to load; each key is tried once).
+`memory` (assistant.memory.Memory or None: the search keys of corrections taken back) and
+`_bad_versions` (served-model key -> why it failed to load; each key is tried once).
 `serving_adapter()` -> (version, path) of the active version, loaded, or the last good one
 (None, None: the base model); `route(version, path, user_message)` -> the served model's key and
 the adapter path that answer the prompt, loading a habit adapter or an expert on first use and

@@ -141,11 +141,17 @@ class Memory:
         index was built (the server's warm-up): before, that would embed every correction."""
         with self._held(wait_s) as held:
             if held:
-                built = self._index is not None or bool(self._vectors)  # then only the new ones are embedded
+                built = self._built()  # then only the new ones are embedded
                 self._sync(db)
                 if embed and built:
                     self._ensure_index()
         return held
+
+    def _built(self) -> bool:
+        """Was the index built before (the caller holds the lock)? Until then, building it means
+        embedding every stored correction: the server's warm-up or a recall does that, not a
+        feedback request or a routed turn."""
+        return self._index is not None or bool(self._vectors)
 
     def _sync(self, db) -> None:  # the caller holds the lock
         fp = tuple(db.execute(_FINGERPRINT, [SETTING_DROP_LEARNED]).fetchone())
@@ -231,13 +237,14 @@ class Memory:
         """The search keys of the corrections the user took back (deleted since this memory first
         synced or kept in the store, marked don't-learn, quarantined), as unit rows: routing
         keeps questions nearer them than to a live correction from every expert
-        (MatchPolicy.taken_back_floor). None when there are none, or the index is busy."""
-        with self._held(self.busy_wait_s) as held:
-            if not held:
-                return None
-            self._sync(self._own_db())
-            self._ensure_index()
-            return self._taken_back_keys
+        (MatchPolicy.taken_back_floor). Brought up to date only when that costs no wait and no
+        first build (a routed turn: its recall waited already); else the last ones known. None:
+        none known."""
+        with self._held(0) as held:
+            if held and self._built():
+                self._sync(self._own_db())
+                self._ensure_index()
+        return self._taken_back_keys
 
     def _keep_deleted(self, db, vectors: list[np.ndarray]) -> None:
         """Remember the keys of corrections that went from the store (store/taken_back.py; only

@@ -40,6 +40,7 @@ def measure(dev: Path, embedder, lcfg: LearnConfig, reranker) -> dict:
             scope = AdapterScope(embedder, reranker, routing.POLICIES["routing"])
             memory = routing.recall_memory(Path(tmp) / f"half-{half}" / "home", live, embedder, reranker,
                                            taken_back=gone)
+            memory.warm().join()  # as the server does at start
             keys = memory.taken_back_keys()
             taught = {prompt: f["id"] for f in live for prompt, _ in f["teach"]}
             for fact in gone + live:

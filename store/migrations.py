@@ -160,7 +160,6 @@ def m004_turns_answered_by(db):
     db.execute("ALTER TABLE turns ADD COLUMN answered_by TEXT")
 
 
-
 @migration
 def m005_taken_back_keys(db):
     """The search-key vectors of deleted corrections, per embedding model (store/taken_back.py)."""
