@@ -10,6 +10,7 @@ keys its cache of base replies on this file's content. Importable from here as b
 loading (assistant/model_loading.py), adapter checks (assistant/adapter_files.py), the worker
 thread (assistant/generation.py), the adapter directory layout (store/manifest.py).
 """
+import contextlib
 import logging
 import threading
 import time
@@ -143,7 +144,7 @@ class ServedModel:
             # Check the tensors before peft touches the model: the first load injects LoRA
             # layers into the base in place, so a failure half-way would alter the base itself.
             tensors = check_adapter_weights(Path(path), self.base)
-            spare = self._spare(cfg)
+            spare = self._spare(cfg, version)
             lead = read_lead(path)
             if spare is not None and adapter_slots.overwrite(self.model, self.loaded[spare], tensors):
                 self.loaded[version] = self.loaded.pop(spare)  # the spare's layers now hold `version`
@@ -170,14 +171,21 @@ class ServedModel:
             self.leads[version] = lead
             self.adapter_config = self.adapter_config or cfg
 
-    def _spare(self, cfg: dict) -> int | None:
-        """A loaded version that is neither current nor previous and has `cfg`'s LoRA shape:
-        its layers can take a new version's weights (see assistant.adapter_slots)."""
-        for v, name in self.loaded.items():
-            if key_version(v) not in self._in_use() and adapter_slots.same_shape(
-                    self.model.peft_config[name].to_dict(), cfg):
-                return v
-        return None
+    def _spare(self, cfg: dict, key) -> int | tuple | None:
+        """A loaded adapter with `cfg`'s LoRA shape whose layers can take `key`'s weights (see
+        assistant.adapter_slots): a version that is neither current nor previous or, for a side
+        adapter (an expert) while `max_side_adapters` are loaded, the least recently used side
+        adapter, which would be unloaded next anyway. A home with more experts than the cap
+        then switches experts by copying tensors, not by building LoRA modules (about 0.5 s)."""
+        def fits(k) -> bool:
+            return adapter_slots.same_shape(self.model.peft_config[self.loaded[k]].to_dict(), cfg)
+
+        spare = next((v for v in self.loaded if key_version(v) not in self._in_use() and fits(v)), None)
+        if spare is None and isinstance(key, tuple):
+            side = [k for k in self._side_use if k in self.loaded and k not in (self.current, self.previous)]
+            if side and len(side) >= self.max_side_adapters:
+                spare = next((k for k in side if fits(k)), None)
+        return spare
 
     def _forget(self, name: str) -> None:
         if self.model is not self.base and name in getattr(self.model, "peft_config", {}):
@@ -288,7 +296,7 @@ class ServedModel:
                           if match else [])
         if streamer is not None and opened[0]:
             streamer.on_finalized_text(self.tokenizer.decode(opened[0]))
-        with self.model.disable_adapter():
+        with self.base_weights():
             rest = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, streamer=streamer,
                                        max_new_tokens=max_new_tokens, **kw)[:, width:].tolist()
         replies = [o + r for o, r in zip(opened, rest, strict=True)]
@@ -304,11 +312,37 @@ class ServedModel:
 
     def _adapter_context(self):
         """Generation with the base model alone must bypass any loaded adapter."""
-        import contextlib
+        return self.base_weights() if self.current is None else contextlib.nullcontext()
 
-        if self.current is None and self.model is not self.base:
-            return self.model.disable_adapter()
-        return contextlib.nullcontext()
+    @contextlib.contextmanager
+    def base_weights(self):
+        """Within it, every loaded LoRA layer is bypassed: the base model's outputs. peft's
+        `disable_adapter` does the same but first inspects every layer of every loaded adapter
+        (`get_model_status`) and resets requires_grad on each on the way out: 0.1-0.2 s a call
+        with a few dozen experts loaded, paid by every routed turn (the reranker scores under the
+        base weights) and every turn the base answers. Here only the flag each LoRA layer's
+        forward reads is set, on the layers found once per set of loaded adapters. Hold the lock."""
+        if self.model is self.base:
+            yield
+            return
+        layers = self._lora_layers()
+        before = [layer.disable_adapters for layer in layers]
+        try:
+            for layer in layers:
+                layer._disable_adapters = True
+            yield
+        finally:
+            for layer, was in zip(layers, before, strict=True):
+                layer._disable_adapters = was
+
+    def _lora_layers(self) -> list:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        stamp = (id(self.model), self._names)  # a load of a new adapter may add layers; a reuse does not
+        if getattr(self, "_layers_stamp", None) != stamp:
+            self._layers = [m for m in self.model.modules() if isinstance(m, BaseTunerLayer)]
+            self._layers_stamp = stamp
+        return self._layers
 
     def stream(self, messages: list[dict], max_new_tokens: int = 256, temperature: float = 0.0,
                version: int | None = None, adapter_path: str | Path | None = None,

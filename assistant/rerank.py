@@ -33,7 +33,6 @@ order (answers may be None: such a candidate is not scored and keeps its similar
 `fitting(reranker, question, corrected, tolerance=)` -> per (corrected question, answer), whether
 the answer fits `question` (True when there is no model to ask).
 """
-import contextlib
 import json
 import logging
 import threading
@@ -180,11 +179,23 @@ def target_logprobs(served, rows: list[tuple[list[int], list[int]]], max_tokens:
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     ids = torch.tensor([c + t + [pad] * (width - len(c) - len(t)) for c, t in rows])
     mask = torch.tensor([[1] * (len(c) + len(t)) + [0] * (width - len(c) - len(t)) for c, t in rows])
-    with served.lock, torch.inference_mode(), _base_weights(served):
-        logits = served.model(input_ids=ids.to(served.device), attention_mask=mask.to(served.device)).logits
+    # the vocabulary's logits only from the first position that predicts a target on (the
+    # output layer is a fifth of this model's compute per position)
+    skip = min(len(c) for c, _ in rows) - 1
+    keep = {"logits_to_keep": width - skip} if _keeps_logits(served.base) else {}
+    with served.lock, torch.inference_mode(), served.base_weights():
+        logits = served.model(input_ids=ids.to(served.device), attention_mask=mask.to(served.device), **keep).logits
     logprobs = logits.float().log_softmax(-1).cpu()
-    return [logprobs[i, len(c) - 1 + torch.arange(len(t)), torch.tensor(t, dtype=torch.long)].tolist()
+    skip = width - logprobs.shape[1]
+    return [logprobs[i, len(c) - 1 - skip + torch.arange(len(t)), torch.tensor(t, dtype=torch.long)].tolist()
             for i, (c, t) in enumerate(rows)]
+
+
+def _keeps_logits(model) -> bool:
+    """Does this model's forward take `logits_to_keep` (transformers' causal LMs do)?"""
+    import inspect
+
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
 def chat_reranker(served, cfg) -> "ModelReranker | None":
@@ -219,8 +230,3 @@ def answer_token_logprobs(served, system_prompt: str, pairs: list[tuple[str, str
         rows.append((tok(context, add_special_tokens=False)["input_ids"],
                      tok(answer, add_special_tokens=False)["input_ids"]))
     return target_logprobs(served, rows, max_tokens) if rows else []
-
-
-def _base_weights(served):
-    """The served model with every adapter switched off, if any is loaded."""
-    return served.model.disable_adapter() if served.model is not served.base else contextlib.nullcontext()

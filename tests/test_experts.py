@@ -398,6 +398,33 @@ def test_at_most_max_side_adapters_experts_stay_loaded_the_least_recently_used_g
     again = served.logits([{"role": "user", "content": DOG}], version=keys[1],
                           adapter_path=version / EXPERTS_DIR / "v1-1")
     assert torch.equal(first, again) and set(served.loaded) == {1, keys[0], keys[1], keys[3]}
+    # past the cap, a newly asked expert took over the least recently used one's LoRA layers
+    # (assistant/adapter_slots.py) rather than building its own, and answers exactly as if loaded alone
+    assert len(served.model.peft_config) == 4
+    alone = ServedModel(str(tiny_model_path))
+    alone.use(1, version)
+    assert torch.equal(first, alone.logits([{"role": "user", "content": DOG}], version=keys[1],
+                                           adapter_path=version / EXPERTS_DIR / "v1-1"))
+
+
+def test_base_weights_bypass_every_loaded_adapter_and_restore_them(tiny_model_path, tmp_path):
+    """ServedModel.base_weights (the reranker's and the base-answered turns' switch) gives the base
+    model's outputs with a version and its experts loaded, and the expert answers again after it."""
+    served = ServedModel(str(tiny_model_path))
+    version = tmp_path / "v1"
+    make_adapter(tiny_model_path, version, seed=1)
+    for i in range(2):
+        make_adapter(tiny_model_path, version / EXPERTS_DIR / f"v1-{i}", seed=10 + i)
+        served.use((1, f"expert:v1-{i}"), version / EXPERTS_DIR / f"v1-{i}")
+    ids = served.encode([{"role": "user", "content": DOG}])
+    with torch.inference_mode():
+        routed = served.model(input_ids=ids).logits
+        with served.lock, served.base_weights():
+            bypassed = served.model(input_ids=ids).logits
+        after = served.model(input_ids=ids).logits
+    base = ServedModel(str(tiny_model_path)).logits([{"role": "user", "content": DOG}])
+    assert torch.allclose(bypassed[0, -1], base, atol=1e-5) and not torch.allclose(routed[0, -1], base, atol=1e-3)
+    assert torch.equal(after, routed)
 
 
 def test_a_group_of_corrections_shares_one_adapter_and_is_retrained_when_one_is_taken_back(tiny_model_path,
