@@ -11,7 +11,8 @@ the adapter path that answer the prompt, loading a habit adapter or an expert on
 falling back (an expert to the version, a habit to the base) when it cannot be loaded; a
 prompt matched to a correction taken back since gives (None, None). `watch_adapters()` preloads
 each newly activated version in a background thread and returns the function that stops it.
-`route_kind(key)` names a key as `Turn.answered_by` keeps it. Nothing here raises on a broken
+`route_kind(key)` names a key as `Turn.answered_by` keeps it. The watcher also preloads the
+version's experts into the served model's free room (`ServedModel.preload`). Nothing here raises on a broken
 adapter, a missing embedding model or a locked database: each is logged and the chat answers
 with what it can.
 
@@ -110,12 +111,29 @@ class AdapterRouting:
                         _, path = self.serving_adapter()  # loads (once) without switching
                         if self.scope is not None and path:
                             self.scope.warm(path)
+                            self._preload_experts(version, path)
                         seen = version
                 except Exception:  # noqa: BLE001 - a watcher must outlive a bad poll
                     log.exception("adapter watcher")
 
         threading.Thread(target=run, daemon=True, name="adapter-watch").start()
         return stop.set
+
+
+    def _preload_experts(self, version: int, path: str) -> None:
+        """Load the new version's experts into the served model's free room (ServedModel.preload),
+        one at a time so a chat turn waits for at most one: the first prompt routed to each would
+        otherwise pay peft's load (about 0.5 s; bench/experts.py). One that fails is left to
+        `route`, which falls back and remembers it."""
+        for key, expert_path in self.scope.experts(version, path):
+            if key in self._bad_versions or adapters.active_version(self.db) != version:
+                return  # another promotion came first: the watcher's next poll preloads that one
+            try:
+                if not self.model.preload(key, expert_path) and key not in self.model.loaded:
+                    return  # no free room left
+            except AdapterLoadError as e:
+                self._bad_versions[key] = str(e)
+                log.error("%s; its prompts are answered by v%s", e, version)
 
 
 def route_kind(key) -> str | None:

@@ -224,6 +224,20 @@ class ServedModel:
                     self._forget(self.loaded.pop(k))
                     self.leads.pop(k, None)
 
+    def preload(self, key: tuple, path: str | Path) -> bool:
+        """Load side adapter `key` (an expert) before a prompt asks for it, only into free room
+        under `max_side_adapters` and as the least recently used: a preload never unloads one
+        in use. True when it was loaded now. Raises AdapterLoadError as `load_adapter`."""
+        with self.lock:
+            if key in self.loaded:
+                return False
+            side = [k for k in self._side_use if k in self.loaded]
+            if len(side) >= self.max_side_adapters:
+                return False
+            self.load_adapter(key, path)
+            self._side_use = {key: None, **self._side_use}  # least recently used first
+            return True
+
     def _evict_side_adapters(self) -> None:
         """Unload the least recently used side adapters (experts, habit adapters) past
         `max_side_adapters`, never the current or previous key: a home with hundreds of

@@ -109,6 +109,13 @@ class AdapterScope:
         if scope is not None and scope.policy.relative_margin is not None:
             self._ordinary.warm()
 
+    def experts(self, version: int, path) -> list[tuple[tuple, str]]:
+        """The served-model key and directory of each expert adapter of the version at `path`, as
+        `route` names them (newest first: the corrections most likely asked about soon)."""
+        scope = self._scope(path)
+        names = [] if scope is None else list(dict.fromkeys(reversed(scope.adapters.values())))
+        return [((version, f"{EXPERT_KEY}{name}"), str(Path(path) / EXPERTS_DIR / name)) for name in names]
+
     def similarity(self, path, text: str) -> float | None:
         """Best cosine similarity of `text` to the scope of the adapter at `path` (None: no scope)."""
         scope = self._scope(path)

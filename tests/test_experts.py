@@ -510,3 +510,37 @@ def test_a_cycles_experts_gather_unlike_questions_in_one_adapter():
     assert all(sum("car" in q for q in b) == 1 and sum("coach" in q for q in b) == 1 for b in diverse)
     assert [asked(b) for b in expert_batches(groups, 3)] == [questions[:3], questions[3:]]  # no embedder: in order
     assert expert_batches([], 4, Topics()) == []
+
+
+def test_the_adapter_watcher_preloads_a_promoted_versions_experts_into_free_room_only(
+        cfg, db, tiny_model_path, tmp_path, monkeypatch):
+    """After a promotion the first prompt routed to an expert finds it loaded; a broken expert is
+    remembered as broken (the version answers its prompts); preloads never pass max_side_adapters."""
+    import time
+
+    path = _version_with_experts(tiny_model_path, tmp_path / "v1", broken="garbage")
+    _logged_corrections(db, path)
+    register(db, 1, path)
+    served = ServedModel(str(tiny_model_path), max_side_adapters=2)
+    chat = ChatService(cfg, served, scope=AdapterScope(Embedder()))
+    stop = chat.watch_adapters(interval_s=0.02)
+    try:
+        adapters.activate(db, 1)
+        deadline = time.monotonic() + 30
+        while not ((1, "expert:broken") in chat._bad_versions and (1, "expert:v1-0") in served.loaded) \
+                and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        stop()
+    assert (1, "expert:v1-0") in served.loaded and served.current is None  # loaded, nothing switched
+    loads = []
+    load = served.load_adapter
+    monkeypatch.setattr(served, "load_adapter", lambda key, p: (loads.append(key), load(key, p)))
+    assert chat.route(1, str(path), DOG)[0] == (1, "expert:v1-0") and loads == []
+    assert chat.route(1, str(path), WORK) == (1, str(path)) and loads == []  # the broken one: tried once
+    # free room only: with the cap reached, a preload loads nothing and unloads nothing
+    extra = make_adapter(tiny_model_path, tmp_path / "extra", seed=30)
+    served.use((1, "expert:v1-0"))
+    assert served.preload((1, "expert:x"), extra) is True
+    assert served.preload((1, "expert:y"), extra) is False
+    assert {(1, "expert:v1-0"), (1, "expert:x")} <= set(served.loaded) and (1, "expert:y") not in served.loaded
