@@ -6,12 +6,13 @@ adapter swap can only happen between requests and a stream in flight finishes on
 adapter it started with. The previously active adapter stays loaded, so a rollback is a
 pointer flip, not a disk read. This module knows nothing about the database. What a reply
 depends on stays in this file (`avoid_first_tokens`, `stop_on_loop` too): learning/scoring.py
-keys its cache of base replies on this file's content. Importable from here as before: model
-loading (assistant/model_loading.py), adapter checks (assistant/adapter_files.py), the worker
-thread (assistant/generation.py), the adapter directory layout (store/manifest.py).
+keys its cache of base replies on this file's content. Which adapters stay loaded, which slot a
+new one takes and the base-weights switch are assistant/loaded_adapters.py's (`LoadedAdapters`,
+this class's adapter half). Importable from here as before: model loading
+(assistant/model_loading.py), adapter checks (assistant/adapter_files.py), the worker thread
+(assistant/generation.py), the adapter directory layout (store/manifest.py), `key_version`.
 """
 import contextlib
-import logging
 import threading
 import time
 from pathlib import Path
@@ -19,15 +20,15 @@ from typing import Iterator
 
 import torch
 
-from assistant import adapter_slots
 from assistant.adapter_files import (  # noqa: F401  (re-exported)
     check_adapter_weights,
     store_half_precision,
     validate_adapter_dir,
 )
 from assistant.config import Config
-from assistant.errors import AdapterLoadError, ModelLoadError
+from assistant.errors import ModelLoadError
 from assistant.generation import Generation, GenerationWorker
+from assistant.loaded_adapters import LoadedAdapters, key_version  # noqa: F401  (re-exported)
 from assistant.model_loading import (  # noqa: F401  (re-exported)
     EMBEDDED_GGUF_ENV,
     convert_embedded,
@@ -35,16 +36,6 @@ from assistant.model_loading import (  # noqa: F401  (re-exported)
     resolve_model,
 )
 from store.manifest import WEIGHTS_DELETED, read_lead, weights_deleted  # noqa: F401  (re-exported)
-
-log = logging.getLogger(__name__)
-
-
-def _unwrap_lora_layers(model) -> None:
-    """Undo a half-done first injection: put each module's original layer back."""
-    for name, module in list(model.named_modules()):
-        if hasattr(module, "base_layer") and hasattr(module, "lora_A") and "." in name:
-            parent, child = name.rsplit(".", 1)
-            setattr(model.get_submodule(parent), child, module.get_base_layer())
 
 
 def avoid_first_tokens(start: int, banned: list[int | None]):
@@ -91,14 +82,7 @@ def stop_on_loop(start: int):
     return _StopOnLoop()
 
 
-def key_version(key) -> int | None:
-    """The adapter version a served-model key belongs to: keys are versions, or
-    `(version, "habit")` for a version's habit adapter (assistant/scope.py)."""
-    return key[0] if isinstance(key, tuple) else key
-
-
-
-class ServedModel:
+class ServedModel(LoadedAdapters):
     def __init__(self, name_or_path: str, device: str | None = None, dtype: torch.dtype | None = None,
                  max_side_adapters: int = Config.max_side_adapters):
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -130,129 +114,6 @@ class ServedModel:
         self.max_side_adapters = max_side_adapters
         self._side_use: dict = {}  # side adapter keys, least recently used first
         self._worker = GenerationWorker()
-
-    # ---- adapters -------------------------------------------------------------------------
-    def load_adapter(self, version: int, path: str | Path) -> None:
-        """Load adapter `version` from `path` (validated first). Keeps the server on its
-        current adapter if anything is wrong with the new one."""
-        # Never as inference tensors: a load can happen inside a caller's inference_mode (the
-        # scorer meets a habit adapter mid-batch), and peft later toggles requires_grad on them.
-        with self.lock, torch.inference_mode(False):
-            if version in self.loaded:
-                return
-            cfg = validate_adapter_dir(Path(path))
-            # Check the tensors before peft touches the model: the first load injects LoRA
-            # layers into the base in place, so a failure half-way would alter the base itself.
-            tensors = check_adapter_weights(Path(path), self.base)
-            spare = self._spare(cfg, version)
-            lead = read_lead(path)
-            if spare is not None and adapter_slots.overwrite(self.model, self.loaded[spare], tensors):
-                self.loaded[version] = self.loaded.pop(spare)  # the spare's layers now hold `version`
-                self.leads.pop(spare, None)
-                self.leads[version] = lead
-                return
-            # Unique names: a reused slot keeps its old name, so "v{version}" could collide.
-            self._names += 1
-            name = f"slot{self._names}"
-            try:
-                if self.model is self.base:
-                    from peft import PeftModel
-
-                    self.model = PeftModel.from_pretrained(self.base, str(path), adapter_name=name)
-                    self.model.eval()
-                else:
-                    self.model.load_adapter(str(path), adapter_name=name)
-            except Exception as e:  # corrupt tensors, wrong shapes, wrong target modules
-                self._forget(name)
-                if self.model is self.base:
-                    _unwrap_lora_layers(self.base)
-                raise AdapterLoadError(f"adapter v{version} in {path} cannot be loaded: {e}") from e
-            self.loaded[version] = name
-            self.leads[version] = lead
-            self.adapter_config = self.adapter_config or cfg
-
-    def _spare(self, cfg: dict, key) -> int | tuple | None:
-        """A loaded adapter with `cfg`'s LoRA shape whose layers can take `key`'s weights (see
-        assistant.adapter_slots): a version that is neither current nor previous or, for a side
-        adapter (an expert) while `max_side_adapters` are loaded, the least recently used side
-        adapter, which would be unloaded next anyway. A home with more experts than the cap
-        then switches experts by copying tensors, not by building LoRA modules (about 0.5 s)."""
-        def fits(k) -> bool:
-            return adapter_slots.same_shape(self.model.peft_config[self.loaded[k]].to_dict(), cfg)
-
-        spare = next((v for v in self.loaded if key_version(v) not in self._in_use() and fits(v)), None)
-        if spare is None and isinstance(key, tuple):
-            side = [k for k in self._side_use if k in self.loaded and k not in (self.current, self.previous)]
-            if side and len(side) >= self.max_side_adapters:
-                spare = next((k for k in side if fits(k)), None)
-        return spare
-
-    def _forget(self, name: str) -> None:
-        if self.model is not self.base and name in getattr(self.model, "peft_config", {}):
-            try:
-                self.model.delete_adapter(name)
-            except Exception:  # half-loaded adapter: nothing more to undo
-                log.warning("could not delete half-loaded adapter %s", name)
-
-    def use(self, version: int | None, path: str | Path | None = None) -> None:
-        """Switch generation to `version` (a key; None: base alone), loading it first if needed.
-        At most three versions stay loaded, each with its habit adapter if it has one: the
-        current one, the previous one (instant rollback) and one spare whose layers the next
-        new version reuses. Moving between a version and its own habit adapter (the chat does
-        so turn by turn) is not a change of version: the previous one stays. A version's
-        experts and habit adapter (keys `(version, name)`) stay loaded up to
-        `max_side_adapters`, the least recently used going first (`_evict_side_adapters`)."""
-        with self.lock:
-            if version is not None:
-                if version not in self.loaded:
-                    if path is None:
-                        raise AdapterLoadError(f"adapter v{version} is not loaded and no path was given")
-                    self.load_adapter(version, path)
-                self.model.set_adapter(self.loaded[version])
-                if isinstance(version, tuple):
-                    self._side_use.pop(version, None)
-                    self._side_use[version] = None  # the most recently used last
-                    self._evict_side_adapters()
-            # Evict only on a real switch: re-selecting the current version must keep the
-            # previous one (instant rollback) and an adapter preloaded for the next switch.
-            if version != self.current:
-                if key_version(version) != key_version(self.current):
-                    self.previous = self.current
-                self.current = version
-                spares = [k for k in self.loaded if key_version(k) not in self._in_use()]
-                for k in spares[:-1]:  # keep the most recently loaded spare
-                    self._forget(self.loaded.pop(k))
-                    self.leads.pop(k, None)
-
-    def preload(self, key: tuple, path: str | Path) -> bool:
-        """Load side adapter `key` (an expert) before a prompt asks for it, only into free room
-        under `max_side_adapters` and as the least recently used: a preload never unloads one
-        in use. True when it was loaded now. Raises AdapterLoadError as `load_adapter`."""
-        with self.lock:
-            if key in self.loaded:
-                return False
-            side = [k for k in self._side_use if k in self.loaded]
-            if len(side) >= self.max_side_adapters:
-                return False
-            self.load_adapter(key, path)
-            self._side_use = {key: None, **self._side_use}  # least recently used first
-            return True
-
-    def _evict_side_adapters(self) -> None:
-        """Unload the least recently used side adapters (experts, habit adapters) past
-        `max_side_adapters`, never the current or previous key: a home with hundreds of
-        corrections must not hold every expert it was ever asked about in memory."""
-        for k in [k for k in self._side_use if k not in self.loaded]:  # unloaded with their version
-            self._side_use.pop(k)
-        side = [k for k in self._side_use if k not in (self.current, self.previous)]
-        for k in side[:max(0, len(side) - self.max_side_adapters)]:
-            self._forget(self.loaded.pop(k))
-            self.leads.pop(k, None)
-            self._side_use.pop(k)
-
-    def _in_use(self) -> set:
-        """The versions of the current and the previous key."""
-        return {key_version(self.current), key_version(self.previous)}
 
     # ---- generation -----------------------------------------------------------------------
     def encode(self, messages: list[dict], lead: str | None = None) -> torch.Tensor:
@@ -327,36 +188,6 @@ class ServedModel:
     def _adapter_context(self):
         """Generation with the base model alone must bypass any loaded adapter."""
         return self.base_weights() if self.current is None else contextlib.nullcontext()
-
-    @contextlib.contextmanager
-    def base_weights(self):
-        """Within it, every loaded LoRA layer is bypassed: the base model's outputs. peft's
-        `disable_adapter` does the same but first inspects every layer of every loaded adapter
-        (`get_model_status`) and resets requires_grad on each on the way out: 0.1-0.2 s a call
-        with a few dozen experts loaded, paid by every routed turn (the reranker scores under the
-        base weights) and every turn the base answers. Here only the flag each LoRA layer's
-        forward reads is set, on the layers found once per set of loaded adapters. Hold the lock."""
-        if self.model is self.base:
-            yield
-            return
-        layers = self._lora_layers()
-        before = [layer.disable_adapters for layer in layers]
-        try:
-            for layer in layers:
-                layer._disable_adapters = True
-            yield
-        finally:
-            for layer, was in zip(layers, before, strict=True):
-                layer._disable_adapters = was
-
-    def _lora_layers(self) -> list:
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
-        stamp = (id(self.model), self._names)  # a load of a new adapter may add layers; a reuse does not
-        if getattr(self, "_layers_stamp", None) != stamp:
-            self._layers = [m for m in self.model.modules() if isinstance(m, BaseTunerLayer)]
-            self._layers_stamp = stamp
-        return self._layers
 
     def stream(self, messages: list[dict], max_new_tokens: int = 256, temperature: float = 0.0,
                version: int | None = None, adapter_path: str | Path | None = None,
