@@ -77,10 +77,11 @@ class Config:
     yield_to_chat): 10 gives it about a tenth of the server's CFS weight, so a reply wins a core the two
     contend for (bench/HISTORY.md 'Training beside chat')."""
     max_side_adapters: int = 16
-    """Experts and habit adapters the served model keeps loaded (assistant/model.py ServedModel) besides the
-    current and the previous one, the least recently used unloaded first: a home with hundreds of corrections
-    must not hold them all in memory, and one unloaded costs about 300 ms when asked again
-    (bench/results/experts.md; bench/HISTORY.md 'Expert rank and disk')."""
+    """Experts and habit adapters the served model keeps loaded (assistant/loaded_adapters.py) besides the
+    current and the previous one: a home with hundreds of corrections must not hold them all in memory (an
+    expert is about 20 MB in float32). Past the cap the one asked for takes over the least recently used
+    one's layers (a copy of its tensors, not peft's 0.3-0.5 s load; bench/results/experts.md,
+    bench/results/routed-ttft.md); a newly promoted version's experts are preloaded into free room."""
 
     def __post_init__(self):
         # The generation defaults are user settings (stored, `assistant config set`): refuse a
