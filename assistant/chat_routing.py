@@ -23,6 +23,7 @@ one module.
 import logging
 import sqlite3
 import threading
+import time
 
 from assistant.errors import AdapterLoadError
 from assistant.model import key_version
@@ -30,6 +31,8 @@ from assistant.scope import EXPERT_KEY
 from store import adapters, feedback
 
 log = logging.getLogger(__name__)
+
+PRELOAD_PAUSE_S = 0.05  # between two experts' preloads: room for a waiting chat turn to take the model
 
 
 class AdapterRouting:
@@ -122,10 +125,12 @@ class AdapterRouting:
 
     def _preload_experts(self, version: int, path: str) -> None:
         """Load the new version's experts into the served model's free room (ServedModel.preload),
-        one at a time so a chat turn waits for at most one: the first prompt routed to each would
-        otherwise pay peft's load (about 0.5 s; bench/experts.py). One that fails is left to
-        `route`, which falls back and remembers it."""
+        one at a time with a pause between, so a chat turn waits for at most one (a lock released
+        and taken again at once may never let a waiting turn in): the first prompt routed to each
+        would otherwise pay peft's load (about 0.5 s; bench/experts.py). One that fails is left
+        to `route`, which falls back and remembers it."""
         for key, expert_path in self.scope.experts(version, path):
+            time.sleep(PRELOAD_PAUSE_S)
             if key in self._bad_versions or adapters.active_version(self.db) != version:
                 return  # another promotion came first: the watcher's next poll preloads that one
             try:
