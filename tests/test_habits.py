@@ -140,6 +140,34 @@ def test_a_version_that_learns_a_habit_carries_a_habit_adapter_and_its_child_inh
         (v1 / "habit" / "adapter_model.safetensors").stat().st_ino  # linked, not copied
 
 
+def test_a_habit_adapter_retrains_only_for_new_corrections_that_show_the_habit(tiny_model_path, tmp_path, replayed):
+    """A cycle whose rows show the habit only through corrections learned before (a refit's rows,
+    a replayed one) links the parent's habit adapter; a new correction with the habit retrains it."""
+    from learning.train import train_candidate
+    from tests.test_train import _job
+
+    def habit_rows_with_ids(ids):
+        return [{**r, "feedback_ids": [i]} for r, i in zip(rows(CAPTAIN), ids, strict=True)]
+
+    lcfg = dataclasses.replace(_job(tiny_model_path, tmp_path).lcfg, self_replay=3, habit_adapter=True,
+                               habit_self_replay=4, dpo_epochs=0)
+    job = _job(tiny_model_path, tmp_path / "adapters", cache_dir=tmp_path / "cache")
+    job.sft_rows, job.lcfg = job.sft_rows + habit_rows_with_ids(["h0", "h1", "h2"]), lcfg
+    job.feedback_ids = job.feedback_ids + ["h0", "h1", "h2"]
+    v1 = train_candidate(job)
+    inode = (v1 / "habit" / "adapter_model.safetensors").stat().st_ino
+    outcomes = []
+    for version, new_ids in ((2, []), (3, ["h2"])):  # h2 again as new: the gate found it unlearned
+        child = _job(tiny_model_path, tmp_path / "adapters", version=version, parent_version=version - 1,
+                     parent_path=str(tmp_path / "adapters" / f"v{version - 1}"), cache_dir=tmp_path / "cache")
+        child.sft_rows, child.lcfg = child.sft_rows + habit_rows_with_ids(["h0", "h1", "h2"]), lcfg
+        child.feedback_ids = child.feedback_ids + new_ids
+        out = train_candidate(child)
+        outcomes.append(((out / "habit" / "adapter_model.safetensors").stat().st_ino == inode,
+                         "habit" in json.loads((out / "meta.json").read_text())["stats"]))
+    assert outcomes == [(True, False), (False, True)]
+
+
 def test_a_new_habit_adapter_takes_habit_r(tiny_model_path, tmp_path, replayed):
     from learning.train import train_candidate
     from tests.test_train import _job
