@@ -128,17 +128,23 @@ class AdapterRouting:
         one at a time with a pause between, so a chat turn waits for at most one (a lock released
         and taken again at once may never let a waiting turn in): the first prompt routed to each
         would otherwise pay peft's load (about 0.5 s; bench/experts.py). One that fails is left
-        to `route`, which falls back and remembers it."""
-        for key, expert_path in self.scope.experts(version, path):
-            time.sleep(PRELOAD_PAUSE_S)
-            if key in self._bad_versions or adapters.active_version(self.db) != version:
-                return  # another promotion came first: the watcher's next poll preloads that one
-            try:
-                if not self.model.preload(key, expert_path) and key not in self.model.loaded:
-                    return  # no free room left
-            except AdapterLoadError as e:
-                self._bad_versions[key] = str(e)
-                log.error("%s; its prompts are answered by v%s", e, version)
+        to `route`, which falls back and remembers it. Anything else that goes wrong only ends the
+        preloading (it saves time, nothing depends on it): the watcher must not retry it every poll."""
+        try:
+            for key, expert_path in self.scope.experts(version, path):
+                time.sleep(PRELOAD_PAUSE_S)
+                if adapters.active_version(self.db) != version:
+                    return  # another promotion came first: the watcher's next poll preloads that one
+                if key in self._bad_versions:
+                    continue
+                try:
+                    if not self.model.preload(key, expert_path) and key not in self.model.loaded:
+                        return  # no free room left
+                except AdapterLoadError as e:
+                    self._bad_versions[key] = str(e)
+                    log.error("%s; its prompts are answered by v%s", e, version)
+        except Exception as e:  # noqa: BLE001 - see above
+            log.warning("preloading v%s's experts stopped: %s", version, e)
 
 
 def route_kind(key) -> str | None:

@@ -544,3 +544,21 @@ def test_the_adapter_watcher_preloads_a_promoted_versions_experts_into_free_room
     assert served.preload((1, "expert:x"), extra) is True
     assert served.preload((1, "expert:y"), extra) is False
     assert {(1, "expert:v1-0"), (1, "expert:x")} <= set(served.loaded) and (1, "expert:y") not in served.loaded
+
+
+def test_a_preload_that_fails_unexpectedly_ends_quietly_and_a_broken_expert_does_not_stop_the_rest(
+        cfg, db, tiny_model_path, tmp_path, monkeypatch, caplog):
+    """Preloading only saves time: an unexpected error ends it with a warning (the watcher would
+    otherwise retry it every poll), and an expert already known broken is skipped, not the end."""
+    path = _version_with_experts(tiny_model_path, tmp_path / "v1", broken="garbage")
+    _logged_corrections(db, path)
+    register(db, 1, path)
+    adapters.activate(db, 1)
+    served = ServedModel(str(tiny_model_path))
+    chat = ChatService(cfg, served, scope=AdapterScope(Embedder()))
+    chat._bad_versions[(1, "expert:broken")] = "known broken"  # asked first (newest first), then v1-0
+    chat._preload_experts(1, str(path))
+    assert (1, "expert:v1-0") in served.loaded
+    monkeypatch.setattr(served, "preload", lambda *a: (_ for _ in ()).throw(RuntimeError("disk went away")))
+    chat._preload_experts(1, str(path))  # does not raise
+    assert "preloading v1's experts stopped: disk went away" in caplog.text
