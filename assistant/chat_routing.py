@@ -12,9 +12,9 @@ falling back (an expert to the version, a habit to the base) when it cannot be l
 prompt matched to a correction taken back since gives (None, None). `watch_adapters()` preloads
 each newly activated version in a background thread and returns the function that stops it.
 `route_kind(key)` names a key as `Turn.answered_by` keeps it. The watcher also preloads the
-version's experts into the served model's free room (`ServedModel.preload`). Nothing here raises on a broken
-adapter, a missing embedding model or a locked database: each is logged and the chat answers
-with what it can.
+version's experts into the served model's free room (`ServedModel.preload`). Nothing here raises
+on a broken adapter, a missing embedding model or a locked database: each is logged and the
+chat answers with what it can.
 
 Separate from assistant/chat.py (the prompt, the turn, streaming and logging it) because the
 choice of weights is its own concern with its own failure handling, and chat.py had outgrown
@@ -121,7 +121,6 @@ class AdapterRouting:
 
         threading.Thread(target=run, daemon=True, name="adapter-watch").start()
         return stop.set
-
 
     def _preload_experts(self, version: int, path: str) -> None:
         """Load the new version's experts into the served model's free room (ServedModel.preload),

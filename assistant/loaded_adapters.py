@@ -10,7 +10,8 @@ loaded LoRA layer.
 
 Contract: `LoadedAdapters` is the adapter half of `assistant.model.ServedModel`, which sets `lock`,
 `base`, `model`, `loaded`, `leads`, `_names`, `current`, `previous`, `adapter_config`,
-`max_side_adapters` and `_side_use` in its constructor. Separate from assistant/model.py (the
+`max_side_adapters`, `_side_use` and `_layers`, `_layers_stamp` (`base_weights`' LoRA layers and
+the loads they were found after) in its constructor. Separate from assistant/model.py (the
 prompt and generation) because learning/scoring.py keys its cache of replies on that file's
 content: what a reply depends on lives there, which adapters are kept in memory does not.
 """
@@ -95,9 +96,9 @@ class LoadedAdapters:
 
         spare = next((v for v in self.loaded if key_version(v) not in self._in_use() and fits(v)), None)
         if spare is None and isinstance(key, tuple):
-            side = [k for k in self._side_use if k in self.loaded and k not in (self.current, self.previous)]
-            if side and len(side) >= self.max_side_adapters:
-                spare = next((k for k in side if fits(k)), None)
+            idle = self._idle_side()
+            if len(idle) >= self.max_side_adapters:
+                spare = next((k for k in idle if fits(k)), None)
         return spare
 
     def _forget(self, name: str) -> None:
@@ -157,11 +158,16 @@ class LoadedAdapters:
         corrections must not hold every expert it was ever asked about in memory."""
         for k in [k for k in self._side_use if k not in self.loaded]:  # unloaded with their version
             self._side_use.pop(k)
-        side = [k for k in self._side_use if k not in (self.current, self.previous)]
-        for k in side[:max(0, len(side) - self.max_side_adapters)]:
+        idle = self._idle_side()
+        for k in idle[:max(0, len(idle) - self.max_side_adapters)]:
             self._forget(self.loaded.pop(k))
             self.leads.pop(k, None)
             self._side_use.pop(k)
+
+    def _idle_side(self) -> list:
+        """The loaded side adapters that are neither the current nor the previous key, least
+        recently used first: those the cap counts and the first to go."""
+        return [k for k in self._side_use if k in self.loaded and k not in (self.current, self.previous)]
 
     def _in_use(self) -> set:
         """The versions of the current and the previous key."""
@@ -192,7 +198,7 @@ class LoadedAdapters:
         from peft.tuners.tuners_utils import BaseTunerLayer
 
         stamp = (id(self.model), self._names)  # a load of a new adapter may add layers; a reuse does not
-        if getattr(self, "_layers_stamp", None) != stamp:
+        if self._layers_stamp != stamp:
             self._layers = [m for m in self.model.modules() if isinstance(m, BaseTunerLayer)]
             self._layers_stamp = stamp
         return self._layers

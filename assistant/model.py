@@ -113,6 +113,7 @@ class ServedModel(LoadedAdapters):
         # (Config.max_side_adapters, build_served passes it)
         self.max_side_adapters = max_side_adapters
         self._side_use: dict = {}  # side adapter keys, least recently used first
+        self._layers, self._layers_stamp = [], None  # LoRA layers base_weights switches, and when found
         self._worker = GenerationWorker()
 
     # ---- generation -----------------------------------------------------------------------

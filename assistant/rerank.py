@@ -33,6 +33,7 @@ order (answers may be None: such a candidate is not scored and keeps its similar
 `fitting(reranker, question, corrected, tolerance=)` -> per (corrected question, answer), whether
 the answer fits `question` (True when there is no model to ask).
 """
+import functools
 import json
 import logging
 import threading
@@ -181,21 +182,23 @@ def target_logprobs(served, rows: list[tuple[list[int], list[int]]], max_tokens:
     mask = torch.tensor([[1] * (len(c) + len(t)) + [0] * (width - len(c) - len(t)) for c, t in rows])
     # the vocabulary's logits only from the first position that predicts a target on (the
     # output layer is a fifth of this model's compute per position)
-    skip = min(len(c) for c, _ in rows) - 1
-    keep = {"logits_to_keep": width - skip} if _keeps_logits(served.base) else {}
+    first = min(len(c) for c, _ in rows) - 1
+    keep = {"logits_to_keep": width - first} if _keeps_logits(type(served.base)) else {}
     with served.lock, torch.inference_mode(), served.base_weights():
         logits = served.model(input_ids=ids.to(served.device), attention_mask=mask.to(served.device), **keep).logits
     logprobs = logits.float().log_softmax(-1).cpu()
-    skip = width - logprobs.shape[1]
+    skip = width - logprobs.shape[1]  # positions without logits (0 when the model kept them all)
     return [logprobs[i, len(c) - 1 - skip + torch.arange(len(t)), torch.tensor(t, dtype=torch.long)].tolist()
             for i, (c, t) in enumerate(rows)]
 
 
-def _keeps_logits(model) -> bool:
-    """Does this model's forward take `logits_to_keep` (transformers' causal LMs do)?"""
+@functools.cache
+def _keeps_logits(model_class: type) -> bool:
+    """Does this model class's forward take `logits_to_keep` (transformers' causal LMs do)? Read
+    once per class: every routed turn asks."""
     import inspect
 
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
+    return "logits_to_keep" in inspect.signature(model_class.forward).parameters
 
 
 def chat_reranker(served, cfg) -> "ModelReranker | None":

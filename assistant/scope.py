@@ -53,6 +53,11 @@ from store.manifest import EXPERTS_DIR, habit_path, read_experts, read_scope
 EXPERT_KEY = "expert:"  # served-model keys of experts: (version, "expert:<name>")
 
 
+def _expert(version: int, path, adapter: str) -> tuple[tuple, str]:
+    """The served-model key and directory of expert adapter `adapter` of the version at `path`."""
+    return (version, f"{EXPERT_KEY}{adapter}"), str(Path(path) / EXPERTS_DIR / adapter)
+
+
 class AdapterScope:
     def __init__(self, embedder=None, reranker=None, policy: MatchPolicy = ROUTING_POLICY):
         """`embedder`: anything with `encode(texts)`; None: `make_embedder()` (all-MiniLM-L6-v2
@@ -114,7 +119,7 @@ class AdapterScope:
         `route` names them (newest first: the corrections most likely asked about soon)."""
         scope = self._scope(path)
         names = [] if scope is None else list(dict.fromkeys(reversed(scope.adapters.values())))
-        return [((version, f"{EXPERT_KEY}{name}"), str(Path(path) / EXPERTS_DIR / name)) for name in names]
+        return [_expert(version, path, name) for name in names]
 
     def similarity(self, path, text: str) -> float | None:
         """Best cosine similarity of `text` to the scope of the adapter at `path` (None: no scope)."""
@@ -140,8 +145,7 @@ class AdapterScope:
         if best is not None:
             # the nearest trained prompt is a correction's: the expert adapter that learned it
             expert = scope.adapters.get(best.owner)
-            return (version, path) if expert is None else (
-                (version, f"{EXPERT_KEY}{expert}"), str(Path(path) / EXPERTS_DIR / expert))
+            return (version, path) if expert is None else _expert(version, path, expert)
         key = str(path)
         with self._lock:  # looked up once per directory, like the scope: not on every turn
             if key not in self._habits:

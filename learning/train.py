@@ -235,9 +235,8 @@ def train_habit_adapter(model, tok, job: TrainJob, device: str, work: Path, loss
     """The habit adapter (learning/habits.py, `habit_adapter` on), written to `out/habit` with
     its lead (habit.json): trained when this cycle's new corrections show a habit (continuing the
     parent's habit adapter if it has one), linked unchanged from the parent when they do not (a
-    replayed or refitted row it learned before is no reason: that retrained it every cycle, 40 s
-    and 4.9 MB each, in season run 4),
-    absent when neither has one. Only scoped versions have one: an unscoped adapter answers
+    replayed or refitted row it learned before is no reason to retrain it; bench/HISTORY.md), absent
+    when neither has one. Only scoped versions have one: an unscoped adapter answers
     every prompt itself. Returns the habits it follows (None: no habit adapter)."""
     from learning.augment import self_replay_rows
     from learning.habits import find_habits, habit_rows, has_habits, merged, with_habits
