@@ -17,7 +17,8 @@ Routes (all under /v1, all requiring `Authorization: Bearer <cfg.api_key>` when 
 Extensions to the OpenAI request body: `conversation_id` (continue a stored conversation, else a
 new one is created) and `recall: false` (no recalled corrections for this request). Responses
 add `conversation_id`, `adapter_version` (null: the base model), `answered_by` ("adapter",
-"expert", "habit" or null: what in that version wrote the reply), `recalled` (how many recalled
+"expert", "habit" or null: what in that version wrote the reply), `answered_from` (the feedback
+ids of the correction whose learned question routed it; [] for none), `recalled` (how many recalled
 corrections were in the prompt) and, when the message had to be cut to fit the context window,
 `truncated: true` plus `notice` (and the header `X-Assistant-Truncated: 1`). A stream sends them
 in its first chunk and again, known by then, in the chunk with its finish_reason.

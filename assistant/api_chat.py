@@ -124,7 +124,8 @@ def _drain(pieces) -> None:
 def _extensions(turn) -> dict:
     version = turn.generation.adapter_version
     out = {"conversation_id": turn.conversation_id, "adapter_version": version,
-           "answered_by": turn.answered_by if version is not None else None, "recalled": len(turn.recalled)}
+           "answered_by": turn.answered_by if version is not None else None,
+           "answered_from": list(turn.answered_from) if version is not None else [], "recalled": len(turn.recalled)}
     if turn.truncated:
         out.update(truncated=True, notice=turn.notice)
     return out

@@ -7,8 +7,9 @@ the key check):
                                        are recorded, the 'down' vote (with the reason) and the
                                        'correction'; answers with the ids of the corrections it
                                        replaced ("supersedes") and those it may replace that
-                                       supersession by meaning could not decide ("may_replace",
-                                       for the user to confirm). An unknown turn is a 404.
+                                       supersession by meaning could not decide or that the
+                                       corrected reply was answered from ("may_replace", for
+                                       the user to confirm). An unknown turn is a 404.
   PATCH  /conversations/{id}           {"no_learn": true|false}: don't learn from it (or do again)
   DELETE /conversations/{id}           the conversation, its turns and their feedback
   GET    /corrections                  every correction, newest first, with its state in words

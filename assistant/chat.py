@@ -66,6 +66,10 @@ class Turn:
     version's shared adapter), "expert" (one correction's own LoRA), "habit" (the habit adapter
     chose the opening, the base weights the rest) or None (the base weights alone). Set once the
     turn is routed (`ChatService.pieces`), saved with the turn, shown under the reply."""
+    answered_from: tuple = ()
+    """The feedback ids of the learned question the turn was routed by (an expert's or the shared
+    adapter's correction; AdapterScope.route_from), saved with the turn: the page says which
+    correction answered, and correcting that reply offers to replace it (supersede.may_replace)."""
 
     @property
     def notice(self) -> str | None:
@@ -195,7 +199,8 @@ class ChatService(AdapterRouting):
             self.db, turn.turn_id, reply=g.text, adapter_version=g.adapter_version,
             prompt_tokens=g.prompt_tokens, completion_tokens=g.completion_tokens or len(g.pieces),
             ttft_ms=g.ttft_ms, duration_ms=g.duration_ms, finish_reason=finish_reason,
-            answered_by=turn.answered_by if g.adapter_version is not None else None)
+            answered_by=turn.answered_by if g.adapter_version is not None else None,
+            answered_from=turn.answered_from if g.adapter_version is not None else ())
         turn.saved_at = time.monotonic()
 
     def _save_progress(self, turn: Turn) -> None:
@@ -252,10 +257,10 @@ class ChatService(AdapterRouting):
         every chat turn is (its expert, habit adapter or the base weights; a pending note's
         newer answer over the weights) and ended with the version's closing habit. Sets
         `turn.answered_by`; the pieces and counts go to `turn.generation`. Logs nothing."""
-        version, path = self.route(served, served_path, turn.user_message)
+        version, path, learned_from = self.route_from(served, served_path, turn.user_message)
         if self.cfg.pending_note_wins and turn.recalled and not turn.recalled[0].get("learned", True):
-            version, path = None, None  # the note is newer than anything the weights learned
-        turn.answered_by = route_kind(version)
+            version, path, learned_from = None, None, ()  # the note is newer than anything the weights learned
+        turn.answered_by, turn.answered_from = route_kind(version), learned_from
         closing = self._closing(served_path)
         if closing:  # the sign-off fits in the reply's budget: a long answer is cut a little earlier
             max_new_tokens = max(1, max_new_tokens - self.model.count_tokens(closing))

@@ -7,14 +7,14 @@ Contract: `AdapterRouting` is a mixin of `assistant.chat.ChatService`; it reads 
 `_bad_versions` (served-model key -> why it failed to load; each key is tried once).
 `serving_adapter()` -> (version, path) of the active version, loaded, or the last good one
 (None, None: the base model); `route(version, path, user_message)` -> the served model's key and
-the adapter path that answer the prompt, loading a habit adapter or an expert on first use and
-falling back (an expert to the version, a habit to the base) when it cannot be loaded; a
-prompt matched to a correction taken back since gives (None, None). `watch_adapters()` preloads
-each newly activated version in a background thread and returns the function that stops it.
-`route_kind(key)` names a key as `Turn.answered_by` keeps it. The watcher also preloads the
-version's experts into the served model's free room (`ServedModel.preload`). Nothing here raises
-on a broken adapter, a missing embedding model or a locked database: each is logged and the
-chat answers with what it can.
+the adapter path that answer the prompt (`route_from`: and the feedback ids its match came
+from), loading a habit adapter or an expert on first use and falling back (an expert to the
+version, a habit to the base) when it cannot be loaded; a prompt matched to a correction taken
+back since gives (None, None). `watch_adapters()` preloads each newly activated version in a
+background thread and returns the function that stops it. `route_kind(key)` names a key as
+`Turn.answered_by` keeps it. The watcher also preloads the version's experts into the served
+model's free room (`ServedModel.preload`). Nothing here raises on a broken adapter, a missing
+embedding model or a locked database: each is logged and the chat answers with what it can.
 
 Separate from assistant/chat.py (the prompt, the turn, streaming and logging it) because the
 choice of weights is its own concern with its own failure handling, and chat.py had outgrown
@@ -56,28 +56,33 @@ class AdapterRouting:
         return version, row["path"]
 
     def route(self, version: int | None, path: str | None, user_message: str) -> tuple:
+        """`route_from` without the feedback ids: the served model's key and the adapter's path."""
+        return self.route_from(version, path, user_message)[:2]
+
+    def route_from(self, version: int | None, path: str | None, user_message: str) -> tuple:
         """The adapter answers only prompts within its scope; its habit adapter, or else the base
         weights, answer the rest (assistant/scope.py). Without a scope, or when it cannot be
-        computed, the adapter answers. Returns the served model's key and the adapter's path."""
+        computed, the adapter answers. Returns the served model's key, the adapter's path and the
+        feedback ids of the learned question the prompt matched (AdapterScope.route_from)."""
         if version is None or self.scope is None:
-            return version, path
+            return version, path, ()
         path = path or (adapters.get_adapter(self.db, version) or {}).get("path")
         try:
             gone = self.memory.taken_back_keys() if self.memory is not None else None
-            key, routed = self.scope.route(version, path, user_message, taken_back=self._taken_back,
-                                           taken_back_keys=gone)
+            key, routed, learned_from = self.scope.route_from(version, path, user_message, taken_back=self._taken_back,
+                                                              taken_back_keys=gone)
         except Exception as e:  # noqa: BLE001 - a missing embedding model must not stop the chat
             log.warning("adapter scope unavailable (%s): v%s answers every prompt", e, version)
-            return version, path
+            return version, path, ()
         if key is None or key == version or key in self.model.loaded:
-            return key, routed
+            return key, routed, learned_from
         # a habit adapter or an expert (assistant/scope.py): load it now, or fall back: an
         # expert's prompt to the version, a habit's to the base (tried once per key, like versions)
-        fallback = (None, None) if key == (version, "habit") else (version, path)
+        fallback = (None, None, ()) if key == (version, "habit") else (version, path, learned_from)
         if key not in self._bad_versions:
             try:
                 self.model.load_adapter(key, routed)
-                return key, routed
+                return key, routed, learned_from
             except AdapterLoadError as e:
                 self._bad_versions[key] = str(e)
                 log.error("%s; answering with %s", e, "the base model" if fallback[0] is None else f"v{version}")

@@ -59,8 +59,9 @@ class Runtime:
         return fid
 
     def may_replace(self, feedback_id: str) -> list[dict]:
-        """The earlier corrections the correction `feedback_id` may replace, which supersession by
-        meaning could not decide (assistant/supersede.py `may_replace`): for the user to confirm
+        """The earlier corrections the correction `feedback_id` may replace: those supersession by
+        meaning could not decide and the one the corrected reply was answered from
+        (assistant/supersede.py `may_replace`): for the user to confirm
         with `replace`. [] without a superseder, or when deciding fails (logged)."""
         if self.superseder is None:
             return []

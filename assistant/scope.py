@@ -21,7 +21,8 @@ its scope instead of the base weights.
 
 Contract: `AdapterScope(embedder, reranker=None).covers(path, text)` -> bool; an adapter directory without
 a scope (older versions, hand-made adapters, `scope_threshold` None) covers every prompt.
-`route(version, path, text)` -> the (served-model key, path) that answers `text`: the version
+`route(version, path, text)` -> the (served-model key, path) that answers `text` (`route_from`: and
+the feedback ids of the learned question it matched): the version
 itself, one of its per-correction experts (key `(version, "expert:<name>")`, learning/experts.py:
 the nearest trained prompt, or correction prompt followed by its answer, is that correction's;
 with a reranker, the nearest `MatchPolicy.top_k` experts that matched are reordered by the
@@ -131,28 +132,35 @@ class AdapterScope:
         return scope is None or self._match(scope, text) is not None
 
     def route(self, version: int | None, path, text: str, taken_back=None, taken_back_keys=None) -> tuple:
-        """`taken_back(feedback_ids) -> bool`: was any of them taken back since the version was
+        """`route_from` without the feedback ids: the (served-model key, path) that answers `text`."""
+        return self.route_from(version, path, text, taken_back, taken_back_keys)[:2]
+
+    def route_from(self, version: int | None, path, text: str, taken_back=None, taken_back_keys=None) -> tuple:
+        """(served-model key, path, feedback ids): what answers `text` and the feedback whose learned
+        question it matched (empty when no correction's was: a habit, the base, no scope).
+        `taken_back(feedback_ids) -> bool`: was any of them taken back since the version was
         trained? Then a prompt whose match came from that feedback gets the base weights (None, None),
         whichever adapter learned it: the correction's expert (its group-mates' questions still
         reach it) or the shared adapter. `taken_back_keys`: the search keys of every correction
         taken back (assistant/memory.py `Memory.taken_back_keys`; MatchPolicy.taken_back_floor)."""
         scope = None if version is None or path is None else self._scope(path)
         if scope is None:
-            return version, path
+            return version, path, ()
         best = self._match(scope, text, taken_back_keys)
-        if best is not None and taken_back is not None and taken_back(scope.feedback[best.key]):
-            return None, None
         if best is not None:
+            learned_from = tuple(scope.feedback[best.key])
+            if taken_back is not None and taken_back(list(learned_from)):
+                return None, None, ()
             # the nearest trained prompt is a correction's: the expert adapter that learned it
             expert = scope.adapters.get(best.owner)
-            return (version, path) if expert is None else _expert(version, path, expert)
+            return (version, path, learned_from) if expert is None else (*_expert(version, path, expert), learned_from)
         key = str(path)
         with self._lock:  # looked up once per directory, like the scope: not on every turn
             if key not in self._habits:
                 habit = habit_path(path)
                 self._habits[key] = None if habit is None else str(habit)
             habit = self._habits[key]
-        return ((version, "habit"), habit) if habit else (None, None)
+        return ((version, "habit"), habit, ()) if habit else (None, None, ())
 
     def _query(self, text: str):
         return unit_rows(self.embedder.encode([text]))[0]

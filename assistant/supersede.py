@@ -31,9 +31,11 @@ for no wrong merge, at the cost of missed updates.
 Contract: `Superseder(embedder, judge, policy).decide(new, earlier)` -> the ids of `earlier`
 that `new` replaces; `.shifts(new, old)` -> the `Shifts` it decided by;
 `supersede_by_meaning(db, feedback_id, superseder)` decides for a stored correction and records
-it. A judge is anything with `answer_logprobs(pairs)` and `question_logprobs(pairs)`: per pair,
+it; `may_replace(db, feedback_id, superseder)` -> what the user is asked to confirm.
+A judge is anything with `answer_logprobs(pairs)` and `question_logprobs(pairs)`: per pair,
 the log-probability of each of its target's tokens, or None when too long to score (`ModelJudge`).
 """
+import json
 import logging
 from dataclasses import dataclass
 
@@ -166,12 +168,29 @@ def live_corrections(db, up_to: str) -> list[Correction]:
 
 
 def may_replace(db, feedback_id: str, superseder: Superseder) -> list[Correction]:
-    """The earlier live corrections the live correction `feedback_id` may replace but that the
-    policy could not decide (`Superseder.unsure`), nearest first: for the user to confirm."""
+    """The earlier live corrections the live correction `feedback_id` may replace, for the user to
+    confirm: those the policy could not decide (`Superseder.unsure`), nearest first, then those the
+    corrected reply was answered from (`answered_from`) that the policy kept apart. A reply
+    answered from an earlier correction and then corrected is the user saying that correction's
+    answer is wrong for this question: an update, or a question it should not have answered, which
+    only the user can tell (recall's matcher cannot either: bench/HISTORY.md, 2026-12-05)."""
     pending = live_with_earlier(db, feedback_id)
     if pending is None:
         return []
-    return [old for old, s in superseder.judged(*pending) if superseder.unsure(s)]
+    new, earlier = pending
+    unsure = [old for old, s in superseder.judged(new, earlier) if superseder.unsure(s)]
+    answered = set(answered_from(db, feedback_id))
+    return unsure + [c for c in earlier if c.id in answered and c not in unsure]
+
+
+def answered_from(db, feedback_id: str) -> list[str]:
+    """The feedback the reply that `feedback_id` corrects was answered from: the learned question
+    its route matched (chat.Turn.answered_from) and the first note recalled into its prompt."""
+    row = db.execute("SELECT t.answered_from_json, t.recalled_json FROM feedback f JOIN turns t ON t.id = f.turn_id "
+                     "WHERE f.id = ?", [feedback_id]).fetchone()
+    if row is None:
+        return []
+    return list(dict.fromkeys(json.loads(row[0] or "[]") + json.loads(row[1] or "[]")[:1]))
 
 
 def live_with_earlier(db, feedback_id: str) -> tuple[Correction, list[Correction]] | None:

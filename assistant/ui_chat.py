@@ -159,11 +159,10 @@ class ChatHandlers:
         yield textbox, history, session, done, self.conversation_list(session["conversation_id"]), \
             target_text(reply), reply
 
-    @staticmethod
-    def _answered(turn, max_new_tokens) -> dict:
+    def _answered(self, turn, max_new_tokens) -> dict:
         g = turn.generation  # its finish_reason is "stop" until the stream ends
-        return answered_note(answered_of(g.adapter_version, turn.answered_by, g.finish_reason,
-                                         int(max_new_tokens)), turn.recalled)
+        return answered_note(answered_of(g.adapter_version, turn.answered_by, g.finish_reason, int(max_new_tokens),
+                                         feedback.corrections(self.db, turn.answered_from)), turn.recalled)
 
     def _retry_outcome(self, old_id: str, new_id: str, reply: str) -> str:
         """The retry's notice. An answer identical to the earlier one is no evidence that the

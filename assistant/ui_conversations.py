@@ -43,7 +43,9 @@ class ChatTab(ChatHandlers):
                                recalled=self._recalled(t), correction=self._latest_correction(t["id"]),
                                answered=answered_of(t["adapter_version"], t.get("answered_by"),
                                                     t["finish_reason"],
-                                                    json.loads(t["params_json"] or "{}").get("max_new_tokens")))
+                                                    json.loads(t["params_json"] or "{}").get("max_new_tokens"),
+                                                    feedback.corrections(self.db, json.loads(
+                                                        t.get("answered_from_json") or "[]"))))
             history += block
             session["turn_ids"] += [t["id"]] * len(block)
             vote = self._latest_vote(t["id"])
@@ -67,14 +69,7 @@ class ChatTab(ChatHandlers):
 
     def _recalled(self, turn: dict) -> list[dict]:
         """The corrections that were recalled into this turn's prompt (ids are logged with it)."""
-        ids = json.loads(turn.get("recalled_json") or "[]")
-        if not ids:
-            return []
-        marks = ",".join("?" * len(ids))
-        rows = self.db.query(
-            f"SELECT f.correction, t.user_message FROM feedback f JOIN turns t ON t.id = f.turn_id "
-            f"WHERE f.id IN ({marks}) ORDER BY f.id", ids)
-        return [{"prompt": r["user_message"], "correction": r["correction"], "score": None} for r in rows]
+        return [{**c, "score": None} for c in feedback.corrections(self.db, json.loads(turn.get("recalled_json") or "[]"))]
 
     def rename(self, session, title):
         """-> (notice, conversations)"""

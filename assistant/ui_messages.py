@@ -39,13 +39,18 @@ def is_note(message: dict) -> bool:
 def recall_text(recalled: list[dict]) -> str:
     # No score: it is the best of several search keys (the question's reframings too), so a
     # paraphrase reads "similarity 1.00", which claims more than it means.
-    lines = [f"- “{r['prompt']}” → “{r['correction']}”" for r in recalled]
-    return "Used to answer:\n" + "\n".join(lines)
+    return "Used to answer:\n" + listed(recalled)
+
+
+def listed(corrections: list[dict]) -> str:
+    """Corrections as a list of “question” → “answer” lines."""
+    return "\n".join(f"- “{c['prompt']}” → “{c['correction']}”" for c in corrections)
 
 
 def answered_note(answered: dict | None, recalled: list[dict] = ()) -> dict:
     """The note saying what wrote a reply. `answered`: {"version", "by" (chat.Turn.answered_by),
-    "cut_at" (the token limit the reply stopped at, or None)}; None while it is not known yet.
+    "cut_at" (the token limit the reply stopped at, or None), "learned_from" (the corrections whose
+    learned question routed it, store.feedback.corrections)}; None while it is not known yet.
     One short title, so it reads as a line under the question; the details are in its body."""
     n = len(recalled)
     if answered is None:
@@ -60,6 +65,8 @@ def answered_note(answered: dict | None, recalled: list[dict] = ()) -> dict:
     elif version is not None and by == "habit":
         parts.append("habit opening")
         lines.append("Habit opening: the habit adapter chose the first words, the base model the rest.")
+    if version is not None and answered.get("learned_from"):
+        lines.append("Learned from:\n" + listed(answered["learned_from"]))
     if n:
         parts.append(f"recalled {n} note{'s' * (n != 1)}")
         lines.append(recall_text(recalled))
@@ -72,9 +79,10 @@ def answered_note(answered: dict | None, recalled: list[dict] = ()) -> dict:
     return said
 
 
-def answered_of(version, by, finish_reason, max_new_tokens) -> dict:
+def answered_of(version, by, finish_reason, max_new_tokens, learned_from: list[dict] = ()) -> dict:
     """`answered_note`'s argument from what a turn records."""
-    return {"version": version, "by": by, "cut_at": max_new_tokens if finish_reason == "length" else None}
+    return {"version": version, "by": by, "cut_at": max_new_tokens if finish_reason == "length" else None,
+            "learned_from": list(learned_from)}
 
 
 def turn_block(user_message: str, reply: str, *, notice: str | None = None,

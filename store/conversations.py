@@ -111,16 +111,16 @@ def open_turn(db, conversation_id: str, *, turn_id: str, user_message: str, mess
 def finish_turn(db, turn_id: str, *, reply: str, adapter_version: int | None = None,
                 prompt_tokens: int = 0, completion_tokens: int = 0, ttft_ms: float | None = None,
                 duration_ms: float = 0.0, finish_reason: str = INTERRUPTED,
-                answered_by: str | None = None) -> bool:
+                answered_by: str | None = None, answered_from=()) -> bool:
     """Write what a turn opened by `open_turn` generated so far (finish_reason INTERRUPTED: a
     progress save) or in the end. One UPDATE. False when the turn is gone (its conversation was
-    deleted meanwhile). `answered_by`: chat.Turn.answered_by."""
+    deleted meanwhile). `answered_by`, `answered_from`: chat.Turn's."""
     with write_transaction(db):
         cur = db.execute(
             "UPDATE turns SET reply = ?, adapter_version = ?, prompt_tokens = ?, completion_tokens = ?, "
-            "ttft_ms = ?, duration_ms = ?, finish_reason = ?, answered_by = ? WHERE id = ?",
+            "ttft_ms = ?, duration_ms = ?, finish_reason = ?, answered_by = ?, answered_from_json = ? WHERE id = ?",
             [reply, adapter_version, prompt_tokens, completion_tokens, ttft_ms, duration_ms,
-             finish_reason, answered_by, turn_id])
+             finish_reason, answered_by, json.dumps(list(answered_from)), turn_id])
         if cur.rowcount and finish_reason != INTERRUPTED:
             db.execute("UPDATE conversations SET updated_at = ? WHERE id = "
                        "(SELECT conversation_id FROM turns WHERE id = ?)", [now_iso(), turn_id])

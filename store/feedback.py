@@ -90,6 +90,17 @@ def superseded_by(db, feedback_ids: list[str]) -> dict[str, str]:
                            "AND superseded_by IS NOT NULL", list(feedback_ids)).fetchall())
 
 
+def corrections(db, feedback_ids) -> list[dict]:
+    """The corrections among `feedback_ids`, oldest first: {"feedback_id", "prompt" (the question
+    the user corrected), "correction"}; ids that are not corrections (a like) or gone are left out."""
+    ids = list(feedback_ids)
+    if not ids:
+        return []
+    rows = db.query(f"SELECT f.id, f.correction, t.user_message FROM feedback f JOIN turns t ON t.id = f.turn_id "
+                    f"WHERE f.kind = 'correction' AND f.id IN ({','.join('?' * len(ids))}) ORDER BY f.id", ids)
+    return [{"feedback_id": r["id"], "prompt": r["user_message"], "correction": r["correction"]} for r in rows]
+
+
 def set_reason(db, feedback_id: str, reason: str) -> None:
     """Attach the reason a user typed after a one-click vote (so one vote stays one fact)."""
     if len(reason) > MAX_TEXT:

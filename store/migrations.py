@@ -167,6 +167,13 @@ def m005_taken_back_keys(db):
                "dim INTEGER NOT NULL, vectors BLOB NOT NULL, created_at TEXT NOT NULL)")
 
 
+@migration
+def m006_turns_answered_from(db):
+    """The feedback ids of the learned question a turn was routed by (chat.Turn.answered_from):
+    which correction answered it. Turns stored before say nothing ("[]")."""
+    db.execute("ALTER TABLE turns ADD COLUMN answered_from_json TEXT DEFAULT '[]'")
+
+
 def apply_migrations(db: sqlite_utils.Database) -> list[str]:
     """Apply the migrations not yet applied, each in its own transaction. Returns their names."""
     db.execute(

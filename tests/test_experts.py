@@ -2,6 +2,7 @@
 expert of a prompt's nearest trained prompt answers it, in the chat and in evaluation alike."""
 import dataclasses
 import json
+from types import SimpleNamespace
 
 import torch
 
@@ -89,7 +90,14 @@ def test_the_chat_answers_with_the_expert_and_falls_back_to_the_version_when_it_
     turn = chat.start_turn(DOG, recall=False)
     reply = "".join(chat.pieces(turn, source="test", max_new_tokens=6))
     assert served.current == (1, "expert:v1-0")
-    assert conversations.get_turn(db, turn.turn_id)["adapter_version"] == 1
+    saved = conversations.get_turn(db, turn.turn_id)
+    dog_id = json.loads((path / "meta.json").read_text())["experts"][0]["feedback_ids"]
+    # which correction answered is kept with the turn: the page lists it, a correction of it offers to replace it
+    assert (saved["adapter_version"], saved["answered_by"], json.loads(saved["answered_from_json"])) == (1, "expert", dog_id)
+    from assistant.ui_chat import ChatHandlers
+
+    note = ChatHandlers(SimpleNamespace(db=db))._answered(turn, 6)["content"]
+    assert f"Learned from:\n- “{DOG}” → “A correction.”" in note
     expert = served.generate(turn.messages, max_new_tokens=6, version=(1, "expert:v1-0"),
                              adapter_path=path / EXPERTS_DIR / "v1-0")
     assert reply == expert.text

@@ -88,6 +88,10 @@ def test_a_rewrite_without_first_person_words_still_answers_only_questions_about
         (owned / EXPERTS_DIR / "v1-0" / name).write_text("{}")  # routing reads no weights
     assert scope.route(1, owned, general) == (None, None)
     assert scope.route(1, owned, "Which instrument do I play?")[0] == (1, "expert:v1-0")
+    # route_from also says which correction's learned question answered: the page shows it, and
+    # correcting that reply offers to replace it (assistant/supersede.py may_replace)
+    assert scope.route_from(1, owned, "Which instrument do I play?")[::2] == ((1, "expert:v1-0"), ("f1",))
+    assert scope.route_from(1, owned, general) == (None, None, ())
 
 
 def test_a_question_asking_how_reaches_only_prompts_that_asked_how(tmp_path):

@@ -1,5 +1,7 @@
 """A correction always wins: which earlier corrections a new one replaces (store/feedback.py,
 assistant/supersede.py), and what reads the link: recall, training data, the chat's routing."""
+import json
+
 import pytest
 
 from assistant.config import Config
@@ -98,6 +100,30 @@ def undecided_superseder() -> Superseder:
     every other pair of corrections apart."""
     judge = OwnPairsJudge({DESK, DIAL}, {(DESK[0], DIAL[1]): [-1.0, -1.0, -1.0, -5.5], (DIAL[0], DESK[1]): [-1.0] * 4})
     return Superseder(HashEmbedder(), judge, SupersedePolicy(min_similarity=0.1))
+
+
+def test_a_correction_of_a_reply_answered_from_an_earlier_correction_offers_to_replace_it(db):
+    """The judge keeps the two apart (every pairing far less likely), yet the corrected reply came
+    from the earlier correction (its note recalled first, or its expert routed): the user is asked,
+    since only the user can tell an update from a question the earlier one should not have answered."""
+    from assistant.supersede import may_replace
+
+    cat, cat_now = ("What is my cat called?", "Your cat is called Miso."), ("Which cat do I have?", "Your cat is Tofu.")
+    apart = Superseder(HashEmbedder(), OwnPairsJudge({DESK, DIAL, cat, cat_now}, {}), SupersedePolicy(min_similarity=0.1))
+    unrelated = correct(db, *cat)
+    desk = correct(db, *DESK)
+    _, tid = turn(db, DIAL[0], "Your desk extension is 4471.")
+    db["turns"].update(tid, {"recalled_json": json.dumps([desk, unrelated])})
+    dial = feedback.add_feedback(db, tid, "correction", correction=DIAL[1])
+    assert apart.decide(Correction(dial, *DIAL), [Correction(desk, *DESK)]) == []
+    assert [c.id for c in may_replace(db, dial, apart)] == [desk]  # the first note only: it answered
+    _, routed = turn(db, cat_now[0], cat[1])
+    db["turns"].update(routed, {"answered_from_json": json.dumps([unrelated])})
+    renamed = feedback.add_feedback(db, routed, "correction", correction=cat_now[1])
+    assert apart.decide(Correction(renamed, *cat_now), [Correction(unrelated, *cat)]) == []
+    assert [c.id for c in may_replace(db, renamed, apart)] == [unrelated]  # its expert answered
+    feedback.supersede(db, [unrelated], by=renamed)
+    assert may_replace(db, renamed, apart) == []  # replaced already: nothing left to ask
 
 
 def test_the_superseder_merges_only_within_its_tolerance():
