@@ -8,9 +8,11 @@ Two kinds of input:
   meets them; a pair is one fact when the new item is an update "of" the old one.
 For every pair: the chat model's shifts (assistant/supersede.py `Shifts`) and the decision of the
 policy in use (merged, offered to the user to confirm, or neither). Targets: no wrong merge; as
-many updates as possible.
+many updates as possible. With `--matcher`, also whether recall's matcher (assistant/matching.py,
+RECALL_POLICY, the chat's reranker and answer-fit check) finds the old correction for the new
+question: would a reply to the new question have been answered from the old correction?
 
-    python bench/supersede.py [--pairs bench/supersede_dev.jsonl] [--scenarios a.jsonl,b.jsonl] [--out supersede]
+    python bench/supersede.py [--pairs bench/supersede_dev.jsonl] [--scenarios a.jsonl,b.jsonl] [--matcher] [--out supersede]
 """
 import argparse
 import json
@@ -23,7 +25,18 @@ from benchkit import RESULTS, ROOT  # noqa: F401 - sets the environment up first
 
 from assistant.config import DEFAULT_SYSTEM_PROMPT, Config  # noqa: E402
 from assistant.embedders import embedder_name, make_embedder  # noqa: E402
+from assistant.matching import (  # noqa: E402
+    RECALL_POLICY,
+    KeyIndex,
+    learned,
+    ordinary_requests,
+    rank,
+    same_thing,
+    search_keys,
+    unit_rows,
+)
 from assistant.model import ServedModel, resolve_model  # noqa: E402
+from assistant.rerank import chat_reranker  # noqa: E402
 from assistant.supersede import Correction, ModelJudge, Superseder  # noqa: E402
 
 
@@ -50,7 +63,22 @@ def scenario_pairs(path: str, superseder: Superseder) -> list[tuple[str, bool, C
     return out
 
 
-def measure(pairs, superseder: Superseder, candidates_only: bool) -> list[dict]:
+class RecallMatcher:
+    """Does recall's matcher find correction `c` for `text`, with `c` the only one stored?"""
+
+    def __init__(self, embedder, reranker):
+        self.embedder, self.reranker = embedder, reranker
+        self.ordinary, self.things = ordinary_requests(embedder), same_thing(embedder)
+
+    def finds(self, text: str, c: Correction) -> bool:
+        keys = search_keys(c.prompt, c.answer, RECALL_POLICY)
+        index = KeyIndex(unit_rows(self.embedder.encode(keys)), [0] * len(keys), [learned(c.prompt, c.answer)] * len(keys))
+        top = index.candidates(text, unit_rows(self.embedder.encode([text]))[0], RECALL_POLICY, self.ordinary,
+                               self.things, limit=1)
+        return bool(top) and bool(rank(text, top, [(c.prompt, c.answer)], self.reranker, RECALL_POLICY))
+
+
+def measure(pairs, superseder: Superseder, candidates_only: bool, matcher: RecallMatcher | None = None) -> list[dict]:
     out = []
     for name, same, old, new in pairs:
         s = superseder.shifts(new, old)
@@ -58,6 +86,8 @@ def measure(pairs, superseder: Superseder, candidates_only: bool) -> list[dict]:
         out.append({"id": name, "same": same, "candidate": candidate, "answer_shift": round(s.answer, 3),
                     "question_shift": round(s.question, 3), "worst_token": round(s.worst_token, 3),
                     "merged": candidate and superseder.same_fact(s), "asked": candidate and superseder.unsure(s)})
+        if matcher is not None:
+            out[-1]["recall_finds_old"] = matcher.finds(new.prompt, old)
     return out
 
 
@@ -70,7 +100,14 @@ def markdown(found: list[dict], policy, source: str) -> str:
              "", f"- updates caught: **{sum(f['merged'] for f in updates)}/{len(updates)}**",
              f"- different facts wrongly merged: **{sum(f['merged'] for f in others)}/{len(others)}** (target 0)",
              f"- offered to the user to confirm (`ask_tolerance`): updates {sum(f['asked'] for f in updates)}/"
-             f"{len(updates)}, different facts {sum(f['asked'] for f in others)}/{len(others)}", "",
+             f"{len(updates)}, different facts {sum(f['asked'] for f in others)}/{len(others)}"]
+    if found and "recall_finds_old" in found[0]:
+        lines += [f"- recall's matcher finds the old correction for the new question (`--matcher`): updates "
+                  f"{sum(f['recall_finds_old'] for f in updates)}/{len(updates)}, different facts "
+                  f"{sum(f['recall_finds_old'] for f in others)}/{len(others)}; of those offered to confirm, updates "
+                  f"{sum(f['asked'] and f['recall_finds_old'] for f in updates)}, different facts "
+                  f"{sum(f['asked'] and f['recall_finds_old'] for f in others)}"]
+    lines += ["",
              "| pair | same fact | MiniLM candidate | answer shift | question shift | worst token | merged |",
              "|---|---|---|---|---|---|---|"]
     for f in sorted(found, key=lambda f: (not f["same"], f["worst_token"])):
@@ -85,17 +122,19 @@ def main(argv=None) -> int:
     ap.add_argument("--pairs", default=str(Path(__file__).parent / "supersede_dev.jsonl"),
                     help="a pair set; '' for none")
     ap.add_argument("--scenarios", default="", help="comma-separated teaching scenarios")
+    ap.add_argument("--matcher", action="store_true", help="also ask recall's matcher (slower)")
     ap.add_argument("--out", default="supersede")
     args = ap.parse_args(argv)
     cfg = Config()
     served = ServedModel(resolve_model(cfg.model, cfg.models_dir))
     superseder = Superseder(make_embedder(), ModelJudge(served, DEFAULT_SYSTEM_PROMPT))
+    matcher = RecallMatcher(superseder.embedder, chat_reranker(served, cfg)) if args.matcher else None
     found, sources = [], []
     if args.pairs:
-        found += measure(pair_set(args.pairs), superseder, candidates_only=False)
+        found += measure(pair_set(args.pairs), superseder, candidates_only=False, matcher=matcher)
         sources.append(Path(args.pairs).name)
     for path in filter(None, args.scenarios.split(",")):
-        found += measure(scenario_pairs(path, superseder), superseder, candidates_only=True)
+        found += measure(scenario_pairs(path, superseder), superseder, candidates_only=True, matcher=matcher)
         sources.append(Path(path).name)
     md = markdown(found, superseder.policy, ", ".join(sources))
     RESULTS.mkdir(parents=True, exist_ok=True)
