@@ -11,7 +11,7 @@ Contract
 The handlers that fill these blocks are assistant/ui_chat.py's.
 """
 CUT_TITLE = "⚠ Message cut"
-ANSWERED_MARK = "ⓘ"  # starts the title of a turn's answered-by note
+ANSWERED_MARK = "ℹ"  # starts the title of a turn's answered-by note
 CORRECTION_TITLE = "✎ Your correction"
 
 

@@ -97,7 +97,7 @@ def test_chat_stream_like_and_correct_in_the_browser(server, browser):
     assert page.locator(ANSWERS).count() == 1
     # what wrote it, in one folded line above the answer (48 tokens at temperature 1: cut, or not)
     said = page.locator("#chatbot .thought-group .title").first.inner_text()
-    assert said.startswith("ⓘ answered by the base model"), said
+    assert said.startswith("ℹ answered by the base model"), said
     assert ("cut at 48 tokens" in said) == (ui_turns(db)[0]["finish_reason"] == "length")
     assert not page.locator("#chatbot .thought-group .content").first.is_visible()  # folded
     page.locator("#chatbot").screenshot(path="/tmp/assistant-ui-answered-by.png")  # docs/ screenshots
