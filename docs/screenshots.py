@@ -1,0 +1,120 @@
+"""The README's screenshots of a home that has learned, taken in headless Chromium.
+
+    python docs/screenshots.py --home DIR [--out docs]
+
+`DIR` is an assistant home with live versions and experts, such as the one a season run leaves
+(`bench/season.py` prints it). It is not changed: the server runs on a copy of its database, with
+its adapters, models and cache linked. The chat asks the question of the newest expert of the
+active version and unfolds the note above the reply ("Learned from"), then the *Versions* and
+*What it knows about me* tabs are taken whole. Writes screenshot-answered-by.png,
+screenshot-versions.png and screenshot-knows.png under `--out`.
+"""
+import argparse
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
+
+
+def copy_home(home: Path, into: Path) -> None:
+    """`into` as `home` with its own copy of the database (sqlite's backup: consistent while in use)."""
+    with sqlite3.connect(home / "assistant.db") as src, sqlite3.connect(into / "assistant.db") as dst:
+        src.backup(dst)
+    for entry in home.iterdir():
+        if entry.is_dir():
+            (into / entry.name).symlink_to(entry)
+
+
+def newest_expert_question(home: Path) -> str:
+    """The question of the newest expert of the active version (its meta.json)."""
+    with sqlite3.connect(home / "assistant.db") as db:
+        row = db.execute("SELECT path FROM adapters WHERE status = 'active'").fetchone()
+    if row is None:
+        sys.exit(f"{home} has no active version: learn first")
+    experts = json.loads((Path(row[0]) / "meta.json").read_text()).get("experts") or []
+    if not experts:
+        sys.exit(f"the active version of {home} has no experts")
+    return max(experts, key=lambda e: e.get("trained_in", 0))["prompt"]
+
+
+def wait_until_up(url: str, server: subprocess.Popen, timeout_s: float = 180.0) -> None:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if server.poll() is not None:
+            sys.exit(f"the server exited with {server.returncode}")
+        try:
+            urllib.request.urlopen(url + "/v1/models", timeout=2)
+            return
+        except OSError:
+            time.sleep(1)
+    sys.exit("the server did not start in time")
+
+
+def shoot(url: str, question: str, out: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM if Path(CHROMIUM).exists() else None, args=ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(url)
+        page.locator("#message textarea").fill(question)
+        page.locator("#send").click()
+        title = page.locator("#chatbot .thought-group .title").first
+        title.get_by_text("answered by").wait_for(timeout=120_000)  # "answering…" until the reply ends
+        answer = page.locator("#chatbot .message.bot:not(:has(.thought-group))").last
+        for _ in range(100):  # the reply's text lands a moment after the note's title
+            if any(c.isalnum() for c in answer.inner_text()):
+                break
+            time.sleep(0.2)
+        # the turn's last update names the reply under "Feedback on": then the chat is idle
+        page.locator("#feedback-target").get_by_text(answer.inner_text().strip()[:20]).wait_for()
+        learned = page.locator("#chatbot").get_by_text("Learned from")
+        for _ in range(5):  # unfold it (a click while the chat still re-renders can be lost)
+            title.click()
+            time.sleep(1)
+            if learned.is_visible():
+                break
+        learned.wait_for()
+        page.locator("#chatbot").screenshot(path=str(out / "screenshot-answered-by.png"))
+        for tab, name in (("Versions", "screenshot-versions.png"), ("What it knows about me", "screenshot-knows.png")):
+            page.get_by_role("tab", name=tab).click()
+            time.sleep(5)  # the tab fills its tables when shown
+            page.evaluate("document.querySelectorAll('.toast-wrap').forEach(t => t.remove())")
+            page.screenshot(path=str(out / name), full_page=True)
+        browser.close()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--home", required=True, type=Path)
+    ap.add_argument("--out", type=Path, default=ROOT / "docs")
+    ap.add_argument("--port", type=int, default=7893)
+    args = ap.parse_args(argv)
+    question = newest_expert_question(args.home)
+    with tempfile.TemporaryDirectory(prefix="screenshots-") as tmp:
+        copy_home(args.home, Path(tmp))
+        env = {**os.environ, "ASSISTANT_HOME": tmp}
+        server = subprocess.Popen([str(ROOT / ".venv/bin/assistant"), "serve", "--port", str(args.port)], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            url = f"http://127.0.0.1:{args.port}"
+            wait_until_up(url, server)
+            shoot(url, question, args.out)
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+    print(f"asked {question!r}; screenshots in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
