@@ -47,8 +47,8 @@ def test_completion_is_the_logged_turn(client, runtime):
     assert json.loads(row["params_json"])["max_new_tokens"] == 6
     assert r.model_extra["conversation_id"] == row["conversation_id"]
     # what answered: the base model (no version), no recalled note
-    assert (r.model_extra["adapter_version"], r.model_extra["answered_by"], r.model_extra["recalled"]) == \
-        (None, None, 0)
+    assert (r.model_extra["adapter_version"], r.model_extra["answered_by"], r.model_extra["answered_from"],
+            r.model_extra["recalled"]) == (None, None, [], 0)
 
 
 def test_streamed_completion_is_the_logged_turn(client, runtime):
