@@ -256,7 +256,8 @@ class ChatService(AdapterRouting):
         """The reply to a prepared turn from version `served` (None: the base model), routed as
         every chat turn is (its expert, habit adapter or the base weights; a pending note's
         newer answer over the weights) and ended with the version's closing habit. Sets
-        `turn.answered_by`; the pieces and counts go to `turn.generation`. Logs nothing."""
+        `turn.answered_by` and `turn.answered_from`; the pieces and counts go to `turn.generation`.
+        Logs nothing."""
         version, path, learned_from = self.route_from(served, served_path, turn.user_message)
         if self.cfg.pending_note_wins and turn.recalled and not turn.recalled[0].get("learned", True):
             version, path, learned_from = None, None, ()  # the note is newer than anything the weights learned
