@@ -5,13 +5,16 @@
 `DIR` is an assistant home with live versions and experts, such as the one a season run leaves
 (`bench/season.py` prints it). It is not changed: the server runs on a copy of its database, with
 its adapters, models and cache linked. The chat asks the question of the newest expert of the
-active version and unfolds the note above the reply ("Learned from"), then the *Versions* and
-*What it knows about me* tabs are taken whole. Writes screenshot-answered-by.png,
-screenshot-versions.png and screenshot-knows.png under `--out`.
+active version and unfolds the note above the reply ("Learned from"), corrects the reply (on
+the copy: "You wear EU size 39 shoes." becomes "... 40 ...", the first number one higher) and
+takes the page, then the *Versions* and *What it knows about me* tabs whole. Writes
+screenshot-answered-by.png, screenshot-chat.png, screenshot-versions.png and
+screenshot-knows.png under `--out`.
 """
 import argparse
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -44,6 +47,14 @@ def newest_expert_question(home: Path) -> str:
     if not experts:
         sys.exit(f"the active version of {home} has no experts")
     return max(experts, key=lambda e: e.get("trained_in", 0))["prompt"]
+
+
+def changed(reply: str) -> str:
+    """`reply` with its first number one higher (or " Not any more." added): a correction to show."""
+    match = re.search(r"\d+", reply)
+    if match is None:
+        return reply + " Not any more."
+    return reply[:match.start()] + str(int(match.group()) + 1) + reply[match.end():]
 
 
 def wait_until_up(url: str, server: subprocess.Popen, timeout_s: float = 180.0) -> None:
@@ -85,6 +96,10 @@ def shoot(url: str, question: str, out: Path) -> None:
                 break
         learned.wait_for()
         page.locator("#chatbot").screenshot(path=str(out / "screenshot-answered-by.png"))
+        page.locator("#fb-correction textarea").fill(changed(answer.inner_text().strip()))
+        page.locator("#fb-correct").click()
+        page.locator("#notice").get_by_text("Correction saved").wait_for(timeout=60_000)
+        page.screenshot(path=str(out / "screenshot-chat.png"), full_page=True)
         for tab, name in (("Versions", "screenshot-versions.png"), ("What it knows about me", "screenshot-knows.png")):
             page.get_by_role("tab", name=tab).click()
             time.sleep(5)  # the tab fills its tables when shown
