@@ -133,11 +133,14 @@ class ChatHandlers:
         convs = self.conversation_list(session["conversation_id"])
         status = "↻ Regenerating…" if retry_of else "…"
         yield textbox, list(history), session, status, convs, gr.skip(), gr.skip()
+        learned_from = None  # read once: the turn is routed before its first piece
         try:
             for _ in self.rt.chat.pieces(turn, source="ui", max_new_tokens=int(max_new_tokens),
                                          temperature=float(temperature), retry_of=retry_of):
+                if learned_from is None:
+                    learned_from = feedback.corrections(self.db, turn.answered_from)
                 history[reply_at] = {"role": "assistant", "content": turn.generation.text}
-                history[answered_at] = self._answered(turn, max_new_tokens)
+                history[answered_at] = self._answered(turn, max_new_tokens, learned_from)
                 yield textbox, list(history), session, status, gr.skip(), gr.skip(), gr.skip()
         except Exception as e:  # noqa: BLE001 - the user sees why; the turn is logged if it began
             log.exception("generation failed")
@@ -152,17 +155,19 @@ class ChatHandlers:
             return
         reply = turn.generation.text
         history[reply_at] = {"role": "assistant", "content": reply}
-        history[answered_at] = self._answered(turn, max_new_tokens)
+        history[answered_at] = self._answered(turn, max_new_tokens, feedback.corrections(self.db, turn.answered_from))
         session["selected"] = turn.turn_id
         done = self._retry_outcome(retry_of, turn.turn_id, reply) if retry_of else ""
         # The list again at the end: a page-load refresh racing the first update cannot hide this chat.
         yield textbox, history, session, done, self.conversation_list(session["conversation_id"]), \
             target_text(reply), reply
 
-    def _answered(self, turn, max_new_tokens) -> dict:
+    @staticmethod
+    def _answered(turn, max_new_tokens, learned_from: list[dict]) -> dict:
+        """The answered-by note; `learned_from`: store.feedback.corrections of `turn.answered_from`."""
         g = turn.generation  # its finish_reason is "stop" until the stream ends
         return answered_note(answered_of(g.adapter_version, turn.answered_by, g.finish_reason, int(max_new_tokens),
-                                         feedback.corrections(self.db, turn.answered_from)), turn.recalled)
+                                         learned_from), turn.recalled)
 
     def _retry_outcome(self, old_id: str, new_id: str, reply: str) -> str:
         """The retry's notice. An answer identical to the earlier one is no evidence that the

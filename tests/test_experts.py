@@ -2,7 +2,6 @@
 expert of a prompt's nearest trained prompt answers it, in the chat and in evaluation alike."""
 import dataclasses
 import json
-from types import SimpleNamespace
 
 import torch
 
@@ -96,7 +95,7 @@ def test_the_chat_answers_with_the_expert_and_falls_back_to_the_version_when_it_
     assert (saved["adapter_version"], saved["answered_by"], json.loads(saved["answered_from_json"])) == (1, "expert", dog_id)
     from assistant.ui_chat import ChatHandlers
 
-    note = ChatHandlers(SimpleNamespace(db=db))._answered(turn, 6)["content"]
+    note = ChatHandlers._answered(turn, 6, feedback.corrections(db, turn.answered_from))["content"]
     assert f"Learned from:\n- “{DOG}” → “A correction.”" in note
     expert = served.generate(turn.messages, max_new_tokens=6, version=(1, "expert:v1-0"),
                              adapter_path=path / EXPERTS_DIR / "v1-0")
