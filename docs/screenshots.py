@@ -29,12 +29,22 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disa
 
 
 def copy_home(home: Path, into: Path) -> None:
-    """`into` as `home` with its own copy of the database (sqlite's backup: consistent while in use)."""
+    """`into` as `home` with its own copy of the database (sqlite's backup: consistent while in use)
+    and the home's directories linked. The copy never starts a learning cycle by itself: it
+    would write a version into the home's own adapters directory."""
+    sys.path.insert(0, str(ROOT))
+    from learning.config import SETTINGS_KEY
+    from store import open_db
+    from store.settings import get_setting, set_setting
+
     with sqlite3.connect(home / "assistant.db") as src, sqlite3.connect(into / "assistant.db") as dst:
         src.backup(dst)
     for entry in home.iterdir():
         if entry.is_dir():
             (into / entry.name).symlink_to(entry)
+    db = open_db(into / "assistant.db")
+    set_setting(db, SETTINGS_KEY, {**(get_setting(db, SETTINGS_KEY, None) or {}),
+                                   "min_new_feedback": 1_000_000, "interval_s": 10**9})
 
 
 def newest_expert_question(home: Path) -> str:
