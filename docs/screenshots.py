@@ -12,10 +12,8 @@ screenshot-answered-by.png, screenshot-chat.png, screenshot-versions.png and
 screenshot-knows.png under `--out`.
 """
 import argparse
-import json
 import os
 import re
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -23,39 +21,36 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from benchkit import ROOT, manual_learning  # noqa: E402 - offline loading, the project on sys.path
+
+from assistant.terminal import backup_database  # noqa: E402
+from store import adapters, open_db  # noqa: E402
+from store.manifest import read_experts  # noqa: E402
+
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
 
 
 def copy_home(home: Path, into: Path) -> None:
-    """`into` as `home` with its own copy of the database (sqlite's backup: consistent while in use)
-    and the home's directories linked. The copy never starts a learning cycle by itself: it
-    would write a version into the home's own adapters directory."""
-    sys.path.insert(0, str(ROOT))
-    from learning.config import SETTINGS_KEY
-    from store import open_db
-    from store.settings import get_setting, set_setting
-
-    with sqlite3.connect(home / "assistant.db") as src, sqlite3.connect(into / "assistant.db") as dst:
-        src.backup(dst)
+    """`into` as `home` with its own copy of the database (consistent while in use) and the
+    home's directories linked. The copy never starts a learning cycle by itself (the benchmarks'
+    `manual_learning`): it would write a version into the home's own adapters directory."""
+    backup_database(home / "assistant.db", into / "assistant.db")
     for entry in home.iterdir():
         if entry.is_dir():
             (into / entry.name).symlink_to(entry)
-    db = open_db(into / "assistant.db")
-    set_setting(db, SETTINGS_KEY, {**(get_setting(db, SETTINGS_KEY, None) or {}),
-                                   "min_new_feedback": 1_000_000, "interval_s": 10**9})
+    manual_learning(into)
 
 
 def newest_expert_question(home: Path) -> str:
-    """The question of the newest expert of the active version (its meta.json)."""
-    with sqlite3.connect(home / "assistant.db") as db:
-        row = db.execute("SELECT path FROM adapters WHERE status = 'active'").fetchone()
-    if row is None:
-        sys.exit(f"{home} has no active version: learn first")
-    experts = json.loads((Path(row[0]) / "meta.json").read_text()).get("experts") or []
+    """The question of the newest expert of the active version of the home (or copy) at `home`."""
+    active = adapters.active_adapter(open_db(home / "assistant.db"))
+    if active is None:
+        sys.exit("the home has no active version: learn first")
+    experts = read_experts(active["path"])
     if not experts:
-        sys.exit(f"the active version of {home} has no experts")
+        sys.exit("the home's active version has no experts")
     return max(experts, key=lambda e: e.get("trained_in", 0))["prompt"]
 
 
@@ -124,9 +119,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "docs")
     ap.add_argument("--port", type=int, default=7893)
     args = ap.parse_args(argv)
-    question = newest_expert_question(args.home)
     with tempfile.TemporaryDirectory(prefix="screenshots-") as tmp:
         copy_home(args.home, Path(tmp))
+        question = newest_expert_question(Path(tmp))  # opening a database migrates it: the copy's
         env = {**os.environ, "ASSISTANT_HOME": tmp}
         server = subprocess.Popen([str(ROOT / ".venv/bin/assistant"), "serve", "--port", str(args.port)], env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
