@@ -177,14 +177,14 @@ def answer_kinds(text: str) -> frozenset[str]:
     return frozenset({kind})
 
 
-def named_phrases(text: str, determiners: frozenset[str]) -> list[list[str]]:
-    """The words after each of `determiners` up to PHRASE_ENDS ("our new app" -> [new, app]).
-    After do/does/did the phrase is the subject and the verb follows it: "What time does my gym
-    class start?" -> [gym, class]."""
+def named_phrases(text: str, determiners: frozenset[str], with_determiner: bool = False) -> list[list[str]]:
+    """The words after each of `determiners` up to PHRASE_ENDS ("our new app" -> [new, app]; with
+    `with_determiner`, [our, new, app]). After do/does/did the phrase is the subject and the verb
+    follows it: "What time does my gym class start?" -> [gym, class]."""
     words_in_order, phrases, phrase = tokens(text), [], None
     for i, t in enumerate(words_in_order):
         if t in determiners:
-            phrase = []
+            phrase = [t] if with_determiner else []
             phrases.append((words_in_order[i - 1] if i else "", phrase))
         elif phrase is not None and t == "s":
             continue
@@ -192,7 +192,31 @@ def named_phrases(text: str, determiners: frozenset[str]) -> list[list[str]]:
             phrase.append(t)
         else:
             phrase = None
-    return [p[:-1] if before in DO_FORMS and len(p) > 1 else p for before, p in phrases if p]
+    least = 2 if with_determiner else 1
+    return [p[:-1] if before in DO_FORMS and len(p) > least else p for before, p in phrases if len(p) >= least]
+
+
+def described(question: str, told: AbstractSet[str], naming_question: str) -> str | None:
+    """`question` with the first name in it that `told` holds (a run of capitalised words and
+    numbers: "Spark 30", "Pepper" of "Pepper's") put as the question that told it named the thing
+    ("What is the cheapest broadband plan called?" -> "the cheapest broadband plan"):
+    "How fast is Spark 30?" -> "How fast is the cheapest broadband plan?". None when `question`
+    uses no such name or `naming_question` names no thing after my/our/the."""
+    phrases = named_phrases(naming_question, NAMING_DETERMINERS, with_determiner=True)
+    if not phrases:
+        return None
+    run = []
+    for m in re.finditer(r"\w+", question):
+        w = m.group()
+        if w.lower() in told and (w[0].isupper() or w[0].isdigit()) and (
+                not run or not question[run[-1].end():m.start()].strip()):
+            run.append(m)
+        elif run:
+            break
+    if not run:
+        return None
+    before = re.sub(r"\b(?:the|a|an)\s+$", "", question[:run[0].start()], flags=re.IGNORECASE)  # "the Northstar deadline"
+    return before + " ".join(phrases[0]) + question[run[-1].end():]
 
 
 def named_things(learned_question: str) -> frozenset[tuple[str, str]]:

@@ -28,6 +28,7 @@ from assistant.language import (
     THING_STOPWORDS,
     about_user,
     asks_way,
+    described,
     may_answer,
     named_things,
     names,
@@ -84,6 +85,11 @@ class MatchPolicy:
       answer may be at most this much less likely (mean log-probability per answer token, base
       weights) after the question than after the question it corrected (assistant/rerank.py
       `fits`); 2.25 loses no own paraphrase on the dev sets (bench/results/answer-fit.md).
+    - `linked_keys`: a correction whose question uses a name another correction's answer told
+      ("How fast is Spark 30?" after "The cheapest plan is called Spark 30.") is found by its
+      question followed by that answer too, and the things that question named count as its own
+      (`naming_links`): users ask about a named thing by what it is ("How fast is the cheapest
+      plan?", "Where does my sister live?") (bench/results/routing-aliases-*.md).
     """
     threshold: float = 0.45
     relative_margin: float | None = 0.1
@@ -98,6 +104,7 @@ class MatchPolicy:
     rerank_weight: float = 0.02
     rerank_gap: float | None = 0.1
     fit_tolerance: float = 2.25
+    linked_keys: bool = True
 
     def __post_init__(self):
         if not self.fit_tolerance >= 0:  # below 0 not even its own question would fit
@@ -124,6 +131,38 @@ def readable(embedder, text: str) -> bool:
 def answer_key(prompt: str, answer: str) -> str:
     """A correction found by what its answer says (MatchPolicy.answer_key)."""
     return f"{prompt} {answer}"
+
+
+def naming_links(pairs: list[tuple[str, str | None]]) -> list[list[int]]:
+    """Per (question, answer), the others whose answer told a name its question uses
+    (language.told_words, language.names), those sharing the most of the question's names and
+    numbers only (a company name told in passing, "Kestrel", must not link every question naming
+    its products to the answer that told it): the corrections that say what the named thing is."""
+    told = [told_words(q, a or "") for q, a in pairs]
+    told_by: dict[str, list[int]] = {}
+    for j, words_told in enumerate(told):
+        for w in words_told:
+            told_by.setdefault(w, []).append(j)
+    links = []
+    for i, (q, _) in enumerate(pairs):
+        used = names(q)
+        named = {j for w in used for j in told_by.get(w, ()) if j != i}  # told a name it uses
+        shared = {j: len(told[j] & told_words("", q)) for j in sorted(named)}  # and how many of its names and numbers
+        most = max(shared.values(), default=0)
+        links.append([j for j, n in shared.items() if n == most])
+    return links
+
+
+def linked(prompt: str, answer: str, other_prompt: str, other_answer: str) -> tuple[str, tuple[str, str]]:
+    """A correction found through the correction that told a name it uses (`naming_links`): its
+    search key, and the (question, answer) the fit check and the reranker read for a match on it.
+    The key asks with the name put as that correction's question named the thing
+    (language.described: "How fast is the cheapest broadband plan?"), else it is followed by that
+    correction's answer; the answer comes after the one that told the name ("The cheapest plan is
+    called Spark 30. Spark 30 gives up to 30 Mbit/s."), so that the question, which does not use
+    the name, is weighed against an answer that says what the name is."""
+    asked = described(prompt, told_words(other_prompt, other_answer), other_prompt)
+    return asked or answer_key(prompt, other_answer), (asked or prompt, f"{other_answer} {answer}")
 
 
 def search_keys(prompt: str, answer: str | None = None, policy: MatchPolicy = RECALL_POLICY) -> list[str]:
@@ -251,13 +290,21 @@ class Learned:
 
 
 def learned(question: str, answer: str | None = None, *, personal: bool | None = None,
-            told: frozenset | None = None, also_named: tuple[str, ...] = ()) -> Learned:
+            told: frozenset | None = None, also_named: tuple[str, ...] = (),
+            through: tuple[tuple[str, str | None], ...] = ()) -> Learned:
     """A `Learned` for `question`; `personal` and `told` where the caller knows better than the
     question's own words (a keyword rewrite of a question about the user; a scope's told words),
-    `also_named`: questions of the same thing whose owned things count too (ones it replaced)."""
-    owned = tuple(dict.fromkeys(p for q in (question, *also_named) for p in owned_things(q)))
+    `also_named`: questions of the same thing whose owned things count too (ones it replaced).
+    `through`: the (question, answer) of corrections that told a name `question` uses
+    (`naming_links`): it is about what they are about (their owned things; the user, if they
+    are), and a question using the name is about it (the name counts as told)."""
+    named_by = tuple(q for q, _ in through)
+    owned = tuple(dict.fromkeys(p for q in (question, *also_named, *named_by) for p in owned_things(q)))
     told = frozenset(told_words(question, answer or "")) if told is None else frozenset(told)
-    return Learned(personal=about_user(words(question)) if personal is None else personal,
+    told |= {w for q, a in through for w in told_words(q, a or "")} & names(question)
+    if personal is None:
+        personal = about_user(words(question)) or any(about_user(words(q)) for q in named_by)
+    return Learned(personal=personal,
                    way=asks_way(question), told=told, things=named_things(question), owned=owned,
                    mentions=frozenset(words(question) | words(answer or "") | told),
                    names=frozenset(names(question)))

@@ -60,6 +60,8 @@ from assistant.matching import (
     KeyIndex,
     MatchPolicy,
     learned,
+    linked,
+    naming_links,
     ordinary_requests,
     rank,
     readable,
@@ -124,6 +126,8 @@ class Memory:
         self._last_id = ""
         self._rows: list[dict] = []  # every correction in id order: id, prompt, correction, flags
         self._vectors: dict[str, np.ndarray] = {}  # embedding cache by feedback id
+        self._linked_vectors: dict[str, np.ndarray] = {}  # linked search keys (MatchPolicy.linked_keys) by text
+        self._key_pairs: dict[int, tuple] = {}  # a linked key's row -> the pair a match on it is ranked by
         self._index: KeyIndex | None = None  # search keys of the eligible corrections
         self._cache: VectorCache | None = None
         self._eligible: list[dict] = []
@@ -208,11 +212,17 @@ class Memory:
             missing = [r for r in keyed if r["id"] not in self._vectors]
             if missing:
                 self._embed(missing)
-            blocks, owners, sources = [], [], []
+            through = self._linked()
+            blocks, owners, sources, self._key_pairs = [], [], [], {}
             for i, r in enumerate(self._eligible):
                 olds = self._aliases.get(r["id"], ())
                 block = np.concatenate([self._vectors[r["id"]], *(self._vectors[old["id"]] for old in olds)])
-                source = learned(r["user_message"], r["correction"], also_named=tuple(o["user_message"] for o in olds))
+                at = len(owners) + len(block)
+                for n, (_, pair, _) in enumerate(through[i]):
+                    self._key_pairs[at + n] = pair
+                block = np.concatenate([block, *(self._linked_vectors[key][None] for key, _, _ in through[i])])
+                source = learned(r["user_message"], r["correction"], also_named=tuple(o["user_message"] for o in olds),
+                                 through=tuple(by for _, _, by in through[i]))
                 blocks.append(block)
                 owners += [i] * len(block)
                 sources += [source] * len(block)
@@ -220,6 +230,20 @@ class Memory:
             self._index = KeyIndex(matrix, owners, sources)
             self._taken_back_keys = self._taken_back_matrix() if self.policy.taken_back_floor else None
         return self._index
+
+    def _linked(self) -> list[list[tuple[str, tuple, str]]]:
+        """Per eligible correction, (search key, ranking pair, (question, answer)) through each
+        correction that told a name its question uses (matching.naming_links, linked); the keys
+        embedded once per text."""
+        rows = self._eligible
+        links = naming_links([(r["user_message"], r["correction"]) for r in rows]) if self.policy.linked_keys \
+            else [[] for _ in rows]
+        through = [[(*linked(r["user_message"], r["correction"], rows[j]["user_message"], rows[j]["correction"]),
+                     (rows[j]["user_message"], rows[j]["correction"])) for j in js] for r, js in zip(rows, links, strict=True)]
+        todo = list(dict.fromkeys(k for ks in through for k, _, _ in ks if k not in self._linked_vectors))
+        if todo:
+            self._linked_vectors.update(zip(todo, unit_rows(self.embedder.encode(todo)), strict=True))
+        return through
 
     def _taken_back_matrix(self) -> np.ndarray | None:
         """The keys of the corrections taken back, still stored or deleted, as one matrix (None:
@@ -349,7 +373,8 @@ class Memory:
         top = index.candidates(text, query, self.policy, self._ordinary, self._things, limit=k,
                                taken_back=self._taken_back_keys)
         rows = [self._eligible[c.owner] for c in top]
-        ranked = rank(text, top, [(r["user_message"], r["correction"]) for r in rows], self.reranker, self.policy)
+        pairs = [self._key_pairs.get(c.key) or (r["user_message"], r["correction"]) for c, r in zip(top, rows, strict=True)]
+        ranked = rank(text, top, pairs, self.reranker, self.policy)
         found = [{"feedback_id": r["id"], "prompt": r["user_message"], "correction": r["correction"],
                   "score": round(c.score, 4), "rank": round(rk, 4), "learned": r["learned"]}
                  for c, rk in ranked for r in [self._eligible[c.owner]]]

@@ -43,6 +43,8 @@ from assistant.matching import (
     MatchPolicy,
     answer_key,
     learned,
+    linked,
+    naming_links,
     ordinary_requests,
     rank,
     readable,
@@ -91,15 +93,17 @@ class AdapterScope:
         if scope is None:
             return None
         experts = read_experts(path)
-        keys, owners = routing_keys(experts, scope["prompts"], self.policy.answer_key)
-        sources = _sources(keys, owners, experts, scope.get("personal") or (), scope.get("told") or ())
+        links = naming_links([(e.get("prompt") or "", e.get("answer")) for e in experts]) \
+            if self.policy.linked_keys else None
+        keys, owners, key_pairs = routing_keys(experts, scope["prompts"], self.policy.answer_key, links)
+        sources = _sources(keys, owners, experts, scope.get("personal") or (), scope.get("told") or (), links)
         policy = replace(self.policy, threshold=float(scope["threshold"]), relative_margin=scope.get("margin"))
         by_name = {e["name"]: list(e.get("feedback_ids") or ()) for e in experts}
         trained_from = scope.get("sources") or {}
         feedback = [by_name[o] if o in by_name else trained_from.get(k, []) for k, o in zip(keys, owners, strict=True)]
         return _Scope(policy, KeyIndex(unit_rows(self.embedder.encode(keys)), owners, sources),
                       {e["name"]: e["adapter"] for e in experts}, feedback,
-                      {e["name"]: (e.get("prompt") or None, e.get("answer") or None) for e in experts})
+                      {e["name"]: (e.get("prompt") or None, e.get("answer") or None) for e in experts}, key_pairs)
 
     def forget(self, path) -> None:
         """Read the scope at `path` again when next asked: a candidate's meta.json was rewritten
@@ -174,31 +178,46 @@ class AdapterScope:
             return None
         top = scope.index.candidates(text, self._query(text), scope.policy, self._ordinary, self._things,
                                      limit=scope.policy.top_k, taken_back=taken_back_keys)
-        ranked = rank(text, top, [scope.pairs.get(c.owner, (None, None)) for c in top], self.reranker, scope.policy)
+        pairs = [scope.key_pairs.get(c.key) or scope.pairs.get(c.owner, (None, None)) for c in top]
+        ranked = rank(text, top, pairs, self.reranker, scope.policy)
         return ranked[0][0] if ranked else None
 
 
-def routing_keys(experts: list[dict], prompts: list[str], answer_keys: bool = True
-                  ) -> tuple[list[str], list[str | None]]:
+def routing_keys(experts: list[dict], prompts: list[str], answer_keys: bool = True,
+                 links: list[list[int]] | None = None) -> tuple[list[str], list[str | None], dict[int, tuple]]:
     """The texts a prompt is matched against and, per text, the expert that answers it (None: the
     version's shared adapter): the scope's prompts, owned by the expert trained on them (the
     newest when several were), and with `answer_keys` (MatchPolicy.answer_key) each expert's
     prompt followed by its answer, as recall finds a correction: a paraphrase may lie nearer what
-    the answer says than the question's words (bench/results/routing.md)."""
+    the answer says than the question's words (bench/results/routing.md); with `links`
+    (matching.naming_links over the experts), each expert's key through each linked expert
+    (matching.linked, MatchPolicy.linked_keys), whose row the third value maps to the (question,
+    answer) a match on it is ranked by."""
     owner = {q: e["name"] for e in experts for q in e.get("prompts") or [e["prompt"]]}
     answered = [(answer_key(e["prompt"], e["answer"]), e["name"]) for e in experts
                 if e.get("answer") and answer_keys]
-    return prompts + [k for k, _ in answered], [owner.get(p) for p in prompts] + [n for _, n in answered]
+    through = [(*linked(e["prompt"], e["answer"], experts[j]["prompt"], experts[j]["answer"]), e["name"])
+               for e, js in zip(experts, links or [[]] * len(experts), strict=True) for j in js
+               if e.get("answer") and experts[j].get("answer")]
+    keys = prompts + [k for k, _ in answered] + [k for k, _, _ in through]
+    owners = [owner.get(p) for p in prompts] + [n for _, n in answered] + [n for _, _, n in through]
+    first = len(keys) - len(through)
+    return keys, owners, {first + i: pair for i, (_, pair, _) in enumerate(through)}
 
 
-def _sources(keys: list[str], owners: list[str | None], experts: list[dict], personal, told) -> list:
+def _sources(keys: list[str], owners: list[str | None], experts: list[dict], personal, told,
+             links: list[list[int]] | None = None) -> list:
     """Per routing key, what the guards know of the question it came from (matching.Learned). A
     key an expert owns came from that expert's corrected prompt and answer, which decide (a key
     of its own words about the user counts as about the user too); another key, the shared
     adapter's, by its own words, the scope's "personal" list (scope_personal) and what all the
-    scope's answers told (the scope's "told": the shared adapter learned them together)."""
+    scope's answers told (the scope's "told": the shared adapter learned them together). The
+    expert's linked experts (`links`) say what the names its question uses are (matching.learned `through`)."""
     personal, told = set(personal), frozenset(told)
-    by_name = {e["name"]: learned(e.get("prompt") or "", e.get("answer")) for e in experts}
+    links = links or [[]] * len(experts)
+    by_name = {e["name"]: learned(e.get("prompt") or "", e.get("answer"),
+                                  through=tuple((experts[j].get("prompt") or "", experts[j].get("answer")) for j in linked))
+               for e, linked in zip(experts, links, strict=True)}
     sources = []
     for k, o in zip(keys, owners, strict=True):
         if o in by_name:
@@ -218,3 +237,4 @@ class _Scope:
     feedback: list[list[str]]  # per key, the feedback it came from: its expert's correction, or
     # the scope's "sources" for a shared adapter's prompt ([] unknown)
     pairs: dict[str, tuple]  # expert name -> (the question it corrected, the answer it learned), for rerank
+    key_pairs: dict[int, tuple]  # a linked key's row -> the pair a match on it is ranked by (routing_keys)

@@ -188,7 +188,7 @@ def needed_texts(items: list[dict], lcfg: LearnConfig) -> list[str]:
         experts.append({"name": f"e{n}", "prompt": question, "answer": answer,
                         "prompts": list(dict.fromkeys(scope_prompts(rewritten(g["sft"]))))})
     shared = scope_prompts(rewritten(data.sft) + data.pairs)
-    keys, _ = routing_keys(experts, list(dict.fromkeys(shared + [q for e in experts for q in e["prompts"]])),
+    keys, _, _ = routing_keys(experts, list(dict.fromkeys(shared + [q for e in experts for q in e["prompts"]])),
                             answer_keys=True)
     keys += [e["prompt"] or "" for e in experts]  # expert_batches
     qa = [question_and_answer(r) for r in data.sft + data.pairs if r.get("source") == "correction"]

@@ -279,6 +279,9 @@ def main(argv=None) -> int:
     p.add_argument("--same-thing-words", default=str(RECALL_POLICY.same_thing_words),
                    help="threshold of the same-thing check against a learned question's words where it names no "
                         "thing of its own, or off (assistant/matching.py MatchPolicy.same_thing_words; default %(default)s)")
+    p.add_argument("--linked-keys", choices=("on", "off"), default="on",
+                   help="find a correction through the one that told a name it uses (assistant/matching.py "
+                        "MatchPolicy.linked_keys)")
     p.add_argument("--leave-one-out", action="store_true",
                    help="also ask each fact's paraphrases with that fact left out (untaught questions; slower)")
     p.add_argument("--sets", type=lambda v: [Path(x).resolve() for x in v.split(",")], default=DEV_SETS,
@@ -288,10 +291,11 @@ def main(argv=None) -> int:
     same_thing = RECALL_POLICY.same_thing if args.same_thing == "on" else None
     same_names = args.same_names == "on"
     thing_words = None if args.same_thing_words == "off" else float(args.same_thing_words)
+    linked_keys = args.linked_keys == "on"
     POLICIES["routing"] = replace(ROUTING_POLICY, answer_key=args.answer_keys == "on", same_thing=same_thing,
-                                  same_names=same_names, same_thing_words=thing_words)
+                                  same_names=same_names, same_thing_words=thing_words, linked_keys=linked_keys)
     POLICIES["recall"] = replace(RECALL_POLICY, same_thing=same_thing, same_names=same_names,
-                                 same_thing_words=thing_words)
+                                 same_thing_words=thing_words, linked_keys=linked_keys)
     lcfg = LearnConfig()
     reranker = model_reranker(args.fit == "on") if args.rerank == "on" else None
     results = []
@@ -309,7 +313,7 @@ def main(argv=None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     sets = "" if args.sets == DEV_SETS else " --sets " + ",".join(map(shown, args.sets))
     cmd = (f"python bench/routing.py --embedders {args.embedders} --answer-keys {args.answer_keys} "
-           f"--rerank {args.rerank} --fit {args.fit} --same-thing {args.same_thing} --same-names {args.same_names} --same-thing-words {args.same_thing_words}{' --leave-one-out' if args.leave_one_out else ''}{sets} --out {args.out}")
+           f"--rerank {args.rerank} --fit {args.fit} --same-thing {args.same_thing} --same-names {args.same_names} --same-thing-words {args.same_thing_words} --linked-keys {args.linked_keys}{' --leave-one-out' if args.leave_one_out else ''}{sets} --out {args.out}")
     (RESULTS / f"{args.out}.json").write_text(json.dumps(results, indent=1))
     (RESULTS / f"{args.out}.md").write_text(markdown(results, cmd))
     print(f"wrote bench/results/{args.out}.md")

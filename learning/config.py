@@ -100,6 +100,9 @@ class LearnConfig:
     """LoRA rank of each correction's expert (alpha twice the rank, the shared adapter's scale). 16 keeps the
     accuracy; 4 takes a quarter of the disk and lost 2 of 96 dev paraphrases, for a home short of disk
     (bench/results/learn-dev.md, experts-r4*; bench/HISTORY.md 'Config defaults')."""
+    expert_targets: tuple[str, ...] | None = None
+    """Module names that get a LoRA in each expert; None: `lora_targets`. An expert's size scales with the
+    modules it adapts (the MLP's three projections hold 62% of a block's LoRA parameters)."""
     expert_group: int = 4
     """How many of a cycle's new corrections share one expert adapter (trained together, each still routed
     to by its own prompts). 4 learned the dev scenario as one per correction did (paraphrases 47/48 against
@@ -173,6 +176,8 @@ class LearnConfig:
 
     def __post_init__(self):
         self.lora_targets = tuple(self.lora_targets)
+        if self.expert_targets is not None:
+            self.expert_targets = tuple(self.expert_targets)
         problems = []
         if self.lora_r <= 0 or self.lora_alpha <= 0:
             problems.append(f"lora_r and lora_alpha must be positive (got {self.lora_r}, {self.lora_alpha})")
@@ -192,6 +197,8 @@ class LearnConfig:
                             f"(got {self.scope_threshold})")
         if self.scope_margin is not None and not 0 <= self.scope_margin <= 2:
             problems.append(f"scope_margin must be in [0, 2] or None (got {self.scope_margin})")
+        if self.expert_targets is not None and not self.expert_targets:
+            problems.append("expert_targets must name at least one module, or be None (lora_targets)")
         if self.expert_group < 1:
             problems.append(f"expert_group must be >= 1 (got {self.expert_group})")
         if self.expert_r < 1 or self.experts_per_cycle < 0 or self.expert_epochs <= 0 or self.expert_lr <= 0:
@@ -257,6 +264,8 @@ class LearnConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["lora_targets"] = list(self.lora_targets)
+        if self.expert_targets is not None:
+            d["expert_targets"] = list(self.expert_targets)
         return d
 
     @classmethod

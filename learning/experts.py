@@ -179,7 +179,7 @@ def train_experts(model, tok, job, plan: ExpertPlan | None, device: str, work: P
     for adapter in dict.fromkeys(e["adapter"] for e in kept):
         link_tree(Path(job.parent_path) / EXPERTS_DIR / adapter, out / EXPERTS_DIR / adapter)
     expert_lora = LoraConfig(r=lcfg.expert_r, lora_alpha=2 * lcfg.expert_r, lora_dropout=0.0,
-                             target_modules=list(lcfg.lora_targets), task_type="CAUSAL_LM")
+                             target_modules=list(lcfg.expert_targets or lcfg.lora_targets), task_type="CAUSAL_LM")
     expert_cfg = dataclasses.replace(lcfg, sft_epochs=lcfg.expert_epochs, sft_lr=lcfg.expert_lr)
     batches = expert_batches(list(new.values()), lcfg.expert_group, job.embedder)
     trained, t0 = [], time.perf_counter()

@@ -124,6 +124,21 @@ def _one_each(job: TrainJob) -> TrainJob:
     return dataclasses.replace(job, lcfg=dataclasses.replace(job.lcfg, expert_group=1))
 
 
+def test_experts_adapt_the_modules_expert_targets_names_and_serve_beside_the_shared_adapter(tiny_model_path, tmp_path):
+    mlp = ("gate_proj", "up_proj", "down_proj")
+    v1 = train_candidate(_job(tiny_model_path, tmp_path / "adapters", lcfg_overrides={"expert_targets": mlp}))
+    expert = read_experts(v1)[0]["adapter"]
+    adapted = {name: {k.split(".lora_")[0].rsplit(".", 1)[1] for k in _weights(path) if ".lora_" in k}
+               for name, path in (("expert", v1 / EXPERTS_DIR / expert), ("shared", v1))}
+    assert adapted == {"expert": set(mlp), "shared": {"q_proj", "k_proj", "v_proj", "o_proj", *mlp}}
+    served = ServedModel(str(tiny_model_path))
+    messages = [{"role": "user", "content": DOG}]
+    replies = {key: served.logits(messages, version=key, adapter_path=path)
+               for key, path in (((1, f"expert:{expert}"), v1 / EXPERTS_DIR / expert), (1, v1), (None, None))}
+    assert not torch.equal(replies[(1, f"expert:{expert}")], replies[None])  # the expert changes the answer
+    assert torch.equal(served.logits(messages, version=None), replies[None])  # and leaves the base as it was
+
+
 def test_experts_are_trained_once_kept_by_links_and_replaced_by_a_newer_correction(tiny_model_path, tmp_path):
     v1 = train_candidate(_one_each(_job(tiny_model_path, tmp_path / "adapters")))
     first = read_experts(v1)

@@ -142,3 +142,19 @@ def test_the_two_stop_lists_stay_apart_because_merging_them_changes_outputs():
     assert "about" in ANCHOR_STOPWORDS - REWRITE_STOPWORDS
     assert anchors("Please remind the team again.", "Who?", "No.") == ["please"]  # a keyword-form stopword only
     assert {"please", "remind"} <= REWRITE_STOPWORDS - ANCHOR_STOPWORDS
+
+
+def test_a_name_is_put_as_the_question_that_told_it_named_the_thing():
+    from assistant.language import described, told_words
+
+    def through(question, naming_question, naming_answer):
+        return described(question, told_words(naming_question, naming_answer), naming_question)
+
+    plan = ("What is the cheapest broadband plan called?", "The cheapest broadband plan is called Spark 30.")
+    assert through("How fast is Spark 30?", *plan) == "How fast is the cheapest broadband plan?"
+    dog = ("What's my dog called?", "Your dog is called Pepper.")
+    assert through("When is Pepper's next vet appointment?", *dog) == "When is my dog's next vet appointment?"
+    project = ("What is my team's current project called?", "Your team's current project is called Northstar.")
+    assert through("When is the Northstar deadline?", *project) == "When is my team current project deadline?"
+    assert through("How old is Biscuit?", *dog) is None  # a name the answer did not tell
+    assert through("How fast is Spark 30?", "Which plan suits gamers?", "Gamers should choose Spark 30.") is None

@@ -137,3 +137,28 @@ def test_a_question_naming_a_name_matches_only_what_mentions_it():
     assert allowed(asked("How long is the refund window for Solara smart meters?"), refund, None, policy)
     assert allowed(asked("How much does a kWh cost on Fixed 24?"), export, None, MatchPolicy(same_thing=None,
                                                                                            same_names=False))
+
+
+def test_a_correction_is_linked_to_those_that_told_the_names_its_question_uses():
+    from assistant.matching import linked, naming_links
+
+    pairs = [("What is the cheapest plan called?", "The cheapest plan is called Spark 30."),
+             ("How fast is Spark 30?", "Spark 30 gives up to 30 Mbit/s."),
+             ("What company is this?", "This is Spark Broadband."),  # tells "Spark" too, fewer of the words
+             ("Where does Ingrid live?", "Ingrid lives in Tromsø."),  # no correction told "Ingrid"
+             ("What is my sister's name?", "Your sister is Ingrid.")]
+    assert naming_links(pairs) == [[], [0], [], [4], []]
+    key, pair = linked(*pairs[1], *pairs[0])
+    assert key == "How fast is the cheapest plan?"
+    assert pair == ("How fast is the cheapest plan?", "The cheapest plan is called Spark 30. Spark 30 gives up to 30 Mbit/s.")
+
+
+def test_a_question_linked_to_one_about_the_user_is_about_the_user_and_its_name_counts_as_told():
+    through = (("What is my sister's name?", "Your sister is Ingrid."),)
+    source = learned("Where does Ingrid live?", "Ingrid lives in Tromsø.", through=through)
+    plain = learned("Where does Ingrid live?", "Ingrid lives in Tromsø.")
+    assert (source.personal, plain.personal) == (True, False)
+    assert "ingrid" in source.told and "ingrid" not in plain.told
+    assert "sister" in source.owned
+    assert allowed(asked("Where does Ingrid live now?"), source, None, RECALL_POLICY)  # names her: about her
+    assert not allowed(asked("Where do sisters usually live?"), source, None, RECALL_POLICY)  # general

@@ -647,3 +647,20 @@ def test_through_the_api_a_deleted_fact_is_not_answered_with_its_neighbour(cfg, 
         assert ask("What number is on my library card?").model_extra["recalled"] == 1
     finally:
         running.stop()
+
+
+def test_real_embedding_model_recalls_a_named_thing_asked_about_by_what_it_is(cfg, db):
+    """A fact taught about a name ("Ingrid", "Spark 30") is asked about by what the name is ("my
+    sister", "the cheapest broadband plan"), which another correction told (MatchPolicy.linked_keys)."""
+    correct(db, "What is my sister's name?", "Your sister is called Ingrid.")
+    correct(db, "Where does Ingrid live?", "Ingrid lives in Tromsø, near the harbour.")
+    correct(db, "What is the cheapest broadband plan called?", "The cheapest broadband plan is called Spark 30.")
+    correct(db, "What does Spark 30 cost per month?", "Spark 30 costs 22 euros a month.")
+    mem = Memory(cfg, embedder=MiniLMEmbedder())
+    assert mem.recall("Which city is my sister in?")[0]["correction"] == "Ingrid lives in Tromsø, near the harbour."
+    assert mem.recall("How much is the cheapest broadband plan each month?")[0]["correction"] == \
+        "Spark 30 costs 22 euros a month."
+    assert mem.recall("What's my sister called?")[0]["correction"] == "Your sister is called Ingrid."
+    unlinked = Memory(cfg, embedder=MiniLMEmbedder(), linked_keys=False)
+    assert unlinked.recall("Which city is my sister in?")[0]["correction"] == "Your sister is called Ingrid."
+    assert mem.recall("Where do sisters usually live?") == []
