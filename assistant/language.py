@@ -196,27 +196,41 @@ def named_phrases(text: str, determiners: frozenset[str], with_determiner: bool 
     return [p[:-1] if before in DO_FORMS and len(p) > least else p for before, p in phrases if len(p) >= least]
 
 
-def described(question: str, told: AbstractSet[str], naming_question: str) -> str | None:
-    """`question` with the first name in it that `told` holds (a run of capitalised words and
-    numbers: "Spark 30", "Pepper" of "Pepper's") put as the question that told it named the thing
-    ("What is the cheapest broadband plan called?" -> "the cheapest broadband plan"):
-    "How fast is Spark 30?" -> "How fast is the cheapest broadband plan?". None when `question`
-    uses no such name or `naming_question` names no thing after my/our/the."""
-    phrases = named_phrases(naming_question, NAMING_DETERMINERS, with_determiner=True)
-    if not phrases:
-        return None
-    run = []
+def name_runs(question: str) -> list[tuple[int, int, frozenset[str]]]:
+    """The names a question uses, whole: each run of words with a capital (not opening the
+    question) or a digit, separated by spaces only ("How fast is Spark 30?" -> "Spark 30";
+    "Pepper" of "Pepper's"), as (start, end, its lowercased words), when it holds a name
+    (`names`), not numbers alone."""
+    runs, run = [], []
     for m in re.finditer(r"\w+", question):
         w = m.group()
-        if w.lower() in told and (w[0].isupper() or w[0].isdigit()) and (
-                not run or not question[run[-1].end():m.start()].strip()):
+        named = (m.start() and w[0].isupper()) or w[0].isdigit()
+        if named and (not run or not question[run[-1].end():m.start()].strip()):
             run.append(m)
-        elif run:
-            break
-    if not run:
+            continue
+        runs.append(run)
+        run = [m] if named else []
+    runs.append(run)
+    found = []
+    for r in runs:
+        words_in = frozenset(m.group().lower() for m in r)
+        if r and words_in & names(question):
+            found.append((r[0].start(), r[-1].end(), words_in))
+    return found
+
+
+def described(question: str, told: AbstractSet[str], naming_question: str) -> str | None:
+    """`question` with the first of its names (`name_runs`) that `told` holds whole put as the
+    question that told it named the thing ("What is the cheapest broadband plan called?" -> "the
+    cheapest broadband plan"): "How fast is Spark 30?" -> "How fast is the cheapest broadband
+    plan?". None when no name of `question` is told whole or `naming_question` names no thing
+    after my/our/the."""
+    phrases = named_phrases(naming_question, NAMING_DETERMINERS, with_determiner=True)
+    run = next(((a, b) for a, b, ws in name_runs(question) if ws <= told), None)
+    if not phrases or run is None:
         return None
-    before = re.sub(r"\b(?:the|a|an)\s+$", "", question[:run[0].start()], flags=re.IGNORECASE)  # "the Northstar deadline"
-    return before + " ".join(phrases[0]) + question[run[-1].end():]
+    before = re.sub(r"\b(?:the|a|an)\s+$", "", question[:run[0]], flags=re.IGNORECASE)  # "the Northstar deadline"
+    return before + " ".join(phrases[0]) + question[run[1]:]
 
 
 def named_things(learned_question: str) -> frozenset[tuple[str, str]]:

@@ -17,6 +17,7 @@ Contract:
   the user's own names the same thing the learned question did (`SameThing`).
 - `search_keys(prompt, answer, policy)`: the texts a correction is found by.
 """
+import re
 import threading
 import weakref
 from dataclasses import dataclass
@@ -30,10 +31,12 @@ from assistant.language import (
     asks_way,
     described,
     may_answer,
+    name_runs,
     named_things,
     names,
     owned_things,
     referred,
+    split_at_told,
     told_words,
     words,
 )
@@ -134,23 +137,36 @@ def answer_key(prompt: str, answer: str) -> str:
 
 
 def naming_links(pairs: list[tuple[str, str | None]]) -> list[list[int]]:
-    """Per (question, answer), the others whose answer told a name its question uses
-    (language.told_words, language.names), those sharing the most of the question's names and
-    numbers only (a company name told in passing, "Kestrel", must not link every question naming
-    its products to the answer that told it): the corrections that say what the named thing is."""
+    """Per (question, answer), the others whose answer told one of the names its question uses
+    whole (language.told_words, name_runs: "Spark 30", "Ingrid"; a code's letters, "EV" of
+    "EV-24245", do not tell "Ember EV"), as the first thing it told (language.split_at_told: the
+    name is what it answered, "The cheapest plan is called Spark 30."; not "From January, Spark
+    30 charges ...", an answer about something else of it): the corrections that say what the
+    named thing is. A name told by more than `MAX_NAMERS` corrections says nothing about which
+    thing it is: no link."""
     told = [told_words(q, a or "") for q, a in pairs]
-    told_by: dict[str, list[int]] = {}
+    first = [_first_word(split_at_told(q, a or "")[1]) for q, a in pairs]
+    told_by: dict[str, set[int]] = {}
     for j, words_told in enumerate(told):
         for w in words_told:
-            told_by.setdefault(w, []).append(j)
+            told_by.setdefault(w, set()).add(j)
     links = []
     for i, (q, _) in enumerate(pairs):
-        used = names(q)
-        named = {j for w in used for j in told_by.get(w, ()) if j != i}  # told a name it uses
-        shared = {j: len(told[j] & told_words("", q)) for j in sorted(named)}  # and how many of its names and numbers
-        most = max(shared.values(), default=0)
-        links.append([j for j, n in shared.items() if n == most])
+        found = set()
+        for _, _, run in name_runs(q):
+            namers = {j for j in set.intersection(*(told_by.get(w, set()) for w in run)) - {i} if first[j] in run}
+            if len(namers) <= MAX_NAMERS:
+                found |= namers
+        links.append(sorted(found))
     return links
+
+
+MAX_NAMERS = 2  # a name two corrections told may name either ("Ingrid" the sister and the colleague)
+
+
+def _first_word(text: str) -> str:
+    found = re.search(r"\w+", text)
+    return found.group().lower() if found else ""
 
 
 def linked(prompt: str, answer: str, other_prompt: str, other_answer: str) -> tuple[str, tuple[str, str]]:

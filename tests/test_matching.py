@@ -146,8 +146,11 @@ def test_a_correction_is_linked_to_those_that_told_the_names_its_question_uses()
              ("How fast is Spark 30?", "Spark 30 gives up to 30 Mbit/s."),
              ("What company is this?", "This is Spark Broadband."),  # tells "Spark" too, fewer of the words
              ("Where does Ingrid live?", "Ingrid lives in Tromsø."),  # no correction told "Ingrid"
-             ("What is my sister's name?", "Your sister is Ingrid.")]
-    assert naming_links(pairs) == [[], [0], [], [4], []]
+             ("What is my sister's name?", "Your sister is Ingrid."),
+             ("What does broadband cost now?", "From May, Spark 30 costs 25 euros."),  # says something else of it
+             ("What is the helpline for Ember EV?", "Call 0800 123 456."),
+             ("What is my membership number?", "Your membership number is EV-24245.")]  # a code's letters name nothing
+    assert naming_links(pairs) == [[], [0], [], [4], [], [], [], []]
     key, pair = linked(*pairs[1], *pairs[0])
     assert key == "How fast is the cheapest plan?"
     assert pair == ("How fast is the cheapest plan?", "The cheapest plan is called Spark 30. Spark 30 gives up to 30 Mbit/s.")
