@@ -240,7 +240,9 @@ class Memory:
             else [[] for _ in rows]
         through = [[(*linked(r["user_message"], r["correction"], rows[j]["user_message"], rows[j]["correction"]),
                      (rows[j]["user_message"], rows[j]["correction"])) for j in js] for r, js in zip(rows, links, strict=True)]
-        todo = list(dict.fromkeys(k for ks in through for k, _, _ in ks if k not in self._linked_vectors))
+        keys = {k for ks in through for k, _, _ in ks}
+        self._linked_vectors = {k: v for k, v in self._linked_vectors.items() if k in keys}  # only those in use
+        todo = sorted(keys - set(self._linked_vectors))
         if todo:
             self._linked_vectors.update(zip(todo, unit_rows(self.embedder.encode(todo)), strict=True))
         return through
