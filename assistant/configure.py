@@ -23,6 +23,7 @@ import dataclasses
 import functools
 import inspect
 import math
+import re
 import types
 import typing
 
@@ -141,6 +142,11 @@ def parse(text, ftype, key: str):
                 raise SettingError(f"{key} is a whole number (got {text!r})")
             return int(number)
         return number
+    if typing.get_origin(ftype) is tuple:  # names, comma or space separated ("gate_proj,up_proj")
+        names = tuple(text) if isinstance(text, (list, tuple)) else tuple(re.split(r"[\s,]+", str(text).strip()))
+        if not all(names):
+            raise SettingError(f"{key} is a list of names, comma-separated (got {text!r})")
+        return names
     raise SettingError(f"{key} cannot be set here")
 
 

@@ -90,9 +90,10 @@ class MatchPolicy:
       `fits`); 2.25 loses no own paraphrase on the dev sets (bench/results/answer-fit.md).
     - `linked_keys`: a correction whose question uses a name another correction's answer told
       ("How fast is Spark 30?" after "The cheapest plan is called Spark 30.") is found by its
-      question followed by that answer too, and the things that question named count as its own
-      (`naming_links`): users ask about a named thing by what it is ("How fast is the cheapest
-      plan?", "Where does my sister live?") (bench/results/routing-aliases-*.md).
+      question with the name put as that one's question described the thing ("How fast is the
+      cheapest plan?"), and it is about what that one is about (`naming_links`, `linked`,
+      `learned` through): users ask about a named thing by what it is
+      (bench/results/routing-linked-*.md).
     """
     threshold: float = 0.45
     relative_margin: float | None = 0.1

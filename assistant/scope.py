@@ -216,8 +216,8 @@ def _sources(keys: list[str], owners: list[str | None], experts: list[dict], per
     personal, told = set(personal), frozenset(told)
     links = links or [[]] * len(experts)
     by_name = {e["name"]: learned(e.get("prompt") or "", e.get("answer"),
-                                  through=tuple((experts[j].get("prompt") or "", experts[j].get("answer")) for j in linked))
-               for e, linked in zip(experts, links, strict=True)}
+                                  through=tuple((experts[j].get("prompt") or "", experts[j].get("answer")) for j in js))
+               for e, js in zip(experts, links, strict=True)}
     sources = []
     for k, o in zip(keys, owners, strict=True):
         if o in by_name:

@@ -101,3 +101,13 @@ def test_the_page_has_the_settings_forms(cfg, tiny_served):
     ids = {getattr(b, "elem_id", None) for b in ui.blocks.values()}
     assert {"setting-learn-min-new-feedback", "setting-learn-interval-s", "setting-gate-canary-tolerance",
             "learn-settings-save", "temperature", "recall", "max-new-tokens"} <= ids
+
+
+def test_the_experts_modules_are_set_as_names(home, db, capsys):
+    assert config(home, "set", "learn.expert_targets", "gate_proj, up_proj,down_proj") == 0
+    assert load_learn_config(db).expert_targets == ("gate_proj", "up_proj", "down_proj")
+    assert config(home, "set", "learn.expert_targets", "none") == 0  # back to lora_targets
+    assert load_learn_config(db).expert_targets is None
+    capsys.readouterr()
+    assert config(home, "set", "learn.expert_targets", ",") == 2
+    assert "is a list of names" in capsys.readouterr().err
