@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator, Protocol
 
-from assistant.chat_routing import AdapterRouting, route_kind
+from assistant.chat_routing import AdapterRouting, TurnActivity, route_kind
 from assistant.config import DEFAULT_SYSTEM_PROMPT, Config
 from assistant.errors import EmptyMessage, TurnNotSaved, UnstorableText, storable_problem
 from assistant.model import Generation, ServedModel
@@ -85,6 +85,7 @@ class ChatService(AdapterRouting):
         self._local = threading.local()
         self._version_habits: dict[str, dict] = {}  # version dir -> the habits it learned (_habits)
         self._bad_versions: dict = {}  # served-model keys (versions, experts, habits) that failed to load, with why
+        self.activity = TurnActivity()  # background preloading waits for a quiet moment (chat_routing)
         self.threads = None  # assistant.threads.ThreadBudget: `assistant serve` shares the cores with a cycle
 
     @property
@@ -151,6 +152,7 @@ class ChatService(AdapterRouting):
         EmptyMessage for a blank message, UnstorableText for a NUL or a lone surrogate."""
         if user_message is None or not str(user_message).strip():
             raise EmptyMessage()
+        self.activity.touch()
         check_text(user_message)
         check_text(system_prompt or "", "system prompt")
         max_new_tokens = max_new_tokens or self.cfg.default_max_new_tokens
@@ -226,9 +228,10 @@ class ChatService(AdapterRouting):
         stream = self._reply(turn, *self.serving_adapter(), **self._params(max_new_tokens, temperature))
         try:
             try:
-                for piece in stream:
-                    yield piece
-                    self._save_progress(turn)
+                with self.activity.turn():
+                    for piece in stream:
+                        yield piece
+                        self._save_progress(turn)
             finally:
                 stream.close()  # stops generation and fills in its counts before the save below
         except GeneratorExit:

@@ -20,6 +20,7 @@ Separate from assistant/chat.py (the prompt, the turn, streaming and logging it)
 choice of weights is its own concern with its own failure handling, and chat.py had outgrown
 one module.
 """
+import contextlib
 import logging
 import sqlite3
 import threading
@@ -32,11 +33,54 @@ from store import adapters, feedback
 
 log = logging.getLogger(__name__)
 
-PRELOAD_PAUSE_S = 0.05  # between two experts' preloads: room for a waiting chat turn to take the model
+PRELOAD_QUIET_S = 0.5
+"""A preload starts only when no chat turn is in flight and none began or ended this long ago: a
+turn takes the model several times (routing's reranker, an expert's load, generation) and a preload
+between two of them made it wait for each (TTFT 3.6-4.4 s after a promotion, bench/HISTORY.md)."""
+
+
+class TurnActivity:
+    """Chat turns in flight, so that background work on the served model (preloading experts)
+    waits for a quiet moment instead of taking the model between a turn's steps."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._open = 0
+        self._last = float("-inf")
+
+    def touch(self) -> None:
+        """A turn is about to start (recall and routing come before its stream opens)."""
+        with self._lock:
+            self._last = time.monotonic()
+
+    @contextlib.contextmanager
+    def turn(self):
+        with self._lock:
+            self._open += 1
+            self._last = time.monotonic()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._open -= 1
+                self._last = time.monotonic()
+
+    def wait_quiet(self, quiet_s: float, stop: threading.Event | None = None) -> bool:
+        """Return once no turn is open and none began or ended in the last `quiet_s`; False when
+        `stop` was set meanwhile."""
+        stop = stop or threading.Event()
+        while True:
+            with self._lock:
+                wait = 0.05 if self._open else self._last + quiet_s - time.monotonic()
+            if wait <= 0:
+                return True
+            if stop.wait(wait):
+                return False
 
 
 class AdapterRouting:
-    """ChatService's choice of weights; the host sets `db`, `model`, `scope` and `_bad_versions`."""
+    """ChatService's choice of weights; the host sets `db`, `model`, `scope`, `_bad_versions` and
+    `activity` (a TurnActivity its turns report to)."""
 
     def serving_adapter(self) -> tuple[int | None, str | None]:
         """The active version from the registry; if it cannot be loaded, the last good one."""
@@ -119,7 +163,7 @@ class AdapterRouting:
                         _, path = self.serving_adapter()  # loads (once) without switching
                         if self.scope is not None and path:
                             self.scope.warm(path)
-                            self._preload_experts(version, path)
+                            self._preload_experts(version, path, stop)
                         seen = version
                 except Exception:  # noqa: BLE001 - a watcher must outlive a bad poll
                     log.exception("adapter watcher")
@@ -127,16 +171,18 @@ class AdapterRouting:
         threading.Thread(target=run, daemon=True, name="adapter-watch").start()
         return stop.set
 
-    def _preload_experts(self, version: int, path: str) -> None:
+    def _preload_experts(self, version: int, path: str, stop: threading.Event | None = None) -> None:
         """Load the new version's experts into the served model's free room (ServedModel.preload),
-        one at a time with a pause between, so a chat turn waits for at most one (a lock released
-        and taken again at once may never let a waiting turn in): the first prompt routed to each
-        would otherwise pay peft's load (about 0.5 s; bench/experts.py). One that fails is left
-        to `route`, which falls back and remembers it. Anything else that goes wrong only ends the
-        preloading (it saves time, nothing depends on it): the watcher must not retry it every poll."""
+        one at a time and only while no chat turn is in flight (`PRELOAD_QUIET_S`), so a turn
+        waits for at most one: the first prompt routed to each would otherwise pay peft's load
+        (about 0.5 s; bench/experts.py), and a busy chat loads what it asks for itself. One that
+        fails is left to `route`, which falls back and remembers it. Anything else that goes wrong
+        only ends the preloading (it saves time, nothing depends on it): the watcher must not
+        retry it every poll. `stop` (the watcher's) ends the wait for a quiet moment."""
         try:
             for key, expert_path in self.scope.experts(version, path):
-                time.sleep(PRELOAD_PAUSE_S)
+                if not self.activity.wait_quiet(PRELOAD_QUIET_S, stop):
+                    return
                 if adapters.active_version(self.db) != version:
                     return  # another promotion came first: the watcher's next poll preloads that one
                 if key in self._bad_versions:

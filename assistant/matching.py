@@ -182,6 +182,25 @@ def linked(prompt: str, answer: str, other_prompt: str, other_answer: str) -> tu
     return asked or answer_key(prompt, other_answer), (asked or prompt, f"{other_answer} {answer}")
 
 
+@dataclass(frozen=True)
+class Link:
+    """A correction found through another that told a name its question uses (`linked_keys`)."""
+    key: str
+    """The search key (`linked`)."""
+    ranked_as: tuple[str, str]
+    """The (question, answer) the fit check and the reranker read for a match on `key`."""
+    naming: tuple[str, str]
+    """The naming correction's (question, answer): what the name is (`learned(through=...)`)."""
+
+
+def linked_keys(pairs: list[tuple[str, str | None]]) -> list[list[Link]]:
+    """Per (question, answer), a Link through each correction that told a name its question uses
+    (`naming_links`, `linked`); none where either answer is unknown (an old version's expert).
+    Recall (assistant/memory.py) and routing (assistant/scope.py) both read this list."""
+    return [[Link(*linked(q, a, *pairs[j]), pairs[j]) for j in js if a and pairs[j][1]]
+            for (q, a), js in zip(pairs, naming_links(pairs), strict=True)]
+
+
 def search_keys(prompt: str, answer: str | None = None, policy: MatchPolicy = RECALL_POLICY) -> list[str]:
     """The texts a correction is found by: its prompt, its first `reframed_keys` reframings and,
     with `answer_key`, the prompt followed by its corrected answer."""

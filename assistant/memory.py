@@ -58,10 +58,10 @@ from assistant.matching import (
     RECALL_POLICY,
     Embedder,
     KeyIndex,
+    Link,
     MatchPolicy,
     learned,
-    linked,
-    naming_links,
+    linked_keys,
     ordinary_requests,
     rank,
     readable,
@@ -218,11 +218,11 @@ class Memory:
                 olds = self._aliases.get(r["id"], ())
                 block = np.concatenate([self._vectors[r["id"]], *(self._vectors[old["id"]] for old in olds)])
                 at = len(owners) + len(block)
-                for n, (_, pair, _) in enumerate(through[i]):
-                    self._key_pairs[at + n] = pair
-                block = np.concatenate([block, *(self._linked_vectors[key][None] for key, _, _ in through[i])])
+                for n, link in enumerate(through[i]):
+                    self._key_pairs[at + n] = link.ranked_as
+                block = np.concatenate([block, *(self._linked_vectors[link.key][None] for link in through[i])])
                 source = learned(r["user_message"], r["correction"], also_named=tuple(o["user_message"] for o in olds),
-                                 through=tuple(by for _, _, by in through[i]))
+                                 through=tuple(link.naming for link in through[i]))
                 blocks.append(block)
                 owners += [i] * len(block)
                 sources += [source] * len(block)
@@ -231,16 +231,13 @@ class Memory:
             self._taken_back_keys = self._taken_back_matrix() if self.policy.taken_back_floor else None
         return self._index
 
-    def _linked(self) -> list[list[tuple[str, tuple, str]]]:
-        """Per eligible correction, (search key, ranking pair, (question, answer)) through each
-        correction that told a name its question uses (matching.naming_links, linked); the keys
-        embedded once per text."""
+    def _linked(self) -> list[list[Link]]:
+        """Per eligible correction, its linked keys (matching.linked_keys, MatchPolicy.linked_keys),
+        each key embedded once per text."""
         rows = self._eligible
-        links = naming_links([(r["user_message"], r["correction"]) for r in rows]) if self.policy.linked_keys \
+        through = linked_keys([(r["user_message"], r["correction"]) for r in rows]) if self.policy.linked_keys \
             else [[] for _ in rows]
-        through = [[(*linked(r["user_message"], r["correction"], rows[j]["user_message"], rows[j]["correction"]),
-                     (rows[j]["user_message"], rows[j]["correction"])) for j in js] for r, js in zip(rows, links, strict=True)]
-        keys = {k for ks in through for k, _, _ in ks}
+        keys = {link.key for links in through for link in links}
         self._linked_vectors = {k: v for k, v in self._linked_vectors.items() if k in keys}  # only those in use
         todo = sorted(keys - set(self._linked_vectors))
         if todo:

@@ -40,11 +40,11 @@ from assistant.language import about_user, words
 from assistant.matching import (
     ROUTING_POLICY,
     KeyIndex,
+    Link,
     MatchPolicy,
     answer_key,
     learned,
-    linked,
-    naming_links,
+    linked_keys,
     ordinary_requests,
     rank,
     readable,
@@ -93,7 +93,7 @@ class AdapterScope:
         if scope is None:
             return None
         experts = read_experts(path)
-        links = naming_links([(e.get("prompt") or "", e.get("answer")) for e in experts]) \
+        links = linked_keys([(e.get("prompt") or "", e.get("answer")) for e in experts]) \
             if self.policy.linked_keys else None
         keys, owners, key_pairs = routing_keys(experts, scope["prompts"], self.policy.answer_key, links)
         sources = _sources(keys, owners, experts, scope.get("personal") or (), scope.get("told") or (), links)
@@ -184,40 +184,38 @@ class AdapterScope:
 
 
 def routing_keys(experts: list[dict], prompts: list[str], answer_keys: bool = True,
-                 links: list[list[int]] | None = None) -> tuple[list[str], list[str | None], dict[int, tuple]]:
+                 links: list[list[Link]] | None = None) -> tuple[list[str], list[str | None], dict[int, tuple]]:
     """The texts a prompt is matched against and, per text, the expert that answers it (None: the
     version's shared adapter): the scope's prompts, owned by the expert trained on them (the
     newest when several were), and with `answer_keys` (MatchPolicy.answer_key) each expert's
     prompt followed by its answer, as recall finds a correction: a paraphrase may lie nearer what
     the answer says than the question's words (bench/results/routing.md); with `links`
-    (matching.naming_links over the experts), each expert's key through each linked expert
-    (matching.linked, MatchPolicy.linked_keys), whose row the third value maps to the (question,
-    answer) a match on it is ranked by."""
+    (matching.linked_keys over the experts, MatchPolicy.linked_keys), each expert's linked keys,
+    whose rows the third value maps to the (question, answer) a match on one is ranked by."""
     owner = {q: e["name"] for e in experts for q in e.get("prompts") or [e["prompt"]]}
     answered = [(answer_key(e["prompt"], e["answer"]), e["name"]) for e in experts
                 if e.get("answer") and answer_keys]
-    through = [(*linked(e["prompt"], e["answer"], experts[j]["prompt"], experts[j]["answer"]), e["name"])
-               for e, js in zip(experts, links or [[]] * len(experts), strict=True) for j in js
-               if e.get("answer") and experts[j].get("answer")]
-    keys = prompts + [k for k, _ in answered] + [k for k, _, _ in through]
-    owners = [owner.get(p) for p in prompts] + [n for _, n in answered] + [n for _, _, n in through]
+    through = [(link, e["name"]) for e, expert_links in zip(experts, links or [[]] * len(experts), strict=True)
+               for link in expert_links]
+    keys = prompts + [k for k, _ in answered] + [link.key for link, _ in through]
+    owners = [owner.get(p) for p in prompts] + [n for _, n in answered] + [n for _, n in through]
     first = len(keys) - len(through)
-    return keys, owners, {first + i: pair for i, (_, pair, _) in enumerate(through)}
+    return keys, owners, {first + i: link.ranked_as for i, (link, _) in enumerate(through)}
 
 
 def _sources(keys: list[str], owners: list[str | None], experts: list[dict], personal, told,
-             links: list[list[int]] | None = None) -> list:
+             links: list[list[Link]] | None = None) -> list:
     """Per routing key, what the guards know of the question it came from (matching.Learned). A
     key an expert owns came from that expert's corrected prompt and answer, which decide (a key
     of its own words about the user counts as about the user too); another key, the shared
     adapter's, by its own words, the scope's "personal" list (scope_personal) and what all the
     scope's answers told (the scope's "told": the shared adapter learned them together). The
-    expert's linked experts (`links`) say what the names its question uses are (matching.learned `through`)."""
+    expert's linked keys (`links`) say what the names its question uses are (matching.learned `through`)."""
     personal, told = set(personal), frozenset(told)
     links = links or [[]] * len(experts)
     by_name = {e["name"]: learned(e.get("prompt") or "", e.get("answer"),
-                                  through=tuple((experts[j].get("prompt") or "", experts[j].get("answer")) for j in js))
-               for e, js in zip(experts, links, strict=True)}
+                                  through=tuple(link.naming for link in expert_links))
+               for e, expert_links in zip(experts, links, strict=True)}
     sources = []
     for k, o in zip(keys, owners, strict=True):
         if o in by_name:

@@ -584,3 +584,39 @@ def test_a_preload_that_fails_unexpectedly_ends_quietly_and_a_broken_expert_does
     monkeypatch.setattr(served, "preload", lambda *a: (_ for _ in ()).throw(RuntimeError("disk went away")))
     chat._preload_experts(1, str(path))  # does not raise
     assert "preloading v1's experts stopped: disk went away" in caplog.text
+
+
+def test_preloading_waits_for_a_quiet_moment_between_chat_turns(cfg, db, tiny_model_path, tmp_path):
+    """A turn takes the model several times (routing, an expert's load, generation): a preload
+    between two of them made it wait for each. Preloads start only when no turn is open and none
+    began or ended within PRELOAD_QUIET_S; the watcher's stop ends the wait."""
+    import threading
+    import time
+
+    from assistant.chat_routing import PRELOAD_QUIET_S, TurnActivity
+
+    activity = TurnActivity()
+    assert activity.wait_quiet(PRELOAD_QUIET_S)  # nothing ever happened: at once
+    stop = threading.Event()
+    with activity.turn():
+        threading.Timer(0.3, stop.set).start()
+        t0 = time.monotonic()
+        assert activity.wait_quiet(0.01, stop) is False  # a turn open all along: stopped, not quiet
+        assert time.monotonic() - t0 >= 0.25
+    t0 = time.monotonic()
+    assert activity.wait_quiet(0.3)  # the turn just ended: quiet 0.3 s later
+    assert time.monotonic() - t0 >= 0.25
+
+    path = _version_with_experts(tiny_model_path, tmp_path / "v1")
+    _logged_corrections(db, path)
+    register(db, 1, path)
+    adapters.activate(db, 1)
+    served = ServedModel(str(tiny_model_path))
+    chat = ChatService(cfg, served, scope=AdapterScope(Embedder()))
+    with chat.activity.turn():  # a turn in flight: the preloader waits and loads nothing meanwhile
+        preloader = threading.Thread(target=chat._preload_experts, args=(1, str(path)))
+        preloader.start()
+        time.sleep(0.4)
+        assert (1, "expert:v1-0") not in served.loaded
+    preloader.join(timeout=30)
+    assert (1, "expert:v1-0") in served.loaded  # loaded once the chat was quiet

@@ -140,7 +140,7 @@ def test_a_question_naming_a_name_matches_only_what_mentions_it():
 
 
 def test_a_correction_is_linked_to_those_that_told_the_names_its_question_uses():
-    from assistant.matching import linked, naming_links
+    from assistant.matching import Link, linked, linked_keys, naming_links
 
     pairs = [("What is the cheapest plan called?", "The cheapest plan is called Spark 30."),
              ("How fast is Spark 30?", "Spark 30 gives up to 30 Mbit/s."),
@@ -154,6 +154,10 @@ def test_a_correction_is_linked_to_those_that_told_the_names_its_question_uses()
     key, pair = linked(*pairs[1], *pairs[0])
     assert key == "How fast is the cheapest plan?"
     assert pair == ("How fast is the cheapest plan?", "The cheapest plan is called Spark 30. Spark 30 gives up to 30 Mbit/s.")
+    links = linked_keys(pairs)  # what recall and routing read: the same, with the naming correction
+    assert links[1] == [Link(key, pair, pairs[0])] and links[3] == [Link(*linked(*pairs[3], *pairs[4]), pairs[4])]
+    assert sum(map(len, links)) == 2
+    assert linked_keys([pairs[0], (pairs[1][0], None)]) == [[], []]  # an answer unknown (an old version's expert)
 
 
 def test_a_question_linked_to_one_about_the_user_is_about_the_user_and_its_name_counts_as_told():
