@@ -3,9 +3,11 @@
 Contract: `validate_adapter_dir(path)` -> its adapter_config.json, or AdapterLoadError with the
 reason (AdapterWeightsDeleted for a version whose weights were deleted to save disk);
 `check_adapter_weights(path, base)` -> its tensors, once each is readable, finite and fits the
-module of `base` it targets (checked before peft touches the model); `store_half_precision(dir)`
-rewrites a saved adapter's float32 tensors as float16 in place, atomically. The file layout
-itself (file names, meta.json) is store/manifest.py's.
+module of `base` it targets (checked before peft touches the model), an 8-bit file's read back as
+float16; `store_half_precision(dir)` rewrites a saved adapter's float32 tensors as float16 in place,
+atomically, and `store_int8_rows(dir)` its LoRA matrices as 8-bit integers with a float32 scale per
+row (about 56% of the float16 file; peft cannot read such a file itself, this module can). The
+file layout itself (file names, meta.json) is store/manifest.py's.
 """
 import json
 import os
@@ -51,15 +53,18 @@ def _deleted_note(path: Path) -> str:
 _LORA_KEY = re.compile(r"^base_model\.model\.(.+)\.lora_([AB])(?:\.[^.]+)?\.weight$")
 
 
+INT8_ROWS = "int8-rows"  # the safetensors metadata "quantized" of a `store_int8_rows` file
+ROW_SCALE = ".row_scale"  # key suffix of a quantized matrix's scales
+
+
 def check_adapter_weights(path: Path, base) -> dict[str, torch.Tensor]:
     """Read an adapter's tensors and check them against `base`: readable, finite, and each
-    LoRA matrix fits the module it targets. Returns the tensors; raises AdapterLoadError."""
+    LoRA matrix fits the module it targets. Returns the tensors (an 8-bit file's as float16);
+    raises AdapterLoadError."""
     file = path / "adapter_model.safetensors"
     try:
         if file.exists():
-            from safetensors.torch import load_file
-
-            tensors = load_file(str(file))
+            tensors = _read_safetensors(file)
         else:
             file = path / "adapter_model.bin"
             tensors = torch.load(str(file), map_location="cpu", weights_only=True)
@@ -82,6 +87,53 @@ def check_adapter_weights(path: Path, base) -> dict[str, torch.Tensor]:
             raise AdapterLoadError(f"adapter {path} does not fit the base model: {key} has shape "
                                    f"{tuple(t.shape)} (the module's size is {want[0]})")
     return tensors
+
+
+def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt") as f:
+        quantized = (f.metadata() or {}).get("quantized")
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    if quantized is None:
+        return tensors
+    if quantized != INT8_ROWS:
+        raise ValueError(f"unknown quantization {quantized!r}")
+    return {k: (t.float() * tensors[k + ROW_SCALE][:, None]).half() if k + ROW_SCALE in tensors else t
+            for k, t in tensors.items() if not k.endswith(ROW_SCALE)}
+
+
+def store_int8_rows(adapter_dir) -> bool:
+    """Rewrite a saved adapter's LoRA matrices as 8-bit integers, each row with its own float32
+    scale (its largest magnitude over 127), in place and atomically; the rest as it was. False
+    (and the file unchanged) as `store_half_precision`, or when it is stored so already. Read back
+    by `check_adapter_weights`, within 0.4% of each row's largest value."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    file = Path(adapter_dir) / "adapter_model.safetensors"
+    if not file.exists() or file.stat().st_nlink > 1:
+        return False
+    with safe_open(str(file), framework="pt") as f:
+        if (f.metadata() or {}).get("quantized"):
+            return False
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    out = {}
+    for key, t in tensors.items():
+        if not (_LORA_KEY.match(key) and t.dim() == 2 and t.is_floating_point()):
+            out[key] = t
+            continue
+        t = t.float()
+        if not torch.isfinite(t).all():
+            return False
+        scale = t.abs().amax(dim=1) / 127
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        out[key] = torch.round(t / scale[:, None]).clamp(-127, 127).to(torch.int8)
+        out[key + ROW_SCALE] = scale
+    tmp = file.with_name(file.name + ".int8")
+    save_file(out, str(tmp), metadata={"format": "pt", "quantized": INT8_ROWS})
+    os.replace(tmp, file)
+    return True
 
 
 def store_half_precision(adapter_dir) -> bool:

@@ -69,13 +69,7 @@ class LoadedAdapters:
             self._names += 1
             name = f"slot{self._names}"
             try:
-                if self.model is self.base:
-                    from peft import PeftModel
-
-                    self.model = PeftModel.from_pretrained(self.base, str(path), adapter_name=name)
-                    self.model.eval()
-                else:
-                    self.model.load_adapter(str(path), adapter_name=name)
+                self._add_lora(name, cfg, tensors)
             except Exception as e:  # corrupt tensors, wrong shapes, wrong target modules
                 self._forget(name)
                 if self.model is self.base:
@@ -84,6 +78,24 @@ class LoadedAdapters:
             self.loaded[version] = name
             self.leads[version] = lead
             self.adapter_config = self.adapter_config or cfg
+
+    def _add_lora(self, name: str, cfg: dict, tensors: dict[str, torch.Tensor]) -> None:
+        """Build adapter `name`'s LoRA layers from `cfg` and fill them with `tensors` (as peft's
+        `load_adapter` does from a file, which an 8-bit expert's is not: adapter_files); a LoRA
+        matrix the tensors lack is an error, not a silent zero."""
+        from peft import LoraConfig, PeftModel, set_peft_model_state_dict
+
+        config = LoraConfig(**{k: v for k, v in cfg.items() if k in LoraConfig.__dataclass_fields__})
+        config.inference_mode = True
+        model = PeftModel(self.base, config, adapter_name=name) if self.model is self.base else self.model
+        if model is self.model:
+            model.add_adapter(name, config)
+        result = set_peft_model_state_dict(model, tensors, adapter_name=name)
+        missing = [k for k in result.missing_keys if "lora_" in k and f".{name}." in k]
+        if missing:  # the caller undoes the layers: on the base's modules (first load) or the adapter
+            raise ValueError(f"{len(missing)} LoRA matrices missing, {missing[0]} first")
+        if model is not self.model:
+            self.model = model.eval()
 
     def _spare(self, cfg: dict, key) -> int | tuple | None:
         """A loaded adapter with `cfg`'s LoRA shape whose layers can take `key`'s weights (see

@@ -31,6 +31,7 @@ from learning.trainers import Cancelled as Cancelled  # re-exported for learning
 from learning.trainers import run_dpo, run_sft
 from store.manifest import (
     ADAPTER_CONFIG,
+    EXPERTS_DIR,
     HABIT_DIR,
     LEAD_FILE,
     Manifest,
@@ -210,11 +211,7 @@ def train_candidate(job: TrainJob) -> Path:
             habits=habits, experts=None if experts is None else expert_entries(experts),
             extra=dict(job.extra_meta),
         ))
-        if job.lcfg.half_precision_files:
-            from assistant.model import store_half_precision
-
-            for weights in tmp.rglob("adapter_model.safetensors"):
-                store_half_precision(weights.parent)
+        _store_smaller(tmp, job.lcfg)
         _fsync_dir(tmp)
         tmp.rename(final)  # the one visible step: the directory appears complete or not at all
         _fsync_dir(job.adapters_dir)
@@ -222,6 +219,18 @@ def train_candidate(job: TrainJob) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def _store_smaller(version_dir: Path, lcfg) -> None:
+    """Rewrite the adapters a cycle wrote (not those linked from the parent) as
+    `half_precision_files` and `int8_expert_files` say."""
+    from assistant.adapter_files import store_half_precision, store_int8_rows
+
+    for weights in version_dir.rglob("adapter_model.safetensors"):
+        if lcfg.int8_expert_files and EXPERTS_DIR in weights.relative_to(version_dir).parts:
+            store_int8_rows(weights.parent)
+        elif lcfg.half_precision_files:
+            store_half_precision(weights.parent)
 
 
 def _skipped(job: TrainJob, stage: str) -> None:

@@ -32,7 +32,8 @@ def register(db, version: int, path: Path, parent: int | None = None, feedback_i
 
 
 def corrupt_adapter(good: Path, out: Path, how: str, base_path=None) -> Path:
-    """A copy of `good` broken in one way: garbage | truncated | no-config | wrong-targets | wrong-shape."""
+    """A copy of `good` broken in one way: garbage | truncated | no-config | wrong-targets | wrong-shape |
+    missing-tensor (one LoRA matrix left out of a readable file)."""
     out = Path(out)
     if how == "wrong-shape":
         # A LoRA for another (wider) model: same module names, tensors of the wrong shape.
@@ -51,6 +52,12 @@ def corrupt_adapter(good: Path, out: Path, how: str, base_path=None) -> Path:
     elif how == "truncated":  # a half-written file
         data = (out / "adapter_model.safetensors").read_bytes()
         (out / "adapter_model.safetensors").write_bytes(data[: len(data) // 2])
+    elif how == "missing-tensor":
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(str(out / "adapter_model.safetensors"))
+        tensors.pop(sorted(k for k in tensors if "lora_B" in k)[-1])
+        save_file(tensors, str(out / "adapter_model.safetensors"))
     elif how == "no-config":
         (out / "adapter_config.json").unlink()
     elif how == "wrong-targets":

@@ -92,7 +92,8 @@ def test_new_versions_reuse_a_spare_adapter_exactly(served, tiny_model_path, lor
     assert torch.equal(served.logits(MSG, None), ServedModel(str(tiny_model_path)).logits(MSG))
 
 
-@pytest.mark.parametrize("how", ["garbage", "truncated", "no-config", "wrong-targets", "wrong-shape"])
+@pytest.mark.parametrize("how", ["garbage", "truncated", "no-config", "wrong-targets", "wrong-shape",
+                                 "missing-tensor"])
 @pytest.mark.parametrize("first", [True, False], ids=["as-first-adapter", "after-a-good-one"])
 def test_corrupt_adapter_is_refused_and_serving_continues(chat, db, lora_dirs, tiny_model_path, tmp_path,
                                                           how, first):

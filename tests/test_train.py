@@ -290,3 +290,60 @@ def test_mixed_precision_follows_the_dtype_the_weights_were_loaded_in(tmp_path, 
     """bf16 on GPUs that have it, fp16 on older ones (asking for bf16 there fails), none on the CPU."""
     args = _common_args(LearnConfig(), tmp_path, device, getattr(torch, half or "float32"))
     assert (args["bf16"], args["fp16"], args["use_cpu"]) == (*flags, device == "cpu")
+
+
+def test_experts_stored_in_eight_bits_load_back_close_to_their_half_precision_files(tiny_model_path, tmp_path,
+                                                                                   tiny_served):
+    """learning/config.py int8_expert_files: each new expert's LoRA matrices as 8-bit integers with
+    a scale per row (the shared adapter stays float16), about 56% of the bytes; read back they are
+    within 0.4% of each row's largest value, and the served model's logits barely move."""
+    import shutil
+
+    from safetensors import safe_open
+
+    from assistant.adapter_files import INT8_ROWS, check_adapter_weights, store_int8_rows
+    from assistant.errors import AdapterLoadError
+
+    v1 = train_candidate(_job(tiny_model_path, tmp_path / "adapters", lcfg_overrides={"int8_expert_files": True}))
+    experts = sorted(v1.glob("experts/*/adapter_model.safetensors"))
+    assert experts
+    for f in [*experts, v1 / "adapter_model.safetensors"]:
+        with safe_open(str(f), framework="pt") as opened:
+            is_expert = f in experts
+            assert ((opened.metadata() or {}).get("quantized") == INT8_ROWS) == is_expert
+            assert any(opened.get_tensor(k).dtype == torch.int8 for k in opened.keys()) == is_expert
+
+    half = tmp_path / "half"
+    plain = train_candidate(_job(tiny_model_path, half))  # the same job: the same weights, float16
+    expert = experts[0].parent
+    half_expert = plain / "experts" / expert.name
+    with safe_open(str(expert / "adapter_model.safetensors"), framework="pt") as opened:
+        stored = {k: opened.get_tensor(k) for k in opened.keys()}
+    rows = sum(t.shape[0] for k, t in stored.items() if t.dtype == torch.int8)
+    assert sum(t.numel() * t.element_size() for t in stored.values()) \
+        == sum(t.numel() for t in _weights(half_expert).values()) + 4 * rows  # a byte a weight, 4 a row's scale
+    read, exact = check_adapter_weights(expert, tiny_served.base), _weights(half_expert)
+    assert set(read) == set(exact)
+    for k, t in exact.items():
+        row_max = t.float().abs().amax(dim=1, keepdim=True)
+        assert ((read[k].float() - t.float()).abs() <= row_max / 127 * 0.51 + 1e-3).all()
+    messages = [{"role": "user", "content": "What is my dog's name?"}]
+    quantized = tiny_served.logits(messages, version=(1, "expert:q"), adapter_path=expert)
+    reference = tiny_served.logits(messages, version=(2, "expert:h"), adapter_path=half_expert)
+    base = tiny_served.logits(messages)
+    assert (reference - base).abs().max() > 0.01  # the expert changes the logits ...
+    assert (quantized - reference).abs().max() < 0.05 * (reference - base).abs().max()  # ... the 8 bits barely
+    assert not store_int8_rows(expert)  # stored so already
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "adapter_model.safetensors").hardlink_to(half_expert / "adapter_model.safetensors")
+    assert not store_int8_rows(linked)  # shared with a parent: rewriting it would store it twice
+    odd = tmp_path / "odd"
+    shutil.copytree(expert, odd)
+    from safetensors.torch import save_file
+
+    with safe_open(str(odd / "adapter_model.safetensors"), framework="pt") as opened:
+        tensors = {k: opened.get_tensor(k) for k in opened.keys()}
+    save_file(tensors, str(odd / "adapter_model.safetensors"), metadata={"quantized": "int4-something"})
+    with pytest.raises(AdapterLoadError, match="unreadable"):
+        check_adapter_weights(odd, tiny_served.base)
