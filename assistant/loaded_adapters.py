@@ -24,7 +24,7 @@ import torch
 from assistant import adapter_slots
 from assistant.adapter_files import check_adapter_weights, validate_adapter_dir
 from assistant.errors import AdapterLoadError
-from store.manifest import read_lead
+from store.manifest import ADAPTER_CONFIG, WEIGHT_FILES, read_lead
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,17 @@ def _unwrap_lora_layers(model) -> None:
         if hasattr(module, "base_layer") and hasattr(module, "lora_A") and "." in name:
             parent, child = name.rsplit(".", 1)
             setattr(model.get_submodule(parent), child, module.get_base_layer())
+
+
+def _file_identity(path: Path) -> tuple:
+    """What says two adapter directories hold the same adapter: the same config and weight files
+    (a later version links the experts it keeps, store/manifest.py link_tree)."""
+    out = []
+    for name in (ADAPTER_CONFIG, *WEIGHT_FILES):
+        with contextlib.suppress(OSError):
+            st = (path / name).stat()
+            out.append((name, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(out)
 
 
 def key_version(key) -> int | None:
@@ -55,6 +66,12 @@ class LoadedAdapters:
             if version in self.loaded:
                 return
             cfg = validate_adapter_dir(Path(path))
+            files = _file_identity(Path(path))
+            same = next((k for k, f in self._files.items() if f == files and k in self.loaded), None)
+            if same is not None:  # the same files (a kept expert, hard-linked): its layers serve both keys
+                self.loaded[version], self._files[version] = self.loaded[same], files
+                self.leads[version] = self.leads.get(same)
+                return
             # Check the tensors before peft touches the model: the first load injects LoRA
             # layers into the base in place, so a failure half-way would alter the base itself.
             tensors = check_adapter_weights(Path(path), self.base)
@@ -63,7 +80,8 @@ class LoadedAdapters:
             if spare is not None and adapter_slots.overwrite(self.model, self.loaded[spare], tensors):
                 self.loaded[version] = self.loaded.pop(spare)  # the spare's layers now hold `version`
                 self.leads.pop(spare, None)
-                self.leads[version] = lead
+                self._files.pop(spare, None)
+                self.leads[version], self._files[version] = lead, files
                 return
             # Unique names: a reused slot keeps its old name, so "v{version}" could collide.
             self._names += 1
@@ -76,7 +94,7 @@ class LoadedAdapters:
                     _unwrap_lora_layers(self.base)
                 raise AdapterLoadError(f"adapter v{version} in {path} cannot be loaded: {e}") from e
             self.loaded[version] = name
-            self.leads[version] = lead
+            self.leads[version], self._files[version] = lead, files
             self.adapter_config = self.adapter_config or cfg
 
     def _add_lora(self, name: str, cfg: dict, tensors: dict[str, torch.Tensor]) -> None:
@@ -103,8 +121,10 @@ class LoadedAdapters:
         adapter (an expert) while `max_side_adapters` are loaded, the least recently used side
         adapter, which would be unloaded next anyway. A home with more experts than the cap
         then switches experts by copying tensors, not by building LoRA modules (about 0.5 s)."""
-        def fits(k) -> bool:
-            return adapter_slots.same_shape(self.model.peft_config[self.loaded[k]].to_dict(), cfg)
+        def fits(k) -> bool:  # and its layers serve no other key (`_release`)
+            name = self.loaded[k]
+            return adapter_slots.same_shape(self.model.peft_config[name].to_dict(), cfg) \
+                and list(self.loaded.values()).count(name) == 1
 
         spare = next((v for v in self.loaded if key_version(v) not in self._in_use() and fits(v)), None)
         if spare is None and isinstance(key, tuple):
@@ -112,6 +132,14 @@ class LoadedAdapters:
             if len(idle) >= self.max_side_adapters:
                 spare = next((k for k in idle if fits(k)), None)
         return spare
+
+    def _release(self, key) -> None:
+        """Unload `key`: its layers go too unless another key's files are the same (load_adapter)."""
+        name = self.loaded.pop(key)
+        self.leads.pop(key, None)
+        self._files.pop(key, None)
+        if name not in self.loaded.values():
+            self._forget(name)
 
     def _forget(self, name: str) -> None:
         if self.model is not self.base and name in getattr(self.model, "peft_config", {}):
@@ -147,8 +175,7 @@ class LoadedAdapters:
                 self.current = version
                 spares = [k for k in self.loaded if key_version(k) not in self._in_use()]
                 for k in spares[:-1]:  # keep the most recently loaded spare
-                    self._forget(self.loaded.pop(k))
-                    self.leads.pop(k, None)
+                    self._release(k)
 
     def preload(self, key: tuple, path: str | Path) -> bool:
         """Load side adapter `key` (an expert) before a prompt asks for it, only into free room
@@ -172,8 +199,7 @@ class LoadedAdapters:
             self._side_use.pop(k)
         idle = self._idle_side()
         for k in idle[:max(0, len(idle) - self.max_side_adapters)]:
-            self._forget(self.loaded.pop(k))
-            self.leads.pop(k, None)
+            self._release(k)
             self._side_use.pop(k)
 
     def _idle_side(self) -> list:

@@ -104,6 +104,7 @@ class ServedModel(LoadedAdapters):
         self.model = self.base  # becomes a PeftModel once the first adapter is loaded
         self.loaded: dict = {}  # key (a version, or (version, "habit"): key_version) -> peft adapter name
         self.leads: dict = {}  # key -> (tokens, openings) of an adapter that only leads (read_lead)
+        self._files: dict = {}  # key -> its directory's file identity: keys of the same files share layers
         self._names = 0  # peft adapter names are never reused
         self.current = None  # the key of the adapter generation uses now (None: base)
         self.previous = None  # the one before it, kept loaded for an instant rollback

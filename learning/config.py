@@ -85,10 +85,12 @@ class LearnConfig:
     """Store every adapter a cycle writes (shared, habit, experts) as float16 on disk, loaded back into the
     model's float32 LoRA layers: half the disk (an expert 19.6 -> 9.8 MB), the same greedy replies where
     checked (bench/HISTORY.md 'Adapters stored in half precision', 'Config defaults')."""
-    int8_expert_files: bool = False
+    int8_expert_files: bool = True
     """Store each new expert's LoRA matrices as 8-bit integers with a float32 scale per row
-    (assistant/adapter_files.py `store_int8_rows`), read back as float16 when served: about 56% of
-    the float16 file. Off: float16 as the other adapters."""
+    (assistant/adapter_files.py `store_int8_rows`), read back as float16 when served: 57% of the
+    float16 files (experts 33.8 against 59.0 MB on the dev scenario, 1.4 MB a correction in groups
+    of four) for the same dev probes, reply for reply on the same training (bench/results/learn-dev.md,
+    experts-*-ab; bench/HISTORY.md '8-bit experts'). Off: float16 as the other adapters."""
     experts_per_cycle: int = 24
     """At most this many corrections get their expert (in groups of `expert_group`) per cycle; the rest get
     theirs in the next cycles (oldest first) and the shared adapter, which trains on them meanwhile, answers

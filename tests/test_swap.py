@@ -253,3 +253,35 @@ def test_a_versions_habit_adapter_does_not_push_the_previous_version_out(served,
     assert 4 in served.loaded and {v for v in served.loaded if v not in (4, 5)} <= {2, (2, "habit"), 1}
     assert len({k[0] if isinstance(k, tuple) else k for k in served.loaded}) <= 3
     served.use(None)
+
+
+def test_keys_of_the_same_files_share_layers_and_a_shared_slot_is_never_overwritten(served, lora_dirs, tmp_path):
+    """A version keeps its parent's experts as hard links (store/manifest.py link_tree): after a
+    promotion the new version's key of a kept expert takes the layers already loaded for the old
+    key (no second load, no second copy in memory); unloading one key keeps the other's layers,
+    and layers two keys share are not taken over for a third adapter."""
+    from store.manifest import link_tree
+
+    kept = tmp_path / "v2-expert"
+    link_tree(lora_dirs[1], kept)  # the same files, another directory
+    reference = served.logits(MSG, (1, "expert:a"), lora_dirs[1])
+    names = served._names
+    assert torch.equal(served.logits(MSG, (2, "expert:a"), kept), reference)
+    assert served._names == names and served.loaded[(1, "expert:a")] == served.loaded[(2, "expert:a")]
+    served.use(None)
+    served._release((1, "expert:a"))
+    assert (1, "expert:a") not in served.loaded
+    assert torch.equal(served.logits(MSG, (2, "expert:a"), kept), reference)  # still loaded, untouched
+    assert served._names == names
+    copied = tmp_path / "copied"
+    shutil.copytree(lora_dirs[1], copied)  # equal bytes, other files: loaded on its own
+    assert torch.equal(served.logits(MSG, (3, "expert:a"), copied), reference)
+    assert served.loaded[(3, "expert:a")] != served.loaded[(2, "expert:a")] and served._names == names + 1
+    served.use(None)
+    served._release((3, "expert:a"))
+    served.max_side_adapters = 1  # the cap bites: a new expert would take over an idle one's layers
+    served._files[(4, "expert:b")] = served._files[(2, "expert:a")]
+    served.loaded[(4, "expert:b")] = served.loaded[(2, "expert:a")]  # two keys on one slot
+    served._side_use = {(4, "expert:b"): None, (2, "expert:a"): None}
+    assert served._spare({**served.model.peft_config[served.loaded[(2, "expert:a")]].to_dict()},
+                         (5, "expert:c")) is None  # shared: not a spare

@@ -90,14 +90,15 @@ def test_every_adapter_a_cycle_writes_is_stored_in_half_precision(tiny_model_pat
 
     from assistant.model import store_half_precision
 
-    v1 = train_candidate(_job(tiny_model_path, tmp_path / "adapters"))
+    v1 = train_candidate(_job(tiny_model_path, tmp_path / "adapters", lcfg_overrides={"int8_expert_files": False}))
     files = list(v1.rglob("adapter_model.safetensors"))
     assert len(files) >= 2  # the version's adapter and its experts
     assert {t.dtype for f in files for t in load_file(str(f)).values()} == {torch.float16}
     assert not store_half_precision(v1)  # nothing float32 is left: the file stays as it is
     tiny_served.use(1, v1)
     assert {p.dtype for n, p in tiny_served.model.named_parameters() if "lora_" in n} == {torch.float32}
-    full = train_candidate(_job(tiny_model_path, tmp_path / "full", lcfg_overrides={"half_precision_files": False}))
+    full = train_candidate(_job(tiny_model_path, tmp_path / "full",
+                                lcfg_overrides={"half_precision_files": False, "int8_expert_files": False}))
     def tensor_bytes(path):
         return sum(t.numel() * t.element_size() for t in _weights(path).values())
 
@@ -304,7 +305,7 @@ def test_experts_stored_in_eight_bits_load_back_close_to_their_half_precision_fi
     from assistant.adapter_files import INT8_ROWS, check_adapter_weights, store_int8_rows
     from assistant.errors import AdapterLoadError
 
-    v1 = train_candidate(_job(tiny_model_path, tmp_path / "adapters", lcfg_overrides={"int8_expert_files": True}))
+    v1 = train_candidate(_job(tiny_model_path, tmp_path / "adapters"))  # the default
     experts = sorted(v1.glob("experts/*/adapter_model.safetensors"))
     assert experts
     for f in [*experts, v1 / "adapter_model.safetensors"]:
@@ -314,7 +315,7 @@ def test_experts_stored_in_eight_bits_load_back_close_to_their_half_precision_fi
             assert any(opened.get_tensor(k).dtype == torch.int8 for k in opened.keys()) == is_expert
 
     half = tmp_path / "half"
-    plain = train_candidate(_job(tiny_model_path, half))  # the same job: the same weights, float16
+    plain = train_candidate(_job(tiny_model_path, half, lcfg_overrides={"int8_expert_files": False}))  # float16
     expert = experts[0].parent
     half_expert = plain / "experts" / expert.name
     with safe_open(str(expert / "adapter_model.safetensors"), framework="pt") as opened:
