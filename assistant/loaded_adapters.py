@@ -5,11 +5,12 @@ Versions: the current one, the previous one (an instant rollback) and one spare 
 next new version takes over (assistant/adapter_slots.py). Side adapters, a version's experts and
 habit adapter (keys `(version, name)`), stay loaded up to `max_side_adapters`, the least recently
 used going first; past the cap a new one takes over that one's layers, and a newly promoted
-version's experts are preloaded into free room (`preload`). `base_weights()` bypasses every
-loaded LoRA layer.
+version's experts are preloaded into free room (`preload`). Keys whose directories hold the same
+files (a version keeps its parent's experts as hard links) share one set of layers. `base_weights()`
+bypasses every loaded LoRA layer.
 
 Contract: `LoadedAdapters` is the adapter half of `assistant.model.ServedModel`, which sets `lock`,
-`base`, `model`, `loaded`, `leads`, `_names`, `current`, `previous`, `adapter_config`,
+`base`, `model`, `loaded`, `leads`, `_files`, `_names`, `current`, `previous`, `adapter_config`,
 `max_side_adapters`, `_side_use` and `_layers`, `_layers_stamp` (`base_weights`' LoRA layers and
 the loads they were found after) in its constructor. Separate from assistant/model.py (the
 prompt and generation) because learning/scoring.py keys its cache of replies on that file's
@@ -70,7 +71,7 @@ class LoadedAdapters:
             same = next((k for k, f in self._files.items() if f == files and k in self.loaded), None)
             if same is not None:  # the same files (a kept expert, hard-linked): its layers serve both keys
                 self.loaded[version], self._files[version] = self.loaded[same], files
-                self.leads[version] = self.leads.get(same)
+                self.leads[version] = read_lead(path)  # the directory's own (habit.json is not a weight file)
                 return
             # Check the tensors before peft touches the model: the first load injects LoRA
             # layers into the base in place, so a failure half-way would alter the base itself.

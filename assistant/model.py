@@ -23,6 +23,7 @@ import torch
 from assistant.adapter_files import (  # noqa: F401  (re-exported)
     check_adapter_weights,
     store_half_precision,
+    store_int8_rows,
     validate_adapter_dir,
 )
 from assistant.config import Config

@@ -224,7 +224,7 @@ def train_candidate(job: TrainJob) -> Path:
 def _store_smaller(version_dir: Path, lcfg) -> None:
     """Rewrite the adapters a cycle wrote (not those linked from the parent) as
     `half_precision_files` and `int8_expert_files` say."""
-    from assistant.adapter_files import store_half_precision, store_int8_rows
+    from assistant.model import store_half_precision, store_int8_rows
 
     for weights in version_dir.rglob("adapter_model.safetensors"):
         if lcfg.int8_expert_files and EXPERTS_DIR in weights.relative_to(version_dir).parts:
