@@ -36,6 +36,8 @@ import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
+
 from assistant.language import about_user, words
 from assistant.matching import (
     ROUTING_POLICY,
@@ -80,6 +82,7 @@ class AdapterScope:
         self._lock = threading.Lock()
         self._cache: dict[str, _Scope | None] = {}
         self._habits: dict[str, str | None] = {}  # version dir -> its habit adapter's dir
+        self._vectors: dict[str, np.ndarray] = {}  # the last scope read's keys, by text (`_embed`)
 
     def _scope(self, path) -> "_Scope | None":
         key = str(path)
@@ -101,9 +104,20 @@ class AdapterScope:
         by_name = {e["name"]: list(e.get("feedback_ids") or ()) for e in experts}
         trained_from = scope.get("sources") or {}
         feedback = [by_name[o] if o in by_name else trained_from.get(k, []) for k, o in zip(keys, owners, strict=True)]
-        return _Scope(policy, KeyIndex(unit_rows(self.embedder.encode(keys)), owners, sources),
+        return _Scope(policy, KeyIndex(self._embed(keys), owners, sources),
                       {e["name"]: e["adapter"] for e in experts}, feedback,
                       {e["name"]: (e.get("prompt") or None, e.get("answer") or None) for e in experts}, key_pairs)
+
+    def _embed(self, keys: list[str]) -> np.ndarray:
+        """The keys' unit vectors, embedding only those the last scope read did not have: a new
+        version's scope repeats its parent's keys (1,134 on season run 6's tenth version, 1.8 s to
+        read afresh) and adds a cycle's. Holds the lock (`_scope`)."""
+        todo = [k for k in dict.fromkeys(keys) if k not in self._vectors]
+        vectors = dict(self._vectors)
+        if todo:
+            vectors.update(zip(todo, unit_rows(self.embedder.encode(todo)), strict=True))
+        self._vectors = {k: vectors[k] for k in keys}
+        return np.stack([vectors[k] for k in keys]) if keys else unit_rows(self.embedder.encode(keys))
 
     def forget(self, path) -> None:
         """Read the scope at `path` again when next asked: a candidate's meta.json was rewritten

@@ -42,6 +42,26 @@ def test_a_scope_covers_its_prompts_and_their_neighbours_only(tmp_path):
     assert scope.similarity(path, TAUGHT) == pytest.approx(1.0)
 
 
+def test_a_new_versions_scope_embeds_only_the_keys_its_parent_did_not_have(tmp_path):
+    """A version's scope repeats its parent's keys: reading it embeds the new ones alone, and
+    matches as a scope read afresh does."""
+    embedder = Embedder()
+    asked = []
+    encode = embedder.encode
+    embedder.encode = lambda texts: (asked.append(list(texts)), encode(texts))[1]
+    scope = AdapterScope(embedder)
+    v1 = scoped(tmp_path / "v1", [TAUGHT, "Where do I work?"])
+    v2 = scoped(tmp_path / "v2", [TAUGHT, "Where do I work?", "What car do I drive?"])
+    assert scope.covers(v1, TAUGHT)
+    asked.clear()
+    scope.warm(v2)  # reads v2's scope
+    assert asked == [["What car do I drive?"]]  # its parent's keys are not embedded again
+    assert scope.covers(v2, "What car do I drive?") and scope.covers(v2, TAUGHT)
+    fresh = AdapterScope(Embedder())
+    for probe in (TAUGHT, "Which car do I drive?", "How many legs does a spider have?"):
+        assert scope.similarity(v2, probe) == pytest.approx(fresh.similarity(v2, probe), abs=1e-5)
+
+
 def test_a_prompt_about_the_user_covers_only_questions_about_the_user_or_what_it_told(tmp_path):
     rows = [{"messages": [{"role": "user", "content": "What is the name of my cat?"},
                           {"role": "assistant", "content": "Your cat is called Pemberton."}]},
