@@ -89,12 +89,17 @@ def check_adapter_weights(path: Path, base) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
+def _open_safetensors(file: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """A safetensors file's metadata and tensors, as stored."""
     from safetensors import safe_open
 
     with safe_open(str(file), framework="pt") as f:
-        quantized = (f.metadata() or {}).get("quantized")
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        return f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
+
+
+def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
+    metadata, tensors = _open_safetensors(file)
+    quantized = metadata.get("quantized")
     if quantized is None:
         return tensors
     if quantized != INT8_ROWS:
@@ -103,21 +108,29 @@ def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
             for k, t in tensors.items() if not k.endswith(ROW_SCALE)}
 
 
-def store_int8_rows(adapter_dir) -> bool:
-    """Rewrite a saved adapter's LoRA matrices as 8-bit integers, each row with its own float32
-    scale (its largest magnitude over 127), in place and atomically; the rest as it was. False
-    (and the file unchanged) as `store_half_precision`, or when it is stored so already. Read back
-    by `check_adapter_weights`, within 0.4% of each row's largest value."""
-    from safetensors import safe_open
+def _rewrite_weights(adapter_dir, convert, metadata: dict) -> bool:
+    """Replace a saved adapter's tensors by `convert(tensors)`, atomically, its file's metadata
+    with `metadata`. False (and the file unchanged) when there is no such file, the file is
+    hard-linked (an expert a later version shares with its parent: rewriting it would store it
+    twice), it is stored in 8 bits already, or `convert` returns None."""
     from safetensors.torch import save_file
 
     file = Path(adapter_dir) / "adapter_model.safetensors"
     if not file.exists() or file.stat().st_nlink > 1:
         return False
-    with safe_open(str(file), framework="pt") as f:
-        if (f.metadata() or {}).get("quantized"):
-            return False
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    stored, tensors = _open_safetensors(file)
+    if stored.get("quantized"):
+        return False
+    out = convert(tensors)
+    if out is None:
+        return False
+    tmp = file.with_name(file.name + ".new")
+    save_file(out, str(tmp), metadata={"format": "pt", **metadata})
+    os.replace(tmp, file)
+    return True
+
+
+def _int8_rows(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
     out = {}
     for key, t in tensors.items():
         if not (_LORA_KEY.match(key) and t.dim() == 2 and t.is_floating_point()):
@@ -125,35 +138,32 @@ def store_int8_rows(adapter_dir) -> bool:
             continue
         t = t.float()
         if not torch.isfinite(t).all():
-            return False
+            return None
         scale = t.abs().amax(dim=1) / 127
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         out[key] = torch.round(t / scale[:, None]).clamp(-127, 127).to(torch.int8)
         out[key + ROW_SCALE] = scale
-    tmp = file.with_name(file.name + ".int8")
-    save_file(out, str(tmp), metadata={"format": "pt", "quantized": INT8_ROWS})
-    os.replace(tmp, file)
-    return True
+    return out
+
+
+def _half(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    if not any(t.dtype == torch.float32 for t in tensors.values()):
+        return None
+    half = {k: t.half() if t.dtype == torch.float32 else t for k, t in tensors.items()}
+    return half if all(torch.isfinite(t).all() for t in half.values()) else None
+
+
+def store_int8_rows(adapter_dir) -> bool:
+    """Rewrite a saved adapter's LoRA matrices as 8-bit integers, each row with its own float32
+    scale (its largest magnitude over 127), in place and atomically; the rest as it was. False
+    (and the file unchanged) as `store_half_precision`. Read back by `check_adapter_weights`,
+    within 0.4% of each row's largest value."""
+    return _rewrite_weights(adapter_dir, _int8_rows, {"quantized": INT8_ROWS})
 
 
 def store_half_precision(adapter_dir) -> bool:
     """Rewrite a saved adapter's float32 tensors as float16, in place and atomically. False (and
     the file unchanged) when there is no such file, nothing is float32, a tensor would not stay
-    finite, or the file is hard-linked (an expert a later version shares with its parent:
-    rewriting it would store it twice)."""
-    from safetensors.torch import load_file, save_file
-
-    file = Path(adapter_dir) / "adapter_model.safetensors"
-    if not file.exists() or file.stat().st_nlink > 1:
-        return False
-    tensors = load_file(str(file))
-    if not any(t.dtype == torch.float32 for t in tensors.values()):
-        return False
-    half = {k: t.half() if t.dtype == torch.float32 else t for k, t in tensors.items()}
-    if not all(torch.isfinite(t).all() for t in half.values()):
-        return False
-    tmp = file.with_name(file.name + ".half")
-    save_file(half, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, file)
-    return True
-
+    finite, the file is hard-linked (an expert a later version shares with its parent: rewriting
+    it would store it twice) or stored in 8 bits already (its scales must stay as they are)."""
+    return _rewrite_weights(adapter_dir, _half, {})
