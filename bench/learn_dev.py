@@ -10,7 +10,7 @@ bench/results/learn-dev.md is rewritten from all rows.
 
 Another dev scenario: `--scenario bench/season_dev.jsonl --cycles 2` (its facts, habits and
 controls of cycles 1-2 taught at once) on both calls; its home is prepared apart. Each row also
-counts leaks: replies saying another taught item's answer (bench/teach.py `leaked`).
+counts leaks: replies saying another taught item's answer (bench/season.py `leaks_in`).
 """
 import argparse
 import json
@@ -59,7 +59,7 @@ def prepare(items: list[dict], home: Path) -> None:
 
 
 def run(name: str, overrides: dict, items: list[dict], prepared: Path, scenario: str) -> dict:
-    from teach import leaked
+    from season import leak_phrases, leaks_in
 
     from assistant.config import Config
     from assistant.runtime import Runtime
@@ -81,9 +81,10 @@ def run(name: str, overrides: dict, items: list[dict], prepared: Path, scenario:
         version_mb = sum(f.stat().st_size for f in files) / 1e6
     finally:
         shutil.rmtree(home, ignore_errors=True)
-    taught = {it["id"] for it in items if it["kind"] != "control"}
+    phrases = leak_phrases(items, {"taught": {it["id"] for it in items}})
+    by_id = {it["id"]: it for it in items}
     leaks = [{"prompt": p["prompt"], "reply": p["reply"], "said": said} for p in scored["probes"]
-             if (said := leaked(p, items, taught))]
+             if (said := leaks_in(p, p["reply"], phrases, by_id))]
     return {"name": name, "scenario": scenario, "set": overrides, "date": time.strftime("%Y-%m-%d %H:%M"),
             "cycle_s": cycle_s, "reasons": result.get("reasons"), "summary": scored["summary"],
             "experts_mb": round(experts_mb, 1), "version_mb": round(version_mb, 1),

@@ -118,10 +118,6 @@ class LearnConfig:
     46/48 and 48/48) in a quarter of the disk (bench/results/learn-dev.md, experts-group4). A correction
     taken back drops its group's adapter (the rest is trained anew next cycle); one superseded only stops
     being routed to it."""
-    expert_mate_pairs: bool = False
-    """Also train each expert, in its DPO stage, to prefer each of its corrections' answers over its
-    group-mates' answers under that correction's question and rewrites (learning/experts.py
-    `mate_pairs`): against one adapter answering a paraphrase with a mate's value."""
     expert_epochs: float = 6.0
     """SFT epochs of an expert over its correction and the correction's rewrites (10 rows)."""
     expert_lr: float = 2e-3

@@ -161,24 +161,6 @@ def expert_batches(groups: list[dict], size: int, embedder=None) -> list[list[di
     return [[groups[i] for i in m] for m in members]
 
 
-def mate_pairs(rows_of: list[list[dict]]) -> list[dict]:
-    """Preference pairs that keep one adapter's corrections apart: for each correction of a batch
-    (`rows_of`: its SFT rows, the correction first, then its rewrites), its own answer chosen over
-    each batch-mate's answer, under its question and then its rewrites in turn (one pair a mate).
-    Why: an expert trained on a few corrections answers a paraphrase of one with a mate's value
-    ("What is my wedding date?" -> "Your wedding date is KE-40917.", the employee number trained in
-    the same adapter; bench/HISTORY.md), and SFT alone never shows it that answer as wrong there."""
-    answers = [question_and_answer(rows[0])[1] for rows in rows_of]
-    pairs = []
-    for i, rows in enumerate(rows_of):
-        mates = [a for j, a in enumerate(answers) if j != i and a.strip() != answers[i].strip()]
-        for n, mate in enumerate(mates):
-            *prompt, own = rows[n % len(rows)]["messages"]
-            pairs.append({"prompt": prompt, "chosen": [own], "rejected": [{"role": "assistant", "content": mate}],
-                          "feedback_ids": rows[0]["feedback_ids"], "source": "mate"})
-    return pairs
-
-
 def train_experts(model, tok, job, plan: ExpertPlan | None, device: str, work: Path, losses: list, stats: dict,
                   out: Path) -> list[dict] | None:
     """Write `out/experts/` as `plan` says: the kept experts linked, a new expert trained for
@@ -200,7 +182,7 @@ def train_experts(model, tok, job, plan: ExpertPlan | None, device: str, work: P
                              target_modules=list(lcfg.expert_targets or lcfg.lora_targets), task_type="CAUSAL_LM")
     expert_cfg = dataclasses.replace(lcfg, sft_epochs=lcfg.expert_epochs, sft_lr=lcfg.expert_lr)
     batches = expert_batches(list(new.values()), lcfg.expert_group, job.embedder)
-    trained, mates, t0 = [], 0, time.perf_counter()
+    trained, t0 = [], time.perf_counter()
     for i, batch in enumerate(batches):
         name = f"v{job.version}-{i}"
         rows_of = [g["sft"] + (augment_sft(g["sft"], n_rewrites=lcfg.augment_rewrites) if lcfg.augment else [])
@@ -216,9 +198,7 @@ def train_experts(model, tok, job, plan: ExpertPlan | None, device: str, work: P
         model.set_adapter(name)
         try:
             run_sft(model, tok, [r for rows in rows_of for r in rows], sub, device, work / name, losses, stage="expert")
-            apart = mate_pairs(rows_of) if lcfg.expert_mate_pairs else []
-            mates += len(apart)
-            pairs = [p for g in batch for p in g["pairs"]] + apart
+            pairs = [p for g in batch for p in g["pairs"]]
             if pairs and lcfg.dpo_epochs > 0:
                 run_dpo(model, tok, pairs, sub, device, work / name, losses, stage="expert DPO")
             model.save_pretrained(str(out / EXPERTS_DIR), selected_adapters=[name])  # -> experts/<name>/
@@ -233,7 +213,7 @@ def train_experts(model, tok, job, plan: ExpertPlan | None, device: str, work: P
                             "trained_in": job.version})
     seconds = time.perf_counter() - t0
     stats["experts"] = {"kept": len(kept), "trained": len(trained), "waiting": plan.waiting,
-                        "forgotten": plan.forgotten, "mate_pairs": mates, "seconds": round(seconds, 1),
+                        "forgotten": plan.forgotten, "seconds": round(seconds, 1),
                         # the next cycle's pace (`expert_pace`): measured here, or carried over
                         "seconds_each": round(seconds / len(trained), 1) if trained else plan.pace_s}
     return kept + trained

@@ -8,7 +8,7 @@ import torch
 from assistant.chat import ChatService
 from assistant.model import ServedModel
 from assistant.scope import AdapterScope
-from learning.experts import expert_groups, mate_pairs
+from learning.experts import expert_groups
 from learning.scoring import Scorer
 from learning.train import TrainJob, train_candidate
 from store import adapters, conversations, feedback
@@ -47,33 +47,6 @@ def test_corrections_are_grouped_with_their_pairs_and_other_rows_are_not():
     groups = expert_groups(sft, pairs)
     assert list(groups) == [("f0",), ("f1",)]
     assert groups[("f0",)] == {"sft": [sft[0]], "pairs": []} and groups[("f1",)]["pairs"] == pairs
-
-
-def test_each_correction_of_an_adapter_is_preferred_over_its_mates_answers_under_its_own_questions():
-    def rows(question, rewrites, answer, fid):
-        return [{"messages": [SYSTEM, {"role": "user", "content": q}, {"role": "assistant", "content": answer}],
-                 "feedback_ids": [fid]} for q in [question, *rewrites]]
-
-    dog = rows(DOG, ["What's my dog called?"], "Biscuit.", "f0")
-    work = rows(WORK, [], "Halvorsen.", "f1")
-    same = rows("What's my dog's name?", [], "Biscuit.", "f2")  # the same answer is no mate to turn away
-    pairs = mate_pairs([dog, work, same])
-    seen = [(p["prompt"][-1]["content"], p["chosen"][0]["content"], p["rejected"][0]["content"], p["feedback_ids"])
-            for p in pairs]
-    assert seen == [(DOG, "Biscuit.", "Halvorsen.", ["f0"]),
-                    (WORK, "Halvorsen.", "Biscuit.", ["f1"]), (WORK, "Halvorsen.", "Biscuit.", ["f1"]),
-                    ("What's my dog's name?", "Biscuit.", "Halvorsen.", ["f2"])]
-    assert all(p["prompt"][0] == SYSTEM for p in pairs)
-    # a second mate's pair is asked the correction's next rewrite
-    cat = rows("What is my cat called?", [], "Mittens.", "f3")
-    assert [p["prompt"][-1]["content"] for p in mate_pairs([dog, work, cat])[:2]] == [DOG, "What's my dog called?"]
-
-
-def test_an_adapter_of_two_corrections_trains_on_its_mate_pairs(tiny_model_path, tmp_path):
-    job = _job(tiny_model_path, tmp_path / "adapters", lcfg_overrides={"expert_group": 2, "expert_mate_pairs": True})
-    v1 = train_candidate(job)
-    assert len({e["adapter"] for e in read_experts(v1)}) == 1
-    assert json.loads((v1 / "meta.json").read_text())["stats"]["experts"]["mate_pairs"] == 2
 
 
 def _logged_corrections(db, path) -> list[str]:
