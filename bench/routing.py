@@ -282,6 +282,8 @@ def main(argv=None) -> int:
     p.add_argument("--linked-keys", choices=("on", "off"), default="on",
                    help="find a correction through the one that told a name it uses (assistant/matching.py "
                         "MatchPolicy.linked_keys)")
+    p.add_argument("--scope-threshold", type=float, default=LearnConfig.scope_threshold,
+                   help="the versions' scope threshold (learning/config.py LearnConfig.scope_threshold; default %(default)s)")
     p.add_argument("--leave-one-out", action="store_true",
                    help="also ask each fact's paraphrases with that fact left out (untaught questions; slower)")
     p.add_argument("--sets", type=lambda v: [Path(x).resolve() for x in v.split(",")], default=DEV_SETS,
@@ -296,7 +298,7 @@ def main(argv=None) -> int:
                                   same_names=same_names, same_thing_words=thing_words, linked_keys=linked_keys)
     POLICIES["recall"] = replace(RECALL_POLICY, same_thing=same_thing, same_names=same_names,
                                  same_thing_words=thing_words, linked_keys=linked_keys)
-    lcfg = LearnConfig()
+    lcfg = LearnConfig(scope_threshold=args.scope_threshold)
     reranker = model_reranker(args.fit == "on") if args.rerank == "on" else None
     results = []
     for name in args.embedders.split(","):
@@ -312,8 +314,9 @@ def main(argv=None) -> int:
                   flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     sets = "" if args.sets == DEV_SETS else " --sets " + ",".join(map(shown, args.sets))
+    scope = "" if args.scope_threshold == LearnConfig.scope_threshold else f" --scope-threshold {args.scope_threshold}"
     cmd = (f"python bench/routing.py --embedders {args.embedders} --answer-keys {args.answer_keys} "
-           f"--rerank {args.rerank} --fit {args.fit} --same-thing {args.same_thing} --same-names {args.same_names} --same-thing-words {args.same_thing_words} --linked-keys {args.linked_keys}{' --leave-one-out' if args.leave_one_out else ''}{sets} --out {args.out}")
+           f"--rerank {args.rerank} --fit {args.fit} --same-thing {args.same_thing} --same-names {args.same_names} --same-thing-words {args.same_thing_words} --linked-keys {args.linked_keys}{scope}{' --leave-one-out' if args.leave_one_out else ''}{sets} --out {args.out}")
     (RESULTS / f"{args.out}.json").write_text(json.dumps(results, indent=1))
     (RESULTS / f"{args.out}.md").write_text(markdown(results, cmd))
     print(f"wrote bench/results/{args.out}.md")
