@@ -302,7 +302,12 @@ def test_experts_stored_in_eight_bits_load_back_close_to_their_half_precision_fi
 
     from safetensors import safe_open
 
-    from assistant.adapter_files import INT8_ROWS, check_adapter_weights, store_int8_rows
+    from assistant.adapter_files import (
+        INT8_ROWS,
+        check_adapter_weights,
+        store_half_precision,
+        store_int8_rows,
+    )
     from assistant.errors import AdapterLoadError
 
     v1 = train_candidate(_job(tiny_model_path, tmp_path / "adapters"))  # the default
@@ -335,8 +340,6 @@ def test_experts_stored_in_eight_bits_load_back_close_to_their_half_precision_fi
     assert (reference - base).abs().max() > 0.01  # the expert changes the logits ...
     assert (quantized - reference).abs().max() < 0.05 * (reference - base).abs().max()  # ... the 8 bits barely
     assert not store_int8_rows(expert)  # stored so already
-    from assistant.adapter_files import store_half_precision
-
     assert not store_half_precision(expert)  # its float32 scales are not halved
     linked = tmp_path / "linked"
     linked.mkdir()
